@@ -1,0 +1,186 @@
+"""Exact 2.5-D geometry of a Doom map, from ViZDoom's ``state.sectors``.
+
+Used for three things: ray-casting exact wall distances (to calibrate and validate the
+depth buffer), steering the exploring agent, and rasterising the bird's-eye-view (BEV) map.
+
+All coordinates here are Doom map units (``MAP_UNITS_PER_METRE`` = 128 / 3 per metre: the
+automap grid of 128 units is documented as 3 m). Map x points east, y north, z up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAP_UNITS_PER_METRE = 128.0 / 3.0
+PLAYER_HEIGHT = 56.0  # map units: the smallest opening the player fits through
+MAX_STEP = 24.0  # map units: the highest step the player can climb
+
+
+@dataclass
+class DoomMap:
+    """Line segments and sector heights of one map.
+
+    lines: L x 4 (x1, y1, x2, y2); front, back: L sector indices (back = -1 for one-sided
+    lines); blocking: L bool (the line's impassable flag); floor, ceil: S heights.
+    """
+
+    lines: np.ndarray
+    front: np.ndarray
+    back: np.ndarray
+    blocking: np.ndarray
+    floor: np.ndarray
+    ceil: np.ndarray
+    sector_lines: list[np.ndarray]  # per sector: K x 4 segments bounding it
+
+    @classmethod
+    def from_sectors(cls, sectors) -> "DoomMap":
+        """Build from ``state.sectors``. A line shared by two sectors is listed in both with
+        identical coordinates (checked on freedoom maps); that makes it two-sided."""
+        index: dict[tuple, int] = {}
+        lines, front, back, blocking = [], [], [], []
+        sector_lines = []
+        for s, sec in enumerate(sectors):
+            seg = []
+            for ln in sec.lines:
+                key = (ln.x1, ln.y1, ln.x2, ln.y2)
+                seg.append(key)
+                if key in index:
+                    back[index[key]] = s
+                else:
+                    index[key] = len(lines)
+                    lines.append(key)
+                    front.append(s)
+                    back.append(-1)
+                    blocking.append(bool(ln.is_blocking))
+            sector_lines.append(np.asarray(seg, dtype=np.float64).reshape(-1, 4))
+        return cls(
+            lines=np.asarray(lines, dtype=np.float64).reshape(-1, 4),
+            front=np.asarray(front, dtype=np.int64),
+            back=np.asarray(back, dtype=np.int64),
+            blocking=np.asarray(blocking, dtype=bool),
+            floor=np.asarray([s.floor_height for s in sectors], dtype=np.float64),
+            ceil=np.asarray([s.ceiling_height for s in sectors], dtype=np.float64),
+            sector_lines=sector_lines,
+        )
+
+    # ------------------------------------------------------------------ lines
+    def _opening(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per line: (lowest z of the opening, highest z); an empty opening for one-sided lines."""
+        b = np.where(self.back >= 0, self.back, self.front)
+        lo = np.maximum(self.floor[self.front], self.floor[b])
+        hi = np.minimum(self.ceil[self.front], self.ceil[b])
+        one_sided = self.back < 0
+        lo = np.where(one_sided, np.inf, lo)
+        hi = np.where(one_sided, -np.inf, hi)
+        return lo, hi
+
+    def solid_at_height(self, z: float) -> np.ndarray:
+        """L bool: the line blocks a horizontal ray at height z (one-sided, or z outside the
+        opening between the two sectors' floors and ceilings)."""
+        lo, hi = self._opening()
+        return ~((lo < z) & (z < hi))
+
+    def impassable(self) -> np.ndarray:
+        """L bool: the player cannot cross the line (wall, impassable flag, high step, low
+        opening). This is the BEV wall-occupancy definition."""
+        lo, hi = self._opening()
+        f, b = self.front, np.where(self.back >= 0, self.back, self.front)
+        step = np.abs(self.floor[f] - self.floor[b])
+        return (self.back < 0) | self.blocking | (step > MAX_STEP) | (hi - lo < PLAYER_HEIGHT)
+
+    def ray_distance(self, origin: np.ndarray, angles: np.ndarray, solid: np.ndarray) -> np.ndarray:
+        """Distance along horizontal rays to the first ``solid`` line.
+
+        origin: 2 (x, y); angles: A (radians, 0 = +x, counter-clockwise); solid: L bool.
+        Returns A distances in map units (inf where no solid line is hit).
+        """
+        seg = self.lines[solid]
+        if len(seg) == 0:
+            return np.full(np.shape(angles), np.inf)
+        d = np.stack([np.cos(angles), np.sin(angles)], -1)[:, None, :]  # A x 1 x 2
+        p = seg[None, :, :2] - np.asarray(origin, dtype=np.float64)  # 1 x L x 2
+        e = seg[None, :, 2:] - seg[None, :, :2]  # 1 x L x 2
+        denom = d[..., 0] * e[..., 1] - d[..., 1] * e[..., 0]  # A x L
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (p[..., 0] * e[..., 1] - p[..., 1] * e[..., 0]) / denom
+            s = (p[..., 0] * d[..., 1] - p[..., 1] * d[..., 0]) / denom
+        hit = (np.abs(denom) > 1e-12) & (t > 1e-6) & (s >= 0) & (s <= 1)
+        return np.where(hit, t, np.inf).min(axis=1)
+
+    def eye_level_depth(self, origin: np.ndarray, eye_z: float, angles: np.ndarray) -> np.ndarray:
+        """Exact distance to the wall seen by a level ray at the eye height (map units)."""
+        return self.ray_distance(origin, angles, self.solid_at_height(eye_z))
+
+    # ---------------------------------------------------------------- sectors
+    def sector_at(self, points: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Sector index containing each point (P x 2 -> P, -1 outside the map).
+
+        Even-odd rule per sector; for nested sectors the one with the smallest bounding box
+        (the innermost) wins."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        segs = np.concatenate(self.sector_lines, 0)
+        owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(self.sector_lines)])
+        bbox_area = np.array(
+            [np.ptp(s[:, [0, 2]]) * np.ptp(s[:, [1, 3]]) if len(s) else np.inf for s in self.sector_lines]
+        )
+        order = np.argsort(owner, kind="stable")
+        segs, owner = segs[order], owner[order]
+        starts = np.searchsorted(owner, np.arange(len(self.sector_lines)))
+        nonempty = np.array([len(s) > 0 for s in self.sector_lines])
+        x1, y1, x2, y2 = (segs[:, i, None] for i in range(4))
+        out = np.empty(len(points), dtype=np.int64)
+        for a in range(0, len(points), chunk):
+            px, py = points[a : a + chunk, 0][None], points[a : a + chunk, 1][None]
+            straddle = (y1 > py) != (y2 > py)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                xint = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
+            cross = (straddle & (px < xint)).astype(np.int32)  # segs x P
+            parity = np.add.reduceat(cross, starts[nonempty], axis=0) % 2  # S' x P
+            inside = np.zeros((len(self.sector_lines), parity.shape[1]), dtype=bool)
+            inside[nonempty] = parity.astype(bool)
+            area = np.where(inside, bbox_area[:, None], np.inf)
+            best = area.argmin(0)
+            out[a : a + chunk] = np.where(np.isfinite(area.min(0)), best, -1)
+        return out
+
+    # -------------------------------------------------------------------- BEV
+    def bev(self, lo_xy: np.ndarray, hi_xy: np.ndarray, res: int, z0: float) -> dict[str, np.ndarray]:
+        """Rasterise a res x res bird's-eye-view map over the box [lo_xy, hi_xy] (map units).
+
+        Cell (i, j) covers x in cell i, y in cell j (index [i, j] = [x, y], matching the voxel
+        grid's X x Y footprint). Returns float32 res x res arrays:
+          wall:    1 where an impassable line passes through the cell, else 0;
+          floor:   floor height (metres, relative to z0), NaN outside the map;
+          ceiling: ceiling height (metres, relative to z0), NaN outside the map;
+          inside:  1 where the cell centre is inside the map.
+        """
+        lo_xy, hi_xy = np.asarray(lo_xy, float), np.asarray(hi_xy, float)
+        cell = (hi_xy - lo_xy) / res
+        cx = lo_xy[0] + (np.arange(res) + 0.5) * cell[0]
+        cy = lo_xy[1] + (np.arange(res) + 0.5) * cell[1]
+        gx, gy = np.meshgrid(cx, cy, indexing="ij")
+        sec = self.sector_at(np.stack([gx.ravel(), gy.ravel()], -1)).reshape(res, res)
+        inside = sec >= 0
+        floor = np.where(inside, (self.floor[sec] - z0) / MAP_UNITS_PER_METRE, np.nan)
+        ceil = np.where(inside, (self.ceil[sec] - z0) / MAP_UNITS_PER_METRE, np.nan)
+        wall = np.zeros((res, res), dtype=np.float32)
+        seg = self.lines[self.impassable()]
+        if len(seg):
+            length = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
+            n = np.maximum(2, np.ceil(length / (0.25 * cell.min())).astype(int) + 1)
+            t = np.concatenate([np.linspace(0, 1, k) for k in n])
+            rep = np.repeat(np.arange(len(seg)), n)
+            px = seg[rep, 0] + t * (seg[rep, 2] - seg[rep, 0])
+            py = seg[rep, 1] + t * (seg[rep, 3] - seg[rep, 1])
+            i = np.floor((px - lo_xy[0]) / cell[0]).astype(int)
+            j = np.floor((py - lo_xy[1]) / cell[1]).astype(int)
+            ok = (i >= 0) & (i < res) & (j >= 0) & (j < res)
+            wall[i[ok], j[ok]] = 1.0
+        return {
+            "wall": wall,
+            "floor": floor.astype(np.float32),
+            "ceiling": ceil.astype(np.float32),
+            "inside": inside.astype(np.float32),
+        }
