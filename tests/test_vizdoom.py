@@ -97,11 +97,40 @@ def test_geometric_consistency_between_frames(dataset):
     rgb = sample["images"]
     rand = (rgb[0].reshape(3, -1)[:, torch.randperm(rgb.shape[-1] ** 2)] - rgb[1].reshape(3, -1)).abs().mean(0)
     assert col.median() < 0.04 and col.median() < 0.4 * rand.median()
-    # the check is strict: square pixels (fy = fx, the classic mistake) break it
+    # the check is strict: a 10 % wrong focal length breaks it (a wrong fy alone cannot show
+    # between level cameras; test_floor_height_needs_doom_pixel_aspect covers it)
     wrong = sample["intrinsics"].double().clone()
-    wrong[:, 1] = wrong[:, 0]
+    wrong[:, :2] *= 1.1
     rel_wrong, _ = _reprojection(sample, pairs, intr_override=wrong)
     assert rel_wrong.median() > 2 * median
+
+
+def test_floor_height_needs_doom_pixel_aspect(dataset):
+    """Depth of the bottom rows, unprojected to the world where the BEV floor is level with the
+    camera's own floor, lies on that floor (within 2 cm) with fy = 1.2 fx; with square pixels
+    (fy = fx) it does not."""
+    root, _ = dataset
+    sample = SceneDataset(root, split="train")[0]
+    bev = np.load(root / "scene_0000" / "bev.npz")
+    bounds = sample["bounds"].numpy()
+    res = bev["floor"].shape[0]
+
+    def floor_error(intr):
+        H = sample["depth"].shape[1]
+        pts = camera.unproject_depth(sample["depth"].double(), intr, sample["c2w"].double())
+        pts, ok = pts[:, -H // 8 :].reshape(-1, 3).numpy(), sample["depth_valid"][:, -H // 8 :].reshape(-1).numpy()
+        ij = np.floor((pts[:, :2] - bounds[0, :2]) / (bounds[1, :2] - bounds[0, :2]) * res).astype(int)
+        ok &= ((ij >= 0) & (ij < res)).all(1)
+        floor = bev["floor"][ij[ok, 0], ij[ok, 1]]
+        own = np.abs(floor - (sample["c2w"][0, 2, 3].item() - 41 * 3 / 128)) < 1e-3
+        assert own.sum() > 100
+        return np.median(np.abs(pts[ok, 2] - floor)[own])
+
+    intr = sample["intrinsics"].double()
+    square = intr.clone()
+    square[:, 1] = square[:, 0]
+    assert floor_error(intr) < 0.02
+    assert floor_error(square) > 0.1
 
 
 def test_bev_matches_camera_floor(dataset):
@@ -128,3 +157,29 @@ def test_depth_against_exact_geometry():
     assert r["pixels"] > 1000
     assert r["calibrated_buffer"]["median"] <= 0.03
     assert r["final"]["median"] <= 0.03
+
+
+def test_sector_lookup_matches_brute_force():
+    """The banded point-in-sector lookup agrees with the plain even-odd rule over all segments."""
+    from nfldm.data.vizdoom import _private_cwd, load_map, make_game
+
+    with _private_cwd():
+        geo = make_game("freedoom2.wad", 64, 0, sectors=True)
+        try:
+            dm = load_map(geo, "MAP15")
+        finally:
+            geo.close()
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(dm.lines[:, :2].min(0), dm.lines[:, :2].max(0), (500, 2))
+    segs = np.concatenate(dm.sector_lines)
+    owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(dm.sector_lines)])
+    area = np.array([np.ptp(s[:, [0, 2]]) * np.ptp(s[:, [1, 3]]) for s in dm.sector_lines])
+    x1, y1, x2, y2 = segs.T
+    ref = []
+    for px, py in pts:
+        with np.errstate(all="ignore"):
+            cross = ((y1 > py) != (y2 > py)) & (px < x1 + (py - y1) * (x2 - x1) / (y2 - y1))
+        odd = np.bincount(owner, weights=cross, minlength=len(dm.sector_lines)) % 2 == 1
+        ref.append(int(np.argmin(np.where(odd, area, np.inf))) if odd.any() else -1)
+    got = dm.sector_at(pts)
+    assert (got == np.array(ref)).all() and 0.1 < (got >= 0).mean() < 0.9

@@ -90,13 +90,19 @@ class DoomMap:
         step = np.abs(self.floor[f] - self.floor[b])
         return (self.back < 0) | self.blocking | (step > MAX_STEP) | (hi - lo < PLAYER_HEIGHT)
 
-    def ray_distance(self, origin: np.ndarray, angles: np.ndarray, solid: np.ndarray) -> np.ndarray:
+    def ray_distance(self, origin: np.ndarray, angles: np.ndarray, solid: np.ndarray, max_dist: float = 2048.0) -> np.ndarray:
         """Distance along horizontal rays to the first ``solid`` line.
 
         origin: 2 (x, y); angles: A (radians, 0 = +x, counter-clockwise); solid: L bool.
-        Returns A distances in map units (inf where no solid line is hit).
+        Returns A distances in map units (inf where no solid line is hit within ``max_dist``,
+        which is beyond the depth buffer's range).
         """
         seg = self.lines[solid]
+        # drop segments farther than max_dist from the origin (point-to-segment distance)
+        o = np.asarray(origin, dtype=np.float64)
+        e = seg[:, 2:] - seg[:, :2]
+        w = np.clip(((o - seg[:, :2]) * e).sum(1) / np.maximum((e * e).sum(1), 1e-12), 0, 1)
+        seg = seg[np.hypot(*(seg[:, :2] + w[:, None] * e - o).T) < max_dist]
         if len(seg) == 0:
             return np.full(np.shape(angles), np.inf)
         d = np.stack([np.cos(angles), np.sin(angles)], -1)[:, None, :]  # A x 1 x 2
@@ -114,35 +120,51 @@ class DoomMap:
         return self.ray_distance(origin, angles, self.solid_at_height(eye_z))
 
     # ---------------------------------------------------------------- sectors
-    def sector_at(self, points: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    BAND = 64.0  # map units: height of the horizontal bands that bucket segments for sector_at
+
+    def _sector_index(self):
+        """Per-map arrays for ``sector_at`` (built once): all sector segments sorted by owner,
+        bucketed into horizontal bands of ``BAND`` map units by the y-range they span."""
+        if getattr(self, "_sindex", None) is None:
+            segs = np.concatenate(self.sector_lines, 0)
+            owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(self.sector_lines)])
+            area = np.array(
+                [np.ptp(s[:, [0, 2]]) * np.ptp(s[:, [1, 3]]) if len(s) else np.inf for s in self.sector_lines]
+            )
+            order = np.argsort(owner, kind="stable")
+            segs, owner = segs[order], owner[order]
+            y0 = segs[:, [1, 3]].min()
+            lo = np.floor((segs[:, [1, 3]].min(1) - y0) / self.BAND).astype(int)
+            hi = np.floor((segs[:, [1, 3]].max(1) - y0) / self.BAND).astype(int)
+            bands = [np.nonzero((lo <= b) & (hi >= b))[0] for b in range(hi.max() + 1)]
+            self._sindex = (segs, owner, area, y0, bands)
+        return self._sindex
+
+    def sector_at(self, points: np.ndarray) -> np.ndarray:
         """Sector index containing each point (P x 2 -> P, -1 outside the map).
 
-        Even-odd rule per sector; for nested sectors the one with the smallest bounding box
-        (the innermost) wins."""
+        Even-odd rule per sector (a ray to +x crosses the sector's boundary an odd number of
+        times); for nested sectors the one with the smallest bounding box (the innermost) wins.
+        Only the segments of the point's horizontal band are tested."""
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        segs = np.concatenate(self.sector_lines, 0)
-        owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(self.sector_lines)])
-        bbox_area = np.array(
-            [np.ptp(s[:, [0, 2]]) * np.ptp(s[:, [1, 3]]) if len(s) else np.inf for s in self.sector_lines]
-        )
-        order = np.argsort(owner, kind="stable")
-        segs, owner = segs[order], owner[order]
-        starts = np.searchsorted(owner, np.arange(len(self.sector_lines)))
-        nonempty = np.array([len(s) > 0 for s in self.sector_lines])
-        x1, y1, x2, y2 = (segs[:, i, None] for i in range(4))
-        out = np.empty(len(points), dtype=np.int64)
-        for a in range(0, len(points), chunk):
-            px, py = points[a : a + chunk, 0][None], points[a : a + chunk, 1][None]
+        segs, owner, bbox_area, y0, bands = self._sector_index()
+        out = np.full(len(points), -1, dtype=np.int64)
+        band = np.floor((points[:, 1] - y0) / self.BAND).astype(int)
+        for b in np.unique(band):
+            if b < 0 or b >= len(bands) or len(bands[b]) == 0:
+                continue
+            sel = np.nonzero(band == b)[0]
+            k = bands[b]
+            x1, y1, x2, y2 = (segs[k, i, None] for i in range(4))
+            px, py = points[sel, 0][None], points[sel, 1][None]
             straddle = (y1 > py) != (y2 > py)
             with np.errstate(divide="ignore", invalid="ignore"):
                 xint = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
-            cross = (straddle & (px < xint)).astype(np.int32)  # segs x P
-            parity = np.add.reduceat(cross, starts[nonempty], axis=0) % 2  # S' x P
-            inside = np.zeros((len(self.sector_lines), parity.shape[1]), dtype=bool)
-            inside[nonempty] = parity.astype(bool)
-            area = np.where(inside, bbox_area[:, None], np.inf)
-            best = area.argmin(0)
-            out[a : a + chunk] = np.where(np.isfinite(area.min(0)), best, -1)
+            cross = (straddle & (px < xint)).astype(np.int32)  # K x P
+            sectors, starts = np.unique(owner[k], return_index=True)
+            inside = (np.add.reduceat(cross, starts, axis=0) % 2).astype(bool)  # S' x P
+            area = np.where(inside, bbox_area[sectors, None], np.inf)
+            out[sel] = np.where(np.isfinite(area.min(0)), sectors[area.argmin(0)], -1)
         return out
 
     # -------------------------------------------------------------------- BEV

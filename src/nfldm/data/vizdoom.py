@@ -8,8 +8,12 @@ inside the scene's voxel-grid box. Design choices (documented in docs/vizdoom.md
   exactly the output pixel's centre, so depth stays exact and intrinsics transform exactly).
 - Depth: the uint8 depth buffer, calibrated linearly against exact distances ray-cast from the
   map geometry, then snapped to the exact ray-cast value where the pixel lies on the wall hit
-  by the column's eye-level ray, or on the floor / ceiling of the camera's own sector.
-  Saturated pixels (sky, > 40 m) are invalid (0).
+  by the column's eye-level ray, or on a floor / ceiling (of the camera's sector, or of the
+  sector under the pixel's approximate world point).
+  Saturated pixels (> 40 m) and sky pixels are invalid (0). The sky is drawn at the constant
+  buffer value floor(0.4 x render width) (102 at R = 64, 204 at R = 128, saturated at R = 256);
+  the run of pixels with that value from the top of each column is sky, unless snapped to
+  exact geometry.
 - World frame of a scene: map coordinates in metres (x east, y north, z up), translated so
   the scene box is centred on the trajectory in x, y and z = 0 is the floor under the first
   camera.
@@ -38,6 +42,7 @@ from nfldm.utils.io import atomic_write_bytes
 DEPTH_BUFFER_SCALE = 7.129  # map units per buffer step
 DEPTH_BUFFER_OFFSET = 9.10  # map units
 DEPTH_BUFFER_SATURATED = 255
+SKY_BUFFER_PER_WIDTH = 0.4  # the sky is drawn at buffer value floor(0.4 * render width) (measured)
 SNAP_TOLERANCE = 0.25  # metres: ~1.5 buffer steps
 EYE_HEIGHT = 41.0  # map units above the floor (VIEW_HEIGHT)
 
@@ -113,19 +118,22 @@ def _private_cwd():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def make_game(wad: str, resolution: int, seed: int):
-    """A headless DoomGame for ``wad``: no monsters, no view bob, no HUD, RGB + depth + sectors.
+def make_game(wad: str, resolution: int, seed: int, sectors: bool = False):
+    """A headless DoomGame for ``wad``: no monsters, no view bob, no HUD, RGB + depth.
 
-    Must be created inside ``_private_cwd``."""
+    With ``sectors`` it reports ``state.sectors`` instead (and renders at the smallest size):
+    converting the sectors costs milliseconds per state, so one game reads each map's geometry
+    once and another renders the frames. Must be created inside ``_private_cwd``."""
     import vizdoom as vzd
 
     game = vzd.DoomGame()
     game.set_doom_game_path(str(Path(vzd.__file__).parent / wad))
     game.set_doom_config_path(os.path.join(os.getcwd(), "_vizdoom.ini"))
-    game.set_screen_resolution(getattr(vzd.ScreenResolution, f"RES_{4 * resolution}X{3 * resolution}"))
+    size = "160X120" if sectors else f"{4 * resolution}X{3 * resolution}"
+    game.set_screen_resolution(getattr(vzd.ScreenResolution, f"RES_{size}"))
     game.set_screen_format(vzd.ScreenFormat.RGB24)
-    game.set_depth_buffer_enabled(True)
-    game.set_sectors_info_enabled(True)
+    game.set_depth_buffer_enabled(not sectors)
+    game.set_sectors_info_enabled(sectors)
     game.set_render_hud(False)
     game.set_render_weapon(False)
     game.set_render_crosshair(False)
@@ -167,12 +175,14 @@ class FrameProcessor:
         c = np.arange(R) + 0.5
         self.col_angle = np.arctan((c - cx) / fx)  # angle right of the view axis, per column
         self.row_slope = (c - cy) / fy  # downward slope per row (> 0 below the horizon)
+        self.sky_raw = int(SKY_BUFFER_PER_WIDTH * 4 * R)
 
     def rgb(self, screen: np.ndarray) -> np.ndarray:
         """screen: 3R x 4R x 3 uint8 -> R x R x 3 uint8 (3 x 3 box average of the centre crop)."""
         R = self.R
-        crop = screen[:, self.x0 : self.x0 + 3 * R].astype(np.float32)
-        return crop.reshape(R, 3, R, 3, 3).mean((1, 3)).round().astype(np.uint8)
+        crop = screen[:, self.x0 : self.x0 + 3 * R]
+        total = crop.reshape(R, 3, R, 3, 3).sum((1, 3), dtype=np.uint16)
+        return ((total + 4) // 9).astype(np.uint8)
 
     def raw_depth(self, depth_buffer: np.ndarray) -> np.ndarray:
         """depth buffer 3R x 4R uint8 -> R x R uint8: the centre pixel of each 3 x 3 block."""
@@ -193,11 +203,34 @@ class FrameProcessor:
         with np.errstate(divide="ignore", invalid="ignore"):
             floor = np.where(s > 0, (eye_z - dm.floor[sector]) / s, np.inf) / MAP_UNITS_PER_METRE
             ceil = np.where(s < 0, (dm.ceil[sector] - eye_z) / -s, np.inf) / MAP_UNITS_PER_METRE
-        for exact in (wall, floor, ceil):
-            exact = np.broadcast_to(exact, d.shape)
-            snap = np.isfinite(exact) & (np.abs(d - exact) < SNAP_TOLERANCE)
-            d = np.where(snap, exact, d)
-        return np.where(raw >= DEPTH_BUFFER_SATURATED, 0.0, d).astype(np.float32)
+        # snap each pixel to the candidate surface closest to the buffer's depth, if within tolerance
+        exact = np.stack(np.broadcast_arrays(wall, floor, ceil, d)[:3])  # 3 x R x R
+        err = np.where(np.isfinite(exact), np.abs(exact - d), np.inf)
+        best = err.argmin(0)
+        snapped = np.take_along_axis(err, best[None], 0)[0] < SNAP_TOLERANCE
+        d = np.where(snapped, np.take_along_axis(exact, best[None], 0)[0], d)
+        # floors and ceilings of other sectors: look up the sector under the pixel's approximate
+        # world point and snap to that sector's floor (below the horizon) or ceiling (above)
+        rest = ~snapped & (raw < DEPTH_BUFFER_SATURATED) & (s != 0)
+        if rest.any():
+            v, u = np.nonzero(rest)
+            du = d[v, u] * MAP_UNITS_PER_METRE
+            lateral = np.tan(self.col_angle[u])
+            fwd = np.array([np.cos(yaw), np.sin(yaw)])
+            right = np.array([np.sin(yaw), -np.cos(yaw)])
+            xy = pos + du[:, None] * (fwd + lateral[:, None] * right)
+            sec = dm.sector_at(xy)
+            slope = self.row_slope[v]
+            height = np.where(slope > 0, eye_z - dm.floor[sec], dm.ceil[sec] - eye_z)
+            cand = height / np.abs(slope) / MAP_UNITS_PER_METRE
+            ok = (sec >= 0) & (cand > 0) & (np.abs(cand - d[v, u]) < SNAP_TOLERANCE)
+            d[v[ok], u[ok]] = cand[ok]
+            snapped[v[ok], u[ok]] = True
+        # sky: the run of sky-valued pixels from the top of each column (a real surface at
+        # exactly that buffer value further down is kept)
+        sky = np.cumprod(raw == self.sky_raw, axis=0).astype(bool) & ~snapped
+        invalid = (raw >= DEPTH_BUFFER_SATURATED) | sky
+        return np.where(invalid, 0.0, d).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- agent
@@ -264,16 +297,21 @@ def _window_ok(frames: list[Frame], cfg: VizdoomConfig) -> bool:
     return bool((z > cfg.z_min + 0.5).all() and (z < cfg.z_max - 0.5).all())
 
 
-def collect_map_scenes(game, wad: str, map_name: str, count: int, cfg: VizdoomConfig, rng: np.random.Generator, proc: FrameProcessor, bar=None):
-    """Run one episode on ``map_name`` and cut ``count`` scene windows from it.
+def load_map(geometry_game, map_name: str) -> DoomMap:
+    """Exact geometry of ``map_name``, read through a game made with ``sectors=True``."""
+    geometry_game.set_doom_map(map_name)
+    geometry_game.new_episode()
+    return DoomMap.from_sectors(geometry_game.get_state().sectors)
+
+
+def collect_map_scenes(game, dm: DoomMap, map_name: str, count: int, cfg: VizdoomConfig, rng: np.random.Generator, proc: FrameProcessor, bar=None):
+    """Run one episode on ``map_name`` (geometry ``dm``) and cut ``count`` scene windows from it.
 
     Returns a list of (frames, DoomMap); fewer than ``count`` if the episode ends or the
     agent runs out of steps."""
     game.set_doom_map(map_name)
     game.new_episode()
     game.make_action([0, 0], 8)  # the player cannot move for the first ~7 tics
-    state = game.get_state()
-    dm = DoomMap.from_sectors(state.sectors)
     solid = dm.impassable()
     agent = Explorer(rng, cfg.turn_step)
     window: list[Frame] = []
@@ -367,8 +405,10 @@ def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool =
                     count = min(max(count, 1), want[split] - got)
                     if wad not in games:
                         games[wad] = make_game(wad, cfg.resolution, cfg.seed)
+                        games[wad + ":geometry"] = make_game(wad, cfg.resolution, cfg.seed, sectors=True)
+                    dm = load_map(games[wad + ":geometry"], map_name)
                     map_rng = np.random.default_rng([cfg.seed, tried, len(entries)])
-                    for frames, dm in collect_map_scenes(games[wad], wad, map_name, count, cfg, map_rng, proc, bar):
+                    for frames, dm in collect_map_scenes(games[wad], dm, map_name, count, cfg, map_rng, proc, bar):
                         name = f"scene_{len(entries):04d}"
                         c2w, bounds, origin, bev = scene_arrays(frames, dm, cfg)
                         save_bev(out / name / "bev.npz", bev, bounds)
@@ -421,11 +461,12 @@ def depth_validation(maps: list[tuple[str, str]], steps: int = 40, resolution: i
             for k, (wad, map_name) in enumerate(maps):
                 if wad not in games:
                     games[wad] = make_game(wad, resolution, seed)
+                    games[wad + ":geometry"] = make_game(wad, resolution, seed, sectors=True)
+                dm = load_map(games[wad + ":geometry"], map_name)
                 game = games[wad]
                 game.set_doom_map(map_name)
                 game.new_episode()
                 game.make_action([0, 0], 8)
-                dm = DoomMap.from_sectors(game.get_state().sectors)
                 solid = dm.impassable()
                 agent = Explorer(np.random.default_rng([seed, k]), cfg.turn_step)
                 for _ in range(steps):

@@ -1,0 +1,44 @@
+"""Small synthetic datasets for the data tests (written with nfldm.data.format)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nfldm.camera import pose_from_position_yaw
+from nfldm.data.format import write_dataset_index, write_scene
+
+H = W = 64
+N_FRAMES = 4
+INTR = [40.0, 48.0, 32.0, 32.0]
+BOUNDS = [[-4.0, -4.0, -1.0], [4.0, 4.0, 3.0]]
+# name, split, group
+SCENES = [("scene_0000", "train", "wad:MAP01"), ("scene_0001", "train", "wad:MAP02"),
+          ("scene_0002", "test", "wad:MAP03")]
+
+
+def make_scene_arrays(seed: int, n: int = N_FRAMES, h: int = H, w: int = W):
+    """-> images uint8 n x h x w x 3, depth float n x h x w (some invalid), c2w n x 4 x 4."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+    depth = 2.0 + 0.5 * rng.random((n, h, w))
+    depth[:, 0, :4] = 0.0  # invalid pixels
+    depth[:, 1, :4] = np.nan
+    pos = torch.from_numpy(rng.uniform([-2, -2, 0], [2, 2, 1.5], size=(n, 3)))
+    yaw = torch.from_numpy(rng.uniform(-math.pi, math.pi, size=n))
+    c2w = pose_from_position_yaw(pos, yaw).numpy()
+    return images, depth, c2w
+
+
+def make_dataset(root: Path) -> dict:
+    """Write the 3-scene dataset of SCENES into root; returns {name: (images, depth, c2w)}."""
+    arrays = {}
+    for k, (name, _, group) in enumerate(SCENES):
+        arrays[name] = make_scene_arrays(k)
+        write_scene(root / name, *arrays[name], INTR, extra={"map": group, "seed": k})
+    write_dataset_index(root, [{"name": n, "split": s, "group": g, "bounds": BOUNDS}
+                               for n, s, g in SCENES])
+    return arrays
