@@ -9,6 +9,7 @@ import torch
 
 from nfldm import camera
 from nfldm.data.check import check_path
+from nfldm.data.consistency import neighbour_pairs, reprojection_errors
 from nfldm.data.loader import SceneDataset
 from nfldm.data.vizdoom import VizdoomConfig, all_maps, collect_dataset, depth_validation, map_split
 
@@ -53,45 +54,18 @@ def test_collection_is_reproducible(tmp_path):
         assert (tmp_path / "a/scene_0000" / f["file_path"]).read_bytes() == (tmp_path / "b/scene_0000" / f["file_path"]).read_bytes()
 
 
-def _reprojection(sample, pairs, intr_override=None):
-    """Unproject frame i's depth, project into frame j; on pixels that land inside j with valid
-    depth in both, return (relative depth errors, colour differences of depth-consistent pixels)."""
-    rgb, depth, valid = sample["images"], sample["depth"], sample["depth_valid"]
-    intr = sample["intrinsics"].double() if intr_override is None else intr_override
-    c2w = sample["c2w"].double()
-    V, _, H, W = rgb.shape
-    errs, cols = [], []
-    for i, j in pairs:
-        pts = camera.unproject_depth(depth[i].double(), intr[i], c2w[i]).reshape(-1, 3)
-        uv, z = camera.project(pts, intr[j], c2w[j])
-        u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
-        ok = valid[i].reshape(-1) & (z > 0.1) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        # keep points whose projection is near a pixel centre, so the nearest pixel samples them
-        frac = uv - uv.floor() - 0.5
-        ok &= (frac.abs() < 0.35).all(-1)
-        u, v, z = u[ok], v[ok], z[ok]
-        dj = depth[j][v, u].double()
-        vj = valid[j][v, u]
-        rel = ((z - dj).abs() / dj)[vj]
-        errs.append(rel)
-        ci = rgb[i].permute(1, 2, 0).reshape(-1, 3)[ok][vj]
-        cj = rgb[j].permute(1, 2, 0)[v, u][vj]
-        cols.append((ci - cj).abs().mean(-1)[rel < 0.03])
-    return torch.cat(errs), torch.cat(cols)
-
-
 def test_geometric_consistency_between_frames(dataset):
     """Poses, intrinsics and depth fit together: frame i's depth reprojected into frame j agrees
-    with frame j's depth (median relative error < 2 %) and so do the colours."""
+    with frame j's depth (median relative error < 1 %) and so do the colours."""
     root, _ = dataset
     ds = SceneDataset(root, split="train")
     sample = ds[0]
     V = sample["images"].shape[0]
-    pairs = [(i, j) for i in range(V) for j in range(V) if 0 < abs(i - j) <= 3]
-    rel, col = _reprojection(sample, pairs)
+    pairs = neighbour_pairs(V)
+    rel, col = reprojection_errors(sample, pairs)
     assert rel.numel() > 5000
     median = rel.median().item()
-    assert median < 0.02, f"median relative depth error {median:.4f}"
+    assert median < 0.01, f"median relative depth error {median:.4f}"
     assert (rel < 0.05).float().mean() > 0.75
     # colours of geometrically consistent pixels agree far better than random pixel pairs
     rgb = sample["images"]
@@ -101,7 +75,7 @@ def test_geometric_consistency_between_frames(dataset):
     # between level cameras; test_floor_height_needs_doom_pixel_aspect covers it)
     wrong = sample["intrinsics"].double().clone()
     wrong[:, :2] *= 1.1
-    rel_wrong, _ = _reprojection(sample, pairs, intr_override=wrong)
+    rel_wrong, _ = reprojection_errors(sample, pairs, intr=wrong)
     assert rel_wrong.median() > 2 * median
 
 
