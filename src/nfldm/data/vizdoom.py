@@ -297,6 +297,17 @@ def _window_ok(frames: list[Frame], cfg: VizdoomConfig) -> bool:
     return bool((z > cfg.z_min + 0.5).all() and (z < cfg.z_max - 0.5).all())
 
 
+def step(game, forward: float, turn: float, tics: int) -> None:
+    """Advance ``tics`` tics walking ``forward`` (0/1), turning ``turn`` degrees
+    (counter-clockwise) on the first tic only, and render once at the end.
+
+    TURN_LEFT_RIGHT_DELTA turns right for positive values, on every tic it is held."""
+    game.set_action([forward, -turn])
+    game.advance_action(1, tics == 1)
+    if tics > 1 and not game.is_episode_finished():
+        game.make_action([forward, 0.0], tics - 1)
+
+
 def load_map(geometry_game, map_name: str) -> DoomMap:
     """Exact geometry of ``map_name``, read through a game made with ``sectors=True``."""
     geometry_game.set_doom_map(map_name)
@@ -339,12 +350,7 @@ def collect_map_scenes(game, dm: DoomMap, map_name: str, count: int, cfg: Vizdoo
                     window.pop(0)
         elif skip > 0:
             skip -= 1
-        forward, turn = agent.act(dm, solid, pos, yaw_deg)
-        # TURN_LEFT_RIGHT_DELTA turns right for positive values, every tic it is held
-        game.set_action([forward, -turn])
-        game.advance_action(1, cfg.tics_per_frame == 1)
-        if cfg.tics_per_frame > 1 and not game.is_episode_finished():
-            game.make_action([forward, 0.0], cfg.tics_per_frame - 1)
+        step(game, *agent.act(dm, solid, pos, yaw_deg), cfg.tics_per_frame)
     return scenes
 
 
@@ -484,8 +490,7 @@ def depth_validation(maps: list[tuple[str, str]], steps: int = 40, resolution: i
                             raws.append(raw[row].astype(np.float64))
                             exact.append(r)
                             final.append(d[row].astype(np.float64))
-                    forward, turn = agent.act(dm, solid, pos, yaw_deg)
-                    game.make_action([forward, -turn], cfg.tics_per_frame)
+                    step(game, *agent.act(dm, solid, pos, yaw_deg), cfg.tics_per_frame)
         finally:
             for g in games.values():
                 g.close()
