@@ -282,13 +282,6 @@ class Frame:
     tic: int
 
 
-def _circular_spread(yaws: np.ndarray) -> float:
-    """Length of the largest arc of yaw angles not covered by the frames, subtracted from 360."""
-    a = np.sort(np.mod(np.rad2deg(yaws), 360.0))
-    gaps = np.diff(np.concatenate([a, a[:1] + 360.0]))
-    return 360.0 - gaps.max()
-
-
 def _window_ok(frames: list[Frame], cfg: VizdoomConfig) -> bool:
     xy = np.stack([f.position[:2] for f in frames]) / MAP_UNITS_PER_METRE
     if (np.ptp(xy, 0) > cfg.extent - 2 * cfg.margin).any():
@@ -318,7 +311,7 @@ def load_map(geometry_game, map_name: str) -> DoomMap:
 def collect_map_scenes(game, dm: DoomMap, map_name: str, count: int, cfg: VizdoomConfig, rng: np.random.Generator, proc: FrameProcessor, bar=None):
     """Run one episode on ``map_name`` (geometry ``dm``) and cut ``count`` scene windows from it.
 
-    Returns a list of (frames, DoomMap); fewer than ``count`` if the episode ends or the
+    Returns a list of frame windows; fewer than ``count`` if the episode ends or the
     agent runs out of steps."""
     game.set_doom_map(map_name)
     game.new_episode()
@@ -342,7 +335,7 @@ def collect_map_scenes(game, dm: DoomMap, map_name: str, count: int, cfg: Vizdoo
             window.append(Frame(proc.rgb(state.screen_buffer), depth, np.array([x, y, z]), yaw, floor_z, state.tic))
             if len(window) == cfg.frames:
                 if _window_ok(window, cfg):
-                    scenes.append((window, dm))
+                    scenes.append(window)
                     if bar is not None:
                         bar.update(1)
                     window, skip = [], cfg.scene_gap
@@ -414,7 +407,7 @@ def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool =
                         games[wad + ":geometry"] = make_game(wad, cfg.resolution, cfg.seed, sectors=True)
                     dm = load_map(games[wad + ":geometry"], map_name)
                     map_rng = np.random.default_rng([cfg.seed, tried, len(entries)])
-                    for frames, dm in collect_map_scenes(games[wad], dm, map_name, count, cfg, map_rng, proc, bar):
+                    for frames in collect_map_scenes(games[wad], dm, map_name, count, cfg, map_rng, proc, bar):
                         name = f"scene_{len(entries):04d}"
                         c2w, bounds, origin, bev = scene_arrays(frames, dm, cfg)
                         save_bev(out / name / "bev.npz", bev, bounds)
