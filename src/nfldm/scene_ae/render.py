@@ -1,0 +1,106 @@
+"""Volume rendering of the voxel grid V.
+
+V: B x (1 + C) x X x Y x Z, channel 0 the density sigma (per metre, >= 0), channels 1.. the
+features. Rays are given as origins and directions with the z-depth convention of
+:mod:`nfldm.camera` (``o + t * d`` has z-depth t), so the ray parameter t is the z-depth.
+
+Samples are spread uniformly in t over the part of the ray inside the grid's box (stratified
+jitter in training, mid-points otherwise); density and features are interpolated
+trilinearly (``grid_sample``); the quadrature is the usual one:
+    tau_i = sigma_i * delta_i,  delta_i = (t_{i+1} - t_i) * |d|  (metres along the ray)
+    w_i   = exp(-sum_{j<i} tau_j) * (1 - exp(-tau_i))
+    feature = sum_i w_i f_i + (1 - sum_i w_i) * background
+    depth   = sum_i w_i t_i + (1 - sum_i w_i) * t_exit
+Rendering runs in float32 even under autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nfldm import camera
+
+
+def ray_box(origins: Tensor, dirs: Tensor, bounds: Tensor, near: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Entry and exit ray parameters of an axis-aligned box (slab method).
+
+    origins, dirs: B x R x 3, bounds: B x 2 x 3  ->  (t0, t1): B x R with
+    ``near <= t0 <= t1``; ``t0 == t1`` where the ray misses the box.
+    """
+    lo, hi = bounds[:, None, 0], bounds[:, None, 1]
+    inv = 1.0 / torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
+    ta, tb = (lo - origins) * inv, (hi - origins) * inv
+    t0 = torch.minimum(ta, tb).amax(-1).clamp(min=near)
+    t1 = torch.maximum(ta, tb).amin(-1)
+    return t0, torch.maximum(t0, t1)
+
+
+def sample_grid(V: Tensor, bounds: Tensor, points: Tensor) -> Tensor:
+    """Trilinear interpolation of V at world points (zero outside the box).
+
+    V: B x K x X x Y x Z, bounds: B x 2 x 3, points: B x R x S x 3  ->  B x K x R x S.
+    """
+    lo, hi = bounds[:, None, None, 0], bounds[:, None, None, 1]
+    g = 2.0 * (points - lo) / (hi - lo) - 1.0             # x, y, z in [-1, 1]
+    g = g.flip(-1)[:, :, :, None, :]                       # grid_sample wants (z, y, x) order
+    return F.grid_sample(V, g, mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0]
+
+
+def render_rays(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, num_samples: int,
+                background: Tensor | None = None, jitter: bool = False, near: float = 0.05) -> dict:
+    """Render rays through V.
+
+    V: B x (1 + C) x X x Y x Z, bounds: B x 2 x 3, origins/dirs: B x R x 3, background: C
+    ->  dict with feature B x C x R, depth B x R (z-depth), opacity B x R,
+        weights B x R x S, t B x R x S, t_exit B x R.
+    """
+    with torch.autocast(device_type=V.device.type, enabled=False):
+        V, origins, dirs = V.float(), origins.float(), dirs.float()
+        B, R = origins.shape[:2]
+        t0, t1 = ray_box(origins, dirs, bounds, near)
+        u = torch.arange(num_samples, device=V.device, dtype=V.dtype)
+        u = u + (torch.rand(B, R, num_samples, device=V.device) if jitter else 0.5)
+        step = (t1 - t0) / num_samples                                  # B x R
+        t = t0[..., None] + step[..., None] * u                          # B x R x S
+        pts = origins[:, :, None] + t[..., None] * dirs[:, :, None]      # B x R x S x 3
+        s = sample_grid(V, bounds, pts)                                  # B x K x R x S
+        sigma, feat = s[:, 0], s[:, 1:]
+        tau = sigma * (step * dirs.norm(dim=-1))[..., None]
+        csum = tau.cumsum(-1)
+        w = torch.exp(-(csum - tau)) * (1.0 - torch.exp(-tau))           # B x R x S
+        opacity = w.sum(-1)
+        feature = torch.einsum("brs,bcrs->bcr", w, feat)
+        if background is not None:
+            feature = feature + (1.0 - opacity)[:, None] * background.float()[None, :, None]
+        depth = (w * t).sum(-1) + (1.0 - opacity) * t1
+    return {"feature": feature, "depth": depth, "opacity": opacity, "weights": w, "t": t,
+            "t_exit": t1}
+
+
+def render_views(V: Tensor, bounds: Tensor, intr: Tensor, c2w: Tensor, H: int, W: int,
+                 num_samples: int, background: Tensor | None = None, jitter: bool = False,
+                 chunk: int | None = None) -> dict:
+    """Render whole views.
+
+    V: B x (1 + C) x X x Y x Z, bounds: B x 2 x 3, intr: B x T x 4 (for an H x W image),
+    c2w: B x T x 4 x 4  ->  dict with feature B x T x C x H x W, depth B x T x H x W,
+    opacity B x T x H x W. ``chunk`` limits the rays rendered at once (evaluation).
+    """
+    B, T = intr.shape[:2]
+    o, d = camera.pixel_rays(intr, c2w, H, W)                            # B x T x H x W x 3
+    o, d = o.reshape(B, -1, 3), d.reshape(B, -1, 3)
+    R = o.shape[1]
+    chunk = chunk or R
+    outs = [render_rays(V, bounds, o[:, i:i + chunk], d[:, i:i + chunk], num_samples,
+                        background, jitter) for i in range(0, R, chunk)]
+    feat = torch.cat([x["feature"] for x in outs], -1)
+    depth = torch.cat([x["depth"] for x in outs], -1)
+    opac = torch.cat([x["opacity"] for x in outs], -1)
+    C = feat.shape[1]
+    return {
+        "feature": feat.view(B, C, T, H, W).transpose(1, 2),
+        "depth": depth.view(B, T, H, W),
+        "opacity": opac.view(B, T, H, W),
+    }

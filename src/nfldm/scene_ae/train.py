@@ -1,0 +1,180 @@
+"""Stage 1 entry points: train, evaluate and render the scene auto-encoder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nfldm.data.format import DataError
+from nfldm.data.loader import SceneDataset
+from nfldm.scene_ae.config import SceneAEConfig, config_from_dict, preset
+from nfldm.scene_ae.evaluate import evaluate, input_split
+from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, novel_path, to_uint8, upscale
+from nfldm.scene_ae.model import SceneAutoEncoder, take_views
+from nfldm.trainer import Trainer, load_model_weights, read_run_config
+from nfldm.utils.io import atomic_save_png, atomic_write_json
+from nfldm.utils.video import write_video
+
+STAGE = "scene-ae"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _check_data(ds: SceneDataset, cfg: SceneAEConfig) -> None:
+    m = ds.metas[0]
+    if (m.w, m.h) != (cfg.image_size, cfg.image_size):
+        raise DataError(f"{m.transforms_path}: frames are {m.w}x{m.h}, but the scene-ae config "
+                        f"expects {cfg.image_size}x{cfg.image_size} (pick a preset matching the "
+                        "data, or collect with --resolution)")
+
+
+class PreviewCallback:
+    """Writes RUN/previews/step_XXXXXXX.png (held-out views of a validation scene: ground
+    truth over reconstruction) every ``every`` steps."""
+
+    def __init__(self, dataset: SceneDataset | None, every: int):
+        self.dataset, self.every = dataset, every
+
+    def __call__(self, trainer, step: int, metrics: dict) -> None:
+        if self.dataset is None or step % self.every and step != trainer.cfg.steps:
+            return
+        model = trainer.ema_model()
+        was = model.training
+        img = reconstruction_strip(model, self.dataset[0], trainer.device, num=6)
+        model.train(was)
+        atomic_save_png(Path(trainer.run_dir) / "previews" / f"step_{step:07d}.png", img)
+
+
+def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name: str = "tiny",
+                   steps: int | None = None, resume: bool = False, device: str = "auto",
+                   progress: bool = True, overrides: dict | None = None) -> dict:
+    """Train stage 1 on the train split of ``data`` into run directory ``out``."""
+    p = preset(preset_name)
+    if steps is not None:
+        p.train.steps = steps
+    p.train.device = device
+    p.train.progress = progress
+    for k, v in (overrides or {}).items():
+        target = p.model if hasattr(p.model, k) else p.train
+        if not hasattr(target, k):
+            raise ValueError(f"unknown scene-ae option {k!r}")
+        setattr(target, k, v)
+    cfg = p.model
+    need = cfg.num_input_views + cfg.num_novel_views
+    train_ds = SceneDataset(data, "train", num_views=need, cache=True, seed=p.train.seed)
+    _check_data(train_ds, cfg)
+    try:
+        val_ds = SceneDataset(data, "val", cache=True)
+    except DataError:
+        val_ds = None
+    torch.manual_seed(p.train.seed)
+    model = SceneAutoEncoder(cfg)
+    run_config = {"stage": STAGE, "preset": preset_name, "data": str(Path(data).resolve()),
+                  "model": asdict(cfg), "train": p.train.to_dict()}
+    every = max(p.train.ckpt_every, p.train.log_every)
+    trainer = Trainer(model, train_ds, p.train, out, run_config, resume=resume,
+                      callbacks=[PreviewCallback(val_ds, every)])
+    return trainer.fit()
+
+
+def load_scene_ae(run: str | os.PathLike, device: str = "auto") -> SceneAutoEncoder:
+    """The trained model of a stage-1 run directory (EMA weights when present)."""
+    rc = read_run_config(run)
+    if rc.get("stage") != STAGE:
+        raise ValueError(f"{run}: not a scene-ae run (its config.json says stage "
+                         f"{rc.get('stage')!r})")
+    model = SceneAutoEncoder(config_from_dict(rc["model"]))
+    load_model_weights(run, model, prefer_ema=True)
+    return model.to(pick_device(device)).eval()
+
+
+@torch.no_grad()
+def reconstruction_strip(model: SceneAutoEncoder, item: dict, device, num: int = 8) -> np.ndarray:
+    """PNG strip for one scene: rows = ground truth, reconstruction, GT depth, rendered depth,
+    for ``num`` held-out frames (not given to the encoder)."""
+    model.eval()
+    batch = {k: (v[None].to(device) if torch.is_tensor(v) else [v]) for k, v in item.items()}
+    n = batch["images"].shape[1]
+    ins, outs = input_split(n, model.cfg.num_input_views)
+    outs = outs[np.round(np.linspace(0, len(outs) - 1, min(num, len(outs)))).astype(int)]
+    bi, bo = take_views(batch, torch.from_numpy(ins)), take_views(batch, torch.from_numpy(outs))
+    H, W = bi["images"].shape[-2:]
+    enc = model.encode(bi["images"], bi["intrinsics"], bi["c2w"], bi["bounds"], bi["depth"],
+                       bi["depth_valid"])
+    r = model.render(enc["V"], bi["bounds"], bo["intrinsics"], bo["c2w"], H, W, chunk=8192)
+    d = torch.nn.functional.interpolate(r["depth"][0][:, None], size=(H, W), mode="nearest")[:, 0]
+    rows = [to_uint8(bo["images"][0]), to_uint8(r["rgb"][0]),
+            depth_to_rgb(bo["depth"][0], bo["depth_valid"][0]), depth_to_rgb(d)]
+    return grid_image([upscale(x, 2) for x in rows])
+
+
+def eval_scene_ae(run, data, split: str = "test", out=None, device: str = "auto",
+                  max_scenes: int | None = None, progress: bool = True) -> dict:
+    """Held-out-view metrics of the model and the trivial baselines; writes ``out`` (JSON)
+    and a picture next to it (``<out stem>_views.png``)."""
+    model = load_scene_ae(run, device)
+    ds = SceneDataset(data, split, cache=True)
+    _check_data(ds, model.cfg)
+    dev = next(model.parameters()).device
+    res, kept = evaluate(model, ds, device=dev, max_scenes=max_scenes, progress=progress, keep=4)
+    res = {"run": str(run), "data": str(data), "split": split, **res}
+    if out is not None:
+        atomic_write_json(out, res)
+        rows = []
+        for k in kept:
+            sel = np.round(np.linspace(0, len(k["held_out"]) - 1, 6)).astype(int)
+            rows += [to_uint8(k["gt"][sel]), to_uint8(k["model"][0][sel]),
+                     to_uint8(k["nearest_frame"][0][sel])]
+        if rows:
+            atomic_save_png(Path(out).with_name(Path(out).stem + "_views.png"),
+                            grid_image([upscale(x, 2) for x in rows]))
+    return res
+
+
+def render_flythrough(run, data, scene: str, out, split: str | None = None, num_frames: int = 96,
+                      fps: int = 24, scale: int = 4, device: str = "auto") -> dict:
+    """Encode one scene from its input views, render a smooth novel path through it
+    (video ``out``), and write ``<out stem>_strip.png`` (ground truth vs reconstruction)."""
+    model = load_scene_ae(run, device)
+    dev = next(model.parameters()).device
+    ds = None
+    for sp in ([split] if split else ["train", "val", "test"]):
+        try:
+            cand = SceneDataset(data, sp, cache=True)
+        except DataError:
+            continue
+        if scene in [e.name for e in cand.entries]:
+            ds = cand
+            break
+    if ds is None:
+        raise DataError(f"{data}: no scene named {scene!r}" + (f" in split {split!r}" if split else ""))
+    _check_data(ds, model.cfg)
+    item = ds[[e.name for e in ds.entries].index(scene)]
+    batch = {k: (v[None].to(dev) if torch.is_tensor(v) else [v]) for k, v in item.items()}
+    ins, _ = input_split(batch["images"].shape[1], model.cfg.num_input_views)
+    bi = take_views(batch, torch.from_numpy(ins))
+    H, W = bi["images"].shape[-2:]
+    path = novel_path(item["c2w"], item["bounds"], num_frames).to(dev)
+    frames = []
+    with torch.no_grad():
+        enc = model.encode(bi["images"], bi["intrinsics"], bi["c2w"], bi["bounds"], bi["depth"],
+                           bi["depth_valid"])
+        intr = bi["intrinsics"][:, :1].expand(1, len(path), 4)
+        for i in range(0, len(path), 16):
+            r = model.render(enc["V"], bi["bounds"], intr[:, i:i + 16], path[None, i:i + 16], H, W,
+                             chunk=8192)
+            rgb = upscale(to_uint8(r["rgb"][0]), scale)
+            d = torch.nn.functional.interpolate(r["depth"][0][:, None], size=(H, W))[:, 0]
+            frames += list(np.concatenate([rgb, upscale(depth_to_rgb(d), scale)], 2))
+    written = write_video(out, frames, fps)
+    strip = Path(out).with_name(Path(out).stem + "_strip.png")
+    atomic_save_png(strip, reconstruction_strip(model, item, dev))
+    return {"video": str(written), "strip": str(strip), "frames": len(frames)}

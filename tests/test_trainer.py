@@ -1,0 +1,244 @@
+"""Tests of the shared trainer (nfldm.trainer) with a toy MLP on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddp_worker import ToyDataset, ToyModel, ddp_config, run_one_step
+from nfldm.trainer import (CheckpointError, GlobalBatchSampler, TrainConfig, Trainer,
+                           load_model_weights, lr_at, read_run_config)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(**kw) -> TrainConfig:
+    base = dict(steps=12, batch_size=3, lr=1e-2, warmup_steps=3, decay="cosine", grad_clip=0.5,
+                ema_decay=0.9, device="cpu", seed=7, log_every=1, ckpt_every=2, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run_config(cfg: TrainConfig, hidden: int = 16) -> dict:
+    return {"stage": "toy", "model": {"hidden": hidden}, "data": "toy", "train": cfg.to_dict()}
+
+
+def new_trainer(run_dir, cfg=None, hidden=16, model_seed=0, resume=False, callbacks=None, n=10,
+                rc=None):
+    cfg = cfg or make_cfg()
+    torch.manual_seed(model_seed)
+    model = ToyModel(hidden=hidden)
+    return Trainer(model, ToyDataset(n), cfg, run_dir, rc or run_config(cfg, hidden),
+                   resume=resume, callbacks=callbacks)
+
+
+def losses(run_dir) -> list[tuple[int, float]]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+
+
+def rng_eater(trainer, step, metrics):
+    """A callback that draws from the global RNGs (must not change training)."""
+    torch.rand(5)
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(k):
+    def cb(trainer, step, metrics):
+        if step == k:
+            raise Stop
+    return cb
+
+
+def test_resume_is_exact(tmp_path):
+    # 10 items, global batch 3 -> 3 batches per epoch; killed at step 5 after the checkpoint at
+    # step 4 (epoch 1, batch 1): the resumed run must skip the consumed batch, drop metrics
+    # line 5 and reproduce losses, weights and EMA bit for bit.
+    straight = new_trainer(tmp_path / "a", callbacks=[rng_eater])
+    out = straight.fit()
+    assert out["step"] == 12 and math.isfinite(out["loss"])
+
+    with pytest.raises(Stop):
+        new_trainer(tmp_path / "b", callbacks=[rng_eater, stop_at(5)]).fit()
+    assert [s for s, _ in losses(tmp_path / "b")] == [1, 2, 3, 4, 5]
+    resumed = new_trainer(tmp_path / "b", model_seed=99, resume=True, callbacks=[rng_eater])
+    assert (resumed.step, resumed.epoch, resumed.batch_in_epoch) == (4, 1, 1)
+    resumed.fit()
+
+    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert [s for s, _ in lb] == list(range(1, 13))
+    assert la == lb
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        wa, wb = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            if not k.startswith("optim."):
+                assert torch.equal(wa[k], wb[k]), (name, k)
+
+    # files of a finished run
+    run = tmp_path / "a"
+    for f in ("config.json", "checkpoint.json", "model.json", "loss_curves.png", "metrics.jsonl"):
+        assert (run / f).is_file(), f
+    assert any((run / "tb").iterdir())
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"step", "lr", "loss", "mse", "const", "grad_norm", "steps_per_s", "time"} <= rec.keys()
+    assert all(math.isfinite(l) for _, l in la)
+    assert json.loads((run / "model.json").read_text()) == {"step": 12, "ema": True}
+    assert read_run_config(run) == run_config(make_cfg())
+
+
+def test_sampler_same_global_batch_for_any_world_size():
+    one = list(GlobalBatchSampler(11, 4, 0, 1, seed=5, epoch=2))
+    two = [list(GlobalBatchSampler(11, 4, r, 2, seed=5, epoch=2)) for r in range(2)]
+    assert len(one) == 2 and all(len(b) == 4 for b in one)
+    assert [two[0][b] + two[1][b] for b in range(2)] == one
+    assert list(GlobalBatchSampler(11, 4, 0, 1, seed=5, epoch=2, start=1)) == one[1:]
+    assert list(GlobalBatchSampler(11, 4, 0, 1, seed=5, epoch=3)) != one
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_matches_single_process(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(REPO / "src"), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", str(REPO / "tests" / "ddp_worker.py"),
+           str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    run_one_step(str(tmp_path / "single"))
+    ddp, single = load_file(tmp_path / "ddp" / "model.safetensors"), \
+        load_file(tmp_path / "single" / "model.safetensors")
+    torch.manual_seed(0)
+    init = ToyModel(noise=False).state_dict()
+    assert ddp.keys() == single.keys()
+    for k in single:
+        assert not torch.equal(single[k], init[k]), k  # the step changed the weights
+        torch.testing.assert_close(ddp[k], single[k], atol=1e-6, rtol=0)
+    (l_ddp,), (l_single,) = losses(tmp_path / "ddp"), losses(tmp_path / "single")
+    assert l_ddp[0] == l_single[0] == 1 and l_ddp[1] == pytest.approx(l_single[1], abs=1e-6)
+    assert ddp_config().batch_size == 4
+    assert json.loads((tmp_path / "ddp" / "checkpoint.json").read_text())["world_size"] == 2
+
+
+def test_run_dir_errors(tmp_path):
+    cfg = make_cfg(steps=4, ema_decay=0.0)
+    run = tmp_path / "run"
+    new_trainer(run, cfg).fit()
+
+    # fresh run into a directory with a checkpoint
+    with pytest.raises(ValueError, match="--resume"):
+        new_trainer(run, cfg)
+    # resume with another config -> names config.json and the first differing key
+    other = make_cfg(steps=4, ema_decay=0.0, lr=5e-3)
+    with pytest.raises(ValueError, match=r"config\.json.*'train\.lr'"):
+        new_trainer(run, other, resume=True)
+    # extending the run (only train.steps differs) is fine
+    longer = make_cfg(steps=6, ema_decay=0.0)
+    t = new_trainer(run, longer, resume=True)
+    assert t.step == 4
+    # checkpoint from another model (same run config) -> shape mismatch, naming the file
+    with pytest.raises(CheckpointError, match=r"checkpoint\.safetensors.*shape mismatch"):
+        new_trainer(run, cfg, hidden=8, resume=True, rc=run_config(cfg, 16))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*shape mismatch"):
+        load_model_weights(run, ToyModel(hidden=8))
+    # weights load into a matching model
+    info = load_model_weights(run, ToyModel())
+    assert info["step"] == 4 and info["ema"] is False
+
+    # corrupt checkpoint (garbage, then truncated) -> one clear error naming the file
+    good = (run / "checkpoint.safetensors").read_bytes()
+    for bad in (b"not a safetensors file at all", good[: len(good) // 2]):
+        (run / "checkpoint.safetensors").write_bytes(bad)
+        with pytest.raises(CheckpointError, match=r"checkpoint\.safetensors.*corrupt"):
+            new_trainer(run, cfg, resume=True)
+
+    # not a run directory
+    with pytest.raises(ValueError, match="not a run directory"):
+        read_run_config(tmp_path / "nothing")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match="not a run directory"):
+        read_run_config(tmp_path / "broken")
+
+    # too small a dataset / indivisible batch
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        new_trainer(tmp_path / "small", make_cfg(batch_size=4), n=3)
+
+
+def test_stale_checkpoint_json_is_not_paired(tmp_path):
+    # Simulate a kill between writing checkpoint.safetensors (step 4) and checkpoint.json:
+    # the json still describes step 2. Resume must use the state stored with the weights.
+    run = tmp_path / "run"
+    cfg = make_cfg(steps=4, ema_decay=0.0)
+
+    def keep_json(trainer, step, metrics):
+        if step == 3:
+            shutil.copy(run / "checkpoint.json", tmp_path / "old.json")
+    new_trainer(run, cfg, callbacks=[keep_json]).fit()
+    shutil.copy(tmp_path / "old.json", run / "checkpoint.json")
+    with pytest.warns(UserWarning, match="stopped while writing a checkpoint"):
+        t = new_trainer(run, cfg, resume=True)
+    assert t.step == 4
+
+
+def test_ema_weights(tmp_path):
+    cfg = make_cfg(steps=2, ema_decay=0.5, ckpt_every=0, grad_clip=0.0)
+    seen = []
+
+    def record(trainer, step, metrics):
+        seen.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    t = new_trainer(tmp_path / "run", cfg, callbacks=[record])
+    init = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.fit()
+    assert len(seen) == 2
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    ckpt = load_file(tmp_path / "run" / "checkpoint.safetensors")
+    assert json.loads((tmp_path / "run" / "model.json").read_text()) == {"step": 2, "ema": True}
+    for k in init:
+        ema = init[k]
+        for p in seen:
+            ema = 0.5 * ema + 0.5 * p[k]
+        torch.testing.assert_close(final[k], ema, atol=1e-6, rtol=0)
+        assert torch.equal(ckpt[f"model.{k}"], seen[-1][k])
+        assert torch.equal(ckpt[f"ema.{k}"], final[k])
+        assert not torch.allclose(final[k], seen[-1][k])
+    # prefer_ema=False gives the raw weights (from the checkpoint)
+    m = ToyModel()
+    info = load_model_weights(tmp_path / "run", m, prefer_ema=False)
+    assert info["ema"] is False and torch.equal(m.net[0].weight, seen[-1]["net.0.weight"])
+    assert t.ema_model() is not t.model
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=110, lr=1.0, warmup_steps=10, decay="cosine", min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(4, cfg) == pytest.approx(0.5)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)           # half-way: (1 + 0.1) / 2
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    assert lr_at(500, cfg) == pytest.approx(0.1)
+    const = TrainConfig(steps=110, lr=2.0, warmup_steps=0, decay="constant")
+    assert lr_at(0, const) == lr_at(109, const) == 2.0
+    with pytest.raises(ValueError):
+        TrainConfig(decay="linear")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
