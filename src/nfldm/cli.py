@@ -77,6 +77,10 @@ def cmd_train_scene_ae(args) -> int:
 
     res = train_scene_ae(args.data, args.out, args.preset, steps=args.steps, resume=args.resume,
                          device=args.device, progress=not args.quiet, overrides=_parse_sets(args.set))
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
+        return 0
     print(f"trained scene-ae into {args.out}: " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()
                                                            if isinstance(v, float)))
     return 0

@@ -15,9 +15,9 @@ class SceneAEConfig:
     # data
     image_size: int = 64                 # H = W of the stored frames
     # voxel grid V: X x Y x Z over the scene's bounds (Z vertical)
-    grid: tuple[int, int, int] = (64, 64, 32)
+    grid: tuple[int, int, int] = (64, 64, 64)
     # lift
-    num_bins: int = 32                   # D depth bins
+    num_bins: int = 64                   # D depth bins
     feat_dim: int = 16                   # C feature channels
     near: float = 0.25                   # first bin edge, metres (z-depth)
     far: float = 24.0                    # last bin edge, metres
@@ -27,7 +27,8 @@ class SceneAEConfig:
     input_depth: bool = True             # the lift also sees the measured depth (RGB-D input)
     # render + decode
     render_down: int = 2                 # feature map rendered at image / render_down
-    num_samples: int = 64                # samples per ray inside the box
+    num_samples: int = 32                # differentiable samples per ray
+    num_coarse: int = 128                # density-only samples that find where the ray ends (0 = off)
     decoder_channels: int = 64
     # views per training scene
     num_input_views: int = 8
@@ -51,25 +52,25 @@ PRESETS: dict[str, SceneAEPreset] = {
     # unit tests: seconds
     "smoke": SceneAEPreset(
         SceneAEConfig(grid=(16, 16, 8), num_bins=8, feat_dim=8, lift_channels=(8, 16, 16),
-                      num_samples=16, decoder_channels=16, num_input_views=3, num_novel_views=2,
+                      num_samples=16, num_coarse=32, decoder_channels=16, num_input_views=3, num_novel_views=2,
                       num_input_targets=1),
         TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2)),
     # 2-core CPU, minutes: 64 x 64 frames, 0.25 m voxels over a 16 x 16 x 8 m box
     "tiny": SceneAEPreset(
         SceneAEConfig(),
         TrainConfig(steps=3000, batch_size=2, lr=1e-3, warmup_steps=200, log_every=25,
-                    ckpt_every=250, grad_clip=1.0, ema_decay=0.999)),
+                    ckpt_every=250, grad_clip=1.0, ema_decay=0.998)),
     "small": SceneAEPreset(
-        SceneAEConfig(image_size=128, grid=(96, 96, 32), num_bins=48, feat_dim=24,
-                      lift_stride=4, lift_channels=(32, 64, 128, 128), render_down=2,
-                      num_samples=128, decoder_channels=96, num_input_views=8),
+        SceneAEConfig(image_size=128, grid=(96, 96, 64), num_bins=64, feat_dim=24,
+                      lift_stride=2, lift_channels=(32, 64, 128, 128), render_down=2,
+                      num_samples=48, num_coarse=192, decoder_channels=96, num_input_views=8),
         TrainConfig(steps=50_000, batch_size=8, lr=5e-4, warmup_steps=1000, log_every=50,
                     ckpt_every=1000, ema_decay=0.999)),
     # the paper's sizes: 256 x 256 frames, 128 x 128 x 32 grid, D = 64
     "paper": SceneAEPreset(
         SceneAEConfig(image_size=256, grid=(128, 128, 32), num_bins=64, feat_dim=32,
                       lift_stride=4, lift_channels=(32, 64, 128, 256), render_down=4,
-                      num_samples=192, decoder_channels=128, num_input_views=8),
+                      num_samples=64, num_coarse=256, decoder_channels=128, num_input_views=8),
         TrainConfig(steps=200_000, batch_size=16, lr=3e-4, warmup_steps=2000, log_every=100,
                     ckpt_every=2000, ema_decay=0.9999)),
 }

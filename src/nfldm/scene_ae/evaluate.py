@@ -95,7 +95,8 @@ def evaluate_scene(model: SceneAutoEncoder, item: dict, num_inputs: int, device)
                           tuple(cfg.grid), 1)
     intr_r = camera.resize_intrinsics(bo["intrinsics"], (H, W), (h, w))
     floor_depth = _upsample(render_views(Vgt, bi["bounds"], intr_r, bo["c2w"], h, w,
-                                         cfg.num_samples, chunk=8192)["depth"], H, W)
+                                         cfg.num_samples, chunk=8192,
+                                         num_coarse=cfg.num_coarse)["depth"], H, W)
 
     gt, gt_depth, valid = bo["images"][0], bo["depth"][0], bo["depth_valid"][0]
     mean_rgb = bi["images"][0].mean(dim=(0, 2, 3))

@@ -74,7 +74,7 @@ class LiftNet(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Rendered feature map (+ opacity) to RGB: N x c_in x h x w -> N x 3 x h*up x w*up in [0, 1]."""
+    """Rendered feature map (+ opacity, log depth) to RGB: N x c_in x h x w -> N x 3 x h*up x w*up in [0, 1]."""
 
     def __init__(self, c_in: int, ch: int, up: int):
         super().__init__()
@@ -137,7 +137,7 @@ class SceneAutoEncoder(nn.Module):
         D, C = cfg.num_bins, cfg.feat_dim
         c_in = 3 + (2 if cfg.input_depth else 0)
         self.lift_net = LiftNet(c_in, tuple(cfg.lift_channels), cfg.lift_stride, D + C)
-        self.decoder = Decoder(C + 1, cfg.decoder_channels, cfg.render_down)
+        self.decoder = Decoder(C + 2, cfg.decoder_channels, cfg.render_down)
         self.background = nn.Parameter(torch.zeros(C))
         if cfg.bin_spacing == "log":
             edges = torch.logspace(math.log10(cfg.near), math.log10(cfg.far), D + 1)
@@ -218,8 +218,9 @@ class SceneAutoEncoder(nn.Module):
         h, w = H // r, W // r
         intr_r = camera.resize_intrinsics(intr, (H, W), (h, w))
         out = render_views(V, bounds, intr_r, c2w, h, w, self.cfg.num_samples, self.background,
-                           jitter=jitter, chunk=chunk)
-        x = torch.cat([out["feature"], out["opacity"][:, :, None]], 2).flatten(0, 1)
+                           jitter=jitter, chunk=chunk, num_coarse=self.cfg.num_coarse)
+        logd = torch.log(out["depth"].clamp(min=self.cfg.near)) / math.log(self.cfg.far)
+        x = torch.cat([out["feature"], out["opacity"][:, :, None], logd[:, :, None]], 2).flatten(0, 1)
         rgb = self.decoder(x).float()
         return {**out, "rgb": rgb.view(B, T, 3, H, W)}
 

@@ -16,6 +16,8 @@ Rendering runs in float32 even under autocast.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -48,18 +50,48 @@ def sample_grid(V: Tensor, bounds: Tensor, points: Tensor) -> Tensor:
     return F.grid_sample(V, g, mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0]
 
 
+@torch.no_grad()
+def termination_depth(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, t0: Tensor,
+                      t1: Tensor, num_samples: int, threshold: float = 0.01) -> Tensor:
+    """Where each ray's transmittance first drops below ``threshold`` (``t1`` if never),
+    from the density channel alone at ``num_samples`` mid-points. No gradient.
+
+    V: B x (1 + C) x X x Y x Z, origins/dirs: B x R x 3, t0/t1: B x R  ->  B x R.
+    """
+    u = torch.arange(num_samples, device=V.device, dtype=V.dtype) + 0.5
+    step = (t1 - t0) / num_samples
+    t = t0[..., None] + step[..., None] * u
+    pts = origins[:, :, None] + t[..., None] * dirs[:, :, None]
+    sigma = sample_grid(V[:, :1], bounds, pts)[:, 0]
+    tau = (sigma * (step * dirs.norm(dim=-1))[..., None]).cumsum(-1)
+    hit = tau > -math.log(threshold)
+    first = torch.where(hit.any(-1), hit.float().argmax(-1), torch.full_like(t1, num_samples - 1).long())
+    return torch.where(hit.any(-1), t.gather(-1, first[..., None])[..., 0] + step, t1)
+
+
 def render_rays(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, num_samples: int,
-                background: Tensor | None = None, jitter: bool = False, near: float = 0.05) -> dict:
+                background: Tensor | None = None, jitter: bool = False, near: float = 0.05,
+                num_coarse: int = 0, margin: float = 0.5) -> dict:
     """Render rays through V.
 
     V: B x (1 + C) x X x Y x Z, bounds: B x 2 x 3, origins/dirs: B x R x 3, background: C
     ->  dict with feature B x C x R, depth B x R (z-depth), opacity B x R,
         weights B x R x S, t B x R x S, t_exit B x R.
+
+    ``num_coarse > 0`` first finds where each ray becomes opaque (:func:`termination_depth`,
+    density only, no gradient) and spreads the ``num_samples`` differentiable samples over
+    the ray from its box entry to ``margin`` (relative, plus one voxel) past that point,
+    instead of over the whole ray: the same accuracy near surfaces from far fewer samples.
+    The ray's remaining transmittance goes to the background at that cut.
     """
     with torch.autocast(device_type=V.device.type, enabled=False):
         V, origins, dirs = V.float(), origins.float(), dirs.float()
         B, R = origins.shape[:2]
         t0, t1 = ray_box(origins, dirs, bounds, near)
+        if num_coarse > 0:
+            voxel = float(((bounds[:, 1] - bounds[:, 0]) / torch.tensor(V.shape[2:], device=V.device)).max())
+            tc = termination_depth(V, bounds, origins, dirs, t0, t1, num_coarse)
+            t1 = torch.minimum(t1, tc * (1 + margin) + voxel)
         u = torch.arange(num_samples, device=V.device, dtype=V.dtype)
         u = u + (torch.rand(B, R, num_samples, device=V.device) if jitter else 0.5)
         step = (t1 - t0) / num_samples                                  # B x R
@@ -81,7 +113,7 @@ def render_rays(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, num_sa
 
 def render_views(V: Tensor, bounds: Tensor, intr: Tensor, c2w: Tensor, H: int, W: int,
                  num_samples: int, background: Tensor | None = None, jitter: bool = False,
-                 chunk: int | None = None) -> dict:
+                 chunk: int | None = None, num_coarse: int = 0) -> dict:
     """Render whole views.
 
     V: B x (1 + C) x X x Y x Z, bounds: B x 2 x 3, intr: B x T x 4 (for an H x W image),
@@ -94,7 +126,7 @@ def render_views(V: Tensor, bounds: Tensor, intr: Tensor, c2w: Tensor, H: int, W
     R = o.shape[1]
     chunk = chunk or R
     outs = [render_rays(V, bounds, o[:, i:i + chunk], d[:, i:i + chunk], num_samples,
-                        background, jitter) for i in range(0, R, chunk)]
+                        background, jitter, num_coarse=num_coarse) for i in range(0, R, chunk)]
     feat = torch.cat([x["feature"] for x in outs], -1)
     depth = torch.cat([x["depth"] for x in outs], -1)
     opac = torch.cat([x["opacity"] for x in outs], -1)
