@@ -1,10 +1,12 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
-#   make demo   collect a small ViZDoom dataset, check it and write its contact sheet
+#   make demo   collect a small ViZDoom dataset, check it, write its contact sheet, train the
+#               scene auto-encoder briefly, evaluate it and render a fly-through
 #   make test   run the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= out/demo
+DEMO_STEPS ?= 150
 
 .PHONY: demo test install clean
 
@@ -19,9 +21,12 @@ $(BIN)/nfldm: pyproject.toml
 install: $(BIN)/nfldm
 
 demo: install
-	$(BIN)/nfldm data vizdoom --out $(OUT)/data --scenes 8 --frames 24 --resolution 64 --seed 0
+	$(BIN)/nfldm data vizdoom --out $(OUT)/data --scenes 24 --frames 24 --resolution 64 --seed 0
 	$(BIN)/nfldm data check $(OUT)/data
 	$(BIN)/nfldm data preview $(OUT)/data --out $(OUT)/contact_sheet.png
+	$(BIN)/nfldm train scene-ae --data $(OUT)/data --out $(OUT)/scene_ae --preset tiny --steps $(DEMO_STEPS) --resume
+	$(BIN)/nfldm eval scene-ae --run $(OUT)/scene_ae --data $(OUT)/data --split test --out $(OUT)/scene_ae/metrics_test.json
+	$(BIN)/nfldm render --run $(OUT)/scene_ae --data $(OUT)/data --split test --out $(OUT)/flythrough.mp4
 
 test: install
 	$(BIN)/python -m pytest -q

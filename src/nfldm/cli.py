@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run", required=True, help="scene-ae run directory")
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--scene", required=True, help="scene name (see dataset.json)")
+    p.add_argument("--scene", default=None,
+                   help="scene name (see dataset.json; default: the first scene of --split, or of test)")
     p.add_argument("--out", required=True, help="video file (.mp4 or .gif)")
     p.add_argument("--split", default=None, choices=("train", "val", "test"))
     p.add_argument("--frames", type=int, default=96)

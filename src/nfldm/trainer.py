@@ -111,6 +111,9 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 500          # 0 = only at the end
     progress: bool = True          # tqdm on rank 0
+    max_minutes: float = 0.0       # 0 = no limit; else stop (checkpoint + model) after this much
+                                   # training time, counted over resumes; the lr schedule stays
+                                   # the one for `steps`
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -434,10 +437,12 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _without_steps(cfg: dict) -> dict:
-    """The run config with train.steps removed (changing it only extends/shortens a run)."""
+    """The run config without train.steps / max_minutes / progress (changing them only
+    extends or shortens a run)."""
     cfg = copy.deepcopy(cfg)
     if isinstance(cfg, dict) and isinstance(cfg.get("train"), dict):
-        cfg["train"].pop("steps", None)
+        for k in ("steps", "max_minutes", "progress"):
+            cfg["train"].pop(k, None)
     return cfg
 
 
@@ -771,10 +776,25 @@ class Trainer:
             vec /= self.world_size
         return dict(zip(values, vec.tolist()))
 
+    def _out_of_time(self, t_start: float) -> bool:
+        """Whether cfg.max_minutes of training time are used up (all ranks agree)."""
+        if not self.cfg.max_minutes:
+            return False
+        used = self._elapsed_before + time.perf_counter() - t_start
+        flag = torch.tensor([float(used >= 60.0 * self.cfg.max_minutes)], device=self.device)
+        if self.world_size > 1:
+            dist.broadcast(flag, 0)
+        self.time_limited = bool(flag.item())
+        if self.time_limited and self.rank == 0:
+            warnings.warn(f"stopping at step {self.step} of {self.cfg.steps}: the time limit "
+                          f"max_minutes={self.cfg.max_minutes} is reached")
+        return self.time_limited
+
     def fit(self) -> dict:
         """Train until ``cfg.steps``; return the last logged record (step, lr, loss, ...)."""
         cfg = self.cfg
         is_main = self.rank == 0
+        self.time_limited = False
         pbar = tb = metrics_file = None
         try:
             if is_main:
@@ -813,8 +833,10 @@ class Trainer:
                             self._run_callbacks(step, record)
                     if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
                         self._save_checkpoint(self._elapsed_before + time.perf_counter() - t_start)
-                    if self.step >= cfg.steps:
+                    if self.step >= cfg.steps or self._out_of_time(t_start):
                         break
+                if self.time_limited:
+                    break
             if self._ckpt_step != self.step:
                 self._save_checkpoint(self._elapsed_before + time.perf_counter() - t_start)
             if is_main:

@@ -58,7 +58,7 @@ PRESETS: dict[str, SceneAEPreset] = {
     # 2-core CPU, minutes: 64 x 64 frames, 0.25 m voxels over a 16 x 16 x 8 m box
     "tiny": SceneAEPreset(
         SceneAEConfig(),
-        TrainConfig(steps=3000, batch_size=2, lr=1e-3, warmup_steps=200, log_every=25,
+        TrainConfig(steps=2400, batch_size=2, lr=1e-3, warmup_steps=200, log_every=25, max_minutes=30,
                     ckpt_every=250, grad_clip=1.0, ema_decay=0.998)),
     "small": SceneAEPreset(
         SceneAEConfig(image_size=128, grid=(96, 96, 64), num_bins=64, feat_dim=24,

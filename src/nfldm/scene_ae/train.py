@@ -139,14 +139,17 @@ def eval_scene_ae(run, data, split: str = "test", out=None, device: str = "auto"
     return res
 
 
-def render_flythrough(run, data, scene: str, out, split: str | None = None, num_frames: int = 96,
+def render_flythrough(run, data, scene: str | None, out, split: str | None = None, num_frames: int = 96,
                       fps: int = 24, scale: int = 4, device: str = "auto") -> dict:
     """Encode one scene from its input views, render a smooth novel path through it
     (video ``out``), and write ``<out stem>_strip.png`` (ground truth vs reconstruction)."""
     model = load_scene_ae(run, device)
     dev = next(model.parameters()).device
     ds = None
-    for sp in ([split] if split else ["train", "val", "test"]):
+    if scene is None:
+        ds = SceneDataset(data, split or "test", cache=True)
+        scene = ds.entries[0].name
+    for sp in ([] if ds is not None else [split] if split else ["train", "val", "test"]):
         try:
             cand = SceneDataset(data, sp, cache=True)
         except DataError:
