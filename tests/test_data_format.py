@@ -107,11 +107,11 @@ def test_transforms_written_last(tmp_path, monkeypatch):
     images, depth, c2w = make_scene_arrays(0, n=3)
     calls = []
 
-    def failing_save(path, array, fsync=False):
+    def failing_save(path, array, fsync=False, **kwargs):
         calls.append(path)
         if len(calls) == 3:
             raise OSError("disk full")
-        return real_save(path, array, fsync)
+        return real_save(path, array, fsync, **kwargs)
 
     real_save = fmt.atomic_save_png
     monkeypatch.setattr(fmt, "atomic_save_png", failing_save)

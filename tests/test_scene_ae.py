@@ -162,3 +162,31 @@ def test_cli_errors_are_one_line(doom, tmp_path, capsys):
     assert main(["train", "scene-ae", "--data", str(doom), "--out", str(tmp_path / "r2"),
                  "--preset", "smoke", "--quiet", "--set", "image_size=128"]) == 2
     assert "expects 128x128" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pooling", ["mean", "occupancy"])
+def test_feature_pooling(pooling):
+    """Both poolings give C feature channels; 'occupancy' equals mean(O * phi) / (mean(O) + eps)
+    and 'mean' equals mean(O * phi) (checked against a direct splat of the lift's entries)."""
+    from dataclasses import replace
+
+    from nfldm.scene_ae.splat import splat_mean
+
+    cfg = replace(preset("smoke").model, feature_pooling=pooling)
+    model = SceneAutoEncoder(cfg).eval()
+    batch = synthetic_batch(B=1, V=3)
+    with torch.no_grad():
+        enc = model.encode(batch["images"], batch["intrinsics"], batch["c2w"], batch["bounds"],
+                           batch["depth"], batch["depth_valid"])
+        D, C = cfg.num_bins, cfg.feat_dim
+        h, w = enc["O"].shape[-2:]
+        pts = camera.frustum_points(enc["intr"].view(1, 3, 4), batch["c2w"], h, w, model.bin_centers)
+        Ophi = (enc["O"][:, None] * enc["phi"][:, :, None]).view(1, 3, C, D, h, w)
+        Ophi = Ophi.permute(0, 1, 3, 4, 5, 2).reshape(1, -1, C)
+        O = enc["O"].view(1, 3, D, h, w).reshape(1, -1, 1)
+        pts = pts.reshape(1, -1, 3)
+        m_ophi = splat_mean(pts, Ophi, batch["bounds"], cfg.grid)
+        m_o = splat_mean(pts, O, batch["bounds"], cfg.grid)
+    expect = m_ophi if pooling == "mean" else m_ophi / (m_o + cfg.occupancy_eps)
+    assert enc["V"].shape[1] == 1 + C
+    assert torch.allclose(enc["V"][:, 1:], expect, atol=1e-5)

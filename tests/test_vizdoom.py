@@ -134,8 +134,11 @@ def test_depth_against_exact_geometry():
 
 
 def test_sector_lookup_matches_brute_force():
-    """The banded point-in-sector lookup agrees with the plain even-odd rule over all segments."""
-    from nfldm.data.vizdoom import _private_cwd, load_map, make_game
+    """The geometry read from the WAD is what the engine reports in ``state.sectors``, and the
+    banded point-in-sector lookup (per point and on a grid) agrees with the plain even-odd rule
+    over all segments."""
+    from nfldm.data.doom_map import DoomMap
+    from nfldm.data.vizdoom import _private_cwd, load_map, make_game, wad_path
 
     with _private_cwd():
         geo = make_game("freedoom2.wad", 64, 0, sectors=True)
@@ -143,6 +146,10 @@ def test_sector_lookup_matches_brute_force():
             dm = load_map(geo, "MAP15")
         finally:
             geo.close()
+    wad = DoomMap.from_wad(wad_path("freedoom2.wad"), "MAP15")
+    for k in ("lines", "front", "back", "blocking", "floor", "ceil"):
+        assert np.array_equal(getattr(wad, k), getattr(dm, k)), k
+    assert all(np.array_equal(a, b) for a, b in zip(wad.sector_lines, dm.sector_lines, strict=True))
     rng = np.random.default_rng(0)
     pts = rng.uniform(dm.lines[:, :2].min(0), dm.lines[:, :2].max(0), (500, 2))
     segs = np.concatenate(dm.sector_lines)
@@ -157,3 +164,6 @@ def test_sector_lookup_matches_brute_force():
         ref.append(int(np.argmin(np.where(odd, area, np.inf))) if odd.any() else -1)
     got = dm.sector_at(pts)
     assert (got == np.array(ref)).all() and 0.1 < (got >= 0).mean() < 0.9
+    xs, ys = np.sort(pts[:40, 0]), np.sort(pts[:40, 1])
+    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
+    assert (dm.sector_grid(xs, ys) == dm.sector_at(grid).reshape(40, 40)).all()

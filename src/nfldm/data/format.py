@@ -276,8 +276,8 @@ def write_scene(
     frames = []
     for i in range(n):
         image_rel, depth_rel = f"images/{i:05d}.png", f"depth/{i:05d}.png"
-        atomic_save_png(scene_dir / image_rel, images[i])
-        atomic_save_png(scene_dir / depth_rel, raw[i])
+        atomic_save_png(scene_dir / image_rel, images[i], compress_level=1)
+        atomic_save_png(scene_dir / depth_rel, raw[i], compress_level=1)
         frame = {"file_path": image_rel, "depth_file_path": depth_rel, "transform_matrix": c2w[i].tolist()}
         if not np.array_equal(intr_n[i], intr_n[0]):
             frame.update(_intr_entry(intr_n[i]))

@@ -118,16 +118,26 @@ def _private_cwd():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def make_game(wad: str, resolution: int, seed: int, sectors: bool = False):
+def wad_path(wad: str) -> str:
+    """Path of a WAD shipped with the vizdoom package (freedoom1.wad, freedoom2.wad)."""
+    import vizdoom as vzd
+
+    return str(Path(vzd.__file__).parent / wad)
+
+
+def make_game(wad: str, resolution: int, seed: int, sectors: bool = False, map_name: str | None = None):
     """A headless DoomGame for ``wad``: no monsters, no view bob, no HUD, RGB + depth.
 
-    With ``sectors`` it reports ``state.sectors`` instead (and renders at the smallest size):
-    converting the sectors costs milliseconds per state, so one game reads each map's geometry
-    once and another renders the frames. Must be created inside ``_private_cwd``."""
+    ``map_name``: the map that ``init`` starts the first episode on (ViZDoom's default
+    otherwise). With ``sectors`` it reports ``state.sectors`` instead (and renders at the
+    smallest size): the reference that :meth:`DoomMap.from_wad`, which the collector uses, is
+    tested against. Must be created inside ``_private_cwd``."""
     import vizdoom as vzd
 
     game = vzd.DoomGame()
-    game.set_doom_game_path(str(Path(vzd.__file__).parent / wad))
+    game.set_doom_game_path(wad_path(wad))
+    if map_name is not None:
+        game.set_doom_map(map_name)
     game.set_doom_config_path(os.path.join(os.getcwd(), "_vizdoom.ini"))
     size = "160X120" if sectors else f"{4 * resolution}X{3 * resolution}"
     game.set_screen_resolution(getattr(vzd.ScreenResolution, f"RES_{size}"))
@@ -179,9 +189,9 @@ class FrameProcessor:
 
     def rgb(self, screen: np.ndarray) -> np.ndarray:
         """screen: 3R x 4R x 3 uint8 -> R x R x 3 uint8 (3 x 3 box average of the centre crop)."""
-        R = self.R
-        crop = screen[:, self.x0 : self.x0 + 3 * R]
-        total = crop.reshape(R, 3, R, 3, 3).sum((1, 3), dtype=np.uint16)
+        crop = screen[:, self.x0 : self.x0 + 3 * self.R].astype(np.uint16)
+        rows = crop[0::3] + crop[1::3] + crop[2::3]  # sums of 3 rows: R x 3R x 3
+        total = rows[:, 0::3] + rows[:, 1::3] + rows[:, 2::3]  # and of 3 columns: R x R x 3
         return ((total + 4) // 9).astype(np.uint8)
 
     def raw_depth(self, depth_buffer: np.ndarray) -> np.ndarray:
@@ -198,17 +208,17 @@ class FrameProcessor:
         # down the column
         r = dm.eye_level_depth(pos, eye_z, yaw - self.col_angle)
         wall = (r * np.cos(self.col_angle) / MAP_UNITS_PER_METRE)[None, :]
-        # floor and ceiling of the camera's sector
+        # floor (rows below the horizon) or ceiling (above) of the camera's sector
         s = self.row_slope[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             floor = np.where(s > 0, (eye_z - dm.floor[sector]) / s, np.inf) / MAP_UNITS_PER_METRE
             ceil = np.where(s < 0, (dm.ceil[sector] - eye_z) / -s, np.inf) / MAP_UNITS_PER_METRE
-        # snap each pixel to the candidate surface closest to the buffer's depth, if within tolerance
-        exact = np.stack(np.broadcast_arrays(wall, floor, ceil, d)[:3])  # 3 x R x R
-        err = np.where(np.isfinite(exact), np.abs(exact - d), np.inf)
-        best = err.argmin(0)
-        snapped = np.take_along_axis(err, best[None], 0)[0] < SNAP_TOLERANCE
-        d = np.where(snapped, np.take_along_axis(exact, best[None], 0)[0], d)
+        plane = np.minimum(floor, ceil)  # R x 1: at most one of them is finite
+        # snap each pixel to the candidate surface closest to the buffer's depth (the wall on a
+        # tie), if within tolerance
+        wall_err, plane_err = np.abs(wall - d), np.abs(plane - d)
+        snapped = np.minimum(wall_err, plane_err) < SNAP_TOLERANCE
+        d = np.where(snapped, np.where(wall_err <= plane_err, wall, plane), d)
         # floors and ceilings of other sectors: look up the sector under the pixel's approximate
         # world point and snap to that sector's floor (below the horizon) or ceiling (above)
         rest = ~snapped & (raw < DEPTH_BUFFER_SATURATED) & (s != 0)
@@ -219,7 +229,7 @@ class FrameProcessor:
             fwd = np.array([np.cos(yaw), np.sin(yaw)])
             right = np.array([np.sin(yaw), -np.cos(yaw)])
             xy = pos + du[:, None] * (fwd + lateral[:, None] * right)
-            sec = dm.sector_at(xy)
+            sec = dm.sector_near(xy)  # the point is approximate: a cached grid lookup will do
             slope = self.row_slope[v]
             height = np.where(slope > 0, eye_z - dm.floor[sec], dm.ceil[sec] - eye_z)
             cand = height / np.abs(slope) / MAP_UNITS_PER_METRE
@@ -249,16 +259,17 @@ class Explorer:
         self.turn_left = 0.0  # degrees still to turn (positive = counter-clockwise)
         self.last_pos: np.ndarray | None = None  # position before the last forward step
 
-    def act(self, dm: DoomMap, solid: np.ndarray, pos: np.ndarray, yaw_deg: float) -> tuple[float, float]:
-        """-> (forward 0/1, turn in degrees, positive = counter-clockwise)."""
+    def act(self, dm: DoomMap, walls: np.ndarray, pos: np.ndarray, yaw_deg: float) -> tuple[float, float]:
+        """walls: the segments the player cannot cross (``dm.lines[dm.impassable()]``).
+        -> (forward 0/1, turn in degrees, positive = counter-clockwise)."""
         rng = self.rng
         stuck = self.last_pos is not None and np.hypot(*(pos - self.last_pos)) < 1.0
         self.last_pos = None
         if self.turn_left == 0:
-            ahead = dm.ray_distance(pos, np.deg2rad(yaw_deg + np.array([-15.0, 0.0, 15.0])), solid).min()
+            ahead = dm.ray_distance(pos, np.deg2rad(yaw_deg + np.array([-15.0, 0.0, 15.0])), walls).min()
             if ahead < 100 or stuck:
                 rel = np.arange(-150, 181, 30.0)
-                free = dm.ray_distance(pos, np.deg2rad(yaw_deg + rel), solid)
+                free = dm.ray_distance(pos, np.deg2rad(yaw_deg + rel), walls)
                 score = np.minimum(free, 600) * (1 - 0.5 * (np.abs(rel) > 120)) * rng.uniform(0.7, 1.0, len(rel))
                 self.turn_left = float(rel[np.argmax(score)]) or 180.0
             elif rng.random() < 0.07:
@@ -302,21 +313,37 @@ def step(game, forward: float, turn: float, tics: int) -> None:
 
 
 def load_map(geometry_game, map_name: str) -> DoomMap:
-    """Exact geometry of ``map_name``, read through a game made with ``sectors=True``."""
+    """Exact geometry of ``map_name``, read through a game made with ``sectors=True`` (the
+    reference for :meth:`DoomMap.from_wad`, which the collector uses)."""
     geometry_game.set_doom_map(map_name)
     geometry_game.new_episode()
     return DoomMap.from_sectors(geometry_game.get_state().sectors)
 
 
-def collect_map_scenes(game, dm: DoomMap, map_name: str, count: int, cfg: VizdoomConfig, rng: np.random.Generator, proc: FrameProcessor, bar=None):
-    """Run one episode on ``map_name`` (geometry ``dm``) and cut ``count`` scene windows from it.
+def start_map(games: dict, wad: str, map_name: str, resolution: int, seed: int):
+    """The rendering game of ``wad`` (started on first use), on a fresh episode of ``map_name``,
+    8 tics in (the player cannot move for the first ~7 tics).
+
+    A new game starts its first episode on ``map_name`` in ``init``, which saves loading a
+    default map first. Later maps: ``set_doom_map`` (which, on a running game, already loads
+    the map) and ``new_episode`` (which loads it again, but leaving it out made the engine
+    crash now and then on ``close``)."""
+    if wad not in games:
+        games[wad] = make_game(wad, resolution, seed, map_name=map_name)
+    else:
+        games[wad].set_doom_map(map_name)
+        games[wad].new_episode()
+    games[wad].make_action([0, 0], 8)
+    return games[wad]
+
+
+def collect_map_scenes(game, dm: DoomMap, count: int, cfg: VizdoomConfig, rng: np.random.Generator, proc: FrameProcessor, bar=None):
+    """Explore the map that ``game`` has just started (see :func:`start_map`; geometry ``dm``)
+    and cut ``count`` scene windows from the episode.
 
     Returns a list of frame windows; fewer than ``count`` if the episode ends or the
     agent runs out of steps."""
-    game.set_doom_map(map_name)
-    game.new_episode()
-    game.make_action([0, 0], 8)  # the player cannot move for the first ~7 tics
-    solid = dm.impassable()
+    walls = dm.lines[dm.impassable()]
     agent = Explorer(rng, cfg.turn_step)
     window: list[Frame] = []
     scenes, skip = [], 0
@@ -343,7 +370,7 @@ def collect_map_scenes(game, dm: DoomMap, map_name: str, count: int, cfg: Vizdoo
                     window.pop(0)
         elif skip > 0:
             skip -= 1
-        step(game, *agent.act(dm, solid, pos, yaw_deg), cfg.tics_per_frame)
+        step(game, *agent.act(dm, walls, pos, yaw_deg), cfg.tics_per_frame)
     return scenes
 
 
@@ -402,12 +429,10 @@ def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool =
                     (wad, map_name), count = queue[tried % len(queue)]
                     tried += 1
                     count = min(max(count, 1), want[split] - got)
-                    if wad not in games:
-                        games[wad] = make_game(wad, cfg.resolution, cfg.seed)
-                        games[wad + ":geometry"] = make_game(wad, cfg.resolution, cfg.seed, sectors=True)
-                    dm = load_map(games[wad + ":geometry"], map_name)
+                    dm = DoomMap.from_wad(wad_path(wad), map_name)
+                    game = start_map(games, wad, map_name, cfg.resolution, cfg.seed)
                     map_rng = np.random.default_rng([cfg.seed, tried, len(entries)])
-                    for frames in collect_map_scenes(games[wad], dm, map_name, count, cfg, map_rng, proc, bar):
+                    for frames in collect_map_scenes(game, dm, count, cfg, map_rng, proc, bar):
                         name = f"scene_{len(entries):04d}"
                         c2w, bounds, origin, bev = scene_arrays(frames, dm, cfg)
                         save_bev(out / name / "bev.npz", bev, bounds)
@@ -458,15 +483,9 @@ def depth_validation(maps: list[tuple[str, str]], steps: int = 40, resolution: i
         games: dict[str, object] = {}
         try:
             for k, (wad, map_name) in enumerate(maps):
-                if wad not in games:
-                    games[wad] = make_game(wad, resolution, seed)
-                    games[wad + ":geometry"] = make_game(wad, resolution, seed, sectors=True)
-                dm = load_map(games[wad + ":geometry"], map_name)
-                game = games[wad]
-                game.set_doom_map(map_name)
-                game.new_episode()
-                game.make_action([0, 0], 8)
-                solid = dm.impassable()
+                dm = DoomMap.from_wad(wad_path(wad), map_name)
+                game = start_map(games, wad, map_name, resolution, seed)
+                walls = dm.lines[dm.impassable()]
                 agent = Explorer(np.random.default_rng([seed, k]), cfg.turn_step)
                 for _ in range(steps):
                     if game.is_episode_finished():
@@ -483,7 +502,7 @@ def depth_validation(maps: list[tuple[str, str]], steps: int = 40, resolution: i
                             raws.append(raw[row].astype(np.float64))
                             exact.append(r)
                             final.append(d[row].astype(np.float64))
-                    step(game, *agent.act(dm, solid, pos, yaw_deg), cfg.tics_per_frame)
+                    step(game, *agent.act(dm, walls, pos, yaw_deg), cfg.tics_per_frame)
         finally:
             for g in games.values():
                 g.close()

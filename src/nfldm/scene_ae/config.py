@@ -25,6 +25,11 @@ class SceneAEConfig:
     lift_stride: int = 2                 # lift output = image / lift_stride
     lift_channels: tuple[int, ...] = (32, 64, 128)
     input_depth: bool = True             # the lift also sees the measured depth (RGB-D input)
+    # "mean": V's features = mean of O * phi over the voxel's entries (the paper);
+    # "occupancy": mean(O * phi) / (mean(O) + occupancy_eps), the O-weighted mean of phi
+    feature_pooling: str = "occupancy"
+    rgb_features: bool = True            # phi's first 3 channels = the pixel's colour (rest learned)
+    occupancy_eps: float = 0.05
     # render + decode
     render_down: int = 2                 # feature map rendered at image / render_down
     num_samples: int = 32                # differentiable samples per ray

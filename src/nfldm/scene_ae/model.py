@@ -136,18 +136,49 @@ class SceneAutoEncoder(nn.Module):
         self.cfg = cfg
         D, C = cfg.num_bins, cfg.feat_dim
         c_in = 3 + (2 if cfg.input_depth else 0)
-        self.lift_net = LiftNet(c_in, tuple(cfg.lift_channels), cfg.lift_stride, D + C)
+        if cfg.rgb_features and C < 3:
+            raise ValueError(f"rgb_features needs feat_dim >= 3, got {C}")
+        self.lift_net = LiftNet(c_in, tuple(cfg.lift_channels), cfg.lift_stride,
+                                D + C - (3 if cfg.rgb_features else 0))
+        # the rendered features are means of O * phi, whose scale depends on how many entries
+        # share a voxel: standardise them per image before decoding
+        self.feature_norm = nn.GroupNorm(1, C)
         self.decoder = Decoder(C + 2, cfg.decoder_channels, cfg.render_down)
         self.background = nn.Parameter(torch.zeros(C))
+        # density logits start low (free space lets rays through), and with RGB-D input the
+        # measured depth also enters as a bump at its bin (see depth_prior), so the occupancy
+        # weights O are sharp from the first step and the features O * phi are not diluted
+        self.density_bias = nn.Parameter(torch.tensor(-3.0))
+        self.depth_prior_scale = nn.Parameter(torch.tensor(8.0))
         if cfg.bin_spacing == "log":
             edges = torch.logspace(math.log10(cfg.near), math.log10(cfg.far), D + 1)
         elif cfg.bin_spacing == "linear":
             edges = torch.linspace(cfg.near, cfg.far, D + 1)
         else:
             raise ValueError(f"bin_spacing must be 'log' or 'linear', got {cfg.bin_spacing!r}")
+        if cfg.feature_pooling not in ("mean", "occupancy"):
+            raise ValueError(f"feature_pooling must be 'mean' or 'occupancy', got {cfg.feature_pooling!r}")
         self.register_buffer("bin_edges", edges, persistent=False)
 
     # ------------------------------------------------------------------ lift + splat
+    def depth_prior(self, depth: Tensor, valid: Tensor, size: tuple[int, int]) -> Tensor:
+        """Where the measured depth falls in bin space: a Gaussian bump (one bin wide, in
+        log-depth for log bins) around the bin of each lift pixel's measured depth, 0 where
+        the depth is invalid.
+
+        depth/valid: N x H x W  ->  N x D x h x w.
+        """
+        f = depth.shape[-1] // size[1]
+        d, v = downsample_depth(depth, valid, f)
+        c = self.bin_centers
+        if self.cfg.bin_spacing == "log":
+            x, c = torch.log(d.clamp(min=self.cfg.near))[:, None], torch.log(c)
+        else:
+            x = d[:, None]
+        width = (c[1:] - c[:-1]).mean()
+        bump = torch.exp(-0.5 * ((x - c[None, :, None, None]) / width) ** 2)
+        return bump * v[:, None]
+
     @property
     def bin_centers(self) -> Tensor:
         """D z-depths of the frustum entries (bin mid-points)."""
@@ -174,8 +205,13 @@ class SceneAutoEncoder(nn.Module):
         h, w = out.shape[-2:]
         out = out.float()
         D = cfg.num_bins
-        sigma = F.softplus(out[:, :D])
+        logits = out[:, :D] + self.density_bias
+        if cfg.input_depth:
+            logits = logits + self.depth_prior_scale * self.depth_prior(depth, valid, (h, w))
+        sigma = F.softplus(logits)
         phi = out[:, D:]
+        if cfg.rgb_features:  # the first 3 feature channels are the pixel colour itself
+            phi = torch.cat([F.adaptive_avg_pool2d(images.float(), (h, w)) * 2 - 1, phi], 1)
         intr_l = camera.resize_intrinsics(intr, (H, W), (h, w))
         ray_len = camera.camera_dirs(intr_l, h, w).norm(dim=-1)                 # N x h x w
         delta = (self.bin_edges[1:] - self.bin_edges[:-1])[None, :, None, None] * ray_len[:, None]
@@ -198,10 +234,17 @@ class SceneAutoEncoder(nn.Module):
                       None if valid is None else valid.flatten(0, 1))
         D, C = self.cfg.num_bins, self.cfg.feat_dim
         h, w = f["O"].shape[-2:]
-        entries = torch.cat([f["sigma"][:, None], f["O"][:, None] * f["phi"][:, :, None]], 1)
-        entries = entries.view(B, Vn, 1 + C, D, h, w).permute(0, 1, 3, 4, 5, 2).reshape(B, -1, 1 + C)
+        parts = [f["sigma"][:, None], f["O"][:, None] * f["phi"][:, :, None]]
+        weighted = self.cfg.feature_pooling == "occupancy"
+        if weighted:
+            parts.append(f["O"][:, None])
+        K = 1 + C + int(weighted)
+        entries = torch.cat(parts, 1)
+        entries = entries.view(B, Vn, K, D, h, w).permute(0, 1, 3, 4, 5, 2).reshape(B, -1, K)
         pts = camera.frustum_points(f["intr"].view(B, Vn, 4), c2w, h, w, self.bin_centers)
         V = splat_mean(pts.reshape(B, -1, 3), entries, bounds, tuple(self.cfg.grid))
+        if weighted:  # mean(O * phi) / mean(O): the occupancy-weighted mean of phi
+            V = torch.cat([V[:, :1], V[:, 1:1 + C] / (V[:, 1 + C:] + self.cfg.occupancy_eps)], 1)
         return {"V": V, **f}
 
     # ------------------------------------------------------------------ render + decode
@@ -220,7 +263,8 @@ class SceneAutoEncoder(nn.Module):
         out = render_views(V, bounds, intr_r, c2w, h, w, self.cfg.num_samples, self.background,
                            jitter=jitter, chunk=chunk, num_coarse=self.cfg.num_coarse)
         logd = torch.log(out["depth"].clamp(min=self.cfg.near)) / math.log(self.cfg.far)
-        x = torch.cat([out["feature"], out["opacity"][:, :, None], logd[:, :, None]], 2).flatten(0, 1)
+        feat = self.feature_norm(out["feature"].flatten(0, 1))
+        x = torch.cat([feat, out["opacity"].flatten(0, 1)[:, None], logd.flatten(0, 1)[:, None]], 1)
         rgb = self.decoder(x).float()
         return {**out, "rgb": rgb.view(B, T, 3, H, W)}
 

@@ -58,8 +58,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, fsync: bool = True) -> 
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-def atomic_save_png(path: str | os.PathLike, array: np.ndarray, fsync: bool = False) -> None:
-    """Save an image array as PNG atomically.
+def atomic_save_png(path: str | os.PathLike, array: np.ndarray, fsync: bool = False,
+                    compress_level: int = 6) -> None:
+    """Save an image array as PNG atomically (``compress_level`` 0-9: zlib effort; 1 is about
+    twice as fast as the default 6 for a few per cent larger files).
 
     ``array``: uint8 H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA), or uint16 H x W
     (16-bit grey, e.g. depth).
@@ -74,5 +76,5 @@ def atomic_save_png(path: str | os.PathLike, array: np.ndarray, fsync: bool = Fa
     else:
         raise ValueError(f"{path}: PNG array must be uint8 or uint16, got {array.dtype}")
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
     atomic_write_bytes(path, buf.getvalue(), fsync=fsync)
