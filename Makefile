@@ -24,7 +24,7 @@ demo: install
 	$(BIN)/nfldm data vizdoom --out $(OUT)/data --scenes 24 --frames 24 --resolution 64 --seed 0
 	$(BIN)/nfldm data check $(OUT)/data
 	$(BIN)/nfldm data preview $(OUT)/data --out $(OUT)/contact_sheet.png
-	$(BIN)/nfldm train scene-ae --data $(OUT)/data --out $(OUT)/scene_ae --preset tiny --steps $(DEMO_STEPS) --resume
+	$(BIN)/nfldm train scene-ae --data $(OUT)/data --out $(OUT)/scene_ae --preset tiny --steps $(DEMO_STEPS) --set ema_decay=0.95 --resume
 	$(BIN)/nfldm eval scene-ae --run $(OUT)/scene_ae --data $(OUT)/data --split test --out $(OUT)/scene_ae/metrics_test.json
 	$(BIN)/nfldm render --run $(OUT)/scene_ae --data $(OUT)/data --split test --out $(OUT)/flythrough.mp4
 
