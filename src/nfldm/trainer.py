@@ -187,7 +187,9 @@ def init_distributed(backend: str | None = None) -> tuple[int, int, int]:
     return rank, world_size, local_rank
 
 
-def _resolve_device(spec: str, local_rank: int) -> torch.device:
+def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """"auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu; a bare "cuda" gets the
+    local rank as its index."""
     if spec == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(spec)
@@ -544,7 +546,7 @@ class Trainer:
         # -- processes and device
         owned = not dist.is_initialized()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = _resolve_device(cfg.device, local_rank)
+        self.device = resolve_device(cfg.device, local_rank)
         self.rank, self.world_size, self.local_rank = init_distributed(
             "nccl" if self.device.type == "cuda" else "gloo")
         self._owns_process_group = owned and dist.is_initialized()

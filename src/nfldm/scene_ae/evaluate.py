@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from nfldm import camera, metrics
-from nfldm.scene_ae.model import SceneAutoEncoder, inside_box, take_views
+from nfldm.scene_ae.model import SceneAutoEncoder, inside_box, scene_batch, take_views
 from nfldm.scene_ae.render import render_views
 from nfldm.scene_ae.splat import splat_mean
 
@@ -40,6 +40,14 @@ def input_split(num_frames: int, num_inputs: int) -> tuple[np.ndarray, np.ndarra
         raise ValueError(f"need more frames than inputs ({num_frames} <= {num_inputs})")
     inputs = np.unique(np.round(np.linspace(0, num_frames - 1, num_inputs)).astype(int))
     return inputs, np.setdiff1d(np.arange(num_frames), inputs)
+
+
+def split_scene(batch: dict, num_inputs: int) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """A batch of all frames of a scene -> (input views, held-out views, their frame indices),
+    by :func:`input_split`."""
+    ins, outs = input_split(batch["images"].shape[1], num_inputs)
+    return (take_views(batch, torch.from_numpy(ins)), take_views(batch, torch.from_numpy(outs)),
+            ins, outs)
 
 
 def pose_distance(c2w_a: Tensor, c2w_b: Tensor) -> Tensor:
@@ -79,14 +87,10 @@ def _upsample(x: Tensor, H: int, W: int) -> Tensor:
 @torch.no_grad()
 def evaluate_scene(model: SceneAutoEncoder, item: dict, num_inputs: int, device) -> dict:
     """Everything needed for the metrics of one scene (batch of one, all frames)."""
-    batch = {k: (v[None].to(device) if torch.is_tensor(v) else [v]) for k, v in item.items()}
-    n = batch["images"].shape[1]
-    ins, outs = input_split(n, num_inputs)
-    bi, bo = take_views(batch, torch.from_numpy(ins)), take_views(batch, torch.from_numpy(outs))
-    H, W = batch["images"].shape[-2:]
+    bi, bo, ins, outs = split_scene(scene_batch(item, device), num_inputs)
+    H, W = bi["images"].shape[-2:]
     cfg = model.cfg
-    enc = model.encode(bi["images"], bi["intrinsics"], bi["c2w"], bi["bounds"], bi["depth"],
-                       bi["depth_valid"])
+    enc = model.encode_batch(bi)
     out = model.render(enc["V"], bi["bounds"], bo["intrinsics"], bo["c2w"], H, W, chunk=8192)
     pred_depth = _upsample(out["depth"], H, W)
 

@@ -98,6 +98,11 @@ def take_views(batch: dict, idx: Tensor) -> dict:
     return {k: (v[:, idx] if k in VIEW_KEYS else v) for k, v in batch.items()}
 
 
+def scene_batch(item: dict, device) -> dict:
+    """One dataset item as a batch of one on ``device`` (tensors get a leading 1; others a list)."""
+    return {k: (v[None].to(device) if torch.is_tensor(v) else [v]) for k, v in item.items()}
+
+
 def downsample_depth(depth: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
     """Average valid depths over factor x factor blocks; a block is valid if all its pixels are.
 
@@ -247,6 +252,11 @@ class SceneAutoEncoder(nn.Module):
             V = torch.cat([V[:, :1], V[:, 1:1 + C] / (V[:, 1 + C:] + self.cfg.occupancy_eps)], 1)
         return {"V": V, **f}
 
+    def encode_batch(self, batch: dict) -> dict:
+        """:meth:`encode` of all views of a batch (keys as in the class docstring)."""
+        return self.encode(batch["images"], batch["intrinsics"], batch["c2w"], batch["bounds"],
+                           batch.get("depth"), batch.get("depth_valid"))
+
     # ------------------------------------------------------------------ render + decode
     def render(self, V: Tensor, bounds: Tensor, intr: Tensor, c2w: Tensor, H: int, W: int,
                jitter: bool = False, chunk: int | None = None) -> dict:
@@ -270,8 +280,7 @@ class SceneAutoEncoder(nn.Module):
 
     def forward(self, batch: dict, target_idx: Tensor | None = None) -> dict:
         """Encode all views of ``batch`` and render ``target_idx`` views (default: all)."""
-        enc = self.encode(batch["images"], batch["intrinsics"], batch["c2w"], batch["bounds"],
-                          batch.get("depth"), batch.get("depth_valid"))
+        enc = self.encode_batch(batch)
         tgt = batch if target_idx is None else take_views(batch, target_idx)
         H, W = batch["images"].shape[-2:]
         return {**enc, **self.render(enc["V"], batch["bounds"], tgt["intrinsics"], tgt["c2w"], H, W)}
@@ -293,8 +302,7 @@ class SceneAutoEncoder(nn.Module):
     def losses(self, batch_in: dict, batch_tgt: dict, jitter: bool = True) -> tuple[Tensor, dict]:
         """Loss of encoding ``batch_in``'s views and rendering ``batch_tgt``'s views."""
         cfg = self.cfg
-        enc = self.encode(batch_in["images"], batch_in["intrinsics"], batch_in["c2w"],
-                          batch_in["bounds"], batch_in["depth"], batch_in["depth_valid"])
+        enc = self.encode_batch(batch_in)
         H, W = batch_tgt["images"].shape[-2:]
         out = self.render(enc["V"], batch_in["bounds"], batch_tgt["intrinsics"], batch_tgt["c2w"],
                           H, W, jitter=jitter)

@@ -12,20 +12,14 @@ import torch
 from nfldm.data.format import DataError
 from nfldm.data.loader import SceneDataset
 from nfldm.scene_ae.config import SceneAEConfig, config_from_dict, preset
-from nfldm.scene_ae.evaluate import evaluate, input_split
+from nfldm.scene_ae.evaluate import evaluate, split_scene
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, novel_path, to_uint8, upscale
-from nfldm.scene_ae.model import SceneAutoEncoder, take_views
-from nfldm.trainer import Trainer, load_model_weights, read_run_config
+from nfldm.scene_ae.model import SceneAutoEncoder, scene_batch, take_views
+from nfldm.trainer import Trainer, load_model_weights, read_run_config, resolve_device
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 from nfldm.utils.video import write_video
 
 STAGE = "scene-ae"
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _check_data(ds: SceneDataset, cfg: SceneAEConfig) -> None:
@@ -93,7 +87,7 @@ def load_scene_ae(run: str | os.PathLike, device: str = "auto") -> SceneAutoEnco
                          f"{rc.get('stage')!r})")
     model = SceneAutoEncoder(config_from_dict(rc["model"]))
     load_model_weights(run, model, prefer_ema=True)
-    return model.to(pick_device(device)).eval()
+    return model.to(resolve_device(device)).eval()
 
 
 @torch.no_grad()
@@ -101,14 +95,11 @@ def reconstruction_strip(model: SceneAutoEncoder, item: dict, device, num: int =
     """PNG strip for one scene: rows = ground truth, reconstruction, GT depth, rendered depth,
     for ``num`` held-out frames (not given to the encoder)."""
     model.eval()
-    batch = {k: (v[None].to(device) if torch.is_tensor(v) else [v]) for k, v in item.items()}
-    n = batch["images"].shape[1]
-    ins, outs = input_split(n, model.cfg.num_input_views)
-    outs = outs[np.round(np.linspace(0, len(outs) - 1, min(num, len(outs)))).astype(int)]
-    bi, bo = take_views(batch, torch.from_numpy(ins)), take_views(batch, torch.from_numpy(outs))
+    bi, bo, _, outs = split_scene(scene_batch(item, device), model.cfg.num_input_views)
+    pick = np.round(np.linspace(0, len(outs) - 1, min(num, len(outs)))).astype(int)
+    bo = take_views(bo, torch.from_numpy(pick))
     H, W = bi["images"].shape[-2:]
-    enc = model.encode(bi["images"], bi["intrinsics"], bi["c2w"], bi["bounds"], bi["depth"],
-                       bi["depth_valid"])
+    enc = model.encode_batch(bi)
     r = model.render(enc["V"], bi["bounds"], bo["intrinsics"], bo["c2w"], H, W, chunk=8192)
     d = torch.nn.functional.interpolate(r["depth"][0][:, None], size=(H, W), mode="nearest")[:, 0]
     rows = [to_uint8(bo["images"][0]), to_uint8(r["rgb"][0]),
@@ -161,15 +152,12 @@ def render_flythrough(run, data, scene: str | None, out, split: str | None = Non
         raise DataError(f"{data}: no scene named {scene!r}" + (f" in split {split!r}" if split else ""))
     _check_data(ds, model.cfg)
     item = ds[[e.name for e in ds.entries].index(scene)]
-    batch = {k: (v[None].to(dev) if torch.is_tensor(v) else [v]) for k, v in item.items()}
-    ins, _ = input_split(batch["images"].shape[1], model.cfg.num_input_views)
-    bi = take_views(batch, torch.from_numpy(ins))
+    bi, _, _, _ = split_scene(scene_batch(item, dev), model.cfg.num_input_views)
     H, W = bi["images"].shape[-2:]
     path = novel_path(item["c2w"], item["bounds"], num_frames).to(dev)
     frames = []
     with torch.no_grad():
-        enc = model.encode(bi["images"], bi["intrinsics"], bi["c2w"], bi["bounds"], bi["depth"],
-                           bi["depth_valid"])
+        enc = model.encode_batch(bi)
         intr = bi["intrinsics"][:, :1].expand(1, len(path), 4)
         for i in range(0, len(path), 16):
             r = model.render(enc["V"], bi["bounds"], intr[:, i:i + 16], path[None, i:i + 16], H, W,
