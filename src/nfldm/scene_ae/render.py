@@ -50,6 +50,23 @@ def sample_grid(V: Tensor, bounds: Tensor, points: Tensor) -> Tensor:
     return F.grid_sample(V, g, mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0]
 
 
+def sample_along(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, t0: Tensor, t1: Tensor,
+                 num_samples: int, jitter: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """V at ``num_samples`` points spread uniformly in t over [t0, t1] (stratified jitter or
+    mid-points).
+
+    V: B x K x X x Y x Z, origins/dirs: B x R x 3, t0/t1: B x R  ->  (t: B x R x S,
+    delta: B x R sample spacing in metres along the ray, values: B x K x R x S).
+    """
+    B, R = origins.shape[:2]
+    u = torch.arange(num_samples, device=V.device, dtype=V.dtype)
+    u = u + (torch.rand(B, R, num_samples, device=V.device) if jitter else 0.5)
+    step = (t1 - t0) / num_samples                                      # B x R
+    t = t0[..., None] + step[..., None] * u                              # B x R x S
+    pts = origins[:, :, None] + t[..., None] * dirs[:, :, None]          # B x R x S x 3
+    return t, step * dirs.norm(dim=-1), sample_grid(V, bounds, pts)
+
+
 @torch.no_grad()
 def termination_depth(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, t0: Tensor,
                       t1: Tensor, num_samples: int, threshold: float = 0.01) -> Tensor:
@@ -58,15 +75,12 @@ def termination_depth(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, 
 
     V: B x (1 + C) x X x Y x Z, origins/dirs: B x R x 3, t0/t1: B x R  ->  B x R.
     """
-    u = torch.arange(num_samples, device=V.device, dtype=V.dtype) + 0.5
-    step = (t1 - t0) / num_samples
-    t = t0[..., None] + step[..., None] * u
-    pts = origins[:, :, None] + t[..., None] * dirs[:, :, None]
-    sigma = sample_grid(V[:, :1], bounds, pts)[:, 0]
-    tau = (sigma * (step * dirs.norm(dim=-1))[..., None]).cumsum(-1)
+    t, delta, sigma = sample_along(V[:, :1], bounds, origins, dirs, t0, t1, num_samples)
+    tau = (sigma[:, 0] * delta[..., None]).cumsum(-1)
     hit = tau > -math.log(threshold)
-    first = torch.where(hit.any(-1), hit.float().argmax(-1), torch.full_like(t1, num_samples - 1).long())
-    return torch.where(hit.any(-1), t.gather(-1, first[..., None])[..., 0] + step, t1)
+    first = hit.float().argmax(-1)                # first opaque sample (0 where none: unused)
+    t_hit = t.gather(-1, first[..., None])[..., 0] + (t1 - t0) / num_samples
+    return torch.where(hit.any(-1), t_hit, t1)
 
 
 def render_rays(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, num_samples: int,
@@ -86,20 +100,14 @@ def render_rays(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, num_sa
     """
     with torch.autocast(device_type=V.device.type, enabled=False):
         V, origins, dirs = V.float(), origins.float(), dirs.float()
-        B, R = origins.shape[:2]
         t0, t1 = ray_box(origins, dirs, bounds, near)
         if num_coarse > 0:
             voxel = float(((bounds[:, 1] - bounds[:, 0]) / torch.tensor(V.shape[2:], device=V.device)).max())
             tc = termination_depth(V, bounds, origins, dirs, t0, t1, num_coarse)
             t1 = torch.minimum(t1, tc * (1 + margin) + voxel)
-        u = torch.arange(num_samples, device=V.device, dtype=V.dtype)
-        u = u + (torch.rand(B, R, num_samples, device=V.device) if jitter else 0.5)
-        step = (t1 - t0) / num_samples                                  # B x R
-        t = t0[..., None] + step[..., None] * u                          # B x R x S
-        pts = origins[:, :, None] + t[..., None] * dirs[:, :, None]      # B x R x S x 3
-        s = sample_grid(V, bounds, pts)                                  # B x K x R x S
+        t, delta, s = sample_along(V, bounds, origins, dirs, t0, t1, num_samples, jitter)
         sigma, feat = s[:, 0], s[:, 1:]
-        tau = sigma * (step * dirs.norm(dim=-1))[..., None]
+        tau = sigma * delta[..., None]
         csum = tau.cumsum(-1)
         w = torch.exp(-(csum - tau)) * (1.0 - torch.exp(-tau))           # B x R x S
         opacity = w.sum(-1)
