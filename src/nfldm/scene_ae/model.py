@@ -323,8 +323,10 @@ class SceneAutoEncoder(nn.Module):
         empty = ~v_gt if cfg.invalid_is_empty else torch.zeros_like(v_gt)
         empty = empty | (v_gt & ~in_box)
         known = in_box | empty
-        op = out["opacity"].clamp(1e-4, 1 - 1e-4)
-        bce = F.binary_cross_entropy(op, in_box.float(), reduction="none")
+        # BCE written out in float32 (F.binary_cross_entropy refuses to run under autocast)
+        op = out["opacity"].float().clamp(1e-4, 1 - 1e-4)
+        t = in_box.float()
+        bce = -(t * op.log() + (1 - t) * (1 - op).log())
         opacity_loss = (bce * known).sum() / known.sum().clamp(min=1)
 
         # the lift's occupancy weights against the measured depth bin (input views)
