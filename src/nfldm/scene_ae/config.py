@@ -42,7 +42,7 @@ class SceneAEConfig:
     # losses
     rgb_loss: str = "l2"                 # "l1" | "l2"
     # geometry weights: light, so the geometry terms do not crowd out colour (GPU sweep in
-    # docs/scene-ae.md: 1.0 / 0.2 / 0.1 gave 23.4 dB held-out PSNR, these 24.7 dB at equal steps)
+    # docs/gpu.md: 1.0 / 0.2 / 0.1 gave 23.4 dB held-out PSNR, these 24.7 dB at equal steps)
     w_depth: float = 0.1                 # rendered depth, relative L1, valid in-box pixels
     w_occ: float = 0.02                  # lift occupancy O vs the measured depth bin (NLL)
     w_opacity: float = 0.03              # rendered opacity vs "depth inside the box" (BCE)

@@ -1,0 +1,106 @@
+"""Configuration of the latent auto-encoder (stage 2), with named presets.
+
+Every choice the paper leaves open is a field here; docs/latent-ae.md says why each default.
+The shape of V (``grid``, ``channels``) is not a free choice: training takes it from the voxel
+folder (VOXDIR/index.json), so a preset is an architecture that fits grids of the stated size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from nfldm.trainer import TrainConfig
+
+
+@dataclass
+class LatentAEConfig:
+    # V: channels (1 + C) x X x Y x Z (set from the voxel folder when training)
+    grid: tuple[int, int, int] = (64, 64, 64)
+    channels: int = 17
+    # latents (paper: g 128-d; c 4 x X/4 x Y/4 x Z/2; f 4 x X x Y)
+    g_dim: int = 64
+    c_channels: int = 4
+    c_down: int = 4                      # X, Y downsampling of c (paper: ds = 4)
+    c_z_down: int = 4                    # Z downsampling of c: Zc = Z / c_z_down (paper: 2)
+    f_channels: int = 4
+    g_size: int = 4                      # the g encoder ends with an adaptive pool to g_size x g_size
+    # 2D CNNs over X x Y (Z folded into channels)
+    f_enc_channels: int = 64             # f encoder width (full resolution)
+    c_enc_channels: tuple[int, ...] = (64, 96, 128)   # c encoder width per level (X, X/2, X/4, ...)
+    g_enc_channels: tuple[int, ...] = (32, 64, 96, 128)  # g encoder width per level (X/2, X/4, ...)
+    dec_channels: int = 96               # decoder width at X x Y
+    dec_c_channels: int = 128            # decoder width of the c branch at X/4
+    num_res_blocks: int = 2              # ResBlocks per resolution level
+    # quantisation of c and f: "vq" (VectorQuantize, EMA codebook) | "fsq" | "none"
+    quantizer: str = "vq"
+    codebook_size: int = 512             # VQ codebook entries (c and f each have their own)
+    vq_decay: float = 0.99               # EMA decay of the codebook
+    kmeans_init: bool = True
+    dead_code_threshold: float = 2.0     # EMA cluster size below which a code is replaced
+    commitment_weight: float = 0.25      # VQ commitment loss weight (beta in VQ-VAE)
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)   # FSQ: 1000 codes from 4 channels
+    # normalisation of V (values come from VOXDIR/index.json; stored in the weights)
+    occupied_sigma: float = 0.5          # a voxel is occupied if sigma (per metre) exceeds this
+    # losses
+    w_density: float = 1.0               # weighted MSE of log1p(sigma / sigma_scale)
+    w_feature: float = 1.0               # weighted MSE of the RMS-normalised features
+    occupied_share: float = 0.5          # share of the voxel loss given to occupied voxels
+    dilate: int = 1                      # occupied voxels are dilated by this many voxels
+    w_kl: float = 1e-6                   # KL(q(g | V) || N(0, I)), mean over dimensions
+    w_render: float = 0.0                # MSE between stage-1 renders of decoded and original V
+    render_views: int = 1                # random views per scene for the image loss
+
+
+@dataclass
+class LatentAEPreset:
+    model: LatentAEConfig
+    train: TrainConfig
+
+
+PRESETS: dict[str, LatentAEPreset] = {
+    # unit tests, seconds: V from the stage-1 smoke preset, 9 x 16 x 16 x 8
+    "smoke": LatentAEPreset(
+        LatentAEConfig(grid=(16, 16, 8), channels=9, g_dim=16, c_z_down=2, f_enc_channels=16,
+                       c_enc_channels=(16, 16, 16), g_enc_channels=(16, 16), dec_channels=16,
+                       dec_c_channels=16, num_res_blocks=1, codebook_size=32),
+        TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2)),
+    # 2-core CPU, 30 minutes: V of the stage-1 tiny preset, 17 x 64 x 64 x 64;
+    # c 4 x 16 x 16 x 16, f 4 x 64 x 64 (the paper's compression ratio, about 130x)
+    "tiny": LatentAEPreset(
+        LatentAEConfig(),
+        TrainConfig(steps=2200, batch_size=2, lr=1e-3, warmup_steps=100, log_every=25,
+                    ckpt_every=250, max_minutes=30)),
+    "small": LatentAEPreset(
+        LatentAEConfig(grid=(96, 96, 64), channels=25, g_dim=128, c_z_down=4, f_enc_channels=96,
+                       c_enc_channels=(96, 128, 192), g_enc_channels=(64, 96, 128, 192),
+                       dec_channels=128, dec_c_channels=192, codebook_size=1024),
+        TrainConfig(steps=50_000, batch_size=8, lr=5e-4, warmup_steps=1000, log_every=50,
+                    ckpt_every=1000)),
+    # the paper's sizes: V 33 x 128 x 128 x 32, g 128, c 4 x 32 x 32 x 16, f 4 x 128 x 128
+    "paper": LatentAEPreset(
+        LatentAEConfig(grid=(128, 128, 32), channels=33, g_dim=128, c_z_down=2, f_enc_channels=128,
+                       c_enc_channels=(128, 192, 256), g_enc_channels=(64, 128, 192, 256, 256),
+                       dec_channels=192, dec_c_channels=256, codebook_size=1024),
+        TrainConfig(steps=200_000, batch_size=16, lr=3e-4, warmup_steps=2000, log_every=100,
+                    ckpt_every=2000)),
+}
+
+
+def preset(name: str) -> LatentAEPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown latent-ae preset {name!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[name]
+    return LatentAEPreset(replace(p.model), replace(p.train))
+
+
+def config_from_dict(d: dict) -> LatentAEConfig:
+    """Inverse of ``asdict`` (tuples restored); unknown keys are an error."""
+    known = LatentAEConfig.__dataclass_fields__
+    bad = sorted(set(d) - set(known))
+    if bad:
+        raise ValueError(f"unknown latent-ae config keys {bad}")
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return LatentAEConfig(**d)
+
+
+__all__ = ["LatentAEConfig", "LatentAEPreset", "PRESETS", "preset", "config_from_dict", "asdict"]

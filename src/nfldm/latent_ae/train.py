@@ -1,0 +1,251 @@
+"""Stage 2 entry points: train and evaluate the latent auto-encoder, encode the latents.
+
+    encode_voxels (data.py)  scene-ae run + dataset -> VOXDIR (V per scene)
+    train_latent_ae          VOXDIR -> latent-ae run (the shared trainer)
+    eval_latent_ae           latent-ae run + scene-ae run + VOXDIR -> metrics.json + picture
+    encode_latents           latent-ae run + VOXDIR -> LATDIR ((g, c, f) + trajectory per scene)
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nfldm.data.format import DataError
+from nfldm.latent_ae.config import config_from_dict, preset
+from nfldm.latent_ae.data import (
+    INDEX_FILE,
+    VoxelDataset,
+    check_finite,
+    config_hash,
+    load_voxels,
+    peek_safetensors,
+    read_voxel_index,
+    scene_file,
+    weights_hash,
+    write_safetensors,
+)
+from nfldm.latent_ae.evaluate import evaluate
+from nfldm.latent_ae.model import LatentAutoEncoder
+from nfldm.trainer import Trainer, load_model_weights, read_run_config, resolve_device
+from nfldm.utils.io import atomic_save_png, atomic_write_json
+
+STAGE = "latent-ae"
+LATENT_FORMAT = "nfldm-latents"
+LATENT_VERSION = 1
+FIXED_BY_VOXELS = ("grid", "channels")
+
+
+def _scene_ae_of(index: dict) -> dict:
+    """The scene-ae identity a voxel folder records (run path, config hash, weights hash)."""
+    s = index["scene_ae"]
+    return {"run": s["run"], "config_hash": s["config_hash"], "weights_hash": s["weights_hash"]}
+
+
+def _check_voxels_match(run: str | os.PathLike, rc: dict, voxels: str | os.PathLike, index: dict) -> None:
+    """DataError if VOXDIR was not made by the scene-ae whose voxels the LAE was trained on."""
+    want, got = rc.get("scene_ae", {}), _scene_ae_of(index)
+    path = Path(voxels) / INDEX_FILE
+    if want.get("config_hash") != got["config_hash"]:
+        raise DataError(f"{path}: made by another scene-ae config ({got['run']}, hash {got['config_hash']}) "
+                        f"than the voxels latent-ae run {run} was trained on ({want.get('run')}, hash "
+                        f"{want.get('config_hash')})")
+    if want.get("weights_hash") != got["weights_hash"]:
+        raise DataError(f"{path}: made by other scene-ae weights ({got['run']}) than the voxels latent-ae "
+                        f"run {run} was trained on ({want.get('run')})")
+    model = rc.get("model", {})
+    if list(model.get("grid", [])) != list(index["grid"]) or model.get("channels") != index["channels"]:
+        raise DataError(f"{path}: V is {index['channels']} x {index['grid']}, latent-ae run {run} expects "
+                        f"{model.get('channels')} x {model.get('grid')}")
+
+
+def train_latent_ae(voxels: str | os.PathLike, out: str | os.PathLike, preset_name: str = "tiny",
+                    steps: int | None = None, resume: bool = False, device: str = "auto",
+                    progress: bool = True, overrides: dict | None = None) -> dict:
+    """Train stage 2 on the train split of a voxel folder into run directory ``out``.
+
+    The grid and channel count of V come from the voxel folder; the normalisation statistics
+    too (stored in the run config and in the weights). With ``w_render > 0`` the frozen
+    stage-1 model recorded in the voxel folder renders the image loss.
+    """
+    index = read_voxel_index(voxels)
+    p = preset(preset_name)
+    if steps is not None:
+        p.train.steps = steps
+    p.train.device = device
+    p.train.progress = progress
+    for k, v in (overrides or {}).items():
+        if k in FIXED_BY_VOXELS:
+            raise ValueError(f"latent-ae option {k!r} is set by the voxel folder ({index['channels']} x "
+                             f"{index['grid']}), not by --set")
+        target = p.model if hasattr(p.model, k) else p.train
+        if not hasattr(target, k):
+            raise ValueError(f"unknown latent-ae option {k!r}")
+        setattr(target, k, v)
+    cfg = p.model
+    cfg.grid, cfg.channels = tuple(index["grid"]), int(index["channels"])
+    dataset = VoxelDataset(voxels, "train", index=index)
+    torch.manual_seed(p.train.seed)
+    model = LatentAutoEncoder(cfg, index["stats"])
+    if cfg.w_render > 0:
+        from nfldm.scene_ae.train import load_scene_ae
+
+        sae_run = index["scene_ae"]["run"]
+        sae = load_scene_ae(sae_run, device)
+        if weights_hash(sae) != index["scene_ae"]["weights_hash"]:
+            raise DataError(f"{Path(voxels) / INDEX_FILE}: the scene-ae run {sae_run} has changed since "
+                            "these voxels were encoded (its weights differ); re-encode the voxels")
+        model.set_renderer(sae)
+    run_config = {"stage": STAGE, "preset": preset_name, "voxels": str(Path(voxels).resolve()),
+                  "scene_ae": _scene_ae_of(index), "stats": index["stats"], "model": asdict(cfg),
+                  "train": p.train.to_dict()}
+    trainer = Trainer(model, dataset, p.train, out, run_config, resume=resume)
+    return trainer.fit()
+
+
+def load_latent_ae(run: str | os.PathLike, device: str = "auto") -> LatentAutoEncoder:
+    """The trained model of a stage-2 run directory, in eval mode."""
+    rc = read_run_config(run)
+    if rc.get("stage") != STAGE:
+        raise ValueError(f"{run}: not a latent-ae run (its config.json says stage {rc.get('stage')!r})")
+    model = LatentAutoEncoder(config_from_dict(rc["model"]), rc.get("stats"))
+    load_model_weights(run, model, prefer_ema=True)
+    return model.to(resolve_device(device)).eval()
+
+
+def _picture(kept: list, num: int = 6) -> np.ndarray:
+    """Rows per scene: ground truth, rendered from the original V, rendered from the decoded V."""
+    from nfldm.scene_ae.flythrough import grid_image, to_uint8, upscale
+
+    rows = []
+    for k in kept:
+        sel = torch.from_numpy(np.round(np.linspace(0, len(k["gt"]) - 1, min(num, len(k["gt"])))).astype(int))
+        rows += [to_uint8(k[key][sel]) for key in ("gt", "original", "decoded")]
+    n = min(r.shape[0] for r in rows)
+    return grid_image([upscale(r[:n], 2) for r in rows])
+
+
+def eval_latent_ae(run, voxels, scene_ae=None, split: str = "test", out=None, data=None,
+                   device: str = "auto", max_scenes: int | None = None, progress: bool = True) -> dict:
+    """Voxel errors, rendered-view PSNR cost and codebook usage of a latent-ae run on one split.
+
+    ``scene_ae``: the stage-1 run that renders (default: the one recorded in the voxel folder;
+    it must be the one that made the voxels). ``data``: the dataset with the ground-truth
+    images (default: the one recorded in the voxel folder). Writes ``out`` (JSON) and
+    ``<out stem>_views.png`` (rows per scene: ground truth, from original V, from decoded V).
+    """
+    from nfldm.scene_ae.train import load_scene_ae
+
+    index = read_voxel_index(voxels)
+    rc = read_run_config(run)
+    if rc.get("stage") != STAGE:
+        raise ValueError(f"{run}: not a latent-ae run (its config.json says stage {rc.get('stage')!r})")
+    _check_voxels_match(run, rc, voxels, index)
+    lae = load_latent_ae(run, device)
+    dev = next(lae.parameters()).device
+    sae_run = scene_ae or index["scene_ae"]["run"]
+    sae = load_scene_ae(sae_run, device)
+    if (config_hash(asdict(sae.cfg)) != index["scene_ae"]["config_hash"]
+            or weights_hash(sae) != index["scene_ae"]["weights_hash"]):
+        raise DataError(f"{Path(voxels) / INDEX_FILE}: these voxels were made by scene-ae run "
+                        f"{index['scene_ae']['run']}, not by {sae_run} (config or weights differ)")
+    res, kept = evaluate(lae, sae, voxels, index, split, data or index["data"], dev,
+                         max_scenes=max_scenes, progress=progress, keep=4)
+    res = {"run": str(run), "scene_ae": str(sae_run), "voxels": str(voxels), "split": split, **res}
+    if out is not None:
+        atomic_write_json(out, res)
+        if kept:
+            atomic_save_png(Path(out).with_name(Path(out).stem + "_views.png"), _picture(kept))
+    return res
+
+
+def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str | os.PathLike,
+                   device: str = "auto", progress: bool = True) -> dict:
+    """(g, c, f) of every scene of a voxel folder, for stage 3.
+
+    Writes OUT/<scene>.safetensors with g (g_dim,), c (c_ch x X/d x Y/d x Zc) and f
+    (f_ch x X x Y) BEFORE quantisation (g = mu of the posterior), the camera trajectory
+    (c2w N x 4 x 4, intrinsics N x 4), bounds 2 x 3 and input_ids; and OUT/index.json with
+    the scenes and splits, the latent shapes and per-channel mean / std of each latent over
+    the train split. Resumable (files of the same latent-ae run that read are skipped) and
+    atomic. Returns {"out", "encoded", "skipped", "scenes"}.
+    """
+    index = read_voxel_index(voxels)
+    rc = read_run_config(run)
+    if rc.get("stage") != STAGE:
+        raise ValueError(f"{run}: not a latent-ae run (its config.json says stage {rc.get('stage')!r})")
+    _check_voxels_match(run, rc, voxels, index)
+    lae = load_latent_ae(run, device)
+    dev = next(lae.parameters()).device
+    lae_id = {"run": str(Path(run).resolve()), "config_hash": config_hash(rc["model"]),
+              "weights_hash": weights_hash(lae)}
+    shapes = {k: list(v) for k, v in lae.latent_shapes.items()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoded = skipped = 0
+    scenes = []
+    for s in tqdm(index["scenes"], desc="encoding latents", unit="scene", disable=not progress):
+        name = s["name"]
+        path = scene_file(out, name)
+        scenes.append({"name": name, "split": s["split"], "file": path.name, "num_frames": s.get("num_frames")})
+        if path.exists():
+            try:
+                meta, fshapes = peek_safetensors(path)
+            except DataError as e:
+                warnings.warn(f"{e}; encoding it again")
+                meta = None
+            if meta is not None:
+                if meta.get("format") != LATENT_FORMAT or meta.get("lae_weights_hash") != lae_id["weights_hash"]:
+                    raise DataError(f"{path}: made by another latent-ae run or weights; encode into a new folder")
+                if any(tuple(fshapes.get(k, ())) != tuple(v) for k, v in shapes.items()):
+                    raise DataError(f"{path}: latent shapes {fshapes} differ from {shapes}")
+                skipped += 1
+                continue
+        vox = load_voxels(voxels, name, index)
+        with torch.no_grad():
+            enc = lae.encode(vox["V"][None].to(dev))
+        g, c, f = enc["g_mu"][0].cpu(), enc["c"][0].cpu(), enc["f"][0].cpu()
+        check_finite(f"scene {name}", g=g, c=c, f=f)
+        write_safetensors(path, {"g": g, "c": c, "f": f, "c2w": vox["c2w"], "intrinsics": vox["intrinsics"],
+                                 "bounds": vox["bounds"], "input_ids": vox["input_ids"]},
+                          {"format": LATENT_FORMAT, "version": LATENT_VERSION, "scene": name,
+                           "split": s["split"], "lae_config_hash": lae_id["config_hash"],
+                           "lae_weights_hash": lae_id["weights_hash"]})
+        encoded += 1
+    stats = latent_stats(out, [s["name"] for s in scenes if s["split"] == "train"], progress)
+    atomic_write_json(out / INDEX_FILE, {
+        "format": LATENT_FORMAT, "version": LATENT_VERSION, "latent_ae": lae_id,
+        "voxels": str(Path(voxels).resolve()), "data": index["data"], "scene_ae": _scene_ae_of(index),
+        "quantizer": lae.cfg.quantizer, "pre_quantisation": True, "shapes": shapes, "scenes": scenes,
+        "stats": stats})
+    return {"out": str(out), "encoded": encoded, "skipped": skipped, "scenes": len(scenes)}
+
+
+def latent_stats(latdir: Path, names: list[str], progress: bool = True) -> dict:
+    """Per-channel mean and std of g (per dimension), c and f (per channel, over all
+    positions) over the given (train) scenes of a latent folder."""
+    from nfldm.latent_ae.data import read_safetensors
+
+    if not names:
+        return {}
+    sums: dict[str, list] = {}
+    for name in tqdm(names, desc="latent statistics", unit="scene", disable=not progress):
+        t, _ = read_safetensors(scene_file(latdir, name))
+        for k in ("g", "c", "f"):
+            x = t[k].double()
+            x = x[:, None] if k == "g" else x.flatten(1)            # channels x positions
+            s = sums.setdefault(k, [0, torch.zeros(len(x), dtype=torch.float64), torch.zeros(len(x), dtype=torch.float64)])
+            s[0] += x.shape[1]
+            s[1] += x.sum(1)
+            s[2] += (x ** 2).sum(1)
+    out = {"split": "train", "num_scenes": len(names)}
+    for k, (n, s1, s2) in sums.items():
+        mean = s1 / n
+        out[k] = {"mean": mean.tolist(), "std": (s2 / n - mean ** 2).clamp(min=0).sqrt().tolist()}
+    return out

@@ -1,0 +1,179 @@
+"""Configuration of the hierarchical latent diffusion models (stage 3), with named presets.
+
+Three denoisers, one per latent level (the paper's psi_g, psi_c, psi_f); each is trained by the
+shared trainer into its own run directory (RUN/g, RUN/c, RUN/f) with its own
+:class:`LDMConfig` and :class:`~nfldm.trainer.TrainConfig`. Every choice the paper leaves open
+is a field here; docs/ldm.md says why each default.
+
+The latent shapes (``g_dim``, ``c_shape``, ``f_shape``) are not free choices: training takes
+them from the latent folder (LATDIR/index.json), so a preset is an architecture for latents of
+the stated size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from nfldm.trainer import TrainConfig
+
+LEVELS = ("g", "c", "f")
+FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape")
+
+
+@dataclass
+class LDMConfig:
+    """One level's denoiser and diffusion process."""
+
+    level: str = "g"                     # "g" | "c" | "f" (which latent this model generates)
+    # latent shapes (set from LATDIR/index.json when training)
+    g_dim: int = 64
+    c_shape: tuple[int, int, int, int] = (4, 16, 16, 16)   # c_ch x X/4 x Y/4 x Zc
+    f_shape: tuple[int, int, int] = (4, 64, 64)            # f_ch x X x Y
+    traj_frames: int = 8                 # T poses in psi_g's trajectory vector (9 numbers each)
+    # diffusion (diffusers DDPMScheduler; the samplers are built from its config)
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"   # cosine schedule (Nichol & Dhariwal)
+    prediction_type: str = "v_prediction"      # "v_prediction" | "epsilon" | "sample"
+    timestep_spacing: str = "trailing"         # sampling timesteps include t = T - 1
+    # condition tokens through cross-attention (classifier-free guidance)
+    cond_dim: int = 0                    # width of the condition tokens in the data; 0 = none
+    cross_attention_dim: int = 64        # width of the tokens inside the denoiser
+    cond_drop_prob: float = 0.1          # training: a sample's condition is replaced by the null token
+    # psi_g: residual MLP with adaLN-zero timestep modulation and cross-attention
+    mlp_width: int = 256
+    mlp_blocks: int = 4
+    mlp_heads: int = 4
+    # psi_c / psi_f: diffusers UNet2DConditionModel over X x Y (Z folded into channels)
+    block_out_channels: tuple[int, ...] = (64, 128)
+    layers_per_block: int = 2
+    attention_heads: int = 4             # diffusers' `attention_head_dim` (= number of heads)
+    norm_num_groups: int = 32
+    time_scale_shift: str = "scale_shift"   # resnets: FiLM (adaptive GroupNorm) by time + g
+
+    def __post_init__(self) -> None:
+        self.c_shape = tuple(int(x) for x in self.c_shape)
+        self.f_shape = tuple(int(x) for x in self.f_shape)
+        self.block_out_channels = tuple(int(x) for x in self.block_out_channels)
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+        if len(self.c_shape) != 4 or len(self.f_shape) != 3:
+            raise ValueError(f"c_shape needs 4 numbers (c_ch, X/d, Y/d, Zc) and f_shape 3 (f_ch, X, Y); "
+                             f"got {self.c_shape}, {self.f_shape}")
+        if self.prediction_type not in ("v_prediction", "epsilon", "sample"):
+            raise ValueError(f"prediction_type must be v_prediction | epsilon | sample, got "
+                             f"{self.prediction_type!r}")
+        if self.traj_frames < 2:
+            raise ValueError(f"traj_frames must be >= 2, got {self.traj_frames}")
+        if not 0.0 <= self.cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
+        for ch in self.block_out_channels:
+            if ch % self.norm_num_groups or ch % self.attention_heads:
+                raise ValueError(f"block_out_channels {self.block_out_channels} must be divisible by "
+                                 f"norm_num_groups={self.norm_num_groups} and attention_heads="
+                                 f"{self.attention_heads}")
+        if self.mlp_width % self.mlp_heads:
+            raise ValueError(f"mlp_width {self.mlp_width} must be divisible by mlp_heads {self.mlp_heads}")
+
+    @property
+    def traj_dim(self) -> int:
+        return 9 * self.traj_frames
+
+
+@dataclass
+class LevelPreset:
+    model: LDMConfig
+    train: TrainConfig
+
+
+@dataclass
+class LDMPreset:
+    """One :class:`LevelPreset` per level. ``--level all`` trains g, c, f in turn; each level's
+    ``train.max_minutes`` is its share of the preset's time budget (:attr:`max_minutes`)."""
+
+    g: LevelPreset
+    c: LevelPreset
+    f: LevelPreset
+
+    def level(self, name: str) -> LevelPreset:
+        if name not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {name!r}")
+        return getattr(self, name)
+
+    @property
+    def max_minutes(self) -> float:
+        return sum(self.level(k).train.max_minutes for k in LEVELS)
+
+
+def _levels(model: dict, train: dict, per_level: dict) -> LDMPreset:
+    """A preset from shared model / train settings plus per-level ones."""
+    out = {}
+    for k in LEVELS:
+        m = {**model, **per_level.get(k, {}).get("model", {})}
+        t = {**train, **per_level.get(k, {}).get("train", {})}
+        out[k] = LevelPreset(LDMConfig(level=k, **m), TrainConfig(**t))
+    return LDMPreset(**out)
+
+
+PRESETS: dict[str, LDMPreset] = {
+    # unit tests, seconds: latents of the latent-ae smoke preset (g 16, c 4 x 4^3, f 4 x 16^2)
+    "smoke": _levels(
+        dict(g_dim=16, c_shape=(4, 4, 4, 4), f_shape=(4, 16, 16), cross_attention_dim=16, mlp_width=32,
+             mlp_blocks=2, mlp_heads=2, block_out_channels=(16, 32), layers_per_block=1, attention_heads=2,
+             norm_num_groups=8),
+        dict(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2, ema_decay=0.5),
+        {}),
+    # 2-core CPU, 30 minutes in all: latents of the latent-ae tiny preset
+    # (g 64, c 4 x 16^3 -> 64 x 16 x 16 folded, f 4 x 64^2). Measured without data loading:
+    # g 0.019 s/step (batch 32), c 0.18 s/step (batch 8), f 0.47 s/step (batch 4); the EMA
+    # decay of each level is short enough that the initial weights fade (decay^steps < 1 %)
+    "tiny": _levels(
+        dict(),
+        dict(lr=2e-4, warmup_steps=100, log_every=25, ckpt_every=250, grad_clip=1.0),
+        {"g": {"model": dict(mlp_width=256, mlp_blocks=4),
+               "train": dict(steps=6000, batch_size=32, max_minutes=4, lr=5e-4, ema_decay=0.999)},
+         "c": {"model": dict(block_out_channels=(64, 128), layers_per_block=2),
+               "train": dict(steps=3000, batch_size=8, max_minutes=10, ema_decay=0.998)},
+         "f": {"model": dict(block_out_channels=(32, 64, 128), layers_per_block=1),
+               "train": dict(steps=1800, batch_size=4, max_minutes=16, ema_decay=0.997)}}),
+    "small": _levels(
+        dict(g_dim=128, c_shape=(4, 24, 24, 16), f_shape=(4, 96, 96), cross_attention_dim=128),
+        dict(lr=1e-4, warmup_steps=1000, log_every=50, ckpt_every=2000, ema_decay=0.9999),
+        {"g": {"model": dict(mlp_width=512, mlp_blocks=6),
+               "train": dict(steps=100_000, batch_size=64, lr=2e-4)},
+         "c": {"model": dict(block_out_channels=(128, 256, 256), layers_per_block=2, attention_heads=8),
+               "train": dict(steps=100_000, batch_size=16)},
+         "f": {"model": dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, attention_heads=8),
+               "train": dict(steps=100_000, batch_size=16)}}),
+    # the paper's latent sizes: g 128, c 4 x 32 x 32 x 16, f 4 x 128 x 128
+    "paper": _levels(
+        dict(g_dim=128, c_shape=(4, 32, 32, 16), f_shape=(4, 128, 128), cross_attention_dim=256),
+        dict(lr=1e-4, warmup_steps=2000, log_every=100, ckpt_every=5000, ema_decay=0.9999),
+        {"g": {"model": dict(mlp_width=1024, mlp_blocks=8, mlp_heads=8),
+               "train": dict(steps=200_000, batch_size=128, lr=2e-4)},
+         "c": {"model": dict(block_out_channels=(256, 384, 512), layers_per_block=2, attention_heads=8),
+               "train": dict(steps=300_000, batch_size=32)},
+         "f": {"model": dict(block_out_channels=(128, 256, 384, 512), layers_per_block=2, attention_heads=8),
+               "train": dict(steps=300_000, batch_size=32)}}),
+}
+
+
+def preset(name: str) -> LDMPreset:
+    """A fresh copy of a named preset."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown ldm preset {name!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[name]
+    return LDMPreset(**{k: LevelPreset(replace(p.level(k).model), replace(p.level(k).train)) for k in LEVELS})
+
+
+def config_from_dict(d: dict) -> LDMConfig:
+    """Inverse of ``asdict`` (tuples restored); unknown keys are an error."""
+    known = LDMConfig.__dataclass_fields__
+    bad = sorted(set(d) - set(known))
+    if bad:
+        raise ValueError(f"unknown ldm config keys {bad}")
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return LDMConfig(**d)
+
+
+__all__ = ["LEVELS", "FIXED_BY_LATENTS", "LDMConfig", "LevelPreset", "LDMPreset", "PRESETS", "preset",
+           "config_from_dict", "asdict"]

@@ -1,0 +1,193 @@
+"""Stage-3 data: the latents (g, c, f) of every scene, written by ``nfldm encode-latents``.
+
+LATDIR/<scene>.safetensors holds g (g_dim), c (c_ch x X/d x Y/d x Zc) and f (f_ch x X x Y)
+before quantisation, the camera trajectory (c2w N x 4 x 4, intrinsics N x 4), bounds 2 x 3
+and input_ids; optionally ``cond`` (L x cond_dim condition tokens, e.g. an encoded BEV map:
+the hook for conditional generation). LATDIR/index.json holds the splits, the shapes and the
+per-channel mean / std of g, c, f over the train split.
+
+A diffusion model sees standardised latents: per g dimension / per c, f channel
+``(x - mean) / std`` with the train-split statistics (:class:`LatentStats`); c with its
+vertical axis folded into channels (``fold``: channel k * Zc + z), so psi_c is a 2D model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from nfldm.data.format import SPLITS, DataError
+from nfldm.latent_ae.model import fold, unfold
+from nfldm.ldm.trajectory import encode_trajectory
+
+__all__ = ["LATENT_FORMAT", "LATENT_VERSION", "STD_FLOOR", "read_latent_index", "LatentStats",
+           "LatentDataset", "render_setup", "load_latent_file", "unfold_c"]
+
+LATENT_FORMAT = "nfldm-latents"
+LATENT_VERSION = 1
+INDEX_FILE = "index.json"
+STD_FLOOR = 1e-3     # a (near-)constant latent channel is divided by at most this
+
+
+def read_latent_index(latdir: str | os.PathLike) -> dict:
+    """LATDIR/index.json (DataError naming the file if missing, corrupt or incomplete)."""
+    root = Path(latdir)
+    path = root / INDEX_FILE
+    if not root.is_dir():
+        raise DataError(f"{latdir}: latent folder does not exist (make it with nfldm encode-latents)")
+    if not path.is_file():
+        raise DataError(f"{path}: file is missing (nfldm encode-latents writes it when it has encoded "
+                        "every scene; run it again to finish the folder)")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the latent folder index ({type(e).__name__}: {e})") from e
+    if not isinstance(index, dict) or index.get("format") != LATENT_FORMAT:
+        raise DataError(f"{path}: not a latent folder index (format "
+                        f"{index.get('format') if isinstance(index, dict) else None!r}, expected {LATENT_FORMAT!r})")
+    if index.get("version") != LATENT_VERSION:
+        raise DataError(f"{path}: latent folder version {index.get('version')!r}, this code reads {LATENT_VERSION}")
+    for key in ("scenes", "shapes", "stats", "latent_ae", "scene_ae"):
+        if key not in index:
+            raise DataError(f"{path}: key {key!r} is missing")
+    for key in ("g", "c", "f"):
+        if key not in index["stats"]:
+            raise DataError(f"{path}: no statistics of {key!r} (the folder has no train scene?)")
+    return index
+
+
+class LatentStats:
+    """Per-dimension (g) / per-channel (c, f) mean and std of the train split; standardises and
+    un-standardises latents. Built from ``index["stats"]`` (a plain dict, stored in run configs)."""
+
+    def __init__(self, stats: dict):
+        def t(key, part):
+            return torch.as_tensor(stats[key][part], dtype=torch.float32)
+
+        self.mean = {k: t(k, "mean") for k in ("g", "c", "f")}
+        self.std = {k: t(k, "std").clamp(min=STD_FLOOR) for k in ("g", "c", "f")}
+
+    @staticmethod
+    def _view(key: str, x: Tensor, which: dict) -> Tensor:
+        """The statistic shaped to broadcast: g over its last axis, c over axis -4 (channels of
+        [B x] c_ch x X x Y x Zc), f over axis -3 (channels of [B x] f_ch x X x Y)."""
+        v = which[key].to(x.device, x.dtype)
+        if key == "g":
+            return v
+        return v.view(-1, *([1] * (3 if key == "c" else 2)))
+
+    def normalise(self, key: str, x: Tensor) -> Tensor:
+        return (x - self._view(key, x, self.mean)) / self._view(key, x, self.std)
+
+    def denormalise(self, key: str, x: Tensor) -> Tensor:
+        return x * self._view(key, x, self.std) + self._view(key, x, self.mean)
+
+
+def load_latent_file(path: Path, shapes: dict) -> dict:
+    """All tensors of one latent file, checked; DataError naming the file if it is missing,
+    corrupt, has the wrong keys / shapes, or holds NaN / inf."""
+    from nfldm.latent_ae.data import read_safetensors
+
+    t, meta = read_safetensors(path)
+    if meta.get("format") != LATENT_FORMAT:
+        raise DataError(f"{path}: not a latent file (metadata format {meta.get('format')!r}, expected "
+                        f"{LATENT_FORMAT!r})")
+    for key in ("g", "c", "f", "c2w", "intrinsics", "bounds"):
+        if key not in t:
+            raise DataError(f"{path}: tensor {key!r} is missing")
+    for key in ("g", "c", "f"):
+        if tuple(t[key].shape) != tuple(shapes[key]):
+            raise DataError(f"{path}: {key} has shape {tuple(t[key].shape)}, the folder index says "
+                            f"{tuple(shapes[key])}")
+    n = t["c2w"].shape[0] if t["c2w"].dim() == 3 else 0
+    if n < 1 or tuple(t["c2w"].shape) != (n, 4, 4) or tuple(t["intrinsics"].shape) != (n, 4) \
+            or tuple(t["bounds"].shape) != (2, 3):
+        raise DataError(f"{path}: bad camera shapes (c2w {tuple(t['c2w'].shape)}, intrinsics "
+                        f"{tuple(t['intrinsics'].shape)}, bounds {tuple(t['bounds'].shape)})")
+    if "cond" in t and t["cond"].dim() != 2:
+        raise DataError(f"{path}: cond must be L x cond_dim, got {tuple(t['cond'].shape)}")
+    for key, v in t.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise DataError(f"{path}: {key} holds NaN or infinite values")
+    if not bool((t["bounds"][1] > t["bounds"][0]).all()):
+        raise DataError(f"{path}: bounds {t['bounds'].tolist()} are empty")
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
+
+
+class LatentDataset(Dataset):
+    """Scenes of one split of a latent folder, standardised; item i = scene i.
+
+    Item: g (g_dim), traj (9 T, :func:`~nfldm.ldm.trajectory.encode_trajectory`), c folded
+    (c_ch Zc x X/d x Y/d), f (f_ch x X x Y), all float32; ``cond`` (L x cond_dim) when the
+    files hold one. Every file of the split is read and checked when the dataset is built
+    (they are small and kept in memory).
+    """
+
+    def __init__(self, latdir: str | os.PathLike, split: str = "train", traj_frames: int = 8,
+                 index: dict | None = None, stats: dict | None = None):
+        from nfldm.latent_ae.data import scene_file
+
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.root = Path(latdir)
+        self.index = index if index is not None else read_latent_index(latdir)
+        self.stats = LatentStats(stats if stats is not None else self.index["stats"])
+        self.split, self.traj_frames = split, traj_frames
+        self.names = [s["name"] for s in self.index["scenes"] if s["split"] == split]
+        if not self.names:
+            raise DataError(f"{self.root / INDEX_FILE}: no scene has split {split!r}")
+        self.items = []
+        has_cond = None
+        for name in self.names:
+            path = scene_file(self.root, name)
+            t = load_latent_file(path, self.index["shapes"])
+            if has_cond is None:
+                has_cond = "cond" in t
+            elif has_cond != ("cond" in t):
+                raise DataError(f"{path}: {'has' if 'cond' in t else 'lacks'} a 'cond' tensor, unlike "
+                                "the folder's first scene (all or none must have one)")
+            item = {"g": self.stats.normalise("g", t["g"]),
+                    "traj": encode_trajectory(t["c2w"], t["bounds"], traj_frames),
+                    "c": fold(self.stats.normalise("c", t["c"])[None])[0],
+                    "f": self.stats.normalise("f", t["f"])}
+            if "cond" in t:
+                item["cond"] = t["cond"]
+            self.items.append(item)
+        self.has_cond = bool(has_cond)
+        self.cond_shape = tuple(self.items[0]["cond"].shape) if self.has_cond else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return dict(self.items[i])
+
+
+def unfold_c(c_folded: Tensor, c_channels: int) -> Tensor:
+    """B x (c_ch Zc) x X/d x Y/d -> B x c_ch x X/d x Y/d x Zc (inverse of the dataset's fold)."""
+    return unfold(c_folded, c_channels)
+
+
+def render_setup(latdir: str | os.PathLike, index: dict) -> dict:
+    """Bounds and intrinsics for rendering generated scenes, from the train split: the scenes'
+    common box (the mean box, with ``bounds_vary`` True, if they differ) and the first frame's
+    intrinsics of the first train scene."""
+    from nfldm.latent_ae.data import read_safetensors, scene_file
+
+    names = [s["name"] for s in index["scenes"] if s["split"] == "train"]
+    if not names:
+        raise DataError(f"{Path(latdir) / INDEX_FILE}: no train scene")
+    boxes, intr = [], None
+    for name in names:
+        t, _ = read_safetensors(scene_file(latdir, name))
+        boxes.append(t["bounds"].double())
+        if intr is None:
+            intr = t["intrinsics"][0].double()
+    boxes = torch.stack(boxes)
+    vary = bool((boxes - boxes[0]).abs().max() > 1e-4)
+    return {"bounds": boxes.mean(0).tolist(), "bounds_vary": vary, "intrinsics": intr.tolist()}

@@ -1,0 +1,312 @@
+"""The three denoisers of the hierarchical latent diffusion model and their training loss.
+
+    psi_g   x = [g, traj] (g_dim + 9 T)   residual MLP; timestep by adaLN-zero; condition
+                                          tokens by cross-attention (the vector is one query)
+    psi_c   x = fold(c) (c_ch Zc x X/d x Y/d)  UNet2DConditionModel; g by the class embedding
+                                          ("projection": an MLP of g added to the timestep
+                                          embedding, which scales / shifts every ResNet's
+                                          GroupNorm); condition tokens by cross-attention
+    psi_f   x = f (f_ch x X x Y), input [x_t, upsample(fold(c))] (nearest, to X x Y), g as in psi_c
+
+All latents are standardised (:class:`~nfldm.ldm.data.LatentStats`). Without a condition (or
+when it is dropped for classifier-free guidance) the cross-attention sees a learned null
+token. :class:`LevelDiffusion` holds one denoiser and the training scheduler
+(diffusers ``DDPMScheduler``) and implements the trainer protocol ``training_loss``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from nfldm.ldm.config import LDMConfig
+
+__all__ = ["timestep_embedding", "CondTokens", "GDenoiser", "UNetDenoiser", "LevelDiffusion",
+           "make_train_scheduler", "make_sampler", "guided_prediction", "SAMPLERS"]
+
+SAMPLERS = ("ddpm", "ddim", "dpm")
+
+
+# ----------------------------------------------------------------------------------------
+# Schedulers
+
+
+def make_train_scheduler(cfg: LDMConfig):
+    """The training scheduler: ``DDPMScheduler`` with clip_sample off (latents are not in
+    [-1, 1]); every sampler is built from its config."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                         prediction_type=cfg.prediction_type, clip_sample=False, thresholding=False,
+                         timestep_spacing=cfg.timestep_spacing)
+
+
+def make_sampler(train_scheduler, sampler: str):
+    """A fresh sampling scheduler built from the training scheduler's config (same betas,
+    prediction type, timestep spacing; clip_sample off): ``ddpm`` (ancestral), ``ddim``
+    (eta = 0) or ``dpm`` (DPM-Solver++, 2nd order multistep). Call ``set_timesteps`` before
+    every run (DPM-Solver keeps state)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    config = train_scheduler.config
+    if sampler == "ddpm":
+        return DDPMScheduler.from_config(config, clip_sample=False)
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
+    if sampler == "dpm":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       thresholding=False)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# Building blocks
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal embedding of (integer or real) timesteps: B -> B x dim ([cos, sin])."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class CondTokens(nn.Module):
+    """Condition tokens for the cross-attention: the data's ``cond`` (B x L x cond_dim),
+    projected to ``dim``, or a learned null token (repeated L times) where there is no
+    condition or it is dropped. Repeating the null token does not change the attention
+    output (identical keys give identical weights)."""
+
+    def __init__(self, cond_dim: int, dim: int):
+        super().__init__()
+        self.cond_dim, self.dim = cond_dim, dim
+        self.null = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.proj = nn.Linear(cond_dim, dim) if cond_dim > 0 else None
+
+    def forward(self, cond: Tensor | None, batch: int, drop: Tensor | None = None, length: int = 1) -> Tensor:
+        """-> B x L x dim. ``drop`` (B bool): samples whose condition becomes the null token;
+        ``length``: L of the null tokens when ``cond`` is None."""
+        if cond is None:
+            return self.null.expand(batch, length, self.dim)
+        if self.proj is None:
+            raise ValueError("this model was trained without a condition (cond_dim = 0); sample it "
+                             "without one")
+        if cond.dim() != 3 or cond.shape[-1] != self.cond_dim:
+            raise ValueError(f"cond must be B x L x {self.cond_dim}, got {tuple(cond.shape)}")
+        tok = self.proj(cond.to(self.null.dtype))
+        if drop is not None:
+            tok = torch.where(drop[:, None, None], self.null.expand_as(tok), tok)
+        return tok
+
+
+class _MLPBlock(nn.Module):
+    """x + gate * MLP(adaLN(x)), then x + CrossAttention(LN(x), tokens). adaLN-zero: the
+    modulation (scale, shift, gate) comes from the timestep embedding and starts at zero."""
+
+    def __init__(self, width: int, tok_dim: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.ada = nn.Linear(width, 3 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.SiLU(), nn.Linear(2 * width, width))
+        self.norm2 = nn.LayerNorm(width)
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(tok_dim, 2 * width)
+        self.o = nn.Linear(width, width)
+        nn.init.zeros_(self.o.weight)
+        nn.init.zeros_(self.o.bias)
+
+    def forward(self, x: Tensor, temb: Tensor, tokens: Tensor) -> Tensor:
+        scale, shift, gate = self.ada(temb).chunk(3, -1)
+        x = x + gate * self.mlp(self.norm1(x) * (1 + scale) + shift)
+        B, W = x.shape
+        h = self.heads
+        q = self.q(self.norm2(x)).view(B, h, 1, W // h)
+        k, v = self.kv(tokens).view(B, -1, 2, h, W // h).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))     # B x h x 1 x W/h
+        return x + self.o(a.reshape(B, W))
+
+
+class GDenoiser(nn.Module):
+    """psi_g: B x D noisy [g, traj], timesteps B, tokens B x L x tok_dim -> B x D."""
+
+    def __init__(self, dim: int, width: int, blocks: int, tok_dim: int, heads: int):
+        super().__init__()
+        self.width = width
+        self.inp = nn.Linear(dim, width)
+        self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.act = nn.SiLU()
+        self.blocks = nn.ModuleList([_MLPBlock(width, tok_dim, heads) for _ in range(blocks)])
+        self.out_norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.out_ada = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, dim)
+        for lin in (self.out_ada, self.out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor, t: Tensor, tokens: Tensor) -> Tensor:
+        temb = self.act(self.time(timestep_embedding(t, self.width).to(x.dtype)))
+        h = self.inp(x)
+        for blk in self.blocks:
+            h = blk(h, temb, tokens)
+        scale, shift = self.out_ada(temb).chunk(2, -1)
+        return self.out(self.out_norm(h) * (1 + scale) + shift)
+
+
+class UNetDenoiser(nn.Module):
+    """psi_c / psi_f: a diffusers ``UNet2DConditionModel``. x: B x in_ch x H x W, t: B,
+    g: B x g_dim (class embedding, "projection"), tokens: B x L x tok_dim -> B x out_ch x H x W.
+    The first (full-resolution) level has no attention; the others and the middle block have
+    self- and cross-attention."""
+
+    def __init__(self, in_ch: int, out_ch: int, size: tuple[int, int], cfg: LDMConfig):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        n = len(cfg.block_out_channels)
+        if min(size) % 2 ** (n - 1):
+            raise ValueError(f"a {size[0]} x {size[1]} latent cannot be halved {n - 1} times "
+                             f"(block_out_channels {cfg.block_out_channels}); use fewer levels")
+        self.unet = UNet2DConditionModel(
+            sample_size=tuple(size), in_channels=in_ch, out_channels=out_ch,
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+            norm_num_groups=cfg.norm_num_groups, cross_attention_dim=cfg.cross_attention_dim,
+            attention_head_dim=cfg.attention_heads, class_embed_type="projection",
+            projection_class_embeddings_input_dim=cfg.g_dim, resnet_time_scale_shift=cfg.time_scale_shift)
+
+    def forward(self, x: Tensor, t: Tensor, g: Tensor, tokens: Tensor) -> Tensor:
+        return self.unet(x, t, encoder_hidden_states=tokens.to(x.dtype), class_labels=g.to(x.dtype),
+                         return_dict=False)[0]
+
+
+# ----------------------------------------------------------------------------------------
+# One level: denoiser + diffusion process
+
+
+class LevelDiffusion(nn.Module):
+    """The diffusion model of one latent level (``cfg.level`` in g | c | f).
+
+    Batches are :class:`~nfldm.ldm.data.LatentDataset` items (standardised g, traj, folded c,
+    f, optionally cond). :meth:`target` is what this level generates, :meth:`context` what it
+    is conditioned on (the CLEAN coarser latents in training, the sampled ones at sampling).
+    """
+
+    def __init__(self, cfg: LDMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.level = cfg.level
+        c_ch, Xc, Yc, Zc = cfg.c_shape
+        f_ch, X, Y = cfg.f_shape
+        self.c_folded = c_ch * Zc
+        self.c_up = X // Xc
+        if X % Xc or Y % Yc or X // Xc != Y // Yc:
+            raise ValueError(f"f's footprint {X} x {Y} must be an integer multiple of c's {Xc} x {Yc}")
+        self.tokens = CondTokens(cfg.cond_dim, cfg.cross_attention_dim)
+        if self.level == "g":
+            self.net = GDenoiser(cfg.g_dim + cfg.traj_dim, cfg.mlp_width, cfg.mlp_blocks,
+                                 cfg.cross_attention_dim, cfg.mlp_heads)
+        elif self.level == "c":
+            self.net = UNetDenoiser(self.c_folded, self.c_folded, (Xc, Yc), cfg)
+        else:
+            self.net = UNetDenoiser(f_ch + self.c_folded, f_ch, (X, Y), cfg)
+        self.scheduler = make_train_scheduler(cfg)
+        # DDP: the null token / condition projection are unused in some batches
+        self.ddp_find_unused_parameters = cfg.cond_dim > 0
+
+    # ------------------------------------------------------------------ shapes and inputs
+    def sample_shape(self, batch: int) -> tuple[int, ...]:
+        """Shape of this level's (standardised) latent for ``batch`` samples."""
+        cfg = self.cfg
+        if self.level == "g":
+            return (batch, cfg.g_dim + cfg.traj_dim)
+        if self.level == "c":
+            return (batch, self.c_folded, cfg.c_shape[1], cfg.c_shape[2])
+        return (batch, *cfg.f_shape)
+
+    def target(self, batch: dict) -> Tensor:
+        """The clean latent this level generates."""
+        if self.level == "g":
+            return torch.cat([batch["g"], batch["traj"]], -1).float()
+        return batch[self.level].float()
+
+    def context(self, batch: dict) -> dict:
+        """The clean coarser latents this level is conditioned on."""
+        if self.level == "g":
+            return {}
+        ctx = {"g": batch["g"].float()}
+        if self.level == "f":
+            ctx["c"] = batch["c"].float()
+        return ctx
+
+    def predict(self, x: Tensor, t: Tensor, ctx: dict, tokens: Tensor) -> Tensor:
+        """Model output (v, epsilon or x0 per ``prediction_type``) for noisy x at timesteps t (B)."""
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        if self.level == "g":
+            return self.net(x, t, tokens)
+        if self.level == "f":
+            c = F.interpolate(ctx["c"].to(x.dtype), scale_factor=self.c_up, mode="nearest")
+            x = torch.cat([x, c], 1)
+        return self.net(x, t, ctx["g"], tokens)
+
+    # ------------------------------------------------------------------ training
+    def training_loss(self, batch: dict, step: int) -> tuple[Tensor, dict]:
+        """Trainer protocol: MSE between the denoiser output and the prediction target at a
+        uniformly drawn timestep; conditions dropped with probability ``cond_drop_prob``."""
+        x0 = self.target(batch)
+        B = x0.shape[0]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.cfg.num_train_timesteps, (B,), device=x0.device)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        cond = batch.get("cond")
+        if cond is not None and self.cfg.cond_dim == 0:
+            raise ValueError(f"the latents hold condition tokens ({tuple(cond.shape[1:])}) but cond_dim = 0; "
+                             f"set cond_dim={cond.shape[-1]}")
+        if cond is None and self.cfg.cond_dim > 0:
+            raise ValueError(f"cond_dim = {self.cfg.cond_dim} but the latents hold no condition tokens")
+        drop = (torch.rand(B, device=x0.device) < self.cfg.cond_drop_prob) if cond is not None else None
+        tokens = self.tokens(cond, B, drop)
+        out = self.predict(x_t, t, self.context(batch), tokens).float()
+        if self.cfg.prediction_type == "v_prediction":
+            tgt = self.scheduler.get_velocity(x0, noise, t)
+        elif self.cfg.prediction_type == "epsilon":
+            tgt = noise
+        else:
+            tgt = x0
+        loss = F.mse_loss(out, tgt)
+        with torch.no_grad():
+            per = ((out - tgt) ** 2).flatten(1).mean(1)
+            hi = t >= self.cfg.num_train_timesteps // 2
+            metrics = {"mse_low_t": per[~hi].mean() if bool((~hi).any()) else per.new_zeros(()),
+                       "mse_high_t": per[hi].mean() if bool(hi.any()) else per.new_zeros(())}
+        return loss, metrics
+
+
+@torch.no_grad()
+def guided_prediction(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, cond: Tensor | None,
+                      guidance: float = 1.0) -> Tensor:
+    """Classifier-free guidance: ``u + s (c - u)`` with u the prediction under the null token
+    and c the one under ``cond`` (B x L x cond_dim); s = ``guidance``. Without a condition the
+    (unconditional) prediction itself; with s = 1 the conditional prediction (one pass)."""
+    B = x.shape[0]
+    if t.dim() == 0:
+        t = t.expand(B)
+    if cond is None:
+        return model.predict(x, t, ctx, model.tokens(None, B))
+    if guidance == 1.0:
+        return model.predict(x, t, ctx, model.tokens(cond, B))
+    L = cond.shape[1]
+    tokens = torch.cat([model.tokens(None, B, length=L), model.tokens(cond, B)])
+    ctx2 = {k: torch.cat([v, v]) for k, v in ctx.items()}
+    u, c = model.predict(torch.cat([x, x]), torch.cat([t, t]), ctx2, tokens).chunk(2)
+    return u + guidance * (c - u)

@@ -1,0 +1,324 @@
+"""Hierarchical sampling g -> c -> f, decoding to V, rendering along the sampled trajectory.
+
+    psi_g: [g, traj] ~ p(g, traj | cond)
+    psi_c: c ~ p(c | g, cond)            (g: the sampled one)
+    psi_f: f ~ p(f | g, c, cond)         (g, c: the sampled ones)
+    un-standardise -> latent-ae decode_latents (quantise, decode) -> V
+    decode traj -> camera keyframes -> smooth path -> stage-1 render of V
+
+Output folder (``sample(out=DIR)``)::
+
+    DIR/samples.json             settings, runs, per-sample summary
+    DIR/contact_sheet.png        one row per sample (the first 64): frames along the path + top-down
+                                 opacity map with the path
+    DIR/sample_NNNN/frames/frame_MMMM.png   RGB frames along the sampled path
+    DIR/sample_NNNN/flythrough.mp4          RGB | depth (GIF if ffmpeg is unavailable)
+    DIR/sample_NNNN/V.safetensors           V (float16, stage-1 units), g, c, f, keyframes, path,
+                                            bounds, intrinsics
+    DIR/sample_NNNN/mesh.ply, mesh.glb      marching cubes of the density (world units)
+    DIR/sample_NNNN/trajectory.json         nerfstudio camera-path style
+
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from nfldm.data.format import DataError
+from nfldm.ldm.data import LatentStats, unfold_c
+from nfldm.ldm.model import SAMPLERS, LevelDiffusion, guided_prediction, make_sampler
+from nfldm.ldm.trajectory import decode_trajectory, fov_degrees, interpolate_path
+from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json
+
+__all__ = ["denoise", "sample_latents", "sample", "density_mesh", "camera_path_json", "load_pipeline",
+           "SAMPLE_FORMAT"]
+
+SAMPLE_FORMAT = "nfldm-sample"
+SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
+
+
+# ----------------------------------------------------------------------------------------
+# Latents
+
+
+@torch.no_grad()
+def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, guidance: float,
+            sampler: str, steps: int, generator: torch.Generator, progress: bool = False,
+            desc: str = "") -> Tensor:
+    """One level's reverse process from pure noise: standardised latents of shape
+    ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    dev = next(model.parameters()).device
+    sched = make_sampler(model.scheduler, sampler)
+    sched.set_timesteps(steps, device=dev)            # before every run: DPM-Solver keeps state
+    x = torch.randn(model.sample_shape(batch), generator=generator).to(dev) * sched.init_noise_sigma
+    for t in tqdm(sched.timesteps, desc=desc, disable=not progress, leave=False):
+        inp = sched.scale_model_input(x, t)
+        out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance)
+        if sampler == "dpm":
+            x = sched.step(out, t, x, return_dict=False)[0]
+        else:
+            x = sched.step(out, t, x, generator=generator, return_dict=False)[0]
+    return x
+
+
+def _cond_batch(cond: Tensor | None, lo: int, hi: int, dev) -> Tensor | None:
+    if cond is None:
+        return None
+    c = cond if cond.dim() == 3 else cond[None].expand(hi - lo, *cond.shape)
+    return (c[lo:hi] if cond.dim() == 3 else c).to(dev)
+
+
+@torch.no_grad()
+def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: int, sampler: str = "ddim",
+                   steps: int = 50, seed: int = 0, cond: Tensor | None = None, guidance: float = 1.0,
+                   batch_size: int = 8, progress: bool = True) -> dict:
+    """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
+    coarser latents. Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
+    ``c`` c_ch x X/d x Y/d x Zc, ``f``) latents and the trajectory vectors ``traj``, on the CPU.
+    Sample i depends on (seed, batch_size, i)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    if cond is not None:
+        if cond.dim() not in (2, 3) or (cond.dim() == 3 and len(cond) != num):
+            raise ValueError(f"cond must be L x cond_dim or num x L x cond_dim, got {tuple(cond.shape)}")
+    gm, cm, fm = models["g"], models["c"], models["f"]
+    dev = next(gm.parameters()).device
+    gen = torch.Generator().manual_seed(int(seed))
+    g_dim, c_ch = gm.cfg.g_dim, gm.cfg.c_shape[0]
+    parts: dict[str, list] = {k: [] for k in ("g_n", "traj", "c_n", "f_n")}
+    for lo in range(0, num, batch_size):
+        hi = min(num, lo + batch_size)
+        B = hi - lo
+        cb = _cond_batch(cond, lo, hi, dev)
+        tag = f"{lo}-{hi - 1}"
+        x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}")
+        g_n, traj = x[:, :g_dim], x[:, g_dim:]
+        c_n = denoise(cm, B, {"g": g_n}, cb, guidance, sampler, steps, gen, progress, f"psi_c {tag}")
+        f_n = denoise(fm, B, {"g": g_n, "c": c_n}, cb, guidance, sampler, steps, gen, progress, f"psi_f {tag}")
+        for k, v in (("g_n", g_n), ("traj", traj), ("c_n", c_n), ("f_n", f_n)):
+            parts[k].append(v.float().cpu())
+    out = {k: torch.cat(v) for k, v in parts.items()}
+    out["g"] = stats.denormalise("g", out["g_n"])
+    out["c"] = stats.denormalise("c", unfold_c(out["c_n"], c_ch))
+    out["f"] = stats.denormalise("f", out["f_n"])
+    for k, v in out.items():
+        if not bool(torch.isfinite(v).all()):
+            raise RuntimeError(f"sampling produced NaN / inf values in {k}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Mesh, camera path, pictures
+
+
+def density_mesh(V: Tensor, bounds: Tensor, level: float | None = None, colour: bool = True):
+    """Marching cubes of V's density channel, in world units. Returns (trimesh.Trimesh, level).
+
+    V: K x X x Y x Z (channel 0 sigma per metre; with ``colour`` and K >= 4, channels 1-3 are
+    taken as the colour in [-1, 1], as stage 1 stores it with ``rgb_features`` (``2 rgb - 1``;
+    exact for ``feature_pooling="occupancy"``, scaled by the occupancy for "mean"), and
+    sampled at the vertices), bounds 2 x 3. ``level`` (per metre):
+    default ln 2 / (mean voxel edge), the density at which one voxel length has opacity 1/2.
+    The grid is padded with one layer of empty voxels, so surfaces at the box edge are
+    closed. Voxel i's centre is lo + (i + 1/2) * size (the renderer's convention). A level
+    the density never crosses gives an empty mesh (with a warning).
+    """
+    import trimesh
+    from skimage.measure import marching_cubes
+
+    from nfldm.scene_ae.render import sample_grid
+
+    sigma = V[0].double().cpu().numpy()
+    lo, hi = bounds[0].double().cpu().numpy(), bounds[1].double().cpu().numpy()
+    size = (hi - lo) / np.array(sigma.shape)
+    if level is None:
+        level = math.log(2.0) / float(size.mean())
+    padded = np.pad(sigma, 1)
+    if not padded.min() < level < padded.max():
+        warnings.warn(f"the density never reaches the mesh level {level:.3g} /m (max {padded.max():.3g}); "
+                      "writing an empty mesh")
+        return trimesh.Trimesh(vertices=np.zeros((0, 3)), faces=np.zeros((0, 3), dtype=np.int64)), float(level)
+    verts, faces, normals, _ = marching_cubes(padded, level=level, spacing=tuple(size))
+    verts = verts - size + lo + 0.5 * size
+    colours = None
+    if colour and V.shape[0] >= 4:
+        pts = torch.from_numpy(verts).float()[None, :, None]                    # 1 x n x 1 x 3
+        rgb = sample_grid(V[None, 1:4].float().cpu(), bounds[None].float().cpu(), pts)[0, :, :, 0]
+        colours = (((rgb.T + 1) / 2).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    # marching_cubes orients faces so that normals point towards lower values (outwards)
+    mesh = trimesh.Trimesh(vertices=verts, faces=faces[:, ::-1], vertex_normals=-normals,
+                           vertex_colors=colours, process=False)
+    return mesh, float(level)
+
+
+def camera_path_json(path: Tensor, keyframes: Tensor, intrinsics: Tensor, H: int, W: int, fps: int,
+                     bounds: Tensor) -> dict:
+    """nerfstudio camera-path style: ``camera_path`` = list of {camera_to_world (4 x 4
+    row-major, flattened; OpenGL axes as nerfstudio), fov (vertical, degrees), aspect}."""
+    fx, fy = float(intrinsics[0]), float(intrinsics[1])
+    fov = fov_degrees(fy, H)
+    return {
+        "camera_type": "perspective", "render_height": H, "render_width": W, "fps": fps,
+        "seconds": len(path) / fps, "smoothness_value": 0.0, "is_cycle": False,
+        "camera_path": [{"camera_to_world": p.reshape(-1).tolist(), "fov": fov, "aspect": W / H}
+                        for p in path.double()],
+        "nfldm": {"keyframes": [k.reshape(-1).tolist() for k in keyframes.double()],
+                  "intrinsics": [float(x) for x in intrinsics], "fov_x": fov_degrees(fx, W),
+                  "bounds": bounds.tolist(), "units": "metres, world z up"},
+    }
+
+
+def _topdown(V: Tensor, bounds: Tensor, path: Tensor, size: int) -> np.ndarray:
+    """Top-down opacity 1 - exp(-sum_z sigma dz) as a size x size RGB image (x to the right,
+    y up; dark = opaque), the camera path drawn in red, its start as a red dot."""
+    from PIL import Image, ImageDraw
+
+    sigma = V[0].float().cpu()
+    dz = float(bounds[1, 2] - bounds[0, 2]) / sigma.shape[2]
+    op = (1 - torch.exp(-sigma.sum(-1) * dz)).numpy()                     # X x Y
+    grey = (255 * (1 - op.T[::-1])).astype(np.uint8)                      # rows = -y
+    img = Image.fromarray(np.ascontiguousarray(grey)).convert("RGB").resize((size, size), Image.NEAREST)
+    lo, hi = bounds[0].cpu().numpy(), bounds[1].cpu().numpy()
+    p = path[:, :3, 3].cpu().numpy()
+    pts = [(float((q[0] - lo[0]) / (hi[0] - lo[0]) * size), float((hi[1] - q[1]) / (hi[1] - lo[1]) * size))
+           for q in p]
+    draw = ImageDraw.Draw(img)
+    draw.line(pts, fill=(220, 30, 30), width=max(1, size // 48))
+    r = max(1.5, size / 40)
+    draw.ellipse([pts[0][0] - r, pts[0][1] - r, pts[0][0] + r, pts[0][1] + r], fill=(220, 30, 30))
+    return np.asarray(img)
+
+
+# ----------------------------------------------------------------------------------------
+# The pipeline
+
+
+def load_pipeline(run: str | os.PathLike, device: str = "auto") -> dict:
+    """The ldm levels, the latent-ae and the scene-ae an ldm run records (checked against the
+    weights hashes recorded when the latents were made)."""
+    from nfldm.latent_ae.data import weights_hash
+    from nfldm.latent_ae.train import load_latent_ae
+    from nfldm.ldm.train import load_ldm
+    from nfldm.scene_ae.train import load_scene_ae
+
+    ldm = load_ldm(run, device)
+    rc = ldm["config"]
+    dev = ldm["device"]
+    lae_run, sae_run = rc["latent_ae"]["run"], rc["scene_ae"]["run"]
+    lae = load_latent_ae(lae_run, str(dev))
+    if weights_hash(lae) != rc["latent_ae"]["weights_hash"]:
+        raise DataError(f"{lae_run}: the latent-ae run has changed since the latents of {run} were encoded "
+                        "(its weights differ); re-encode the latents and retrain")
+    sae = load_scene_ae(sae_run, str(dev))
+    if weights_hash(sae) != rc["scene_ae"]["weights_hash"]:
+        raise DataError(f"{sae_run}: the scene-ae run has changed since the voxels behind {run} were "
+                        "encoded (its weights differ)")
+    return {**ldm, "lae": lae, "sae": sae, "stats": LatentStats(rc["stats"])}
+
+
+@torch.no_grad()
+def _render_path(sae, V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, chunk: int = 16):
+    """RGB N x 3 x H x W and depth N x h x w of V along a path (N x 4 x 4)."""
+    dev = next(sae.parameters()).device
+    H = W = sae.cfg.image_size
+    rgbs, depths = [], []
+    for i in range(0, len(path), chunk):
+        p = path[i:i + chunk].to(dev)
+        r = sae.render(V[None].to(dev), bounds[None].to(dev), intr.to(dev).expand(1, len(p), 4), p[None],
+                       H, W, chunk=8192)
+        rgbs.append(r["rgb"][0].float().cpu())
+        depths.append(r["depth"][0].float().cpu())
+    return torch.cat(rgbs), torch.cat(depths)
+
+
+def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+           out: str | os.PathLike | None = None, cond: Tensor | None = None, guidance: float = 1.0,
+           device: str = "auto", progress: bool = True, num_frames: int = 48, fps: int = 12,
+           mesh_level: float | None = None, batch_size: int = 8, sheet_frames: int = 6) -> dict:
+    """Generate ``num`` scenes with the ldm run ``run`` and write them to ``out`` (layout in the
+    module docstring). ``cond``: condition tokens (L x cond_dim for all samples, or
+    num x L x cond_dim) with classifier-free guidance scale ``guidance``. Returns the summary
+    written to ``out``/samples.json."""
+    from nfldm.latent_ae.data import write_safetensors
+    from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, to_uint8, upscale
+    from nfldm.utils.video import write_video
+
+    if out is None:
+        raise ValueError("sample needs an output folder (out)")
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be >= 2, got {num_frames}")
+    pipe = load_pipeline(run, device)
+    models, rc, sae, lae = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"]
+    dev = pipe["device"]
+    lat = sample_latents(models, pipe["stats"], num, sampler, steps, seed, cond, guidance, batch_size, progress)
+
+    setup = rc["render"]
+    bounds = torch.tensor(setup["bounds"], dtype=torch.float32)
+    intr = torch.tensor(setup["intrinsics"], dtype=torch.float32)
+    H = W = sae.cfg.image_size
+    scale = max(1, 256 // H)
+    margin = 0.02 * (bounds[1] - bounds[0])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, records = [], []
+    for i in tqdm(range(num), desc="decoding and rendering", unit="scene", disable=not progress):
+        d = out / f"sample_{i:04d}"
+        g, c, f = lat["g"][i:i + 1].to(dev), lat["c"][i:i + 1].to(dev), lat["f"][i:i + 1].to(dev)
+        with torch.no_grad():
+            V = lae.decode_latents(g, c, f)[0].float().cpu()
+        if not bool(torch.isfinite(V).all()):
+            raise RuntimeError(f"sample {i}: the decoded V holds NaN / inf values")
+        keys = decode_trajectory(lat["traj"][i].double(), bounds.double()).float()
+        keys[:, :3, 3] = torch.maximum(torch.minimum(keys[:, :3, 3], bounds[1] - margin), bounds[0] + margin)
+        path = interpolate_path(keys, num_frames)      # the spline may overshoot: clamp again
+        path[:, :3, 3] = torch.maximum(torch.minimum(path[:, :3, 3], bounds[1] - margin), bounds[0] + margin)
+        rgb, depth = _render_path(sae, V, bounds, intr, path)
+        frames = to_uint8(rgb)
+        for k, fr in enumerate(frames):
+            atomic_save_png(d / "frames" / f"frame_{k:04d}.png", fr, compress_level=1)
+        dep = torch.nn.functional.interpolate(depth[:, None], size=(H, W), mode="nearest")[:, 0]
+        video = np.concatenate([upscale(frames, scale), upscale(depth_to_rgb(dep), scale)], 2)
+        video_path = write_video(d / "flythrough.mp4", list(video), fps)
+        V16 = V.half()
+        if not bool(torch.isfinite(V16).all()):
+            raise RuntimeError(f"sample {i}: V exceeds the float16 range")
+        write_safetensors(d / "V.safetensors",
+                          {"V": V16, "g": lat["g"][i], "c": lat["c"][i], "f": lat["f"][i], "keyframes": keys,
+                           "path": path, "bounds": bounds, "intrinsics": intr},
+                          {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
+                           "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance})
+        use_colour = bool(getattr(sae.cfg, "rgb_features", False))
+        mesh, level = density_mesh(V, bounds, mesh_level, colour=use_colour)
+        atomic_write_bytes(d / "mesh.ply", mesh.export(file_type="ply"))
+        atomic_write_bytes(d / "mesh.glb", mesh.export(file_type="glb"))
+        atomic_write_json(d / "trajectory.json", camera_path_json(path, keys, intr, H, W, fps, bounds))
+        pick = np.round(np.linspace(0, len(frames) - 1, min(sheet_frames, len(frames)))).astype(int)
+        if i < SHEET_MAX_ROWS:
+            rows.append(np.concatenate([frames[pick], _topdown(V, bounds, path, H)[None]], 0))
+        records.append({"index": i, "folder": d.name, "video": video_path.name, "mesh_level": level,
+                        "mesh_vertices": int(len(mesh.vertices)), "mesh_faces": int(len(mesh.faces)),
+                        "max_density": float(V[0].max()), "occupied_fraction": float((V[0] > level).float().mean())})
+    sheet = out / "contact_sheet.png"
+    atomic_save_png(sheet, grid_image([upscale(r, 2) for r in rows]))
+    summary = {"format": SAMPLE_FORMAT, "run": str(Path(run).resolve()), "steps_trained": pipe["steps"],
+               "latent_ae": rc["latent_ae"]["run"], "scene_ae": rc["scene_ae"]["run"], "num": num,
+               "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
+               "conditional": cond is not None, "num_frames": num_frames, "fps": fps, "image_size": H,
+               "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
+               "contact_sheet_rows": len(rows),
+               "samples": records}
+    atomic_write_json(out / "samples.json", summary)
+    return summary

@@ -1,0 +1,164 @@
+"""Stage 3 entry points: train the three diffusion models, load them for sampling.
+
+    train_ldm   LATDIR -> RUN/g, RUN/c, RUN/f (one shared-trainer run per level)
+    load_ldm    RUN -> the three LevelDiffusion models (EMA weights) + what sampling needs
+
+Each level's run config records the latent folder, the latent-ae and scene-ae runs that made
+it (path, config hash, weights hash), the latent statistics, and the box / intrinsics that
+generated scenes are rendered with; so sampling needs only RUN.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from nfldm.data.format import DataError
+from nfldm.ldm.config import FIXED_BY_LATENTS, LEVELS, config_from_dict, preset
+from nfldm.ldm.data import LatentDataset, read_latent_index, render_setup
+from nfldm.ldm.model import LevelDiffusion
+from nfldm.trainer import Trainer, init_distributed, load_model_weights, read_run_config, resolve_device
+
+STAGE = "ldm"
+
+__all__ = ["STAGE", "train_ldm", "load_ldm", "level_configs"]
+
+
+def _split_overrides(overrides: dict | None) -> dict[str, dict]:
+    """``--set`` pairs per level: ``key=v`` applies to every level, ``g.key=v`` to one."""
+    out: dict[str, dict] = {k: {} for k in LEVELS}
+    for k, v in (overrides or {}).items():
+        if "." in k:
+            lv, key = k.split(".", 1)
+            if lv not in LEVELS:
+                raise ValueError(f"--set {k}: the prefix must be a level ({', '.join(LEVELS)})")
+            out[lv][key] = v
+        else:
+            for lv in LEVELS:
+                out[lv].setdefault(k, v)
+    return out
+
+
+def level_configs(index: dict, preset_name: str, level: str, steps: int | None = None,
+                  device: str = "auto", progress: bool = True, overrides: dict | None = None):
+    """(LDMConfig, TrainConfig) of one level: the preset, the latent shapes of the folder,
+    then the overrides."""
+    p = preset(preset_name).level(level)
+    model, train = p.model, p.train
+    if steps is not None:
+        train.steps = steps
+    train.device, train.progress = device, progress
+    for k, v in _split_overrides(overrides)[level].items():
+        if k in FIXED_BY_LATENTS:
+            raise ValueError(f"ldm option {k!r} is set by the latent folder and the level, not by --set")
+        if k in type(model).__dataclass_fields__:
+            setattr(model, k, v)
+        elif k in type(train).__dataclass_fields__:
+            setattr(train, k, v)
+        else:
+            raise ValueError(f"unknown ldm option {k!r}")
+    shapes = index["shapes"]
+    d = asdict(model)
+    d.update(level=level, g_dim=int(shapes["g"][0]), c_shape=tuple(shapes["c"]), f_shape=tuple(shapes["f"]))
+    try:
+        model = config_from_dict(d)
+        train.__post_init__()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"level {level}: {e}") from e
+    return model, train
+
+
+def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "all", preset_name: str = "tiny",
+              steps: int | None = None, resume: bool = False, device: str = "auto", progress: bool = True,
+              overrides: dict | None = None) -> dict[str, dict]:
+    """Train one level (``g`` | ``c`` | ``f``) or all three in turn (``all``) on the train
+    split of a latent folder, into RUN/<level>. Each level trains on the CLEAN latents of the
+    coarser ones. Returns {level: last logged metrics}."""
+    levels = LEVELS if level == "all" else (level,)
+    if any(lv not in LEVELS for lv in levels):
+        raise ValueError(f"level must be g, c, f or all, got {level!r}")
+    index = read_latent_index(latents)
+    setup = render_setup(latents, index)
+    if setup["bounds_vary"]:
+        warnings.warn(f"{latents}: the train scenes have different bounds; generated scenes are "
+                      "rendered in their mean box")
+    cfgs = {lv: level_configs(index, preset_name, lv, steps, device, progress, overrides) for lv in levels}
+    # under torchrun, one process group for all levels (the trainer leaves a group it did not
+    # create alone)
+    owned = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dev = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+        init_distributed("nccl" if dev.type == "cuda" else "gloo")
+        owned = True
+    try:
+        return _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume)
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume) -> dict[str, dict]:
+    results = {}
+    datasets: dict[int, LatentDataset] = {}
+    for lv in levels:
+        cfg, tcfg = cfgs[lv]
+        if cfg.traj_frames not in datasets:
+            datasets[cfg.traj_frames] = LatentDataset(latents, "train", cfg.traj_frames, index=index)
+        ds = datasets[cfg.traj_frames]
+        if ds.has_cond and cfg.cond_dim != ds.cond_shape[1]:
+            raise ValueError(f"{latents}: the latents hold condition tokens of width {ds.cond_shape[1]}; "
+                             f"set cond_dim={ds.cond_shape[1]}")
+        if not ds.has_cond and cfg.cond_dim:
+            raise ValueError(f"{latents}: cond_dim={cfg.cond_dim} but the latents hold no condition tokens")
+        if tcfg.batch_size > len(ds):
+            warnings.warn(f"level {lv}: batch_size {tcfg.batch_size} is larger than the {len(ds)} train scenes "
+                          f"of {latents}; using batch_size={len(ds)}")
+            tcfg.batch_size = len(ds)
+        torch.manual_seed(tcfg.seed)
+        model = LevelDiffusion(cfg)
+        run_config = {"stage": STAGE, "level": lv, "preset": preset_name,
+                      "latents": str(Path(latents).resolve()), "latent_ae": index["latent_ae"],
+                      "scene_ae": index["scene_ae"], "shapes": index["shapes"], "stats": index["stats"],
+                      "render": setup, "model": asdict(cfg), "train": tcfg.to_dict()}
+        trainer = Trainer(model, ds, tcfg, Path(out) / lv, run_config, resume=resume)
+        results[lv] = trainer.fit()
+    return results
+
+
+def load_ldm(run: str | os.PathLike, device: str = "auto") -> dict:
+    """The three trained levels of an ldm run (EMA weights when present), in eval mode.
+
+    Returns {"models": {level: LevelDiffusion}, "config": the g level's run config,
+    "steps": {level: training step of the weights}}. ValueError if a level is missing or the
+    levels were trained on different latent folders / statistics.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise ValueError(f"{run}: ldm run directory does not exist")
+    dev = resolve_device(device)
+    models, configs, steps = {}, {}, {}
+    for lv in LEVELS:
+        if not (run / lv / "config.json").is_file():
+            raise ValueError(f"{run / lv}: level {lv} is not trained (no config.json); run "
+                             f"nfldm train ldm --level {lv} (or all) --out {run}")
+        rc = read_run_config(run / lv)
+        if rc.get("stage") != STAGE or rc.get("level") != lv:
+            raise ValueError(f"{run / lv}: not the {lv} level of an ldm run (stage {rc.get('stage')!r}, "
+                             f"level {rc.get('level')!r})")
+        model = LevelDiffusion(config_from_dict(rc["model"]))
+        info = load_model_weights(run / lv, model, prefer_ema=True)
+        models[lv], configs[lv], steps[lv] = model.to(dev).eval(), rc, info["step"]
+    ref = configs["g"]
+    for lv in ("c", "f"):
+        for key in ("latent_ae", "stats", "shapes"):
+            if configs[lv].get(key) != ref.get(key):
+                raise DataError(f"{run / lv / 'config.json'}: level {lv} was trained on other latents than "
+                                f"level g ({key} differs); train all levels on one latent folder")
+    if models["c"].cfg.cond_dim != models["g"].cfg.cond_dim or models["f"].cfg.cond_dim != models["g"].cfg.cond_dim:
+        raise ValueError(f"{run}: the levels take conditions of different widths (cond_dim)")
+    return {"models": models, "config": ref, "steps": steps, "device": dev}

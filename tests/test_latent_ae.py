@@ -1,0 +1,368 @@
+"""Stage 2 (latent auto-encoder): model behaviour, the voxel / latent folders and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from data_fixtures import SCENES, make_dataset
+from nfldm.cli import main
+from nfldm.latent_ae.config import config_from_dict, preset
+from nfldm.latent_ae.model import LatentAutoEncoder, codebook_usage, fold, unfold
+
+STATS = {"sigma_scale": 0.1, "feature_rms": [0.5] * 8}
+
+
+def smoke_cfg(**kw):
+    return replace(preset("smoke").model, **kw)
+
+
+def random_V(B=2, seed=0, cfg=None) -> torch.Tensor:
+    """V like stage 1's: sigma >= 0 with exact zeros (unseen) and a few dense voxels,
+    features zero where sigma is zero."""
+    cfg = cfg or smoke_cfg()
+    g = torch.Generator().manual_seed(seed)
+    X, Y, Z = cfg.grid
+    sigma = torch.rand(B, 1, X, Y, Z, generator=g) ** 6 * 20
+    sigma = sigma * (torch.rand(B, 1, X, Y, Z, generator=g) > 0.5)
+    feat = 0.5 * torch.randn(B, cfg.channels - 1, X, Y, Z, generator=g) * (sigma > 0)
+    return torch.cat([sigma, feat], 1)
+
+
+# ----------------------------------------------------------------------------------------
+# model
+
+
+def test_shapes_of_latents_and_reconstruction():
+    cfg = smoke_cfg()
+    model = LatentAutoEncoder(cfg, STATS)
+    V = random_V(cfg=cfg)
+    out = model(V)
+    X, Y, Z = cfg.grid
+    Zc = Z // cfg.c_z_down
+    assert out["g"].shape == (2, cfg.g_dim) and out["g_mu"].shape == out["g_logvar"].shape == (2, cfg.g_dim)
+    assert out["c"].shape == out["c_q"].shape == (2, cfg.c_channels, X // 4, Y // 4, Zc)
+    assert out["f"].shape == out["f_q"].shape == (2, cfg.f_channels, X, Y)
+    assert out["c_indices"].shape == (2, X // 4, Y // 4, Zc) and out["f_indices"].shape == (2, X, Y)
+    assert out["V_hat"].shape == V.shape
+    assert model.latent_shapes == {"g": (cfg.g_dim,), "c": tuple(out["c"].shape[1:]),
+                                   "f": tuple(out["f"].shape[1:])}
+    # the paper preset's sizes: c 4 x 32 x 32 x 16, f 4 x 128 x 128, g 128
+    paper = LatentAutoEncoder(preset("paper").model)
+    assert paper.latent_shapes == {"g": (128,), "c": (4, 32, 32, 16), "f": (4, 128, 128)}
+
+
+def test_fold_unfold_round_trip():
+    V = torch.randn(2, 3, 4, 5, 6)
+    x = fold(V)
+    assert x.shape == (2, 18, 4, 5)
+    assert torch.equal(x[:, 1 * 6 + 2], V[:, 1, :, :, 2])       # channel k * Z + z
+    assert torch.equal(unfold(x, 3), V)
+
+
+def test_gradients_reach_all_three_encoders():
+    """The decoder's output conv and the g-modulations start at zero (so a fresh model
+    predicts empty space): after two updates every encoder gets gradient."""
+    torch.manual_seed(0)
+    cfg = smoke_cfg()
+    model = LatentAutoEncoder(cfg, STATS)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    V = random_V(cfg=cfg)
+    for _ in range(3):
+        opt.zero_grad()
+        loss, metrics = model.training_loss({"V": V}, 0)
+        assert torch.isfinite(loss) and all(math.isfinite(float(v)) for v in metrics.values())
+        loss.backward()
+        grads = {name: float(p.grad.abs().sum()) if p.grad is not None else 0.0
+                 for name, p in model.named_parameters()}
+        opt.step()
+    for enc in ("g_encoder", "c_encoder", "f_encoder"):
+        first = next(n for n in grads if n.startswith(enc))
+        assert grads[first] > 0, first
+
+
+def test_normalise_denormalise_round_trip():
+    cfg = smoke_cfg()
+    model = LatentAutoEncoder(cfg, STATS)
+    V = random_V(cfg=cfg)
+    Vn = model.normalise(V)
+    assert torch.allclose(model.denormalise(Vn), V, rtol=1e-5, atol=1e-6)
+    empty = V[:, :1] == 0
+    assert bool((Vn[:, :1][empty] == 0).all())                    # empty stays exactly 0
+    assert bool((Vn[:, 1:] == 0)[empty.expand_as(Vn[:, 1:])].all())
+    assert torch.allclose(Vn[:, :1], torch.log1p(V[:, :1] / 0.1))
+    assert torch.allclose(Vn[:, 1:], V[:, 1:] / 0.5)
+    neg = model.denormalise(-torch.ones_like(Vn))                 # decoded densities stay >= 0
+    assert bool((neg[:, 0] == 0).all())
+
+
+def test_loss_weighting_balances_occupied_and_empty():
+    cfg = smoke_cfg(dilate=1, occupied_share=0.5)
+    model = LatentAutoEncoder(cfg, STATS)
+    X, Y, Z = cfg.grid
+    V = torch.zeros(2, cfg.channels, X, Y, Z)
+    V[0, 0, 5, 5, 4] = 10.0            # one occupied voxel (27 after dilation)
+    V[0, 0, 9, 9, 2] = 0.2             # below occupied_sigma: empty
+    w = model.voxel_weights(V)
+    assert torch.allclose(w.sum(dim=(1, 2, 3, 4)), torch.ones(2))
+    occ = model.occupancy(V)
+    assert int(occ[0].sum()) == 27 and int(occ[1].sum()) == 0
+    assert torch.isclose(w[0][occ[0]].sum(), torch.tensor(0.5))
+    assert torch.isclose(w[0, 0, 5, 5, 4], torch.tensor(0.5 / 27))
+    assert torch.isclose(w[0, 0, 0, 0, 0], torch.tensor(0.5 / (X * Y * Z - 27)))
+    # a scene without occupied voxels gives all the weight to its empty voxels
+    assert torch.allclose(w[1], torch.full_like(w[1], 1 / (X * Y * Z)))
+    # so one occupied voxel reconstructed wrong costs as much as all empty voxels wrong
+    err_occ = torch.zeros_like(w[0])
+    err_occ[occ[0]] = 1.0
+    assert torch.isclose((w[0] * err_occ).sum(), (w[0] * (1 - err_occ)).sum())
+
+
+def test_fsq_switch():
+    torch.manual_seed(0)
+    cfg = smoke_cfg(quantizer="fsq", fsq_levels=(8, 5, 5, 5))
+    model = LatentAutoEncoder(cfg, STATS)
+    assert model.c_quantizer.codebook_size == model.f_quantizer.codebook_size == 1000
+    V = random_V(cfg=cfg)
+    out = model(V)
+    for k in ("c", "f"):
+        idx = out[f"{k}_indices"]
+        assert idx.min() >= 0 and idx.max() < 1000
+        # FSQ codes: per channel a level of {-1, ..., 1} (L levels, L // 2 per side)
+        half = torch.tensor([4.0, 2, 2, 2]).view(1, 4, *[1] * (out[f"{k}_q"].dim() - 2))
+        scaled = out[f"{k}_q"] * half
+        assert torch.allclose(scaled, scaled.round(), atol=1e-5)
+    assert float(out["commit"]) == 0.0
+    loss, _ = model.training_loss({"V": V}, 0)
+    loss.backward()                                               # straight-through gradients
+    assert model.decoder.out.weight.grad.abs().sum() > 0
+
+
+def test_vq_codebook_init_and_usage_reporting():
+    torch.manual_seed(0)
+    u = codebook_usage(torch.tensor([5, 5, 5, 5, 0, 0, 0, 0]))
+    assert u["used"] == 4 and u["used_fraction"] == 0.5 and math.isclose(u["perplexity"], 4.0)
+    u = codebook_usage(torch.tensor([10, 0, 0, 0]))
+    assert math.isclose(u["perplexity"], 1.0) and u["used_fraction"] == 0.25
+
+    cfg = smoke_cfg(codebook_size=16)
+    model = LatentAutoEncoder(cfg, STATS)
+    assert not bool(model.c_quantizer.q._codebook.initted)
+    model.train()
+    model(random_V(cfg=cfg))                                      # k-means init on the first batch
+    assert bool(model.c_quantizer.q._codebook.initted) and bool(model.f_quantizer.q._codebook.initted)
+    model.eval()
+    out = model(random_V(cfg=cfg, seed=1))
+    counts = torch.bincount(out["f_indices"].flatten(), minlength=16)
+    usage = codebook_usage(counts)
+    assert usage["codebook_size"] == 16 and usage["used"] >= 2
+    assert 1.0 <= usage["perplexity"] <= usage["used"] + 1e-9
+
+
+def test_decode_latents_snaps_pre_quantisation_latents():
+    """What stage 3 gets (pre-quantisation c, f and g = mu) decodes to the LAE's own
+    reconstruction: the quantiser is part of decoding."""
+    torch.manual_seed(0)
+    cfg = smoke_cfg()
+    model = LatentAutoEncoder(cfg, STATS)
+    V = random_V(cfg=cfg)
+    model.train()
+    model(V)                                                      # initialise the codebooks
+    model.eval()
+    with torch.no_grad():
+        enc = model.encode(V)
+        out = model(V)
+        V_dec = model.decode_latents(enc["g_mu"], enc["c"], enc["f"])
+        # a small perturbation of the latents snaps back to the same codes almost everywhere
+        q0 = model.quantize(enc["c"], enc["f"])
+        q1 = model.quantize(enc["c"] + 1e-4 * torch.randn_like(enc["c"]), enc["f"])
+    assert torch.allclose(V_dec, out["V_hat"], atol=1e-5)
+    assert (q0["c_indices"] == q1["c_indices"]).float().mean() > 0.95
+
+
+def test_config_round_trip_and_validation():
+    cfg = preset("tiny").model
+    from dataclasses import asdict
+
+    assert config_from_dict(json.loads(json.dumps(asdict(cfg)))) == cfg
+    with pytest.raises(ValueError, match="unknown latent-ae config keys"):
+        config_from_dict({"nope": 1})
+    with pytest.raises(ValueError, match="divisible"):
+        LatentAutoEncoder(smoke_cfg(c_z_down=3))
+    with pytest.raises(ValueError, match="quantizer"):
+        LatentAutoEncoder(smoke_cfg(quantizer="lfq"))
+
+
+# ----------------------------------------------------------------------------------------
+# CLI end to end on the synthetic dataset
+
+
+SAE_SETS = ["--set", "num_input_views=2", "--set", "num_novel_views=1"]
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    """The 3-scene synthetic dataset, a smoke scene-ae trained 2 steps, and its voxel folder."""
+    root = tmp_path_factory.mktemp("lae")
+    data = root / "data"
+    make_dataset(data)
+    sae = root / "sae"
+    assert main(["train", "scene-ae", "--data", str(data), "--out", str(sae), "--preset", "smoke",
+                 "--quiet", "--steps", "2", *SAE_SETS]) == 0
+    vox = root / "vox"
+    assert main(["encode-voxels", "--scene-ae", str(sae), "--data", str(data), "--out", str(vox),
+                 "--quiet"]) == 0
+    return {"root": root, "data": data, "sae": sae, "vox": vox}
+
+
+def test_encode_voxels_writes_and_resumes(stage1, capsys):
+    vox = stage1["vox"]
+    index = json.loads((vox / "index.json").read_text())
+    assert [s["name"] for s in index["scenes"]] == [n for n, _, _ in SCENES]
+    assert index["grid"] == [16, 16, 8] and index["channels"] == 9
+    assert index["stats"]["split"] == "train" and len(index["stats"]["feature_rms"]) == 8
+    assert index["scene_ae"]["run"] == str(stage1["sae"].resolve())
+    with safe_open(str(vox / "scene_0000.safetensors"), framework="pt") as f:
+        assert f.get_tensor("V").dtype == torch.float16 and f.get_tensor("V").shape == (9, 16, 16, 8)
+        assert f.get_tensor("c2w").shape == (4, 4, 4) and f.get_tensor("input_ids").tolist() == [0, 3]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in vox.glob("*.safetensors")}
+    capsys.readouterr()
+    assert main(["encode-voxels", "--scene-ae", str(stage1["sae"]), "--data", str(stage1["data"]),
+                 "--out", str(vox), "--quiet"]) == 0
+    assert "0 encoded, 3 already there" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in vox.glob("*.safetensors")} == mtimes
+
+
+def test_train_resume_eval_encode_latents_cli(stage1, tmp_path):
+    vox, run = stage1["vox"], tmp_path / "lae"
+    common = ["train", "latent-ae", "--voxels", str(vox), "--out", str(run), "--preset", "smoke", "--quiet"]
+    assert main([*common, "--steps", "2"]) == 0
+    assert main([*common, "--steps", "4", "--resume"]) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert all(math.isfinite(v) for x in lines for v in x.values())
+    rc = json.loads((run / "config.json").read_text())
+    assert rc["stage"] == "latent-ae" and rc["scene_ae"]["run"] == str(stage1["sae"].resolve())
+    # exact resume: codebooks (EMA buffers, k-means state) included
+    straight = tmp_path / "lae_straight"
+    assert main(["train", "latent-ae", "--voxels", str(vox), "--out", str(straight), "--preset", "smoke",
+                 "--quiet", "--steps", "4"]) == 0
+    with safe_open(str(run / "model.safetensors"), framework="pt") as a, \
+            safe_open(str(straight / "model.safetensors"), framework="pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        assert any("codebook" in k for k in a.keys())
+        for k in a.keys():
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
+
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "latent-ae", "--run", str(run), "--scene-ae", str(stage1["sae"]), "--voxels", str(vox),
+                 "--split", "test", "--out", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["num_scenes"] == 1 and res["num_held_out_views"] == 2
+    for group in ("voxel", "render"):
+        assert all(math.isfinite(v) for v in res[group].values()), res[group]
+    assert math.isclose(res["render"]["psnr_cost_db"],
+                        res["render"]["psnr_original_V"] - res["render"]["psnr_decoded_V"])
+    for k in ("c", "f"):
+        assert res["codebook"][k]["codebook_size"] == 32 and 0 < res["codebook"][k]["used_fraction"] <= 1
+    assert (tmp_path / "metrics_views.png").stat().st_size > 0
+
+    lat = tmp_path / "lat"
+    assert main(["encode-latents", "--run", str(run), "--voxels", str(vox), "--out", str(lat), "--quiet"]) == 0
+    index = json.loads((lat / "index.json").read_text())
+    assert index["shapes"] == {"g": [16], "c": [4, 4, 4, 4], "f": [4, 16, 16]}
+    assert index["pre_quantisation"] and [s["split"] for s in index["scenes"]] == ["train", "train", "test"]
+    assert len(index["stats"]["c"]["mean"]) == 4 and len(index["stats"]["g"]["std"]) == 16
+    with safe_open(str(lat / "scene_0002.safetensors"), framework="pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    assert t["g"].shape == (16,) and t["c"].shape == (4, 4, 4, 4) and t["f"].shape == (4, 16, 16)
+    assert t["c2w"].shape == (4, 4, 4) and t["intrinsics"].shape == (4, 4) and t["bounds"].shape == (2, 3)
+    # second run skips every scene
+    before = {p.name: p.stat().st_mtime_ns for p in lat.glob("*.safetensors")}
+    assert main(["encode-latents", "--run", str(run), "--voxels", str(vox), "--out", str(lat), "--quiet"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in lat.glob("*.safetensors")} == before
+
+
+def test_image_loss_through_frozen_renderer(stage1, tmp_path):
+    run = tmp_path / "lae_r"
+    assert main(["train", "latent-ae", "--voxels", str(stage1["vox"]), "--out", str(run), "--preset", "smoke",
+                 "--quiet", "--steps", "2", "--set", "w_render=1.0"]) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["render_mse"]) and x["render_mse"] >= 0 for x in lines)
+    # the renderer is frozen and not part of the LAE's weights
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        assert not any("lift_net" in k for k in f.keys())
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def test_corrupt_voxel_file_is_one_line_error(stage1, tmp_path, capsys):
+    vox = tmp_path / "vox_bad"
+    vox.mkdir()
+    for p in stage1["vox"].iterdir():
+        (vox / p.name).write_bytes(p.read_bytes())
+    (vox / "scene_0001.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert main(["train", "latent-ae", "--voxels", str(vox), "--out", str(tmp_path / "r"), "--preset", "smoke",
+                 "--quiet", "--steps", "1"]) == 2
+    line = _one_line_error(capsys)
+    assert "scene_0001.safetensors" in line and "corrupt" in line
+    # encode-voxels re-encodes a file that does not read
+    with pytest.warns(UserWarning, match="encoding it again"):
+        assert main(["encode-voxels", "--scene-ae", str(stage1["sae"]), "--data", str(stage1["data"]),
+                     "--out", str(vox), "--quiet"]) == 0
+    assert "1 encoded, 2 already there" in capsys.readouterr().out
+
+
+def test_voxels_of_another_scene_ae_config_are_one_line_errors(stage1, tmp_path, capsys):
+    run = tmp_path / "lae"
+    assert main(["train", "latent-ae", "--voxels", str(stage1["vox"]), "--out", str(run), "--preset", "smoke",
+                 "--quiet", "--steps", "1"]) == 0
+    other = tmp_path / "sae2"
+    assert main(["train", "scene-ae", "--data", str(stage1["data"]), "--out", str(other), "--preset", "smoke",
+                 "--quiet", "--steps", "1", *SAE_SETS, "--set", "num_bins=6"]) == 0
+    capsys.readouterr()
+    # encoding into a folder made by another scene-ae
+    assert main(["encode-voxels", "--scene-ae", str(other), "--data", str(stage1["data"]),
+                 "--out", str(stage1["vox"]), "--quiet"]) == 2
+    assert "another scene-ae config" in _one_line_error(capsys)
+    vox2 = tmp_path / "vox2"
+    assert main(["encode-voxels", "--scene-ae", str(other), "--data", str(stage1["data"]), "--out", str(vox2),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    for cmd in (["eval", "latent-ae", "--run", str(run), "--voxels", str(vox2), "--out", str(tmp_path / "m.json")],
+                ["encode-latents", "--run", str(run), "--voxels", str(vox2), "--out", str(tmp_path / "lat")]):
+        assert main([*cmd, "--quiet"]) == 2
+        line = _one_line_error(capsys)
+        assert "another scene-ae config" in line and "index.json" in line
+    # rendering with a scene-ae that did not make the voxels
+    assert main(["eval", "latent-ae", "--run", str(run), "--scene-ae", str(other), "--voxels",
+                 str(stage1["vox"]), "--quiet"]) == 2
+    assert "not by" in _one_line_error(capsys)
+    # a missing run
+    assert main(["eval", "latent-ae", "--run", str(tmp_path / "nope"), "--voxels", str(stage1["vox"]),
+                 "--quiet"]) == 2
+    _one_line_error(capsys)
+    # grid / channels come from the voxel folder
+    assert main(["train", "latent-ae", "--voxels", str(stage1["vox"]), "--out", str(tmp_path / "r3"),
+                 "--preset", "smoke", "--quiet", "--set", "channels=5"]) == 2
+    assert "set by the voxel folder" in _one_line_error(capsys)
+
+
+def test_tiny_preset_fits_stage1_tiny_voxels():
+    """The tiny preset's latents for the stage-1 tiny V (17 x 64^3): c 4 x 16^3, f 4 x 64^2."""
+    from nfldm.scene_ae.config import preset as scene_ae_preset
+
+    cfg = preset("tiny").model
+    sae = scene_ae_preset("tiny").model
+    assert tuple(cfg.grid) == tuple(sae.grid) and cfg.channels == 1 + sae.feat_dim
+    model = LatentAutoEncoder(cfg)
+    assert model.latent_shapes == {"g": (64,), "c": (4, 16, 16, 16), "f": (4, 64, 64)}

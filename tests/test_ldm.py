@@ -1,0 +1,489 @@
+"""Stage 3 (hierarchical latent diffusion): trajectory encoding, denoisers, schedulers,
+guidance, and the train -> sample pipeline on a tiny latent folder made by the real
+stage-1 -> stage-2 chain."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from data_fixtures import make_dataset
+from nfldm.camera import pose_from_position_yaw
+from nfldm.cli import main
+from nfldm.ldm.config import LEVELS, config_from_dict, preset
+from nfldm.ldm.model import LevelDiffusion, guided_prediction, make_sampler
+from nfldm.ldm.trajectory import (decode_trajectory, encode_trajectory, interpolate_path, resample_poses,
+                                  rotation_from_6d)
+
+
+def smoke_cfg(level: str, **kw):
+    return replace(preset("smoke").level(level).model, **kw)
+
+
+def random_poses(n: int, seed: int = 0) -> torch.Tensor:
+    """n camera-to-world poses with yaw, pitch and roll, inside [-4, 4]^2 x [-1, 3]."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(n, 3, generator=g, dtype=torch.float64) * torch.tensor([8.0, 8.0, 4.0]) - \
+        torch.tensor([4.0, 4.0, 1.0])
+    R = rotation_from_6d(torch.randn(n, 6, generator=g, dtype=torch.float64))
+    c2w = torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
+    c2w[:, :3, :3], c2w[:, :3, 3] = R, pos
+    return c2w
+
+
+BOUNDS = torch.tensor([[-4.0, -4.0, -1.0], [4.0, 4.0, 3.0]], dtype=torch.float64)
+
+
+def batch_for(cfg, B=2, cond=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c_ch, Xc, Yc, Zc = cfg.c_shape
+    b = {"g": torch.randn(B, cfg.g_dim, generator=g), "traj": torch.rand(B, cfg.traj_dim, generator=g) * 2 - 1,
+         "c": torch.randn(B, c_ch * Zc, Xc, Yc, generator=g), "f": torch.randn(B, *cfg.f_shape, generator=g)}
+    if cond is not None:
+        b["cond"] = cond
+    return b
+
+
+def randomise_zero_init(model: torch.nn.Module, seed: int = 0) -> None:
+    """Zero-initialised output layers make a fresh model ignore its inputs; give them values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if bool((p == 0).all()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+# ----------------------------------------------------------------------------------------
+# trajectory
+
+
+def test_trajectory_round_trip():
+    c2w = random_poses(8)
+    vec = encode_trajectory(c2w, BOUNDS, 8)
+    assert vec.shape == (72,) and float(vec.abs().max()) <= 1.0 + 1e-9
+    back = decode_trajectory(vec, BOUNDS)
+    assert torch.allclose(back, c2w, atol=1e-9)                    # T == N: exact
+    # T != N: the decoded vector is the resampled sequence, and the end poses are the recorded ones
+    long = random_poses(37, seed=1)
+    vec = encode_trajectory(long, BOUNDS, 8)
+    back = decode_trajectory(vec, BOUNDS)
+    assert torch.allclose(back, resample_poses(long, 8), atol=1e-9)
+    assert torch.allclose(back[0], long[0], atol=1e-9) and torch.allclose(back[-1], long[-1], atol=1e-9)
+    # batched decoding, float32
+    vb = torch.stack([encode_trajectory(random_poses(5, s).float(), BOUNDS.float(), 8) for s in range(3)])
+    assert decode_trajectory(vb, BOUNDS.float()).shape == (3, 8, 4, 4)
+
+
+def test_any_vector_decodes_to_rigid_poses():
+    R = decode_trajectory(torch.randn(4, 72, dtype=torch.float64) * 3, BOUNDS)[..., :3, :3]
+    eye = torch.eye(3, dtype=torch.float64).expand_as(R)
+    assert torch.allclose(R.transpose(-1, -2) @ R, eye, atol=1e-9)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(4, 8, dtype=torch.float64), atol=1e-9)
+
+
+def test_resampling_of_level_cameras_and_smooth_path():
+    pos = torch.tensor([[0.0, 0, 1], [1, 0, 1], [2, 1, 1]])
+    c2w = pose_from_position_yaw(pos, torch.tensor([0.0, 0.5, 1.0]))
+    mid = resample_poses(c2w, 5)[1]                                 # halfway between frames 0 and 1
+    assert torch.allclose(mid[:3, 3], torch.tensor([0.5, 0, 1]), atol=1e-6)
+    assert torch.allclose(mid[:3, :3], pose_from_position_yaw(pos[:1], torch.tensor([0.25]))[0, :3, :3], atol=2e-3)
+    path = interpolate_path(c2w, 9)
+    assert torch.allclose(path[::4], c2w, atol=1e-6)                 # through every keyframe
+
+
+# ----------------------------------------------------------------------------------------
+# denoisers
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_denoiser_shapes_and_condition_paths(level):
+    torch.manual_seed(0)
+    cfg = smoke_cfg(level, cond_dim=8)
+    model = LevelDiffusion(cfg).eval()
+    randomise_zero_init(model)
+    B, L = 2, 3
+    cond = torch.randn(B, L, 8)
+    batch = batch_for(cfg, B, cond)
+    x0 = model.target(batch)
+    assert x0.shape == model.sample_shape(B)
+    ctx = model.context(batch)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        out_c = model.predict(x0, t, ctx, model.tokens(cond, B))
+        out_u = model.predict(x0, t, ctx, model.tokens(None, B))
+        out_drop = model.predict(x0, t, ctx, model.tokens(cond, B, drop=torch.tensor([True, False])))
+        out_uL = model.predict(x0, t, ctx, model.tokens(None, B, length=L))
+    assert out_c.shape == x0.shape and torch.isfinite(out_c).all()
+    assert not torch.allclose(out_c, out_u)                                   # the condition matters
+    assert torch.allclose(out_drop[0], out_u[0], atol=1e-5)                   # dropped -> null token
+    assert torch.allclose(out_drop[1], out_c[1], atol=1e-5)
+    assert torch.allclose(out_uL, out_u, atol=1e-5)                           # L null tokens == 1
+    # an unconditional model refuses a condition
+    with pytest.raises(ValueError, match="without a condition"):
+        LevelDiffusion(smoke_cfg(level)).tokens(cond, B)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_training_steps_stay_finite(level):
+    torch.manual_seed(0)
+    cfg = smoke_cfg(level, cond_dim=4, cond_drop_prob=0.5)
+    model = LevelDiffusion(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = batch_for(cfg, 2, torch.randn(2, 2, 4))
+    for step in range(3):
+        loss, metrics = model.training_loss(batch, step)
+        assert torch.isfinite(loss) and all(math.isfinite(float(v)) for v in metrics.values())
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()
+        opt.zero_grad()
+
+
+def test_coarser_levels_enter_the_finer_ones():
+    """psi_c depends on g; psi_f on g and on c."""
+    torch.manual_seed(0)
+    for level, keys in (("c", ("g",)), ("f", ("g", "c"))):
+        model = LevelDiffusion(smoke_cfg(level)).eval()
+        randomise_zero_init(model)
+        batch = batch_for(model.cfg)
+        x, t = model.target(batch), torch.tensor([500, 500])
+        tok = model.tokens(None, 2)
+        with torch.no_grad():
+            ref = model.predict(x, t, model.context(batch), tok)
+            for k in keys:
+                ctx = dict(model.context(batch))
+                ctx[k] = ctx[k] + 1.0
+                assert not torch.allclose(model.predict(x, t, ctx, tok), ref), (level, k)
+
+
+# ----------------------------------------------------------------------------------------
+# schedulers and guidance
+
+
+def test_sampling_schedulers_follow_the_training_config():
+    model = LevelDiffusion(smoke_cfg("g"))
+    train = model.scheduler
+    assert train.config.clip_sample is False and train.config.prediction_type == "v_prediction"
+    for name in ("ddpm", "ddim", "dpm"):
+        s = make_sampler(train, name)
+        assert torch.equal(s.betas, train.betas), name
+        assert s.config.prediction_type == train.config.prediction_type
+        assert s.config.num_train_timesteps == 1000
+        assert not s.config.get("clip_sample", False) and not s.config.thresholding, name
+        s.set_timesteps(10)
+        assert int(s.timesteps[0]) == 999                            # trailing spacing starts at T - 1
+    assert make_sampler(train, "dpm").config.algorithm_type == "dpmsolver++"
+    assert type(make_sampler(train, "ddim")).__name__ == "DDIMScheduler"
+    with pytest.raises(ValueError, match="sampler"):
+        make_sampler(train, "euler")
+
+
+def test_classifier_free_guidance():
+    torch.manual_seed(0)
+    model = LevelDiffusion(smoke_cfg("c", cond_dim=8)).eval()
+    randomise_zero_init(model)
+    batch = batch_for(model.cfg, 2)
+    cond = torch.randn(2, 3, 8)
+    x, ctx, t = model.target(batch), model.context(batch), torch.tensor(400)
+    with torch.no_grad():
+        c = model.predict(x, t, ctx, model.tokens(cond, 2))
+        u = model.predict(x, t, ctx, model.tokens(None, 2))
+    assert torch.allclose(guided_prediction(model, x, t, ctx, cond, 1.0), c, atol=1e-5)
+    assert torch.allclose(guided_prediction(model, x, t, ctx, cond, 0.0), u, atol=1e-5)
+    assert torch.allclose(guided_prediction(model, x, t, ctx, cond, 3.0), u + 3 * (c - u), atol=1e-4)
+    assert torch.allclose(guided_prediction(model, x, t, ctx, None, 3.0), u, atol=1e-5)
+
+
+def test_samplers_are_repeatable_and_finite():
+    from nfldm.ldm.sample import denoise
+
+    torch.manual_seed(0)
+    model = LevelDiffusion(smoke_cfg("g")).eval()
+    randomise_zero_init(model)
+    for name in ("ddpm", "ddim", "dpm"):
+        a = denoise(model, 3, {}, None, 1.0, name, 4, torch.Generator().manual_seed(1))
+        b = denoise(model, 3, {}, None, 1.0, name, 4, torch.Generator().manual_seed(1))
+        assert a.shape == (3, model.cfg.g_dim + model.cfg.traj_dim) and torch.isfinite(a).all()
+        assert torch.equal(a, b), name                               # DPM-Solver state is reset
+
+
+def test_config_round_trip_and_tiny_preset_sizes():
+    for name in ("smoke", "tiny", "small", "paper"):
+        p = preset(name)
+        for lv in LEVELS:
+            cfg = p.level(lv).model
+            assert cfg.level == lv
+            assert config_from_dict(json.loads(json.dumps(cfg.__dict__))) == cfg
+    p = preset("tiny")
+    assert p.max_minutes == 30
+    assert p.c.model.c_shape == (4, 16, 16, 16) and p.f.model.f_shape == (4, 64, 64) and p.g.model.g_dim == 64
+    with pytest.raises(ValueError, match="level"):
+        smoke_cfg("x")
+    with pytest.raises(ValueError, match="halved"):
+        LevelDiffusion(smoke_cfg("c", block_out_channels=(16, 16, 16, 16)))
+
+
+# ----------------------------------------------------------------------------------------
+# pipeline: real stage-1 smoke -> encode-voxels -> latent-ae smoke -> encode-latents -> ldm
+
+
+SAE_SETS = ["--set", "num_input_views=2", "--set", "num_novel_views=1"]
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ldm")
+    data, sae, vox, lae, lat = (root / n for n in ("data", "sae", "vox", "lae", "lat"))
+    make_dataset(data)
+    q = ["--quiet"]
+    assert main(["train", "scene-ae", "--data", str(data), "--out", str(sae), "--preset", "smoke", "--steps", "2",
+                 *SAE_SETS, *q]) == 0
+    assert main(["encode-voxels", "--scene-ae", str(sae), "--data", str(data), "--out", str(vox), *q]) == 0
+    assert main(["train", "latent-ae", "--voxels", str(vox), "--out", str(lae), "--preset", "smoke", "--steps", "2",
+                 *q]) == 0
+    assert main(["encode-latents", "--run", str(lae), "--voxels", str(vox), "--out", str(lat), *q]) == 0
+    return {"root": root, "data": data, "sae": sae, "lae": lae, "lat": lat}
+
+
+@pytest.fixture(scope="module")
+def ldm_run(latents):
+    run = latents["root"] / "ldm"
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(run), "--level", "all",
+                 "--preset", "smoke", "--quiet"]) == 0
+    return run
+
+
+def test_train_all_levels(ldm_run, latents):
+    for lv in LEVELS:
+        rc = json.loads((ldm_run / lv / "config.json").read_text())
+        assert rc["stage"] == "ldm" and rc["level"] == lv
+        assert rc["latent_ae"]["run"] == str(latents["lae"].resolve())
+        assert rc["scene_ae"]["run"] == str(latents["sae"].resolve())
+        assert rc["model"]["g_dim"] == 16 and rc["model"]["c_shape"] == [4, 4, 4, 4]
+        assert rc["render"]["bounds"] == [[-4.0, -4.0, -1.0], [4.0, 4.0, 3.0]]
+        lines = [json.loads(x) for x in (ldm_run / lv / "metrics.jsonl").read_text().splitlines()]
+        assert [x["step"] for x in lines] == [1, 2, 3, 4]
+        assert all(math.isfinite(x["loss"]) for x in lines)
+        assert json.loads((ldm_run / lv / "model.json").read_text())["ema"] is True
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
+def test_sample_writes_every_output(ldm_run, tmp_path, sampler):
+    out = tmp_path / "samples"
+    assert main(["sample", "--run", str(ldm_run), "--num", "2", "--sampler", sampler, "--steps", "3", "--seed", "1",
+                 "--out", str(out), "--frames", "6", "--quiet"]) == 0
+    summary = json.loads((out / "samples.json").read_text())
+    assert summary["num"] == 2 and summary["sampler"] == sampler
+    assert (out / "contact_sheet.png").stat().st_size > 0
+    for i in range(2):
+        d = out / f"sample_{i:04d}"
+        assert len(list((d / "frames").glob("frame_*.png"))) == 6
+        assert any((d / n).exists() for n in ("flythrough.mp4", "flythrough.gif"))
+        for n in ("V.safetensors", "mesh.ply", "mesh.glb", "trajectory.json"):
+            assert (d / n).stat().st_size > 0, n
+        with safe_open(str(d / "V.safetensors"), framework="pt") as f:
+            V = f.get_tensor("V").float()
+            assert V.shape == (9, 16, 16, 8) and torch.isfinite(V).all() and float(V[0].min()) >= 0
+            assert f.get_tensor("path").shape == (6, 4, 4) and f.get_tensor("keyframes").shape == (8, 4, 4)
+        cam = json.loads((d / "trajectory.json").read_text())
+        assert len(cam["camera_path"]) == 6
+        c2w = np.array(cam["camera_path"][0]["camera_to_world"]).reshape(4, 4)
+        assert np.allclose(c2w[:3, :3].T @ c2w[:3, :3], np.eye(3), atol=1e-5)
+        assert np.all(c2w[:3, 3] >= -4) and np.all(c2w[:3, 3] <= 4)
+        assert 0 < cam["camera_path"][0]["fov"] < 180 and cam["camera_path"][0]["aspect"] == 1.0
+    # the same seed gives the same scenes
+    if sampler == "dpm":
+        again = tmp_path / "again"
+        assert main(["sample", "--run", str(ldm_run), "--num", "2", "--sampler", sampler, "--steps", "3", "--seed",
+                     "1", "--out", str(again), "--frames", "6", "--quiet"]) == 0
+        for i in range(2):
+            with safe_open(str(out / f"sample_{i:04d}/V.safetensors"), framework="pt") as a, \
+                    safe_open(str(again / f"sample_{i:04d}/V.safetensors"), framework="pt") as b:
+                assert torch.equal(a.get_tensor("g"), b.get_tensor("g"))
+
+
+def test_mesh_of_a_box_is_in_world_units():
+    from nfldm.ldm.sample import density_mesh
+
+    V = torch.zeros(4, 16, 16, 8)
+    V[0, 4:12, 4:12, 2:6] = 10.0                    # a dense block
+    V[1] = 1.0                                      # red
+    mesh, level = density_mesh(V, BOUNDS.float())
+    assert math.isclose(level, math.log(2) / 0.5)   # voxel edge 0.5 m
+    lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
+    # voxel i spans [-4 + 0.5 i, -4 + 0.5 (i + 1)]; the surface lies between the centres
+    # of the last dense voxel and the first empty one
+    assert np.all(lo > [-2.25, -2.25, -0.25]) and np.all(lo < [-1.75, -1.75, 0.25])
+    assert np.all(hi > [1.75, 1.75, 1.75]) and np.all(hi < [2.25, 2.25, 2.25])
+    assert mesh.is_watertight and mesh.volume > 0
+    assert mesh.visual.vertex_colors[:, 0].min() > 200            # red sampled at the vertices
+    with pytest.warns(UserWarning, match="empty mesh"):
+        empty, _ = density_mesh(torch.zeros(4, 16, 16, 8), BOUNDS.float())
+    assert len(empty.faces) == 0
+    assert len(empty.export(file_type="ply")) > 0 and len(empty.export(file_type="glb")) > 0
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_conditional_training_and_guided_sampling(latents, tmp_path):
+    """Condition tokens stored in the latent files flow into training; sampling with a
+    condition and guidance != 1 runs through the batched CFG path."""
+    from nfldm.latent_ae.data import read_safetensors, write_safetensors
+    from nfldm.ldm.sample import sample_latents, load_pipeline
+    from nfldm.ldm.train import train_ldm
+
+    lat = tmp_path / "lat_cond"
+    lat.mkdir()
+    for p in latents["lat"].iterdir():
+        if p.suffix == ".safetensors":
+            t, meta = read_safetensors(p)
+            t["cond"] = torch.randn(5, 6)
+            write_safetensors(lat / p.name, t, meta)
+        else:
+            (lat / p.name).write_bytes(p.read_bytes())
+    run = tmp_path / "ldm_cond"
+    with pytest.raises(ValueError, match="cond_dim"):
+        train_ldm(lat, run, "g", "smoke", steps=1, progress=False)
+    train_ldm(lat, run, "all", "smoke", steps=2, progress=False, overrides={"cond_dim": 6})
+    pipe = load_pipeline(run, "cpu")
+    out = sample_latents(pipe["models"], pipe["stats"], 2, "ddim", 2, 0, cond=torch.randn(5, 6), guidance=2.0,
+                         progress=False)
+    assert out["c"].shape == (2, 4, 4, 4, 4) and all(torch.isfinite(v).all() for v in out.values())
+    # the CLI takes the condition tokens from a safetensors file
+    cond_file = tmp_path / "cond.safetensors"
+    write_safetensors(cond_file, {"cond": torch.randn(5, 6)}, {})
+    assert main(["sample", "--run", str(run), "--cond", str(cond_file), "--guidance", "2", "--num", "1",
+                 "--steps", "2", "--frames", "3", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["conditional"] is True
+
+
+def test_resume_continues_a_level(latents, tmp_path):
+    run = tmp_path / "ldm_r"
+    common = ["train", "ldm", "--latents", str(latents["lat"]), "--out", str(run), "--preset", "smoke", "--quiet",
+              "--level", "g"]
+    assert main([*common, "--steps", "2"]) == 0
+    assert main([*common, "--steps", "4", "--resume"]) == 0
+    lines = [json.loads(x) for x in (run / "g" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert not (run / "c").exists()
+    # a batch larger than the train split is lowered to it, with a warning
+    with pytest.warns(UserWarning, match="batch_size 5 is larger"):
+        assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(tmp_path / "ldm_b"), "--preset",
+                     "smoke", "--quiet", "--level", "c", "--steps", "1", "--set", "c.batch_size=5"]) == 0
+    assert json.loads((tmp_path / "ldm_b" / "c" / "config.json").read_text())["train"]["batch_size"] == 2
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def test_errors_are_one_line(latents, ldm_run, tmp_path, capsys):
+    q = ["--quiet"]
+    # a missing latent folder
+    assert main(["train", "ldm", "--latents", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *q]) == 2
+    assert "nope" in _one_line_error(capsys)
+    # a corrupt latent file
+    bad = tmp_path / "lat_bad"
+    bad.mkdir()
+    for p in latents["lat"].iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    (bad / "scene_0001.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert main(["train", "ldm", "--latents", str(bad), "--out", str(tmp_path / "r2"), "--preset", "smoke", *q]) == 2
+    line = _one_line_error(capsys)
+    assert "scene_0001.safetensors" in line and "corrupt" in line
+    # shapes come from the latent folder
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(tmp_path / "r3"), "--preset",
+                 "smoke", "--set", "g_dim=8", *q]) == 2
+    assert "latent folder" in _one_line_error(capsys)
+    # an unknown option, a bad level prefix
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(tmp_path / "r4"), "--preset",
+                 "smoke", "--set", "nonsense=1", *q]) == 2
+    assert "nonsense" in _one_line_error(capsys)
+    # sampling a missing run / a run without all levels
+    assert main(["sample", "--run", str(tmp_path / "none"), "--out", str(tmp_path / "s"), *q]) == 2
+    _one_line_error(capsys)
+    partial = tmp_path / "partial"
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(partial), "--preset", "smoke",
+                 "--level", "g", "--steps", "1", *q]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--run", str(partial), "--out", str(tmp_path / "s"), *q]) == 2
+    assert "level c is not trained" in _one_line_error(capsys)
+    assert main(["sample", "--run", str(ldm_run), "--out", str(tmp_path / "s"), "--steps", "0", *q]) == 2
+    assert "steps" in _one_line_error(capsys)
+
+
+# ----------------------------------------------------------------------------------------
+# generation metrics
+
+
+def test_frechet_distance_matches_the_closed_form():
+    from nfldm.ldm.evaluate import feature_stats, frechet_distance
+
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    s1, s2 = rng.uniform(0.1, 2, size=5), rng.uniform(0.1, 2, size=5)
+    want = float(((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum())
+    assert math.isclose(frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)), want, rel_tol=1e-9)
+    # a full covariance against itself, rotated: FD = |mu1 - mu2|^2 only
+    A = rng.normal(size=(5, 5))
+    S = A @ A.T
+    assert math.isclose(frechet_distance(mu1, S, mu1, S), 0.0, abs_tol=1e-8)
+    x = rng.normal(size=(400, 3))
+    m, c = feature_stats(x)
+    assert np.allclose(m, x.mean(0)) and np.allclose(c, np.cov(x, rowvar=False))
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
+    from nfldm.ldm.evaluate import kid
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
+    same, _ = kid(a, b, num_subsets=20, subset_size=200)
+    diff, _ = kid(a, b + 1.0, num_subsets=20, subset_size=200)
+    assert abs(same) < 0.05 and diff > 10 * abs(same) and diff > 0.1
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_eval_generation_cli(latents, ldm_run, tmp_path, capsys):
+    samples = tmp_path / "samples"
+    assert main(["sample", "--run", str(ldm_run), "--num", "2", "--sampler", "dpm", "--steps", "2", "--out",
+                 str(samples), "--frames", "4", "--quiet"]) == 0
+    out = tmp_path / "gen.json"
+    assert main(["eval", "generation", "--samples", str(samples), "--data", str(latents["data"]), "--split", "test",
+                 "--out", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["num_generated"] == 8 and res["num_real"] == 4
+    e = res["efficientnet_lite0"]
+    assert math.isfinite(e["frechet_distance"]) and e["frechet_distance"] >= 0 and math.isfinite(e["kid"])
+    assert e["feature_dim"] == 1280 and "NOT comparable" in e["note"]
+    assert res["inception"]["skipped"] is True
+    capsys.readouterr()
+    # a missing Inception file, an empty samples folder: one line
+    assert main(["eval", "generation", "--samples", str(samples), "--data", str(latents["data"]), "--inception",
+                 str(tmp_path / "none.pt"), "--quiet"]) == 2
+    assert "none.pt" in _one_line_error(capsys)
+    assert main(["eval", "generation", "--samples", str(tmp_path), "--data", str(latents["data"]), "--quiet"]) == 2
+    assert "no generated frames" in _one_line_error(capsys)
+
+
+def test_inception_path_takes_a_torchscript_network(tmp_path):
+    """A stand-in TorchScript network with the interface of NVIDIA's inception-2015-12-05.pt."""
+    from nfldm.ldm.evaluate import InceptionFeatures
+
+    class Fake(torch.nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            return x.float().mean((2, 3)).repeat(1, 4)
+
+    path = tmp_path / "fake_inception.pt"
+    torch.jit.script(Fake()).save(str(path))
+    net = InceptionFeatures(path)
+    imgs = torch.randint(0, 255, (3, 16, 16, 3), dtype=torch.uint8)
+    assert net(imgs).shape == (3, 12)
