@@ -1,8 +1,9 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
 #   make demo   collect a small ViZDoom dataset, check it, write its contact sheet, train the
 #               scene auto-encoder briefly, evaluate it and render a fly-through, then encode
-#               the scenes' voxel grids, train the latent auto-encoder briefly, evaluate it and
-#               write the latents
+#               the scenes' voxel grids, train the latent auto-encoder briefly, evaluate it,
+#               write the latents, train the three latent diffusion levels briefly, sample 4
+#               scenes (frames, fly-throughs, meshes, contact sheet) and score them
 #   make test   run the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -10,6 +11,7 @@ BIN    := $(VENV)/bin
 OUT    ?= out/demo
 DEMO_STEPS ?= 150
 DEMO_LAE_STEPS ?= 100
+DEMO_LDM_STEPS ?= 60
 
 .PHONY: demo test install clean
 
@@ -34,6 +36,9 @@ demo: install
 	$(BIN)/nfldm train latent-ae --voxels $(OUT)/voxels --out $(OUT)/latent_ae --preset tiny --steps $(DEMO_LAE_STEPS) --resume
 	$(BIN)/nfldm eval latent-ae --run $(OUT)/latent_ae --voxels $(OUT)/voxels --split test --out $(OUT)/latent_ae/metrics_test.json
 	$(BIN)/nfldm encode-latents --run $(OUT)/latent_ae --voxels $(OUT)/voxels --out $(OUT)/latents
+	$(BIN)/nfldm train ldm --latents $(OUT)/latents --out $(OUT)/ldm --level all --preset tiny --steps $(DEMO_LDM_STEPS) --resume
+	$(BIN)/nfldm sample --run $(OUT)/ldm --num 4 --sampler dpm --steps 20 --seed 0 --out $(OUT)/samples
+	$(BIN)/nfldm eval generation --samples $(OUT)/samples --data $(OUT)/data --split test --out $(OUT)/samples/metrics.json
 
 test: install
 	$(BIN)/python -m pytest -q
