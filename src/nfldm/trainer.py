@@ -90,6 +90,22 @@ CKPT_VERSION = 1
 # Config
 
 
+def apply_overrides(model_cfg: Any, train_cfg: "TrainConfig", overrides: dict | None, what: str,
+                    fixed: tuple[str, ...] = (), fixed_by: str = "") -> None:
+    """Set each ``--set KEY=VALUE`` of ``overrides`` on ``model_cfg`` when KEY is one of its
+    dataclass fields, else on ``train_cfg``; a KEY in ``fixed`` or in neither config is a
+    ValueError (``what`` names the stage in the message, ``fixed_by`` what sets the fixed keys)."""
+    for k, v in (overrides or {}).items():
+        if k in fixed:
+            raise ValueError(f"{what} option {k!r} is set by {fixed_by}, not by --set")
+        if k in type(model_cfg).__dataclass_fields__:
+            setattr(model_cfg, k, v)
+        elif k in type(train_cfg).__dataclass_fields__:
+            setattr(train_cfg, k, v)
+        else:
+            raise ValueError(f"unknown {what} option {k!r}")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping settings of one training run."""

@@ -33,7 +33,7 @@ from nfldm.latent_ae.data import (
 )
 from nfldm.latent_ae.evaluate import evaluate
 from nfldm.latent_ae.model import LatentAutoEncoder
-from nfldm.trainer import Trainer, load_model_weights, read_run_config, resolve_device
+from nfldm.trainer import Trainer, apply_overrides, load_model_weights, read_run_config, resolve_device
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 
 STAGE = "latent-ae"
@@ -80,14 +80,8 @@ def train_latent_ae(voxels: str | os.PathLike, out: str | os.PathLike, preset_na
         p.train.steps = steps
     p.train.device = device
     p.train.progress = progress
-    for k, v in (overrides or {}).items():
-        if k in FIXED_BY_VOXELS:
-            raise ValueError(f"latent-ae option {k!r} is set by the voxel folder ({index['channels']} x "
-                             f"{index['grid']}), not by --set")
-        target = p.model if hasattr(p.model, k) else p.train
-        if not hasattr(target, k):
-            raise ValueError(f"unknown latent-ae option {k!r}")
-        setattr(target, k, v)
+    apply_overrides(p.model, p.train, overrides, "latent-ae", fixed=FIXED_BY_VOXELS,
+                    fixed_by=f"the voxel folder ({index['channels']} x {index['grid']})")
     cfg = p.model
     cfg.grid, cfg.channels = tuple(index["grid"]), int(index["channels"])
     dataset = VoxelDataset(voxels, "train", index=index)
@@ -131,6 +125,17 @@ def _picture(kept: list, num: int = 6) -> np.ndarray:
     return grid_image([upscale(r[:n], 2) for r in rows])
 
 
+def _open_run_on_voxels(run, voxels, device: str) -> tuple[dict, dict, LatentAutoEncoder]:
+    """(voxel index, run config, model) of a latent-ae run that was trained on ``voxels``;
+    ValueError if ``run`` is not a latent-ae run or was trained on other voxels."""
+    index = read_voxel_index(voxels)
+    rc = read_run_config(run)
+    if rc.get("stage") != STAGE:
+        raise ValueError(f"{run}: not a latent-ae run (its config.json says stage {rc.get('stage')!r})")
+    _check_voxels_match(run, rc, voxels, index)
+    return index, rc, load_latent_ae(run, device)
+
+
 def eval_latent_ae(run, voxels, scene_ae=None, split: str = "test", out=None, data=None,
                    device: str = "auto", max_scenes: int | None = None, progress: bool = True) -> dict:
     """Voxel errors, rendered-view PSNR cost and codebook usage of a latent-ae run on one split.
@@ -142,12 +147,7 @@ def eval_latent_ae(run, voxels, scene_ae=None, split: str = "test", out=None, da
     """
     from nfldm.scene_ae.train import load_scene_ae
 
-    index = read_voxel_index(voxels)
-    rc = read_run_config(run)
-    if rc.get("stage") != STAGE:
-        raise ValueError(f"{run}: not a latent-ae run (its config.json says stage {rc.get('stage')!r})")
-    _check_voxels_match(run, rc, voxels, index)
-    lae = load_latent_ae(run, device)
+    index, _, lae = _open_run_on_voxels(run, voxels, device)
     dev = next(lae.parameters()).device
     sae_run = scene_ae or index["scene_ae"]["run"]
     sae = load_scene_ae(sae_run, device)
@@ -176,12 +176,7 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     the train split. Resumable (files of the same latent-ae run that read are skipped) and
     atomic. Returns {"out", "encoded", "skipped", "scenes"}.
     """
-    index = read_voxel_index(voxels)
-    rc = read_run_config(run)
-    if rc.get("stage") != STAGE:
-        raise ValueError(f"{run}: not a latent-ae run (its config.json says stage {rc.get('stage')!r})")
-    _check_voxels_match(run, rc, voxels, index)
-    lae = load_latent_ae(run, device)
+    index, rc, lae = _open_run_on_voxels(run, voxels, device)
     dev = next(lae.parameters()).device
     lae_id = {"run": str(Path(run).resolve()), "config_hash": config_hash(rc["model"]),
               "weights_hash": weights_hash(lae)}

@@ -22,7 +22,7 @@ from nfldm.data.format import DataError
 from nfldm.ldm.config import FIXED_BY_LATENTS, LEVELS, config_from_dict, preset
 from nfldm.ldm.data import LatentDataset, read_latent_index, render_setup
 from nfldm.ldm.model import LevelDiffusion
-from nfldm.trainer import Trainer, init_distributed, load_model_weights, read_run_config, resolve_device
+from nfldm.trainer import Trainer, apply_overrides, init_distributed, load_model_weights, read_run_config, resolve_device
 
 STAGE = "ldm"
 
@@ -53,15 +53,8 @@ def level_configs(index: dict, preset_name: str, level: str, steps: int | None =
     if steps is not None:
         train.steps = steps
     train.device, train.progress = device, progress
-    for k, v in _split_overrides(overrides)[level].items():
-        if k in FIXED_BY_LATENTS:
-            raise ValueError(f"ldm option {k!r} is set by the latent folder and the level, not by --set")
-        if k in type(model).__dataclass_fields__:
-            setattr(model, k, v)
-        elif k in type(train).__dataclass_fields__:
-            setattr(train, k, v)
-        else:
-            raise ValueError(f"unknown ldm option {k!r}")
+    apply_overrides(model, train, _split_overrides(overrides)[level], "ldm", fixed=FIXED_BY_LATENTS,
+                    fixed_by="the latent folder and the level")
     shapes = index["shapes"]
     d = asdict(model)
     d.update(level=level, g_dim=int(shapes["g"][0]), c_shape=tuple(shapes["c"]), f_shape=tuple(shapes["f"]))

@@ -15,7 +15,7 @@ from nfldm.scene_ae.config import SceneAEConfig, config_from_dict, preset
 from nfldm.scene_ae.evaluate import evaluate, split_scene
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, novel_path, to_uint8, upscale
 from nfldm.scene_ae.model import SceneAutoEncoder, scene_batch, take_views
-from nfldm.trainer import Trainer, load_model_weights, read_run_config, resolve_device
+from nfldm.trainer import Trainer, apply_overrides, load_model_weights, read_run_config, resolve_device
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 from nfldm.utils.video import write_video
 
@@ -56,11 +56,7 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
         p.train.steps = steps
     p.train.device = device
     p.train.progress = progress
-    for k, v in (overrides or {}).items():
-        target = p.model if hasattr(p.model, k) else p.train
-        if not hasattr(target, k):
-            raise ValueError(f"unknown scene-ae option {k!r}")
-        setattr(target, k, v)
+    apply_overrides(p.model, p.train, overrides, "scene-ae")
     cfg = p.model
     need = cfg.num_input_views + cfg.num_novel_views
     train_ds = SceneDataset(data, "train", num_views=need, cache=True, seed=p.train.seed)
