@@ -90,6 +90,15 @@ CKPT_VERSION = 1
 # Config
 
 
+def dataclass_from_dict(cls: type, d: dict, what: str):
+    """Inverse of ``asdict`` for a config dataclass ``cls`` (lists back to tuples); unknown keys
+    are a ValueError naming ``what``."""
+    bad = sorted(set(d) - set(cls.__dataclass_fields__))
+    if bad:
+        raise ValueError(f"unknown {what} config keys {bad}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 def apply_overrides(model_cfg: Any, train_cfg: "TrainConfig", overrides: dict | None, what: str,
                     fixed: tuple[str, ...] = (), fixed_by: str = "") -> None:
     """Set each ``--set KEY=VALUE`` of ``overrides`` on ``model_cfg`` when KEY is one of its

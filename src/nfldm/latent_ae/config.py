@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from nfldm.trainer import TrainConfig
+from nfldm.trainer import TrainConfig, dataclass_from_dict
 
 
 @dataclass
@@ -95,12 +95,7 @@ def preset(name: str) -> LatentAEPreset:
 
 def config_from_dict(d: dict) -> LatentAEConfig:
     """Inverse of ``asdict`` (tuples restored); unknown keys are an error."""
-    known = LatentAEConfig.__dataclass_fields__
-    bad = sorted(set(d) - set(known))
-    if bad:
-        raise ValueError(f"unknown latent-ae config keys {bad}")
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return LatentAEConfig(**d)
+    return dataclass_from_dict(LatentAEConfig, d, "latent-ae")
 
 
 __all__ = ["LatentAEConfig", "LatentAEPreset", "PRESETS", "preset", "config_from_dict", "asdict"]

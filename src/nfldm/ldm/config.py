@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from nfldm.trainer import TrainConfig
+from nfldm.trainer import TrainConfig, dataclass_from_dict
 
 LEVELS = ("g", "c", "f")
 FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape")
@@ -167,12 +167,7 @@ def preset(name: str) -> LDMPreset:
 
 def config_from_dict(d: dict) -> LDMConfig:
     """Inverse of ``asdict`` (tuples restored); unknown keys are an error."""
-    known = LDMConfig.__dataclass_fields__
-    bad = sorted(set(d) - set(known))
-    if bad:
-        raise ValueError(f"unknown ldm config keys {bad}")
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return LDMConfig(**d)
+    return dataclass_from_dict(LDMConfig, d, "ldm")
 
 
 __all__ = ["LEVELS", "FIXED_BY_LATENTS", "LDMConfig", "LevelPreset", "LDMPreset", "PRESETS", "preset",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from nfldm.trainer import TrainConfig
+from nfldm.trainer import TrainConfig, dataclass_from_dict
 
 
 @dataclass
@@ -92,12 +92,7 @@ def preset(name: str) -> SceneAEPreset:
 
 def config_from_dict(d: dict) -> SceneAEConfig:
     """Inverse of ``asdict`` (tuples restored); unknown keys are an error."""
-    known = SceneAEConfig.__dataclass_fields__
-    bad = sorted(set(d) - set(known))
-    if bad:
-        raise ValueError(f"unknown scene-ae config keys {bad}")
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return SceneAEConfig(**d)
+    return dataclass_from_dict(SceneAEConfig, d, "scene-ae")
 
 
 __all__ = ["SceneAEConfig", "SceneAEPreset", "PRESETS", "preset", "config_from_dict", "asdict", "field"]
