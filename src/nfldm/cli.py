@@ -166,6 +166,24 @@ def cmd_train_ldm(args) -> int:
     return 0
 
 
+def cmd_quickstart(args) -> int:
+    from nfldm.quickstart import preset, quickstart
+
+    name = "smoke" if args.smoke else "default"
+    over = {}
+    if args.budget_minutes is not None:
+        over["budget_minutes"] = args.budget_minutes
+    if args.scenes is not None:
+        over["scenes"] = args.scenes
+    cfg = preset(name, **over)
+    out = args.out or ("quickstart_smoke" if args.smoke else "quickstart")
+    command = "nfldm quickstart" + (f" --out {args.out}" if args.out else "") + (" --smoke" if args.smoke else "") + \
+        (f" --budget-minutes {args.budget_minutes:g}" if args.budget_minutes is not None else "") + \
+        (f" --scenes {args.scenes}" if args.scenes is not None else "")
+    quickstart(out, cfg, name, device=args.device, progress=not args.quiet, command=command)
+    return 0
+
+
 def cmd_sample(args) -> int:
     from nfldm.ldm.sample import sample
 
@@ -179,7 +197,14 @@ def cmd_sample(args) -> int:
         if "cond" not in tensors:
             raise ValueError(f"{args.cond}: no tensor named 'cond' (L x cond_dim or N x L x cond_dim)")
         cond = tensors["cond"].float()
-    res = sample(args.run, num=args.num, sampler=args.sampler, steps=args.steps, seed=args.seed, out=args.out,
+    run = args.run
+    if run is None:
+        from nfldm.bundle import bundled_model
+
+        run = bundled_model()
+        if not args.quiet:
+            print(f"no --run given: sampling from the bundled pretrained model {run}")
+    res = sample(run, num=args.num, sampler=args.sampler, steps=args.steps, seed=args.seed, out=args.out,
                  cond=cond, guidance=args.guidance, device=args.device, progress=not args.quiet,
                  num_frames=args.frames, fps=args.fps, mesh_level=args.mesh_level, batch_size=args.batch_size)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
@@ -413,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(PNG), a fly-through (MP4, GIF if ffmpeg is unavailable), V (safetensors), a mesh of the "
         "density (PLY, GLB), the trajectory (nerfstudio camera-path JSON); plus one contact sheet.",
     )
-    p.add_argument("--run", required=True, help="ldm run directory (RUN/g, RUN/c, RUN/f)")
+    p.add_argument("--run", default=None,
+                   help="ldm run directory (RUN/g, RUN/c, RUN/f) or a bundle; default: the pretrained "
+                   "tiny model shipped with the package")
     p.add_argument("--num", type=int, default=4, help="number of scenes")
     p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm"), help="default: ddim")
     p.add_argument("--steps", type=int, default=50, help="denoising steps per level")
@@ -430,6 +457,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole pipeline in one resumable command: data, three stages, samples, report.html",
+        description="Collect a ViZDoom dataset from the bundled maps, train the scene auto-encoder, the "
+        "latent auto-encoder and the latent diffusion models within a time budget, sample scenes, "
+        "evaluate every stage, export a small pretrained bundle and write OUT/report.html. Kill it at "
+        "any moment and run the same command again: it continues from the last finished stage / "
+        "checkpoint. A folder made with other options is refused.",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: quickstart, or quickstart_smoke)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="wall-clock budget of the whole run (default 60; --smoke: 3)")
+    p.add_argument("--scenes", type=int, default=None, help="scenes to collect (default 160; --smoke: 5)")
+    p.add_argument("--smoke", action="store_true", help="every stage at toy size, about 3 minutes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_quickstart)
     return parser
 
 
@@ -442,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

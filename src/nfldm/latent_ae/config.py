@@ -11,6 +11,18 @@ from dataclasses import asdict, dataclass, replace
 
 from nfldm.trainer import TrainConfig, dataclass_from_dict
 
+# which latents the auto-encoder has (the paper's stage-3 ablations, docs/ldm.md "Ablations"):
+# "gcf" the full hierarchy (g, c, f); "c" the coarse 3D latent only; "g" the global vector only
+LATENT_MODES = ("gcf", "c", "g")
+
+
+def check_latent_mode(mode) -> str:
+    """``mode`` if it is one of :data:`LATENT_MODES`, else a ValueError."""
+    if mode not in LATENT_MODES:
+        raise ValueError(f"latents must be one of {', '.join(repr(m) for m in LATENT_MODES)} (g + c + f, "
+                         f"coarse only, global only), got {mode!r}")
+    return mode
+
 
 @dataclass
 class LatentAEConfig:
@@ -18,6 +30,7 @@ class LatentAEConfig:
     grid: tuple[int, int, int] = (64, 64, 64)
     channels: int = 17
     # latents (paper: g 128-d; c 4 x X/4 x Y/4 x Z/2; f 4 x X x Y)
+    latents: str = "gcf"                 # which exist: "gcf" (all) | "c" (coarse only) | "g" (global only)
     g_dim: int = 64
     c_channels: int = 4
     c_down: int = 4                      # X, Y downsampling of c (paper: ds = 4)
@@ -49,6 +62,9 @@ class LatentAEConfig:
     w_kl: float = 1e-6                   # KL(q(g | V) || N(0, I)), mean over dimensions
     w_render: float = 0.0                # MSE between stage-1 renders of decoded and original V
     render_views: int = 1                # random views per scene for the image loss
+
+    def __post_init__(self) -> None:
+        check_latent_mode(self.latents)
 
 
 @dataclass
@@ -98,4 +114,15 @@ def config_from_dict(d: dict) -> LatentAEConfig:
     return dataclass_from_dict(LatentAEConfig, d, "latent-ae")
 
 
-__all__ = ["LatentAEConfig", "LatentAEPreset", "PRESETS", "preset", "config_from_dict", "asdict"]
+def run_model_config(cfg: LatentAEConfig) -> dict:
+    """``asdict(cfg)`` as stored in a run's config.json: the default ``latents="gcf"`` is left
+    out, so runs made before the switch existed resume, and hash, exactly as before (a missing
+    key reads back as the default)."""
+    d = asdict(cfg)
+    if d["latents"] == "gcf":
+        del d["latents"]
+    return d
+
+
+__all__ = ["LATENT_MODES", "check_latent_mode", "run_model_config", "LatentAEConfig", "LatentAEPreset", "PRESETS",
+           "preset", "config_from_dict", "asdict"]

@@ -15,6 +15,13 @@ decoder is a 2D CNN over the X x Y footprint:
 
 Diffusion (stage 3) models the PRE-quantisation c and f (and g = mu): :meth:`encode` returns
 them, :meth:`decode_latents` quantises and decodes them.
+
+Ablations (``cfg.latents``, docs/latent-ae.md): "gcf" is the above; "c" has only the c
+encoder / quantiser and decodes V from c alone (no f concatenated, plain unmodulated
+GroupNorms); "g" has only the g encoder and decodes V from g alone (g -> linear -> a learned
+c_ch Zc x X/4 x Y/4 map, which takes the place of folded c in the same decoder, g-modulated
+GroupNorms, no f). Absent latents are absent from every output; :meth:`decode_latents` takes
+None for them.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfldm.latent_ae.config import LatentAEConfig
+from nfldm.latent_ae.config import LatentAEConfig, check_latent_mode
 from nfldm.scene_ae.model import ResBlock
 
 
@@ -161,10 +168,17 @@ class Decoder(nn.Module):
 
     c is folded to channels, convolved and upsampled x2 per level (nearest + conv) to X x Y,
     concatenated with f, and passed through ResBlocks whose GroupNorms are modulated by g.
+
+    Ablations (``cfg.latents``): "c": no f, and the ResBlocks / output norm are plain
+    (affine) GroupNorms, not modulated (g and f are None); "g": ``g_map`` (a linear layer)
+    turns g into a c_ch Zc x X/d x Y/d map that enters the c branch in place of fold(c), no f,
+    g-modulated GroupNorms as in "gcf" (c and f are None).
     """
 
     def __init__(self, cfg: LatentAEConfig, Zc: int):
         super().__init__()
+        mode = check_latent_mode(cfg.latents)
+        self.from_g, self.has_g, self.has_f = mode == "g", "g" in mode, "f" in mode
         n_up = _log2(cfg.c_down, "c_down")
         wc, wd, n = cfg.dec_c_channels, cfg.dec_channels, cfg.num_res_blocks
         c_layers: list[nn.Module] = [nn.Conv2d(cfg.c_channels * Zc, wc, 3, padding=1),
@@ -176,16 +190,29 @@ class Decoder(nn.Module):
                          *[ResBlock(w_next) for _ in range(n)]]
             w = w_next
         self.c_branch = nn.Sequential(*c_layers)
-        self.fuse = nn.Conv2d(w + cfg.f_channels, wd, 3, padding=1)
-        self.blocks = nn.ModuleList(AdaResBlock(wd, cfg.g_dim) for _ in range(n + 1))
-        self.out_norm = AdaGroupNorm(wd, cfg.g_dim)
+        self.fuse = nn.Conv2d(w + (cfg.f_channels if self.has_f else 0), wd, 3, padding=1)
+        if self.has_g:
+            self.blocks = nn.ModuleList(AdaResBlock(wd, cfg.g_dim) for _ in range(n + 1))
+            self.out_norm = AdaGroupNorm(wd, cfg.g_dim)
+        else:
+            self.blocks = nn.ModuleList(ResBlock(wd) for _ in range(n + 1))
+            self.out_norm = _norm(wd)
         self.out = nn.Conv2d(wd, cfg.channels * cfg.grid[2], 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if self.from_g:
+            X, Y, _ = cfg.grid
+            self.map_shape = (cfg.c_channels * Zc, X // cfg.c_down, Y // cfg.c_down)
+            self.g_map = nn.Linear(cfg.g_dim, math.prod(self.map_shape))
 
-    def forward(self, g: Tensor, c_q: Tensor, f_q: Tensor) -> Tensor:
-        h = self.c_branch(fold(c_q))
-        h = self.fuse(torch.cat([h, f_q], 1))
+    def forward(self, g: Tensor | None, c_q: Tensor | None, f_q: Tensor | None) -> Tensor:
+        x = self.g_map(g).view(g.shape[0], *self.map_shape) if self.from_g else fold(c_q)
+        h = self.c_branch(x)
+        h = self.fuse(torch.cat([h, f_q], 1) if self.has_f else h)
+        if not self.has_g:
+            for blk in self.blocks:
+                h = blk(h)
+            return self.out(F.silu(self.out_norm(h)))
         for blk in self.blocks:
             h = blk(h, g)
         return self.out(F.silu(self.out_norm(h, g)))
@@ -265,7 +292,8 @@ def codebook_usage(counts: Tensor) -> dict:
 
 
 class LatentAutoEncoder(nn.Module):
-    """V <-> (g, c, f). Shapes (K = 1 + C channels of V, Zc = Z / c_z_down, d = c_down):
+    """V <-> (g, c, f), or only c or only g (``cfg.latents``: "gcf" | "c" | "g"; absent latents
+    are absent from every output). Shapes (K = 1 + C channels of V, Zc = Z / c_z_down, d = c_down):
 
     V        B x K x X x Y x Z     stage-1 voxels (density sigma >= 0, features), original units
     g        B x g_dim             global latent (mu of the posterior when not sampling)
@@ -279,27 +307,36 @@ class LatentAutoEncoder(nn.Module):
     def __init__(self, cfg: LatentAEConfig, stats: dict | None = None):
         super().__init__()
         self.cfg = cfg
+        mode = check_latent_mode(cfg.latents)      # --set bypasses the config's __post_init__
+        self.latent_names = tuple(k for k in ("g", "c", "f") if k in mode)
         X, Y, Z = cfg.grid
         K = cfg.channels
         if K < 1:
             raise ValueError(f"channels must be >= 1 (density + features), got {K}")
         _log2(cfg.c_down, "c_down")
-        if len(cfg.c_enc_channels) != _log2(cfg.c_down, "c_down") + 1:
+        if "c" in mode and len(cfg.c_enc_channels) != _log2(cfg.c_down, "c_down") + 1:
             raise ValueError(f"c_enc_channels needs log2(c_down) + 1 = {_log2(cfg.c_down, 'c_down') + 1} "
                              f"widths (one per level), got {tuple(cfg.c_enc_channels)}")
         if X % cfg.c_down or Y % cfg.c_down or Z % cfg.c_z_down:
             raise ValueError(f"grid {tuple(cfg.grid)} must be divisible by c_down={cfg.c_down} in X, Y "
                              f"and by c_z_down={cfg.c_z_down} in Z")
-        if min(X, Y) // 2 // 2 ** (len(cfg.g_enc_channels) - 1) < 1:
+        if "g" in mode and min(X, Y) // 2 // 2 ** (len(cfg.g_enc_channels) - 1) < 1:
             raise ValueError(f"g_enc_channels has too many levels ({len(cfg.g_enc_channels)}) for an "
                              f"{X} x {Y} footprint")
         self.Zc = Z // cfg.c_z_down
         n = cfg.num_res_blocks
-        self.g_encoder = GEncoder(K * Z, tuple(cfg.g_enc_channels), cfg.g_dim, cfg.g_size, n)
-        self.c_encoder = CEncoder(K * Z, tuple(cfg.c_enc_channels), cfg.c_channels, self.Zc, n)
-        self.f_encoder = FEncoder(K * Z, cfg.f_enc_channels, cfg.f_channels, n)
-        self.c_quantizer = Quantizer(cfg.c_channels, cfg)
-        self.f_quantizer = Quantizer(cfg.f_channels, cfg)
+        # (built in this order in every mode: "gcf" draws the same initial weights as before the
+        # ablation switch existed)
+        if "g" in mode:
+            self.g_encoder = GEncoder(K * Z, tuple(cfg.g_enc_channels), cfg.g_dim, cfg.g_size, n)
+        if "c" in mode:
+            self.c_encoder = CEncoder(K * Z, tuple(cfg.c_enc_channels), cfg.c_channels, self.Zc, n)
+        if "f" in mode:
+            self.f_encoder = FEncoder(K * Z, cfg.f_enc_channels, cfg.f_channels, n)
+        if "c" in mode:
+            self.c_quantizer = Quantizer(cfg.c_channels, cfg)
+        if "f" in mode:
+            self.f_quantizer = Quantizer(cfg.f_channels, cfg)
         self.decoder = Decoder(cfg, self.Zc)
         stats = stats or {}
         rms = torch.as_tensor(stats.get("feature_rms", [1.0] * (K - 1)), dtype=torch.float32)
@@ -312,11 +349,27 @@ class LatentAutoEncoder(nn.Module):
     # ------------------------------------------------------------------ shapes
     @property
     def latent_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-scene shapes of g, c, f."""
+        """Per-scene shapes of the latents this model has (g, c, f in "gcf" mode)."""
         X, Y, _ = self.cfg.grid
         d = self.cfg.c_down
-        return {"g": (self.cfg.g_dim,), "c": (self.cfg.c_channels, X // d, Y // d, self.Zc),
-                "f": (self.cfg.f_channels, X, Y)}
+        shapes = {"g": (self.cfg.g_dim,), "c": (self.cfg.c_channels, X // d, Y // d, self.Zc),
+                  "f": (self.cfg.f_channels, X, Y)}
+        return {k: shapes[k] for k in self.latent_names}
+
+    @property
+    def quantizers(self) -> dict[str, "Quantizer"]:
+        """The quantisers of the latents this model has: {"c": ..., "f": ...} in "gcf" mode."""
+        return {k: getattr(self, f"{k}_quantizer") for k in ("c", "f") if k in self.latent_names}
+
+    def _check_latents(self, **latents: Tensor | None) -> None:
+        """ValueError if a latent this model has is None, or one it lacks is given."""
+        for k, v in latents.items():
+            if k in self.latent_names and v is None:
+                raise ValueError(f"latent {k} is missing (this latent auto-encoder has latents "
+                                 f"{self.cfg.latents!r})")
+            if k not in self.latent_names and v is not None:
+                raise ValueError(f"this latent auto-encoder has no latent {k} (latents={self.cfg.latents!r}); "
+                                 "pass None for it")
 
     # ------------------------------------------------------------------ normalisation
     def normalise(self, V: Tensor) -> Tensor:
@@ -360,35 +413,53 @@ class LatentAutoEncoder(nn.Module):
     # ------------------------------------------------------------------ encode / decode
     def encode(self, V: Tensor, sample: bool = False) -> dict:
         """V (original units) -> dict g_mu, g_logvar, g (a posterior sample if ``sample``,
-        else mu), c, f (both before quantisation); shapes in the class docstring."""
+        else mu), c, f (both before quantisation); shapes in the class docstring. Only the
+        latents this model has."""
         x = fold(self.normalise(V))
-        mu, logvar = self.g_encoder(x)
-        g = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
-        return {"g_mu": mu, "g_logvar": logvar, "g": g, "c": self.c_encoder(x), "f": self.f_encoder(x)}
+        out = {}
+        if "g" in self.latent_names:
+            mu, logvar = self.g_encoder(x)
+            g = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
+            out.update(g_mu=mu, g_logvar=logvar, g=g)
+        if "c" in self.latent_names:
+            out["c"] = self.c_encoder(x)
+        if "f" in self.latent_names:
+            out["f"] = self.f_encoder(x)
+        return out
 
-    def quantize(self, c: Tensor, f: Tensor) -> dict:
+    def quantize(self, c: Tensor | None, f: Tensor | None) -> dict:
         """Pre-quantisation c, f -> dict c_q, f_q (same shapes), c_indices B x X/d x Y/d x Zc,
-        f_indices B x X x Y, commit (scalar: sum of the two commitment losses)."""
-        qc, qf = self.c_quantizer(c), self.f_quantizer(f)
-        return {"c_q": qc["z_q"], "f_q": qf["z_q"], "c_indices": qc["indices"], "f_indices": qf["indices"],
-                "commit": qc["loss"] + qf["loss"]}
+        f_indices B x X x Y, commit (scalar: sum of the commitment losses). Only the latents
+        this model has (None for the others); commit is 0 when it quantises nothing."""
+        self._check_latents(c=c, f=f)
+        out, commit = {}, None
+        for name, z in (("c", c), ("f", f)):
+            if z is None:
+                continue
+            q = self.quantizers[name](z)
+            out[f"{name}_q"], out[f"{name}_indices"] = q["z_q"], q["indices"]
+            commit = q["loss"] if commit is None else commit + q["loss"]
+        out["commit"] = commit if commit is not None else self.sigma_scale.new_zeros(())
+        return out
 
-    def decode(self, g: Tensor, c_q: Tensor, f_q: Tensor) -> Tensor:
-        """Quantised latents -> normalised V: B x K x X x Y x Z."""
+    def decode(self, g: Tensor | None, c_q: Tensor | None, f_q: Tensor | None) -> Tensor:
+        """Quantised latents (None for those this model lacks) -> normalised V: B x K x X x Y x Z."""
+        self._check_latents(g=g, c=c_q, f=f_q)
         return unfold(self.decoder(g, c_q, f_q), self.cfg.channels)
 
-    def decode_latents(self, g: Tensor, c: Tensor, f: Tensor) -> Tensor:
+    def decode_latents(self, g: Tensor | None, c: Tensor | None = None, f: Tensor | None = None) -> Tensor:
         """What stage 3 calls on (sampled) pre-quantisation latents: quantise, decode,
-        denormalise -> V: B x K x X x Y x Z in original units."""
+        denormalise -> V: B x K x X x Y x Z in original units. None for absent latents."""
+        self._check_latents(g=g)
         q = self.quantize(c, f)
-        return self.denormalise(self.decode(g, q["c_q"], q["f_q"]))
+        return self.denormalise(self.decode(g, q.get("c_q"), q.get("f_q")))
 
     def forward(self, V: Tensor, sample: bool = False) -> dict:
         """V -> encode, quantise, decode: the encoder outputs, the quantiser outputs, and
         Vn (normalised input), Vn_hat (normalised reconstruction), V_hat (original units)."""
         enc = self.encode(V, sample=sample)
-        q = self.quantize(enc["c"], enc["f"])
-        Vn_hat = self.decode(enc["g"], q["c_q"], q["f_q"])
+        q = self.quantize(enc.get("c"), enc.get("f"))
+        Vn_hat = self.decode(enc.get("g"), q.get("c_q"), q.get("f_q"))
         return {**enc, **q, "Vn": self.normalise(V), "Vn_hat": Vn_hat, "V_hat": self.denormalise(Vn_hat)}
 
     # ------------------------------------------------------------------ training
@@ -428,16 +499,21 @@ class LatentAutoEncoder(nn.Module):
         B = V.shape[0]
         density = (err[:, :1] * w).sum() / B
         feature = (err[:, 1:] * w).sum() / (B * max(1, cfg.channels - 1))
-        mu, logvar = out["g_mu"].float(), out["g_logvar"].float()
-        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
-        loss = cfg.w_density * density + cfg.w_feature * feature + cfg.w_kl * kl + out["commit"]
-        metrics = {"density": density.detach(), "feature": feature.detach(), "kl": kl.detach(),
-                   "commit": out["commit"].detach()}
+        loss = cfg.w_density * density + cfg.w_feature * feature
+        metrics = {"density": density.detach(), "feature": feature.detach()}
+        if "g" in self.latent_names:
+            mu, logvar = out["g_mu"].float(), out["g_logvar"].float()
+            kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
+            loss = loss + cfg.w_kl * kl
+            metrics["kl"] = kl.detach()
+        if self.quantizers:
+            loss = loss + out["commit"]
+            metrics["commit"] = out["commit"].detach()
         if cfg.w_render > 0:
             render = self.render_loss(V, out["V_hat"], batch)
             loss = loss + cfg.w_render * render
             metrics["render_mse"] = render.detach()
-        for name, q in (("c", self.c_quantizer), ("f", self.f_quantizer)):
+        for name, q in self.quantizers.items():
             counts = torch.bincount(out[f"{name}_indices"].flatten(), minlength=q.codebook_size)
             p = counts.float() / counts.sum()
             metrics[f"{name}_perplexity"] = torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from nfldm.data.format import DataError
-from nfldm.latent_ae.config import config_from_dict, preset
+from nfldm.latent_ae.config import check_latent_mode, config_from_dict, preset, run_model_config
 from nfldm.latent_ae.data import (
     INDEX_FILE,
     VoxelDataset,
@@ -84,6 +84,7 @@ def train_latent_ae(voxels: str | os.PathLike, out: str | os.PathLike, preset_na
                     fixed_by=f"the voxel folder ({index['channels']} x {index['grid']})")
     cfg = p.model
     cfg.grid, cfg.channels = tuple(index["grid"]), int(index["channels"])
+    check_latent_mode(cfg.latents)
     dataset = VoxelDataset(voxels, "train", index=index)
     torch.manual_seed(p.train.seed)
     model = LatentAutoEncoder(cfg, index["stats"])
@@ -97,7 +98,7 @@ def train_latent_ae(voxels: str | os.PathLike, out: str | os.PathLike, preset_na
                             "these voxels were encoded (its weights differ); re-encode the voxels")
         model.set_renderer(sae)
     run_config = {"stage": STAGE, "preset": preset_name, "voxels": str(Path(voxels).resolve()),
-                  "scene_ae": _scene_ae_of(index), "stats": index["stats"], "model": asdict(cfg),
+                  "scene_ae": _scene_ae_of(index), "stats": index["stats"], "model": run_model_config(cfg),
                   "train": p.train.to_dict()}
     trainer = Trainer(model, dataset, p.train, out, run_config, resume=resume)
     return trainer.fit()
@@ -172,9 +173,10 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     Writes OUT/<scene>.safetensors with g (g_dim,), c (c_ch x X/d x Y/d x Zc) and f
     (f_ch x X x Y) BEFORE quantisation (g = mu of the posterior), the camera trajectory
     (c2w N x 4 x 4, intrinsics N x 4), bounds 2 x 3 and input_ids; and OUT/index.json with
-    the scenes and splits, the latent shapes and per-channel mean / std of each latent over
-    the train split. Resumable (files of the same latent-ae run that read are skipped) and
-    atomic. Returns {"out", "encoded", "skipped", "scenes"}.
+    the scenes and splits, the latent mode (``latents``: "gcf", "c" or "g"), the latent
+    shapes and per-channel mean / std of each latent over the train split. An ablation run
+    (``latents`` "c" or "g") writes only its latents. Resumable (files of the same latent-ae
+    run that read are skipped) and atomic. Returns {"out", "encoded", "skipped", "scenes"}.
     """
     index, rc, lae = _open_run_on_voxels(run, voxels, device)
     dev = next(lae.parameters()).device
@@ -205,9 +207,9 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
         vox = load_voxels(voxels, name, index)
         with torch.no_grad():
             enc = lae.encode(vox["V"][None].to(dev))
-        g, c, f = enc["g_mu"][0].cpu(), enc["c"][0].cpu(), enc["f"][0].cpu()
-        check_finite(f"scene {name}", g=g, c=c, f=f)
-        write_safetensors(path, {"g": g, "c": c, "f": f, "c2w": vox["c2w"], "intrinsics": vox["intrinsics"],
+        lat = {k: enc["g_mu" if k == "g" else k][0].cpu() for k in lae.latent_names}
+        check_finite(f"scene {name}", **lat)
+        write_safetensors(path, {**lat, "c2w": vox["c2w"], "intrinsics": vox["intrinsics"],
                                  "bounds": vox["bounds"], "input_ids": vox["input_ids"]},
                           {"format": LATENT_FORMAT, "version": LATENT_VERSION, "scene": name,
                            "split": s["split"], "lae_config_hash": lae_id["config_hash"],
@@ -217,14 +219,16 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     atomic_write_json(out / INDEX_FILE, {
         "format": LATENT_FORMAT, "version": LATENT_VERSION, "latent_ae": lae_id,
         "voxels": str(Path(voxels).resolve()), "data": index["data"], "scene_ae": _scene_ae_of(index),
-        "quantizer": lae.cfg.quantizer, "pre_quantisation": True, "shapes": shapes, "scenes": scenes,
+        "quantizer": lae.cfg.quantizer, "pre_quantisation": True, "latents": lae.cfg.latents, "shapes": shapes,
+        "scenes": scenes,
         "stats": stats})
     return {"out": str(out), "encoded": encoded, "skipped": skipped, "scenes": len(scenes)}
 
 
 def latent_stats(latdir: Path, names: list[str], progress: bool = True) -> dict:
     """Per-channel mean and std of g (per dimension), c and f (per channel, over all
-    positions) over the given (train) scenes of a latent folder."""
+    positions) over the given (train) scenes of a latent folder (those of g, c, f the files
+    hold)."""
     from nfldm.latent_ae.data import read_safetensors
 
     if not names:
@@ -233,6 +237,8 @@ def latent_stats(latdir: Path, names: list[str], progress: bool = True) -> dict:
     for name in tqdm(names, desc="latent statistics", unit="scene", disable=not progress):
         t, _ = read_safetensors(scene_file(latdir, name))
         for k in ("g", "c", "f"):
+            if k not in t:
+                continue
             x = t[k].double()
             x = x[:, None] if k == "g" else x.flatten(1)            # channels x positions
             s = sums.setdefault(k, [0, torch.zeros(len(x), dtype=torch.float64), torch.zeros(len(x), dtype=torch.float64)])

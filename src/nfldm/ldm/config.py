@@ -18,6 +18,9 @@ from nfldm.trainer import TrainConfig, dataclass_from_dict
 
 LEVELS = ("g", "c", "f")
 FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape")
+# the levels of each latent mode (the latent folder's ``latents``, docs/ldm.md "Ablations"):
+# coarse-only keeps a g level that generates the camera trajectory alone (g_dim = 0)
+LEVELS_OF_MODE = {"gcf": ("g", "c", "f"), "c": ("g", "c"), "g": ("g",)}
 
 
 @dataclass
@@ -25,7 +28,8 @@ class LDMConfig:
     """One level's denoiser and diffusion process."""
 
     level: str = "g"                     # "g" | "c" | "f" (which latent this model generates)
-    # latent shapes (set from LATDIR/index.json when training)
+    # latent shapes (set from LATDIR/index.json when training); g_dim = 0: the folder has no g
+    # (coarse-only ablation: psi_g generates the trajectory alone, psi_c is not conditioned on g)
     g_dim: int = 64
     c_shape: tuple[int, int, int, int] = (4, 16, 16, 16)   # c_ch x X/4 x Y/4 x Zc
     f_shape: tuple[int, int, int] = (4, 64, 64)            # f_ch x X x Y
@@ -62,6 +66,10 @@ class LDMConfig:
         if self.prediction_type not in ("v_prediction", "epsilon", "sample"):
             raise ValueError(f"prediction_type must be v_prediction | epsilon | sample, got "
                              f"{self.prediction_type!r}")
+        if self.g_dim < 0:
+            raise ValueError(f"g_dim must be >= 0, got {self.g_dim}")
+        if self.level == "f" and self.g_dim == 0:
+            raise ValueError("the f level needs g (g_dim > 0)")
         if self.traj_frames < 2:
             raise ValueError(f"traj_frames must be >= 2, got {self.traj_frames}")
         if not 0.0 <= self.cond_drop_prob <= 1.0:
@@ -170,5 +178,5 @@ def config_from_dict(d: dict) -> LDMConfig:
     return dataclass_from_dict(LDMConfig, d, "ldm")
 
 
-__all__ = ["LEVELS", "FIXED_BY_LATENTS", "LDMConfig", "LevelPreset", "LDMPreset", "PRESETS", "preset",
+__all__ = ["LEVELS", "LEVELS_OF_MODE", "FIXED_BY_LATENTS", "LDMConfig", "LevelPreset", "LDMPreset", "PRESETS", "preset",
            "config_from_dict", "asdict"]

@@ -3,8 +3,11 @@
 LATDIR/<scene>.safetensors holds g (g_dim), c (c_ch x X/d x Y/d x Zc) and f (f_ch x X x Y)
 before quantisation, the camera trajectory (c2w N x 4 x 4, intrinsics N x 4), bounds 2 x 3
 and input_ids; optionally ``cond`` (L x cond_dim condition tokens, e.g. an encoded BEV map:
-the hook for conditional generation). LATDIR/index.json holds the splits, the shapes and the
-per-channel mean / std of g, c, f over the train split.
+the hook for conditional generation). LATDIR/index.json holds the splits, the latent mode
+(``latents``), the shapes and the per-channel mean / std of g, c, f over the train split.
+A folder of an ablation latent-ae (``latents`` "c" or "g", docs/ldm.md "Ablations") holds
+only c or only g; folders written before the switch existed have no ``latents`` key and are
+"gcf".
 
 A diffusion model sees standardised latents: per g dimension / per c, f channel
 ``(x - mean) / std`` with the train-split statistics (:class:`LatentStats`); c with its
@@ -22,16 +25,31 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from nfldm.data.format import SPLITS, DataError
+from nfldm.latent_ae.config import LATENT_MODES
 from nfldm.latent_ae.model import fold, unfold
 from nfldm.ldm.trajectory import encode_trajectory
 
-__all__ = ["LATENT_FORMAT", "LATENT_VERSION", "STD_FLOOR", "read_latent_index", "LatentStats",
-           "LatentDataset", "render_setup", "load_latent_file", "unfold_c"]
+__all__ = ["LATENT_FORMAT", "LATENT_VERSION", "STD_FLOOR", "read_latent_index", "latent_mode", "mode_of_shapes",
+           "LatentStats", "LatentDataset", "render_setup", "load_latent_file", "unfold_c"]
 
 LATENT_FORMAT = "nfldm-latents"
 LATENT_VERSION = 1
 INDEX_FILE = "index.json"
 STD_FLOOR = 1e-3     # a (near-)constant latent channel is divided by at most this
+
+
+def mode_of_shapes(shapes: dict) -> str:
+    """The latent mode ("gcf", "c" or "g") whose latents are the keys of ``shapes``;
+    ValueError for any other set."""
+    for mode in LATENT_MODES:
+        if set(shapes) == set(mode):
+            return mode
+    raise ValueError(f"latent shapes of {sorted(shapes)}: not one of the latent modes {LATENT_MODES}")
+
+
+def latent_mode(index: dict) -> str:
+    """The latent mode of a latent folder index (``index["latents"]``, "gcf" when absent)."""
+    return index.get("latents", "gcf")
 
 
 def read_latent_index(latdir: str | os.PathLike) -> dict:
@@ -55,7 +73,13 @@ def read_latent_index(latdir: str | os.PathLike) -> dict:
     for key in ("scenes", "shapes", "stats", "latent_ae", "scene_ae"):
         if key not in index:
             raise DataError(f"{path}: key {key!r} is missing")
-    for key in ("g", "c", "f"):
+    mode = latent_mode(index)
+    if mode not in LATENT_MODES:
+        raise DataError(f"{path}: latents {mode!r} is not one of {LATENT_MODES}")
+    if set(index["shapes"]) != set(mode):
+        raise DataError(f"{path}: the shapes are of {sorted(index['shapes'])}, but the folder's latents are "
+                        f"{mode!r}")
+    for key in mode:
         if key not in index["stats"]:
             raise DataError(f"{path}: no statistics of {key!r} (the folder has no train scene?)")
     return index
@@ -63,14 +87,16 @@ def read_latent_index(latdir: str | os.PathLike) -> dict:
 
 class LatentStats:
     """Per-dimension (g) / per-channel (c, f) mean and std of the train split; standardises and
-    un-standardises latents. Built from ``index["stats"]`` (a plain dict, stored in run configs)."""
+    un-standardises latents. Built from ``index["stats"]`` (a plain dict, stored in run configs;
+    an ablation folder has the statistics of its latents only)."""
 
     def __init__(self, stats: dict):
         def t(key, part):
             return torch.as_tensor(stats[key][part], dtype=torch.float32)
 
-        self.mean = {k: t(k, "mean") for k in ("g", "c", "f")}
-        self.std = {k: t(k, "std").clamp(min=STD_FLOOR) for k in ("g", "c", "f")}
+        keys = [k for k in ("g", "c", "f") if k in stats]
+        self.mean = {k: t(k, "mean") for k in keys}
+        self.std = {k: t(k, "std").clamp(min=STD_FLOOR) for k in keys}
 
     @staticmethod
     def _view(key: str, x: Tensor, which: dict) -> Tensor:
@@ -97,10 +123,10 @@ def load_latent_file(path: Path, shapes: dict) -> dict:
     if meta.get("format") != LATENT_FORMAT:
         raise DataError(f"{path}: not a latent file (metadata format {meta.get('format')!r}, expected "
                         f"{LATENT_FORMAT!r})")
-    for key in ("g", "c", "f", "c2w", "intrinsics", "bounds"):
+    for key in (*shapes, "c2w", "intrinsics", "bounds"):
         if key not in t:
             raise DataError(f"{path}: tensor {key!r} is missing")
-    for key in ("g", "c", "f"):
+    for key in shapes:
         if tuple(t[key].shape) != tuple(shapes[key]):
             raise DataError(f"{path}: {key} has shape {tuple(t[key].shape)}, the folder index says "
                             f"{tuple(shapes[key])}")
@@ -123,9 +149,9 @@ class LatentDataset(Dataset):
     """Scenes of one split of a latent folder, standardised; item i = scene i.
 
     Item: g (g_dim), traj (9 T, :func:`~nfldm.ldm.trajectory.encode_trajectory`), c folded
-    (c_ch Zc x X/d x Y/d), f (f_ch x X x Y), all float32; ``cond`` (L x cond_dim) when the
-    files hold one. Every file of the split is read and checked when the dataset is built
-    (they are small and kept in memory).
+    (c_ch Zc x X/d x Y/d), f (f_ch x X x Y), all float32 (of g, c, f only those the folder
+    holds); ``cond`` (L x cond_dim) when the files hold one. Every file of the split is read
+    and checked when the dataset is built (they are small and kept in memory).
     """
 
     def __init__(self, latdir: str | os.PathLike, split: str = "train", traj_frames: int = 8,
@@ -151,10 +177,15 @@ class LatentDataset(Dataset):
             elif has_cond != ("cond" in t):
                 raise DataError(f"{path}: {'has' if 'cond' in t else 'lacks'} a 'cond' tensor, unlike "
                                 "the folder's first scene (all or none must have one)")
-            item = {"g": self.stats.normalise("g", t["g"]),
-                    "traj": encode_trajectory(t["c2w"], t["bounds"], traj_frames),
-                    "c": fold(self.stats.normalise("c", t["c"])[None])[0],
-                    "f": self.stats.normalise("f", t["f"])}
+            shapes = self.index["shapes"]
+            item = {}
+            if "g" in shapes:
+                item["g"] = self.stats.normalise("g", t["g"])
+            item["traj"] = encode_trajectory(t["c2w"], t["bounds"], traj_frames)
+            if "c" in shapes:
+                item["c"] = fold(self.stats.normalise("c", t["c"])[None])[0]
+            if "f" in shapes:
+                item["f"] = self.stats.normalise("f", t["f"])
             if "cond" in t:
                 item["cond"] = t["cond"]
             self.items.append(item)

@@ -8,6 +8,10 @@
                                           GroupNorm); condition tokens by cross-attention
     psi_f   x = f (f_ch x X x Y), input [x_t, upsample(fold(c))] (nearest, to X x Y), g as in psi_c
 
+Ablations (docs/ldm.md): with ``g_dim = 0`` (a coarse-only latent folder) psi_g generates the
+trajectory alone and psi_c has no class embedding (it is conditioned on no latent); a
+global-only folder has the psi_g level only.
+
 All latents are standardised (:class:`~nfldm.ldm.data.LatentStats`). Without a condition (or
 when it is dropped for classifier-free guidance) the cross-attention sees a learned null
 token. :class:`LevelDiffusion` holds one denoiser and the training scheduler
@@ -162,7 +166,8 @@ class GDenoiser(nn.Module):
 
 class UNetDenoiser(nn.Module):
     """psi_c / psi_f: a diffusers ``UNet2DConditionModel``. x: B x in_ch x H x W, t: B,
-    g: B x g_dim (class embedding, "projection"), tokens: B x L x tok_dim -> B x out_ch x H x W.
+    g: B x g_dim (class embedding, "projection"; None and no class embedding when
+    ``cfg.g_dim`` is 0), tokens: B x L x tok_dim -> B x out_ch x H x W.
     The first (full-resolution) level has no attention; the others and the middle block have
     self- and cross-attention."""
 
@@ -181,12 +186,12 @@ class UNetDenoiser(nn.Module):
             mid_block_type="UNetMidBlock2DCrossAttn",
             block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
             norm_num_groups=cfg.norm_num_groups, cross_attention_dim=cfg.cross_attention_dim,
-            attention_head_dim=cfg.attention_heads, class_embed_type="projection",
-            projection_class_embeddings_input_dim=cfg.g_dim, resnet_time_scale_shift=cfg.time_scale_shift)
+            attention_head_dim=cfg.attention_heads, class_embed_type="projection" if cfg.g_dim else None,
+            projection_class_embeddings_input_dim=cfg.g_dim or None, resnet_time_scale_shift=cfg.time_scale_shift)
 
-    def forward(self, x: Tensor, t: Tensor, g: Tensor, tokens: Tensor) -> Tensor:
-        return self.unet(x, t, encoder_hidden_states=tokens.to(x.dtype), class_labels=g.to(x.dtype),
-                         return_dict=False)[0]
+    def forward(self, x: Tensor, t: Tensor, g: Tensor | None, tokens: Tensor) -> Tensor:
+        return self.unet(x, t, encoder_hidden_states=tokens.to(x.dtype),
+                         class_labels=None if g is None else g.to(x.dtype), return_dict=False)[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -209,7 +214,7 @@ class LevelDiffusion(nn.Module):
         f_ch, X, Y = cfg.f_shape
         self.c_folded = c_ch * Zc
         self.c_up = X // Xc
-        if X % Xc or Y % Yc or X // Xc != Y // Yc:
+        if self.level == "f" and (X % Xc or Y % Yc or X // Xc != Y // Yc):
             raise ValueError(f"f's footprint {X} x {Y} must be an integer multiple of c's {Xc} x {Yc}")
         self.tokens = CondTokens(cfg.cond_dim, cfg.cross_attention_dim)
         if self.level == "g":
@@ -234,14 +239,17 @@ class LevelDiffusion(nn.Module):
         return (batch, *cfg.f_shape)
 
     def target(self, batch: dict) -> Tensor:
-        """The clean latent this level generates."""
+        """The clean latent this level generates ([g, traj], or traj alone when g_dim = 0)."""
         if self.level == "g":
+            if self.cfg.g_dim == 0:
+                return batch["traj"].float()
             return torch.cat([batch["g"], batch["traj"]], -1).float()
         return batch[self.level].float()
 
     def context(self, batch: dict) -> dict:
-        """The clean coarser latents this level is conditioned on."""
-        if self.level == "g":
+        """The clean coarser latents this level is conditioned on (none for psi_c when
+        g_dim = 0)."""
+        if self.level == "g" or self.cfg.g_dim == 0:
             return {}
         ctx = {"g": batch["g"].float()}
         if self.level == "f":
@@ -257,7 +265,7 @@ class LevelDiffusion(nn.Module):
         if self.level == "f":
             c = F.interpolate(ctx["c"].to(x.dtype), scale_factor=self.c_up, mode="nearest")
             x = torch.cat([x, c], 1)
-        return self.net(x, t, ctx["g"], tokens)
+        return self.net(x, t, ctx.get("g"), tokens)
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict, step: int) -> tuple[Tensor, dict]:

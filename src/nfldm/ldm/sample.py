@@ -6,6 +6,9 @@
     un-standardise -> latent-ae decode_latents (quantise, decode) -> V
     decode traj -> camera keyframes -> smooth path -> stage-1 render of V
 
+Ablations (docs/ldm.md): coarse-only runs sample traj ~ psi_g, c ~ psi_c (unconditional) and
+decode c alone; global-only runs sample [g, traj] ~ psi_g and decode g alone.
+
 Output folder (``sample(out=DIR)``)::
 
     DIR/samples.json             settings, runs, per-sample summary
@@ -13,8 +16,8 @@ Output folder (``sample(out=DIR)``)::
                                  opacity map with the path
     DIR/sample_NNNN/frames/frame_MMMM.png   RGB frames along the sampled path
     DIR/sample_NNNN/flythrough.mp4          RGB | depth (GIF if ffmpeg is unavailable)
-    DIR/sample_NNNN/V.safetensors           V (float16, stage-1 units), g, c, f, keyframes, path,
-                                            bounds, intrinsics
+    DIR/sample_NNNN/V.safetensors           V (float16, stage-1 units), g, c, f (those the run
+                                            has), keyframes, path, bounds, intrinsics
     DIR/sample_NNNN/mesh.ply, mesh.glb      marching cubes of the density (world units)
     DIR/sample_NNNN/trajectory.json         nerfstudio camera-path style
 
@@ -86,7 +89,9 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents. Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
     ``c`` c_ch x X/d x Y/d x Zc, ``f``) latents and the trajectory vectors ``traj``, on the CPU.
-    Sample i depends on (seed, batch_size, i)."""
+    Sample i depends on (seed, batch_size, i). ``models`` holds the levels of an ablation run
+    (g, c for coarse-only, whose g level has g_dim 0; g for global-only); the latents it lacks
+    are absent from the result."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if num < 1:
@@ -94,26 +99,35 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     if cond is not None:
         if cond.dim() not in (2, 3) or (cond.dim() == 3 and len(cond) != num):
             raise ValueError(f"cond must be L x cond_dim or num x L x cond_dim, got {tuple(cond.shape)}")
-    gm, cm, fm = models["g"], models["c"], models["f"]
+    gm, cm, fm = models["g"], models.get("c"), models.get("f")
     dev = next(gm.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     g_dim, c_ch = gm.cfg.g_dim, gm.cfg.c_shape[0]
-    parts: dict[str, list] = {k: [] for k in ("g_n", "traj", "c_n", "f_n")}
+    has_g = g_dim > 0          # 0: coarse-only, the g level generates the trajectory alone
+    keys = [k for k, m in (("g_n", has_g), ("traj", True), ("c_n", cm is not None), ("f_n", fm is not None)) if m]
+    parts: dict[str, list] = {k: [] for k in keys}
     for lo in range(0, num, batch_size):
         hi = min(num, lo + batch_size)
         B = hi - lo
         cb = _cond_batch(cond, lo, hi, dev)
         tag = f"{lo}-{hi - 1}"
         x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}")
-        g_n, traj = x[:, :g_dim], x[:, g_dim:]
-        c_n = denoise(cm, B, {"g": g_n}, cb, guidance, sampler, steps, gen, progress, f"psi_c {tag}")
-        f_n = denoise(fm, B, {"g": g_n, "c": c_n}, cb, guidance, sampler, steps, gen, progress, f"psi_f {tag}")
-        for k, v in (("g_n", g_n), ("traj", traj), ("c_n", c_n), ("f_n", f_n)):
-            parts[k].append(v.float().cpu())
+        got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:]}
+        if cm is not None:
+            ctx = {"g": got["g_n"]} if cm.cfg.g_dim > 0 else {}
+            got["c_n"] = denoise(cm, B, ctx, cb, guidance, sampler, steps, gen, progress, f"psi_c {tag}")
+        if fm is not None:
+            got["f_n"] = denoise(fm, B, {"g": got["g_n"], "c": got["c_n"]}, cb, guidance, sampler, steps, gen,
+                                 progress, f"psi_f {tag}")
+        for k in keys:
+            parts[k].append(got[k].float().cpu())
     out = {k: torch.cat(v) for k, v in parts.items()}
-    out["g"] = stats.denormalise("g", out["g_n"])
-    out["c"] = stats.denormalise("c", unfold_c(out["c_n"], c_ch))
-    out["f"] = stats.denormalise("f", out["f_n"])
+    if has_g:
+        out["g"] = stats.denormalise("g", out["g_n"])
+    if cm is not None:
+        out["c"] = stats.denormalise("c", unfold_c(out["c_n"], c_ch))
+    if fm is not None:
+        out["f"] = stats.denormalise("f", out["f_n"])
     for k, v in out.items():
         if not bool(torch.isfinite(v).all()):
             raise RuntimeError(f"sampling produced NaN / inf values in {k}")
@@ -217,7 +231,9 @@ def load_pipeline(run: str | os.PathLike, device: str = "auto") -> dict:
     ldm = load_ldm(run, device)
     rc = ldm["config"]
     dev = ldm["device"]
-    lae_run, sae_run = rc["latent_ae"]["run"], rc["scene_ae"]["run"]
+    # a bundle (nfldm.bundle) names them relative to the run directory
+    lae_run, sae_run = (Path(run) / p if not os.path.isabs(p) else Path(p)
+                        for p in (rc["latent_ae"]["run"], rc["scene_ae"]["run"]))
     lae = load_latent_ae(lae_run, str(dev))
     if weights_hash(lae) != rc["latent_ae"]["weights_hash"]:
         raise DataError(f"{lae_run}: the latent-ae run has changed since the latents of {run} were encoded "
@@ -258,6 +274,11 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
 
     if out is None:
         raise ValueError("sample needs an output folder (out)")
+    if num < 1 or steps < 1 or batch_size < 1:
+        raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
+                         f"batch_size={batch_size})")
+    if not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number, got {guidance}")
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
     pipe = load_pipeline(run, device)
@@ -276,7 +297,7 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
     rows, records = [], []
     for i in tqdm(range(num), desc="decoding and rendering", unit="scene", disable=not progress):
         d = out / f"sample_{i:04d}"
-        g, c, f = lat["g"][i:i + 1].to(dev), lat["c"][i:i + 1].to(dev), lat["f"][i:i + 1].to(dev)
+        g, c, f = (lat[k][i:i + 1].to(dev) if k in lat else None for k in ("g", "c", "f"))
         with torch.no_grad():
             V = lae.decode_latents(g, c, f)[0].float().cpu()
         if not bool(torch.isfinite(V).all()):
@@ -296,7 +317,7 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
         if not bool(torch.isfinite(V16).all()):
             raise RuntimeError(f"sample {i}: V exceeds the float16 range")
         write_safetensors(d / "V.safetensors",
-                          {"V": V16, "g": lat["g"][i], "c": lat["c"][i], "f": lat["f"][i], "keyframes": keys,
+                          {"V": V16, **{k: lat[k][i] for k in ("g", "c", "f") if k in lat}, "keyframes": keys,
                            "path": path, "bounds": bounds, "intrinsics": intr},
                           {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
                            "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance})
@@ -314,7 +335,8 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
     sheet = out / "contact_sheet.png"
     atomic_save_png(sheet, grid_image([upscale(r, 2) for r in rows]))
     summary = {"format": SAMPLE_FORMAT, "run": str(Path(run).resolve()), "steps_trained": pipe["steps"],
-               "latent_ae": rc["latent_ae"]["run"], "scene_ae": rc["scene_ae"]["run"], "num": num,
+               "latent_ae": rc["latent_ae"]["run"], "scene_ae": rc["scene_ae"]["run"], "latents": pipe["latents"],
+               "num": num,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
                "conditional": cond is not None, "num_frames": num_frames, "fps": fps, "image_size": H,
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,

@@ -3,6 +3,9 @@
     train_ldm   LATDIR -> RUN/g, RUN/c, RUN/f (one shared-trainer run per level)
     load_ldm    RUN -> the three LevelDiffusion models (EMA weights) + what sampling needs
 
+The levels follow the latent folder's mode (docs/ldm.md "Ablations"): g, c, f for the full
+hierarchy; g (trajectory only) and c for coarse-only; g alone for global-only.
+
 Each level's run config records the latent folder, the latent-ae and scene-ae runs that made
 it (path, config hash, weights hash), the latent statistics, and the box / intrinsics that
 generated scenes are rendered with; so sampling needs only RUN.
@@ -19,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 from nfldm.data.format import DataError
-from nfldm.ldm.config import FIXED_BY_LATENTS, LEVELS, config_from_dict, preset
-from nfldm.ldm.data import LatentDataset, read_latent_index, render_setup
+from nfldm.ldm.config import FIXED_BY_LATENTS, LEVELS, LEVELS_OF_MODE, config_from_dict, preset
+from nfldm.ldm.data import LatentDataset, latent_mode, mode_of_shapes, read_latent_index, render_setup
 from nfldm.ldm.model import LevelDiffusion
 from nfldm.trainer import Trainer, apply_overrides, init_distributed, load_model_weights, read_run_config, resolve_device
 
@@ -47,7 +50,8 @@ def _split_overrides(overrides: dict | None) -> dict[str, dict]:
 def level_configs(index: dict, preset_name: str, level: str, steps: int | None = None,
                   device: str = "auto", progress: bool = True, overrides: dict | None = None):
     """(LDMConfig, TrainConfig) of one level: the preset, the latent shapes of the folder,
-    then the overrides."""
+    then the overrides. A shape the folder does not have (an ablation folder) keeps the
+    preset's value, unused (g_dim: 0, which tells the levels there is no g)."""
     p = preset(preset_name).level(level)
     model, train = p.model, p.train
     if steps is not None:
@@ -57,7 +61,11 @@ def level_configs(index: dict, preset_name: str, level: str, steps: int | None =
                     fixed_by="the latent folder and the level")
     shapes = index["shapes"]
     d = asdict(model)
-    d.update(level=level, g_dim=int(shapes["g"][0]), c_shape=tuple(shapes["c"]), f_shape=tuple(shapes["f"]))
+    d.update(level=level, g_dim=int(shapes["g"][0]) if "g" in shapes else 0)
+    if "c" in shapes:
+        d["c_shape"] = tuple(shapes["c"])
+    if "f" in shapes:
+        d["f_shape"] = tuple(shapes["f"])
     try:
         model = config_from_dict(d)
         train.__post_init__()
@@ -69,13 +77,20 @@ def level_configs(index: dict, preset_name: str, level: str, steps: int | None =
 def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "all", preset_name: str = "tiny",
               steps: int | None = None, resume: bool = False, device: str = "auto", progress: bool = True,
               overrides: dict | None = None) -> dict[str, dict]:
-    """Train one level (``g`` | ``c`` | ``f``) or all three in turn (``all``) on the train
-    split of a latent folder, into RUN/<level>. Each level trains on the CLEAN latents of the
-    coarser ones. Returns {level: last logged metrics}."""
-    levels = LEVELS if level == "all" else (level,)
-    if any(lv not in LEVELS for lv in levels):
+    """Train one level (``g`` | ``c`` | ``f``) or all the folder's levels in turn (``all``) on
+    the train split of a latent folder, into RUN/<level>. Each level trains on the CLEAN
+    latents of the coarser ones. The levels are those of the folder's latent mode (g, c, f;
+    g, c for coarse-only; g for global-only); another level is a ValueError. Returns
+    {level: last logged metrics}."""
+    if level != "all" and level not in LEVELS:
         raise ValueError(f"level must be g, c, f or all, got {level!r}")
     index = read_latent_index(latents)
+    mode = latent_mode(index)
+    have = LEVELS_OF_MODE[mode]
+    levels = have if level == "all" else (level,)
+    if level not in have and level != "all":
+        raise ValueError(f"{latents}: the latent folder has latents {mode!r}, so its levels are "
+                         f"{', '.join(have)}; there is no level {level}")
     setup = render_setup(latents, index)
     if setup["bounds_vary"]:
         warnings.warn(f"{latents}: the train scenes have different bounds; generated scenes are "
@@ -124,18 +139,24 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume)
 
 
 def load_ldm(run: str | os.PathLike, device: str = "auto") -> dict:
-    """The three trained levels of an ldm run (EMA weights when present), in eval mode.
+    """The trained levels of an ldm run (EMA weights when present), in eval mode: g, c, f, or
+    those of the latent mode the g level was trained on (g, c for coarse-only, g for
+    global-only).
 
     Returns {"models": {level: LevelDiffusion}, "config": the g level's run config,
-    "steps": {level: training step of the weights}}. ValueError if a level is missing or the
-    levels were trained on different latent folders / statistics.
+    "steps": {level: training step of the weights}, "latents": the latent mode}. ValueError if
+    a level is missing or the levels were trained on different latent folders / statistics.
     """
     run = Path(run)
     if not run.is_dir():
         raise ValueError(f"{run}: ldm run directory does not exist")
+    if (run / "config.json").is_file() and not (run / "g").is_dir():
+        stage = read_run_config(run).get("stage")
+        raise ValueError(f"{run}: not an ldm run (its config.json says stage {stage!r}); pass the folder "
+                         "that holds g/, c/ and f/ (or a bundle)")
     dev = resolve_device(device)
-    models, configs, steps = {}, {}, {}
-    for lv in LEVELS:
+
+    def level_config(lv: str) -> dict:
         if not (run / lv / "config.json").is_file():
             raise ValueError(f"{run / lv}: level {lv} is not trained (no config.json); run "
                              f"nfldm train ldm --level {lv} (or all) --out {run}")
@@ -143,15 +164,27 @@ def load_ldm(run: str | os.PathLike, device: str = "auto") -> dict:
         if rc.get("stage") != STAGE or rc.get("level") != lv:
             raise ValueError(f"{run / lv}: not the {lv} level of an ldm run (stage {rc.get('stage')!r}, "
                              f"level {rc.get('level')!r})")
+        return rc
+
+    # the latent mode of the folder the g level was trained on names the other levels
+    configs = {"g": level_config("g")}
+    try:
+        mode = mode_of_shapes(configs["g"].get("shapes", {}))
+    except ValueError as e:
+        raise DataError(f"{run / 'g' / 'config.json'}: {e}") from e
+    for lv in LEVELS_OF_MODE[mode][1:]:
+        configs[lv] = level_config(lv)
+    models, steps = {}, {}
+    for lv, rc in configs.items():
         model = LevelDiffusion(config_from_dict(rc["model"]))
         info = load_model_weights(run / lv, model, prefer_ema=True)
-        models[lv], configs[lv], steps[lv] = model.to(dev).eval(), rc, info["step"]
+        models[lv], steps[lv] = model.to(dev).eval(), info["step"]
     ref = configs["g"]
-    for lv in ("c", "f"):
+    for lv in LEVELS_OF_MODE[mode][1:]:
         for key in ("latent_ae", "stats", "shapes"):
             if configs[lv].get(key) != ref.get(key):
                 raise DataError(f"{run / lv / 'config.json'}: level {lv} was trained on other latents than "
                                 f"level g ({key} differs); train all levels on one latent folder")
-    if models["c"].cfg.cond_dim != models["g"].cfg.cond_dim or models["f"].cfg.cond_dim != models["g"].cfg.cond_dim:
+    if any(m.cfg.cond_dim != models["g"].cfg.cond_dim for m in models.values()):
         raise ValueError(f"{run}: the levels take conditions of different widths (cond_dim)")
-    return {"models": models, "config": ref, "steps": steps, "device": dev}
+    return {"models": models, "config": ref, "steps": steps, "device": dev, "latents": mode}

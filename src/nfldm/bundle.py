@@ -1,0 +1,132 @@
+"""Pretrained bundles: a whole trained pipeline (scene-ae, latent-ae, ldm g / c / f) in one
+small folder, with its parameters stored as float16.
+
+Layout (the folder is itself an ldm run directory, so ``nfldm sample --run BUNDLE`` works)::
+
+    BUNDLE/bundle.json               format, sizes, the model card data
+    BUNDLE/MODEL_CARD.md             how it was made, on what, with which metrics
+    BUNDLE/scene_ae/{config.json, model.safetensors, model.json}
+    BUNDLE/latent_ae/{config.json, model.safetensors, model.json}
+    BUNDLE/{g,c,f}/{config.json, model.safetensors, model.json}
+
+The levels' configs name the latent-ae and the scene-ae by paths relative to BUNDLE and carry
+the weights hashes of the float16-rounded weights, so :func:`nfldm.ldm.sample.load_pipeline`
+checks them as for any run. The package ships one bundle (``nfldm/weights/tiny``), made by
+``nfldm quickstart``; :func:`bundled_model` finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, read_run_config
+from nfldm.utils.io import atomic_write_bytes, atomic_write_json
+
+BUNDLE_FILE = "bundle.json"
+BUNDLE_FORMAT = "nfldm-bundle"
+PACKAGED = Path(__file__).resolve().parent / "weights" / "tiny"
+
+
+def bundled_model() -> Path:
+    """The bundle shipped with the package; ValueError if this install has none."""
+    if not (PACKAGED / BUNDLE_FILE).is_file():
+        raise ValueError(f"this nfldm install ships no pretrained model ({PACKAGED / BUNDLE_FILE} is missing); "
+                         "pass --run with an ldm run directory or a bundle")
+    return PACKAGED
+
+
+def _save_half(model: torch.nn.Module, run_dir: Path, step) -> int:
+    """Parameters as float16, buffers (statistics, codebooks' counters) as they are."""
+    from safetensors.torch import save
+
+    params = {n for n, _ in model.named_parameters()}
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if k in params and v.is_floating_point():
+            v = v.half()
+        tensors[k] = v.clone().contiguous()   # no shared storage (safetensors refuses it)
+    data = save(tensors, metadata={"format": "nfldm-model", "step": str(step), "ema": "true", "dtype": "float16"})
+    atomic_write_bytes(run_dir / MODEL_WEIGHTS, data)
+    atomic_write_json(run_dir / MODEL_INFO, {"step": step, "ema": True})
+    return len(data)
+
+
+def _card(info: dict) -> str:
+    card = info.get("card", {})
+    lines = ["# nfldm pretrained tiny pipeline", "",
+             "A complete NeuralField-LDM pipeline at the quickstart's tiny sizes: scene auto-encoder "
+             "(stage 1), latent auto-encoder (stage 2) and the three latent diffusion levels psi_g, "
+             "psi_c, psi_f (stage 3), trained on ViZDoom scenes of the Freedoom maps that the vizdoom "
+             "package ships. Parameters are stored as float16 (buffers as trained).", "",
+             f"- Parameters: {info['params']:,} ({info['bytes'] / 2**20:.1f} MiB on disk)",
+             f"- Training steps: " + ", ".join(f"{k} {v}" for k, v in info["steps"].items())]
+    if card.get("command"):
+        lines += [f"- Made with: `{card['command']}`"]
+    if card.get("data"):
+        lines += [f"- Data: {card['data']}"]
+    if card.get("metrics"):
+        lines += ["", "## Metrics (test split: maps not seen in training)", ""]
+        lines += [f"- {k}: {v}" for k, v in card["metrics"].items()]
+    lines += ["", "## Use", "", "    nfldm sample --num 4 --sampler dpm --steps 20 --out samples",
+              "", "## Limits", "",
+              "Trained for minutes on a 2-core CPU: generated scenes are blurry and dark next to real "
+              "ViZDoom views; see the metrics above and docs/quickstart.md.", ""]
+    if card.get("quickstart_config"):
+        lines += ["## Quickstart config", "", "```json", json.dumps(card["quickstart_config"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dict | None = None) -> dict:
+    """Write the pipeline behind ``ldm_run`` as a float16 bundle ``dest`` (written next to it
+    as DEST.partial, then renamed). Returns the bundle.json data."""
+    from nfldm.latent_ae.data import weights_hash
+    from nfldm.latent_ae.train import load_latent_ae
+    from nfldm.ldm.sample import load_pipeline
+    from nfldm.ldm.train import load_ldm
+    from nfldm.scene_ae.train import load_scene_ae
+
+    ldm_run, dest = Path(ldm_run), Path(dest)
+    pipe = load_pipeline(ldm_run, "cpu")
+    rc_g = pipe["config"]
+    runs = {"scene_ae": Path(rc_g["scene_ae"]["run"]), "latent_ae": Path(rc_g["latent_ae"]["run"])}
+    if not runs["scene_ae"].is_absolute():
+        runs = {k: ldm_run / v for k, v in runs.items()}
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    total_bytes, params, steps = 0, 0, {}
+    parts = [("scene_ae", pipe["sae"], runs["scene_ae"]), ("latent_ae", pipe["lae"], runs["latent_ae"])]
+    levels = list(pipe["models"])          # g, c, f (fewer for the ablations)
+    parts += [(lv, pipe["models"][lv], ldm_run / lv) for lv in levels]
+    for name, model, run in parts:
+        (tmp / name).mkdir()
+        rc = read_run_config(run)
+        step = json.loads((run / MODEL_INFO).read_text()).get("step") if (run / MODEL_INFO).exists() else None
+        steps[name] = step if step is not None else pipe["steps"].get(name)
+        atomic_write_json(tmp / name / CONFIG_FILE, rc)
+        total_bytes += _save_half(model, tmp / name, steps[name])
+        params += sum(p.numel() for p in model.parameters())
+    # the levels name the auto-encoders relative to the bundle, with the hashes of the rounded weights
+    hashes = {"scene_ae": weights_hash(load_scene_ae(tmp / "scene_ae", "cpu")),
+              "latent_ae": weights_hash(load_latent_ae(tmp / "latent_ae", "cpu"))}
+    for lv in levels:
+        rc = read_run_config(tmp / lv)
+        for key in ("scene_ae", "latent_ae"):
+            rc[key] = {**rc[key], "run": key, "weights_hash": hashes[key], "trained_run": str(runs[key])}
+        atomic_write_json(tmp / lv / CONFIG_FILE, rc)
+    load_ldm(tmp, "cpu")          # the bundle loads as an ldm run ...
+    info = {"format": BUNDLE_FORMAT, "version": 1, "params": params, "bytes": total_bytes, "steps": steps,
+            "source": str(ldm_run.resolve()), "card": card or {}}
+    atomic_write_json(tmp / BUNDLE_FILE, info)
+    atomic_write_bytes(tmp / "MODEL_CARD.md", _card(info).encode())
+    load_pipeline(tmp, "cpu")     # ... and as a whole pipeline (hashes match)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return info

@@ -1,0 +1,358 @@
+"""``nfldm quickstart``: collect -> stage 1 -> stage 2 -> stage 3 -> samples -> report, resumable.
+
+Layout of the output folder OUT::
+
+    OUT/quickstart.json     the QuickstartConfig (a rerun with another config is refused)
+    OUT/state.json          finished stages: seconds, peak memory, results, training budgets
+    OUT/data/               the ViZDoom dataset (written to data.partial, then renamed)
+    OUT/contact_sheet.png
+    OUT/scene_ae/           stage-1 run (+ metrics_test.json, metrics_test_views.png, flythrough.gif)
+    OUT/voxels/             V of every scene
+    OUT/latent_ae/          stage-2 run (+ metrics_test.json, metrics_test_views.png)
+    OUT/latents/            (g, c, f) + trajectory of every scene
+    OUT/ldm/{g,c,f}/        stage-3 runs
+    OUT/samples/            generated scenes (+ metrics.json)
+    OUT/bundle/             the fp16 pretrained bundle (what ships with the package)
+    OUT/report/             pictures made for the report
+    OUT/report.html
+
+Every stage is idempotent: a killed run (even SIGKILL) continues, on the same command, from
+the last finished stage, and the trainings from their last checkpoint (the trainer's exact
+resume, with training time counted over resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from nfldm.quickstart.config import STAGES, TRAIN_STAGES, QuickstartConfig
+from nfldm.utils.io import atomic_write_json
+
+CONFIG_FILE = "quickstart.json"
+STATE_FILE = "state.json"
+FORMAT = "nfldm-quickstart"
+
+# share of the estimated non-training time each non-training stage takes (for the plan)
+FIXED_WEIGHTS = {"collect": 0.15, "check": 0.02, "eval_scene_ae": 0.06, "encode_voxels": 0.35,
+                 "eval_latent_ae": 0.08, "encode_latents": 0.12, "sample": 0.1, "eval_generation": 0.06,
+                 "bundle": 0.02, "report": 0.04}
+
+
+class QuickstartError(ValueError):
+    """A quickstart folder that cannot be used (other config, not a quickstart folder)."""
+
+
+def _normalise(d):
+    return json.loads(json.dumps(d))
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process and its finished children, MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024.0
+
+
+def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
+    """Create OUT (or check that it was made with this config); return the state."""
+    want = {"format": FORMAT, "version": 1, "preset": preset_name, "config": _normalise(cfg.to_dict())}
+    cfg_path = out / CONFIG_FILE
+    if cfg_path.exists():
+        try:
+            stored = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise QuickstartError(f"{cfg_path}: unreadable quickstart config ({e})") from e
+        if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+            raise QuickstartError(f"{cfg_path}: not a quickstart config")
+        old = stored.get("config", {})
+        diff = sorted(k for k in set(old) | set(want["config"]) if old.get(k) != want["config"].get(k))
+        if diff or stored.get("preset") != preset_name:
+            what = ", ".join(f"{k}: {old.get(k)!r} there, {want['config'].get(k)!r} now" for k in diff[:4])
+            if stored.get("preset") != preset_name:
+                what = f"preset: {stored.get('preset')!r} there, {preset_name!r} now" + (f"; {what}" if what else "")
+            raise QuickstartError(f"{out}: this folder holds a quickstart run made with another config "
+                                  f"({what}); rerun with the same options, or choose another --out")
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise QuickstartError(f"{out}: the folder exists, is not empty and is not a quickstart run "
+                                  f"(no {CONFIG_FILE}); choose a new or empty --out")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cfg_path, want)
+    state_path = out / STATE_FILE
+    if state_path.exists():
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise QuickstartError(f"{state_path}: unreadable quickstart state ({e}); delete it to redo "
+                                  "every stage (finished trainings resume from their checkpoints)") from e
+    else:
+        state = {}
+    state.setdefault("stages", {})
+    state.setdefault("budgets", {})
+    state.setdefault("sessions", [])
+    return state
+
+
+def fixed_estimate_s(cfg: QuickstartConfig) -> float:
+    """Estimated seconds of all the non-training stages together."""
+    return cfg.fixed_seconds + cfg.seconds_per_scene * cfg.scenes
+
+
+def train_minutes(cfg: QuickstartConfig, stage: str, state: dict) -> float:
+    """Minutes of training for ``stage``: what is left of the budget after the finished stages
+    and the estimate of the remaining non-training stages, shared among the remaining trainings."""
+    done = state["stages"]
+    spent = sum(s["seconds"] for s in done.values())
+    fixed_left = fixed_estimate_s(cfg) * sum(w for k, w in FIXED_WEIGHTS.items() if k not in done)
+    shares = dict(zip(TRAIN_STAGES, cfg.train_shares))
+    left = [k for k in TRAIN_STAGES if k not in done]
+    minutes = (cfg.budget_minutes * 60.0 - spent - fixed_left) / 60.0 * shares[stage] / sum(shares[k] for k in left)
+    return max(minutes, 0.25)
+
+
+def plan(cfg: QuickstartConfig) -> list[tuple[str, str, float]]:
+    """(stage, what, budgeted minutes) before anything runs."""
+    fixed = fixed_estimate_s(cfg)
+    train_total = max(cfg.budget_minutes * 60.0 - fixed, 60.0) / 60.0
+    shares = dict(zip(TRAIN_STAGES, cfg.train_shares))
+    total_share = sum(shares.values())
+    rows = []
+    for name, what in STAGES:
+        if name in TRAIN_STAGES:
+            rows.append((name, what, train_total * shares[name] / total_share))
+        else:
+            rows.append((name, what, fixed * FIXED_WEIGHTS[name] / 60.0))
+    return rows
+
+
+def _steps(cfg: QuickstartConfig, k: int, minutes: float) -> int:
+    return max(cfg.min_steps, int(round(cfg.steps_per_minute[k] * minutes)))
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+def _stage_collect(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.data.vizdoom import VizdoomConfig, collect_dataset
+
+    data = out / "data"
+    if (data / "dataset.json").exists():
+        return {"scenes": len(json.loads((data / "dataset.json").read_text())["scenes"]), "resumed": True}
+    tmp = out / "data.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vcfg = VizdoomConfig(scenes=cfg.scenes, frames=cfg.frames, resolution=cfg.resolution, seed=cfg.seed)
+    summary = collect_dataset(vcfg, tmp, progress=ctx["progress"])
+    # the dataset records absolute paths nowhere; a rename keeps it valid
+    os.replace(tmp, data)
+    return {"scenes": summary["scenes"]}
+
+
+def _stage_check(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.data.check import check_path
+    from nfldm.data.format import DataError
+    from nfldm.data.preview import contact_sheet
+
+    problems = check_path(out / "data")
+    if problems:
+        raise DataError(f"{out / 'data'}: the collected dataset has {len(problems)} problem(s), first: "
+                        f"{problems[0]}")
+    contact_sheet(out / "data", out / "contact_sheet.png", max_scenes=8, frames_per_scene=6)
+    return {"problems": 0}
+
+
+def _stage_scene_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.scene_ae.train import train_scene_ae
+
+    minutes = ctx["budget"]
+    steps = _steps(cfg, 0, minutes)
+    res = train_scene_ae(out / "data", out / "scene_ae", cfg.scene_ae_preset, steps=steps, resume=True,
+                         device=ctx["device"], progress=ctx["progress"],
+                         overrides={**cfg.scene_ae_set, "max_minutes": minutes})
+    return {"steps": steps, "max_minutes": minutes, "last": res}
+
+
+def _stage_eval_scene_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.scene_ae.train import eval_scene_ae, render_flythrough
+
+    run = out / "scene_ae"
+    res = eval_scene_ae(run, out / "data", "test", run / "metrics_test.json", device=ctx["device"],
+                        max_scenes=cfg.eval_max_scenes or None, progress=ctx["progress"])
+    fly = render_flythrough(run, out / "data", None, run / "flythrough.gif", split="test", num_frames=48, fps=12,
+                            scale=2, device=ctx["device"])
+    return {"metrics": {k: v for k, v in res.items() if k in ("model", "nearest_frame", "mean_colour")},
+            "flythrough": str(Path(fly["video"]).relative_to(out))}
+
+
+def _stage_encode_voxels(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.latent_ae.data import encode_voxels
+
+    res = encode_voxels(out / "scene_ae", out / "data", out / "voxels", device=ctx["device"],
+                        progress=ctx["progress"])
+    return {"scenes": res["scenes"]}
+
+
+def _stage_latent_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.latent_ae.train import train_latent_ae
+
+    minutes = ctx["budget"]
+    steps = _steps(cfg, 1, minutes)
+    res = train_latent_ae(out / "voxels", out / "latent_ae", cfg.latent_ae_preset, steps=steps, resume=True,
+                          device=ctx["device"], progress=ctx["progress"],
+                          overrides={**cfg.latent_ae_set, "max_minutes": minutes})
+    return {"steps": steps, "max_minutes": minutes, "last": res}
+
+
+def _stage_eval_latent_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.latent_ae.train import eval_latent_ae
+
+    run = out / "latent_ae"
+    res = eval_latent_ae(run, out / "voxels", split="test", out=run / "metrics_test.json", device=ctx["device"],
+                         max_scenes=cfg.eval_max_scenes or None, progress=ctx["progress"])
+    return {"metrics": res}
+
+
+def _stage_encode_latents(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.latent_ae.train import encode_latents
+
+    res = encode_latents(out / "latent_ae", out / "voxels", out / "latents", device=ctx["device"],
+                         progress=ctx["progress"])
+    return {"scenes": res["scenes"]}
+
+
+def _stage_ldm(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.ldm.train import train_ldm
+
+    minutes = ctx["budget"]
+    shares = cfg.ldm_level_shares
+    total = sum(shares)
+    sets = dict(cfg.ldm_set)
+    plan_levels = {}
+    for k, lv in enumerate("gcf"):
+        m = minutes * shares[k] / total
+        steps = _steps(cfg, 2 + k, m)
+        sets[f"{lv}.max_minutes"], sets[f"{lv}.steps"] = m, steps
+        plan_levels[lv] = {"steps": steps, "max_minutes": m}
+    res = train_ldm(out / "latents", out / "ldm", "all", cfg.ldm_preset, resume=True, device=ctx["device"],
+                    progress=ctx["progress"], overrides=sets)
+    return {"levels": plan_levels, "last": res}
+
+
+def _stage_sample(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.ldm.sample import sample
+
+    dest = out / "samples"
+    if (dest / "samples.json").exists():
+        return {"num": json.loads((dest / "samples.json").read_text())["num"], "resumed": True}
+    tmp = out / "samples.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = sample(out / "ldm", num=cfg.num_samples, sampler=cfg.sampler, steps=cfg.sampler_steps, seed=cfg.seed,
+                 out=tmp, device=ctx["device"], progress=ctx["progress"], num_frames=cfg.sample_frames, fps=12)
+    os.replace(tmp, dest)
+    return {"num": res["num"], "seconds_per_scene": (time.perf_counter() - t0) / res["num"]}
+
+
+def _stage_eval_generation(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.ldm.evaluate import eval_generation
+
+    res = eval_generation(out / "samples", out / "data", split="test", out=out / "samples" / "metrics.json",
+                          device=ctx["device"], progress=ctx["progress"])
+    return {"metrics": res}
+
+
+def card_metrics(state: dict) -> dict[str, str]:
+    """The headline number of every stage, as text, from the finished stages' results."""
+    stages, out = state["stages"], {}
+    m1 = stages.get("eval_scene_ae", {}).get("result", {}).get("metrics", {})
+    if m1.get("model"):
+        base = max(m1.get("nearest_frame", {}).get("psnr", float("-inf")), m1.get("mean_colour", {}).get("psnr", float("-inf")))
+        out["stage 1: held-out view PSNR / SSIM / depth median abs-rel"] = (
+            f"{m1['model']['psnr']:.2f} dB / {m1['model']['ssim']:.3f} / {m1['model']['depth_abs_rel_median']:.3f} "
+            f"(better trivial baseline: {base:.2f} dB)")
+    m2 = stages.get("eval_latent_ae", {}).get("result", {}).get("metrics", {})
+    if "render" in m2:
+        r = m2["render"]
+        out["stage 2: PSNR of views rendered from decoded V (cost vs original V)"] = (
+            f"{r['psnr_decoded_V']:.2f} dB ({r['psnr_cost_db']:.2f} dB)")
+    if "codebook" in m2:
+        out["stage 2: codebook usage c / f"] = " / ".join(
+            f"{m2['codebook'][k].get('used', '-')}/{m2['codebook'][k].get('codebook_size', '-')}" for k in ("c", "f")
+            if k in m2["codebook"])
+    m3 = stages.get("eval_generation", {}).get("result", {}).get("metrics", {}).get("efficientnet_lite0", {})
+    if "frechet_distance" in m3:
+        out["stage 3: offline Frechet distance / KID to real test views (EfficientNet-Lite0; NOT comparable to published FID)"] = (
+            f"{m3['frechet_distance']:.1f} / {m3['kid']:.3f}")
+    return out
+
+
+def _stage_bundle(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.bundle import export_bundle
+
+    metrics = card_metrics(ctx["state"])
+    info = export_bundle(out / "ldm", out / "bundle",
+                         card={"command": ctx.get("command", ""), "quickstart_config": cfg.to_dict(),
+                               "data": f"{cfg.scenes} ViZDoom scenes x {cfg.frames} frames at {cfg.resolution}^2, "
+                                       f"seed {cfg.seed} (nfldm data vizdoom)", "metrics": metrics})
+    return {"bytes": info["bytes"], "params": info["params"]}
+
+
+def _stage_report(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    from nfldm.quickstart.report import write_report
+
+    path = write_report(out, ctx["state"])
+    return {"report": str(path.relative_to(out))}
+
+
+RUNNERS = {name: globals()[f"_stage_{name}"] for name, _ in STAGES}
+
+
+def quickstart(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str = "default", device: str = "auto",
+               progress: bool = True, log=print, command: str = "") -> dict:
+    """Run every unfinished stage of the quickstart in OUT; return the state (also in
+    OUT/state.json). Raises QuickstartError for an unusable OUT; stage errors propagate."""
+    out = Path(out).resolve()
+    state = open_run_dir(out, cfg, preset_name)
+    state["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device})
+    atomic_write_json(out / STATE_FILE, state)
+    rows = plan(cfg)
+    done = state["stages"]
+    log(f"nfldm quickstart ({preset_name}): {cfg.scenes} ViZDoom scenes of {cfg.frames} frames at "
+        f"{cfg.resolution}^2, budget {cfg.budget_minutes:g} min, output {out}")
+    for k, (name, what, minutes) in enumerate(rows):
+        mark = "done" if name in done else f"~{minutes:5.1f} min"
+        log(f"  [{k + 1:2d}/{len(rows)}] {name:16s} {mark:>10s}  {what}")
+    t_all = time.perf_counter()
+    for k, (name, what, _) in enumerate(rows):
+        if name in done:
+            continue
+        ctx = {"device": device, "progress": progress, "state": state, "command": command}
+        if name in TRAIN_STAGES:
+            if name not in state["budgets"]:
+                state["budgets"][name] = train_minutes(cfg, name, state)
+                atomic_write_json(out / STATE_FILE, state)
+            ctx["budget"] = state["budgets"][name]
+            log(f"[{k + 1}/{len(rows)}] {name}: {what} ({ctx['budget']:.1f} min of training)")
+        else:
+            log(f"[{k + 1}/{len(rows)}] {name}: {what}")
+        t0 = time.perf_counter()
+        prev = state["stages"].get(name, {})
+        result = RUNNERS[name](out, cfg, ctx)
+        seconds = time.perf_counter() - t0 + prev.get("seconds", 0.0)
+        state["stages"][name] = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "result": result,
+                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write_json(out / STATE_FILE, state)
+        log(f"      {name} finished in {seconds / 60:.1f} min (peak memory so far {_peak_rss_mb() / 1024:.2f} GiB)")
+    total = sum(s["seconds"] for s in state["stages"].values())
+    log(f"quickstart finished: {total / 60:.1f} min of stage time in all "
+        f"({(time.perf_counter() - t_all) / 60:.1f} min in this session); report: {out / 'report.html'}")
+    return state
+
+
+def command_line() -> str:
+    return " ".join(["nfldm"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("nfldm") else ""

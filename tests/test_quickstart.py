@@ -1,0 +1,199 @@
+"""``nfldm quickstart``: end to end at smoke size (killed with SIGKILL and resumed), the report's
+artefacts, the bundle, ``nfldm sample`` without ``--run``, and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nfldm.quickstart.config import STAGE_NAMES
+
+CLI = [sys.executable, "-m", "nfldm.cli"]
+
+
+def nfldm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def one_line_error(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode != 0, res.stdout[-2000:]
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr[-3000:]
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def finite_numbers(d) -> list[float]:
+    if isinstance(d, dict):
+        return [x for v in d.values() for x in finite_numbers(v)]
+    if isinstance(d, list):
+        return [x for v in d for x in finite_numbers(v)]
+    if isinstance(d, (int, float)) and not isinstance(d, bool):
+        return [float(d)]
+    return []
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    """A smoke quickstart killed (SIGKILL) while the ldm trains, then run again to the end."""
+    out = tmp_path_factory.mktemp("qs") / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([*CLI, "quickstart", "--smoke", "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    state_path = out / "state.json"
+    killed_in = None
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 300:
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if "ldm" in state.get("budgets", {}):
+            time.sleep(1.0)                       # inside the ldm training
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed_in = "ldm"
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    first = json.loads(state_path.read_text())
+    res = nfldm("quickstart", "--smoke", "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    return {"out": out, "killed_in": killed_in, "first": first, "stdout": res.stdout}
+
+
+def test_killed_run_resumes_and_finishes(run):
+    out = run["out"]
+    state = json.loads((out / "state.json").read_text())
+    assert list(state["stages"]) == list(STAGE_NAMES)
+    assert len(state["sessions"]) == 2
+    first = run["first"]["stages"]
+    if run["killed_in"] == "ldm" and "ldm" not in first:
+        # the finished stages were not redone: their records are the ones of the first session
+        for name in ("collect", "scene_ae", "latent_ae", "encode_latents"):
+            assert state["stages"][name] == first[name]
+        # the killed training continued from a checkpoint written before the kill
+        from nfldm.utils.plot import read_metrics
+
+        assert read_metrics(out / "ldm" / "g" / "metrics.jsonl"), "psi_g logged nothing"
+    for s in state["stages"].values():
+        assert s["seconds"] >= 0 and s["peak_rss_mb"] > 0
+    total = sum(s["seconds"] for s in state["stages"].values())
+    assert total < 180, f"the smoke run took {total:.0f} s of stage time (budget: 3 minutes)"
+
+
+def test_report_artefacts_exist_and_decode(run):
+    out = run["out"]
+    html = (out / "report.html").read_text()
+    for section in ("Stage 1", "Stage 2", "Stage 3", "Where the time went", "Config", "Bundled model"):
+        assert section in html
+    srcs = re.findall(r"<img src='([^']+)'", html)
+    hrefs = re.findall(r"<a href='([^']+)'", html)
+    assert len(srcs) >= 10 and "class='missing'" not in html
+    gifs = 0
+    for s in srcs:
+        path = out / s
+        assert path.is_file(), s
+        with Image.open(path) as im:
+            im.load()
+            assert im.size[0] > 8 and im.size[1] > 8
+            if path.suffix == ".gif":
+                gifs += 1
+                assert getattr(im, "n_frames", 1) > 1, f"{s} is not animated"
+    assert gifs >= 3                           # stage-1 fly-through + one per sample
+    for h in hrefs:
+        assert (out / h).is_file(), h
+    # metrics of every stage are finite
+    m1 = json.loads((out / "scene_ae" / "metrics_test.json").read_text())
+    m2 = json.loads((out / "latent_ae" / "metrics_test.json").read_text())
+    m3 = json.loads((out / "samples" / "metrics.json").read_text())
+    for m in (m1["model"], m2["render"], m3["efficientnet_lite0"]):
+        nums = finite_numbers(m)
+        assert nums and all(math.isfinite(x) for x in nums), m
+
+
+def test_rerun_is_a_no_op_and_other_options_are_refused(run):
+    out = run["out"]
+    before = (out / "state.json").read_text()
+    res = nfldm("quickstart", "--smoke", "--out", str(out), "--quiet")
+    assert res.returncode == 0
+    assert res.stdout.count(" done ") >= len(STAGE_NAMES)
+    after = json.loads((out / "state.json").read_text())
+    assert after["stages"] == json.loads(before)["stages"]
+    line = one_line_error(nfldm("quickstart", "--smoke", "--out", str(out), "--budget-minutes", "4"))
+    assert "another config" in line and "budget_minutes" in line
+
+
+def test_quickstart_refuses_foreign_folders_and_bad_options(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert "not a quickstart run" in one_line_error(nfldm("quickstart", "--smoke", "--out", str(foreign)))
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert "budget_minutes" in one_line_error(nfldm("quickstart", "--out", str(tmp_path / "a"),
+                                                    "--budget-minutes", "0"))
+    assert "at least 3 scenes" in one_line_error(nfldm("quickstart", "--out", str(tmp_path / "b"), "--scenes", "1"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bundle_is_small_and_samples(run, tmp_path):
+    bundle = run["out"] / "bundle"
+    info = json.loads((bundle / "bundle.json").read_text())
+    size = sum(p.stat().st_size for p in bundle.rglob("*.safetensors"))
+    assert info["bytes"] == size and info["params"] > 0
+    assert "nfldm quickstart" in (bundle / "MODEL_CARD.md").read_text()
+    # a copied bundle is self-contained (paths relative to it)
+    moved = tmp_path / "moved"
+    shutil.copytree(bundle, moved)
+    res = nfldm("sample", "--run", str(moved), "--num", "1", "--sampler", "dpm", "--steps", "2", "--frames", "3",
+                "--out", str(tmp_path / "s"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((tmp_path / "s" / "sample_0000" / "frames").glob("*.png"))) == 3
+
+
+def test_packaged_model_samples_without_run(tmp_path):
+    from nfldm.bundle import PACKAGED
+
+    if not (PACKAGED / "bundle.json").exists():
+        pytest.fail(f"no bundled model at {PACKAGED}")
+    res = nfldm("sample", "--num", "1", "--sampler", "dpm", "--steps", "2", "--frames", "3",
+                "--out", str(tmp_path / "s"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert summary["num"] == 1 and Path(summary["run"]) == PACKAGED
+
+
+def test_user_errors_are_one_clear_line(run, tmp_path):
+    out = run["out"]
+    # bad path
+    line = one_line_error(nfldm("train", "scene-ae", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")))
+    assert "nope" in line
+    # wrong kind of run directory
+    line = one_line_error(nfldm("eval", "scene-ae", "--run", str(out / "latent_ae"), "--data", str(out / "data")))
+    assert "not a scene-ae run" in line
+    line = one_line_error(nfldm("sample", "--run", str(out / "scene_ae"), "--out", str(tmp_path / "s")))
+    assert "scene_ae" in line
+    # corrupt checkpoint
+    broken = tmp_path / "broken"
+    shutil.copytree(out / "bundle", broken)
+    weights = broken / "scene_ae" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    line = one_line_error(nfldm("sample", "--run", str(broken), "--out", str(tmp_path / "s2")))
+    assert "model.safetensors" in line
+    # out-of-range options
+    for args, word in ((("--num", "0"), "num"), (("--steps", "0"), "steps")):
+        line = one_line_error(nfldm("sample", "--run", str(out / "bundle"), *args, "--out", str(tmp_path / "s3")))
+        assert word in line
+    assert not (tmp_path / "s2").exists() and not (tmp_path / "s3").exists()
