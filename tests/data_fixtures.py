@@ -42,3 +42,19 @@ def make_dataset(root: Path) -> dict:
     write_dataset_index(root, [{"name": n, "split": s, "group": g, "bounds": BOUNDS}
                                for n, s, g in SCENES])
     return arrays
+
+
+def random_V(B: int = 2, seed: int = 0, cfg=None):
+    """V like stage 1's for a latent-ae config (default: the smoke preset): sigma >= 0 with
+    exact zeros (unseen) and a few dense voxels, features zero where sigma is zero.
+    B x channels x X x Y x Z."""
+    if cfg is None:
+        from nfldm.latent_ae.config import preset
+
+        cfg = preset("smoke").model
+    g = torch.Generator().manual_seed(seed)
+    X, Y, Z = cfg.grid
+    sigma = torch.rand(B, 1, X, Y, Z, generator=g) ** 6 * 20
+    sigma = sigma * (torch.rand(B, 1, X, Y, Z, generator=g) > 0.5)
+    feat = 0.5 * torch.randn(B, cfg.channels - 1, X, Y, Z, generator=g) * (sigma > 0)
+    return torch.cat([sigma, feat], 1)

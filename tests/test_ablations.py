@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from data_fixtures import make_dataset
+from data_fixtures import make_dataset, random_V
 from nfldm.cli import main
 from nfldm.latent_ae.config import LatentAEConfig, config_from_dict, preset, run_model_config
 from nfldm.latent_ae.model import LatentAutoEncoder
@@ -22,15 +22,6 @@ STATS = {"sigma_scale": 0.1, "feature_rms": [0.5] * 8}
 
 def smoke_cfg(**kw):
     return replace(preset("smoke").model, **kw)
-
-
-def random_V(cfg, B=2, seed=0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    X, Y, Z = cfg.grid
-    sigma = torch.rand(B, 1, X, Y, Z, generator=g) ** 6 * 20
-    sigma = sigma * (torch.rand(B, 1, X, Y, Z, generator=g) > 0.5)
-    feat = 0.5 * torch.randn(B, cfg.channels - 1, X, Y, Z, generator=g) * (sigma > 0)
-    return torch.cat([sigma, feat], 1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -81,7 +72,7 @@ def test_ablation_model_shapes_and_loss(mode):
     torch.manual_seed(0)
     cfg = smoke_cfg(latents=mode)
     model = LatentAutoEncoder(cfg, STATS)
-    V = random_V(cfg)
+    V = random_V(cfg=cfg)
     X, Y, Z = cfg.grid
     out = model(V, sample=True)
     assert out["V_hat"].shape == V.shape and torch.isfinite(out["V_hat"]).all()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from data_fixtures import SCENES, make_dataset
+from data_fixtures import SCENES, make_dataset, random_V
 from nfldm.cli import main
 from nfldm.latent_ae.config import config_from_dict, preset
 from nfldm.latent_ae.model import LatentAutoEncoder, codebook_usage, fold, unfold
@@ -20,18 +20,6 @@ STATS = {"sigma_scale": 0.1, "feature_rms": [0.5] * 8}
 
 def smoke_cfg(**kw):
     return replace(preset("smoke").model, **kw)
-
-
-def random_V(B=2, seed=0, cfg=None) -> torch.Tensor:
-    """V like stage 1's: sigma >= 0 with exact zeros (unseen) and a few dense voxels,
-    features zero where sigma is zero."""
-    cfg = cfg or smoke_cfg()
-    g = torch.Generator().manual_seed(seed)
-    X, Y, Z = cfg.grid
-    sigma = torch.rand(B, 1, X, Y, Z, generator=g) ** 6 * 20
-    sigma = sigma * (torch.rand(B, 1, X, Y, Z, generator=g) > 0.5)
-    feat = 0.5 * torch.randn(B, cfg.channels - 1, X, Y, Z, generator=g) * (sigma > 0)
-    return torch.cat([sigma, feat], 1)
 
 
 # ----------------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ def _card(info: dict) -> str:
         lines += [f"- Made with: `{card['command']}`"]
     if card.get("data"):
         lines += [f"- Data: {card['data']}"]
+    if card.get("time"):
+        lines += [f"- Time: {card['time']}"]
     if card.get("metrics"):
         lines += ["", "## Metrics (test split: maps not seen in training)", ""]
         lines += [f"- {k}: {v}" for k, v in card["metrics"].items()]

@@ -166,15 +166,20 @@ def _stage_check(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     return {"problems": 0}
 
 
+def _train(fn, k: int, data: Path, run: Path, preset_name: str, sets: dict, cfg: QuickstartConfig, ctx: dict) -> dict:
+    """One budgeted, resumable training: ``fn`` is train_scene_ae or train_latent_ae; ``k``
+    indexes cfg.steps_per_minute."""
+    minutes = ctx["budget"]
+    steps = _steps(cfg, k, minutes)
+    res = fn(data, run, preset_name, steps=steps, resume=True, device=ctx["device"], progress=ctx["progress"],
+             overrides={**sets, "max_minutes": minutes})
+    return {"steps": steps, "max_minutes": minutes, "last": res}
+
+
 def _stage_scene_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     from nfldm.scene_ae.train import train_scene_ae
 
-    minutes = ctx["budget"]
-    steps = _steps(cfg, 0, minutes)
-    res = train_scene_ae(out / "data", out / "scene_ae", cfg.scene_ae_preset, steps=steps, resume=True,
-                         device=ctx["device"], progress=ctx["progress"],
-                         overrides={**cfg.scene_ae_set, "max_minutes": minutes})
-    return {"steps": steps, "max_minutes": minutes, "last": res}
+    return _train(train_scene_ae, 0, out / "data", out / "scene_ae", cfg.scene_ae_preset, cfg.scene_ae_set, cfg, ctx)
 
 
 def _stage_eval_scene_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
@@ -200,12 +205,8 @@ def _stage_encode_voxels(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 def _stage_latent_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     from nfldm.latent_ae.train import train_latent_ae
 
-    minutes = ctx["budget"]
-    steps = _steps(cfg, 1, minutes)
-    res = train_latent_ae(out / "voxels", out / "latent_ae", cfg.latent_ae_preset, steps=steps, resume=True,
-                          device=ctx["device"], progress=ctx["progress"],
-                          overrides={**cfg.latent_ae_set, "max_minutes": minutes})
-    return {"steps": steps, "max_minutes": minutes, "last": res}
+    return _train(train_latent_ae, 1, out / "voxels", out / "latent_ae", cfg.latent_ae_preset, cfg.latent_ae_set,
+                  cfg, ctx)
 
 
 def _stage_eval_latent_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
@@ -298,7 +299,10 @@ def _stage_bundle(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     info = export_bundle(out / "ldm", out / "bundle",
                          card={"command": ctx.get("command", ""), "quickstart_config": cfg.to_dict(),
                                "data": f"{cfg.scenes} ViZDoom scenes x {cfg.frames} frames at {cfg.resolution}^2, "
-                                       f"seed {cfg.seed} (nfldm data vizdoom)", "metrics": metrics})
+                                       f"seed {cfg.seed} (nfldm data vizdoom)", "metrics": metrics,
+                               "time": f"{sum(v['seconds'] for v in ctx['state']['stages'].values()) / 60:.1f} min of "
+                                       f"stage time before the export (budget {cfg.budget_minutes:g} min), peak "
+                                       f"memory {_peak_rss_mb() / 1024:.2f} GiB"})
     return {"bytes": info["bytes"], "params": info["params"]}
 
 
