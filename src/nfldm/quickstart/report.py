@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import json
 import math
 import time
@@ -141,16 +142,10 @@ def mesh_preview(mesh_path: Path, dest: Path, bounds=None, size: int = 320, max_
         ax.add_collection3d(Poly3DCollection(tris, facecolors=np.clip(colours * shade, 0, 1), linewidths=0))
     if bounds is not None:
         lo, hi = np.asarray(bounds, dtype=float)
-        for a in range(3):                      # the 12 edges of the box
-            for u in (0, 1):
-                for v in (0, 1):
-                    b = [lo.copy(), lo.copy()]
-                    o = [i for i in range(3) if i != a]
-                    for k in range(2):
-                        b[k][o[0]] = (lo, hi)[u][o[0]]
-                        b[k][o[1]] = (lo, hi)[v][o[1]]
-                    b[0][a], b[1][a] = lo[a], hi[a]
-                    ax.plot(*zip(b[0], b[1]), color="0.6", linewidth=0.6)
+        corners = np.array(list(itertools.product(*zip(lo, hi))))
+        for a, b in itertools.combinations(corners, 2):
+            if np.count_nonzero(a != b) == 1:   # the 12 edges of the box
+                ax.plot(*zip(a, b), color="0.6", linewidth=0.6)
     elif len(mesh.faces):
         lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
     else:

@@ -27,7 +27,6 @@ import json
 import os
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -345,9 +344,8 @@ def quickstart(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str =
         else:
             log(f"[{k + 1}/{len(rows)}] {name}: {what}")
         t0 = time.perf_counter()
-        prev = state["stages"].get(name, {})
         result = RUNNERS[name](out, cfg, ctx)
-        seconds = time.perf_counter() - t0 + prev.get("seconds", 0.0)
+        seconds = time.perf_counter() - t0
         state["stages"][name] = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "result": result,
                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         atomic_write_json(out / STATE_FILE, state)
@@ -357,6 +355,3 @@ def quickstart(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str =
         f"({(time.perf_counter() - t_all) / 60:.1f} min in this session); report: {out / 'report.html'}")
     return state
 
-
-def command_line() -> str:
-    return " ".join(["nfldm"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("nfldm") else ""
