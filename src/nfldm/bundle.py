@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, read_run_config
+from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, read_run_config, write_tensors
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json
 
 BUNDLE_FILE = "bundle.json"
@@ -41,20 +41,14 @@ def bundled_model() -> Path:
 
 
 def _save_half(model: torch.nn.Module, run_dir: Path, step) -> int:
-    """Parameters as float16, buffers (statistics, codebooks' counters) as they are."""
-    from safetensors.torch import save
-
+    """Parameters as float16, buffers (statistics, codebooks' counters) as they are; returns
+    the size of the weights file in bytes."""
     params = {n for n, _ in model.named_parameters()}
-    tensors = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        if k in params and v.is_floating_point():
-            v = v.half()
-        tensors[k] = v.clone().contiguous()   # no shared storage (safetensors refuses it)
-    data = save(tensors, metadata={"format": "nfldm-model", "step": str(step), "ema": "true", "dtype": "float16"})
-    atomic_write_bytes(run_dir / MODEL_WEIGHTS, data)
+    tensors = {k: v.half() if k in params and v.is_floating_point() else v for k, v in model.state_dict().items()}
+    write_tensors(run_dir / MODEL_WEIGHTS, tensors,
+                  {"format": "nfldm-model", "step": str(step), "ema": "true", "dtype": "float16"})
     atomic_write_json(run_dir / MODEL_INFO, {"step": step, "ema": True})
-    return len(data)
+    return (run_dir / MODEL_WEIGHTS).stat().st_size
 
 
 def _card(info: dict) -> str:

@@ -228,6 +228,19 @@ LATENT_AE_PRESETS = ("smoke", "tiny", "small", "paper")
 LDM_PRESETS = ("smoke", "tiny", "small", "paper")
 
 
+def _add_train_args(p: argparse.ArgumentParser, presets: tuple[str, ...], out_help: str, set_help: str,
+                    steps_help: str = "training steps (preset value if omitted)",
+                    resume_help: str = "continue the run in --out") -> None:
+    """The options every ``nfldm train`` subcommand takes (after its input folder)."""
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--preset", default="tiny", choices=presets, help="default: tiny")
+    p.add_argument("--steps", type=int, default=None, help=steps_help)
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nfldm.data.vizdoom import PRESETS, VizdoomConfig
 
@@ -279,14 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         "torchrun for several processes (DDP). --resume continues a killed run exactly.",
     )
     p.add_argument("--data", required=True, help="dataset folder (dataset.json)")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, previews)")
-    p.add_argument("--preset", default="tiny", choices=SCENE_AE_PRESETS, help="default: tiny")
-    p.add_argument("--steps", type=int, default=None, help="training steps (preset value if omitted)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a model or training option, e.g. --set num_samples=48 --set lr=5e-4")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_args(p, SCENE_AE_PRESETS, "run directory (checkpoints, logs, previews)",
+                    "override a model or training option, e.g. --set num_samples=48 --set lr=5e-4")
     p.set_defaults(func=cmd_train_scene_ae)
     p = tsub.add_parser(
         "latent-ae",
@@ -296,14 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a killed run exactly.",
     )
     p.add_argument("--voxels", required=True, help="voxel folder (index.json), from nfldm encode-voxels")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
-    p.add_argument("--preset", default="tiny", choices=LATENT_AE_PRESETS, help="default: tiny")
-    p.add_argument("--steps", type=int, default=None, help="training steps (preset value if omitted)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a model or training option, e.g. --set quantizer=fsq --set w_render=0.1")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_args(p, LATENT_AE_PRESETS, "run directory (checkpoints, logs)",
+                    "override a model or training option, e.g. --set quantizer=fsq --set w_render=0.1")
     p.set_defaults(func=cmd_train_latent_ae)
     p = tsub.add_parser(
         "ldm",
@@ -315,16 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         "killed runs exactly.",
     )
     p.add_argument("--latents", required=True, help="latent folder (index.json), from nfldm encode-latents")
-    p.add_argument("--out", required=True, help="run directory (RUN/g, RUN/c, RUN/f)")
     p.add_argument("--level", default="all", choices=("g", "c", "f", "all"), help="default: all")
-    p.add_argument("--preset", default="tiny", choices=LDM_PRESETS, help="default: tiny")
-    p.add_argument("--steps", type=int, default=None, help="training steps of each level (preset value if omitted)")
-    p.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a model or training option of every level (--set lr=1e-4) or of one "
-                   "level (--set f.batch_size=2)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_args(p, LDM_PRESETS, "run directory (RUN/g, RUN/c, RUN/f)",
+                    "override a model or training option of every level (--set lr=1e-4) or of one "
+                    "level (--set f.batch_size=2)",
+                    steps_help="training steps of each level (preset value if omitted)",
+                    resume_help="continue the run(s) in --out")
     p.set_defaults(func=cmd_train_ldm)
 
     ev = sub.add_parser("eval", help="evaluate a trained stage")

@@ -90,6 +90,18 @@ CKPT_VERSION = 1
 # Config
 
 
+def copy_preset(presets: dict, name: str, what: str):
+    """A fresh copy of the named preset (a dataclass whose dataclass fields, at any depth, are
+    copied too, so the caller may change them); ValueError naming the choices if unknown."""
+    if name not in presets:
+        raise ValueError(f"unknown {what} preset {name!r}; choose one of {sorted(presets)}")
+
+    def fresh(x):
+        return dataclasses.replace(x, **{f.name: fresh(getattr(x, f.name)) for f in dataclasses.fields(x)
+                                         if dataclasses.is_dataclass(getattr(x, f.name))})
+    return fresh(presets[name])
+
+
 def dataclass_from_dict(cls: type, d: dict, what: str):
     """Inverse of ``asdict`` for a config dataclass ``cls`` (lists back to tuples); unknown keys
     are a ValueError naming ``what``."""
@@ -348,8 +360,9 @@ class CheckpointError(ValueError):
     """A checkpoint / weights file is missing, corrupt or does not match the model."""
 
 
-def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write tensors atomically (temp file + os.replace); copies to CPU, unshares storage."""
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write tensors as a safetensors file atomically (temp file + os.replace); copies to CPU,
+    unshares storage. Every safetensors file nfldm writes goes through here."""
     cpu, seen = {}, set()
     for k, t in tensors.items():
         c = t.detach().to("cpu")
@@ -369,17 +382,18 @@ def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         raise
 
 
-def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors (on CPU) and the metadata of a safetensors file; one clear error if bad."""
+def read_tensors(path: Path, error: type[Exception] = CheckpointError) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on CPU) and the metadata of a safetensors file; ``error`` naming the file
+    if it is missing or unreadable. Every safetensors file nfldm reads whole goes through here."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
+        raise error(f"{path}: file is missing")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for corrupt headers / sizes
-        raise CheckpointError(f"{path}: cannot read the safetensors file "
-                              f"({type(e).__name__}: {e}); it is corrupt or not a checkpoint") from e
+        raise error(f"{path}: cannot read the file ({type(e).__name__}: {e}); it is corrupt or not a "
+                    "safetensors file") from e
     return tensors, metadata
 
 
@@ -425,7 +439,7 @@ def _read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     mismatched files are never paired.
     """
     weights, state_path = run_dir / CKPT_WEIGHTS, run_dir / CKPT_STATE
-    tensors, meta = _load_safetensors(weights)
+    tensors, meta = read_tensors(weights)
     if meta.get("format") != CKPT_FORMAT or "state" not in meta:
         raise CheckpointError(f"{weights}: not a trainer checkpoint (metadata format "
                               f"{meta.get('format')!r}, expected {CKPT_FORMAT!r})")
@@ -957,7 +971,7 @@ class Trainer:
             text = json.dumps(state, indent=1)
             meta = {"format": CKPT_FORMAT, "ckpt_id": state["ckpt_id"], "step": str(self.step),
                     "state": text}
-            _save_safetensors(self.run_dir / CKPT_WEIGHTS, tensors, meta)
+            write_tensors(self.run_dir / CKPT_WEIGHTS, tensors, meta)
             atomic_write_bytes(self.run_dir / CKPT_STATE, (text + "\n").encode(), fsync=True)
         self._ckpt_step = self.step
         self._barrier()
@@ -966,7 +980,7 @@ class Trainer:
         """RUN/model.safetensors (EMA weights if EMA is on) + RUN/model.json."""
         ema = self._ema is not None
         sd = self.ema_model().state_dict()
-        _save_safetensors(self.run_dir / MODEL_WEIGHTS, dict(sd),
+        write_tensors(self.run_dir / MODEL_WEIGHTS, dict(sd),
                           {"format": "nfldm-model", "step": str(self.step), "ema": str(ema).lower()})
         atomic_write_json(self.run_dir / MODEL_INFO, {"step": self.step, "ema": ema})
 
@@ -995,7 +1009,7 @@ def load_model_weights(run_dir: str | os.PathLike, model: nn.Module, prefer_ema:
         step, ema = info.get("step"), bool(info.get("ema", False))
         newer_ckpt = ckpt_step is not None and step is not None and ckpt_step > step
         if (prefer_ema or not ema) and not newer_ckpt:
-            tensors, _ = _load_safetensors(final)
+            tensors, _ = read_tensors(final)
             _load_module(model, tensors, "", final, "model")
             return {"path": str(final), "step": step, "ema": ema}
     if not _has_checkpoint(run_dir):

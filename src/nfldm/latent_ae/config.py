@@ -7,9 +7,9 @@ folder (VOXDIR/index.json), so a preset is an architecture that fits grids of th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
-from nfldm.trainer import TrainConfig, dataclass_from_dict
+from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict
 
 # which latents the auto-encoder has (the paper's stage-3 ablations, docs/ldm.md "Ablations"):
 # "gcf" the full hierarchy (g, c, f); "c" the coarse 3D latent only; "g" the global vector only
@@ -103,10 +103,7 @@ PRESETS: dict[str, LatentAEPreset] = {
 
 
 def preset(name: str) -> LatentAEPreset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown latent-ae preset {name!r}; choose one of {sorted(PRESETS)}")
-    p = PRESETS[name]
-    return LatentAEPreset(replace(p.model), replace(p.train))
+    return copy_preset(PRESETS, name, "latent-ae")
 
 
 def config_from_dict(d: dict) -> LatentAEConfig:

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from nfldm.data.format import SPLITS, DataError, read_dataset
-from nfldm.utils.io import atomic_write_bytes, atomic_write_json
+from nfldm.trainer import read_tensors, write_tensors
+from nfldm.utils.io import atomic_write_json
 
 __all__ = [
     "VOXEL_FORMAT", "SIGMA_SCALE", "OCCUPIED_SIGMA", "INDEX_FILE",
@@ -78,9 +78,8 @@ def scene_file(root: str | os.PathLike, name: str) -> Path:
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write tensors atomically (temp file in the same folder + rename)."""
-    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, safetensors_save(data, metadata={k: str(v) for k, v in metadata.items()}))
+    """Write tensors atomically (metadata values as strings)."""
+    write_tensors(Path(path), tensors, {k: str(v) for k, v in metadata.items()})
 
 
 def peek_safetensors(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
@@ -100,16 +99,7 @@ def peek_safetensors(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, .
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; DataError naming the file if bad."""
-    if not path.is_file():
-        raise DataError(f"{path}: file is missing")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise DataError(f"{path}: cannot read the file ({type(e).__name__}: {e}); it is corrupt "
-                        "or not a safetensors file") from e
-    return tensors, meta
+    return read_tensors(Path(path), DataError)
 
 
 def _read_json(path: Path, what: str) -> dict:

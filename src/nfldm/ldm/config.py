@@ -12,9 +12,9 @@ the stated size.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
-from nfldm.trainer import TrainConfig, dataclass_from_dict
+from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict
 
 LEVELS = ("g", "c", "f")
 FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape")
@@ -167,10 +167,7 @@ PRESETS: dict[str, LDMPreset] = {
 
 def preset(name: str) -> LDMPreset:
     """A fresh copy of a named preset."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown ldm preset {name!r}; choose one of {sorted(PRESETS)}")
-    p = PRESETS[name]
-    return LDMPreset(**{k: LevelPreset(replace(p.level(k).model), replace(p.level(k).train)) for k in LEVELS})
+    return copy_preset(PRESETS, name, "ldm")
 
 
 def config_from_dict(d: dict) -> LDMConfig:

@@ -5,9 +5,9 @@ Every choice the paper leaves open is a field here; docs/scene-ae.md says why ea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
-from nfldm.trainer import TrainConfig, dataclass_from_dict
+from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict
 
 
 @dataclass
@@ -84,10 +84,7 @@ PRESETS: dict[str, SceneAEPreset] = {
 
 
 def preset(name: str) -> SceneAEPreset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown scene-ae preset {name!r}; choose one of {sorted(PRESETS)}")
-    p = PRESETS[name]
-    return SceneAEPreset(replace(p.model), replace(p.train))
+    return copy_preset(PRESETS, name, "scene-ae")
 
 
 def config_from_dict(d: dict) -> SceneAEConfig:
