@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from nfldm.data import (
     write_scene,
 )
 from nfldm.data.loader import cache_path
-from nfldm.utils.io import atomic_write_json
+from nfldm.utils.io import atomic_write_json, png_bytes
 
 SCALE = 0.001
 
@@ -103,21 +104,67 @@ def test_default_depth_scale_and_global_override(tmp_path):
     assert meta.intr[0, 0] == INTR[0] and meta.intr[1, 0] == 99.0
 
 
-def test_transforms_written_last(tmp_path, monkeypatch):
-    images, depth, c2w = make_scene_arrays(0, n=3)
+def _fail_third_png(monkeypatch):
+    """Make write_scene's third PNG encoding raise (a disk-full stand-in)."""
     calls = []
+    real = fmt.png_bytes
 
-    def failing_save(path, array, fsync=False, **kwargs):
-        calls.append(path)
+    def failing(array, compress_level=6):
+        calls.append(1)
         if len(calls) == 3:
             raise OSError("disk full")
-        return real_save(path, array, fsync, **kwargs)
+        return real(array, compress_level)
 
-    real_save = fmt.atomic_save_png
-    monkeypatch.setattr(fmt, "atomic_save_png", failing_save)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(fmt, "png_bytes", failing)
+
+
+def test_failed_write_leaves_no_scene_and_no_staging(tmp_path, monkeypatch):
+    images, depth, c2w = make_scene_arrays(0, n=3)
+    _fail_third_png(monkeypatch)
+    with pytest.raises(OSError, match="disk full"):
         write_scene(tmp_path / "s", images, depth, c2w, INTR)
-    assert not (tmp_path / "s" / "transforms.json").exists()
+    assert list(tmp_path.iterdir()) == []  # no scene folder, no hidden staging folder
+
+
+def test_failed_rewrite_keeps_the_old_scene(tmp_path, monkeypatch):
+    images, depth, c2w = make_scene_arrays(0, n=3)
+    write_scene(tmp_path / "s", images, depth, c2w, INTR, files={"bev.npz": b"old"})
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    _fail_third_png(monkeypatch)
+    with pytest.raises(OSError, match="disk full"):
+        write_scene(tmp_path / "s", images[::-1].copy(), depth, c2w, INTR)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # untouched: the new files never left the staging folder
+
+
+def test_rewrite_replaces_the_scene(tmp_path):
+    images, depth, c2w = make_scene_arrays(0, n=3)
+    write_scene(tmp_path / "s", images, depth, c2w, INTR, files={"bev.npz": b"old"})
+    new_images = images[::-1].copy()
+    write_scene(tmp_path / "s", new_images, depth, c2w, INTR, files={"bev.npz": b"new"})
+    meta = read_transforms(tmp_path / "s")
+    for i in range(3):
+        rgb, _, _ = load_frame(meta, i)
+        np.testing.assert_array_equal(np.round(rgb * 255).astype(np.uint8), new_images[i])
+    assert (tmp_path / "s" / "bev.npz").read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+@pytest.mark.parametrize("kind", ["grey8", "rgb", "rgba", "grey16"])
+def test_png_bytes_decodes_exactly(kind):
+    rng = np.random.default_rng(0)
+    array = {
+        "grey8": rng.integers(0, 256, (7, 5), dtype=np.uint8),
+        "rgb": rng.integers(0, 256, (7, 5, 3), dtype=np.uint8),
+        "rgba": rng.integers(0, 256, (7, 5, 4), dtype=np.uint8),
+        "grey16": rng.integers(0, 65536, (7, 5), dtype=np.uint16),
+    }[kind]
+    with PIL.Image.open(io.BytesIO(png_bytes(array, compress_level=1))) as im:
+        decoded = np.array(im)
+    np.testing.assert_array_equal(decoded.astype(array.dtype), array)
+    assert decoded.shape == array.shape
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        png_bytes(array.astype(np.float32))
 
 
 def test_write_rejects_bad_input(tmp_path):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import torch
 from PIL import Image
 
 from nfldm.camera import rigidity_error, unproject_depth
-from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json
+from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, png_bytes
 
 __all__ = [
     "DataError",
@@ -240,9 +242,11 @@ def _check_write_inputs(images, depth_m, c2w, intr) -> None:
         raise ValueError(f"intr must be [fx, fy, cx, cy] or N x 4, got shape {intr.shape}")
     if not (np.isfinite(intr).all() and (intr[..., :2] > 0).all()):
         raise ValueError(f"intrinsics must be finite with fx, fy > 0, got {intr.tolist()}")
-    for i, m in enumerate(c2w):
-        if not np.isfinite(m).all() or pose_error(m) > RIGID_TOL:
-            raise ValueError(f"c2w[{i}] is not a finite rigid transform: {m.tolist()}")
+    finite = np.isfinite(c2w).all((1, 2))
+    err = rigidity_error(torch.from_numpy(np.where(finite[:, None, None], c2w, 0.0))).numpy()
+    bad = np.flatnonzero(~finite | (err > RIGID_TOL))
+    if len(bad):
+        raise ValueError(f"c2w[{bad[0]}] is not a finite rigid transform: {c2w[bad[0]].tolist()}")
 
 
 def write_scene(
@@ -253,42 +257,75 @@ def write_scene(
     intr,
     extra: dict | None = None,
     depth_unit_scale_factor: float = DEFAULT_DEPTH_SCALE,
+    files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write one scene folder; returns the path of its ``transforms.json``.
 
     images: uint8 N x H x W x 3; depth_m: float N x H x W metres (0 or non-finite = invalid;
     depths that do not fit 16 bits at this scale are also stored as 0 = invalid);
     c2w: N x 4 x 4 camera-to-world; intr: ``[fx, fy, cx, cy]`` (or N x 4 per frame);
-    extra: dataset-specific JSON data stored under the key ``"nfldm"``.
+    extra: dataset-specific JSON data stored under the key ``"nfldm"``; files: more files of
+    the scene (relative path -> content), e.g. ``{"bev.npz": ...}``.
 
-    Writes ``images/00000.png``, ``depth/00000.png``, ... and then ``transforms.json``, last
-    and atomically: a folder with a ``transforms.json`` is a complete scene.
+    Writes ``images/00000.png``, ``depth/00000.png``, ..., the ``files`` and ``transforms.json``
+    into a hidden staging folder next to ``scene_dir``, then commits it: renamed to
+    ``scene_dir`` when that does not exist (one rename for the whole scene), otherwise moved
+    into it file by file with ``transforms.json`` removed first and put back last. Either way
+    a folder with a ``transforms.json`` is a complete scene, also if the writer is killed.
     """
     scene_dir = Path(scene_dir)
     images, depth_m = np.asarray(images), np.asarray(depth_m)
     c2w, intr = np.asarray(c2w, dtype=np.float64), np.asarray(intr, dtype=np.float64)
     _check_write_inputs(images, depth_m, c2w, intr)
     n, h, w = images.shape[:3]
-    transforms_path = scene_dir / "transforms.json"
-    transforms_path.unlink(missing_ok=True)  # a half-rewritten scene must not look complete
     raw = _depth_to_raw(depth_m, depth_unit_scale_factor)
     intr_n = np.broadcast_to(intr, (n, 4))
-    frames = []
-    for i in range(n):
-        image_rel, depth_rel = f"images/{i:05d}.png", f"depth/{i:05d}.png"
-        atomic_save_png(scene_dir / image_rel, images[i], compress_level=1)
-        atomic_save_png(scene_dir / depth_rel, raw[i], compress_level=1)
-        frame = {"file_path": image_rel, "depth_file_path": depth_rel, "transform_matrix": c2w[i].tolist()}
-        if not np.array_equal(intr_n[i], intr_n[0]):
-            frame.update(_intr_entry(intr_n[i]))
-        frames.append(frame)
-    meta = {"camera_model": "OPENCV", **_intr_entry(intr_n[0]), "w": int(w), "h": int(h)}
-    meta.update({k: 0.0 for k in ("k1", "k2", "p1", "p2")})
-    meta.update({"depth_unit_scale_factor": float(depth_unit_scale_factor), "frames": frames})
-    if extra is not None:
-        meta["nfldm"] = extra
-    atomic_write_json(transforms_path, meta)
-    return transforms_path
+    scene_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=scene_dir.parent, prefix=f".{scene_dir.name}.", suffix=".partial"))
+    try:
+        (staging / "images").mkdir()
+        (staging / "depth").mkdir()
+        frames = []
+        for i in range(n):
+            image_rel, depth_rel = f"images/{i:05d}.png", f"depth/{i:05d}.png"
+            (staging / image_rel).write_bytes(png_bytes(images[i], compress_level=1))
+            (staging / depth_rel).write_bytes(png_bytes(raw[i], compress_level=1))
+            frame = {"file_path": image_rel, "depth_file_path": depth_rel, "transform_matrix": c2w[i].tolist()}
+            if not np.array_equal(intr_n[i], intr_n[0]):
+                frame.update(_intr_entry(intr_n[i]))
+            frames.append(frame)
+        for rel, data in (files or {}).items():
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        meta = {"camera_model": "OPENCV", **_intr_entry(intr_n[0]), "w": int(w), "h": int(h)}
+        meta.update({k: 0.0 for k in ("k1", "k2", "p1", "p2")})
+        meta.update({"depth_unit_scale_factor": float(depth_unit_scale_factor), "frames": frames})
+        if extra is not None:
+            meta["nfldm"] = extra
+        atomic_write_json(staging / "transforms.json", meta)  # fsynced: the commit marker
+        _commit_folder(staging, scene_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return scene_dir / "transforms.json"
+
+
+def _commit_folder(staging: Path, dest: Path) -> None:
+    """Move the complete scene folder ``staging`` to ``dest`` (see :func:`write_scene`)."""
+    try:
+        os.rename(staging, dest)  # fails if dest exists (non-empty on Linux; always on Windows)
+        return
+    except OSError:
+        if not dest.is_dir():
+            raise
+    marker = dest / "transforms.json"
+    marker.unlink(missing_ok=True)  # a half-rewritten scene must not look complete
+    for src in sorted(staging.rglob("*")):
+        if src.is_file() and src.name != "transforms.json":
+            target = dest / src.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, target)
+    os.replace(staging / "transforms.json", marker)
 
 
 def write_dataset_index(root: str | os.PathLike, scenes: list[dict]) -> Path:

@@ -35,7 +35,6 @@ from tqdm import tqdm
 from nfldm import camera
 from nfldm.data.doom_map import MAP_UNITS_PER_METRE, DoomMap
 from nfldm.data.format import write_dataset_index, write_scene
-from nfldm.utils.io import atomic_write_bytes
 
 # depth buffer -> map units, fitted by benchmarks/vizdoom_depth.py on freedoom2 MAP01-08
 # (least squares on eye-level wall pixels within 15 m, outliers > 10 % removed).
@@ -325,14 +324,15 @@ def start_map(games: dict, wad: str, map_name: str, resolution: int, seed: int):
     8 tics in (the player cannot move for the first ~7 tics).
 
     A new game starts its first episode on ``map_name`` in ``init``, which saves loading a
-    default map first. Later maps: ``set_doom_map`` (which, on a running game, already loads
-    the map) and ``new_episode`` (which loads it again, but leaving it out made the engine
-    crash now and then on ``close``)."""
+    default map first. Later maps: ``set_doom_map`` alone, which on a running game loads the
+    map and starts a new episode (tic 1). A ``new_episode`` after it would load the map a
+    second time (12-80 ms per map, about 10 % of a collection). An earlier session saw the
+    engine crash on ``close`` without it; 21 collections of 8-64 maps (ViZDoom 1.3.2) did not
+    reproduce that (docs/vizdoom.md, "Speed")."""
     if wad not in games:
         games[wad] = make_game(wad, resolution, seed, map_name=map_name)
     else:
-        games[wad].set_doom_map(map_name)
-        games[wad].new_episode()
+        games[wad].set_doom_map(map_name)  # on a running game this loads the map: a new episode
     games[wad].make_action([0, 0], 8)
     return games[wad]
 
@@ -391,13 +391,14 @@ def scene_arrays(frames: list[Frame], dm: DoomMap, cfg: VizdoomConfig):
     return c2w, bounds, origin, bev
 
 
-def save_bev(path: Path, bev: dict[str, np.ndarray], bounds: np.ndarray) -> None:
-    """Write the BEV map as .npz (channels wall, floor, ceiling, inside; index [x, y])."""
+def bev_npz(bev: dict[str, np.ndarray], bounds: np.ndarray) -> bytes:
+    """The BEV map as the bytes of a .npz file (channels wall, floor, ceiling, inside;
+    index [x, y]; ``bounds_xy`` 2 x 2 metres)."""
     import io
 
     buf = io.BytesIO()
     np.savez_compressed(buf, bounds_xy=bounds[:, :2].astype(np.float32), **bev)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool = True) -> dict:
@@ -435,7 +436,6 @@ def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool =
                     for frames in collect_map_scenes(game, dm, count, cfg, map_rng, proc, bar):
                         name = f"scene_{len(entries):04d}"
                         c2w, bounds, origin, bev = scene_arrays(frames, dm, cfg)
-                        save_bev(out / name / "bev.npz", bev, bounds)
                         extra = {
                             "source": "vizdoom",
                             "wad": wad,
@@ -453,6 +453,7 @@ def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool =
                             c2w,
                             proc.intr.tolist(),
                             extra=extra,
+                            files={"bev.npz": bev_npz(bev, bounds)},
                         )
                         entries.append({"name": name, "split": split, "group": f"{wad}:{map_name}", "bounds": bounds.tolist()})
                         got += 1

@@ -7,15 +7,15 @@ never a partial file (also when the writer is killed half-way).
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> None:
@@ -58,23 +58,50 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, fsync: bool = True) -> 
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-def atomic_save_png(path: str | os.PathLike, array: np.ndarray, fsync: bool = False,
-                    compress_level: int = 6) -> None:
-    """Save an image array as PNG atomically (``compress_level`` 0-9: zlib effort; 1 is about
-    twice as fast as the default 6 for a few per cent larger files).
+def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """Encode an image array as a PNG file (bytes): no interlace, filter type 0 on every row,
+    one zlib stream at ``compress_level`` (0-9).
 
     ``array``: uint8 H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA), or uint16 H x W
-    (16-bit grey, e.g. depth).
+    (16-bit grey, e.g. depth). Any PNG reader (PIL, imageio) decodes it to the same array.
+
+    Why not PIL's encoder: on the collector's 64 x 64 frames it takes 2.5-3x as long (0.48 vs
+    0.19 ms per RGB frame, 0.16 vs 0.05 ms per depth frame, one core) for files no smaller
+    (its adaptive row filters buy nothing on ViZDoom frames): PNG writing was a quarter of
+    the collector's time (docs/vizdoom.md, "Speed").
     """
     array = np.ascontiguousarray(array)
     if array.dtype == np.uint16:
         if array.ndim != 2:
-            raise ValueError(f"{path}: uint16 PNG must be H x W, got shape {array.shape}")
+            raise ValueError(f"uint16 PNG must be H x W, got shape {array.shape}")
+        colour, depth, rows = 0, 16, array.astype(">u2").view(np.uint8)
     elif array.dtype == np.uint8:
-        if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-            raise ValueError(f"{path}: uint8 PNG must be H x W [x 3|4], got shape {array.shape}")
+        if array.ndim == 2:
+            colour, depth, rows = 0, 8, array
+        elif array.ndim == 3 and array.shape[2] in (3, 4):
+            colour, depth, rows = (2 if array.shape[2] == 3 else 6), 8, array.reshape(array.shape[0], -1)
+        else:
+            raise ValueError(f"uint8 PNG must be H x W [x 3|4], got shape {array.shape}")
     else:
-        raise ValueError(f"{path}: PNG array must be uint8 or uint16, got {array.dtype}")
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
-    atomic_write_bytes(path, buf.getvalue(), fsync=fsync)
+        raise ValueError(f"PNG array must be uint8 or uint16, got {array.dtype}")
+    h, w = array.shape[:2]
+    filtered = np.zeros((h, rows.shape[1] + 1), np.uint8)  # column 0: filter type 0 (none)
+    filtered[:, 1:] = rows
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(filtered.tobytes(), compress_level)) + chunk(b"IEND", b""))
+
+
+def atomic_save_png(path: str | os.PathLike, array: np.ndarray, fsync: bool = False,
+                    compress_level: int = 6) -> None:
+    """Save an image array as PNG atomically (:func:`png_bytes`; ``compress_level`` 0-9: zlib
+    effort, 1 is about twice as fast as the default 6 for a few per cent larger files)."""
+    try:
+        data = png_bytes(array, compress_level)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    atomic_write_bytes(path, data, fsync=fsync)
