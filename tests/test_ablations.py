@@ -30,17 +30,21 @@ def smoke_cfg(**kw):
 
 def test_default_mode_is_the_full_hierarchy_unchanged():
     cfg = LatentAEConfig()
-    assert cfg.latents == "gcf"
+    assert cfg.latents == "gcf" and not cfg.latent_skip and cfg.out_head == "linear"
     model = LatentAutoEncoder(cfg)
-    # recorded before the ablation switch existed (tiny default, default stats)
+    # recorded before the ablation switch (and the latent skip, the output head) existed:
+    # the dataclass defaults, which old runs' config.json files read back as
     assert sum(p.numel() for p in model.parameters()) == 5496900
     assert len(model.state_dict()) == 250
-    assert sum(p.numel() for p in LatentAutoEncoder(preset("smoke").model).parameters()) == 87100
+    old_smoke = replace(preset("smoke").model, latent_skip=False)
+    assert sum(p.numel() for p in LatentAutoEncoder(old_smoke).parameters()) == 87100
     assert model.latent_names == ("g", "c", "f")
     assert set(model.quantizers) == {"c", "f"}
     # the run config leaves the default out (old runs resume and hash as before) and reads it back
     d = run_model_config(cfg)
-    assert "latents" not in d and config_from_dict(d).latents == "gcf"
+    assert not {"latents", "latent_skip", "out_head", "head_channels", "head_hidden"} & set(d)
+    assert config_from_dict(d) == cfg
+    assert run_model_config(preset("tiny").model)["latent_skip"] is True
     assert run_model_config(smoke_cfg(latents="c"))["latents"] == "c"
 
 

@@ -44,6 +44,17 @@ class LatentAEConfig:
     dec_channels: int = 96               # decoder width at X x Y
     dec_c_channels: int = 128            # decoder width of the c branch at X/4
     num_res_blocks: int = 2              # ResBlocks per resolution level
+    # the decoder's last step, from dec_channels features per column to the (1 + C) Z values of
+    # the column: "linear" (a 1 x 1 convolution: every column lies in a dec_channels-dimensional
+    # affine subspace) | "mlp" (that convolution plus a per-voxel MLP on head_channels
+    # features per height; docs/latent-ae.md, "Output head")
+    out_head: str = "linear"
+    head_channels: int = 8               # "mlp": features per voxel projected from the column
+    head_hidden: int = 32                # "mlp": hidden width of the per-voxel MLP
+    # a linear path from the quantised latents straight to V's columns, added to the decoder's
+    # output: f_q by a 1 x 1 convolution, c_q (folded) by a 1 x 1 convolution at X/4 x Y/4 and
+    # bilinear upsampling (docs/latent-ae.md, "Latent skip")
+    latent_skip: bool = False
     # quantisation of c and f: "vq" (VectorQuantize, EMA codebook) | "fsq" | "none"
     quantizer: str = "vq"
     codebook_size: int = 512             # VQ codebook entries (c and f each have their own)
@@ -65,6 +76,8 @@ class LatentAEConfig:
 
     def __post_init__(self) -> None:
         check_latent_mode(self.latents)
+        if self.out_head not in ("linear", "mlp"):
+            raise ValueError(f"out_head must be 'linear' or 'mlp', got {self.out_head!r}")
 
 
 @dataclass
@@ -78,25 +91,25 @@ PRESETS: dict[str, LatentAEPreset] = {
     "smoke": LatentAEPreset(
         LatentAEConfig(grid=(16, 16, 8), channels=9, g_dim=16, c_z_down=2, f_enc_channels=16,
                        c_enc_channels=(16, 16, 16), g_enc_channels=(16, 16), dec_channels=16,
-                       dec_c_channels=16, num_res_blocks=1, codebook_size=32),
+                       dec_c_channels=16, num_res_blocks=1, codebook_size=32, latent_skip=True),
         TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2)),
     # 2-core CPU, 30 minutes: V of the stage-1 tiny preset, 17 x 64 x 64 x 64;
     # c 4 x 16 x 16 x 16, f 4 x 64 x 64 (the paper's compression ratio, about 130x)
     "tiny": LatentAEPreset(
-        LatentAEConfig(),
+        LatentAEConfig(latent_skip=True),
         TrainConfig(steps=2200, batch_size=2, lr=1e-3, warmup_steps=100, log_every=25,
                     ckpt_every=250, max_minutes=30)),
     "small": LatentAEPreset(
         LatentAEConfig(grid=(96, 96, 64), channels=25, g_dim=128, c_z_down=4, f_enc_channels=96,
                        c_enc_channels=(96, 128, 192), g_enc_channels=(64, 96, 128, 192),
-                       dec_channels=128, dec_c_channels=192, codebook_size=1024),
+                       dec_channels=128, dec_c_channels=192, codebook_size=1024, latent_skip=True),
         TrainConfig(steps=50_000, batch_size=8, lr=5e-4, warmup_steps=1000, log_every=50,
                     ckpt_every=1000)),
     # the paper's sizes: V 33 x 128 x 128 x 32, g 128, c 4 x 32 x 32 x 16, f 4 x 128 x 128
     "paper": LatentAEPreset(
         LatentAEConfig(grid=(128, 128, 32), channels=33, g_dim=128, c_z_down=2, f_enc_channels=128,
                        c_enc_channels=(128, 192, 256), g_enc_channels=(64, 128, 192, 256, 256),
-                       dec_channels=192, dec_c_channels=256, codebook_size=1024),
+                       dec_channels=192, dec_c_channels=256, codebook_size=1024, latent_skip=True),
         TrainConfig(steps=200_000, batch_size=16, lr=3e-4, warmup_steps=2000, log_every=100,
                     ckpt_every=2000)),
 }
@@ -111,13 +124,19 @@ def config_from_dict(d: dict) -> LatentAEConfig:
     return dataclass_from_dict(LatentAEConfig, d, "latent-ae")
 
 
+# fields added after runs existed, with the value older runs implicitly had
+ADDED_FIELDS = {"latents": "gcf", "out_head": "linear", "head_channels": 8, "head_hidden": 32,
+                "latent_skip": False}
+
+
 def run_model_config(cfg: LatentAEConfig) -> dict:
-    """``asdict(cfg)`` as stored in a run's config.json: the default ``latents="gcf"`` is left
-    out, so runs made before the switch existed resume, and hash, exactly as before (a missing
-    key reads back as the default)."""
+    """``asdict(cfg)`` as stored in a run's config.json: fields of :data:`ADDED_FIELDS` that
+    hold the value older runs implicitly had are left out, so runs made before those fields
+    existed resume, and hash, exactly as before (a missing key reads back as the default)."""
     d = asdict(cfg)
-    if d["latents"] == "gcf":
-        del d["latents"]
+    for k, old in ADDED_FIELDS.items():
+        if d.get(k) == old:
+            del d[k]
     return d
 
 

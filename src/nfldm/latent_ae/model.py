@@ -114,19 +114,20 @@ def _down(c_in: int, c_out: int, n_res: int) -> nn.Sequential:
 class FEncoder(nn.Module):
     """Folded V -> f: B x K x X x Y -> B x f_ch x X x Y (full resolution)."""
 
-    def __init__(self, c_in: int, width: int, f_ch: int, n_res: int):
+    def __init__(self, c_in: int, width: int, f_ch: int, n_res: int, skip: bool = False):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(c_in, width, 1), *[ResBlock(width) for _ in range(n_res)],
                                  _norm(width), nn.SiLU(), nn.Conv2d(width, f_ch, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, f_ch, 1) if skip else None  # a linear code of each column
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.net(x) if self.skip is None else self.net(x) + self.skip(x)
 
 
 class CEncoder(nn.Module):
     """Folded V -> c: B x K x X x Y -> B x c_ch x X/d x Y/d x Zc (d = 2^(len(widths) - 1))."""
 
-    def __init__(self, c_in: int, widths: tuple[int, ...], c_ch: int, Zc: int, n_res: int):
+    def __init__(self, c_in: int, widths: tuple[int, ...], c_ch: int, Zc: int, n_res: int, skip: bool = False):
         super().__init__()
         self.c_ch, self.Zc = c_ch, Zc
         layers: list[nn.Module] = [nn.Conv2d(c_in, widths[0], 1), *[ResBlock(widths[0]) for _ in range(n_res)]]
@@ -134,9 +135,13 @@ class CEncoder(nn.Module):
             layers.append(_down(a, b, n_res))
         layers += [_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], c_ch * Zc, 3, padding=1)]
         self.net = nn.Sequential(*layers)
+        # a linear code of each d x d block of columns (mean-pooled)
+        self.skip = (nn.Sequential(nn.AvgPool2d(2 ** (len(widths) - 1)), nn.Conv2d(c_in, c_ch * Zc, 1))
+                     if skip else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return unfold(self.net(x), self.c_ch)
+        h = self.net(x) if self.skip is None else self.net(x) + self.skip(x)
+        return unfold(h, self.c_ch)
 
 
 class GEncoder(nn.Module):
@@ -200,6 +205,22 @@ class Decoder(nn.Module):
         self.out = nn.Conv2d(wd, cfg.channels * cfg.grid[2], 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.skip = None
+        if cfg.latent_skip and mode != "g":
+            KZ = cfg.channels * cfg.grid[2]
+            self.skip = nn.ModuleDict({"c": nn.Conv2d(cfg.c_channels * Zc, KZ, 1)})
+            if self.has_f:
+                self.skip["f"] = nn.Conv2d(cfg.f_channels, KZ, 1)
+            for conv in self.skip.values():
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+        self.mlp_head = cfg.out_head == "mlp"
+        if self.mlp_head:  # per height z: head_channels features of the column -> MLP -> 1 + C values
+            self.head_proj = nn.Conv2d(wd, cfg.head_channels * cfg.grid[2], 1)
+            self.head_mlp = nn.Sequential(nn.Conv3d(cfg.head_channels, cfg.head_hidden, 1), nn.SiLU(),
+                                          nn.Conv3d(cfg.head_hidden, cfg.channels, 1))
+            nn.init.zeros_(self.head_mlp[-1].weight)
+            nn.init.zeros_(self.head_mlp[-1].bias)
         if self.from_g:
             X, Y, _ = cfg.grid
             self.map_shape = (cfg.c_channels * Zc, X // cfg.c_down, Y // cfg.c_down)
@@ -212,10 +233,27 @@ class Decoder(nn.Module):
         if not self.has_g:
             for blk in self.blocks:
                 h = blk(h)
-            return self.out(F.silu(self.out_norm(h)))
-        for blk in self.blocks:
-            h = blk(h, g)
-        return self.out(F.silu(self.out_norm(h, g)))
+            y = self._head(F.silu(self.out_norm(h)))
+        else:
+            for blk in self.blocks:
+                h = blk(h, g)
+            y = self._head(F.silu(self.out_norm(h, g)))
+        if self.skip is not None:
+            y = y + F.interpolate(self.skip["c"](x), size=y.shape[-2:], mode="bilinear", align_corners=False)
+            if self.has_f:
+                y = y + self.skip["f"](f_q)
+        return y
+
+    def _head(self, a: Tensor) -> Tensor:
+        """B x dec_channels x X x Y -> B x (K Z) x X x Y: the linear map, plus (``out_head="mlp"``)
+        a per-voxel MLP on head_channels features per height, B x head_channels x X x Y x Z."""
+        y = self.out(a)
+        if self.mlp_head:
+            B, _, X, Y = a.shape
+            # channel k * Z + z (the fold layout) viewed as B x k x Z x X x Y: 1x1x1 convs are per voxel
+            per_voxel = self.head_proj(a).view(B, self.head_mlp[0].in_channels, -1, X, Y)
+            y = y + self.head_mlp(F.silu(per_voxel)).reshape(y.shape)
+        return y
 
 
 # ----------------------------------------------------------------------------------------
@@ -330,9 +368,9 @@ class LatentAutoEncoder(nn.Module):
         if "g" in mode:
             self.g_encoder = GEncoder(K * Z, tuple(cfg.g_enc_channels), cfg.g_dim, cfg.g_size, n)
         if "c" in mode:
-            self.c_encoder = CEncoder(K * Z, tuple(cfg.c_enc_channels), cfg.c_channels, self.Zc, n)
+            self.c_encoder = CEncoder(K * Z, tuple(cfg.c_enc_channels), cfg.c_channels, self.Zc, n, cfg.latent_skip)
         if "f" in mode:
-            self.f_encoder = FEncoder(K * Z, cfg.f_enc_channels, cfg.f_channels, n)
+            self.f_encoder = FEncoder(K * Z, cfg.f_enc_channels, cfg.f_channels, n, cfg.latent_skip)
         if "c" in mode:
             self.c_quantizer = Quantizer(cfg.c_channels, cfg)
         if "f" in mode:
