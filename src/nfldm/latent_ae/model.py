@@ -178,6 +178,10 @@ class Decoder(nn.Module):
     (affine) GroupNorms, not modulated (g and f are None); "g": ``g_map`` (a linear layer)
     turns g into a c_ch Zc x X/d x Y/d map that enters the c branch in place of fold(c), no f,
     g-modulated GroupNorms as in "gcf" (c and f are None).
+
+    ``latent_skip``: the output also gets a 1 x 1 conv of f_q and a bilinearly upsampled 1 x 1
+    conv of fold(c_q), straight to the columns (not in "g"). ``out_head="mlp"``: see
+    :meth:`_head`.
     """
 
     def __init__(self, cfg: LatentAEConfig, Zc: int):
@@ -246,7 +250,7 @@ class Decoder(nn.Module):
 
     def _head(self, a: Tensor) -> Tensor:
         """B x dec_channels x X x Y -> B x (K Z) x X x Y: the linear map, plus (``out_head="mlp"``)
-        a per-voxel MLP on head_channels features per height, B x head_channels x X x Y x Z."""
+        a per-voxel MLP on head_channels features per voxel (B x head_channels x Z x X x Y)."""
         y = self.out(a)
         if self.mlp_head:
             B, _, X, Y = a.shape
