@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nfldm.camera import rigidity_error, unproject_depth
+from nfldm.camera import is_valid_pose, rigidity_error, unproject_depth
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, png_bytes
 
 __all__ = [
@@ -242,9 +242,7 @@ def _check_write_inputs(images, depth_m, c2w, intr) -> None:
         raise ValueError(f"intr must be [fx, fy, cx, cy] or N x 4, got shape {intr.shape}")
     if not (np.isfinite(intr).all() and (intr[..., :2] > 0).all()):
         raise ValueError(f"intrinsics must be finite with fx, fy > 0, got {intr.tolist()}")
-    finite = np.isfinite(c2w).all((1, 2))
-    err = rigidity_error(torch.from_numpy(np.where(finite[:, None, None], c2w, 0.0))).numpy()
-    bad = np.flatnonzero(~finite | (err > RIGID_TOL))
+    bad = np.flatnonzero(~is_valid_pose(torch.from_numpy(c2w), RIGID_TOL).numpy())
     if len(bad):
         raise ValueError(f"c2w[{bad[0]}] is not a finite rigid transform: {c2w[bad[0]].tolist()}")
 
