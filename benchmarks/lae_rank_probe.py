@@ -58,13 +58,20 @@ colour_scale = args.colour_weight ** 0.5
 EXACT = {"none": [], "density": [0], "features": list(range(1, K)), "colour": [1, 2, 3]}
 
 
-def columns(name: str):
-    """-> V 1 x K x X x Y x Z, normalised columns (XY) x (K Z), per-value loss weights (XY) x (K Z)."""
-    V = load_voxels(args.voxels, name, index)["V"].float()[None]
+def columns(vox: dict):
+    """A voxel file's V -> (V 1 x K x X x Y x Z, normalised columns (XY) x (K Z), per-value loss
+    weights (XY) x (K Z))."""
+    V = vox["V"].float()[None]
     Vn = lae.normalise(V)
     Vn[:, 1:4] *= colour_scale
     w = lae.voxel_weights(V).expand_as(Vn)
     return V, fold(Vn)[0].flatten(1).T, fold(w)[0].flatten(1).T
+
+
+def train_columns():
+    """Normalised columns and weights of the train scenes, concatenated."""
+    xs, ws = zip(*[columns(load_voxels(args.voxels, n, index))[1:] for n in train])
+    return torch.cat(xs), torch.cat(ws)
 
 
 train = [s["name"] for s in index["scenes"] if s["split"] == "train"][: args.train_scenes]
@@ -78,12 +85,12 @@ def cost(code, keep: str = "none") -> tuple[float, float]:
     """code: normalised columns N x KZ -> coded columns. -> (PSNR from V, PSNR from coded V)."""
     psnr_o, psnr_c = [], []
     for name in test:
-        V, x, _ = columns(name)
+        vox = load_voxels(args.voxels, name, index)
+        V, x, _ = columns(vox)
         Vcn = unfold(code(x).T.reshape(1, -1, X, Y), K)
         Vcn[:, 1:4] /= colour_scale
         Vc = lae.denormalise(Vcn)
         Vc[:, EXACT[keep]] = V[:, EXACT[keep]]
-        vox = load_voxels(args.voxels, name, index)
         item = ds[where[name]]
         held = torch.from_numpy(np.setdiff1d(np.arange(item["images"].shape[0]), vox["input_ids"].numpy()))
         gt, intr, c2w, b = item["images"][held], vox["intrinsics"][held], vox["c2w"][held], vox["bounds"]
@@ -95,8 +102,8 @@ def cost(code, keep: str = "none") -> tuple[float, float]:
 print(f"{len(train)} train scenes, {len(test)} test scenes, {K * Z} values per column")
 print(f"{'code':<28}{'exact':>10}{'PSNR from V':>13}{'PSNR coded':>12}{'cost dB':>9}")
 if args.ranks:
-    xs, ws = zip(*[columns(n)[1:] for n in train])
-    x, w = torch.cat(xs).double(), torch.cat(ws).double().mean(1, keepdim=True)  # one weight per column
+    x, w = train_columns()
+    x, w = x.double(), w.double().mean(1, keepdim=True)  # one weight per column
     mu = (w * x).sum(0) / w.sum()
     cov = ((w * (x - mu)).T @ (x - mu)) / w.sum()
     evals, evecs = torch.linalg.eigh(cov)
@@ -129,8 +136,7 @@ class ColumnAE(nn.Module):
 
 
 if args.learned:
-    xs, ws = zip(*[columns(n)[1:] for n in train])
-    x, w = torch.cat(xs), torch.cat(ws)
+    x, w = train_columns()
     w = w / w.mean()
     for k in args.learned:
         for mlp in (False, True):
