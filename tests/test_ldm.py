@@ -487,3 +487,27 @@ def test_inception_path_takes_a_torchscript_network(tmp_path):
     net = InceptionFeatures(path)
     imgs = torch.randint(0, 255, (3, 16, 16, 3), dtype=torch.uint8)
     assert net(imgs).shape == (3, 12)
+
+
+def test_a_trained_level_samples_the_latent_it_learned():
+    """End to end check of training loss, v-prediction and sampler: psi_c trained on two scenes
+    (two g, two c) samples, for each g, a c near that scene's c and far from the other's.
+    (Measured: the sample's MSE to its scene's c falls 0.88 / 0.68 / 0.34 after 300 / 600 /
+    1500 steps, against 2.2-2.9 to the other scene's: slow, but it converges.)"""
+    from nfldm.ldm.sample import denoise
+
+    torch.manual_seed(0)
+    model = LevelDiffusion(smoke_cfg("c", cond_drop_prob=0.0))
+    batch = batch_for(model.cfg, 2, seed=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for step in range(1000):
+        loss, _ = model.training_loss(batch, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x = denoise(model, 2, {"g": batch["g"]}, None, 1.0, "ddim", 25, torch.Generator().manual_seed(0))
+    c = batch["c"]
+    own = ((x - c) ** 2).mean((1, 2, 3))
+    other = ((x - c.flip(0)) ** 2).mean((1, 2, 3))
+    assert bool((own < 0.6).all()) and bool((own < 0.35 * other).all()), (own, other)

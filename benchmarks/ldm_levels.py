@@ -1,0 +1,151 @@
+"""Which diffusion level spoils the samples? Resample one level at a time on real scenes.
+
+    python benchmarks/ldm_levels.py --run LDM_RUN [--split test] [--num 16] [--sampler dpm --steps 20]
+                                    [--views 8] [--seed 0] [--device auto] [--out FILE.png]
+
+For ``--num`` scenes of ``--split`` of the latent folder the ldm run was trained on:
+
+    V        the stage-1 voxels (the voxel folder behind the latents)
+    real     decode(g, c, f): the scene's own latents (the stage-2 cost alone)
+    f~       decode(g, c, f ~ psi_f(f | g, c))            psi_f's share
+    c,f~     decode(g, c ~ psi_c(c | g), f ~ psi_f(f | g, c~))
+    all~     (g, traj, c, f) ~ the full sampler (no relation to the scene: statistics only)
+
+Rows 2-4 are rendered from the scene's own cameras and scored (PSNR) against the renders of
+``real``: how far resampling a level moves the scene. p(f | g, c) is not deterministic, so
+"f~" need not reach ``real``, but with the layout fixed by c it should stay close.
+
+Every row also gets statistics of its density, compared with those of the stage-1 voxels:
+``occ`` the fraction of voxels above the mesh level ln 2 / voxel edge; ``isolated`` the
+fraction of occupied voxels with at most one occupied 6-neighbour (speckle); ``prof`` the
+L1 distance of the per-height occupancy profile from the stage-1 voxels' mean profile;
+``bev_tv`` the mean absolute difference between neighbouring cells of the top-down opacity
+(high = scattered). ``--out`` writes a picture: per scene one row of top-down opacity maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def density_stats(V: torch.Tensor, bounds: torch.Tensor) -> dict:
+    """V: K x X x Y x Z (channel 0 sigma per metre), bounds 2 x 3 -> statistics (see docstring)."""
+    sigma = V[0].float()
+    size = (bounds[1] - bounds[0]).float() / torch.tensor(sigma.shape, dtype=torch.float32)
+    occ = sigma > math.log(2.0) / float(size.mean())
+    o = occ.float()
+    nb = torch.zeros_like(o)
+    for dim in range(3):
+        for s in (1, -1):
+            nb += torch.roll(torch.nn.functional.pad(o, (1, 1, 1, 1, 1, 1)), s, dims=dim)[1:-1, 1:-1, 1:-1]
+    iso = float(((nb <= 1) & occ).float().sum() / occ.float().sum().clamp(min=1))
+    op = 1 - torch.exp(-sigma.sum(-1) * float(size[2]))
+    tv = float(0.5 * ((op[1:] - op[:-1]).abs().mean() + (op[:, 1:] - op[:, :-1]).abs().mean()))
+    return {"occ": float(o.mean()), "isolated": iso, "profile": o.mean((0, 1)), "bev_tv": tv, "bev": op}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(-10 * torch.log10(((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean().clamp(min=1e-10)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="ldm run (full g + c + f model)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--num", type=int, default=16)
+    ap.add_argument("--sampler", default="dpm")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--views", type=int, default=8, help="cameras per scene rendered for the PSNR")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="PNG of the top-down opacity maps")
+    args = ap.parse_args()
+
+    from tqdm.auto import tqdm
+
+    from nfldm.latent_ae.data import load_voxels, read_voxel_index
+    from nfldm.ldm.data import LatentDataset, read_latent_index, unfold_c
+    from nfldm.ldm.sample import _render_path, denoise, load_pipeline, sample_latents
+
+    pipe = load_pipeline(args.run, args.device)
+    models, rc, sae, lae, stats = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"], pipe["stats"]
+    if pipe["latents"] != "gcf":
+        raise SystemExit(f"error: {args.run} is a {pipe['latents']!r} ablation run; this needs g, c and f")
+    dev = pipe["device"]
+    latdir = Path(rc["latents"])
+    lindex = read_latent_index(latdir)
+    ds = LatentDataset(latdir, args.split, models["g"].cfg.traj_frames, index=lindex, stats=rc["stats"])
+    vindex = read_voxel_index(lindex["voxels"])
+    c_ch = models["g"].cfg.c_shape[0]
+    gen = torch.Generator().manual_seed(args.seed)
+    rows = ["V", "real", "f~", "c,f~", "all~"]
+    res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": []} for r in rows}
+    bevs = []
+    n = min(args.num, len(ds))
+    allsamp = sample_latents(models, stats, n, args.sampler, args.steps, args.seed + 1, progress=False)
+    for i in tqdm(range(n), desc="scenes", unit="scene"):
+        name = ds.names[i]
+        item = ds[i]
+        vox = load_voxels(lindex["voxels"], name, vindex)
+        bounds = vox["bounds"]
+        g_n = item["g"][None].to(dev)
+        c_n = item["c"][None].to(dev)
+        with torch.no_grad():
+            f_s = denoise(models["f"], 1, {"g": g_n, "c": c_n}, None, 1.0, args.sampler, args.steps, gen)
+            c_s = denoise(models["c"], 1, {"g": g_n}, None, 1.0, args.sampler, args.steps, gen)
+            f_s2 = denoise(models["f"], 1, {"g": g_n, "c": c_s}, None, 1.0, args.sampler, args.steps, gen)
+        g = stats.denormalise("g", g_n.cpu())
+        c_real = stats.denormalise("c", unfold_c(c_n.cpu(), c_ch))
+        f_real = stats.denormalise("f", item["f"][None])
+        lat = {"real": (g, c_real, f_real),
+               "f~": (g, c_real, stats.denormalise("f", f_s.cpu())),
+               "c,f~": (g, stats.denormalise("c", unfold_c(c_s.cpu(), c_ch)), stats.denormalise("f", f_s2.cpu())),
+               "all~": tuple(allsamp[k][i:i + 1] for k in ("g", "c", "f"))}
+        Vs = {"V": vox["V"]}
+        with torch.no_grad():
+            for k, (a, b, c) in lat.items():
+                Vs[k] = lae.decode_latents(a.to(dev), b.to(dev), c.to(dev))[0].float().cpu()
+        pick = np.round(np.linspace(0, len(vox["c2w"]) - 1, args.views)).astype(int)
+        path = vox["c2w"][pick]
+        intr = vox["intrinsics"][0]
+        ref, _ = _render_path(sae, Vs["real"], bounds, intr, path)
+        bev_row = []
+        for k in rows:
+            st = density_stats(Vs[k], bounds)
+            for key in ("occ", "isolated", "profile", "bev_tv"):
+                res[k][key].append(st[key])
+            bev_row.append(st["bev"])
+            if k in ("V", "f~", "c,f~"):
+                rgb, _ = _render_path(sae, Vs[k], bounds, intr, path)
+                res[k]["psnr"].append(psnr(rgb, ref))
+        bevs.append(bev_row)
+
+    prof_ref = torch.stack(res["V"]["profile"]).mean(0)
+    print(f"\n{n} {args.split} scenes of {latdir}, sampler {args.sampler}-{args.steps}, seed {args.seed}")
+    print(f"{'row':<6} {'PSNR vs real (dB)':>18} {'occ':>7} {'isolated':>9} {'prof L1':>8} {'bev_tv':>7}")
+    for k in rows:
+        r = res[k]
+        p = f"{np.mean(r['psnr']):.2f}" if r["psnr"] else "-"
+        prof = float(torch.stack(r["profile"]).sub(prof_ref).abs().sum(-1).mean())
+        print(f"{k:<6} {p:>18} {np.mean(r['occ']):>7.3f} {np.mean(r['isolated']):>9.3f} {prof:>8.3f} "
+              f"{np.mean(r['bev_tv']):>7.3f}")
+    if args.out:
+        from nfldm.scene_ae.flythrough import grid_image, upscale
+        from nfldm.utils.io import atomic_save_png
+
+        pics = []
+        for row in bevs[:8]:
+            tiles = [np.repeat((255 * (1 - b.T.flip(0).clamp(0, 1))).to(torch.uint8).numpy()[..., None], 3, -1)
+                     for b in row]
+            pics.append(upscale(np.stack(tiles), 2))
+        atomic_save_png(Path(args.out), grid_image(pics))
+        print(f"top-down opacity (columns: {', '.join(rows)}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
