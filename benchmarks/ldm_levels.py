@@ -7,8 +7,8 @@ For ``--num`` scenes of ``--split`` of the latent folder the ldm run was trained
 
     V        the stage-1 voxels (the voxel folder behind the latents)
     real     decode(g, c, f): the scene's own latents (the stage-2 cost alone)
-    f~       decode(g, c, f ~ psi_f(f | g, c))            psi_f's share
-    c,f~     decode(g, c ~ psi_c(c | g), f ~ psi_f(f | g, c~))
+    f~       decode(g, c, f ~ psi_f(f | g, traj, c))      psi_f's share
+    c,f~     decode(g, c ~ psi_c(c | g, traj), f ~ psi_f(f | g, traj, c~))   (traj: the scene's own)
     all~     (g, traj, c, f) ~ the full sampler (no relation to the scene: statistics only)
 
 Rows 2-4 are rendered from the scene's own cameras and scored (PSNR) against the renders of
@@ -95,10 +95,12 @@ def main() -> None:
         bounds = vox["bounds"]
         g_n = item["g"][None].to(dev)
         c_n = item["c"][None].to(dev)
+        tr = item["traj"][None].to(dev)
         with torch.no_grad():
-            f_s = denoise(models["f"], 1, {"g": g_n, "c": c_n}, None, 1.0, args.sampler, args.steps, gen)
-            c_s = denoise(models["c"], 1, {"g": g_n}, None, 1.0, args.sampler, args.steps, gen)
-            f_s2 = denoise(models["f"], 1, {"g": g_n, "c": c_s}, None, 1.0, args.sampler, args.steps, gen)
+            f_s = denoise(models["f"], 1, {"g": g_n, "traj": tr, "c": c_n}, None, 1.0, args.sampler, args.steps, gen)
+            c_s = denoise(models["c"], 1, {"g": g_n, "traj": tr}, None, 1.0, args.sampler, args.steps, gen)
+            f_s2 = denoise(models["f"], 1, {"g": g_n, "traj": tr, "c": c_s}, None, 1.0, args.sampler, args.steps,
+                           gen)
         g = stats.denormalise("g", g_n.cpu())
         c_real = stats.denormalise("c", unfold_c(c_n.cpu(), c_ch))
         f_real = stats.denormalise("f", item["f"][None])

@@ -56,6 +56,14 @@ def test_default_ldm_levels_unchanged():
     counts = {lv: sum(p.numel() for p in LevelDiffusion(ldm_preset("smoke").level(lv).model).parameters())
               for lv in "gcf"}
     assert counts == {"g": 31240, "c": 271520, "f": 270356}
+    # conditioned on [g, traj] and on the trajectory maps (opt-in), the class embedding's first
+    # layer grows by traj_dim inputs x the time-embedding width (4 x the first block's
+    # channels), the 3 x 3 input convolution by the map channels
+    for lv in "cf":
+        cfg = replace(ldm_preset("smoke").level(lv).model, g_with_traj=True, traj_map=True)
+        n = sum(p.numel() for p in LevelDiffusion(cfg).parameters())
+        ch = cfg.block_out_channels[0]
+        assert n - counts[lv] == cfg.traj_dim * 4 * ch + cfg.map_channels * 9 * ch
 
 
 def test_latents_validation():
@@ -125,7 +133,7 @@ def test_coarse_only_levels_are_not_conditioned_on_g():
     assert gm.sample_shape(2) == (2, gm.cfg.traj_dim)
     assert cm.net.unet.class_embedding is None
     batch = {"traj": torch.rand(2, gm.cfg.traj_dim), "c": torch.randn(2, *cm.sample_shape(2)[1:])}
-    assert cm.context(batch) == {}
+    assert set(cm.context(batch)) == {"traj"}          # the trajectory maps only; no g
     for m in (gm, cm):
         loss, _ = m.training_loss(batch, 0)
         assert torch.isfinite(loss)

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from data_fixtures import make_dataset
 from nfldm.camera import pose_from_position_yaw
 from nfldm.cli import main
-from nfldm.ldm.config import LEVELS, config_from_dict, preset
+from nfldm.ldm.config import ADDED_FIELDS, LEVELS, config_from_dict, preset
 from nfldm.ldm.model import LevelDiffusion, guided_prediction, make_sampler
 from nfldm.ldm.trajectory import (decode_trajectory, encode_trajectory, interpolate_path, resample_poses,
                                   rotation_from_6d)
@@ -97,6 +97,29 @@ def test_resampling_of_level_cameras_and_smooth_path():
     assert torch.allclose(path[::4], c2w, atol=1e-6)                 # through every keyframe
 
 
+def test_camera_coverage_maps_where_the_cameras_look():
+    from nfldm.ldm.trajectory import camera_coverage
+
+    # two cameras at the box centre looking along +x, 90 degree field of view
+    c2w = pose_from_position_yaw(torch.tensor([[0.0, 0.0, 1.0]] * 2, dtype=torch.float64), torch.zeros(2))
+    traj = encode_trajectory(c2w, BOUNDS, 2)[None].float()
+    m = camera_coverage(traj, (16, 16), 90.0)
+    assert m.shape == (1, 4, 16, 16) and bool((m.abs() <= 1).all())
+    cov = (m[0, 0] + 1) / 2                       # fraction of cameras that see the cell
+    x, y = m[0, 2], m[0, 3]
+    assert torch.allclose(x[:, 0], (torch.arange(16) + 0.5) / 8 - 1) and bool((x[0] == x[0, 0]).all())
+    ahead = (x > 0.2) & (y.abs() < 0.5 * x)       # well inside the 45 degree half-angle
+    behind = x < -0.2
+    aside = (x > 0.2) & (y.abs() > 2 * x)         # beyond it
+    assert float(cov[ahead].min()) > 0.95 and float(cov[behind].max()) < 0.05 and float(cov[aside].max()) < 0.05
+    near = (m[0, 1] + 1) / 2
+    assert float(near[7:9, 7:9].min()) > 0.6 and float(near[0, 0]) < 0.01     # exp(-0.09 / 0.25), exp(-1.3 / 0.25)
+    # a box twice as long in y: the same normalised cell lies at a wider angle
+    assert float(camera_coverage(traj, (16, 16), 90.0, aspect=2.0)[0, 0][12, 10]) < float(m[0, 0][12, 10])
+    with pytest.raises(ValueError, match="9 T"):
+        camera_coverage(torch.zeros(1, 10), (4, 4), 90.0)
+
+
 # ----------------------------------------------------------------------------------------
 # denoisers
 
@@ -146,20 +169,28 @@ def test_training_steps_stay_finite(level):
 
 
 def test_coarser_levels_enter_the_finer_ones():
-    """psi_c depends on g; psi_f on g and on c."""
+    """psi_c depends on g and on the trajectory (in the global vector [g, traj] with
+    ``g_with_traj``, as maps with ``traj_map``); psi_f on g, traj and c. With both off (runs
+    made before the switches) traj is ignored."""
     torch.manual_seed(0)
-    for level, keys in (("c", ("g",)), ("f", ("g", "c"))):
-        model = LevelDiffusion(smoke_cfg(level)).eval()
-        randomise_zero_init(model)
-        batch = batch_for(model.cfg)
-        x, t = model.target(batch), torch.tensor([500, 500])
-        tok = model.tokens(None, 2)
-        with torch.no_grad():
-            ref = model.predict(x, t, model.context(batch), tok)
-            for k in keys:
-                ctx = dict(model.context(batch))
-                ctx[k] = ctx[k] + 1.0
-                assert not torch.allclose(model.predict(x, t, ctx, tok), ref), (level, k)
+    for level, keys in (("c", ("g", "traj")), ("f", ("g", "traj", "c"))):
+        for with_traj, with_map in ((True, False), (False, True), (False, False)):
+            model = LevelDiffusion(smoke_cfg(level, g_with_traj=with_traj, traj_map=with_map)).eval()
+            randomise_zero_init(model)
+            batch = batch_for(model.cfg)
+            x, t = model.target(batch), torch.tensor([500, 500])
+            tok = model.tokens(None, 2)
+            with torch.no_grad():
+                ref = model.predict(x, t, model.context(batch), tok)
+                for k in keys:
+                    ctx = dict(model.context(batch))
+                    ctx[k] = ctx[k] + 1.0
+                    moved = not torch.allclose(model.predict(x, t, ctx, tok), ref)
+                    assert moved == (with_traj or with_map or k != "traj"), (level, k, with_traj, with_map)
+            if with_traj or with_map:
+                ctx = {k: v for k, v in model.context(batch).items() if k != "traj"}
+                with pytest.raises(ValueError, match="no traj"):
+                    model.predict(x, t, ctx, tok)
 
 
 # ----------------------------------------------------------------------------------------
@@ -267,10 +298,37 @@ def test_train_all_levels(ldm_run, latents):
         assert rc["scene_ae"]["run"] == str(latents["sae"].resolve())
         assert rc["model"]["g_dim"] == 16 and rc["model"]["c_shape"] == [4, 4, 4, 4]
         assert rc["render"]["bounds"] == [[-4.0, -4.0, -1.0], [4.0, 4.0, 3.0]]
+        # switches at the value of runs made before them are left out of the run config
+        assert not set(ADDED_FIELDS) & set(rc["model"])
         lines = [json.loads(x) for x in (ldm_run / lv / "metrics.jsonl").read_text().splitlines()]
         assert [x["step"] for x in lines] == [1, 2, 3, 4]
         assert all(math.isfinite(x["loss"]) for x in lines)
         assert json.loads((ldm_run / lv / "model.json").read_text())["ema"] is True
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_trajectory_conditioned_levels_train_and_sample(latents, tmp_path):
+    """With g_with_traj and traj_map, psi_c and psi_f are conditioned on the trajectory (the
+    maps' field of view and box aspect read from the latent folder), and the sampler feeds
+    them the sampled one."""
+    run = tmp_path / "ldm"
+    sets = ["--set", "c.g_with_traj=true", "--set", "c.traj_map=true", "--set", "f.g_with_traj=true",
+            "--set", "f.traj_map=true"]
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(run), "--level", "all",
+                 "--preset", "smoke", "--steps", "2", *sets, "--quiet"]) == 0
+    for lv in "cf":
+        rc = json.loads((run / lv / "config.json").read_text())
+        fx, _, cx, _ = rc["render"]["intrinsics"]
+        assert rc["model"]["g_with_traj"] is True and rc["model"]["traj_map"] is True
+        assert math.isclose(rc["model"]["traj_map_hfov"], math.degrees(2 * math.atan(cx / fx)), rel_tol=1e-6)
+        assert config_from_dict(rc["model"]).traj_map_aspect == 1.0      # a square box: the default, left out
+    assert "traj_map" not in json.loads((run / "g" / "config.json").read_text())["model"]
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(tmp_path / "x"), "--level", "c",
+                 "--preset", "smoke", "--steps", "1", "--set", "traj_map_hfov=60", "--quiet"]) == 2
+    out = tmp_path / "samples"
+    assert main(["sample", "--run", str(run), "--num", "2", "--sampler", "ddim", "--steps", "2", "--seed", "0",
+                 "--frames", "4", "--out", str(out), "--quiet"]) == 0
+    assert len(list(out.glob("sample_*/V.safetensors"))) == 2
 
 
 @pytest.mark.filterwarnings("ignore:the density never reaches")
@@ -506,7 +564,8 @@ def test_a_trained_level_samples_the_latent_it_learned():
         loss.backward()
         opt.step()
     model.eval()
-    x = denoise(model, 2, {"g": batch["g"]}, None, 1.0, "ddim", 25, torch.Generator().manual_seed(0))
+    x = denoise(model, 2, {"g": batch["g"], "traj": batch["traj"]}, None, 1.0, "ddim", 25,
+                torch.Generator().manual_seed(0))
     c = batch["c"]
     own = ((x - c) ** 2).mean((1, 2, 3))
     other = ((x - c.flip(0)) ** 2).mean((1, 2, 3))

@@ -242,3 +242,26 @@ def test_lr_schedule():
     with pytest.raises(ValueError):
         TrainConfig(decay="linear")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_set_switches_take_words_and_refuse_other_values():
+    from dataclasses import dataclass
+
+    from nfldm.trainer import apply_overrides
+
+    @dataclass
+    class M:
+        flag: bool = False
+        width: int = 4
+
+    for word, want in (("true", True), ("False", False), ("on", True), ("0", False), (1, True), (True, True)):
+        m, t = M(), TrainConfig()
+        apply_overrides(m, t, {"flag": word, "progress": word}, "test")
+        assert m.flag is want and t.progress is want, word
+    m = M()
+    apply_overrides(m, TrainConfig(), {"width": 8}, "test")
+    assert m.width == 8
+    with pytest.raises(ValueError, match="'flag' is a switch"):
+        apply_overrides(M(), TrainConfig(), {"flag": "maybe"}, "test")
+    with pytest.raises(ValueError, match="is a switch"):
+        apply_overrides(M(), TrainConfig(), {"flag": 2}, "test")

@@ -120,11 +120,26 @@ def apply_overrides(model_cfg: Any, train_cfg: "TrainConfig", overrides: dict | 
         if k in fixed:
             raise ValueError(f"{what} option {k!r} is set by {fixed_by}, not by --set")
         if k in type(model_cfg).__dataclass_fields__:
-            setattr(model_cfg, k, v)
+            setattr(model_cfg, k, _as_field_type(getattr(model_cfg, k), v, what, k))
         elif k in type(train_cfg).__dataclass_fields__:
-            setattr(train_cfg, k, v)
+            setattr(train_cfg, k, _as_field_type(getattr(train_cfg, k), v, what, k))
         else:
             raise ValueError(f"unknown {what} option {k!r}")
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _as_field_type(current: Any, v: Any, what: str, key: str) -> Any:
+    """A switch (a bool field) takes True / False, 1 / 0 or the words true / false, yes / no,
+    on / off (any case); anything else is a ValueError rather than a truthy string."""
+    if not isinstance(current, bool) or isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
+        return v.strip().lower() in _TRUE
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise ValueError(f"{what} option {key!r} is a switch: give true or false, not {v!r}")
 
 
 @dataclass

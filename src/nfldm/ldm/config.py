@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict
 
 LEVELS = ("g", "c", "f")
-FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape")
+FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape", "traj_map_hfov", "traj_map_aspect")
 # the levels of each latent mode (the latent folder's ``latents``, docs/ldm.md "Ablations"):
 # coarse-only keeps a g level that generates the camera trajectory alone (g_dim = 0)
 LEVELS_OF_MODE = {"gcf": ("g", "c", "f"), "c": ("g", "c"), "g": ("g",)}
@@ -34,6 +34,18 @@ class LDMConfig:
     c_shape: tuple[int, int, int, int] = (4, 16, 16, 16)   # c_ch x X/4 x Y/4 x Zc
     f_shape: tuple[int, int, int] = (4, 64, 64)            # f_ch x X x Y
     traj_frames: int = 8                 # T poses in psi_g's trajectory vector (9 numbers each)
+    # opt-in (docs/ldm.md "The trajectory as a condition of psi_c"; no gain measured yet at the
+    # CPU budget): psi_c / psi_f conditioned on the paper's global latent [g, traj] (the camera
+    # path says where the seen part of the scene lies) instead of g alone. No effect when
+    # g_dim = 0 (coarse-only: no global vector)
+    g_with_traj: bool = False
+    # opt-in: psi_c / psi_f also get the trajectory as maps over their footprint (concatenated
+    # to the noisy input): where the keyframe cameras look, how near the path is, and x / y
+    # (:func:`~nfldm.ldm.trajectory.camera_coverage`); a UNet cannot place the seen region
+    # from a global vector alone. hfov / aspect are set from the latent folder when training
+    traj_map: bool = False
+    traj_map_hfov: float = 90.0          # cameras' horizontal field of view, degrees
+    traj_map_aspect: float = 1.0         # the box's y extent / x extent
     # diffusion (diffusers DDPMScheduler; the samplers are built from its config)
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"   # cosine schedule (Nichol & Dhariwal)
@@ -70,6 +82,9 @@ class LDMConfig:
             raise ValueError(f"g_dim must be >= 0, got {self.g_dim}")
         if self.level == "f" and self.g_dim == 0:
             raise ValueError("the f level needs g (g_dim > 0)")
+        if not 0.0 < self.traj_map_hfov < 180.0 or self.traj_map_aspect <= 0:
+            raise ValueError(f"traj_map_hfov must be in (0, 180) degrees and traj_map_aspect > 0, got "
+                             f"{self.traj_map_hfov}, {self.traj_map_aspect}")
         if self.traj_frames < 2:
             raise ValueError(f"traj_frames must be >= 2, got {self.traj_frames}")
         if not 0.0 <= self.cond_drop_prob <= 1.0:
@@ -85,6 +100,21 @@ class LDMConfig:
     @property
     def traj_dim(self) -> int:
         return 9 * self.traj_frames
+
+    @property
+    def map_channels(self) -> int:
+        """Trajectory-map channels psi_c / psi_f add to their input (0 without ``traj_map``)."""
+        from nfldm.ldm.trajectory import COVERAGE_CHANNELS
+
+        return COVERAGE_CHANNELS if self.traj_map and self.level != "g" else 0
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the global vector psi_c / psi_f are conditioned on: g_dim (+ traj_dim
+        with ``g_with_traj``); 0 when there is no g (coarse-only)."""
+        if self.g_dim == 0:
+            return 0
+        return self.g_dim + (self.traj_dim if self.g_with_traj else 0)
 
 
 @dataclass
@@ -170,10 +200,25 @@ def preset(name: str) -> LDMPreset:
     return copy_preset(PRESETS, name, "ldm")
 
 
+# fields added after runs were made, with the value those runs implicitly had
+ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, "traj_map_aspect": 1.0}
+
+
+def run_model_config(cfg: LDMConfig) -> dict:
+    """``asdict(cfg)`` as stored in a run's config.json: fields of :data:`ADDED_FIELDS` that
+    hold the value older runs implicitly had are left out, so runs made before those fields
+    existed resume, and hash, exactly as before (a missing key reads back as the default)."""
+    d = asdict(cfg)
+    for k, old in ADDED_FIELDS.items():
+        if d.get(k) == old:
+            del d[k]
+    return d
+
+
 def config_from_dict(d: dict) -> LDMConfig:
     """Inverse of ``asdict`` (tuples restored); unknown keys are an error."""
     return dataclass_from_dict(LDMConfig, d, "ldm")
 
 
-__all__ = ["LEVELS", "LEVELS_OF_MODE", "FIXED_BY_LATENTS", "LDMConfig", "LevelPreset", "LDMPreset", "PRESETS", "preset",
-           "config_from_dict", "asdict"]
+__all__ = ["LEVELS", "LEVELS_OF_MODE", "FIXED_BY_LATENTS", "ADDED_FIELDS", "LDMConfig", "LevelPreset", "LDMPreset",
+           "PRESETS", "preset", "run_model_config", "config_from_dict", "asdict"]

@@ -2,15 +2,19 @@
 
     psi_g   x = [g, traj] (g_dim + 9 T)   residual MLP; timestep by adaLN-zero; condition
                                           tokens by cross-attention (the vector is one query)
-    psi_c   x = fold(c) (c_ch Zc x X/d x Y/d)  UNet2DConditionModel; g by the class embedding
+    psi_c   x = fold(c) (c_ch Zc x X/d x Y/d)  UNet2DConditionModel; g (opt-in
+                                          ``g_with_traj``: [g, traj]) by the class embedding
                                           ("projection": an MLP of g added to the timestep
                                           embedding, which scales / shifts every ResNet's
                                           GroupNorm); condition tokens by cross-attention
     psi_f   x = f (f_ch x X x Y), input [x_t, upsample(fold(c))] (nearest, to X x Y), g as in psi_c
 
+With the opt-in ``traj_map`` psi_c and psi_f also take 4 maps of the trajectory over their footprint as
+input channels (camera coverage, nearness to the path, x, y: ``camera_coverage``).
+
 Ablations (docs/ldm.md): with ``g_dim = 0`` (a coarse-only latent folder) psi_g generates the
-trajectory alone and psi_c has no class embedding (it is conditioned on no latent); a
-global-only folder has the psi_g level only.
+trajectory alone and psi_c has no class embedding (it is conditioned on no latent; with
+``traj_map`` it still sees the trajectory maps); a global-only folder has the psi_g level only.
 
 All latents are standardised (:class:`~nfldm.ldm.data.LatentStats`). Without a condition (or
 when it is dropped for classifier-free guidance) the cross-attention sees a learned null
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfldm.ldm.config import LDMConfig
+from nfldm.ldm.trajectory import camera_coverage
 
 __all__ = ["timestep_embedding", "CondTokens", "GDenoiser", "UNetDenoiser", "LevelDiffusion",
            "make_train_scheduler", "make_sampler", "guided_prediction", "SAMPLERS"]
@@ -166,8 +171,8 @@ class GDenoiser(nn.Module):
 
 class UNetDenoiser(nn.Module):
     """psi_c / psi_f: a diffusers ``UNet2DConditionModel``. x: B x in_ch x H x W, t: B,
-    g: B x g_dim (class embedding, "projection"; None and no class embedding when
-    ``cfg.g_dim`` is 0), tokens: B x L x tok_dim -> B x out_ch x H x W.
+    g: B x cfg.context_dim, the global vector g or [g, traj] (class embedding, "projection";
+    None and no class embedding when ``cfg.context_dim`` is 0), tokens: B x L x tok_dim -> B x out_ch x H x W.
     The first (full-resolution) level has no attention; the others and the middle block have
     self- and cross-attention."""
 
@@ -186,8 +191,8 @@ class UNetDenoiser(nn.Module):
             mid_block_type="UNetMidBlock2DCrossAttn",
             block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
             norm_num_groups=cfg.norm_num_groups, cross_attention_dim=cfg.cross_attention_dim,
-            attention_head_dim=cfg.attention_heads, class_embed_type="projection" if cfg.g_dim else None,
-            projection_class_embeddings_input_dim=cfg.g_dim or None, resnet_time_scale_shift=cfg.time_scale_shift)
+            attention_head_dim=cfg.attention_heads, class_embed_type="projection" if cfg.context_dim else None,
+            projection_class_embeddings_input_dim=cfg.context_dim or None, resnet_time_scale_shift=cfg.time_scale_shift)
 
     def forward(self, x: Tensor, t: Tensor, g: Tensor | None, tokens: Tensor) -> Tensor:
         return self.unet(x, t, encoder_hidden_states=tokens.to(x.dtype),
@@ -221,9 +226,9 @@ class LevelDiffusion(nn.Module):
             self.net = GDenoiser(cfg.g_dim + cfg.traj_dim, cfg.mlp_width, cfg.mlp_blocks,
                                  cfg.cross_attention_dim, cfg.mlp_heads)
         elif self.level == "c":
-            self.net = UNetDenoiser(self.c_folded, self.c_folded, (Xc, Yc), cfg)
+            self.net = UNetDenoiser(self.c_folded + cfg.map_channels, self.c_folded, (Xc, Yc), cfg)
         else:
-            self.net = UNetDenoiser(f_ch + self.c_folded, f_ch, (X, Y), cfg)
+            self.net = UNetDenoiser(f_ch + self.c_folded + cfg.map_channels, f_ch, (X, Y), cfg)
         self.scheduler = make_train_scheduler(cfg)
         # DDP: the null token / condition projection are unused in some batches
         self.ddp_find_unused_parameters = cfg.cond_dim > 0
@@ -247,11 +252,14 @@ class LevelDiffusion(nn.Module):
         return batch[self.level].float()
 
     def context(self, batch: dict) -> dict:
-        """The clean coarser latents this level is conditioned on (none for psi_c when
-        g_dim = 0)."""
-        if self.level == "g" or self.cfg.g_dim == 0:
+        """The clean coarser latents this level is conditioned on: g and traj (psi_c), plus c
+        (psi_f); traj alone for psi_c when g_dim = 0 (coarse-only). :meth:`predict` uses traj
+        with ``g_with_traj`` (in the global vector) and ``traj_map`` (as maps)."""
+        if self.level == "g":
             return {}
-        ctx = {"g": batch["g"].float()}
+        ctx = {"traj": batch["traj"].float()}
+        if self.cfg.g_dim > 0:
+            ctx["g"] = batch["g"].float()
         if self.level == "f":
             ctx["c"] = batch["c"].float()
         return ctx
@@ -265,7 +273,28 @@ class LevelDiffusion(nn.Module):
         if self.level == "f":
             c = F.interpolate(ctx["c"].to(x.dtype), scale_factor=self.c_up, mode="nearest")
             x = torch.cat([x, c], 1)
-        return self.net(x, t, ctx.get("g"), tokens)
+        if self.cfg.map_channels:
+            x = torch.cat([x, self.trajectory_map(ctx, x.shape[-2:]).to(x.dtype)], 1)
+        return self.net(x, t, self.global_vector(ctx), tokens)
+
+    def trajectory_map(self, ctx: dict, size) -> Tensor:
+        """B x 4 x H x W camera-coverage maps of ctx["traj"] over this level's footprint
+        (:func:`~nfldm.ldm.trajectory.camera_coverage`)."""
+        if "traj" not in ctx:
+            raise ValueError("this level takes trajectory maps (traj_map) but no traj was given")
+        return camera_coverage(ctx["traj"], tuple(size), self.cfg.traj_map_hfov, self.cfg.traj_map_aspect)
+
+    def global_vector(self, ctx: dict) -> Tensor | None:
+        """What psi_c / psi_f's class embedding sees: B x cfg.context_dim, [g, traj] with
+        ``g_with_traj``, else g; None without g (coarse-only)."""
+        g = ctx.get("g")
+        if g is None or self.cfg.context_dim == 0:
+            return None
+        if self.cfg.g_with_traj:
+            if "traj" not in ctx:
+                raise ValueError("this level is conditioned on [g, traj] (g_with_traj) but no traj was given")
+            g = torch.cat([g, ctx["traj"].to(g.dtype)], -1)
+        return g
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict, step: int) -> tuple[Tensor, dict]:

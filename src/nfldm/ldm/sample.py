@@ -114,10 +114,10 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}")
         got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:]}
         if cm is not None:
-            ctx = {"g": got["g_n"]} if cm.cfg.g_dim > 0 else {}
+            ctx = {"g": got["g_n"], "traj": got["traj"]} if cm.cfg.g_dim > 0 else {"traj": got["traj"]}
             got["c_n"] = denoise(cm, B, ctx, cb, guidance, sampler, steps, gen, progress, f"psi_c {tag}")
         if fm is not None:
-            got["f_n"] = denoise(fm, B, {"g": got["g_n"], "c": got["c_n"]}, cb, guidance, sampler, steps, gen,
+            got["f_n"] = denoise(fm, B, {"g": got["g_n"], "traj": got["traj"], "c": got["c_n"]}, cb, guidance, sampler, steps, gen,
                                  progress, f"psi_f {tag}")
         for k in keys:
             parts[k].append(got[k].float().cpu())

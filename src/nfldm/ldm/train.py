@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from nfldm.data.format import DataError
-from nfldm.ldm.config import FIXED_BY_LATENTS, LEVELS, LEVELS_OF_MODE, config_from_dict, preset
+from nfldm.ldm.config import (FIXED_BY_LATENTS, LEVELS, LEVELS_OF_MODE, LDMConfig, config_from_dict, preset,
+                              run_model_config)
 from nfldm.ldm.data import LatentDataset, latent_mode, mode_of_shapes, read_latent_index, render_setup
 from nfldm.ldm.model import LevelDiffusion
+from nfldm.ldm.trajectory import fov_degrees
 from nfldm.trainer import Trainer, apply_overrides, init_distributed, load_model_weights, read_run_config, resolve_device
 
 STAGE = "ldm"
 
-__all__ = ["STAGE", "train_ldm", "load_ldm", "level_configs"]
+__all__ = ["STAGE", "train_ldm", "load_ldm", "level_configs", "with_camera_setup"]
 
 
 def _split_overrides(overrides: dict | None) -> dict[str, dict]:
@@ -74,6 +76,15 @@ def level_configs(index: dict, preset_name: str, level: str, steps: int | None =
     return model, train
 
 
+def with_camera_setup(cfg: LDMConfig, setup: dict) -> LDMConfig:
+    """The trajectory maps' camera field of view and box aspect from the latent folder's
+    render set-up (:func:`~nfldm.ldm.data.render_setup`: intrinsics fx, fy, cx, cy with
+    cx = W / 2; bounds 2 x 3)."""
+    fx, _, cx, _ = setup["intrinsics"]
+    (lx, ly, _), (hx, hy, _) = setup["bounds"]
+    return replace(cfg, traj_map_hfov=fov_degrees(fx, 2 * cx), traj_map_aspect=(hy - ly) / (hx - lx))
+
+
 def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "all", preset_name: str = "tiny",
               steps: int | None = None, resume: bool = False, device: str = "auto", progress: bool = True,
               overrides: dict | None = None) -> dict[str, dict]:
@@ -96,6 +107,7 @@ def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "
         warnings.warn(f"{latents}: the train scenes have different bounds; generated scenes are "
                       "rendered in their mean box")
     cfgs = {lv: level_configs(index, preset_name, lv, steps, device, progress, overrides) for lv in levels}
+    cfgs = {lv: (with_camera_setup(m, setup) if m.traj_map else m, t) for lv, (m, t) in cfgs.items()}
     # under torchrun, one process group for all levels (the trainer leaves a group it did not
     # create alone)
     owned = False
@@ -132,7 +144,7 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume)
         run_config = {"stage": STAGE, "level": lv, "preset": preset_name,
                       "latents": str(Path(latents).resolve()), "latent_ae": index["latent_ae"],
                       "scene_ae": index["scene_ae"], "shapes": index["shapes"], "stats": index["stats"],
-                      "render": setup, "model": asdict(cfg), "train": tcfg.to_dict()}
+                      "render": setup, "model": run_model_config(cfg), "train": tcfg.to_dict()}
         trainer = Trainer(model, ds, tcfg, Path(out) / lv, run_config, resume=resume)
         results[lv] = trainer.fit()
     return results

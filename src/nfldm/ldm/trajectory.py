@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["POSE_DIM", "resample_poses", "rotation_from_6d", "encode_trajectory", "decode_trajectory",
-           "interpolate_path", "fov_degrees"]
+           "interpolate_path", "fov_degrees", "camera_coverage", "COVERAGE_CHANNELS"]
 
 POSE_DIM = 9
 
@@ -118,3 +118,49 @@ def interpolate_path(keyframes: Tensor, num: int, smooth: bool = True) -> Tensor
 def fov_degrees(focal: float, size: int) -> float:
     """Field of view (degrees) of ``size`` pixels at focal length ``focal`` (pixels)."""
     return math.degrees(2.0 * math.atan(0.5 * size / focal))
+
+
+COVERAGE_CHANNELS = 4
+
+
+def camera_coverage(traj: Tensor, size: tuple[int, int], hfov_deg: float, aspect: float = 1.0,
+                    edge: float = 0.1, near: float = 0.25) -> Tensor:
+    """Where a trajectory's cameras look, as maps over the box's x-y footprint (top-down).
+
+    traj: B x 9 T trajectory vectors (:func:`encode_trajectory`); size (H, W): cells along the
+    box's x and y (cell (i, j) centred at normalised x = (i + 1/2) 2 / H - 1,
+    y = (j + 1/2) 2 / W - 1, the layout of V's X x Y footprint). ``hfov_deg``: the cameras'
+    horizontal field of view; ``aspect``: the box's y extent / x extent (angles are measured in
+    metric, not normalised, coordinates). Returns B x 4 x H x W, every channel in [-1, 1]:
+
+    0. 2 k - 1, k = the fraction of the T keyframe cameras whose horizontal field of view
+       contains the cell centre (soft: a sigmoid of the angle inside the half field of view,
+       scale ``edge`` radians; a cell within about one cell of a camera counts as seen);
+    1. 2 exp(-d / ``near``) - 1, d = the normalised distance to the nearest keyframe position;
+    2. and 3. the cell's normalised x and y (the convolutions see absolute position).
+
+    Pitch is ignored (the forward axis -z projected on the ground plane); a camera looking
+    straight down sees no direction."""
+    if traj.dim() != 2 or traj.shape[-1] % POSE_DIM:
+        raise ValueError(f"traj must be B x 9 T, got {tuple(traj.shape)}")
+    H, W = size
+    B = traj.shape[0]
+    x = traj.float().reshape(B, -1, POSE_DIM)
+    pos = x[..., :2]                                                   # B x T x 2 (normalised x, y)
+    fwd = -rotation_from_6d(x[..., 3:])[..., :2, 2]                    # B x T x 2 (world x, y of -z)
+    fwd = fwd / fwd.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    dev = traj.device
+    gx = (torch.arange(H, device=dev, dtype=torch.float32) + 0.5) * 2.0 / H - 1.0
+    gy = (torch.arange(W, device=dev, dtype=torch.float32) + 0.5) * 2.0 / W - 1.0
+    dx = gx[None, None, :, None] - pos[..., 0, None, None]             # B x T x H x 1
+    dy = (gy[None, None, None, :] - pos[..., 1, None, None]) * aspect  # B x T x 1 x W
+    dist = torch.sqrt(dx ** 2 + dy ** 2 + 1e-12)                       # B x T x H x W
+    cos = (dx * fwd[..., 0, None, None] + dy * fwd[..., 1, None, None]) / dist
+    angle = torch.acos(cos.clamp(-1.0, 1.0))
+    inside = torch.sigmoid((math.radians(hfov_deg) / 2 - angle) / edge)
+    cell = 2.0 / min(H, W)
+    inside = 1.0 - (1.0 - inside) * (1.0 - torch.exp(-(dist / cell) ** 2))
+    cov = inside.mean(1)
+    nearest = torch.exp(-dist.amin(1) / near)
+    xy = torch.stack(torch.meshgrid(gx, gy, indexing="ij"))[None].expand(B, 2, H, W)
+    return torch.cat([torch.stack([2 * cov - 1, 2 * nearest - 1], 1), xy], 1)

@@ -1,0 +1,123 @@
+"""How much does each diffusion level denoise, noise level by noise level?
+
+    python benchmarks/denoise_by_t.py --run LDM_RUN [--num 16] [--t 20 100 200 400 600 800 950]
+                                      [--seed 0] [--device auto] [--out FILE.png]
+
+For each level of the run (g, c, f) and for the train and test splits of the latent folder it
+was trained on: the scenes' standardised latents x0 are noised to x_t = alpha_t x0 + sigma_t eps,
+the level (EMA weights, conditioned on the scene's own CLEAN coarser latents and trajectory,
+as in training) predicts x0_hat = alpha_t x_t - sigma_t v_hat, and the script prints the mean
+squared error of x0_hat next to sigma_t^2, the error of the structure-blind estimate alpha_t x_t
+(the posterior mean for zero-mean, unit-variance data without any structure). Their ratio is
+the share of the noise the level fails to remove: 1 = no denoising at all.
+
+For c and f it also prints the pre-quantisation "jitter": the mean squared distance, in
+standardised units, between the latents the diffusion models (pre-quantisation, docs/latent-ae.md)
+and their codebook vectors, with the noise level t at which sigma_t^2 equals it (below that t
+added noise is no larger than the jitter, which the decoder's quantiser removes anyway), and
+the number of distinct codes a scene uses.
+
+``--out``: a picture of c for 6 test scenes, one row each: 4 of the scene's c channels (folded
+channels 0, 5, 21, 40, each scaled to its own range), then the same channels of a c that psi_c
+samples given the scene's g (and trajectory, for runs that take it; DPM-Solver++ 20 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="ldm run (RUN with g/, c/, f/)")
+    ap.add_argument("--num", type=int, default=16, help="scenes per split")
+    ap.add_argument("--t", type=int, nargs="+", default=[20, 100, 200, 400, 600, 800, 950])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="PNG: real vs sampled c channels of 6 test scenes")
+    args = ap.parse_args()
+
+    from pathlib import Path
+
+    from nfldm.ldm.data import LatentDataset, read_latent_index, unfold_c
+    from nfldm.ldm.sample import load_pipeline
+
+    pipe = load_pipeline(args.run, args.device)
+    models, rc, lae, stats, dev = pipe["models"], pipe["config"], pipe["lae"], pipe["stats"], pipe["device"]
+    latdir = Path(rc["latents"])
+    index = read_latent_index(latdir)
+    traj_frames = models["g"].cfg.traj_frames
+    c_ch = models["g"].cfg.c_shape[0]
+    print(f"{args.run}: x0-prediction MSE / sigma_t^2 (standardised latents; {args.num} scenes per split)")
+    print(f"{'level':6s}{'split':7s}" + "".join(f"{'t=' + str(t):>16s}" for t in args.t))
+    batches = {}
+    for split in ("train", "test"):
+        ds = LatentDataset(latdir, split, traj_frames, index=index, stats=rc["stats"])
+        items = [ds[i] for i in range(min(args.num, len(ds)))]
+        batches[split] = {k: torch.stack([it[k] for it in items]).to(dev) for k in ("g", "traj", "c", "f")
+                          if k in items[0]}
+    for lv, model in models.items():
+        ac = model.scheduler.alphas_cumprod.to(dev)
+        for split, batch in batches.items():
+            x0 = model.target(batch)
+            ctx = model.context(batch)
+            B = x0.shape[0]
+            gen = torch.Generator().manual_seed(args.seed)
+            cells = []
+            for t in args.t:
+                a, s = ac[t].sqrt(), (1 - ac[t]).sqrt()
+                eps = torch.randn(x0.shape, generator=gen).to(dev)
+                with torch.no_grad():
+                    v = model.predict(a * x0 + s * eps, torch.full((B,), t, device=dev), ctx, model.tokens(None, B))
+                err = float(((a * (a * x0 + s * eps) - s * v.float() - x0) ** 2).mean())
+                cells.append(f"{err:7.3f} / {float(s ** 2):5.3f}")
+            print(f"{lv:6s}{split:7s}" + "".join(f"{c:>16s}" for c in cells))
+    # pre-quantisation jitter of c and f
+    if lae is not None and "c" in models:
+        batch = batches["train"]
+        raw = {"c": stats.denormalise("c", unfold_c(batch["c"].cpu(), c_ch))}
+        if "f" in models:
+            raw["f"] = stats.denormalise("f", batch["f"].cpu())
+        lae_dev = next(lae.parameters()).device
+        with torch.no_grad():
+            q = lae.quantize(raw["c"].to(lae_dev), raw["f"].to(lae_dev) if "f" in raw else None)
+        ac = models["c"].scheduler.alphas_cumprod
+        print("pre-quantisation jitter (train scenes, standardised units), where sigma_t^2 equals it, codes per scene:")
+        for k, x in raw.items():
+            d = stats.normalise(k, x) - stats.normalise(k, q[f"{k}_q"].cpu())
+            jit = float((d ** 2).mean())
+            t_eq = int(torch.searchsorted(1 - ac.double(), torch.tensor([jit], dtype=torch.float64))[0])
+            used = [int(q[f"{k}_indices"][i].unique().numel()) for i in range(len(x))]
+            print(f"  {k}: jitter {jit:.3f} (sigma_t^2 = jitter at t = {t_eq}); codes per scene "
+                  f"{min(used)}-{max(used)} of {lae.cfg.codebook_size}")
+    if args.out and "c" in models:
+        picture(models["c"], batches["test"], args.out, args.seed)
+
+
+def picture(model, batch: dict, out: str, seed: int, channels=(0, 5, 21, 40)) -> None:
+    import numpy as np
+
+    from nfldm.ldm.sample import denoise
+    from nfldm.utils.io import atomic_save_png
+
+    n = min(6, batch["c"].shape[0])
+    sub = {k: v[:n] for k, v in batch.items()}
+    x = denoise(model, n, model.context(sub), None, 1.0, "dpm", 20, torch.Generator().manual_seed(seed))
+    chans = [k for k in channels if k < x.shape[1]]
+
+    def tile(a):
+        a = a.float().cpu().numpy()
+        a = (a - a.min()) / (a.max() - a.min() + 1e-8)
+        return np.pad(a, 1, constant_values=1.0)
+
+    rows = [np.concatenate([tile(sub["c"][i, k]) for k in chans] + [np.ones((sub["c"].shape[2] + 2, 4))] +
+                           [tile(x[i, k]) for k in chans], 1) for i in range(n)]
+    img = np.kron(np.concatenate(rows, 0), np.ones((6, 6)))
+    atomic_save_png(out, (img * 255).astype(np.uint8))
+    print(f"real c channels {chans} | sampled -> {out}")
+
+
+if __name__ == "__main__":
+    main()
