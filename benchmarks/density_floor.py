@@ -15,7 +15,6 @@ OUT/compare.png (four samples: frames without the floor above frames with floor 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,10 @@ import torch
 
 def floor_density(V: torch.Tensor, bounds: torch.Tensor, fraction: float) -> torch.Tensor:
     """V: K x X x Y x Z; density below ``fraction`` x ln 2 / (mean voxel edge) set to 0."""
-    edge = float(((bounds[1] - bounds[0]) / torch.tensor(V.shape[1:], dtype=torch.float32)).mean())
+    from nfldm.ldm.sample import surface_level
+
     V = V.clone()
-    V[0] = torch.where(V[0] < fraction * math.log(2.0) / edge, torch.zeros_like(V[0]), V[0])
+    V[0] = torch.where(V[0] < fraction * surface_level(bounds, V.shape[1:]), torch.zeros_like(V[0]), V[0])
     return V
 
 

@@ -26,7 +26,6 @@ L1 distance of the per-height occupancy profile from the stage-1 voxels' mean pr
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,10 @@ import torch
 
 def density_stats(V: torch.Tensor, bounds: torch.Tensor) -> dict:
     """V: K x X x Y x Z (channel 0 sigma per metre), bounds 2 x 3 -> statistics (see docstring)."""
+    from nfldm.ldm.sample import surface_level
+
     sigma = V[0].float()
-    size = (bounds[1] - bounds[0]).float() / torch.tensor(sigma.shape, dtype=torch.float32)
-    occ = sigma > math.log(2.0) / float(size.mean())
+    occ = sigma > surface_level(bounds, sigma.shape)
     o = occ.float()
     nb = torch.zeros_like(o)
     for dim in range(3):

@@ -53,8 +53,7 @@ def main() -> None:
     from nfldm.latent_ae.data import VoxelDataset, load_voxels, read_voxel_index
     from nfldm.ldm.data import read_latent_index
     from nfldm.ldm.evaluate import eval_generation
-    from nfldm.ldm.sample import _render_path, sample_latents
-    from nfldm.ldm.trajectory import decode_trajectory, interpolate_path
+    from nfldm.ldm.sample import _render_path, render_path, sample_latents
     from nfldm.scene_ae.flythrough import grid_image, to_uint8, upscale
     from nfldm.utils.io import atomic_save_png
 
@@ -76,13 +75,7 @@ def main() -> None:
     setup = rc["render"]
     bounds = torch.tensor(setup["bounds"], dtype=torch.float32)
     intr = torch.tensor(setup["intrinsics"], dtype=torch.float32)
-    margin = 0.02 * (bounds[1] - bounds[0])
-    paths = []
-    for i in range(args.num):
-        keys = decode_trajectory(lat["traj"][i].double(), bounds.double()).float()
-        path = interpolate_path(keys, args.frames)
-        path[:, :3, 3] = torch.maximum(torch.minimum(path[:, :3, 3], bounds[1] - margin), bounds[0] + margin)
-        paths.append(path)
+    paths = [render_path(lat["traj"][i], bounds, args.frames)[1] for i in range(args.num)]   # as `nfldm sample`
 
     def fine_tune(noise: float):
         lae = copy.deepcopy(lae0)

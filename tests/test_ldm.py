@@ -97,6 +97,24 @@ def test_resampling_of_level_cameras_and_smooth_path():
     assert torch.allclose(path[::4], c2w, atol=1e-6)                 # through every keyframe
 
 
+def test_render_path_stays_inside_the_box():
+    from nfldm.ldm.sample import render_path
+
+    poses = random_poses(8, seed=4)
+    traj = encode_trajectory(poses, BOUNDS, 8)
+    traj = traj.reshape(8, 9)
+    traj[::2, :3] *= 1.5                          # every other keyframe outside the box
+    keys, path = render_path(traj.reshape(-1), BOUNDS.float(), 40)
+    assert keys.shape == (8, 4, 4) and path.shape == (40, 4, 4)
+    m = 0.02 * (BOUNDS[1] - BOUNDS[0]).float()
+    for p in (keys[:, :3, 3], path[:, :3, 3]):
+        assert bool((p >= BOUNDS[0].float() + m - 1e-5).all()) and bool((p <= BOUNDS[1].float() - m + 1e-5).all())
+    # keyframes inside the shrunk box are left where they were
+    true = poses[1::2, :3, 3].float()
+    ok = ((true >= BOUNDS[0].float() + m) & (true <= BOUNDS[1].float() - m)).all(-1)
+    assert bool(ok.any()) and torch.allclose(keys[1::2, :3, 3][ok], true[ok], atol=1e-4)
+
+
 def test_camera_coverage_maps_where_the_cameras_look():
     from nfldm.ldm.trajectory import camera_coverage
 
@@ -368,13 +386,15 @@ def test_sample_writes_every_output(ldm_run, tmp_path, sampler):
 
 
 def test_mesh_of_a_box_is_in_world_units():
-    from nfldm.ldm.sample import density_mesh
+    from nfldm.ldm.sample import density_mesh, surface_level
 
     V = torch.zeros(4, 16, 16, 8)
     V[0, 4:12, 4:12, 2:6] = 10.0                    # a dense block
     V[1] = 1.0                                      # red
     mesh, level = density_mesh(V, BOUNDS.float())
     assert math.isclose(level, math.log(2) / 0.5)   # voxel edge 0.5 m
+    assert math.isclose(surface_level(BOUNDS, (16, 16, 8)), level)
+    assert math.isclose(surface_level(BOUNDS.numpy(), (16, 16, 16)), math.log(2) / ((0.5 + 0.5 + 0.25) / 3))
     lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
     # voxel i spans [-4 + 0.5 i, -4 + 0.5 (i + 1)]; the surface lies between the centres
     # of the last dense voxel and the first empty one

@@ -42,7 +42,7 @@ from nfldm.ldm.model import SAMPLERS, LevelDiffusion, guided_prediction, make_sa
 from nfldm.ldm.trajectory import decode_trajectory, fov_degrees, interpolate_path
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json
 
-__all__ = ["denoise", "sample_latents", "sample", "density_mesh", "camera_path_json", "load_pipeline",
+__all__ = ["denoise", "sample_latents", "sample", "render_path", "surface_level", "density_mesh", "camera_path_json", "load_pipeline",
            "SAMPLE_FORMAT"]
 
 SAMPLE_FORMAT = "nfldm-sample"
@@ -138,6 +138,15 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
 # Mesh, camera path, pictures
 
 
+def surface_level(bounds, grid_shape) -> float:
+    """The density (per metre) at which one voxel length has opacity 1/2: ln 2 / (mean voxel
+    edge), for a grid of ``grid_shape`` (X, Y, Z) over ``bounds`` (2 x 3, tensor or array).
+    The mesh level of :func:`density_mesh` and the "occupied" threshold of the benchmarks."""
+    b = np.asarray(bounds.detach().cpu().double() if isinstance(bounds, Tensor) else bounds, dtype=np.float64)
+    size = (b[1] - b[0]) / np.asarray(grid_shape, dtype=np.float64)
+    return math.log(2.0) / float(size.mean())
+
+
 def density_mesh(V: Tensor, bounds: Tensor, level: float | None = None, colour: bool = True):
     """Marching cubes of V's density channel, in world units. Returns (trimesh.Trimesh, level).
 
@@ -159,7 +168,7 @@ def density_mesh(V: Tensor, bounds: Tensor, level: float | None = None, colour: 
     lo, hi = bounds[0].double().cpu().numpy(), bounds[1].double().cpu().numpy()
     size = (hi - lo) / np.array(sigma.shape)
     if level is None:
-        level = math.log(2.0) / float(size.mean())
+        level = surface_level(bounds, sigma.shape)
     padded = np.pad(sigma, 1)
     if not padded.min() < level < padded.max():
         warnings.warn(f"the density never reaches the mesh level {level:.3g} /m (max {padded.max():.3g}); "
@@ -246,6 +255,20 @@ def load_pipeline(run: str | os.PathLike, device: str = "auto") -> dict:
 
 
 @torch.no_grad()
+def render_path(traj: Tensor, bounds: Tensor, num_frames: int, margin: float = 0.02) -> tuple[Tensor, Tensor]:
+    """A sampled trajectory vector (9 T) -> (keyframes T x 4 x 4, path num_frames x 4 x 4)
+    in the world units of ``bounds`` (2 x 3): keyframe positions clamped to the box shrunk by
+    ``margin`` x its size per side, a Catmull-Rom path through them, clamped again (the spline
+    may overshoot). A position slightly outside the box would look at the grid from outside."""
+    m = margin * (bounds[1] - bounds[0])
+    lo, hi = bounds[0] + m, bounds[1] - m
+    keys = decode_trajectory(traj.double(), bounds.double()).float()
+    keys[:, :3, 3] = torch.maximum(torch.minimum(keys[:, :3, 3], hi), lo)
+    path = interpolate_path(keys, num_frames)
+    path[:, :3, 3] = torch.maximum(torch.minimum(path[:, :3, 3], hi), lo)
+    return keys, path
+
+
 def _render_path(sae, V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, chunk: int = 16):
     """RGB N x 3 x H x W and depth N x h x w of V along a path (N x 4 x 4)."""
     dev = next(sae.parameters()).device
@@ -291,7 +314,6 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
     intr = torch.tensor(setup["intrinsics"], dtype=torch.float32)
     H = W = sae.cfg.image_size
     scale = max(1, 256 // H)
-    margin = 0.02 * (bounds[1] - bounds[0])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, records = [], []
@@ -302,10 +324,7 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
             V = lae.decode_latents(g, c, f)[0].float().cpu()
         if not bool(torch.isfinite(V).all()):
             raise RuntimeError(f"sample {i}: the decoded V holds NaN / inf values")
-        keys = decode_trajectory(lat["traj"][i].double(), bounds.double()).float()
-        keys[:, :3, 3] = torch.maximum(torch.minimum(keys[:, :3, 3], bounds[1] - margin), bounds[0] + margin)
-        path = interpolate_path(keys, num_frames)      # the spline may overshoot: clamp again
-        path[:, :3, 3] = torch.maximum(torch.minimum(path[:, :3, 3], bounds[1] - margin), bounds[0] + margin)
+        keys, path = render_path(lat["traj"][i], bounds, num_frames)
         rgb, depth = _render_path(sae, V, bounds, intr, path)
         frames = to_uint8(rgb)
         for k, fr in enumerate(frames):
