@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json
 
 __all__ = [
+    "dict_without_added",
     "CheckpointError",
     "GlobalBatchSampler",
     "TrainConfig",
@@ -109,6 +110,18 @@ def dataclass_from_dict(cls: type, d: dict, what: str):
     if bad:
         raise ValueError(f"unknown {what} config keys {bad}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def dict_without_added(cfg: Any, added: dict) -> dict:
+    """``asdict(cfg)`` as stored in a run's config.json: every field named in ``added`` (field
+    -> the value runs made before it existed implicitly had) that holds that value is left
+    out, so older runs resume, and hash, exactly as before (a missing key reads back as the
+    dataclass default, which must be that value)."""
+    d = dataclasses.asdict(cfg)
+    for k, old in added.items():
+        if d.get(k) == old:
+            del d[k]
+    return d
 
 
 def apply_overrides(model_cfg: Any, train_cfg: "TrainConfig", overrides: dict | None, what: str,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict
+from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict, dict_without_added
 
 # which latents the auto-encoder has (the paper's stage-3 ablations, docs/ldm.md "Ablations"):
 # "gcf" the full hierarchy (g, c, f); "c" the coarse 3D latent only; "g" the global vector only
@@ -133,11 +133,7 @@ def run_model_config(cfg: LatentAEConfig) -> dict:
     """``asdict(cfg)`` as stored in a run's config.json: fields of :data:`ADDED_FIELDS` that
     hold the value older runs implicitly had are left out, so runs made before those fields
     existed resume, and hash, exactly as before (a missing key reads back as the default)."""
-    d = asdict(cfg)
-    for k, old in ADDED_FIELDS.items():
-        if d.get(k) == old:
-            del d[k]
-    return d
+    return dict_without_added(cfg, ADDED_FIELDS)
 
 
 __all__ = ["LATENT_MODES", "check_latent_mode", "run_model_config", "LatentAEConfig", "LatentAEPreset", "PRESETS",

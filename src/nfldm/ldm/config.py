@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict
+from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict, dict_without_added
 
 LEVELS = ("g", "c", "f")
 FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape", "traj_map_hfov", "traj_map_aspect")
@@ -208,11 +208,7 @@ def run_model_config(cfg: LDMConfig) -> dict:
     """``asdict(cfg)`` as stored in a run's config.json: fields of :data:`ADDED_FIELDS` that
     hold the value older runs implicitly had are left out, so runs made before those fields
     existed resume, and hash, exactly as before (a missing key reads back as the default)."""
-    d = asdict(cfg)
-    for k, old in ADDED_FIELDS.items():
-        if d.get(k) == old:
-            del d[k]
-    return d
+    return dict_without_added(cfg, ADDED_FIELDS)
 
 
 def config_from_dict(d: dict) -> LDMConfig:
