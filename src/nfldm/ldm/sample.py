@@ -254,7 +254,6 @@ def load_pipeline(run: str | os.PathLike, device: str = "auto") -> dict:
     return {**ldm, "lae": lae, "sae": sae, "stats": LatentStats(rc["stats"])}
 
 
-@torch.no_grad()
 def render_path(traj: Tensor, bounds: Tensor, num_frames: int, margin: float = 0.02) -> tuple[Tensor, Tensor]:
     """A sampled trajectory vector (9 T) -> (keyframes T x 4 x 4, path num_frames x 4 x 4)
     in the world units of ``bounds`` (2 x 3): keyframe positions clamped to the box shrunk by
@@ -269,6 +268,7 @@ def render_path(traj: Tensor, bounds: Tensor, num_frames: int, margin: float = 0
     return keys, path
 
 
+@torch.no_grad()
 def _render_path(sae, V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, chunk: int = 16):
     """RGB N x 3 x H x W and depth N x h x w of V along a path (N x 4 x 4)."""
     dev = next(sae.parameters()).device
