@@ -37,6 +37,7 @@ def density_stats(V: torch.Tensor, bounds: torch.Tensor) -> dict:
     from nfldm.ldm.sample import surface_level
 
     sigma = V[0].float()
+    size = (bounds[1] - bounds[0]).float() / torch.tensor(sigma.shape, dtype=torch.float32)   # voxel edges (m)
     occ = sigma > surface_level(bounds, sigma.shape)
     o = occ.float()
     nb = torch.zeros_like(o)
