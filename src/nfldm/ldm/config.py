@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from nfldm.ldm.trajectory import COVERAGE_CHANNELS
 from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict, dict_without_added
 
 LEVELS = ("g", "c", "f")
@@ -104,8 +105,6 @@ class LDMConfig:
     @property
     def map_channels(self) -> int:
         """Trajectory-map channels psi_c / psi_f add to their input (0 without ``traj_map``)."""
-        from nfldm.ldm.trajectory import COVERAGE_CHANNELS
-
         return COVERAGE_CHANNELS if self.traj_map and self.level != "g" else 0
 
     @property

@@ -252,8 +252,9 @@ class LevelDiffusion(nn.Module):
         return batch[self.level].float()
 
     def context(self, batch: dict) -> dict:
-        """The clean coarser latents this level is conditioned on: g and traj (psi_c), plus c
-        (psi_f); traj alone for psi_c when g_dim = 0 (coarse-only). :meth:`predict` uses traj
+        """The coarser latents this level is conditioned on, picked from ``batch`` (the clean
+        ones in training, the sampled ones at sampling): g and traj (psi_c), plus c (psi_f);
+        traj alone for psi_c when g_dim = 0 (coarse-only). :meth:`predict` uses traj
         with ``g_with_traj`` (in the global vector) and ``traj_map`` (as maps)."""
         if self.level == "g":
             return {}

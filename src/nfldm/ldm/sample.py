@@ -113,11 +113,14 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         tag = f"{lo}-{hi - 1}"
         x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}")
         got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:]}
+        # each level picks what it is conditioned on from the sampled coarser latents, as it
+        # does from the clean ones in training (LevelDiffusion.context)
+        sampled = {"g": got["g_n"], "traj": got["traj"]}
         if cm is not None:
-            ctx = {"g": got["g_n"], "traj": got["traj"]} if cm.cfg.g_dim > 0 else {"traj": got["traj"]}
-            got["c_n"] = denoise(cm, B, ctx, cb, guidance, sampler, steps, gen, progress, f"psi_c {tag}")
+            got["c_n"] = denoise(cm, B, cm.context(sampled), cb, guidance, sampler, steps, gen, progress,
+                                 f"psi_c {tag}")
         if fm is not None:
-            got["f_n"] = denoise(fm, B, {"g": got["g_n"], "traj": got["traj"], "c": got["c_n"]}, cb, guidance, sampler, steps, gen,
+            got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, guidance, sampler, steps, gen,
                                  progress, f"psi_f {tag}")
         for k in keys:
             parts[k].append(got[k].float().cpu())
