@@ -15,7 +15,7 @@ from nfldm.cli import main
 from nfldm.data.loader import SceneDataset
 from nfldm.data.vizdoom import VizdoomConfig, collect_dataset
 from nfldm.scene_ae.config import preset
-from nfldm.scene_ae.evaluate import gt_density_grid, input_split, pose_distance
+from nfldm.scene_ae.evaluate import coincident_views, evaluate, gt_density_grid, input_split, pose_distance
 from nfldm.scene_ae.model import SceneAutoEncoder, downsample_depth
 from nfldm.scene_ae.render import render_views
 
@@ -122,6 +122,47 @@ def test_eval_protocol_helpers():
     assert dist[0, 2] > dist[0, 1]  # same place, looking the other way, is farther
 
 
+def test_coincident_views():
+    pos = torch.tensor([[0.0, 0, 0], [0.03, 0, 0], [0.2, 0, 0], [0.0, 0, 0], [0.0, 0, 0]])
+    yaw = torch.tensor([0.0, 0.0, 0.0, math.radians(1.0), math.radians(5.0)])
+    c2w = camera.pose_from_position_yaw(pos, yaw)
+    # same pose within 5 cm and 2 degrees: coincident; 20 cm away or 5 degrees off: novel
+    assert coincident_views(c2w[1:], c2w[:1]).tolist() == [True, False, True, False]
+
+
+class _ListDataset:
+    """A stand-in for SceneDataset(num_views=None): given items, in order."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_eval_leaves_out_views_that_repeat_an_input(doom):
+    """A held-out frame with an input's camera and image (the agent turned full circle in
+    place) is not a novel view: copying the input would score ~100 dB. The protocol drops it
+    from every number and counts it."""
+    torch.manual_seed(0)
+    model = SceneAutoEncoder(preset("smoke").model).eval()
+    item = SceneDataset(doom, "test")[0]
+    ins, outs = input_split(12, 4)
+    rep = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in item.items()}
+    for k in ("images", "depth", "depth_valid", "c2w"):
+        rep[k][outs[0]] = rep[k][ins[1]]
+    base, _ = evaluate(model, _ListDataset([item]), num_inputs=4, progress=False)
+    res, _ = evaluate(model, _ListDataset([rep]), num_inputs=4, progress=False)
+    assert res["num_coincident_views_excluded"] == base["num_coincident_views_excluded"] + 1
+    assert res["num_held_out_views"] == base["num_held_out_views"] - 1
+    # the copied input scores far above every other view only when it is counted
+    assert res["including_coincident_views"]["nearest_frame"]["psnr"] > res["nearest_frame"]["psnr"] + 3
+    assert res["nearest_frame"]["psnr"] < 60
+
+
 def test_train_eval_render_cli(doom, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "scene-ae", "--data", str(doom), "--out", str(run), "--preset", "smoke",
@@ -137,7 +178,7 @@ def test_train_eval_render_cli(doom, tmp_path):
     for m in ("model", "mean_colour", "nearest_frame"):
         assert math.isfinite(res[m]["psnr"]) and math.isfinite(res[m]["ssim"])
         assert math.isfinite(res[m]["depth_abs_rel_median"])
-    assert res["num_held_out_views"] == 12 - 4
+    assert res["num_held_out_views"] + res["num_coincident_views_excluded"] == 12 - 4
     # nearest-frame baseline copies real frames: better than a flat colour on structure
     assert res["nearest_frame"]["ssim"] > res["mean_colour"]["ssim"]
     assert (tmp_path / "metrics_views.png").exists()

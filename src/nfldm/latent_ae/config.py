@@ -95,8 +95,9 @@ PRESETS: dict[str, LatentAEPreset] = {
         TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2)),
     # 2-core CPU, 30 minutes: V of the stage-1 tiny preset, 17 x 64 x 64 x 64;
     # c 4 x 16 x 16 x 16, f 4 x 64 x 64 (the paper's compression ratio, about 130x)
+    # (w_render=100: every measured stage-2 number used it; the field's default stays 0)
     "tiny": LatentAEPreset(
-        LatentAEConfig(latent_skip=True),
+        LatentAEConfig(latent_skip=True, w_render=100.0),
         TrainConfig(steps=2200, batch_size=2, lr=1e-3, warmup_steps=100, log_every=25,
                     ckpt_every=250, max_minutes=30)),
     "small": LatentAEPreset(

@@ -13,6 +13,12 @@ frames are encoded; all OTHER frames are the held-out views. On them we score
 PSNR and SSIM over whole images; depth abs-rel over pixels with valid depth whose surface
 point lies in the scene box (the grid cannot represent anything else; the fraction of valid
 pixels outside the box is reported), and also over all valid pixels.
+
+Held-out views whose camera coincides with an input camera (:func:`coincident_views`: the
+agent stood still, or turned full circle in place and came back to an input's pose) are not
+novel views: copying that input scores tens of dB, so they are left out of every number and
+counted in ``num_coincident_views_excluded``; the JSON's ``including_coincident_views`` gives
+the PSNR over all held-out views as well.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from nfldm.scene_ae.splat import splat_mean
 
 ANGLE_WEIGHT = 2.0   # metres per radian of yaw difference, for "nearest camera"
 GT_SIGMA = 20.0      # density (per metre) of a voxel holding a measured surface point
+COINCIDENT_POS = 0.05   # metres: a held-out camera this close to an input camera ...
+COINCIDENT_DEG = 2.0    # ... and looking within this angle of it is not a novel view
 
 
 def input_split(num_frames: int, num_inputs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +65,16 @@ def pose_distance(c2w_a: Tensor, c2w_b: Tensor) -> Tensor:
     fa, fb = -c2w_a[:, :3, 2], -c2w_b[:, :3, 2]          # viewing directions
     cos = (fa @ fb.T).clamp(-1, 1)
     return pos + ANGLE_WEIGHT * torch.arccos(cos)
+
+
+def coincident_views(c2w_out: Tensor, c2w_in: Tensor) -> Tensor:
+    """Which held-out cameras coincide with some input camera (same position within
+    COINCIDENT_POS metres and viewing direction within COINCIDENT_DEG degrees).
+
+    c2w_out: A x 4 x 4, c2w_in: B x 4 x 4 -> A (bool)."""
+    pos = torch.cdist(c2w_out[:, :3, 3], c2w_in[:, :3, 3])
+    cos = ((-c2w_out[:, :3, 2]) @ (-c2w_in[:, :3, 2]).T).clamp(-1, 1)
+    return ((pos < COINCIDENT_POS) & (cos > math.cos(math.radians(COINCIDENT_DEG)))).any(1)
 
 
 def gt_density_grid(depth: Tensor, valid: Tensor, intr: Tensor, c2w: Tensor, bounds: Tensor,
@@ -115,6 +133,7 @@ def evaluate_scene(model: SceneAutoEncoder, item: dict, num_inputs: int, device)
         "nearest_frame": (bi["images"][0][near], bi["depth"][0][near]),
         "gt_density_floor": (None, floor_depth[0]),
         "inputs": ins, "held_out": outs, "input_images": bi["images"][0],
+        "novel": ~coincident_views(bo["c2w"][0], bi["c2w"][0]),
     }
 
 
@@ -129,25 +148,31 @@ def evaluate(model: SceneAutoEncoder, dataset, num_inputs: int | None = None, de
     """
     num_inputs = num_inputs or model.cfg.num_input_views
     model.eval()
-    acc = {m: {"psnr": [], "ssim": [], "rel_in_box": [], "rel_valid": []} for m in METHODS}
-    n_valid = n_in_box = 0
+    acc = {m: {"psnr": [], "ssim": [], "rel_in_box": [], "rel_valid": [], "psnr_all": []}
+           for m in METHODS}
+    n_valid = n_in_box = n_coincident = 0
     kept = []
     n = len(dataset) if max_scenes is None else min(max_scenes, len(dataset))
     for i in tqdm(range(n), desc="evaluating scenes", unit="scene", disable=not progress):
         r = evaluate_scene(model, dataset[i], num_inputs, device)
         if len(kept) < keep:
             kept.append({k: v for k, v in r.items()} | {"name": dataset.entries[i].name})
-        n_valid += int(r["valid"].sum())
-        n_in_box += int(r["in_box"].sum())
+        nv = r["novel"]
+        n_coincident += int((~nv).sum())
+        n_valid += int(r["valid"][nv].sum())
+        n_in_box += int(r["in_box"][nv].sum())
         for m in METHODS:
             rgb, depth = r[m]
             if rgb is not None:
-                acc[m]["psnr"].append(metrics.psnr(rgb, r["gt"]).cpu())
-                acc[m]["ssim"].append(metrics.ssim(rgb, r["gt"]).cpu())
-            acc[m]["rel_in_box"].append(metrics.abs_rel(depth, r["gt_depth"], r["in_box"]).cpu())
-            acc[m]["rel_valid"].append(metrics.abs_rel(depth, r["gt_depth"], r["valid"]).cpu())
+                p = metrics.psnr(rgb, r["gt"]).cpu()
+                acc[m]["psnr_all"].append(p)
+                acc[m]["psnr"].append(p[nv.cpu()])
+                acc[m]["ssim"].append(metrics.ssim(rgb[nv], r["gt"][nv]).cpu())
+            acc[m]["rel_in_box"].append(metrics.abs_rel(depth[nv], r["gt_depth"][nv], r["in_box"][nv]).cpu())
+            acc[m]["rel_valid"].append(metrics.abs_rel(depth[nv], r["gt_depth"][nv], r["valid"][nv]).cpu())
     out: dict = {"num_scenes": n, "num_inputs": num_inputs,
                  "num_held_out_views": int(sum(len(x) for x in acc["model"]["psnr"])),
+                 "num_coincident_views_excluded": n_coincident,
                  "valid_pixels_outside_box_fraction": 1 - n_in_box / max(n_valid, 1)}
     for m in METHODS:
         a, res = acc[m], {}
@@ -159,6 +184,8 @@ def evaluate(model: SceneAutoEncoder, dataset, num_inputs: int | None = None, de
         res["depth_abs_rel_mean"] = float(rib.mean()) if rib.numel() else math.nan
         res["depth_abs_rel_median_all_valid"] = float(rv.median()) if rv.numel() else math.nan
         out[m] = res
+    out["including_coincident_views"] = {
+        m: {"psnr": float(torch.cat(acc[m]["psnr_all"]).mean())} for m in METHODS if acc[m]["psnr_all"]}
     best = max(("mean_colour", "nearest_frame"), key=lambda k: out[k]["psnr"])
     out["better_baseline"] = best
     out["psnr_gain_over_better_baseline"] = out["model"]["psnr"] - out[best]["psnr"]
