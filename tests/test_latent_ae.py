@@ -13,7 +13,7 @@ from safetensors import safe_open
 from data_fixtures import SCENES, make_dataset, random_V
 from nfldm.cli import main
 from nfldm.latent_ae.config import LatentAEConfig, config_from_dict, preset
-from nfldm.latent_ae.model import LatentAutoEncoder, codebook_usage, fold, unfold
+from nfldm.latent_ae.model import LatentAutoEncoder, c_roughness, codebook_usage, fold, unfold
 
 STATS = {"sigma_scale": 0.1, "feature_rms": [0.5] * 8}
 
@@ -156,6 +156,33 @@ def test_loss_weighting_balances_occupied_and_empty():
     err_occ = torch.zeros_like(w[0])
     err_occ[occ[0]] = 1.0
     assert torch.isclose((w[0] * err_occ).sum(), (w[0] * (1 - err_occ)).sum())
+
+
+def test_c_roughness_and_its_loss():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 4, 8, 8, 6, generator=g)
+    assert abs(float(c_roughness(noise)) - 1.0) < 0.1           # white noise: about 1
+    x = torch.linspace(0, 1, 8)
+    ramp = (x[:, None, None] + x[None, :, None] + x[None, None, :6]).expand(2, 4, 8, 8, 6)
+    assert float(c_roughness(ramp)) < 0.05                        # smooth: near 0
+    assert torch.isclose(c_roughness(7 * noise), c_roughness(noise))   # scale-free
+    # the loss adds w_c_smooth x roughness (same weights, same draw), and is logged either way
+    cfg0, cfg1 = smoke_cfg(), smoke_cfg(w_c_smooth=0.5)
+    m0, m1 = LatentAutoEncoder(cfg0, STATS), LatentAutoEncoder(cfg1, STATS)
+    m1.load_state_dict(m0.state_dict())
+    V = random_V(cfg=cfg0)
+    torch.manual_seed(1)
+    l0, met0 = m0.losses({"V": V})
+    torch.manual_seed(1)
+    l1, met1 = m1.losses({"V": V})
+    assert torch.isclose(met0["c_roughness"], met1["c_roughness"])
+    assert torch.isclose(l1 - l0, 0.5 * met1["c_roughness"], atol=1e-5)
+    # a gradient step on the penalty alone makes c smoother
+    opt = torch.optim.SGD(m1.c_encoder.parameters(), lr=0.5)
+    before = c_roughness(m1.encode(V)["c"])
+    before.backward()
+    opt.step()
+    assert c_roughness(m1.encode(V)["c"]) < before
 
 
 def test_fsq_switch():

@@ -73,6 +73,9 @@ class LatentAEConfig:
     w_kl: float = 1e-6                   # KL(q(g | V) || N(0, I)), mean over dimensions
     w_render: float = 0.0                # MSE between stage-1 renders of decoded and original V
     render_views: int = 1                # random views per scene for the image loss
+    # smoothness of the coarse latent: w_c_smooth x c_roughness(c) (model.c_roughness: 1 for
+    # white noise, 0 for a constant map), to make c easier for psi_c (docs/latent-ae.md)
+    w_c_smooth: float = 0.0
 
     def __post_init__(self) -> None:
         check_latent_mode(self.latents)
@@ -127,7 +130,7 @@ def config_from_dict(d: dict) -> LatentAEConfig:
 
 # fields added after runs existed, with the value older runs implicitly had
 ADDED_FIELDS = {"latents": "gcf", "out_head": "linear", "head_channels": 8, "head_hidden": 32,
-                "latent_skip": False}
+                "latent_skip": False, "w_c_smooth": 0.0}
 
 
 def run_model_config(cfg: LatentAEConfig) -> dict:

@@ -314,6 +314,20 @@ class Quantizer(nn.Module):
         return {"z_q": z_q, "indices": idx.reshape(B, *S).long(), "loss": loss.reshape(())}
 
 
+def c_roughness(c: Tensor) -> Tensor:
+    """How little the coarse latent agrees with its neighbours: the mean squared difference of
+    adjacent cells (along X, Y and Z) over twice c's variance, i.e. 1 - the mean lag-1
+    autocorrelation. About 1 for white noise, 0 for a constant map, and unchanged by rescaling
+    c (so penalising it cannot be met by shrinking c).
+
+    c: B x C x Xc x Yc x Zc (pre-quantisation) -> scalar."""
+    c = c.float()
+    num = sum(((c.narrow(d, 1, c.shape[d] - 1) - c.narrow(d, 0, c.shape[d] - 1)) ** 2).mean()
+              for d in (2, 3, 4) if c.shape[d] > 1)
+    dims = sum(1 for d in (2, 3, 4) if c.shape[d] > 1)
+    return num / (2 * max(dims, 1) * c.var().clamp(min=1e-8))
+
+
 def codebook_usage(counts: Tensor) -> dict:
     """Usage of a codebook from how often each code was picked (counts: K).
 
@@ -555,6 +569,11 @@ class LatentAutoEncoder(nn.Module):
             render = self.render_loss(V, out["V_hat"], batch)
             loss = loss + cfg.w_render * render
             metrics["render_mse"] = render.detach()
+        if "c" in self.latent_names:
+            rough = c_roughness(out["c"])
+            if cfg.w_c_smooth > 0:
+                loss = loss + cfg.w_c_smooth * rough
+            metrics["c_roughness"] = rough.detach()
         for name, q in self.quantizers.items():
             counts = torch.bincount(out[f"{name}_indices"].flatten(), minlength=q.codebook_size)
             p = counts.float() / counts.sum()
