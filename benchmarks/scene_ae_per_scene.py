@@ -18,8 +18,7 @@ import torch
 
 from nfldm import metrics
 from nfldm.data.loader import SceneDataset
-from nfldm.scene_ae.evaluate import coincident_views, pose_distance, split_scene
-from nfldm.scene_ae.model import scene_batch
+from nfldm.scene_ae.evaluate import evaluate_scene
 from nfldm.scene_ae.train import load_scene_ae
 
 
@@ -35,25 +34,20 @@ def main() -> None:
     dev = next(model.parameters()).device
     ds = SceneDataset(args.data, args.split, cache=True)
     rows, gains = [], []
-    with torch.no_grad():
-        for i in range(len(ds)):
-            bi, bo, _, _ = split_scene(scene_batch(ds[i], dev), model.cfg.num_input_views)
-            H, W = bi["images"].shape[-2:]
-            gt = bo["images"][0]
-            near = pose_distance(bo["c2w"][0], bi["c2w"][0]).argmin(1)
-            p_near = metrics.psnr(bi["images"][0][near], gt)
-            V = model.encode_batch(bi)["V"]
-            out = model.render(V, bi["bounds"], bo["intrinsics"], bo["c2w"], H, W, chunk=8192)
-            p_model = metrics.psnr(out["rgb"][0].clamp(0, 1), gt)
-            novel = ~coincident_views(bo["c2w"][0], bi["c2w"][0])
-            pos = ds[i]["c2w"][:, :2, 3]
-            span = float((pos.amax(0) - pos.amin(0)).max())
-            nm = float(p_model[novel].mean()) if novel.any() else float("nan")
-            nn_ = float(p_near[novel].mean()) if novel.any() else float("nan")
-            if novel.any():
-                gains.append(nm - nn_)
-            rows.append((ds.entries[i].name, span, int((~novel).sum()), nm, nn_,
-                         float(p_model.mean()), float(p_near.mean())))
+    for i in range(len(ds)):
+        item = ds[i]
+        r = evaluate_scene(model, item, model.cfg.num_input_views, dev)
+        p_model = metrics.psnr(r["model"][0], r["gt"]).cpu()
+        p_near = metrics.psnr(r["nearest_frame"][0], r["gt"]).cpu()
+        novel = r["novel"].cpu()
+        pos = item["c2w"][:, :2, 3]
+        span = float((pos.amax(0) - pos.amin(0)).max())
+        nm = float(p_model[novel].mean()) if novel.any() else float("nan")
+        nn_ = float(p_near[novel].mean()) if novel.any() else float("nan")
+        if novel.any():
+            gains.append(nm - nn_)
+        rows.append((ds.entries[i].name, span, int((~novel).sum()), nm, nn_,
+                     float(p_model.mean()), float(p_near.mean())))
     print(f"{args.run} on {args.data} ({args.split}): mean PSNR (dB) of held-out views")
     print(f"{'scene':<12}{'span m':>7}{'coinc.':>7} | {'novel: model':>13}{'nearest':>8}{'gain':>7} | "
           f"{'all: model':>11}{'nearest':>8}")

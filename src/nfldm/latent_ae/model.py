@@ -322,10 +322,9 @@ def c_roughness(c: Tensor) -> Tensor:
 
     c: B x C x Xc x Yc x Zc (pre-quantisation) -> scalar."""
     c = c.float()
-    num = sum(((c.narrow(d, 1, c.shape[d] - 1) - c.narrow(d, 0, c.shape[d] - 1)) ** 2).mean()
-              for d in (2, 3, 4) if c.shape[d] > 1)
-    dims = sum(1 for d in (2, 3, 4) if c.shape[d] > 1)
-    return num / (2 * max(dims, 1) * c.var().clamp(min=1e-8))
+    diffs = [((c.narrow(d, 1, c.shape[d] - 1) - c.narrow(d, 0, c.shape[d] - 1)) ** 2).mean()
+             for d in (2, 3, 4) if c.shape[d] > 1]
+    return sum(diffs) / (2 * max(len(diffs), 1) * c.var().clamp(min=1e-8))
 
 
 def codebook_usage(counts: Tensor) -> dict:

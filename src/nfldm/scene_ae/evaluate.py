@@ -58,12 +58,18 @@ def split_scene(batch: dict, num_inputs: int) -> tuple[dict, dict, np.ndarray, n
             ins, outs)
 
 
+def _pose_gaps(c2w_a: Tensor, c2w_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Position distances (metres) and cosines between viewing directions of two camera
+    sets. c2w_a: A x 4 x 4, c2w_b: B x 4 x 4 -> (A x B, A x B)."""
+    pos = torch.cdist(c2w_a[:, :3, 3], c2w_b[:, :3, 3])
+    fa, fb = -c2w_a[:, :3, 2], -c2w_b[:, :3, 2]          # viewing directions
+    return pos, (fa @ fb.T).clamp(-1, 1)
+
+
 def pose_distance(c2w_a: Tensor, c2w_b: Tensor) -> Tensor:
     """Distance between cameras: |position difference| + ANGLE_WEIGHT * viewing-angle
     difference. c2w_a: A x 4 x 4, c2w_b: B x 4 x 4 -> A x B."""
-    pos = torch.cdist(c2w_a[:, :3, 3], c2w_b[:, :3, 3])
-    fa, fb = -c2w_a[:, :3, 2], -c2w_b[:, :3, 2]          # viewing directions
-    cos = (fa @ fb.T).clamp(-1, 1)
+    pos, cos = _pose_gaps(c2w_a, c2w_b)
     return pos + ANGLE_WEIGHT * torch.arccos(cos)
 
 
@@ -72,8 +78,7 @@ def coincident_views(c2w_out: Tensor, c2w_in: Tensor) -> Tensor:
     COINCIDENT_POS metres and viewing direction within COINCIDENT_DEG degrees).
 
     c2w_out: A x 4 x 4, c2w_in: B x 4 x 4 -> A (bool)."""
-    pos = torch.cdist(c2w_out[:, :3, 3], c2w_in[:, :3, 3])
-    cos = ((-c2w_out[:, :3, 2]) @ (-c2w_in[:, :3, 2]).T).clamp(-1, 1)
+    pos, cos = _pose_gaps(c2w_out, c2w_in)
     return ((pos < COINCIDENT_POS) & (cos > math.cos(math.radians(COINCIDENT_DEG)))).any(1)
 
 
