@@ -6,7 +6,7 @@
 For each level of the run (g, c, f) and for the train and test splits of the latent folder it
 was trained on: the scenes' standardised latents x0 are noised to x_t = alpha_t x0 + sigma_t eps,
 the level (EMA weights, conditioned on the scene's own CLEAN coarser latents and trajectory,
-as in training) predicts x0_hat = alpha_t x_t - sigma_t v_hat, and the script prints the mean
+as in training) predicts x0_hat (alpha_t x_t - sigma_t v_hat for v-prediction), and the script prints the mean
 squared error of x0_hat next to sigma_t^2, the error of the structure-blind estimate alpha_t x_t
 (the posterior mean for zero-mean, unit-variance data without any structure). Their ratio is
 the share of the noise the level fails to remove: 1 = no denoising at all.
@@ -42,6 +42,7 @@ def main() -> None:
     from pathlib import Path
 
     from nfldm.ldm.data import LatentDataset, read_latent_index, unfold_c
+    from nfldm.ldm.model import predicted_x0
     from nfldm.ldm.sample import load_pipeline
 
     pipe = load_pipeline(args.run, args.device)
@@ -69,9 +70,10 @@ def main() -> None:
             for t in args.t:
                 a, s = ac[t].sqrt(), (1 - ac[t]).sqrt()
                 eps = torch.randn(x0.shape, generator=gen).to(dev)
+                x_t = a * x0 + s * eps
                 with torch.no_grad():
-                    v = model.predict(a * x0 + s * eps, torch.full((B,), t, device=dev), ctx, model.tokens(None, B))
-                err = float(((a * (a * x0 + s * eps) - s * v.float() - x0) ** 2).mean())
+                    out = model.predict(x_t, torch.full((B,), t, device=dev), ctx, model.tokens(None, B))
+                err = float(((predicted_x0(model, out.float(), x_t, t) - x0) ** 2).mean())
                 cells.append(f"{err:7.3f} / {float(s ** 2):5.3f}")
             print(f"{lv:6s}{split:7s}" + "".join(f"{c:>16s}" for c in cells))
     # pre-quantisation jitter of c and f

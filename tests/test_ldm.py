@@ -17,7 +17,7 @@ from data_fixtures import make_dataset
 from nfldm.camera import pose_from_position_yaw
 from nfldm.cli import main
 from nfldm.ldm.config import ADDED_FIELDS, LEVELS, config_from_dict, preset
-from nfldm.ldm.model import LevelDiffusion, guided_prediction, make_sampler
+from nfldm.ldm.model import LevelDiffusion, guided_prediction, make_sampler, predicted_x0
 from nfldm.ldm.trajectory import (decode_trajectory, encode_trajectory, interpolate_path, resample_poses,
                                   rotation_from_6d)
 
@@ -186,6 +186,47 @@ def test_training_steps_stay_finite(level):
         opt.zero_grad()
 
 
+def test_input_perturbation_noises_the_input_but_not_the_target():
+    """DDPM-IP: with input_perturbation = gamma the denoiser sees x0 noised by eps + gamma xi
+    while the target is still that of eps; gamma = 0 is the plain loss (and is left out of run
+    configs, so older runs hash as before)."""
+    seen = {}
+    for gamma in (0.0, 0.5):
+        cfg = smoke_cfg("c", input_perturbation=gamma, prediction_type="epsilon")
+        model = LevelDiffusion(cfg)
+        batch = batch_for(cfg, 4)
+        x0 = model.target(batch)
+        model.predict = lambda x, t, ctx, tokens, _x0=x0, _g=gamma: seen.__setitem__(_g, (x, t)) or x * 0
+        torch.manual_seed(0)
+        loss, _ = model.training_loss(batch, 0)
+        x, t = seen[gamma]
+        torch.manual_seed(0)
+        eps = torch.randn_like(x0)                       # the same draws as training_loss
+        ac = model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noise_in = (x - ac.sqrt() * x0) / (1 - ac).sqrt()
+        assert math.isclose(float(loss), float((eps ** 2).mean()), rel_tol=1e-5)   # target = eps, not eps + gamma xi
+        extra = noise_in - eps
+        if gamma == 0.0:
+            assert float(extra.abs().max()) < 1e-4
+        else:
+            assert 0.3 < float(extra.std()) < 0.7 and float((extra * eps).mean()) ** 2 < 0.01
+    assert "input_perturbation" in ADDED_FIELDS and ADDED_FIELDS["input_perturbation"] == 0.0
+    with pytest.raises(ValueError, match="input_perturbation"):
+        smoke_cfg("c", input_perturbation=1.5)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon", "sample"])
+def test_predicted_x0_inverts_each_prediction_type(prediction_type):
+    model = LevelDiffusion(smoke_cfg("c", prediction_type=prediction_type))
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 8, 4, 4, generator=g), torch.randn(3, 8, 4, 4, generator=g)
+    t = torch.tensor([5, 400, 990])
+    x_t = model.scheduler.add_noise(x0, eps, t)
+    out = {"v_prediction": model.scheduler.get_velocity(x0, eps, t), "epsilon": eps, "sample": x0}[prediction_type]
+    assert torch.allclose(predicted_x0(model, out, x_t, t), x0, atol=1e-3 if prediction_type == "epsilon" else 1e-5)
+    assert torch.allclose(predicted_x0(model, out[:1], x_t[:1], t[0]), x0[:1], atol=1e-3)
+
+
 def test_coarser_levels_enter_the_finer_ones():
     """psi_c depends on g and on the trajectory (in the global vector [g, traj] with
     ``g_with_traj``, as maps with ``traj_map``); psi_f on g, traj and c. With both off (runs
@@ -269,6 +310,8 @@ def test_config_round_trip_and_tiny_preset_sizes():
             cfg = p.level(lv).model
             assert cfg.level == lv
             assert config_from_dict(json.loads(json.dumps(cfg.__dict__))) == cfg
+            # psi_c predicts x0 (its v-prediction samples drift into noise, docs/ldm.md)
+            assert cfg.prediction_type == ("sample" if lv == "c" else "v_prediction"), (name, lv)
     p = preset("tiny")
     assert p.max_minutes == 30
     assert p.c.model.c_shape == (4, 16, 16, 16) and p.f.model.f_shape == (4, 64, 64) and p.g.model.g_dim == 64
@@ -567,15 +610,17 @@ def test_inception_path_takes_a_torchscript_network(tmp_path):
     assert net(imgs).shape == (3, 12)
 
 
-def test_a_trained_level_samples_the_latent_it_learned():
-    """End to end check of training loss, v-prediction and sampler: psi_c trained on two scenes
-    (two g, two c) samples, for each g, a c near that scene's c and far from the other's.
-    (Measured: the sample's MSE to its scene's c falls 0.88 / 0.68 / 0.34 after 300 / 600 /
-    1500 steps, against 2.2-2.9 to the other scene's: slow, but it converges.)"""
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_a_trained_level_samples_the_latent_it_learned(prediction_type):
+    """End to end check of training loss, prediction type and sampler: psi_c trained on two
+    scenes (two g, two c) samples, for each g, a c near that scene's c and far from the
+    other's. (Measured with v-prediction: the sample's MSE to its scene's c falls 0.88 / 0.68 /
+    0.34 after 300 / 600 / 1500 steps, against 2.2-2.9 to the other scene's: slow, but it
+    converges.)"""
     from nfldm.ldm.sample import denoise
 
     torch.manual_seed(0)
-    model = LevelDiffusion(smoke_cfg("c", cond_drop_prob=0.0))
+    model = LevelDiffusion(smoke_cfg("c", cond_drop_prob=0.0, prediction_type=prediction_type))
     batch = batch_for(model.cfg, 2, seed=3)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for step in range(1000):

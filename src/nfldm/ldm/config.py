@@ -52,6 +52,10 @@ class LDMConfig:
     beta_schedule: str = "squaredcos_cap_v2"   # cosine schedule (Nichol & Dhariwal)
     prediction_type: str = "v_prediction"      # "v_prediction" | "epsilon" | "sample"
     timestep_spacing: str = "trailing"         # sampling timesteps include t = T - 1
+    # opt-in input perturbation (DDPM-IP, Ning et al. 2023): training noises x0 with
+    # eps + gamma xi (xi ~ N(0, I)) but keeps the target of eps, so the denoiser learns inputs a
+    # little off the training data, as its own sampling path is (exposure bias; docs/ldm.md)
+    input_perturbation: float = 0.0
     # condition tokens through cross-attention (classifier-free guidance)
     cond_dim: int = 0                    # width of the condition tokens in the data; 0 = none
     cross_attention_dim: int = 64        # width of the tokens inside the denoiser
@@ -88,6 +92,8 @@ class LDMConfig:
                              f"{self.traj_map_hfov}, {self.traj_map_aspect}")
         if self.traj_frames < 2:
             raise ValueError(f"traj_frames must be >= 2, got {self.traj_frames}")
+        if not 0.0 <= self.input_perturbation < 1.0:
+            raise ValueError(f"input_perturbation must be in [0, 1), got {self.input_perturbation}")
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
         for ch in self.block_out_channels:
@@ -151,6 +157,11 @@ def _levels(model: dict, train: dict, per_level: dict) -> LDMPreset:
     return LDMPreset(**out)
 
 
+# psi_c predicts x0 in every preset: with v-prediction its samples drift off the data into
+# white noise at CPU-length training (benchmarks/sampling_drift.py; docs/ldm.md "psi_c drifts
+# off the data while it samples"). psi_g and psi_f keep v-prediction (the LDMConfig default).
+C_PREDICTION = "sample"
+
 PRESETS: dict[str, LDMPreset] = {
     # unit tests, seconds: latents of the latent-ae smoke preset (g 16, c 4 x 4^3, f 4 x 16^2)
     "smoke": _levels(
@@ -158,7 +169,7 @@ PRESETS: dict[str, LDMPreset] = {
              mlp_blocks=2, mlp_heads=2, block_out_channels=(16, 32), layers_per_block=1, attention_heads=2,
              norm_num_groups=8),
         dict(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2, ema_decay=0.5),
-        {}),
+        {"c": {"model": dict(prediction_type=C_PREDICTION)}}),
     # 2-core CPU, 30 minutes in all: latents of the latent-ae tiny preset
     # (g 64, c 4 x 16^3 -> 64 x 16 x 16 folded, f 4 x 64^2). Measured without data loading:
     # g 0.019 s/step (batch 32), c 0.18 s/step (batch 8), f 0.47 s/step (batch 4); the EMA
@@ -168,7 +179,7 @@ PRESETS: dict[str, LDMPreset] = {
         dict(lr=2e-4, warmup_steps=100, log_every=25, ckpt_every=250, grad_clip=1.0),
         {"g": {"model": dict(mlp_width=256, mlp_blocks=4),
                "train": dict(steps=6000, batch_size=32, max_minutes=4, lr=5e-4, ema_decay=0.999)},
-         "c": {"model": dict(block_out_channels=(64, 128), layers_per_block=2),
+         "c": {"model": dict(block_out_channels=(64, 128), layers_per_block=2, prediction_type=C_PREDICTION),
                "train": dict(steps=3000, batch_size=8, max_minutes=10, ema_decay=0.998)},
          "f": {"model": dict(block_out_channels=(32, 64, 128), layers_per_block=1),
                "train": dict(steps=1800, batch_size=4, max_minutes=16, ema_decay=0.997)}}),
@@ -177,7 +188,8 @@ PRESETS: dict[str, LDMPreset] = {
         dict(lr=1e-4, warmup_steps=1000, log_every=50, ckpt_every=2000, ema_decay=0.9999),
         {"g": {"model": dict(mlp_width=512, mlp_blocks=6),
                "train": dict(steps=100_000, batch_size=64, lr=2e-4)},
-         "c": {"model": dict(block_out_channels=(128, 256, 256), layers_per_block=2, attention_heads=8),
+         "c": {"model": dict(block_out_channels=(128, 256, 256), layers_per_block=2, attention_heads=8,
+                             prediction_type=C_PREDICTION),
                "train": dict(steps=100_000, batch_size=16)},
          "f": {"model": dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, attention_heads=8),
                "train": dict(steps=100_000, batch_size=16)}}),
@@ -187,7 +199,8 @@ PRESETS: dict[str, LDMPreset] = {
         dict(lr=1e-4, warmup_steps=2000, log_every=100, ckpt_every=5000, ema_decay=0.9999),
         {"g": {"model": dict(mlp_width=1024, mlp_blocks=8, mlp_heads=8),
                "train": dict(steps=200_000, batch_size=128, lr=2e-4)},
-         "c": {"model": dict(block_out_channels=(256, 384, 512), layers_per_block=2, attention_heads=8),
+         "c": {"model": dict(block_out_channels=(256, 384, 512), layers_per_block=2, attention_heads=8,
+                             prediction_type=C_PREDICTION),
                "train": dict(steps=300_000, batch_size=32)},
          "f": {"model": dict(block_out_channels=(128, 256, 384, 512), layers_per_block=2, attention_heads=8),
                "train": dict(steps=300_000, batch_size=32)}}),
@@ -200,7 +213,8 @@ def preset(name: str) -> LDMPreset:
 
 
 # fields added after runs were made, with the value those runs implicitly had
-ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, "traj_map_aspect": 1.0}
+ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, "traj_map_aspect": 1.0,
+                "input_perturbation": 0.0}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:

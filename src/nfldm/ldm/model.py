@@ -35,7 +35,7 @@ from nfldm.ldm.config import LDMConfig
 from nfldm.ldm.trajectory import camera_coverage
 
 __all__ = ["timestep_embedding", "CondTokens", "GDenoiser", "UNetDenoiser", "LevelDiffusion",
-           "make_train_scheduler", "make_sampler", "guided_prediction", "SAMPLERS"]
+           "make_train_scheduler", "make_sampler", "guided_prediction", "predicted_x0", "SAMPLERS"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 
@@ -305,7 +305,9 @@ class LevelDiffusion(nn.Module):
         B = x0.shape[0]
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.cfg.num_train_timesteps, (B,), device=x0.device)
-        x_t = self.scheduler.add_noise(x0, noise, t)
+        gamma = self.cfg.input_perturbation
+        # DDPM-IP: the input carries eps + gamma xi, the target stays that of eps
+        x_t = self.scheduler.add_noise(x0, noise + gamma * torch.randn_like(noise) if gamma else noise, t)
         cond = batch.get("cond")
         if cond is not None and self.cfg.cond_dim == 0:
             raise ValueError(f"the latents hold condition tokens ({tuple(cond.shape[1:])}) but cond_dim = 0; "
@@ -328,6 +330,21 @@ class LevelDiffusion(nn.Module):
             metrics = {"mse_low_t": per[~hi].mean() if bool((~hi).any()) else per.new_zeros(()),
                        "mse_high_t": per[hi].mean() if bool(hi.any()) else per.new_zeros(())}
         return loss, metrics
+
+
+def predicted_x0(model: "LevelDiffusion", out: Tensor, x_t: Tensor, t: Tensor | int) -> Tensor:
+    """The x0 estimate a model output implies for noisy x_t at timestep(s) t (an int or a
+    tensor of B timesteps), per the level's ``prediction_type``:
+    v: alpha_t x_t - sigma_t v; epsilon: (x_t - sigma_t eps) / alpha_t; sample: the output."""
+    pt = model.cfg.prediction_type
+    if pt == "sample":
+        return out
+    ac = model.scheduler.alphas_cumprod.to(x_t.device)[torch.as_tensor(t, device=x_t.device)]
+    ac = ac.reshape(-1, *([1] * (x_t.dim() - 1))) if ac.dim() else ac
+    a, s = ac.sqrt(), (1 - ac).sqrt()
+    if pt == "v_prediction":
+        return a * x_t - s * out
+    return (x_t - s * out) / a
 
 
 @torch.no_grad()
