@@ -29,6 +29,22 @@ import argparse
 import torch
 
 
+def split_batch(pipe: dict, split: str, num: int) -> dict:
+    """The first ``num`` scenes of ``split`` of the latent folder a loaded pipeline
+    (``nfldm.ldm.sample.load_pipeline``) was trained on, standardised as in training, stacked
+    into one batch on its device: g, traj, c (folded), f (those the folder has)."""
+    from pathlib import Path
+
+    from nfldm.ldm.data import LatentDataset, read_latent_index
+
+    latdir = Path(pipe["config"]["latents"])
+    ds = LatentDataset(latdir, split, pipe["models"]["g"].cfg.traj_frames, index=read_latent_index(latdir),
+                       stats=pipe["config"]["stats"])
+    items = [ds[i] for i in range(min(num, len(ds)))]
+    return {k: torch.stack([it[k] for it in items]).to(pipe["device"]) for k in ("g", "traj", "c", "f")
+            if k in items[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="ldm run (RUN with g/, c/, f/)")
@@ -41,24 +57,16 @@ def main() -> None:
 
     from pathlib import Path
 
-    from nfldm.ldm.data import LatentDataset, read_latent_index, unfold_c
+    from nfldm.ldm.data import unfold_c
     from nfldm.ldm.model import predicted_x0
     from nfldm.ldm.sample import load_pipeline
 
     pipe = load_pipeline(args.run, args.device)
     models, rc, lae, stats, dev = pipe["models"], pipe["config"], pipe["lae"], pipe["stats"], pipe["device"]
-    latdir = Path(rc["latents"])
-    index = read_latent_index(latdir)
-    traj_frames = models["g"].cfg.traj_frames
     c_ch = models["g"].cfg.c_shape[0]
     print(f"{args.run}: x0-prediction MSE / sigma_t^2 (standardised latents; {args.num} scenes per split)")
     print(f"{'level':6s}{'split':7s}" + "".join(f"{'t=' + str(t):>16s}" for t in args.t))
-    batches = {}
-    for split in ("train", "test"):
-        ds = LatentDataset(latdir, split, traj_frames, index=index, stats=rc["stats"])
-        items = [ds[i] for i in range(min(args.num, len(ds)))]
-        batches[split] = {k: torch.stack([it[k] for it in items]).to(dev) for k in ("g", "traj", "c", "f")
-                          if k in items[0]}
+    batches = {split: split_batch(pipe, split, args.num) for split in ("train", "test")}
     for lv, model in models.items():
         ac = model.scheduler.alphas_cumprod.to(dev)
         for split, batch in batches.items():

@@ -39,54 +39,39 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from pathlib import Path
+    from denoise_by_t import split_batch
 
     from nfldm.latent_ae.model import c_roughness
-    from nfldm.ldm.data import LatentDataset, read_latent_index
-    from nfldm.ldm.model import make_sampler, predicted_x0
-    from nfldm.ldm.sample import load_pipeline
+    from nfldm.ldm.model import predicted_x0
+    from nfldm.ldm.sample import denoise, load_pipeline
 
     pipe = load_pipeline(args.run, args.device)
-    models, rc, dev = pipe["models"], pipe["config"], pipe["device"]
+    models, dev = pipe["models"], pipe["device"]
     if args.level not in models:
         raise SystemExit(f"error: {args.run} has no level {args.level} (levels: {sorted(models)})")
     m = models[args.level]
-    latdir = Path(rc["latents"])
-    ds = LatentDataset(latdir, "test", models["g"].cfg.traj_frames, index=read_latent_index(latdir),
-                       stats=rc["stats"])
-    items = [ds[i] for i in range(min(args.num, len(ds)))]
-    batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in ("g", "traj", "c", "f") if k in items[0]}
+    batch = split_batch(pipe, "test", args.num)
     x0 = m.target(batch)
     ctx = m.context(batch)
     B = x0.shape[0]
-    tokens = m.tokens(None, B)
+    ac = m.scheduler.alphas_cumprod.to(dev)
+    real_noise = torch.Generator().manual_seed(args.seed + 1)   # apart from the sampler's noise
 
     def rough(x: torch.Tensor) -> float:       # B x C x X x Y: the map axes only
         return float(c_roughness(x.unsqueeze(-1)))
 
-    ac = m.scheduler.alphas_cumprod.to(dev)
-    sched = make_sampler(m.scheduler, args.sampler)
-    sched.set_timesteps(args.steps, device=dev)
-    gen = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(x0.shape, generator=gen).to(dev) * sched.init_noise_sigma
+    def on_step(t, x, out):
+        a, s = ac[t].sqrt(), (1 - ac[t]).sqrt()
+        xr = a * x0 + s * torch.randn(x0.shape, generator=real_noise).to(dev)
+        out_r = m.predict(xr, t.to(dev).expand(B), ctx, m.tokens(None, B)).float()
+        print(f"{int(t):5d}{rough(x):11.3f}{rough(predicted_x0(m, out.float(), x, t)):13.3f}"
+              f"{rough(predicted_x0(m, out_r, xr, t)):13.3f}")
+
     print(f"{args.run} level {args.level}: {B} test scenes, {args.sampler}-{args.steps}, roughness "
           f"(1 = white noise); real latents {rough(x0):.3f}")
     print(f"{'t':>5s}{'x_t path':>11s}{'x0_hat path':>13s}{'x0_hat real':>13s}")
-    with torch.no_grad():
-        for t in sched.timesteps:
-            tb = t.to(dev).expand(B)
-            a, s = ac[t].sqrt(), (1 - ac[t]).sqrt()
-            inp = sched.scale_model_input(x, t)
-            out = m.predict(inp, tb, ctx, tokens).float()
-            xh = predicted_x0(m, out, x, t)
-            eps = torch.randn(x0.shape, generator=gen).to(dev)
-            xr = a * x0 + s * eps
-            xhr = predicted_x0(m, m.predict(xr, tb, ctx, tokens).float(), xr, t)
-            print(f"{int(t):5d}{rough(x):11.3f}{rough(xh):13.3f}{rough(xhr):13.3f}")
-            if args.sampler == "dpm":
-                x = sched.step(out, t, x, return_dict=False)[0]
-            else:
-                x = sched.step(out, t, x, generator=gen, return_dict=False)[0]
+    x = denoise(m, B, ctx, None, 1.0, args.sampler, args.steps, torch.Generator().manual_seed(args.seed),
+                on_step=on_step)
     print(f"final samples: roughness {rough(x):.3f}, std {float(x.std()):.3f} "
           f"(real: {rough(x0):.3f}, std {float(x0.std()):.3f})")
 

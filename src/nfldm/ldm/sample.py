@@ -56,9 +56,11 @@ SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
 @torch.no_grad()
 def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, guidance: float,
             sampler: str, steps: int, generator: torch.Generator, progress: bool = False,
-            desc: str = "") -> Tensor:
+            desc: str = "", on_step=None) -> Tensor:
     """One level's reverse process from pure noise: standardised latents of shape
-    ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device)."""
+    ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
+    ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
+    step (benchmarks/sampling_drift.py)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     dev = next(model.parameters()).device
@@ -68,6 +70,8 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     for t in tqdm(sched.timesteps, desc=desc, disable=not progress, leave=False):
         inp = sched.scale_model_input(x, t)
         out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance)
+        if on_step is not None:
+            on_step(t, x, out)
         if sampler == "dpm":
             x = sched.step(out, t, x, return_dict=False)[0]
         else:
