@@ -40,6 +40,7 @@ import base64
 import contextlib
 import copy
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -644,12 +645,7 @@ class Trainer:
         if cfg.ema_decay > 0:  # copied before DDP registers its hooks on the parameters
             self._ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._loss_module: nn.Module = _LossModule(self.model)
-        if self.world_size > 1:
-            self._loss_module = nn.parallel.DistributedDataParallel(
-                self._loss_module,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=getattr(model, "ddp_find_unused_parameters", False),
-                gradient_as_bucket_view=True)
+        self._wrap_ddp()
         if self._ema is not None:
             if state is not None:
                 _load_module(self._ema, tensors, "ema.", self.run_dir / CKPT_WEIGHTS, "EMA")
@@ -763,6 +759,26 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier()
 
+    def _wrap_ddp(self) -> None:
+        """With several processes, wrap the loss module in DDP (broadcasts rank 0's
+        parameters and buffers); a no-op when it is wrapped already or there is one process."""
+        if self.world_size > 1 and not isinstance(self._loss_module,
+                                                  nn.parallel.DistributedDataParallel):
+            self._loss_module = nn.parallel.DistributedDataParallel(
+                self._loss_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(self.model, "ddp_find_unused_parameters", False),
+                gradient_as_bucket_view=True)
+
+    def _release_ddp(self) -> None:
+        """Drop the DDP wrapper and collect it now. Its reducer holds the process group:
+        left to interpreter shutdown, gloo's threads can be torn down while joinable, which
+        aborts the process (SIGABRT, "terminate called without an active exception") after
+        training has finished."""
+        if isinstance(self._loss_module, nn.parallel.DistributedDataParallel):
+            self._loss_module = self._loss_module.module
+            gc.collect()
+
     # ---- public helpers
 
     def ema_model(self) -> nn.Module:
@@ -872,6 +888,7 @@ class Trainer:
                 if cfg.progress:
                     pbar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps),
                                 desc=self.run_dir.name, dynamic_ncols=True)
+            self._wrap_ddp()  # released at the end of every fit
             self.model.train()
             t_start = time.perf_counter()
             last_log_t, last_log_step = t_start, self.step
@@ -925,6 +942,7 @@ class Trainer:
                 tb.close()
             if metrics_file is not None:
                 metrics_file.close()
+            self._release_ddp()
             if self._owns_process_group and dist.is_initialized():
                 dist.destroy_process_group()
                 self._owns_process_group = False
