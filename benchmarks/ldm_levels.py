@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="PNG of the top-down opacity maps")
+    ap.add_argument("--views-out", default=None,
+                    help="PNG of views: per scene, each row rendered from two of the scene's cameras")
     args = ap.parse_args()
 
     from tqdm.auto import tqdm
@@ -86,7 +88,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     rows = ["V", "real", "f~", "c,f~", "all~"]
     res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": []} for r in rows}
-    bevs = []
+    bevs, seen = [], []
     n = min(args.num, len(ds))
     allsamp = sample_latents(models, stats, n, args.sampler, args.steps, args.seed + 1, progress=False)
     for i in tqdm(range(n), desc="scenes", unit="scene"):
@@ -118,6 +120,9 @@ def main() -> None:
         intr = vox["intrinsics"][0]
         ref, _ = _render_path(sae, Vs["real"], bounds, intr, path)
         bev_row = []
+        if args.views_out and i < 8:
+            two = vox["c2w"][[len(vox["c2w"]) // 4, 3 * len(vox["c2w"]) // 4]]
+            seen.append([_render_path(sae, Vs[k], bounds, intr, two)[0] for k in rows])
         for k in rows:
             st = density_stats(Vs[k], bounds)
             for key in ("occ", "isolated", "profile", "bev_tv"):
@@ -148,6 +153,16 @@ def main() -> None:
             pics.append(upscale(np.stack(tiles), 2))
         atomic_save_png(Path(args.out), grid_image(pics))
         print(f"top-down opacity (columns: {', '.join(rows)}) -> {args.out}")
+    if args.views_out:
+        from nfldm.scene_ae.flythrough import grid_image, upscale
+        from nfldm.utils.io import atomic_save_png
+
+        pics = []
+        for row in seen:  # row: per level, 2 x 3 x H x W in [0, 1]
+            tiles = torch.cat(row).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+            pics.append(upscale(tiles.numpy(), 2))
+        atomic_save_png(Path(args.views_out), grid_image(pics))
+        print(f"views from the scenes' own cameras (pairs of columns: {', '.join(rows)}) -> {args.views_out}")
 
 
 if __name__ == "__main__":

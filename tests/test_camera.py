@@ -5,6 +5,8 @@ import torch
 
 from nfldm.camera import (
     camera_dirs,
+    dihedral_matrix,
+    transform_poses,
     camera_to_world,
     crop_intrinsics,
     frustum_points,
@@ -218,3 +220,34 @@ def test_gradcheck():
     pos = torch.randn(3, dtype=D64, requires_grad=True)
     yaw = torch.tensor(0.3, dtype=D64, requires_grad=True)
     assert torch.autograd.gradcheck(pose_from_position_yaw, (pos, yaw))
+
+
+def test_dihedral_matrix_is_the_group():
+    for k in range(4):
+        for flip in (False, True):
+            M = dihedral_matrix(k, flip)
+            assert torch.allclose(M.T @ M, torch.eye(3))
+            assert math.isclose(float(torch.linalg.det(M)), -1.0 if flip else 1.0)
+            assert torch.equal(M[2], torch.tensor([0.0, 0.0, 1.0]))      # z (up) is kept
+    assert torch.allclose(dihedral_matrix(1) @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.allclose(dihedral_matrix(1) @ dihedral_matrix(3), torch.eye(3))
+    assert torch.allclose(dihedral_matrix(0, True) @ torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError):
+        dihedral_matrix(1.5)
+
+
+def test_transform_poses_keeps_poses_rigid_and_moves_what_they_see():
+    c2w = pose_from_position_yaw(torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, 1.0]]), torch.tensor([0.3, 2.0]))
+    intr = torch.tensor([40.0, 48.0, 16.0, 12.0])
+    point = torch.tensor([[[4.0, -1.0, 0.7]], [[-2.0, 3.0, 1.2]]])    # one point per camera
+    uv, depth = project(point, intr, c2w)
+    assert bool((depth > 0).all())
+    for k in range(4):
+        for flip in (False, True):
+            M = dihedral_matrix(k, flip)
+            c2 = transform_poses(c2w, M)
+            assert bool(is_valid_pose(c2).all())
+            uv2, depth2 = project(point @ M.T, intr, c2)
+            assert torch.allclose(depth2, depth, atol=1e-5)
+            want = torch.stack([2 * intr[2] - uv[..., 0], uv[..., 1]], -1) if flip else uv  # mirrored
+            assert torch.allclose(uv2, want, atol=1e-4)

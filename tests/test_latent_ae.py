@@ -11,9 +11,12 @@ import torch
 from safetensors import safe_open
 
 from data_fixtures import SCENES, make_dataset, random_V
+from nfldm.camera import dihedral_matrix, transform_poses
 from nfldm.cli import main
+from nfldm.latent_ae.data import dihedral_voxels, load_voxels, read_voxel_index
 from nfldm.latent_ae.config import LatentAEConfig, config_from_dict, preset
 from nfldm.latent_ae.model import LatentAutoEncoder, c_roughness, codebook_usage, fold, unfold
+from nfldm.latent_ae.train import load_latent_ae
 
 STATS = {"sigma_scale": 0.1, "feature_rms": [0.5] * 8}
 
@@ -349,6 +352,31 @@ def test_train_resume_eval_encode_latents_cli(stage1, tmp_path):
     assert main(["encode-latents", "--run", str(run), "--voxels", str(vox), "--out", str(lat), "--quiet"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in lat.glob("*.safetensors")} == before
 
+    # --augment 8: every train scene 8 times (turned and mirrored, encoded again), test once
+    aug = tmp_path / "lat_aug"
+    assert main(["encode-latents", "--run", str(run), "--voxels", str(vox), "--out", str(aug), "--quiet",
+                 "--augment", "8"]) == 0
+    aindex = json.loads((aug / "index.json").read_text())
+    assert aindex["augment"] == 8 and len(aindex["scenes"]) == 2 * 8 + 1
+    assert [s["name"] for s in aindex["scenes"] if s["split"] == "test"] == ["scene_0002"]
+    entry = next(s for s in aindex["scenes"] if s["name"] == "scene_0001_d3m")
+    assert entry["source"] == "scene_0001" and entry["dihedral"] == [3, True]
+    lae = load_latent_ae(run, "cpu").eval()
+    vindex = read_voxel_index(vox)
+    src = load_voxels(vox, "scene_0001", vindex)
+    with safe_open(str(aug / "scene_0001_d3m.safetensors"), framework="pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    assert torch.allclose(t["c2w"], transform_poses(src["c2w"], dihedral_matrix(3, True)))
+    with torch.no_grad():
+        enc = lae.encode(dihedral_voxels(src["V"], 3, True)[None])
+    assert torch.allclose(t["g"], enc["g_mu"][0], atol=1e-5) and torch.allclose(t["c"], enc["c"][0], atol=1e-5)
+    assert not torch.allclose(t["c"], lae.encode(src["V"][None])["c"][0].detach(), atol=1e-3)
+    # the original scenes' latents are those of the plain folder; statistics cover all 16
+    with safe_open(str(lat / "scene_0001.safetensors"), framework="pt") as a, \
+            safe_open(str(aug / "scene_0001.safetensors"), framework="pt") as b:
+        assert torch.equal(a.get_tensor("c"), b.get_tensor("c"))
+    assert aindex["stats"]["num_scenes"] == 16
+
 
 def test_image_loss_through_frozen_renderer(stage1, tmp_path):
     run = tmp_path / "lae_r"
@@ -428,3 +456,42 @@ def test_tiny_preset_fits_stage1_tiny_voxels():
     assert tuple(cfg.grid) == tuple(sae.grid) and cfg.channels == 1 + sae.feat_dim
     model = LatentAutoEncoder(cfg)
     assert model.latent_shapes == {"g": (64,), "c": (4, 16, 16, 16), "f": (4, 64, 64)}
+
+
+def test_dihedral_voxels_render_like_the_turned_scene():
+    from nfldm.camera import pose_from_position_yaw
+    from nfldm.scene_ae.render import render_views
+
+    g = torch.Generator().manual_seed(0)
+    V = torch.rand(3, 8, 8, 6, generator=g) * 4            # sigma + 2 feature channels
+    bounds = torch.tensor([[-2.0, -2.0, -1.0], [2.0, 2.0, 2.0]])
+    c2w = pose_from_position_yaw(torch.tensor([[0.5, -0.3, 0.4], [-0.2, 0.6, 0.1]]), torch.tensor([0.4, 2.5]))
+    intr = torch.tensor([[8.0, 8.0, 6.0, 5.0]]).expand(2, 4)
+
+    def render(V, c2w):
+        r = render_views(V[None], bounds[None], intr[None], c2w[None], 10, 12, 48)
+        return r["depth"][0], r["feature"][0]
+
+    d0, f0 = render(V, c2w)
+    for k in range(4):
+        for flip in (False, True):
+            Vt = dihedral_voxels(V, k, flip)
+            assert sorted(Vt.flatten().tolist()) == sorted(V.flatten().tolist())   # a permutation
+            d, f = render(Vt, transform_poses(c2w, dihedral_matrix(k, flip)))
+            if flip:
+                d, f = d.flip(-1), f.flip(-1)
+            assert torch.allclose(d, d0, atol=1e-4) and torch.allclose(f, f0, atol=1e-4), (k, flip)
+    with pytest.raises(ValueError, match="X == Y"):
+        dihedral_voxels(torch.zeros(1, 4, 6, 2), 1)
+
+
+def test_augmenting_an_off_centre_box_names_the_file(tmp_path):
+    from nfldm.data.format import DataError
+    from nfldm.latent_ae.train import _dihedral_scene
+
+    vox = {"V": torch.zeros(2, 4, 4, 2), "bounds": torch.tensor([[0.0, -1.0, 0.0], [2.0, 1.0, 1.0]]),
+           "c2w": torch.eye(4)[None]}
+    with pytest.raises(DataError, match=r"scene_x\.safetensors: cannot augment .* not centred"):
+        _dihedral_scene(vox, 1, False, tmp_path / "scene_x.safetensors")
+    vox["bounds"] = torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 1.0]])
+    assert _dihedral_scene(vox, 1, False, tmp_path / "scene_x.safetensors")["c2w"].shape == (1, 4, 4)

@@ -37,6 +37,8 @@ __all__ = [
     "pose_from_position_yaw",
     "rigidity_error",
     "is_valid_pose",
+    "dihedral_matrix",
+    "transform_poses",
 ]
 
 
@@ -227,3 +229,36 @@ def is_valid_pose(c2w: Tensor, tol: float = 1e-3) -> Tensor:
     """
     finite = torch.isfinite(c2w).all(-1).all(-1)
     return finite & (torch.nan_to_num(rigidity_error(c2w), nan=float("inf")) <= tol)
+
+
+def dihedral_matrix(k: int, flip: bool = False, dtype=torch.float32) -> Tensor:
+    """World transform of the horizontal dihedral group: mirror x (x -> -x) when ``flip``,
+    then rotate k x 90 degrees counter-clockwise about +z (seen from above).
+
+    -> M: 3 x 3 (det -1 when ``flip``). For a scene box symmetric about the z axis
+    (lo_x = -hi_x, lo_y = -hi_y, equal x and y extents) M maps the box onto itself; the
+    voxel grid's matching transform is ``nfldm.latent_ae.data.dihedral_voxels``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"k must be an integer, got {k!r}")
+    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][k % 4]
+    R = torch.tensor([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=dtype)
+    F = torch.diag(torch.tensor([-1.0 if flip else 1.0, 1.0, 1.0], dtype=dtype))
+    return R @ F
+
+
+def transform_poses(c2w: Tensor, M: Tensor) -> Tensor:
+    """Poses of a scene whose world was transformed by the orthogonal M (3 x 3).
+
+    c2w: ... x 4 x 4  ->  ... x 4 x 4: position M t, rotation M R. A mirror (det M < 0) would
+    make the camera frame left-handed, so the camera's x (right) axis is negated as well:
+    the pose stays rigid and sees the mirror image of what the original camera saw (pixel
+    column u shows what column W - 1 - u showed when cx = W / 2).
+    """
+    M = M.to(c2w)
+    out = c2w.clone()
+    out[..., :3, :3] = M @ c2w[..., :3, :3]
+    out[..., :3, 3] = (M @ c2w[..., :3, 3, None])[..., 0]
+    if float(torch.linalg.det(M)) < 0:
+        out[..., :3, 0] = -out[..., :3, 0]
+    return out

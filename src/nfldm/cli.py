@@ -144,7 +144,8 @@ def cmd_eval_latent_ae(args) -> int:
 def cmd_encode_latents(args) -> int:
     from nfldm.latent_ae.train import encode_latents
 
-    res = encode_latents(args.run, args.voxels, args.out, device=args.device, progress=not args.quiet)
+    res = encode_latents(args.run, args.voxels, args.out, device=args.device, progress=not args.quiet,
+                         augment=args.augment)
     print(f"wrote the latents of {res['scenes']} scenes to {res['out']} ({res['encoded']} encoded, "
           f"{res['skipped']} already there)")
     return 0
@@ -423,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="latent-ae run directory")
     p.add_argument("--voxels", required=True, help="voxel folder")
     p.add_argument("--out", required=True, help="latent folder to write (created)")
+    p.add_argument("--augment", type=int, default=1, choices=(1, 4, 8),
+                   help="also encode every train scene turned by 90/180/270 degrees about the vertical "
+                   "(4) and mirrored (8) as extra train scenes (default 1: none)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode_latents)

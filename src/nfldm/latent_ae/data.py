@@ -180,6 +180,20 @@ def load_voxels(voxdir: str | os.PathLike, name: str, index: dict) -> dict:
             "intrinsics": tensors["intrinsics"].float(), "input_ids": tensors["input_ids"].long()}
 
 
+def dihedral_voxels(V: torch.Tensor, k: int, flip: bool = False) -> torch.Tensor:
+    """The voxel grid of a scene mirrored in x (when ``flip``), then rotated k x 90 degrees
+    counter-clockwise about +z: the grid transform of ``camera.dihedral_matrix(k, flip)`` for
+    a box symmetric about the z axis with equal x and y extents.
+
+    V: ... x X x Y x Z (X == Y when k is odd)  ->  same shape; exact (a permutation of voxels).
+    """
+    if k % 2 and V.shape[-3] != V.shape[-2]:
+        raise ValueError(f"a 90-degree rotation needs X == Y, got a {tuple(V.shape[-3:])} grid")
+    if flip:
+        V = V.flip(-3)
+    return torch.rot90(V, k % 4, dims=(-3, -2))
+
+
 def voxel_stats(voxdir: str | os.PathLike, index: dict, progress: bool = True) -> dict:
     """Normalisation statistics over the TRAIN split of a voxel folder.
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nfldm import camera
 from nfldm.data.format import DataError
 from nfldm.latent_ae.config import check_latent_mode, config_from_dict, preset, run_model_config
 from nfldm.latent_ae.data import (
@@ -24,6 +25,7 @@ from nfldm.latent_ae.data import (
     VoxelDataset,
     check_finite,
     config_hash,
+    dihedral_voxels,
     load_voxels,
     peek_safetensors,
     read_voxel_index,
@@ -166,9 +168,38 @@ def eval_latent_ae(run, voxels, scene_ae=None, split: str = "test", out=None, da
     return res
 
 
+AUGMENTS = {1: [(0, False)], 4: [(k, False) for k in range(4)],
+            8: [(k, f) for f in (False, True) for k in range(4)]}
+
+
+def augmented_name(name: str, k: int, flip: bool) -> str:
+    """Name of a dihedral copy of a scene: the name itself for (0, False), else
+    ``<name>_d<k>`` (rotated k x 90 degrees) or ``<name>_d<k>m`` (mirrored, then rotated)."""
+    return name if (k, flip) == (0, False) else f"{name}_d{k}{'m' if flip else ''}"
+
+
+def _dihedral_scene(vox: dict, k: int, flip: bool, path: Path) -> dict:
+    """A voxel scene (load_voxels) turned by ``camera.dihedral_matrix(k, flip)``: V and the
+    poses together. DataError naming ``path`` when the box is not symmetric about the z axis
+    with equal x and y extents (the transform would not map it onto itself)."""
+    lo, hi = vox["bounds"][0], vox["bounds"][1]
+    X, Y = vox["V"].shape[1:3]
+    if not (torch.allclose(lo[:2], -hi[:2], atol=1e-4) and abs(float(hi[0] - hi[1])) < 1e-4 and X == Y):
+        raise DataError(f"{path}: cannot augment a scene whose box {vox['bounds'].tolist()} (grid "
+                        f"{X} x {Y}) is not centred on the z axis with equal x and y sides")
+    M = camera.dihedral_matrix(k, flip)
+    return {**vox, "V": dihedral_voxels(vox["V"], k, flip), "c2w": camera.transform_poses(vox["c2w"], M)}
+
+
 def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str | os.PathLike,
-                   device: str = "auto", progress: bool = True) -> dict:
+                   device: str = "auto", progress: bool = True, augment: int = 1) -> dict:
     """(g, c, f) of every scene of a voxel folder, for stage 3.
+
+    ``augment`` 4 or 8 also encodes every TRAIN scene turned by 90, 180 and 270 degrees about
+    the vertical axis (and, with 8, mirrored) as extra train scenes: the voxel grid and the
+    camera poses are transformed together (``dihedral_voxels``, ``camera.dihedral_matrix``),
+    which is exact for the symmetric, axis-aligned scene box, and encoded again (latents of
+    a turned grid are not a turned latent grid). Test scenes are never augmented.
 
     Writes OUT/<scene>.safetensors with g (g_dim,), c (c_ch x X/d x Y/d x Zc) and f
     (f_ch x X x Y) BEFORE quantisation (g = mu of the posterior), the camera trajectory
@@ -178,6 +209,8 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     (``latents`` "c" or "g") writes only its latents. Resumable (files of the same latent-ae
     run that read are skipped) and atomic. Returns {"out", "encoded", "skipped", "scenes"}.
     """
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {sorted(AUGMENTS)}, got {augment}")
     index, rc, lae = _open_run_on_voxels(run, voxels, device)
     dev = next(lae.parameters()).device
     lae_id = {"run": str(Path(run).resolve()), "config_hash": config_hash(rc["model"]),
@@ -187,10 +220,15 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     out.mkdir(parents=True, exist_ok=True)
     encoded = skipped = 0
     scenes = []
-    for s in tqdm(index["scenes"], desc="encoding latents", unit="scene", disable=not progress):
-        name = s["name"]
+    jobs = [(s, k, flip) for s in index["scenes"]
+            for k, flip in (AUGMENTS[augment] if s["split"] == "train" else AUGMENTS[1])]
+    for s, k, flip in tqdm(jobs, desc="encoding latents", unit="scene", disable=not progress):
+        name = augmented_name(s["name"], k, flip)
         path = scene_file(out, name)
-        scenes.append({"name": name, "split": s["split"], "file": path.name, "num_frames": s.get("num_frames")})
+        entry = {"name": name, "split": s["split"], "file": path.name, "num_frames": s.get("num_frames")}
+        if (k, flip) != (0, False):
+            entry.update(source=s["name"], dihedral=[k, flip])
+        scenes.append(entry)
         if path.exists():
             try:
                 meta, fshapes = peek_safetensors(path)
@@ -204,7 +242,9 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
                     raise DataError(f"{path}: latent shapes {fshapes} differ from {shapes}")
                 skipped += 1
                 continue
-        vox = load_voxels(voxels, name, index)
+        vox = load_voxels(voxels, s["name"], index)
+        if (k, flip) != (0, False):
+            vox = _dihedral_scene(vox, k, flip, scene_file(voxels, s["name"]))
         with torch.no_grad():
             enc = lae.encode(vox["V"][None].to(dev))
         lat = {k: enc["g_mu" if k == "g" else k][0].cpu() for k in lae.latent_names}
@@ -220,6 +260,7 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
         "format": LATENT_FORMAT, "version": LATENT_VERSION, "latent_ae": lae_id,
         "voxels": str(Path(voxels).resolve()), "data": index["data"], "scene_ae": _scene_ae_of(index),
         "quantizer": lae.cfg.quantizer, "pre_quantisation": True, "latents": lae.cfg.latents, "shapes": shapes,
+        "augment": augment,
         "scenes": scenes,
         "stats": stats})
     return {"out": str(out), "encoded": encoded, "skipped": skipped, "scenes": len(scenes)}
