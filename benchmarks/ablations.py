@@ -3,6 +3,7 @@ global-only (g, GAUDI-like), scored with the same metric.
 
     python benchmarks/ablations.py --voxels VOXDIR --data DATASET [--out out/ablations]
                                    [--lae-minutes 6] [--ldm-minutes 8] [--modes gcf,c,g] [--num 16]
+                                   [--augment 1|4|8]
 
 For each mode: a latent auto-encoder (tiny preset with the quickstart's narrower networks and
 ``--set latents=MODE``) trained for --lae-minutes on the voxel folder, its latents, the
@@ -12,7 +13,8 @@ with DPM-Solver++ 20 steps, and the offline EfficientNet-Lite0 Frechet distance 
 frames against the test split (NOT comparable to published Inception FIDs), plus the latent
 auto-encoder's rendered-view cost. Every mode gets the same minutes, data and metric. Steps are
 set from the quickstart's measured speeds (so each learning-rate schedule ends with its time);
-the trainer's max_minutes is the hard cap. Resumable: finished parts are skipped. Prints a
+the trainer's max_minutes is the hard cap. ``--augment`` turns (and mirrors) the train scenes
+before stage 3 (``nfldm encode-latents --augment``). Resumable: finished parts are skipped. Prints a
 table and writes OUT/results.json. The paper: full 35.69 < coarse-only 46.43 (Inception FID).
 """
 
@@ -37,6 +39,8 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--augment", type=int, default=1, choices=(1, 4, 8),
+                    help="encode-latents --augment: train scenes turned (4) and mirrored (8) for stage 3")
     args = ap.parse_args()
 
     from nfldm.latent_ae.train import encode_latents, eval_latent_ae, train_latent_ae
@@ -66,7 +70,8 @@ def main() -> None:
                                device=args.device, progress=False)
             r["lae_eval"] = m["render"]
         if "ldm_s" not in r:
-            encode_latents(d / "lae", args.voxels, d / "lat", device=args.device, progress=False)
+            encode_latents(d / "lae", args.voxels, d / "lat", device=args.device, progress=False,
+                           augment=args.augment)
             sets = {k: v for k, v in qs.ldm_set.items() if k.split(".")[0] in LEVEL_SHARES[mode]}
             for lv, share in LEVEL_SHARES[mode].items():
                 minutes = args.ldm_minutes * share

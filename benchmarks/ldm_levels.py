@@ -2,6 +2,7 @@
 
     python benchmarks/ldm_levels.py --run LDM_RUN [--split test] [--num 16] [--sampler dpm --steps 20]
                                     [--views 8] [--seed 0] [--device auto] [--out FILE.png]
+                                    [--views-out VIEWS.png]
 
 For ``--num`` scenes of ``--split`` of the latent folder the ldm run was trained on:
 
@@ -20,7 +21,9 @@ Every row also gets statistics of its density, compared with those of the stage-
 fraction of occupied voxels with at most one occupied 6-neighbour (speckle); ``prof`` the
 L1 distance of the per-height occupancy profile from the stage-1 voxels' mean profile;
 ``bev_tv`` the mean absolute difference between neighbouring cells of the top-down opacity
-(high = scattered). ``--out`` writes a picture: per scene one row of top-down opacity maps.
+(high = scattered). ``--out`` writes a picture: per scene one row of top-down opacity maps;
+``--views-out`` one of views: per scene (the first 8) one row, two of the scene's cameras per
+level (all~ too: the sampled scene seen from the real scene's cameras).
 """
 
 from __future__ import annotations
