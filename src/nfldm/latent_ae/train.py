@@ -220,14 +220,14 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     out.mkdir(parents=True, exist_ok=True)
     encoded = skipped = 0
     scenes = []
-    jobs = [(s, k, flip) for s in index["scenes"]
-            for k, flip in (AUGMENTS[augment] if s["split"] == "train" else AUGMENTS[1])]
-    for s, k, flip in tqdm(jobs, desc="encoding latents", unit="scene", disable=not progress):
-        name = augmented_name(s["name"], k, flip)
+    jobs = [(s, rot, flip) for s in index["scenes"]
+            for rot, flip in (AUGMENTS[augment] if s["split"] == "train" else AUGMENTS[1])]
+    for s, rot, flip in tqdm(jobs, desc="encoding latents", unit="scene", disable=not progress):
+        name = augmented_name(s["name"], rot, flip)
         path = scene_file(out, name)
         entry = {"name": name, "split": s["split"], "file": path.name, "num_frames": s.get("num_frames")}
-        if (k, flip) != (0, False):
-            entry.update(source=s["name"], dihedral=[k, flip])
+        if (rot, flip) != (0, False):
+            entry.update(source=s["name"], dihedral=[rot, flip])
         scenes.append(entry)
         if path.exists():
             try:
@@ -243,8 +243,8 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
                 skipped += 1
                 continue
         vox = load_voxels(voxels, s["name"], index)
-        if (k, flip) != (0, False):
-            vox = _dihedral_scene(vox, k, flip, scene_file(voxels, s["name"]))
+        if (rot, flip) != (0, False):
+            vox = _dihedral_scene(vox, rot, flip, scene_file(voxels, s["name"]))
         with torch.no_grad():
             enc = lae.encode(vox["V"][None].to(dev))
         lat = {k: enc["g_mu" if k == "g" else k][0].cpu() for k in lae.latent_names}
