@@ -21,7 +21,9 @@ Every row also gets statistics of its density, compared with those of the stage-
 fraction of occupied voxels with at most one occupied 6-neighbour (speckle); ``prof`` the
 L1 distance of the per-height occupancy profile from the stage-1 voxels' mean profile;
 ``bev_tv`` the mean absolute difference between neighbouring cells of the top-down opacity
-(high = scattered). ``--out`` writes a picture: per scene one row of top-down opacity maps;
+(high = scattered); ``op@cam`` the mean top-down opacity of the columns within 1 m of the
+cameras (the scene's own; for all~ the sampled keyframes): real scenes have floor and ceiling
+there, so it is near 1. ``--out`` writes a picture: per scene one row of top-down opacity maps;
 ``--views-out`` one of views: per scene (the first 8) one row, two of the scene's cameras per
 level (all~ too: the sampled scene seen from the real scene's cameras).
 """
@@ -35,8 +37,11 @@ import numpy as np
 import torch
 
 
-def density_stats(V: torch.Tensor, bounds: torch.Tensor) -> dict:
-    """V: K x X x Y x Z (channel 0 sigma per metre), bounds 2 x 3 -> statistics (see docstring)."""
+def density_stats(V: torch.Tensor, bounds: torch.Tensor, cams: torch.Tensor | None = None,
+                  radius: float = 1.0) -> dict:
+    """V: K x X x Y x Z (channel 0 sigma per metre), bounds 2 x 3, cams N x 3 camera positions
+    -> statistics (see docstring); ``op_cam``: the mean top-down opacity of the columns within
+    ``radius`` metres (horizontally) of a camera."""
     from nfldm.ldm.sample import surface_level
 
     sigma = V[0].float()
@@ -50,7 +55,15 @@ def density_stats(V: torch.Tensor, bounds: torch.Tensor) -> dict:
     iso = float(((nb <= 1) & occ).float().sum() / occ.float().sum().clamp(min=1))
     op = 1 - torch.exp(-sigma.sum(-1) * float(size[2]))
     tv = float(0.5 * ((op[1:] - op[:-1]).abs().mean() + (op[:, 1:] - op[:, :-1]).abs().mean()))
-    return {"occ": float(o.mean()), "isolated": iso, "profile": o.mean((0, 1)), "bev_tv": tv, "bev": op}
+    op_cam = float("nan")
+    if cams is not None:
+        lo = bounds[0, :2].float()
+        xs = [lo[d] + (torch.arange(op.shape[d]) + 0.5) * size[d] for d in range(2)]
+        cells = torch.stack(torch.meshgrid(*xs, indexing="ij"), -1)                 # X x Y x 2
+        near = (torch.cdist(cells.reshape(-1, 2), cams[:, :2].float()).min(-1).values <= radius)
+        op_cam = float(op.reshape(-1)[near].mean()) if bool(near.any()) else float("nan")
+    return {"occ": float(o.mean()), "isolated": iso, "profile": o.mean((0, 1)), "bev_tv": tv, "bev": op,
+            "op_cam": op_cam}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -77,6 +90,7 @@ def main() -> None:
     from nfldm.latent_ae.data import load_voxels, read_voxel_index
     from nfldm.ldm.data import LatentDataset, read_latent_index, unfold_c
     from nfldm.ldm.sample import _render_path, denoise, load_pipeline, sample_latents
+    from nfldm.ldm.trajectory import decode_trajectory
 
     pipe = load_pipeline(args.run, args.device)
     models, rc, sae, lae, stats = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"], pipe["stats"]
@@ -90,7 +104,7 @@ def main() -> None:
     c_ch = models["g"].cfg.c_shape[0]
     gen = torch.Generator().manual_seed(args.seed)
     rows = ["V", "real", "f~", "c,f~", "all~"]
-    res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": []} for r in rows}
+    res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": [], "op_cam": []} for r in rows}
     bevs, seen = [], []
     n = min(args.num, len(ds))
     allsamp = sample_latents(models, stats, n, args.sampler, args.steps, args.seed + 1, progress=False)
@@ -126,9 +140,11 @@ def main() -> None:
         if args.views_out and i < 8:
             two = vox["c2w"][[len(vox["c2w"]) // 4, 3 * len(vox["c2w"]) // 4]]
             seen.append([_render_path(sae, Vs[k], bounds, intr, two)[0] for k in rows])
+        own = vox["c2w"][:, :3, 3]
+        drawn = decode_trajectory(allsamp["traj"][i], bounds)[:, :3, 3]     # the sampled keyframes
         for k in rows:
-            st = density_stats(Vs[k], bounds)
-            for key in ("occ", "isolated", "profile", "bev_tv"):
+            st = density_stats(Vs[k], bounds, drawn if k == "all~" else own)
+            for key in ("occ", "isolated", "profile", "bev_tv", "op_cam"):
                 res[k][key].append(st[key])
             bev_row.append(st["bev"])
             if k in ("V", "f~", "c,f~"):
@@ -138,13 +154,14 @@ def main() -> None:
 
     prof_ref = torch.stack(res["V"]["profile"]).mean(0)
     print(f"\n{n} {args.split} scenes of {latdir}, sampler {args.sampler}-{args.steps}, seed {args.seed}")
-    print(f"{'row':<6} {'PSNR vs real (dB)':>18} {'occ':>7} {'isolated':>9} {'prof L1':>8} {'bev_tv':>7}")
+    print(f"{'row':<6} {'PSNR vs real (dB)':>18} {'occ':>7} {'isolated':>9} {'prof L1':>8} {'bev_tv':>7} "
+          f"{'op@cam':>7}")
     for k in rows:
         r = res[k]
         p = f"{np.mean(r['psnr']):.2f}" if r["psnr"] else "-"
         prof = float(torch.stack(r["profile"]).sub(prof_ref).abs().sum(-1).mean())
         print(f"{k:<6} {p:>18} {np.mean(r['occ']):>7.3f} {np.mean(r['isolated']):>9.3f} {prof:>8.3f} "
-              f"{np.mean(r['bev_tv']):>7.3f}")
+              f"{np.mean(r['bev_tv']):>7.3f} {np.nanmean(r['op_cam']):>7.3f}")
     if args.out:
         from nfldm.scene_ae.flythrough import grid_image, upscale
         from nfldm.utils.io import atomic_save_png
