@@ -23,7 +23,8 @@ L1 distance of the per-height occupancy profile from the stage-1 voxels' mean pr
 ``bev_tv`` the mean absolute difference between neighbouring cells of the top-down opacity
 (high = scattered); ``op@cam`` the mean top-down opacity of the columns within 1 m of the
 cameras (the scene's own; for all~ the sampled keyframes): real scenes have floor and ceiling
-there, so it is near 1. ``--out`` writes a picture: per scene one row of top-down opacity maps;
+there, so it is near 1; below the table, the occupied fraction of those columns by height
+(8 bands). ``--out`` writes a picture: per scene one row of top-down opacity maps;
 ``--views-out`` one of views: per scene (the first 8) one row, two of the scene's cameras per
 level (all~ too: the sampled scene seen from the real scene's cameras).
 """
@@ -55,15 +56,16 @@ def density_stats(V: torch.Tensor, bounds: torch.Tensor, cams: torch.Tensor | No
     iso = float(((nb <= 1) & occ).float().sum() / occ.float().sum().clamp(min=1))
     op = 1 - torch.exp(-sigma.sum(-1) * float(size[2]))
     tv = float(0.5 * ((op[1:] - op[:-1]).abs().mean() + (op[:, 1:] - op[:, :-1]).abs().mean()))
-    op_cam = float("nan")
+    op_cam, cam_profile = float("nan"), None
     if cams is not None:
         lo = bounds[0, :2].float()
         xs = [lo[d] + (torch.arange(op.shape[d]) + 0.5) * size[d] for d in range(2)]
         cells = torch.stack(torch.meshgrid(*xs, indexing="ij"), -1)                 # X x Y x 2
         near = (torch.cdist(cells.reshape(-1, 2), cams[:, :2].float()).min(-1).values <= radius)
         op_cam = float(op.reshape(-1)[near].mean()) if bool(near.any()) else float("nan")
+        cam_profile = o.reshape(-1, o.shape[-1])[near].mean(0) if bool(near.any()) else None
     return {"occ": float(o.mean()), "isolated": iso, "profile": o.mean((0, 1)), "bev_tv": tv, "bev": op,
-            "op_cam": op_cam}
+            "op_cam": op_cam, "cam_profile": cam_profile}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -104,7 +106,8 @@ def main() -> None:
     c_ch = models["g"].cfg.c_shape[0]
     gen = torch.Generator().manual_seed(args.seed)
     rows = ["V", "real", "f~", "c,f~", "all~"]
-    res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": [], "op_cam": []} for r in rows}
+    res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": [], "op_cam": [], "cam_profile": []}
+           for r in rows}
     bevs, seen = [], []
     n = min(args.num, len(ds))
     allsamp = sample_latents(models, stats, n, args.sampler, args.steps, args.seed + 1, progress=False)
@@ -146,6 +149,8 @@ def main() -> None:
             st = density_stats(Vs[k], bounds, drawn if k == "all~" else own)
             for key in ("occ", "isolated", "profile", "bev_tv", "op_cam"):
                 res[k][key].append(st[key])
+            if st["cam_profile"] is not None:
+                res[k]["cam_profile"].append(st["cam_profile"])
             bev_row.append(st["bev"])
             if k in ("V", "f~", "c,f~"):
                 rgb, _ = _render_path(sae, Vs[k], bounds, intr, path)
@@ -162,6 +167,16 @@ def main() -> None:
         prof = float(torch.stack(r["profile"]).sub(prof_ref).abs().sum(-1).mean())
         print(f"{k:<6} {p:>18} {np.mean(r['occ']):>7.3f} {np.mean(r['isolated']):>9.3f} {prof:>8.3f} "
               f"{np.mean(r['bev_tv']):>7.3f} {np.nanmean(r['op_cam']):>7.3f}")
+    zlo, zhi = float(bounds[0, 2]), float(bounds[1, 2])
+    edges = np.linspace(zlo, zhi, 9)
+    print(f"\noccupied fraction by height within 1 m of the cameras (8 bands from z = {zlo:g} to {zhi:g} m; "
+          f"z = 0 is the floor under the first camera)")
+    print(f"{'row':<6} " + " ".join(f"{a:>5.1f}.." for a in edges[:-1]))
+    for k in rows:
+        if res[k]["cam_profile"]:
+            prof = torch.stack(res[k]["cam_profile"]).mean(0)                    # Z
+            bands = prof.reshape(8, -1).mean(-1) if len(prof) % 8 == 0 else prof[:8]
+            print(f"{k:<6} " + " ".join(f"{float(b):>7.3f}" for b in bands))
     if args.out:
         from nfldm.scene_ae.flythrough import grid_image, upscale
         from nfldm.utils.io import atomic_save_png
