@@ -175,7 +175,7 @@ def main() -> None:
     for k in rows:
         if res[k]["cam_profile"]:
             prof = torch.stack(res[k]["cam_profile"]).mean(0)                    # Z
-            bands = prof.reshape(8, -1).mean(-1) if len(prof) % 8 == 0 else prof[:8]
+            bands = [part.mean() for part in prof.tensor_split(8)]
             print(f"{k:<6} " + " ".join(f"{float(b):>7.3f}" for b in bands))
     if args.out:
         from nfldm.scene_ae.flythrough import grid_image, upscale

@@ -122,17 +122,20 @@ TEARDOWN_ABORT = "terminate called without an active exception"
 def test_ddp_matches_single_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(REPO / "src"), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", str(REPO / "tests" / "ddp_worker.py"),
-           str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    def torchrun() -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={_free_port()}", str(REPO / "tests" / "ddp_worker.py"),
+               str(tmp_path / "ddp")]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    proc = torchrun()
     if proc.returncode != 0 and TEARDOWN_ABORT in proc.stderr:
         # a C++ abort in torch's gloo teardown after training finished, seen once in CI
         # (the trainer now releases DDP before destroying the group); retry once, loudly
         warnings.warn(f"torchrun worker aborted at teardown, retrying once: {TEARDOWN_ABORT}")
         shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
-        cmd[4] = f"--master_port={_free_port()}"
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        proc = torchrun()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     run_one_step(str(tmp_path / "single"))

@@ -222,6 +222,7 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     scenes = []
     jobs = [(s, rot, flip) for s in index["scenes"]
             for rot, flip in (AUGMENTS[augment] if s["split"] == "train" else AUGMENTS[1])]
+    source = (None, None)   # (name, voxels) of the last scene read: its copies come in a row
     for s, rot, flip in tqdm(jobs, desc="encoding latents", unit="scene", disable=not progress):
         name = augmented_name(s["name"], rot, flip)
         path = scene_file(out, name)
@@ -242,7 +243,9 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
                     raise DataError(f"{path}: latent shapes {fshapes} differ from {shapes}")
                 skipped += 1
                 continue
-        vox = load_voxels(voxels, s["name"], index)
+        if source[0] != s["name"]:
+            source = (s["name"], load_voxels(voxels, s["name"], index))
+        vox = source[1]
         if (rot, flip) != (0, False):
             vox = _dihedral_scene(vox, rot, flip, scene_file(voxels, s["name"]))
         with torch.no_grad():
