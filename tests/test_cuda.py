@@ -3,7 +3,8 @@
 
 Checks that the splat and the renderer give the CPU's numbers on the GPU, that the trainer
 trains with mixed precision (bf16 autocast, fp16 with a GradScaler) and resumes, and that the
-scene auto-encoder's train / eval / render commands run end to end on CUDA.
+scene auto-encoder's train / eval / render commands and the chain after it (voxels, latent
+auto-encoder, latent diffusion, sampling) run end to end on CUDA.
 """
 
 from __future__ import annotations
@@ -98,3 +99,32 @@ def test_scene_ae_train_eval_render_on_cuda(tmp_path):
     assert main(["render", "--run", str(run), "--data", str(data), "--split", "test", "--out", str(video),
                  "--frames", "4", "--device", "cuda"]) == 0
     assert (video if video.exists() else video.with_suffix(".gif")).stat().st_size > 0
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_stages_2_and_3_on_cuda(tmp_path):
+    """The whole chain after stage 1 on CUDA: voxels, the latent auto-encoder (train, encode),
+    the three diffusion levels (bf16 autocast; psi_c also with the x0-weighted v loss) and
+    sampling (latents, LAE decoder, renderer, mesh) write finite results."""
+    from safetensors.torch import load_file
+
+    data, sae, vox, lae, lat, ldm, out = (tmp_path / n for n in ("data", "sae", "vox", "lae", "lat", "ldm", "out"))
+    make_dataset(data)
+    dev, q = ["--device", "cuda"], ["--quiet"]
+    assert main(["train", "scene-ae", "--data", str(data), "--out", str(sae), "--preset", "smoke", "--steps", "2",
+                 "--set", "num_input_views=2", "--set", "num_novel_views=1", *dev, *q]) == 0
+    assert main(["encode-voxels", "--scene-ae", str(sae), "--data", str(data), "--out", str(vox), *dev, *q]) == 0
+    assert main(["train", "latent-ae", "--voxels", str(vox), "--out", str(lae), "--preset", "smoke", "--steps", "2",
+                 *dev, *q]) == 0
+    assert main(["encode-latents", "--run", str(lae), "--voxels", str(vox), "--out", str(lat), *dev, *q]) == 0
+    assert main(["train", "ldm", "--latents", str(lat), "--out", str(ldm), "--level", "all", "--preset", "smoke",
+                 "--set", "c.prediction_type=v_prediction", "--set", "c.loss_weight=x0", *dev, *q]) == 0
+    for lv in "gcf":
+        lines = [json.loads(x) for x in (ldm / lv / "metrics.jsonl").read_text().splitlines()]
+        assert lines and all(math.isfinite(x["loss"]) for x in lines)
+    assert main(["sample", "--run", str(ldm), "--num", "2", "--sampler", "dpm", "--steps", "4", "--seed", "0",
+                 "--frames", "4", "--out", str(out), *dev, *q]) == 0
+    Vs = sorted(out.glob("sample_*/V.safetensors"))
+    assert len(Vs) == 2
+    for p in Vs:
+        assert all(bool(torch.isfinite(t).all()) for t in load_file(p).values())

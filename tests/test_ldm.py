@@ -215,6 +215,40 @@ def test_input_perturbation_noises_the_input_but_not_the_target():
         smoke_cfg("c", input_perturbation=1.5)
 
 
+def test_x0_loss_weight_is_the_error_of_the_implied_x0():
+    """loss_weight='x0' with v-prediction: the loss is the MSE of x0_hat = alpha_t x_t -
+    sigma_t v_hat (the v error weighted by sigma_t^2), not of v; 'uniform' is the plain v loss
+    and is left out of run configs (older runs hash as before); epsilon + x0 is refused."""
+    losses = {}
+    for weight in ("uniform", "x0"):
+        cfg = smoke_cfg("c", prediction_type="v_prediction", loss_weight=weight, cond_drop_prob=0.0)
+        torch.manual_seed(1)
+        model = LevelDiffusion(cfg)
+        randomise_zero_init(model)
+        batch = batch_for(cfg, 6)
+        x0 = model.target(batch)
+        torch.manual_seed(0)
+        loss, metrics = model.training_loss(batch, 0)
+        torch.manual_seed(0)                             # the same draws as training_loss
+        eps = torch.randn_like(x0)
+        t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],))
+        x_t = model.scheduler.add_noise(x0, eps, t)
+        with torch.no_grad():
+            out = model.predict(x_t, t, model.context(batch), model.tokens(None, x0.shape[0]))
+        v_err = float(((out - model.scheduler.get_velocity(x0, eps, t)) ** 2).mean())
+        x0_err = float(((predicted_x0(model, out, x_t, t) - x0) ** 2).mean())
+        losses[weight] = (float(loss), v_err, x0_err)
+        assert math.isfinite(float(metrics["mse_low_t"])) and math.isfinite(float(metrics["mse_high_t"]))
+    assert math.isclose(losses["uniform"][0], losses["uniform"][1], rel_tol=1e-4)
+    assert math.isclose(losses["x0"][0], losses["x0"][2], rel_tol=1e-4)
+    assert not math.isclose(losses["x0"][0], losses["x0"][1], rel_tol=1e-2)
+    assert ADDED_FIELDS["loss_weight"] == "uniform"
+    with pytest.raises(ValueError, match="loss_weight"):
+        smoke_cfg("c", prediction_type="epsilon", loss_weight="x0")
+    with pytest.raises(ValueError, match="loss_weight"):
+        smoke_cfg("c", loss_weight="snr")
+
+
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon", "sample"])
 def test_predicted_x0_inverts_each_prediction_type(prediction_type):
     model = LevelDiffusion(smoke_cfg("c", prediction_type=prediction_type))

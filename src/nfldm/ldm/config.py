@@ -52,6 +52,13 @@ class LDMConfig:
     beta_schedule: str = "squaredcos_cap_v2"   # cosine schedule (Nichol & Dhariwal)
     prediction_type: str = "v_prediction"      # "v_prediction" | "epsilon" | "sample"
     timestep_spacing: str = "trailing"         # sampling timesteps include t = T - 1
+    # the training loss: "uniform" = MSE of the model's output against its target (v, epsilon
+    # or x0); "x0" = MSE of the x0 estimate the output implies, i.e. the v loss weighted by
+    # sigma_t^2 (v_prediction only; the same as "uniform" for "sample"). With v_prediction +
+    # "x0" the denoiser keeps v's identity path at low noise (x0_hat = alpha_t x_t - sigma_t v,
+    # so a nearly clean input comes back nearly unchanged) and x0's emphasis on the high-noise
+    # steps that set the layout (docs/ldm.md "psi_c's low-noise floor")
+    loss_weight: str = "uniform"
     # opt-in input perturbation (DDPM-IP, Ning et al. 2023): training noises x0 with
     # eps + gamma xi (xi ~ N(0, I)) but keeps the target of eps, so the denoiser learns inputs a
     # little off the training data, as its own sampling path is (exposure bias; docs/ldm.md)
@@ -83,6 +90,11 @@ class LDMConfig:
         if self.prediction_type not in ("v_prediction", "epsilon", "sample"):
             raise ValueError(f"prediction_type must be v_prediction | epsilon | sample, got "
                              f"{self.prediction_type!r}")
+        if self.loss_weight not in ("uniform", "x0"):
+            raise ValueError(f"loss_weight must be uniform | x0, got {self.loss_weight!r}")
+        if self.loss_weight == "x0" and self.prediction_type == "epsilon":
+            raise ValueError("loss_weight='x0' needs prediction_type v_prediction or sample (with epsilon the "
+                             "weight sigma_t^2 / alpha_t^2 is unbounded at t = T)")
         if self.g_dim < 0:
             raise ValueError(f"g_dim must be >= 0, got {self.g_dim}")
         if self.level == "f" and self.g_dim == 0:
@@ -214,7 +226,7 @@ def preset(name: str) -> LDMPreset:
 
 # fields added after runs were made, with the value those runs implicitly had
 ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, "traj_map_aspect": 1.0,
-                "input_perturbation": 0.0}
+                "input_perturbation": 0.0, "loss_weight": "uniform"}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:

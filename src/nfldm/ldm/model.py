@@ -323,9 +323,14 @@ class LevelDiffusion(nn.Module):
             tgt = noise
         else:
             tgt = x0
-        loss = F.mse_loss(out, tgt)
+        per = ((out - tgt) ** 2).flatten(1).mean(1)
+        if self.cfg.loss_weight == "x0" and self.cfg.prediction_type == "v_prediction":
+            # x0_hat - x0 = -sigma_t (v_hat - v): the v error weighted by sigma_t^2
+            ac = self.scheduler.alphas_cumprod.to(per.device)[t]
+            per = per * (1 - ac)
+        loss = per.mean()
         with torch.no_grad():
-            per = ((out - tgt) ** 2).flatten(1).mean(1)
+            per = per.detach()
             hi = t >= self.cfg.num_train_timesteps // 2
             metrics = {"mse_low_t": per[~hi].mean() if bool((~hi).any()) else per.new_zeros(()),
                        "mse_high_t": per[hi].mean() if bool(hi.any()) else per.new_zeros(())}
