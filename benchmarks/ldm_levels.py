@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--views", type=int, default=8, help="cameras per scene rendered for the PSNR")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--g-guidance", type=float, default=1.0,
+                    help="guidance on g for levels trained with g_drop_prob (nfldm sample --g-guidance)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="PNG of the top-down opacity maps")
     ap.add_argument("--views-out", default=None,
@@ -110,7 +112,8 @@ def main() -> None:
            for r in rows}
     bevs, seen = [], []
     n = min(args.num, len(ds))
-    allsamp = sample_latents(models, stats, n, args.sampler, args.steps, args.seed + 1, progress=False)
+    allsamp = sample_latents(models, stats, n, args.sampler, args.steps, args.seed + 1, progress=False,
+                             g_guidance=args.g_guidance)
     for i in tqdm(range(n), desc="scenes", unit="scene"):
         name = ds.names[i]
         item = ds[i]
@@ -120,10 +123,12 @@ def main() -> None:
         c_n = item["c"][None].to(dev)
         tr = item["traj"][None].to(dev)
         with torch.no_grad():
-            f_s = denoise(models["f"], 1, {"g": g_n, "traj": tr, "c": c_n}, None, 1.0, args.sampler, args.steps, gen)
-            c_s = denoise(models["c"], 1, {"g": g_n, "traj": tr}, None, 1.0, args.sampler, args.steps, gen)
+            f_s = denoise(models["f"], 1, {"g": g_n, "traj": tr, "c": c_n}, None, 1.0, args.sampler, args.steps, gen,
+                         g_guidance=args.g_guidance)
+            c_s = denoise(models["c"], 1, {"g": g_n, "traj": tr}, None, 1.0, args.sampler, args.steps, gen,
+                         g_guidance=args.g_guidance)
             f_s2 = denoise(models["f"], 1, {"g": g_n, "traj": tr, "c": c_s}, None, 1.0, args.sampler, args.steps,
-                           gen)
+                           gen, g_guidance=args.g_guidance)
         g = stats.denormalise("g", g_n.cpu())
         c_real = stats.denormalise("c", unfold_c(c_n.cpu(), c_ch))
         f_real = stats.denormalise("f", item["f"][None])
@@ -158,7 +163,8 @@ def main() -> None:
         bevs.append(bev_row)
 
     prof_ref = torch.stack(res["V"]["profile"]).mean(0)
-    print(f"\n{n} {args.split} scenes of {latdir}, sampler {args.sampler}-{args.steps}, seed {args.seed}")
+    print(f"\n{n} {args.split} scenes of {latdir}, sampler {args.sampler}-{args.steps}, seed {args.seed}"
+          + (f", g guidance {args.g_guidance}" if args.g_guidance != 1.0 else ""))
     print(f"{'row':<6} {'PSNR vs real (dB)':>18} {'occ':>7} {'isolated':>9} {'prof L1':>8} {'bev_tv':>7} "
           f"{'op@cam':>7}")
     for k in rows:

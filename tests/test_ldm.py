@@ -215,6 +215,41 @@ def test_input_perturbation_noises_the_input_but_not_the_target():
         smoke_cfg("c", input_perturbation=1.5)
 
 
+def test_guidance_on_g():
+    """g_drop_prob: training replaces a share of the global vectors by the null (zero) vector;
+    g_guidance s extrapolates u + s (p - u) from the g-free prediction u, only for a level
+    trained with g_drop_prob (others ignore it); s = 1 is the plain prediction."""
+    cfg = smoke_cfg("c", g_drop_prob=0.5)
+    torch.manual_seed(0)
+    model = LevelDiffusion(cfg)
+    randomise_zero_init(model)
+    batch = batch_for(cfg, 64)
+    seen = {}
+    model.predict = lambda x, t, ctx, tokens: seen.update(ctx) or x * 0
+    model.training_loss(batch, 0)
+    keep = seen["g_keep"]
+    assert set(keep.tolist()) == {0.0, 1.0} and 0.3 < float(keep.mean()) < 0.7
+    g = LevelDiffusion.global_vector(model, seen)
+    assert bool((g[keep == 0] == 0).all()) and torch.equal(g[keep == 1], batch["g"][keep == 1])
+    del model.predict
+    B = 3
+    b = {k: v[:B] for k, v in batch.items()}
+    ctx, x, t = model.context(b), torch.randn(B, *model.sample_shape(B)[1:]), torch.tensor(600)
+    tok = model.tokens(None, B)
+    with torch.no_grad():
+        p = model.predict(x, t.expand(B), ctx, tok)
+        u = model.predict(x, t.expand(B), {**ctx, "g": torch.zeros_like(ctx["g"])}, tok)
+        assert torch.allclose(guided_prediction(model, x, t, ctx, None, 1.0, 1.0), p)
+        assert torch.allclose(guided_prediction(model, x, t, ctx, None, 1.0, 3.0), u + 3.0 * (p - u), atol=1e-5)
+        assert not torch.allclose(u, p, atol=1e-3)
+        plain = LevelDiffusion(replace(cfg, g_drop_prob=0.0))
+        plain.load_state_dict(model.state_dict())
+        assert torch.allclose(guided_prediction(plain, x, t, ctx, None, 1.0, 3.0), p)
+    assert ADDED_FIELDS["g_drop_prob"] == 0.0
+    with pytest.raises(ValueError, match="g_drop_prob"):
+        smoke_cfg("c", g_drop_prob=1.0)
+
+
 def test_x0_loss_weight_is_the_error_of_the_implied_x0():
     """loss_weight='x0' with v-prediction: the loss is the MSE of x0_hat = alpha_t x_t -
     sigma_t v_hat (the v error weighted by sigma_t^2), not of v; 'uniform' is the plain v loss
@@ -424,6 +459,29 @@ def test_trajectory_conditioned_levels_train_and_sample(latents, tmp_path):
     assert main(["sample", "--run", str(run), "--num", "2", "--sampler", "ddim", "--steps", "2", "--seed", "0",
                  "--frames", "4", "--out", str(out), "--quiet"]) == 0
     assert len(list(out.glob("sample_*/V.safetensors"))) == 2
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_g_guidance_trains_and_samples(latents, tmp_path):
+    """`--set c.g_drop_prob` trains psi_c with g dropout; `nfldm sample --g-guidance` guides it
+    (recorded in samples.json); a non-finite scale is a one-line error."""
+    run = tmp_path / "ldm"
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(run), "--level", "all",
+                 "--preset", "smoke", "--steps", "2", "--set", "c.g_drop_prob=0.2", "--quiet"]) == 0
+    assert json.loads((run / "c" / "config.json").read_text())["model"]["g_drop_prob"] == 0.2
+    assert "g_drop_prob" not in json.loads((run / "f" / "config.json").read_text())["model"]
+    outs = {}
+    for s in (1.0, 3.0):
+        out = tmp_path / f"samples_{s}"
+        assert main(["sample", "--run", str(run), "--num", "2", "--sampler", "ddim", "--steps", "3", "--seed", "0",
+                     "--frames", "4", "--g-guidance", str(s), "--out", str(out), "--quiet"]) == 0
+        assert json.loads((out / "samples.json").read_text())["g_guidance"] == s
+        from safetensors.torch import load_file
+        outs[s] = load_file(out / "sample_0000" / "V.safetensors")
+    assert torch.equal(outs[1.0]["g"], outs[3.0]["g"])            # psi_g is not guided
+    assert not torch.allclose(outs[1.0]["c"], outs[3.0]["c"])     # psi_c is
+    assert main(["sample", "--run", str(run), "--num", "1", "--g-guidance", "nan", "--out",
+                 str(tmp_path / "bad"), "--quiet"]) == 2
 
 
 @pytest.mark.filterwarnings("ignore:the density never reaches")

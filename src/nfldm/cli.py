@@ -207,7 +207,8 @@ def cmd_sample(args) -> int:
             print(f"no --run given: sampling from the bundled pretrained model {run}")
     res = sample(run, num=args.num, sampler=args.sampler, steps=args.steps, seed=args.seed, out=args.out,
                  cond=cond, guidance=args.guidance, device=args.device, progress=not args.quiet,
-                 num_frames=args.frames, fps=args.fps, mesh_level=args.mesh_level, batch_size=args.batch_size)
+                 num_frames=args.frames, fps=args.fps, mesh_level=args.mesh_level, batch_size=args.batch_size,
+                 g_guidance=args.g_guidance)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -448,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (with --cond)")
+    p.add_argument("--g-guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale on g, for levels trained with g_drop_prob > 0")
     p.add_argument("--cond", default=None,
                    help="safetensors file with a tensor 'cond' (L x cond_dim, or N x L x cond_dim) of condition tokens")
     p.add_argument("--frames", type=int, default=48, help="frames rendered along each trajectory")

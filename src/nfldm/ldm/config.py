@@ -67,6 +67,11 @@ class LDMConfig:
     cond_dim: int = 0                    # width of the condition tokens in the data; 0 = none
     cross_attention_dim: int = 64        # width of the tokens inside the denoiser
     cond_drop_prob: float = 0.1          # training: a sample's condition is replaced by the null token
+    # opt-in classifier-free guidance on g (psi_c / psi_f): in training a sample's global vector
+    # (g, or [g, traj]) is replaced by zeros with this probability, so the level also learns
+    # the unconditional model; `nfldm sample --g-guidance S` then extrapolates from it towards
+    # the g-conditional one (docs/ldm.md "Guidance on g"). No effect on psi_g or without g
+    g_drop_prob: float = 0.0
     # psi_g: residual MLP with adaLN-zero timestep modulation and cross-attention
     mlp_width: int = 256
     mlp_blocks: int = 4
@@ -106,6 +111,8 @@ class LDMConfig:
             raise ValueError(f"traj_frames must be >= 2, got {self.traj_frames}")
         if not 0.0 <= self.input_perturbation < 1.0:
             raise ValueError(f"input_perturbation must be in [0, 1), got {self.input_perturbation}")
+        if not 0.0 <= self.g_drop_prob < 1.0:
+            raise ValueError(f"g_drop_prob must be in [0, 1), got {self.g_drop_prob}")
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
         for ch in self.block_out_channels:
@@ -226,7 +233,7 @@ def preset(name: str) -> LDMPreset:
 
 # fields added after runs were made, with the value those runs implicitly had
 ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, "traj_map_aspect": 1.0,
-                "input_perturbation": 0.0, "loss_weight": "uniform"}
+                "input_perturbation": 0.0, "loss_weight": "uniform", "g_drop_prob": 0.0}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:

@@ -295,6 +295,8 @@ class LevelDiffusion(nn.Module):
             if "traj" not in ctx:
                 raise ValueError("this level is conditioned on [g, traj] (g_with_traj) but no traj was given")
             g = torch.cat([g, ctx["traj"].to(g.dtype)], -1)
+        if "g_keep" in ctx:      # guidance on g: rows with g_keep = 0 get the null (zero) vector
+            g = g * ctx["g_keep"].to(g.dtype).view(-1, 1)
         return g
 
     # ------------------------------------------------------------------ training
@@ -316,7 +318,10 @@ class LevelDiffusion(nn.Module):
             raise ValueError(f"cond_dim = {self.cfg.cond_dim} but the latents hold no condition tokens")
         drop = (torch.rand(B, device=x0.device) < self.cfg.cond_drop_prob) if cond is not None else None
         tokens = self.tokens(cond, B, drop)
-        out = self.predict(x_t, t, self.context(batch), tokens).float()
+        ctx = self.context(batch)
+        if self.cfg.g_drop_prob > 0 and self.global_vector(ctx) is not None:
+            ctx["g_keep"] = (torch.rand(B, device=x0.device) >= self.cfg.g_drop_prob).float()
+        out = self.predict(x_t, t, ctx, tokens).float()
         if self.cfg.prediction_type == "v_prediction":
             tgt = self.scheduler.get_velocity(x0, noise, t)
         elif self.cfg.prediction_type == "epsilon":
@@ -354,10 +359,24 @@ def predicted_x0(model: "LevelDiffusion", out: Tensor, x_t: Tensor, t: Tensor | 
 
 @torch.no_grad()
 def guided_prediction(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, cond: Tensor | None,
-                      guidance: float = 1.0) -> Tensor:
+                      guidance: float = 1.0, g_guidance: float = 1.0) -> Tensor:
     """Classifier-free guidance: ``u + s (c - u)`` with u the prediction under the null token
     and c the one under ``cond`` (B x L x cond_dim); s = ``guidance``. Without a condition the
-    (unconditional) prediction itself; with s = 1 the conditional prediction (one pass)."""
+    (unconditional) prediction itself; with s = 1 the conditional prediction (one pass).
+
+    ``g_guidance`` s_g, for a level trained with ``g_drop_prob`` > 0 (ignored otherwise): the
+    same on the global vector, ``u_g + s_g (p - u_g)`` with p the prediction above and u_g the
+    one with g replaced by the null (zero) vector."""
+    out = _cond_guided(model, x, t, ctx, cond, guidance)
+    if g_guidance == 1.0 or model.cfg.g_drop_prob <= 0 or model.global_vector(ctx) is None:
+        return out
+    null = {**ctx, "g_keep": torch.zeros(x.shape[0], device=x.device)}
+    u = _cond_guided(model, x, t, null, cond, guidance)
+    return u + g_guidance * (out - u)
+
+
+def _cond_guided(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, cond: Tensor | None,
+                 guidance: float) -> Tensor:
     B = x.shape[0]
     if t.dim() == 0:
         t = t.expand(B)

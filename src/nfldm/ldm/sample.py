@@ -56,11 +56,12 @@ SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
 @torch.no_grad()
 def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, guidance: float,
             sampler: str, steps: int, generator: torch.Generator, progress: bool = False,
-            desc: str = "", on_step=None) -> Tensor:
+            desc: str = "", on_step=None, g_guidance: float = 1.0) -> Tensor:
     """One level's reverse process from pure noise: standardised latents of shape
     ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
     ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
-    step (benchmarks/sampling_drift.py)."""
+    step (benchmarks/sampling_drift.py). ``g_guidance``: classifier-free guidance on g
+    (:func:`~nfldm.ldm.model.guided_prediction`; only for a level trained with g_drop_prob)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     dev = next(model.parameters()).device
@@ -69,7 +70,7 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     x = torch.randn(model.sample_shape(batch), generator=generator).to(dev) * sched.init_noise_sigma
     for t in tqdm(sched.timesteps, desc=desc, disable=not progress, leave=False):
         inp = sched.scale_model_input(x, t)
-        out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance)
+        out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance)
         if on_step is not None:
             on_step(t, x, out)
         if sampler == "dpm":
@@ -89,7 +90,7 @@ def _cond_batch(cond: Tensor | None, lo: int, hi: int, dev) -> Tensor | None:
 @torch.no_grad()
 def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: int, sampler: str = "ddim",
                    steps: int = 50, seed: int = 0, cond: Tensor | None = None, guidance: float = 1.0,
-                   batch_size: int = 8, progress: bool = True) -> dict:
+                   batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents. Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
     ``c`` c_ch x X/d x Y/d x Zc, ``f``) latents and the trajectory vectors ``traj``, on the CPU.
@@ -122,10 +123,10 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         sampled = {"g": got["g_n"], "traj": got["traj"]}
         if cm is not None:
             got["c_n"] = denoise(cm, B, cm.context(sampled), cb, guidance, sampler, steps, gen, progress,
-                                 f"psi_c {tag}")
+                                 f"psi_c {tag}", g_guidance=g_guidance)
         if fm is not None:
             got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, guidance, sampler, steps, gen,
-                                 progress, f"psi_f {tag}")
+                                 progress, f"psi_f {tag}", g_guidance=g_guidance)
         for k in keys:
             parts[k].append(got[k].float().cpu())
     out = {k: torch.cat(v) for k, v in parts.items()}
@@ -293,10 +294,12 @@ def _render_path(sae, V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, chu
 def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0,
            out: str | os.PathLike | None = None, cond: Tensor | None = None, guidance: float = 1.0,
            device: str = "auto", progress: bool = True, num_frames: int = 48, fps: int = 12,
-           mesh_level: float | None = None, batch_size: int = 8, sheet_frames: int = 6) -> dict:
+           mesh_level: float | None = None, batch_size: int = 8, sheet_frames: int = 6,
+           g_guidance: float = 1.0) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` and write them to ``out`` (layout in the
     module docstring). ``cond``: condition tokens (L x cond_dim for all samples, or
-    num x L x cond_dim) with classifier-free guidance scale ``guidance``. Returns the summary
+    num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
+    on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"). Returns the summary
     written to ``out``/samples.json."""
     from nfldm.latent_ae.data import write_safetensors
     from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, to_uint8, upscale
@@ -307,14 +310,15 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
     if num < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
                          f"batch_size={batch_size})")
-    if not math.isfinite(guidance):
-        raise ValueError(f"guidance must be a finite number, got {guidance}")
+    if not math.isfinite(guidance) or not math.isfinite(g_guidance):
+        raise ValueError(f"guidance and g_guidance must be finite numbers, got {guidance}, {g_guidance}")
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
     pipe = load_pipeline(run, device)
     models, rc, sae, lae = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"]
     dev = pipe["device"]
-    lat = sample_latents(models, pipe["stats"], num, sampler, steps, seed, cond, guidance, batch_size, progress)
+    lat = sample_latents(models, pipe["stats"], num, sampler, steps, seed, cond, guidance, batch_size, progress,
+                         g_guidance)
 
     setup = rc["render"]
     bounds = torch.tensor(setup["bounds"], dtype=torch.float32)
@@ -346,7 +350,8 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
                           {"V": V16, **{k: lat[k][i] for k in ("g", "c", "f") if k in lat}, "keyframes": keys,
                            "path": path, "bounds": bounds, "intrinsics": intr},
                           {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
-                           "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance})
+                           "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
+                           "g_guidance": g_guidance})
         use_colour = bool(getattr(sae.cfg, "rgb_features", False))
         mesh, level = density_mesh(V, bounds, mesh_level, colour=use_colour)
         atomic_write_bytes(d / "mesh.ply", mesh.export(file_type="ply"))
@@ -364,6 +369,7 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
                "latent_ae": rc["latent_ae"]["run"], "scene_ae": rc["scene_ae"]["run"], "latents": pipe["latents"],
                "num": num,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
+               "g_guidance": g_guidance,
                "conditional": cond is not None, "num_frames": num_frames, "fps": fps, "image_size": H,
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
                "contact_sheet_rows": len(rows),
