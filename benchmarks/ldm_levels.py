@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="PNG of the top-down opacity maps")
     ap.add_argument("--views-out", default=None,
                     help="PNG of views: per scene, each row rendered from two of the scene's cameras")
+    ap.add_argument("--json", default=None,
+                    help="per-scene results (scene name; per row the occupied fraction by voxel height "
+                         "within 1 m of the cameras)")
     args = ap.parse_args()
 
     from tqdm.auto import tqdm
@@ -110,7 +113,7 @@ def main() -> None:
     rows = ["V", "real", "f~", "c,f~", "all~"]
     res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": [], "op_cam": [], "cam_profile": []}
            for r in rows}
-    bevs, seen = [], []
+    bevs, seen, per_scene = [], [], []
     n = min(args.num, len(ds))
     allsamp = sample_latents(models, stats, n, args.sampler, args.steps, args.seed + 1, progress=False,
                              g_guidance=args.g_guidance)
@@ -149,6 +152,7 @@ def main() -> None:
             two = vox["c2w"][[len(vox["c2w"]) // 4, 3 * len(vox["c2w"]) // 4]]
             seen.append([_render_path(sae, Vs[k], bounds, intr, two)[0] for k in rows])
         own = vox["c2w"][:, :3, 3]
+        per_scene.append({"scene": name, "cam_profile": {}})
         drawn = decode_trajectory(allsamp["traj"][i], bounds)[:, :3, 3]     # the sampled keyframes
         for k in rows:
             st = density_stats(Vs[k], bounds, drawn if k == "all~" else own)
@@ -156,6 +160,7 @@ def main() -> None:
                 res[k][key].append(st[key])
             if st["cam_profile"] is not None:
                 res[k]["cam_profile"].append(st["cam_profile"])
+            per_scene[-1]["cam_profile"][k] = None if st["cam_profile"] is None else st["cam_profile"].tolist()
             bev_row.append(st["bev"])
             if k in ("V", "f~", "c,f~"):
                 rgb, _ = _render_path(sae, Vs[k], bounds, intr, path)
@@ -183,6 +188,12 @@ def main() -> None:
             prof = torch.stack(res[k]["cam_profile"]).mean(0)                    # Z
             bands = [part.mean() for part in prof.tensor_split(8)]
             print(f"{k:<6} " + " ".join(f"{float(b):>7.3f}" for b in bands))
+    if args.json:
+        from nfldm.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, {"run": args.run, "split": args.split, "z_range": [zlo, zhi],
+                                      "scenes": per_scene})
+        print(f"per-scene results -> {args.json}")
     if args.out:
         from nfldm.scene_ae.flythrough import grid_image, upscale
         from nfldm.utils.io import atomic_save_png
