@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from nfldm.data.format import read_transforms
+
 
 def scene_heights(scene: Path) -> tuple[float, float, float]:
     """(median ceiling, median floor, ceiling max - min) at the cameras of one scene folder."""
     z = np.load(scene / "bev.npz")
-    frames = json.loads((scene / "transforms.json").read_text())["frames"]
-    pos = np.array([f["transform_matrix"] for f in frames], dtype=np.float64)[:, :3, 3]
+    pos = read_transforms(scene).c2w[:, :3, 3]
     lo, hi = z["bounds_xy"]
     n = np.array(z["ceiling"].shape)
     ij = np.clip(((pos[:, :2] - lo) / (hi - lo) * n).astype(int), 0, n - 1)
