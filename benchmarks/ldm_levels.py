@@ -24,8 +24,13 @@ L1 distance of the per-height occupancy profile from the stage-1 voxels' mean pr
 (high = scattered); ``op@cam`` the mean top-down opacity of the columns within 1 m of the
 cameras (the scene's own; for all~ the sampled keyframes): real scenes have floor and ceiling
 there, so it is near 1; below the table, the occupied fraction of those columns by height
-(8 bands). ``--out`` writes a picture: per scene one row of top-down opacity maps;
-``--views-out`` one of views: per scene (the first 8) one row, two of the scene's cameras per
+(8 bands). ``path r`` (``nfldm.ldm.evaluate.path_agreement``) the Pearson correlation between
+the top-down opacity and where the trajectory's cameras look (the fraction of the keyframes
+whose field of view holds the column): the scene's own trajectory for V, real, f~ and c,f~,
+the sampled one for all~. Real scenes are the space their cameras saw, so a sampled scene whose
+path looks into it scores like real; below the table, real latents with ANOTHER scene's
+trajectory give the level of a path that has nothing to do with the scene. ``--out`` writes a
+picture: per scene one row of top-down opacity maps; ``--views-out`` one of views: per scene (the first 8) one row, two of the scene's cameras per
 level (all~ too: the sampled scene seen from the real scene's cameras).
 """
 
@@ -96,8 +101,9 @@ def main() -> None:
 
     from nfldm.latent_ae.data import load_voxels, read_voxel_index
     from nfldm.ldm.data import LatentDataset, read_latent_index, unfold_c
+    from nfldm.ldm.evaluate import path_agreement
     from nfldm.ldm.sample import _render_path, denoise, load_pipeline, sample_latents
-    from nfldm.ldm.trajectory import decode_trajectory
+    from nfldm.ldm.trajectory import decode_trajectory, fov_degrees
 
     pipe = load_pipeline(args.run, args.device)
     models, rc, sae, lae, stats = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"], pipe["stats"]
@@ -111,8 +117,9 @@ def main() -> None:
     c_ch = models["g"].cfg.c_shape[0]
     gen = torch.Generator().manual_seed(args.seed)
     rows = ["V", "real", "f~", "c,f~", "all~"]
-    res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": [], "op_cam": [], "cam_profile": []}
-           for r in rows}
+    res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": [], "op_cam": [], "cam_profile": [],
+               "path_r": []} for r in rows}
+    other_r = []
     bevs, seen, per_scene = [], [], []
     n = min(args.num, len(ds))
     allsamp = sample_latents(models, stats, n, args.sampler, args.steps, args.seed + 1, progress=False,
@@ -154,8 +161,13 @@ def main() -> None:
         own = vox["c2w"][:, :3, 3]
         per_scene.append({"scene": name, "cam_profile": {}})
         drawn = decode_trajectory(allsamp["traj"][i], bounds)[:, :3, 3]     # the sampled keyframes
+        hfov = fov_degrees(float(intr[0]), int(round(2 * float(intr[2]))))
         for k in rows:
             st = density_stats(Vs[k], bounds, drawn if k == "all~" else own)
+            res[k]["path_r"].append(path_agreement(st["bev"], allsamp["traj"][i] if k == "all~" else item["traj"],
+                                                   bounds, hfov))
+            if k == "real":
+                other_r.append(path_agreement(st["bev"], ds[(i + 1) % n]["traj"], bounds, hfov))
             for key in ("occ", "isolated", "profile", "bev_tv", "op_cam"):
                 res[k][key].append(st[key])
             if st["cam_profile"] is not None:
@@ -171,13 +183,14 @@ def main() -> None:
     print(f"\n{n} {args.split} scenes of {latdir}, sampler {args.sampler}-{args.steps}, seed {args.seed}"
           + (f", g guidance {args.g_guidance}" if args.g_guidance != 1.0 else ""))
     print(f"{'row':<6} {'PSNR vs real (dB)':>18} {'occ':>7} {'isolated':>9} {'prof L1':>8} {'bev_tv':>7} "
-          f"{'op@cam':>7}")
+          f"{'op@cam':>7} {'path r':>7}")
     for k in rows:
         r = res[k]
         p = f"{np.mean(r['psnr']):.2f}" if r["psnr"] else "-"
         prof = float(torch.stack(r["profile"]).sub(prof_ref).abs().sum(-1).mean())
         print(f"{k:<6} {p:>18} {np.mean(r['occ']):>7.3f} {np.mean(r['isolated']):>9.3f} {prof:>8.3f} "
-              f"{np.mean(r['bev_tv']):>7.3f} {np.nanmean(r['op_cam']):>7.3f}")
+              f"{np.mean(r['bev_tv']):>7.3f} {np.nanmean(r['op_cam']):>7.3f} {np.mean(r['path_r']):>7.3f}")
+    print(f"path r of real latents with another scene's trajectory: {np.mean(other_r):.3f}")
     zlo, zhi = float(bounds[0, 2]), float(bounds[1, 2])
     edges = np.linspace(zlo, zhi, 9)
     print(f"\noccupied fraction by height within 1 m of the cameras (8 bands from z = {zlo:g} to {zhi:g} m; "

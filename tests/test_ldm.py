@@ -16,6 +16,7 @@ from safetensors import safe_open
 from data_fixtures import make_dataset
 from nfldm.camera import pose_from_position_yaw
 from nfldm.cli import main
+from nfldm.data.format import DataError
 from nfldm.ldm.config import ADDED_FIELDS, LEVELS, config_from_dict, preset
 from nfldm.ldm.model import LevelDiffusion, guided_prediction, make_sampler, predicted_x0
 from nfldm.ldm.trajectory import (decode_trajectory, encode_trajectory, interpolate_path, resample_poses,
@@ -727,3 +728,32 @@ def test_a_trained_level_samples_the_latent_it_learned(prediction_type):
     own = ((x - c) ** 2).mean((1, 2, 3))
     other = ((x - c.flip(0)) ** 2).mean((1, 2, 3))
     assert bool((own < 0.6).all()) and bool((own < 0.35 * other).all()), (own, other)
+
+
+def test_path_agreement_scores_a_scene_where_its_cameras_look(tmp_path):
+    from nfldm.latent_ae.data import write_safetensors
+    from nfldm.ldm.evaluate import path_agreement, sample_path_agreement, top_down_opacity
+
+    bounds = torch.tensor([[-4.0, -4.0, -1.0], [4.0, 4.0, 3.0]])
+    # three cameras at the centre looking along +x (yaw 0), a little apart
+    keys = pose_from_position_yaw(torch.tensor([[-0.5, 0.0, 1.0], [0.0, 0.0, 1.0], [0.5, 0.0, 1.0]]), torch.zeros(3))
+    V = torch.zeros(4, 16, 16, 8)
+    ahead, behind = V.clone(), V.clone()
+    ahead[0, 9:, 4:12] = 5.0                      # density where the cameras look ...
+    behind[0, :7, 4:12] = 5.0                     # ... and behind them
+    bev = top_down_opacity(ahead, bounds)
+    assert bev.shape == (16, 16) and float(bev[12, 8]) > 0.99 and float(bev[2, 8]) == 0.0
+    r_ahead = path_agreement(bev, keys, bounds, 90.0)
+    r_behind = path_agreement(top_down_opacity(behind, bounds), keys, bounds, 90.0)
+    assert r_ahead > 0.5 and r_behind < -0.3
+    # a trajectory vector gives the same as the poses it encodes; an empty scene scores 0
+    assert abs(path_agreement(bev, encode_trajectory(keys, bounds, 3), bounds, 90.0) - r_ahead) < 1e-6
+    assert path_agreement(top_down_opacity(V, bounds), keys, bounds, 90.0) == 0.0
+    # from an nfldm sample file (fx = cx: a 90 degree field of view)
+    f = tmp_path / "sample_0000" / "V.safetensors"
+    write_safetensors(f, {"V": ahead.half(), "keyframes": keys, "bounds": bounds,
+                          "intrinsics": torch.tensor([32.0, 38.4, 32.0, 32.0])}, {"format": "test"})
+    assert abs(sample_path_agreement(f) - r_ahead) < 1e-3
+    write_safetensors(f, {"V": ahead.half(), "bounds": bounds}, {"format": "test"})
+    with pytest.raises(DataError, match="keyframes"):
+        sample_path_agreement(f)

@@ -161,6 +161,15 @@ def test_bundle_is_small_and_samples(run, tmp_path):
                 "--out", str(tmp_path / "s"), "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(list((tmp_path / "s" / "sample_0000" / "frames").glob("*.png"))) == 3
+    # the bundle's stages 1 and 2 encode new scenes: its latent-ae accepts its own scene-ae's voxels
+    res = nfldm("encode-voxels", "--scene-ae", str(moved / "scene_ae"), "--data", str(run["out"] / "data"),
+                "--out", str(tmp_path / "vox"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = nfldm("encode-latents", "--run", str(moved / "latent_ae"), "--voxels", str(tmp_path / "vox"),
+                "--out", str(tmp_path / "lat"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    index = json.loads((tmp_path / "lat" / "index.json").read_text())
+    assert index["scenes"] and all((tmp_path / "lat" / sc["file"]).exists() for sc in index["scenes"])
 
 
 def test_packaged_model_samples_without_run(tmp_path):
@@ -173,6 +182,12 @@ def test_packaged_model_samples_without_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "s" / "samples.json").read_text())
     assert summary["num"] == 1 and Path(summary["run"]) == PACKAGED
+    # the packaged latent-ae names the packaged (float16) scene-ae's weights, so both encode new data
+    from nfldm.latent_ae.data import weights_hash
+    from nfldm.scene_ae.train import load_scene_ae
+
+    lae_rc = json.loads((PACKAGED / "latent_ae" / "config.json").read_text())
+    assert lae_rc["scene_ae"]["weights_hash"] == weights_hash(load_scene_ae(PACKAGED / "scene_ae", "cpu"))
 
 
 def test_user_errors_are_one_clear_line(run, tmp_path):

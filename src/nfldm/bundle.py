@@ -116,6 +116,12 @@ def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dic
         for key in ("scene_ae", "latent_ae"):
             rc[key] = {**rc[key], "run": key, "weights_hash": hashes[key], "trained_run": str(runs[key])}
         atomic_write_json(tmp / lv / CONFIG_FILE, rc)
+    # ... and so does the latent-ae: voxels encoded with the bundle's scene_ae then pass its check,
+    # so a user can encode new scenes with the bundle (nfldm encode-voxels, then encode-latents)
+    rc = read_run_config(tmp / "latent_ae")
+    rc["scene_ae"] = {**rc["scene_ae"], "run": "../scene_ae", "weights_hash": hashes["scene_ae"],
+                      "trained_run": str(runs["scene_ae"])}
+    atomic_write_json(tmp / "latent_ae" / CONFIG_FILE, rc)
     load_ldm(tmp, "cpu")          # the bundle loads as an ldm run ...
     info = {"format": BUNDLE_FORMAT, "version": 1, "params": params, "bytes": total_bytes, "steps": steps,
             "source": str(ldm_run.resolve()), "card": card or {}}

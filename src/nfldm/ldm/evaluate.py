@@ -14,6 +14,14 @@ Two feature extractors:
 
 KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
 k(x, y) = (x . y / d + 1)^3, averaged over random subsets (mean and std reported).
+
+Path agreement (ours, not in the paper): does a generated scene lie where its own sampled
+camera path looks? A scene of the training data is the space its cameras saw (stage 1 mean-pools
+the frames' frustums), so its top-down opacity correlates with where its cameras look. For each
+sample, :func:`path_agreement` is the Pearson correlation between the top-down opacity of V and
+the camera coverage of the sample's keyframes (channel 0 of
+:func:`nfldm.ldm.trajectory.camera_coverage`). ``benchmarks/ldm_levels.py`` prints the same number
+for real latents with their own trajectory and with another scene's (docs/ldm.md).
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ from tqdm.auto import tqdm
 from nfldm.data.format import SPLITS, DataError
 
 __all__ = ["frechet_distance", "kid", "feature_stats", "EfficientNetLite0Features", "InceptionFeatures",
-           "generated_images", "real_images", "eval_generation", "NOT_COMPARABLE"]
+           "generated_images", "real_images", "eval_generation", "NOT_COMPARABLE", "top_down_opacity",
+           "path_agreement", "sample_path_agreement"]
 
 NOT_COMPARABLE = ("frechet_distance on EfficientNet-Lite0 features is an offline proxy: it is NOT "
                   "comparable to published (Inception-v3) FID numbers; compare it only between runs "
@@ -163,6 +172,48 @@ def extract(model: torch.nn.Module, images: np.ndarray, device, batch: int = 64,
 # Images
 
 
+def top_down_opacity(V: Tensor, bounds: Tensor) -> Tensor:
+    """V: K x X x Y x Z (channel 0: density sigma per metre), bounds 2 x 3 -> X x Y opacity of each
+    column seen from above, 1 - exp(-sum_z sigma dz)."""
+    sigma = V[0].float().clamp(min=0)
+    dz = float(bounds[1, 2] - bounds[0, 2]) / sigma.shape[-1]
+    return 1.0 - torch.exp(-sigma.sum(-1) * dz)
+
+
+def path_agreement(bev: Tensor, keyframes: Tensor, bounds: Tensor, hfov_deg: float) -> float:
+    """Pearson correlation between a top-down map ``bev`` (X x Y over the box's footprint) and where
+    the cameras ``keyframes`` (T x 4 x 4 camera-to-world, or a 9 T trajectory vector) look: the
+    fraction of them whose horizontal field of view ``hfov_deg`` holds each column. 0 for a
+    constant map."""
+    from nfldm.ldm.trajectory import camera_coverage, encode_trajectory
+
+    bounds = bounds.double().cpu()
+    traj = keyframes.double().cpu()
+    if traj.dim() == 3:
+        traj = encode_trajectory(traj, bounds, len(traj))
+    ext = bounds[1, :2] - bounds[0, :2]
+    cov = camera_coverage(traj[None].float(), tuple(bev.shape), hfov_deg, float(ext[1] / ext[0]))[0, 0]
+    a = cov.flatten().double() - cov.double().mean()
+    b = bev.flatten().double().cpu() - bev.double().mean().cpu()
+    den = float(a.norm() * b.norm())
+    return float((a * b).sum()) / den if den > 1e-12 else 0.0
+
+
+def sample_path_agreement(sample_file: str | os.PathLike) -> float:
+    """:func:`path_agreement` of one ``nfldm sample`` output (``sample_NNNN/V.safetensors``: V,
+    keyframes, bounds, intrinsics fx fy cx cy)."""
+    from nfldm.latent_ae.data import read_safetensors
+    from nfldm.ldm.trajectory import fov_degrees
+
+    t, _ = read_safetensors(Path(sample_file))
+    for key in ("V", "keyframes", "bounds", "intrinsics"):
+        if key not in t:
+            raise DataError(f"{sample_file}: tensor {key!r} is missing (not an nfldm sample file)")
+    intr = t["intrinsics"].reshape(-1)
+    hfov = fov_degrees(float(intr[0]), int(round(2 * float(intr[2]))))
+    return path_agreement(top_down_opacity(t["V"], t["bounds"]), t["keyframes"], t["bounds"], hfov)
+
+
 def _evenly(n: int, k: int | None) -> np.ndarray:
     return np.arange(n) if k is None or k >= n else np.round(np.linspace(0, n - 1, k)).astype(int)
 
@@ -251,6 +302,14 @@ def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: 
         else:
             entry["note"] = "standard FID (Inception-v3 pool features) and KID"
         res[key] = entry
+    files = sorted(Path(samples).glob("sample_*/V.safetensors"))
+    if files:
+        agree = [sample_path_agreement(f) for f in files]
+        res["path_agreement"] = {
+            "mean": float(np.mean(agree)), "per_sample": agree,
+            "note": "Pearson correlation between each sample's top-down opacity and where its own sampled "
+                    "cameras look; real scenes score high with their own path and near 0 with another "
+                    "scene's (benchmarks/ldm_levels.py prints both)"}
     if len(gen) < 2048 or len(real) < 2048:
         res["warning"] = (f"few images ({len(gen)} generated, {len(real)} real): Frechet distances are biased "
                           "upwards for small sets; compare only numbers computed with the same counts")
