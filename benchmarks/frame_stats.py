@@ -17,7 +17,10 @@ same cameras, and the frames of each ``--samples`` folder (``nfldm sample``) are
     detail    mean absolute difference of horizontally adjacent luminance pixels
 
 Stage 1 blurs (contrast and detail fall from the real frames to V's renders), stage 2 blurs
-further, and a sample folder shows what stage 3 adds on top.
+further, and a sample folder shows what stage 3 adds on top. For scale, the real frames are
+also summarised after shrinking them k times (mean of k x k pixels) and enlarging them back
+(bilinear), k = 2, 4, 8: a stage whose detail matches the k-times row renders about as sharply
+as a 64 / k pixel image.
 """
 
 from __future__ import annotations
@@ -107,6 +110,11 @@ def main() -> None:
         if len(meta.frames) != len(vox["c2w"]):
             raise SystemExit(f"error: {data / name}: {len(meta.frames)} frames, its voxel file {len(vox['c2w'])} cameras")
         rows["real frames"].append(read_pngs([fr.image_path for fr in meta.frames]))
+    real = torch.from_numpy(np.concatenate(rows["real frames"])).permute(0, 3, 1, 2)
+    for k in (2, 4, 8):
+        small = torch.nn.functional.avg_pool2d(real, k)
+        back = torch.nn.functional.interpolate(small, size=real.shape[-2:], mode="bilinear", align_corners=False)
+        rows[f"real frames at 1/{k} resolution"] = [back.permute(0, 2, 3, 1).numpy()]
     for s in args.samples:
         files = sorted(Path(s).glob("sample_*/frames/*.png"))
         if not files:
