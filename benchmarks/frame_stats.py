@@ -65,19 +65,14 @@ def main() -> None:
 
     rows = {"real frames": [], "V (stage 1)": []}
     if args.run is not None:
-        from nfldm.ldm.data import LatentDataset, read_latent_index, unfold_c
-        from nfldm.ldm.sample import load_pipeline
+        from ldm_levels import load_gcf
+        from nfldm.ldm.data import unfold_c
 
-        pipe = load_pipeline(args.run, args.device)
-        models, rc, sae, lae, stats = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"], pipe["stats"]
-        if pipe["latents"] != "gcf":
-            raise SystemExit(f"error: {args.run} is a {pipe['latents']!r} ablation run; this needs g, c and f")
-        dev = pipe["device"]
-        source = Path(rc["latents"])
-        lindex = read_latent_index(source)
-        ds = LatentDataset(source, args.split, models["g"].cfg.traj_frames, index=lindex, stats=rc["stats"])
+        pipe, ds, lindex = load_gcf(args.run, args.split, args.device)
+        sae, lae, stats, dev = pipe["sae"], pipe["lae"], pipe["stats"], pipe["device"]
+        source = Path(pipe["config"]["latents"])
         voxdir, names = Path(lindex["voxels"]), ds.names
-        c_ch = models["g"].cfg.c_shape[0]
+        c_ch = pipe["models"]["g"].cfg.c_shape[0]
         rows["decoded latents (stage 2)"] = []
     else:
         from nfldm.scene_ae.train import load_scene_ae

@@ -73,6 +73,23 @@ def density_stats(V: torch.Tensor, bounds: torch.Tensor, cams: torch.Tensor | No
             "op_cam": op_cam, "cam_profile": cam_profile}
 
 
+def load_gcf(run: str, split: str, device: str = "auto"):
+    """A full (g + c + f) ldm run and the latents of one split of the folder it was trained on:
+    (``load_pipeline``'s dict, the LatentDataset, the latent folder's index). Exits with one line
+    for an ablation run."""
+    from nfldm.ldm.data import LatentDataset, read_latent_index
+    from nfldm.ldm.sample import load_pipeline
+
+    pipe = load_pipeline(run, device)
+    if pipe["latents"] != "gcf":
+        raise SystemExit(f"error: {run} is a {pipe['latents']!r} ablation run; this needs g, c and f")
+    latdir = Path(pipe["config"]["latents"])
+    lindex = read_latent_index(latdir)
+    ds = LatentDataset(latdir, split, pipe["models"]["g"].cfg.traj_frames, index=lindex,
+                       stats=pipe["config"]["stats"])
+    return pipe, ds, lindex
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10 * torch.log10(((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean().clamp(min=1e-10)))
 
@@ -100,19 +117,15 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from nfldm.latent_ae.data import load_voxels, read_voxel_index
-    from nfldm.ldm.data import LatentDataset, read_latent_index, unfold_c
+    from nfldm.ldm.data import unfold_c
     from nfldm.ldm.evaluate import path_agreement
-    from nfldm.ldm.sample import _render_path, denoise, load_pipeline, sample_latents
+    from nfldm.ldm.sample import _render_path, denoise, sample_latents
     from nfldm.ldm.trajectory import decode_trajectory, fov_degrees
 
-    pipe = load_pipeline(args.run, args.device)
+    pipe, ds, lindex = load_gcf(args.run, args.split, args.device)
     models, rc, sae, lae, stats = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"], pipe["stats"]
-    if pipe["latents"] != "gcf":
-        raise SystemExit(f"error: {args.run} is a {pipe['latents']!r} ablation run; this needs g, c and f")
     dev = pipe["device"]
     latdir = Path(rc["latents"])
-    lindex = read_latent_index(latdir)
-    ds = LatentDataset(latdir, args.split, models["g"].cfg.traj_frames, index=lindex, stats=rc["stats"])
     vindex = read_voxel_index(lindex["voxels"])
     c_ch = models["g"].cfg.c_shape[0]
     gen = torch.Generator().manual_seed(args.seed)
