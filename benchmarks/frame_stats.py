@@ -9,7 +9,8 @@ every camera of the scene is rendered twice: from V (the stage-1 voxels) and fro
 decode(g, c, f) of the scene's own latents (stage 2). With ``--voxels`` instead of ``--run``:
 the scenes of a voxel folder (``nfldm encode-voxels``), rendered from V by the scene-ae that made
 it. Those frames, the real frames of the
-same cameras, and the frames of each ``--samples`` folder (``nfldm sample``) are summarised by:
+same cameras (and V's renders split into the cameras V was encoded from and the others), and
+the frames of each ``--samples`` folder (``nfldm sample``) are summarised by:
 
     lum       mean luminance (mean of R, G, B in [0, 1])
     rgb       mean R, G, B
@@ -85,6 +86,7 @@ def main() -> None:
     vindex = read_voxel_index(voxdir)
     data = Path(vindex["data"])
     num = min(args.num, len(names))
+    inputs, others = [], []
     for i in tqdm(range(num), desc="scenes", unit="scene"):
         name = names[i]
         vox = load_voxels(voxdir, name, vindex)
@@ -101,10 +103,17 @@ def main() -> None:
         for key, V in Vs:
             rgb, _ = _render_path(sae, V, vox["bounds"], intr, vox["c2w"])
             rows[key].append(rgb.clamp(0, 1).permute(0, 2, 3, 1).numpy())
+            if key == "V (stage 1)":       # the cameras V was encoded from, and the others
+                is_input = torch.zeros(len(rgb), dtype=torch.bool)
+                is_input[vox["input_ids"].long()] = True
+                inputs.append(rows[key][-1][is_input.numpy()])
+                others.append(rows[key][-1][~is_input.numpy()])
         meta = read_transforms(data / name)
         if len(meta.frames) != len(vox["c2w"]):
             raise SystemExit(f"error: {data / name}: {len(meta.frames)} frames, its voxel file {len(vox['c2w'])} cameras")
         rows["real frames"].append(read_pngs([fr.image_path for fr in meta.frames]))
+    rows["V (stage 1), its input cameras"] = inputs
+    rows["V (stage 1), the other cameras"] = others
     real = torch.from_numpy(np.concatenate(rows["real frames"])).permute(0, 3, 1, 2)
     for k in (2, 4, 8):
         small = torch.nn.functional.avg_pool2d(real, k)
