@@ -81,9 +81,10 @@ def main() -> None:
 
         voxdir = source = Path(args.voxels)
         dev = resolve_device(args.device)
-        names = [sc["name"] for sc in read_voxel_index(voxdir)["scenes"] if sc["split"] == args.split]
-        sae = load_scene_ae(read_voxel_index(voxdir)["scene_ae"]["run"], dev)
     vindex = read_voxel_index(voxdir)
+    if args.run is None:
+        names = [sc["name"] for sc in vindex["scenes"] if sc["split"] == args.split]
+        sae = load_scene_ae(vindex["scene_ae"]["run"], dev)
     data = Path(vindex["data"])
     num = min(args.num, len(names))
     inputs, others = [], []
@@ -110,7 +111,8 @@ def main() -> None:
                 others.append(rows[key][-1][~is_input.numpy()])
         meta = read_transforms(data / name)
         if len(meta.frames) != len(vox["c2w"]):
-            raise SystemExit(f"error: {data / name}: {len(meta.frames)} frames, its voxel file {len(vox['c2w'])} cameras")
+            raise SystemExit(f"error: {data / name}: {len(meta.frames)} frames, its voxel file "
+                             f"{len(vox['c2w'])} cameras")
         rows["real frames"].append(read_pngs([fr.image_path for fr in meta.frames]))
     rows["V (stage 1), its input cameras"] = inputs
     rows["V (stage 1), the other cameras"] = others

@@ -30,8 +30,9 @@ whose field of view holds the column): the scene's own trajectory for V, real, f
 the sampled one for all~. Real scenes are the space their cameras saw, so a sampled scene whose
 path looks into it scores like real; below the table, real latents with ANOTHER scene's
 trajectory give the level of a path that has nothing to do with the scene. ``--out`` writes a
-picture: per scene one row of top-down opacity maps; ``--views-out`` one of views: per scene (the first 8) one row, two of the scene's cameras per
-level (all~ too: the sampled scene seen from the real scene's cameras).
+picture: per scene one row of top-down opacity maps; ``--views-out`` one of views: per scene
+(the first 8) one row, two of the scene's cameras per level (all~ too: the sampled scene seen
+from the real scene's cameras).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def density_stats(V: torch.Tensor, bounds: torch.Tensor, cams: torch.Tensor | No
     """V: K x X x Y x Z (channel 0 sigma per metre), bounds 2 x 3, cams N x 3 camera positions
     -> statistics (see docstring); ``op_cam``: the mean top-down opacity of the columns within
     ``radius`` metres (horizontally) of a camera."""
+    from nfldm.ldm.evaluate import top_down_opacity
     from nfldm.ldm.sample import surface_level
 
     sigma = V[0].float()
@@ -59,7 +61,7 @@ def density_stats(V: torch.Tensor, bounds: torch.Tensor, cams: torch.Tensor | No
         for s in (1, -1):
             nb += torch.roll(torch.nn.functional.pad(o, (1, 1, 1, 1, 1, 1)), s, dims=dim)[1:-1, 1:-1, 1:-1]
     iso = float(((nb <= 1) & occ).float().sum() / occ.float().sum().clamp(min=1))
-    op = 1 - torch.exp(-sigma.sum(-1) * float(size[2]))
+    op = top_down_opacity(V, bounds)
     tv = float(0.5 * ((op[1:] - op[:-1]).abs().mean() + (op[:, 1:] - op[:, :-1]).abs().mean()))
     op_cam, cam_profile = float("nan"), None
     if cams is not None:
@@ -132,7 +134,7 @@ def main() -> None:
     rows = ["V", "real", "f~", "c,f~", "all~"]
     res = {r: {"psnr": [], "occ": [], "isolated": [], "profile": [], "bev_tv": [], "op_cam": [], "cam_profile": [],
                "path_r": []} for r in rows}
-    other_r = []
+    real_paths = []      # per scene: (real bev, own trajectory, bounds, hfov)
     bevs, seen, per_scene = [], [], []
     n = min(args.num, len(ds))
     allsamp = sample_latents(models, stats, n, args.sampler, args.steps, args.seed + 1, progress=False,
@@ -174,13 +176,13 @@ def main() -> None:
         own = vox["c2w"][:, :3, 3]
         per_scene.append({"scene": name, "cam_profile": {}})
         drawn = decode_trajectory(allsamp["traj"][i], bounds)[:, :3, 3]     # the sampled keyframes
-        hfov = fov_degrees(float(intr[0]), int(round(2 * float(intr[2]))))
+        hfov = fov_degrees(float(intr[0]), 2 * float(intr[2]))
         for k in rows:
             st = density_stats(Vs[k], bounds, drawn if k == "all~" else own)
             res[k]["path_r"].append(path_agreement(st["bev"], allsamp["traj"][i] if k == "all~" else item["traj"],
                                                    bounds, hfov))
             if k == "real":
-                other_r.append(path_agreement(st["bev"], ds[(i + 1) % n]["traj"], bounds, hfov))
+                real_paths.append((st["bev"], item["traj"], bounds, hfov))
             for key in ("occ", "isolated", "profile", "bev_tv", "op_cam"):
                 res[k][key].append(st[key])
             if st["cam_profile"] is not None:
@@ -192,6 +194,7 @@ def main() -> None:
                 res[k]["psnr"].append(psnr(rgb, ref))
         bevs.append(bev_row)
 
+    other_r = [path_agreement(bev, real_paths[(i + 1) % n][1], b, h) for i, (bev, _, b, h) in enumerate(real_paths)]
     prof_ref = torch.stack(res["V"]["profile"]).mean(0)
     print(f"\n{n} {args.split} scenes of {latdir}, sampler {args.sampler}-{args.steps}, seed {args.seed}"
           + (f", g guidance {args.g_guidance}" if args.g_guidance != 1.0 else ""))

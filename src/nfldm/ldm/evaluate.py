@@ -187,14 +187,13 @@ def path_agreement(bev: Tensor, keyframes: Tensor, bounds: Tensor, hfov_deg: flo
     constant map."""
     from nfldm.ldm.trajectory import camera_coverage, encode_trajectory
 
-    bounds = bounds.double().cpu()
-    traj = keyframes.double().cpu()
+    bounds, traj, bev = bounds.double().cpu(), keyframes.double().cpu(), bev.double().cpu()
     if traj.dim() == 3:
         traj = encode_trajectory(traj, bounds, len(traj))
     ext = bounds[1, :2] - bounds[0, :2]
-    cov = camera_coverage(traj[None].float(), tuple(bev.shape), hfov_deg, float(ext[1] / ext[0]))[0, 0]
-    a = cov.flatten().double() - cov.double().mean()
-    b = bev.flatten().double().cpu() - bev.double().mean().cpu()
+    cov = camera_coverage(traj[None].float(), tuple(bev.shape), hfov_deg, float(ext[1] / ext[0]))[0, 0].double()
+    a = cov.flatten() - cov.mean()
+    b = bev.flatten() - bev.mean()
     den = float(a.norm() * b.norm())
     return float((a * b).sum()) / den if den > 1e-12 else 0.0
 
@@ -210,7 +209,7 @@ def sample_path_agreement(sample_file: str | os.PathLike) -> float:
         if key not in t:
             raise DataError(f"{sample_file}: tensor {key!r} is missing (not an nfldm sample file)")
     intr = t["intrinsics"].reshape(-1)
-    hfov = fov_degrees(float(intr[0]), int(round(2 * float(intr[2]))))
+    hfov = fov_degrees(float(intr[0]), 2 * float(intr[2]))
     return path_agreement(top_down_opacity(t["V"], t["bounds"]), t["keyframes"], t["bounds"], hfov)
 
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from nfldm.data.format import DataError
 from nfldm.ldm.data import LatentStats, unfold_c
+from nfldm.ldm.evaluate import top_down_opacity
 from nfldm.ldm.model import SAMPLERS, LevelDiffusion, guided_prediction, make_sampler
 from nfldm.ldm.trajectory import decode_trajectory, fov_degrees, interpolate_path
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json
@@ -217,9 +218,7 @@ def _topdown(V: Tensor, bounds: Tensor, path: Tensor, size: int) -> np.ndarray:
     y up; dark = opaque), the camera path drawn in red, its start as a red dot."""
     from PIL import Image, ImageDraw
 
-    sigma = V[0].float().cpu()
-    dz = float(bounds[1, 2] - bounds[0, 2]) / sigma.shape[2]
-    op = (1 - torch.exp(-sigma.sum(-1) * dz)).numpy()                     # X x Y
+    op = top_down_opacity(V.cpu(), bounds.cpu()).numpy()                  # X x Y
     grey = (255 * (1 - op.T[::-1])).astype(np.uint8)                      # rows = -y
     img = Image.fromarray(np.ascontiguousarray(grey)).convert("RGB").resize((size, size), Image.NEAREST)
     lo, hi = bounds[0].cpu().numpy(), bounds[1].cpu().numpy()
