@@ -3,6 +3,7 @@
     python benchmarks/frame_stats.py --run LDM_RUN [--samples DIR ...] [--split test] [--num 16]
                                      [--device auto]
     python benchmarks/frame_stats.py --voxels VOXDIR [--split test] [--num 16]    # stage 1 only
+    ... [--renderer RUN ...] [--fd]
 
 For the first ``--num`` scenes of ``--split`` of the latent folder the ldm run was trained on,
 every camera of the scene is rendered twice: from V (the stage-1 voxels) and from
@@ -22,6 +23,19 @@ further, and a sample folder shows what stage 3 adds on top. For scale, the real
 also summarised after shrinking them k times (mean of k x k pixels) and enlarging them back
 (bilinear), k = 2, 4, 8: a stage whose detail matches the k-times row renders about as sharply
 as a 64 / k pixel image.
+
+``--consistency``: a column ``reproj``, the mean absolute RGB difference between frame i's pixels
+unprojected with their depth and projected into frame j of the same scene, over all pairs at
+most 3 frames apart, where the depths agree within 3 % (``nfldm.data.consistency``): the
+measured depth for the real frames, the rendered depth for V's rows. A renderer that invents
+detail differently from view to view (flicker) scores higher than one that is consistent.
+
+``--renderer RUN ...``: renderers fine-tuned from the scene-ae that made the voxels (``nfldm train
+scene-ae --init-from ... --set train_parts=render``) render the same V (and decoded latents) too,
+one row each. ``--fd``: a column with the offline Frechet distance (EfficientNet-Lite0 features,
+NOT comparable to published FIDs) of each row's frames to the real frames; with about 400
+frames per row it is biased upwards, so compare rows with each other only. A renderer trained
+with ``w_perceptual`` was trained on features of the same network: its FD is flattered.
 """
 
 from __future__ import annotations
@@ -40,6 +54,19 @@ def frame_stats(frames: np.ndarray) -> dict:
             "contrast": float(lum.std((1, 2)).mean()), "detail": float(np.abs(np.diff(lum, axis=2)).mean())}
 
 
+def reprojection_colour(rgb: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, intr: torch.Tensor,
+                        c2w: torch.Tensor) -> torch.Tensor:
+    """Per-point |RGB_i - RGB_j| of frame pairs at most 3 apart (``nfldm.data.consistency``).
+
+    rgb: N x 3 x H x W, depth / valid: N x H x W, intr: 4 (shared), c2w: N x 4 x 4 -> M."""
+    from nfldm.data.consistency import neighbour_pairs, reprojection_errors
+
+    n = len(rgb)
+    item = {"images": rgb.float(), "depth": depth.float(), "depth_valid": valid,
+            "intrinsics": intr.reshape(1, 4).expand(n, 4), "c2w": c2w}
+    return reprojection_errors(item, neighbour_pairs(n, 3))[1]
+
+
 def read_pngs(files: list[Path]) -> np.ndarray:
     from PIL import Image
 
@@ -53,6 +80,10 @@ def main() -> None:
     ap.add_argument("--samples", nargs="*", default=[], help="nfldm sample folders")
     ap.add_argument("--split", default="test")
     ap.add_argument("--num", type=int, default=16)
+    ap.add_argument("--renderer", nargs="*", default=[], help="fine-tuned renderers of the voxels' scene-ae")
+    ap.add_argument("--consistency", action="store_true", help="add the reprojection colour difference")
+    ap.add_argument("--fd", action="store_true", help="add the offline Frechet distance to the real frames")
+    ap.add_argument("--sheet", default=None, help="PNG: the same 8 cameras of each V row and the real frames")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     if (args.run is None) == (args.voxels is None):
@@ -65,6 +96,7 @@ def main() -> None:
     from nfldm.ldm.sample import _render_path
 
     rows = {"real frames": [], "V (stage 1)": []}
+    reproj: dict[str, list] = {}
     if args.run is not None:
         from ldm_levels import load_gcf
         from nfldm.ldm.data import unfold_c
@@ -86,6 +118,17 @@ def main() -> None:
         names = [sc["name"] for sc in vindex["scenes"] if sc["split"] == args.split]
         sae = load_scene_ae(vindex["scene_ae"]["run"], dev)
     data = Path(vindex["data"])
+    renderers = [("", sae)]
+    for r in args.renderer:
+        from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
+
+        m = load_scene_ae(r, dev)
+        if not makes_voxels_of(r, m, vindex["scene_ae"]):
+            raise SystemExit(f"error: {r}: not a renderer fine-tuned from {vindex['scene_ae']['run']}")
+        renderers.append((f" via {Path(r).name}", m))
+        rows[f"V (stage 1) via {Path(r).name}"] = []
+        if args.run is not None:
+            rows[f"decoded latents (stage 2) via {Path(r).name}"] = []
     num = min(args.num, len(names))
     inputs, others = [], []
     for i in tqdm(range(num), desc="scenes", unit="scene"):
@@ -101,10 +144,14 @@ def main() -> None:
                 Vs.append(("decoded latents (stage 2)",
                            lae.decode_latents(g.to(dev), c.to(dev), f.to(dev))[0].float().cpu()))
         intr = vox["intrinsics"][0]
-        for key, V in Vs:
-            rgb, _ = _render_path(sae, V, vox["bounds"], intr, vox["c2w"])
-            rows[key].append(rgb.clamp(0, 1).permute(0, 2, 3, 1).numpy())
-            if key == "V (stage 1)":       # the cameras V was encoded from, and the others
+        for (key, V), (via, model) in [(kv, r) for r in renderers for kv in Vs]:
+            rgb, depth = _render_path(model, V, vox["bounds"], intr, vox["c2w"])
+            rows[key + via].append(rgb.clamp(0, 1).permute(0, 2, 3, 1).numpy())
+            if args.consistency:
+                d = torch.nn.functional.interpolate(depth[:, None], size=rgb.shape[-2:], mode="nearest")[:, 0]
+                reproj.setdefault(key + via, []).append(
+                    reprojection_colour(rgb.clamp(0, 1), d, torch.ones_like(d, dtype=torch.bool), intr, vox["c2w"]))
+            if key + via == "V (stage 1)":       # the cameras V was encoded from, and the others
                 is_input = torch.zeros(len(rgb), dtype=torch.bool)
                 is_input[vox["input_ids"].long()] = True
                 inputs.append(rows[key][-1][is_input.numpy()])
@@ -114,6 +161,15 @@ def main() -> None:
             raise SystemExit(f"error: {data / name}: {len(meta.frames)} frames, its voxel file "
                              f"{len(vox['c2w'])} cameras")
         rows["real frames"].append(read_pngs([fr.image_path for fr in meta.frames]))
+        if args.consistency:
+            from nfldm.data.format import load_frame
+
+            dv = [load_frame(meta, j)[1:] for j in range(len(meta.frames))]
+            real = torch.from_numpy(rows["real frames"][-1]).permute(0, 3, 1, 2)
+            depth = torch.stack([torch.from_numpy(d) for d, _ in dv]).float()
+            valid = torch.stack([torch.from_numpy(v) for _, v in dv])
+            reproj.setdefault("real frames", []).append(
+                reprojection_colour(real, depth, valid, intr, vox["c2w"]))
     rows["V (stage 1), its input cameras"] = inputs
     rows["V (stage 1), the other cameras"] = others
     real = torch.from_numpy(np.concatenate(rows["real frames"])).permute(0, 3, 1, 2)
@@ -126,12 +182,34 @@ def main() -> None:
         if not files:
             raise SystemExit(f"error: {s}: no sample_*/frames/*.png")
         rows[f"samples {s}"] = [read_pngs(files)]
+    if args.sheet:
+        from nfldm.scene_ae.flythrough import grid_image, upscale
+        from nfldm.utils.io import atomic_save_png
+
+        keys = [k for k in rows if k == "real frames" or k.startswith(("V (stage 1)", "decoded latents"))
+                and "cameras" not in k]
+        n0 = len(rows["real frames"][0])
+        pick = np.round(np.linspace(0, n0 - 1, min(8, n0))).astype(int)
+        sheet = [upscale((rows[k][0][pick] * 255).round().astype(np.uint8), 2) for k in keys]
+        atomic_save_png(args.sheet, grid_image(sheet))
+        print(f"wrote {args.sheet}: rows " + ", ".join(keys))
+    fd = {}
+    if args.fd:
+        from nfldm.ldm.evaluate import EfficientNetLite0Features, extract, feature_stats, frechet_distance
+
+        net = EfficientNetLite0Features()
+        feats = {k: extract(net, (np.concatenate(v) * 255).round().astype(np.uint8), dev) for k, v in rows.items()}
+        ref = feature_stats(feats["real frames"])
+        fd = {k: frechet_distance(*feature_stats(f), *ref) for k, f in feats.items()}
+    rep = {k: float(torch.cat(v).mean()) for k, v in reproj.items()}
     print(f"\n{num} {args.split} scenes of {source}")
-    print(f"{'frames':<46} {'n':>5} {'lum':>6} {'R':>6} {'G':>6} {'B':>6} {'contrast':>9} {'detail':>7}")
+    print(f"{'frames':<52} {'n':>5} {'lum':>6} {'R':>6} {'G':>6} {'B':>6} {'contrast':>9} {'detail':>7}"
+          + (f" {'FD':>7}" if fd else "") + (f" {'reproj':>7}" if rep else ""))
     for key, parts in rows.items():
         st = frame_stats(np.concatenate(parts))
-        print(f"{key:<46} {st['n']:>5} {st['lum']:>6.3f} " + " ".join(f"{v:>6.3f}" for v in st["rgb"])
-              + f" {st['contrast']:>9.3f} {st['detail']:>7.4f}")
+        print(f"{key:<52} {st['n']:>5} {st['lum']:>6.3f} " + " ".join(f"{v:>6.3f}" for v in st["rgb"])
+              + f" {st['contrast']:>9.3f} {st['detail']:>7.4f}" + (f" {fd[key]:>7.1f}" if fd else "")
+              + ((f" {rep[key]:>7.4f}" if key in rep else f" {'':>7}") if rep else ""))
 
 
 if __name__ == "__main__":

@@ -757,3 +757,64 @@ def test_path_agreement_scores_a_scene_where_its_cameras_look(tmp_path):
     write_safetensors(f, {"V": ahead.half(), "bounds": bounds}, {"format": "test"})
     with pytest.raises(DataError, match="keyframes"):
         sample_path_agreement(f)
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_fine_tuned_renderer_renders_the_runs_samples(latents, ldm_run, tmp_path, capsys):
+    """`train scene-ae --init-from RUN --set train_parts=render` trains only the renderer (with
+    the perceptual and adversarial terms): V is unchanged, so `sample --renderer` accepts it for
+    an ldm run built on RUN's voxels; a scene-ae not fine-tuned from RUN is refused."""
+    from nfldm.scene_ae.train import encoder_hash, load_scene_ae
+
+    ft = tmp_path / "ft"
+    sets = [*SAE_SETS, "--set", "train_parts=render", "--set", "w_adv=0.1", "--set", "w_perceptual=0.1",
+            "--set", "adv_start=1", "--set", "lr=1e-2"]
+    assert main(["train", "scene-ae", "--data", str(latents["data"]), "--out", str(ft), "--preset", "smoke",
+                 "--steps", "2", "--init-from", str(latents["sae"]), *sets, "--quiet"]) == 0
+    base, tuned = load_scene_ae(latents["sae"], "cpu"), load_scene_ae(ft, "cpu")
+    assert encoder_hash(base) == encoder_hash(tuned)
+    assert all(torch.equal(v, tuned.encoder_state()[k]) for k, v in base.encoder_state().items())
+    assert not torch.equal(base.decoder.net[0].weight, tuned.decoder.net[0].weight)
+    lines = [json.loads(x) for x in (ft / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["perceptual"]) and math.isfinite(x["adv_d"]) for x in lines)
+    rc = json.loads((ft / "config.json").read_text())
+    assert rc["init_from"]["run"] == str(latents["sae"].resolve()) and rc["init_from"]["fresh"] == ["disc"]
+
+    out = tmp_path / "samples"
+    assert main(["sample", "--run", str(ldm_run), "--num", "1", "--sampler", "ddim", "--steps", "2",
+                 "--frames", "4", "--renderer", str(ft), "--out", str(out), "--quiet"]) == 0
+    assert len(list((out / "sample_0000" / "frames").glob("*.png"))) == 4
+
+    other = tmp_path / "other"     # trained from scratch: another V
+    assert main(["train", "scene-ae", "--data", str(latents["data"]), "--out", str(other), "--preset", "smoke",
+                 "--steps", "1", *SAE_SETS, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--run", str(ldm_run), "--num", "1", "--steps", "2", "--frames", "4",
+                 "--renderer", str(other), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "not a renderer" in capsys.readouterr().err
+    # rendering-only training needs the weights to start from
+    assert main(["train", "scene-ae", "--data", str(latents["data"]), "--out", str(tmp_path / "x"), "--preset",
+                 "smoke", "--steps", "1", *SAE_SETS, "--set", "train_parts=render", "--quiet"]) == 2
+    assert "--init-from" in capsys.readouterr().err
+
+
+def test_renderer_trains_on_decoded_latents(latents, tmp_path, capsys):
+    """render_from=latents: the renderer learns to render V decoded from the scenes' latents (what
+    generated scenes are); it needs --init-from the scene-ae behind those latents."""
+    from nfldm.scene_ae.train import encoder_hash, load_scene_ae
+
+    ft = tmp_path / "ft"
+    sets = [*SAE_SETS, "--set", "train_parts=render", "--set", "render_from=latents",
+            "--set", f"latents={latents['lat']}", "--set", "w_adv=0.1"]
+    assert main(["train", "scene-ae", "--data", str(latents["data"]), "--out", str(ft), "--preset", "smoke",
+                 "--steps", "2", "--init-from", str(latents["sae"]), *sets, "--quiet"]) == 0
+    lines = [json.loads(x) for x in (ft / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["loss"]) and x["occ_nll"] == 0 for x in lines)   # no lift in the loop
+    assert encoder_hash(load_scene_ae(ft, "cpu")) == encoder_hash(load_scene_ae(latents["sae"], "cpu"))
+    other = tmp_path / "other"
+    assert main(["train", "scene-ae", "--data", str(latents["data"]), "--out", str(other), "--preset", "smoke",
+                 "--steps", "1", *SAE_SETS, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", "scene-ae", "--data", str(latents["data"]), "--out", str(tmp_path / "bad"), "--preset",
+                 "smoke", "--steps", "1", "--init-from", str(other), *sets, "--quiet"]) == 2
+    assert "--init-from that run" in capsys.readouterr().err

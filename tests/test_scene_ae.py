@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -231,3 +232,52 @@ def test_feature_pooling(pooling):
     expect = m_ophi if pooling == "mean" else m_ophi / (m_o + cfg.occupancy_eps)
     assert enc["V"].shape[1] == 1 + C
     assert torch.allclose(enc["V"][:, 1:], expect, atol=1e-5)
+
+
+def test_adversarial_losses_reach_only_their_side():
+    """g_loss moves the renderer's output, not the discriminator; d_loss the discriminator only."""
+    from nfldm.scene_ae.losses import PatchDiscriminator, adversarial_losses
+
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(8)
+    fake = torch.rand(3, 3, 32, 32, requires_grad=True)
+    real = torch.rand(3, 3, 32, 32)
+    assert disc(real).shape == (3, 1, 8, 8)
+    g_loss, d_loss = adversarial_losses(disc, fake, real)
+    g_loss.backward(retain_graph=True)
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.parameters())
+    fake.grad = None
+    d_loss.backward()
+    assert fake.grad is None
+    assert all(p.grad is not None for p in disc.parameters())
+    assert float(d_loss) >= 0
+
+
+def test_perceptual_distance_is_zero_on_equal_images_and_has_gradients():
+    from nfldm.scene_ae.losses import PerceptualDistance, efficientnet_lite0
+
+    torch.manual_seed(0)
+    dist = PerceptualDistance(efficientnet_lite0(pretrained=False))
+    a = torch.rand(2, 3, 64, 64)
+    assert float(dist(a, a)) < 1e-6
+    b = a.clone().requires_grad_(True)
+    with torch.no_grad():
+        b += 0.2 * torch.randn_like(b)
+    d = dist(b, a)
+    assert float(d) > 0
+    d.backward()
+    assert b.grad is not None and torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in dist.parameters())
+
+
+def test_new_loss_switches_stay_out_of_old_configs():
+    """Configs at the defaults of the fields added for fine-tuning store (and hash) as before."""
+    from nfldm.scene_ae.config import ADDED_FIELDS, config_dict
+
+    cfg = preset("tiny").model
+    assert not set(ADDED_FIELDS) & set(config_dict(cfg))
+    cfg.w_adv = 0.1
+    assert config_dict(cfg)["w_adv"] == 0.1
+    with pytest.raises(ValueError, match="train_parts"):
+        SceneAutoEncoder(dataclasses.replace(preset("smoke").model, train_parts="lift"))

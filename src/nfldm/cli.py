@@ -76,7 +76,8 @@ def cmd_train_scene_ae(args) -> int:
     from nfldm.scene_ae.train import train_scene_ae
 
     res = train_scene_ae(args.data, args.out, args.preset, steps=args.steps, resume=args.resume,
-                         device=args.device, progress=not args.quiet, overrides=_parse_sets(args.set))
+                         device=args.device, progress=not args.quiet, overrides=_parse_sets(args.set),
+                         init_from=args.init_from)
     import os
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
@@ -208,7 +209,7 @@ def cmd_sample(args) -> int:
     res = sample(run, num=args.num, sampler=args.sampler, steps=args.steps, seed=args.seed, out=args.out,
                  cond=cond, guidance=args.guidance, device=args.device, progress=not args.quiet,
                  num_frames=args.frames, fps=args.fps, mesh_level=args.mesh_level, batch_size=args.batch_size,
-                 g_guidance=args.g_guidance)
+                 g_guidance=args.g_guidance, renderer=args.renderer)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder (dataset.json)")
     _add_train_args(p, SCENE_AE_PRESETS, "run directory (checkpoints, logs, previews)",
                     "override a model or training option, e.g. --set num_samples=48 --set lr=5e-4")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="start from the weights of this scene-ae run; with --set train_parts=render only "
+                   "the renderer trains (V, and voxels / latents / ldm runs made from RUN, stay valid)")
     p.set_defaults(func=cmd_train_scene_ae)
     p = tsub.add_parser(
         "latent-ae",
@@ -458,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="scenes denoised together")
     p.add_argument("--mesh-level", type=float, default=None,
                    help="density (per metre) of the mesh surface (default: ln 2 / voxel edge)")
+    p.add_argument("--renderer", default=None,
+                   help="scene-ae run to render V with: a renderer fine-tuned from the run's scene-ae "
+                   "(nfldm train scene-ae --init-from ... --set train_parts=render); default: that scene-ae")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -40,7 +39,7 @@ from nfldm.utils.io import atomic_write_json
 
 __all__ = [
     "VOXEL_FORMAT", "SIGMA_SCALE", "OCCUPIED_SIGMA", "INDEX_FILE",
-    "config_hash", "weights_hash", "scene_file", "write_safetensors", "read_safetensors",
+    "config_hash", "weights_hash", "state_hash", "scene_file", "write_safetensors", "read_safetensors",
     "peek_safetensors", "encode_voxels", "read_voxel_index", "voxel_stats", "load_voxels",
     "VoxelDataset", "check_finite",
 ]
@@ -64,8 +63,13 @@ def config_hash(d) -> str:
 
 def weights_hash(module: nn.Module) -> str:
     """16 hex digits of sha256 over the module's state dict (names, shapes, bytes)."""
+    return state_hash(module.state_dict())
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """16 hex digits of sha256 over a state dict (names, shapes, bytes)."""
     h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
+    for k, v in sorted(state.items()):
         t = v.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{k}:{tuple(v.shape)}:{t.dtype}\n".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -240,6 +244,7 @@ def encode_voxels(scene_ae_run: str | os.PathLike, data: str | os.PathLike, out:
     """
     from nfldm.scene_ae.evaluate import split_scene
     from nfldm.scene_ae.model import scene_batch
+    from nfldm.scene_ae.config import config_dict
     from nfldm.scene_ae.train import _check_data, load_scene_ae
     from nfldm.data.loader import SceneDataset
 
@@ -247,8 +252,8 @@ def encode_voxels(scene_ae_run: str | os.PathLike, data: str | os.PathLike, out:
     model = load_scene_ae(scene_ae_run, device)
     dev = next(model.parameters()).device
     cfg = model.cfg
-    sae = {"run": str(Path(scene_ae_run).resolve()), "config": asdict(cfg),
-           "config_hash": config_hash(asdict(cfg)), "weights_hash": weights_hash(model)}
+    sae = {"run": str(Path(scene_ae_run).resolve()), "config": config_dict(cfg),
+           "config_hash": config_hash(config_dict(cfg)), "weights_hash": weights_hash(model)}
     index_path = out / INDEX_FILE
     if index_path.exists():
         old = read_voxel_index(out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -148,16 +147,16 @@ def eval_latent_ae(run, voxels, scene_ae=None, split: str = "test", out=None, da
     images (default: the one recorded in the voxel folder). Writes ``out`` (JSON) and
     ``<out stem>_views.png`` (rows per scene: ground truth, from original V, from decoded V).
     """
-    from nfldm.scene_ae.train import load_scene_ae
+    from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
 
     index, _, lae = _open_run_on_voxels(run, voxels, device)
     dev = next(lae.parameters()).device
     sae_run = scene_ae or index["scene_ae"]["run"]
     sae = load_scene_ae(sae_run, device)
-    if (config_hash(asdict(sae.cfg)) != index["scene_ae"]["config_hash"]
-            or weights_hash(sae) != index["scene_ae"]["weights_hash"]):
+    if not makes_voxels_of(sae_run, sae, index["scene_ae"]):
         raise DataError(f"{Path(voxels) / INDEX_FILE}: these voxels were made by scene-ae run "
-                        f"{index['scene_ae']['run']}, not by {sae_run} (config or weights differ)")
+                        f"{index['scene_ae']['run']}, not by {sae_run} (config or weights differ, and it "
+                        "is not a renderer fine-tuned from that run)")
     res, kept = evaluate(lae, sae, voxels, index, split, data or index["data"], dev,
                          max_scenes=max_scenes, progress=progress, keep=4)
     res = {"run": str(run), "scene_ae": str(sae_run), "voxels": str(voxels), "split": split, **res}

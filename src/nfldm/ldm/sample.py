@@ -236,13 +236,15 @@ def _topdown(V: Tensor, bounds: Tensor, path: Tensor, size: int) -> np.ndarray:
 # The pipeline
 
 
-def load_pipeline(run: str | os.PathLike, device: str = "auto") -> dict:
+def load_pipeline(run: str | os.PathLike, device: str = "auto", renderer: str | os.PathLike | None = None) -> dict:
     """The ldm levels, the latent-ae and the scene-ae an ldm run records (checked against the
-    weights hashes recorded when the latents were made)."""
+    weights hashes recorded when the latents were made). ``renderer``: another scene-ae run to
+    render V with, which must be a renderer fine-tuned from the recorded one (its V unchanged:
+    ``nfldm train scene-ae --init-from ... --set train_parts=render``)."""
     from nfldm.latent_ae.data import weights_hash
     from nfldm.latent_ae.train import load_latent_ae
     from nfldm.ldm.train import load_ldm
-    from nfldm.scene_ae.train import load_scene_ae
+    from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
 
     ldm = load_ldm(run, device)
     rc = ldm["config"]
@@ -258,6 +260,11 @@ def load_pipeline(run: str | os.PathLike, device: str = "auto") -> dict:
     if weights_hash(sae) != rc["scene_ae"]["weights_hash"]:
         raise DataError(f"{sae_run}: the scene-ae run has changed since the voxels behind {run} were "
                         "encoded (its weights differ)")
+    if renderer is not None:
+        sae = load_scene_ae(renderer, str(dev))
+        if not makes_voxels_of(renderer, sae, rc["scene_ae"]):
+            raise DataError(f"{renderer}: not a renderer of the scene-ae behind {run} ({sae_run}): it was not "
+                            "fine-tuned from it with train_parts=render, or its encoder changed")
     return {**ldm, "lae": lae, "sae": sae, "stats": LatentStats(rc["stats"])}
 
 
@@ -294,9 +301,10 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
            out: str | os.PathLike | None = None, cond: Tensor | None = None, guidance: float = 1.0,
            device: str = "auto", progress: bool = True, num_frames: int = 48, fps: int = 12,
            mesh_level: float | None = None, batch_size: int = 8, sheet_frames: int = 6,
-           g_guidance: float = 1.0) -> dict:
+           g_guidance: float = 1.0, renderer: str | os.PathLike | None = None) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` and write them to ``out`` (layout in the
-    module docstring). ``cond``: condition tokens (L x cond_dim for all samples, or
+    module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
+    (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
     num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
     on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"). Returns the summary
     written to ``out``/samples.json."""
@@ -313,7 +321,7 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
         raise ValueError(f"guidance and g_guidance must be finite numbers, got {guidance}, {g_guidance}")
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
-    pipe = load_pipeline(run, device)
+    pipe = load_pipeline(run, device, renderer)
     models, rc, sae, lae = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"]
     dev = pipe["device"]
     lat = sample_latents(models, pipe["stats"], num, sampler, steps, seed, cond, guidance, batch_size, progress,

