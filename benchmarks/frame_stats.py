@@ -102,7 +102,7 @@ def main() -> None:
         from nfldm.ldm.data import unfold_c
 
         pipe, ds, lindex = load_gcf(args.run, args.split, args.device)
-        sae, lae, stats, dev = pipe["sae"], pipe["lae"], pipe["stats"], pipe["device"]
+        sae, lae, stats, dev = pipe["scene_ae"], pipe["lae"], pipe["stats"], pipe["device"]
         source = Path(pipe["config"]["latents"])
         voxdir, names = Path(lindex["voxels"]), ds.names
         c_ch = pipe["models"]["g"].cfg.c_shape[0]

@@ -212,3 +212,33 @@ def test_user_errors_are_one_clear_line(run, tmp_path):
         line = one_line_error(nfldm("sample", "--run", str(out / "bundle"), *args, "--out", str(tmp_path / "s3")))
         assert word in line
     assert not (tmp_path / "s2").exists() and not (tmp_path / "s3").exists()
+
+
+def test_bundle_takes_a_fine_tuned_renderer(run, tmp_path):
+    """A renderer fine-tuned from a bundle's scene-ae (its lift frozen) is added to the bundle
+    with nfldm.bundle.add_renderer; nfldm sample then renders with it by default, and with the
+    original through --renderer BUNDLE/scene_ae. A renderer of another scene-ae is refused."""
+    from nfldm.bundle import add_renderer
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run["out"] / "bundle", bundle)
+    ft = tmp_path / "ft"
+    res = nfldm("train", "scene-ae", "--data", str(run["out"] / "data"), "--out", str(ft), "--preset", "smoke",
+                "--steps", "2", "--init-from", str(bundle / "scene_ae"), "--set", "train_parts=render",
+                "--set", "w_adv=0.1", "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = add_renderer(bundle, ft, {"note": "smoke"})
+    assert info["renderer"] == "renderer" and (bundle / "renderer" / "model.safetensors").exists()
+    assert "## Renderer" in (bundle / "MODEL_CARD.md").read_text()
+    for extra, want in (([], "renderer"), (["--renderer", str(bundle / "scene_ae")], "scene_ae")):
+        out = tmp_path / f"s_{want}"
+        res = nfldm("sample", "--run", str(bundle), "--num", "1", "--sampler", "dpm", "--steps", "2", "--frames", "3",
+                    "--out", str(out), *extra, "--quiet")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert Path(json.loads((out / "samples.json").read_text())["renderer"] or "scene_ae").name == want
+    other = tmp_path / "other"
+    res = nfldm("train", "scene-ae", "--data", str(run["out"] / "data"), "--out", str(other), "--preset", "smoke",
+                "--steps", "1", "--init-from", str(bundle / "scene_ae"), "--quiet")   # the lift trains too
+    assert res.returncode == 0, res.stderr[-3000:]
+    with pytest.raises(ValueError, match="not a renderer"):
+        add_renderer(bundle, other)

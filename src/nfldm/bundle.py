@@ -8,11 +8,17 @@ Layout (the folder is itself an ldm run directory, so ``nfldm sample --run BUNDL
     BUNDLE/scene_ae/{config.json, model.safetensors, model.json}
     BUNDLE/latent_ae/{config.json, model.safetensors, model.json}
     BUNDLE/{g,c,f}/{config.json, model.safetensors, model.json}
+    BUNDLE/renderer/{config.json, model.safetensors, model.json}    optional (add_renderer)
 
 The levels' configs name the latent-ae and the scene-ae by paths relative to BUNDLE and carry
 the weights hashes of the float16-rounded weights, so :func:`nfldm.ldm.sample.load_pipeline`
 checks them as for any run. The package ships one bundle (``nfldm/weights/tiny``), made by
 ``nfldm quickstart``; :func:`bundled_model` finds it.
+
+The optional ``renderer`` is a scene-ae whose renderer was fine-tuned from ``scene_ae`` with
+its lift frozen (``nfldm train scene-ae --init-from BUNDLE/scene_ae --set train_parts=render``,
+docs/scene-ae.md "Sharper views"): ``nfldm sample`` renders a bundle's scenes with it when
+present (``--renderer BUNDLE/scene_ae`` for the original).
 """
 
 from __future__ import annotations
@@ -30,6 +36,16 @@ from nfldm.utils.io import atomic_write_bytes, atomic_write_json
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "nfldm-bundle"
 PACKAGED = Path(__file__).resolve().parent / "weights" / "tiny"
+RENDERER = "renderer"
+
+
+def bundle_renderer(run: str | os.PathLike) -> Path | None:
+    """The renderer a bundle names in its bundle.json (None for a plain run or a bundle without one)."""
+    f = Path(run) / BUNDLE_FILE
+    if not f.is_file():
+        return None
+    name = json.loads(f.read_text()).get("renderer")
+    return Path(run) / name if name else None
 
 
 def bundled_model() -> Path:
@@ -73,9 +89,56 @@ def _card(info: dict) -> str:
               "", "## Limits", "",
               "Trained for minutes on a 2-core CPU: generated scenes are blurry and dark next to real "
               "ViZDoom views; see the metrics above and docs/quickstart.md.", ""]
+    if card.get("renderer"):
+        r = card["renderer"]
+        lines += ["## Renderer", "",
+                  "`renderer/` is the scene auto-encoder with its renderer (decoder) fine-tuned with "
+                  "adversarial and perceptual losses, its lift frozen (docs/scene-ae.md \"Sharper views\"); "
+                  "`nfldm sample` renders with it (`--renderer BUNDLE/scene_ae` for the original).", ""]
+        lines += [f"- Trained from: `{r.get('trained_run')}`"]
+        lines += [f"- {k}: {v}" for k, v in r.get("metrics", {}).items()]
+        lines += [""]
     if card.get("quickstart_config"):
         lines += ["## Quickstart config", "", "```json", json.dumps(card["quickstart_config"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, metrics: dict | None = None) -> dict:
+    """Add (or replace) a bundle's fine-tuned renderer: ``renderer_run`` (a scene-ae trained with
+    ``--init-from BUNDLE/scene_ae --set train_parts=render``) is stored as BUNDLE/renderer in
+    float16, checked to render the bundle's V, and named in bundle.json (with ``metrics`` in
+    the model card). Written as BUNDLE/renderer.partial, then renamed. Returns bundle.json."""
+    from nfldm.ldm.sample import load_pipeline
+    from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
+
+    bundle, renderer_run = Path(bundle), Path(renderer_run)
+    info = json.loads((bundle / BUNDLE_FILE).read_text())
+    record = read_run_config(bundle / "g")["scene_ae"]
+    model = load_scene_ae(renderer_run, "cpu")
+    if not makes_voxels_of(renderer_run, model, record):
+        raise ValueError(f"{renderer_run}: not a renderer fine-tuned from {bundle / 'scene_ae'} "
+                         "(--init-from it with --set train_parts=render)")
+    rc = read_run_config(renderer_run)
+    rc["init_from"] = {**rc["init_from"], "run": "../scene_ae", "trained_run": str(renderer_run.resolve())}
+    tmp = bundle / (RENDERER + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    step = json.loads((renderer_run / MODEL_INFO).read_text()).get("step") if (renderer_run / MODEL_INFO).exists() else None
+    atomic_write_json(tmp / CONFIG_FILE, rc)
+    size = _save_half(model, tmp, step)
+    if not makes_voxels_of(tmp, load_scene_ae(tmp, "cpu"), record):   # float16 keeps the lift exact
+        raise ValueError(f"{renderer_run}: its lift changes when stored as float16; not added")
+    if (bundle / RENDERER).exists():
+        shutil.rmtree(bundle / RENDERER)
+    os.replace(tmp, bundle / RENDERER)
+    info["renderer"] = RENDERER
+    info["steps"]["renderer"] = step
+    info["card"] = {**info.get("card", {}), "renderer": {"trained_run": str(renderer_run.resolve()),
+                                                          "bytes": size, "metrics": metrics or {}}}
+    atomic_write_json(bundle / BUNDLE_FILE, info)
+    atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
+    load_pipeline(bundle, "cpu")       # the bundle still loads, now with its renderer
+    return info
 
 
 def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dict | None = None) -> dict:
@@ -97,7 +160,7 @@ def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dic
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     total_bytes, params, steps = 0, 0, {}
-    parts = [("scene_ae", pipe["sae"], runs["scene_ae"]), ("latent_ae", pipe["lae"], runs["latent_ae"])]
+    parts = [("scene_ae", pipe["scene_ae"], runs["scene_ae"]), ("latent_ae", pipe["lae"], runs["latent_ae"])]
     levels = list(pipe["models"])          # g, c, f (fewer for the ablations)
     parts += [(lv, pipe["models"][lv], ldm_run / lv) for lv in levels]
     for name, model, run in parts:

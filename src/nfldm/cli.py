@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, SCENE_AE_PRESETS, "run directory (checkpoints, logs, previews)",
                     "override a model or training option, e.g. --set num_samples=48 --set lr=5e-4")
     p.add_argument("--init-from", default=None, metavar="RUN",
-                   help="start from the weights of this scene-ae run; with --set train_parts=render only "
+                   help="start from the weights and model config of this scene-ae run (--preset then gives the "
+                   "training options); with --set train_parts=render only "
                    "the renderer trains (V, and voxels / latents / ldm runs made from RUN, stay valid)")
     p.set_defaults(func=cmd_train_scene_ae)
     p = tsub.add_parser(
@@ -464,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="density (per metre) of the mesh surface (default: ln 2 / voxel edge)")
     p.add_argument("--renderer", default=None,
                    help="scene-ae run to render V with: a renderer fine-tuned from the run's scene-ae "
-                   "(nfldm train scene-ae --init-from ... --set train_parts=render); default: that scene-ae")
+                   "(nfldm train scene-ae --init-from ... --set train_parts=render); default: the bundle's renderer if it "
+                   "has one, else that scene-ae")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)

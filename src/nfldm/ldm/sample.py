@@ -260,12 +260,18 @@ def load_pipeline(run: str | os.PathLike, device: str = "auto", renderer: str | 
     if weights_hash(sae) != rc["scene_ae"]["weights_hash"]:
         raise DataError(f"{sae_run}: the scene-ae run has changed since the voxels behind {run} were "
                         "encoded (its weights differ)")
+    if renderer is None:         # a bundle may carry a fine-tuned renderer (nfldm.bundle.add_renderer)
+        from nfldm.bundle import bundle_renderer
+
+        renderer = bundle_renderer(run)
+    base = sae
     if renderer is not None:
         sae = load_scene_ae(renderer, str(dev))
         if not makes_voxels_of(renderer, sae, rc["scene_ae"]):
             raise DataError(f"{renderer}: not a renderer of the scene-ae behind {run} ({sae_run}): it was not "
                             "fine-tuned from it with train_parts=render, or its encoder changed")
-    return {**ldm, "lae": lae, "sae": sae, "stats": LatentStats(rc["stats"])}
+    return {**ldm, "lae": lae, "sae": sae, "scene_ae": base, "renderer": None if renderer is None else str(renderer),
+            "stats": LatentStats(rc["stats"])}
 
 
 def render_path(traj: Tensor, bounds: Tensor, num_frames: int, margin: float = 0.02) -> tuple[Tensor, Tensor]:
@@ -373,7 +379,8 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
     sheet = out / "contact_sheet.png"
     atomic_save_png(sheet, grid_image([upscale(r, 2) for r in rows]))
     summary = {"format": SAMPLE_FORMAT, "run": str(Path(run).resolve()), "steps_trained": pipe["steps"],
-               "latent_ae": rc["latent_ae"]["run"], "scene_ae": rc["scene_ae"]["run"], "latents": pipe["latents"],
+               "latent_ae": rc["latent_ae"]["run"], "scene_ae": rc["scene_ae"]["run"], "renderer": pipe["renderer"],
+               "latents": pipe["latents"],
                "num": num,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
                "g_guidance": g_guidance,

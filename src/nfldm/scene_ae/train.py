@@ -149,8 +149,11 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
                    progress: bool = True, overrides: dict | None = None,
                    init_from: str | os.PathLike | None = None) -> dict:
     """Train stage 1 on the train split of ``data`` into run directory ``out``; ``init_from``:
-    a scene-ae run whose weights to start from (see :func:`init_from_run`)."""
+    a scene-ae run whose weights and model config to start from (``overrides`` change the
+    config on top of it; the preset gives the training options; see :func:`init_from_run`)."""
     p = preset(preset_name)
+    if init_from is not None:     # fine-tuning: the model config is the run's (then --set on top)
+        p.model = config_from_dict(read_run_config(init_from)["model"])
     if steps is not None:
         p.train.steps = steps
     p.train.device = device
