@@ -91,7 +91,7 @@ def perceptual_distance(weights: str = "", device: torch.device | str = "cpu") -
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN (pix2pix) discriminator: N x 3 x H x W in [0, 1] -> N x 1 x H/4 x W/4 logits,
-    one per overlapping 22 x 22 patch. Spectral normalisation keeps it Lipschitz, so it can
+    one per overlapping 26 x 26 patch. Spectral normalisation keeps it Lipschitz, so it can
     train with the same AdamW step as the renderer."""
 
     def __init__(self, ch: int = 64):
