@@ -119,7 +119,8 @@ def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, met
         raise ValueError(f"{renderer_run}: not a renderer fine-tuned from {bundle / 'scene_ae'} "
                          "(--init-from it with --set train_parts=render)")
     rc = read_run_config(renderer_run)
-    rc["init_from"] = {**rc["init_from"], "run": "../scene_ae", "trained_run": str(renderer_run.resolve())}
+    if rc.get("init_from"):     # name the bundle's scene-ae relative to the bundle, as the levels do
+        rc["init_from"] = {**rc["init_from"], "run": "../scene_ae", "trained_run": str(renderer_run.resolve())}
     tmp = bundle / (RENDERER + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
