@@ -99,7 +99,7 @@ def main() -> None:
     reproj: dict[str, list] = {}
     if args.run is not None:
         from ldm_levels import load_gcf
-        from nfldm.ldm.data import unfold_c
+        from nfldm.ldm.data import decode_items
 
         pipe, ds, lindex = load_gcf(args.run, args.split, args.device)
         sae, lae, stats, dev = pipe["scene_ae"], pipe["lae"], pipe["stats"], pipe["device"]
@@ -136,13 +136,7 @@ def main() -> None:
         vox = load_voxels(voxdir, name, vindex)
         Vs = [("V (stage 1)", vox["V"])]
         if args.run is not None:
-            item = ds[i]
-            g = stats.denormalise("g", item["g"][None])
-            c = stats.denormalise("c", unfold_c(item["c"][None], c_ch))
-            f = stats.denormalise("f", item["f"][None])
-            with torch.no_grad():
-                Vs.append(("decoded latents (stage 2)",
-                           lae.decode_latents(g.to(dev), c.to(dev), f.to(dev))[0].float().cpu()))
+            Vs.append(("decoded latents (stage 2)", decode_items(lae, stats, [ds[i]], c_ch, dev)[0].cpu()))
         intr = vox["intrinsics"][0]
         for (key, V), (via, model) in [(kv, r) for r in renderers for kv in Vs]:
             rgb, depth = _render_path(model, V, vox["bounds"], intr, vox["c2w"])

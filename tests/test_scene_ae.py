@@ -255,7 +255,8 @@ def test_adversarial_losses_reach_only_their_side():
 
 
 def test_perceptual_distance_is_zero_on_equal_images_and_has_gradients():
-    from nfldm.scene_ae.losses import PerceptualDistance, efficientnet_lite0
+    from nfldm.metrics import efficientnet_lite0
+    from nfldm.scene_ae.losses import PerceptualDistance
 
     torch.manual_seed(0)
     dist = PerceptualDistance(efficientnet_lite0(pretrained=False))

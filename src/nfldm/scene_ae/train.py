@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -54,8 +55,9 @@ def encoder_hash(model: SceneAutoEncoder) -> str:
                         "weights": state_hash(model.encoder_state())})
 
 
-def init_from_run(model: SceneAutoEncoder, run: str | os.PathLike) -> dict:
-    """Start ``model`` from the trained weights of scene-ae run ``run`` (EMA when present).
+def init_from_run(model: SceneAutoEncoder, run: str | os.PathLike, base: SceneAutoEncoder) -> dict:
+    """Start ``model`` from the trained weights of scene-ae run ``run`` (``base``, loaded by
+    :func:`load_scene_ae`: EMA weights when present).
 
     With ``train_parts="render"`` the encoder fields must match (V must stay what ``run``
     makes) and every encoder tensor is copied; renderer tensors whose shape changed (e.g. a
@@ -65,7 +67,6 @@ def init_from_run(model: SceneAutoEncoder, run: str | os.PathLike) -> dict:
     """
     from nfldm.latent_ae.data import config_hash, weights_hash
 
-    base = load_scene_ae(run, "cpu")
     cfg = model.cfg
     if cfg.train_parts == "render":
         for k in ENCODER_FIELDS:
@@ -131,17 +132,11 @@ class LatentSource:
         self.c_ch = int(index["shapes"]["c"][0])
         self.row = {n: i for i, n in enumerate(self.ds.names)}
 
-    @torch.no_grad()
     def decode(self, names: list[str], device: torch.device | str) -> torch.Tensor:
-        from nfldm.ldm.data import unfold_c
+        from nfldm.ldm.data import decode_items
 
-        items = [self.ds.items[self.row[n]] for n in names]
-        st = self.ds.stats
-        lat = {k: torch.stack([it[k] for it in items]).to(device) for k in ("g", "c", "f")}
         self.lae.to(device)
-        return self.lae.decode_latents(st.denormalise("g", lat["g"]),
-                                       st.denormalise("c", unfold_c(lat["c"], self.c_ch)),
-                                       st.denormalise("f", lat["f"])).float()
+        return decode_items(self.lae, self.ds.stats, [self.ds.items[self.row[n]] for n in names], self.c_ch, device)
 
 
 def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name: str = "tiny",
@@ -152,8 +147,10 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
     a scene-ae run whose weights and model config to start from (``overrides`` change the
     config on top of it; the preset gives the training options; see :func:`init_from_run`)."""
     p = preset(preset_name)
+    base = None
     if init_from is not None:     # fine-tuning: the model config is the run's (then --set on top)
-        p.model = config_from_dict(read_run_config(init_from)["model"])
+        base = load_scene_ae(init_from, "cpu")
+        p.model = dataclasses.replace(base.cfg)
     if steps is not None:
         p.train.steps = steps
     p.train.device = device
@@ -174,13 +171,13 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
     run_config = {"stage": STAGE, "preset": preset_name, "data": str(Path(data).resolve()),
                   "model": config_dict(cfg), "train": p.train.to_dict()}
     if init_from is not None:
-        run_config["init_from"] = init_from_run(model, init_from)
+        run_config["init_from"] = init_from_run(model, init_from, base)
     source = None
     if cfg.render_from == "latents":
         if not cfg.latents:
             raise ValueError("render_from=latents needs --set latents=LATDIR (nfldm encode-latents output)")
         source = LatentSource(cfg.latents, [e.name for e in train_ds.entries], "cpu")
-        if init_from is None or not makes_voxels_of(init_from, load_scene_ae(init_from, "cpu"), source.scene_ae):
+        if init_from is None or not makes_voxels_of(init_from, base, source.scene_ae):
             raise DataError(f"{cfg.latents}: its latents were made from the voxels of scene-ae "
                             f"{source.scene_ae['run']}; --init-from that run")
     every = max(p.train.ckpt_every, p.train.log_every)
