@@ -2,7 +2,7 @@
 
     python benchmarks/ldm_levels.py --run LDM_RUN [--split test] [--num 16] [--sampler dpm --steps 20]
                                     [--views 8] [--seed 0] [--device auto] [--out FILE.png]
-                                    [--views-out VIEWS.png]
+                                    [--views-out VIEWS.png] [--renderer FINE_TUNED_RUN]
 
 For ``--num`` scenes of ``--split`` of the latent folder the ldm run was trained on:
 
@@ -75,14 +75,15 @@ def density_stats(V: torch.Tensor, bounds: torch.Tensor, cams: torch.Tensor | No
             "op_cam": op_cam, "cam_profile": cam_profile}
 
 
-def load_gcf(run: str, split: str, device: str = "auto"):
+def load_gcf(run: str, split: str, device: str = "auto", renderer: str | None = None):
     """A full (g + c + f) ldm run and the latents of one split of the folder it was trained on:
     (``load_pipeline``'s dict, the LatentDataset, the latent folder's index). Exits with one line
-    for an ablation run."""
+    for an ablation run. ``renderer``: a renderer fine-tuned from the run's scene-ae
+    (``nfldm sample --renderer``); default the run's own (or its bundle's)."""
     from nfldm.ldm.data import LatentDataset, read_latent_index
     from nfldm.ldm.sample import load_pipeline
 
-    pipe = load_pipeline(run, device)
+    pipe = load_pipeline(run, device, renderer=renderer)
     if pipe["latents"] != "gcf":
         raise SystemExit(f"error: {run} is a {pipe['latents']!r} ablation run; this needs g, c and f")
     latdir = Path(pipe["config"]["latents"])
@@ -108,6 +109,8 @@ def main() -> None:
     ap.add_argument("--g-guidance", type=float, default=1.0,
                     help="guidance on g for levels trained with g_drop_prob (nfldm sample --g-guidance)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--renderer", default=None,
+                    help="render V with this renderer fine-tuned from the run's scene-ae (nfldm sample --renderer)")
     ap.add_argument("--out", default=None, help="PNG of the top-down opacity maps")
     ap.add_argument("--views-out", default=None,
                     help="PNG of views: per scene, each row rendered from two of the scene's cameras")
@@ -124,7 +127,7 @@ def main() -> None:
     from nfldm.ldm.sample import _render_path, denoise, sample_latents
     from nfldm.ldm.trajectory import decode_trajectory, fov_degrees
 
-    pipe, ds, lindex = load_gcf(args.run, args.split, args.device)
+    pipe, ds, lindex = load_gcf(args.run, args.split, args.device, args.renderer)
     models, rc, sae, lae, stats = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"], pipe["stats"]
     dev = pipe["device"]
     latdir = Path(rc["latents"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -18,6 +19,7 @@ from nfldm.camera import pose_from_position_yaw
 from nfldm.cli import main
 from nfldm.data.format import DataError
 from nfldm.ldm.config import ADDED_FIELDS, LEVELS, config_from_dict, preset
+from nfldm.ldm.data import first_scenes
 from nfldm.ldm.model import LevelDiffusion, guided_prediction, make_sampler, predicted_x0
 from nfldm.ldm.trajectory import (decode_trajectory, encode_trajectory, interpolate_path, resample_poses,
                                   rotation_from_6d)
@@ -818,3 +820,43 @@ def test_renderer_trains_on_decoded_latents(latents, tmp_path, capsys):
     assert main(["train", "scene-ae", "--data", str(latents["data"]), "--out", str(tmp_path / "bad"), "--preset",
                  "smoke", "--steps", "1", "--init-from", str(other), *sets, "--quiet"]) == 2
     assert "--init-from that run" in capsys.readouterr().err
+
+
+def test_first_scenes_keep_their_augmented_copies():
+    index = {"scenes": [{"name": "a", "split": "train"}, {"name": "a_d1", "split": "train", "source": "a"},
+                        {"name": "t", "split": "test"},
+                        {"name": "b", "split": "train"}, {"name": "b_d1", "split": "train", "source": "b"},
+                        {"name": "c", "split": "train"}]}
+    assert first_scenes(index, "train") == ["a", "a_d1", "b", "b_d1", "c"]
+    assert first_scenes(index, "train", 1) == ["a", "a_d1"]
+    assert first_scenes(index, "train", 2) == ["a", "a_d1", "b", "b_d1"]
+    assert first_scenes(index, "test", 1) == ["t"]
+    with pytest.raises(ValueError, match="first 4 train scenes.*has 3"):
+        first_scenes(index, "train", 4)
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_train_scenes_limits_a_level_to_the_first_scenes(latents, ldm_run, tmp_path, capsys):
+    """`nfldm train ldm --train-scenes K` trains on the first K train scenes (recorded in the
+    run config); such a level combines with levels trained on the whole folder; asking for
+    more scenes than the folder has is a one-line error naming its index."""
+    index = json.loads((latents["lat"] / "index.json").read_text())
+    n_train = sum(s["split"] == "train" for s in index["scenes"])
+    assert n_train >= 2
+    run = tmp_path / "ldm_k"
+    shutil.copytree(ldm_run / "g", run / "g")
+    shutil.copytree(ldm_run / "f", run / "f")
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(run), "--level", "c",
+                 "--preset", "smoke", "--steps", "1", "--train-scenes", "1", "--quiet"]) == 0
+    rc = json.loads((run / "c" / "config.json").read_text())
+    assert rc["train_scenes"] == {"first": 1, "files": 1}
+    assert "train_scenes" not in json.loads((ldm_run / "c" / "config.json").read_text())
+    out = tmp_path / "samples"
+    assert main(["sample", "--run", str(run), "--num", "1", "--sampler", "ddim", "--steps", "2", "--seed", "0",
+                 "--frames", "2", "--out", str(out), "--quiet"]) == 0
+    assert (out / "sample_0000" / "V.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(tmp_path / "x"), "--level", "c",
+                 "--preset", "smoke", "--steps", "1", "--train-scenes", str(n_train + 1), "--quiet"]) == 2
+    line = _one_line_error(capsys)
+    assert "index.json" in line and f"has {n_train}" in line

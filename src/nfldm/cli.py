@@ -157,7 +157,7 @@ def cmd_train_ldm(args) -> int:
 
     res = train_ldm(args.latents, args.out, level=args.level, preset_name=args.preset, steps=args.steps,
                     resume=args.resume, device=args.device, progress=not args.quiet,
-                    overrides=_parse_sets(args.set))
+                    overrides=_parse_sets(args.set), train_scenes=args.train_scenes)
     import os
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--latents", required=True, help="latent folder (index.json), from nfldm encode-latents")
     p.add_argument("--level", default="all", choices=("g", "c", "f", "all"), help="default: all")
+    p.add_argument("--train-scenes", type=int, default=0, metavar="K",
+                   help="train on the first K train scenes only (with their --augment copies); "
+                        "default: all")
     _add_train_args(p, LDM_PRESETS, "run directory (RUN/g, RUN/c, RUN/f)",
                     "override a model or training option of every level (--set lr=1e-4) or of one "
                     "level (--set f.batch_size=2)",

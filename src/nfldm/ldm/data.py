@@ -145,6 +145,24 @@ def load_latent_file(path: Path, shapes: dict) -> dict:
     return {k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
 
 
+def first_scenes(index: dict, split: str, max_scenes: int = 0, where: str | os.PathLike = INDEX_FILE) -> list[str]:
+    """Names of the scenes of ``split`` in index order; with ``max_scenes`` K > 0 only those of
+    the split's first K source scenes, each with its turned / mirrored copies
+    (``encode-latents --augment``; a copy's entry names its ``source``). ValueError naming
+    ``where`` when the split has fewer than K source scenes."""
+    if max_scenes < 0:
+        raise ValueError(f"max_scenes must be >= 0, got {max_scenes}")
+    entries = [s for s in index["scenes"] if s["split"] == split]
+    if not max_scenes:
+        return [s["name"] for s in entries]
+    sources = list(dict.fromkeys(s.get("source", s["name"]) for s in entries))
+    if max_scenes > len(sources):
+        raise ValueError(f"{where}: asked for the first {max_scenes} {split} scenes, but the folder has "
+                         f"{len(sources)}")
+    keep = set(sources[:max_scenes])
+    return [s["name"] for s in entries if s.get("source", s["name"]) in keep]
+
+
 class LatentDataset(Dataset):
     """Scenes of one split of a latent folder, standardised; item i = scene i.
 
@@ -155,7 +173,7 @@ class LatentDataset(Dataset):
     """
 
     def __init__(self, latdir: str | os.PathLike, split: str = "train", traj_frames: int = 8,
-                 index: dict | None = None, stats: dict | None = None):
+                 index: dict | None = None, stats: dict | None = None, max_scenes: int = 0):
         from nfldm.latent_ae.data import scene_file
 
         if split not in SPLITS:
@@ -164,7 +182,7 @@ class LatentDataset(Dataset):
         self.index = index if index is not None else read_latent_index(latdir)
         self.stats = LatentStats(stats if stats is not None else self.index["stats"])
         self.split, self.traj_frames = split, traj_frames
-        self.names = [s["name"] for s in self.index["scenes"] if s["split"] == split]
+        self.names = first_scenes(self.index, split, max_scenes, self.root / INDEX_FILE)
         if not self.names:
             raise DataError(f"{self.root / INDEX_FILE}: no scene has split {split!r}")
         self.items = []

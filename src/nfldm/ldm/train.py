@@ -87,11 +87,15 @@ def with_camera_setup(cfg: LDMConfig, setup: dict) -> LDMConfig:
 
 def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "all", preset_name: str = "tiny",
               steps: int | None = None, resume: bool = False, device: str = "auto", progress: bool = True,
-              overrides: dict | None = None) -> dict[str, dict]:
+              overrides: dict | None = None, train_scenes: int = 0) -> dict[str, dict]:
     """Train one level (``g`` | ``c`` | ``f``) or all the folder's levels in turn (``all``) on
     the train split of a latent folder, into RUN/<level>. Each level trains on the CLEAN
     latents of the coarser ones. The levels are those of the folder's latent mode (g, c, f;
-    g, c for coarse-only; g for global-only); another level is a ValueError. Returns
+    g, c for coarse-only; g for global-only); another level is a ValueError.
+    ``train_scenes`` K > 0: only the split's first K scenes (with their augmented copies;
+    recorded in the run config), for studies of how many scenes a budget can fit (docs/ldm.md
+    "How many scenes"). The latent statistics stay those of the whole train split, so levels
+    trained on different subsets of one folder can be combined. Returns
     {level: last logged metrics}."""
     if level != "all" and level not in LEVELS:
         raise ValueError(f"level must be g, c, f or all, got {level!r}")
@@ -116,19 +120,20 @@ def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "
         init_distributed("nccl" if dev.type == "cuda" else "gloo")
         owned = True
     try:
-        return _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume)
+        return _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume, train_scenes)
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume) -> dict[str, dict]:
+def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume, train_scenes=0) -> dict[str, dict]:
     results = {}
     datasets: dict[int, LatentDataset] = {}
     for lv in levels:
         cfg, tcfg = cfgs[lv]
         if cfg.traj_frames not in datasets:
-            datasets[cfg.traj_frames] = LatentDataset(latents, "train", cfg.traj_frames, index=index)
+            datasets[cfg.traj_frames] = LatentDataset(latents, "train", cfg.traj_frames, index=index,
+                                                      max_scenes=train_scenes)
         ds = datasets[cfg.traj_frames]
         if ds.has_cond and cfg.cond_dim != ds.cond_shape[1]:
             raise ValueError(f"{latents}: the latents hold condition tokens of width {ds.cond_shape[1]}; "
@@ -145,6 +150,8 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume)
                       "latents": str(Path(latents).resolve()), "latent_ae": index["latent_ae"],
                       "scene_ae": index["scene_ae"], "shapes": index["shapes"], "stats": index["stats"],
                       "render": setup, "model": run_model_config(cfg), "train": tcfg.to_dict()}
+        if train_scenes:        # absent otherwise, so earlier runs resume as before
+            run_config["train_scenes"] = {"first": train_scenes, "files": len(ds)}
         trainer = Trainer(model, ds, tcfg, Path(out) / lv, run_config, resume=resume)
         results[lv] = trainer.fit()
     return results
