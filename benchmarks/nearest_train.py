@@ -53,7 +53,7 @@ def main() -> None:
 
     from ldm_levels import load_gcf
     from nfldm.latent_ae.model import fold
-    from nfldm.ldm.data import LatentDataset, unfold_c
+    from nfldm.ldm.data import LatentDataset, decode_items, scene_source
     from nfldm.ldm.evaluate import top_down_opacity
     from nfldm.trainer import read_run_config
 
@@ -69,16 +69,13 @@ def main() -> None:
         cs, bevs = [], []
         for i in tqdm(range(n), desc=f"decoding {ds.split} latents", unit="scene"):
             it = ds[i]
-            g = stats.denormalise("g", it["g"][None])
-            c = stats.denormalise("c", unfold_c(it["c"][None], c_ch))
-            f = stats.denormalise("f", it["f"][None])
             with torch.no_grad():
-                V = lae.decode_latents(g.to(dev), c.to(dev), f.to(dev))[0].float().cpu()
+                V = decode_items(lae, stats, [it], c_ch, dev)[0].cpu()
             cs.append(it["c"].reshape(-1))
             bevs.append(top_down_opacity(V, bounds).reshape(-1))
         return torch.stack(cs), torch.stack(bevs)
 
-    lindex_source = {e["name"]: e.get("source", e["name"]) for e in lindex["scenes"]}
+    lindex_source = {e["name"]: scene_source(e) for e in lindex["scenes"]}
     c_tr, b_tr = real(train_ds, len(train_ds))
     c_te, b_te = real(test_ds, min(args.num_test, len(test_ds)))
     files = sorted(Path(args.samples).glob("sample_*/V.safetensors"))

@@ -145,6 +145,12 @@ def load_latent_file(path: Path, shapes: dict) -> dict:
     return {k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
 
 
+def scene_source(entry: dict) -> str:
+    """The scene an index entry was made from: its ``source`` for a turned / mirrored copy
+    (``encode-latents --augment``), else its own name."""
+    return entry.get("source", entry["name"])
+
+
 def first_scenes(index: dict, split: str, max_scenes: int = 0, where: str | os.PathLike = INDEX_FILE) -> list[str]:
     """Names of the scenes of ``split`` in index order; with ``max_scenes`` K > 0 only those of
     the split's first K source scenes, each with its turned / mirrored copies
@@ -155,12 +161,12 @@ def first_scenes(index: dict, split: str, max_scenes: int = 0, where: str | os.P
     entries = [s for s in index["scenes"] if s["split"] == split]
     if not max_scenes:
         return [s["name"] for s in entries]
-    sources = list(dict.fromkeys(s.get("source", s["name"]) for s in entries))
+    sources = list(dict.fromkeys(scene_source(s) for s in entries))
     if max_scenes > len(sources):
         raise ValueError(f"{where}: asked for the first {max_scenes} {split} scenes, but the folder has "
                          f"{len(sources)}")
     keep = set(sources[:max_scenes])
-    return [s["name"] for s in entries if s.get("source", s["name"]) in keep]
+    return [s["name"] for s in entries if scene_source(s) in keep]
 
 
 class LatentDataset(Dataset):
