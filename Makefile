@@ -36,6 +36,7 @@ smoke: install
 	$(BIN)/nfldm quickstart --smoke --out $(OUT)_smoke
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -49,9 +49,9 @@ def main() -> None:
 
     from nfldm.latent_ae.train import encode_latents, eval_latent_ae, train_latent_ae
     from nfldm.ldm.evaluate import eval_generation
-    from nfldm.ldm.sample import sample
+    from nfldm.pipeline.generate import sample
     from nfldm.ldm.train import train_ldm
-    from nfldm.quickstart.config import QuickstartConfig
+    from nfldm.pipeline.quickstart.config import QuickstartConfig
     from nfldm.utils.io import atomic_write_json
 
     qs = QuickstartConfig()

@@ -31,7 +31,7 @@ import torch
 
 def split_batch(pipe: dict, split: str, num: int) -> dict:
     """The first ``num`` scenes of ``split`` of the latent folder a loaded pipeline
-    (``nfldm.ldm.sample.load_pipeline``) was trained on, standardised as in training, stacked
+    (``nfldm.pipeline.generate.load_pipeline``) was trained on, standardised as in training, stacked
     into one batch on its device: g, traj, c (folded), f (those the folder has)."""
     from pathlib import Path
 
@@ -59,7 +59,7 @@ def main() -> None:
 
     from nfldm.ldm.data import unfold_c
     from nfldm.ldm.model import predicted_x0
-    from nfldm.ldm.sample import load_pipeline
+    from nfldm.pipeline.generate import load_pipeline
 
     pipe = load_pipeline(args.run, args.device)
     models, rc, lae, stats, dev = pipe["models"], pipe["config"], pipe["lae"], pipe["stats"], pipe["device"]

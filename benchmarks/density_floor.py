@@ -23,7 +23,7 @@ import torch
 
 def floor_density(V: torch.Tensor, bounds: torch.Tensor, fraction: float) -> torch.Tensor:
     """V: K x X x Y x Z; density below ``fraction`` x ln 2 / (mean voxel edge) set to 0."""
-    from nfldm.ldm.sample import surface_level
+    from nfldm.pipeline.generate import surface_level
 
     V = V.clone()
     V[0] = torch.where(V[0] < fraction * surface_level(bounds, V.shape[1:]), torch.zeros_like(V[0]), V[0])
@@ -44,7 +44,7 @@ def main() -> None:
 
     from nfldm.latent_ae.data import read_safetensors
     from nfldm.ldm.evaluate import eval_generation
-    from nfldm.ldm.sample import _render_path
+    from nfldm.pipeline.generate import _render_path
     from nfldm.scene_ae.flythrough import grid_image, to_uint8
     from nfldm.scene_ae.train import load_scene_ae
     from nfldm.utils.io import atomic_save_png

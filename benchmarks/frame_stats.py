@@ -93,7 +93,7 @@ def main() -> None:
 
     from nfldm.data.format import read_transforms
     from nfldm.latent_ae.data import load_voxels, read_voxel_index
-    from nfldm.ldm.sample import _render_path
+    from nfldm.pipeline.generate import _render_path
 
     rows = {"real frames": [], "V (stage 1)": []}
     reproj: dict[str, list] = {}

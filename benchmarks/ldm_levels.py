@@ -50,7 +50,7 @@ def density_stats(V: torch.Tensor, bounds: torch.Tensor, cams: torch.Tensor | No
     -> statistics (see docstring); ``op_cam``: the mean top-down opacity of the columns within
     ``radius`` metres (horizontally) of a camera."""
     from nfldm.ldm.evaluate import top_down_opacity
-    from nfldm.ldm.sample import surface_level
+    from nfldm.pipeline.generate import surface_level
 
     sigma = V[0].float()
     size = (bounds[1] - bounds[0]).float() / torch.tensor(sigma.shape, dtype=torch.float32)   # voxel edges (m)
@@ -81,7 +81,7 @@ def load_gcf(run: str, split: str, device: str = "auto", renderer: str | None = 
     for an ablation run. ``renderer``: a renderer fine-tuned from the run's scene-ae
     (``nfldm sample --renderer``); default the run's own (or its bundle's)."""
     from nfldm.ldm.data import LatentDataset, read_latent_index
-    from nfldm.ldm.sample import load_pipeline
+    from nfldm.pipeline.generate import load_pipeline
 
     pipe = load_pipeline(run, device, renderer=renderer)
     if pipe["latents"] != "gcf":
@@ -124,7 +124,8 @@ def main() -> None:
     from nfldm.latent_ae.data import load_voxels, read_voxel_index
     from nfldm.ldm.data import unfold_c
     from nfldm.ldm.evaluate import path_agreement
-    from nfldm.ldm.sample import _render_path, denoise, sample_latents
+    from nfldm.ldm.sample import denoise, sample_latents
+    from nfldm.pipeline.generate import _render_path
     from nfldm.ldm.trajectory import decode_trajectory, fov_degrees
 
     pipe, ds, lindex = load_gcf(args.run, args.split, args.device, args.renderer)

@@ -53,12 +53,13 @@ def main() -> None:
     from nfldm.latent_ae.data import VoxelDataset, load_voxels, read_voxel_index
     from nfldm.ldm.data import read_latent_index
     from nfldm.ldm.evaluate import eval_generation
-    from nfldm.ldm.sample import _render_path, render_path, sample_latents
+    from nfldm.ldm.sample import render_path, sample_latents
+    from nfldm.pipeline.generate import _render_path
     from nfldm.scene_ae.flythrough import grid_image, to_uint8, upscale
     from nfldm.utils.io import atomic_save_png
 
     torch.manual_seed(args.seed)
-    from nfldm.ldm.sample import load_pipeline
+    from nfldm.pipeline.generate import load_pipeline
 
     pipe = load_pipeline(args.run, "cpu")
     lae0, sae, stats, rc = pipe["lae"], pipe["sae"], pipe["stats"], pipe["config"]

@@ -36,7 +36,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from nfldm.ldm.evaluate import eval_generation
-    from nfldm.ldm.sample import load_pipeline, sample, sample_latents
+    from nfldm.ldm.sample import sample_latents
+    from nfldm.pipeline.generate import load_pipeline, sample
 
     pipe = load_pipeline(args.run, args.device)
     rows = []

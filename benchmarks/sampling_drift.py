@@ -43,7 +43,8 @@ def main() -> None:
 
     from nfldm.latent_ae.model import c_roughness
     from nfldm.ldm.model import predicted_x0
-    from nfldm.ldm.sample import denoise, load_pipeline
+    from nfldm.ldm.sample import denoise
+    from nfldm.pipeline.generate import load_pipeline
 
     pipe = load_pipeline(args.run, args.device)
     models, dev = pipe["models"], pipe["device"]

@@ -524,7 +524,7 @@ def test_sample_writes_every_output(ldm_run, tmp_path, sampler):
 
 
 def test_mesh_of_a_box_is_in_world_units():
-    from nfldm.ldm.sample import density_mesh, surface_level
+    from nfldm.pipeline.generate import density_mesh, surface_level
 
     V = torch.zeros(4, 16, 16, 8)
     V[0, 4:12, 4:12, 2:6] = 10.0                    # a dense block
@@ -551,7 +551,8 @@ def test_conditional_training_and_guided_sampling(latents, tmp_path):
     """Condition tokens stored in the latent files flow into training; sampling with a
     condition and guidance != 1 runs through the batched CFG path."""
     from nfldm.latent_ae.data import read_safetensors, write_safetensors
-    from nfldm.ldm.sample import sample_latents, load_pipeline
+    from nfldm.ldm.sample import sample_latents
+    from nfldm.pipeline.generate import load_pipeline
     from nfldm.ldm.train import train_ldm
 
     lat = tmp_path / "lat_cond"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nfldm.quickstart.config import STAGE_NAMES
+from nfldm.pipeline.quickstart.config import STAGE_NAMES
 
 CLI = [sys.executable, "-m", "nfldm.cli"]
 
@@ -173,7 +173,7 @@ def test_bundle_is_small_and_samples(run, tmp_path):
 
 
 def test_packaged_model_samples_without_run(tmp_path):
-    from nfldm.bundle import PACKAGED
+    from nfldm.pipeline.bundle import PACKAGED
 
     if not (PACKAGED / "bundle.json").exists():
         pytest.fail(f"no bundled model at {PACKAGED}")
@@ -216,9 +216,9 @@ def test_user_errors_are_one_clear_line(run, tmp_path):
 
 def test_bundle_takes_a_fine_tuned_renderer(run, tmp_path):
     """A renderer fine-tuned from a bundle's scene-ae (its lift frozen) is added to the bundle
-    with nfldm.bundle.add_renderer; nfldm sample then renders with it by default, and with the
+    with nfldm.pipeline.bundle.add_renderer; nfldm sample then renders with it by default, and with the
     original through --renderer BUNDLE/scene_ae. A renderer of another scene-ae is refused."""
-    from nfldm.bundle import add_renderer
+    from nfldm.pipeline.bundle import add_renderer
 
     bundle = tmp_path / "bundle"
     shutil.copytree(run["out"] / "bundle", bundle)

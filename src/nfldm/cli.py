@@ -73,7 +73,7 @@ def _parse_sets(items: list[str] | None) -> dict:
 
 
 def cmd_train_scene_ae(args) -> int:
-    from nfldm.scene_ae.train import train_scene_ae
+    from nfldm.pipeline.renderer import train_scene_ae
 
     res = train_scene_ae(args.data, args.out, args.preset, steps=args.steps, resume=args.resume,
                          device=args.device, progress=not args.quiet, overrides=_parse_sets(args.set),
@@ -169,7 +169,7 @@ def cmd_train_ldm(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from nfldm.quickstart import preset, quickstart
+    from nfldm.pipeline.quickstart import preset, quickstart
 
     name = "smoke" if args.smoke else "default"
     over = {}
@@ -187,7 +187,7 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from nfldm.ldm.sample import sample
+    from nfldm.pipeline.generate import sample
 
     cond = None
     if args.cond is not None:
@@ -201,7 +201,7 @@ def cmd_sample(args) -> int:
         cond = tensors["cond"].float()
     run = args.run
     if run is None:
-        from nfldm.bundle import bundled_model
+        from nfldm.pipeline.bundle import bundled_model
 
         run = bundled_model()
         if not args.quiet:

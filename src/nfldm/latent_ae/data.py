@@ -21,7 +21,6 @@ atomically (temp file + rename); a re-run skips scenes whose file exists and rea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -29,11 +28,16 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from nfldm.data.format import SPLITS, DataError, read_dataset
+from nfldm.data.loader import SceneDataset
+from nfldm.runs import config_hash, state_hash, weights_hash
+from nfldm.scene_ae.config import config_dict
+from nfldm.scene_ae.evaluate import split_scene
+from nfldm.scene_ae.model import scene_batch
+from nfldm.scene_ae.train import check_data, load_scene_ae
 from nfldm.trainer import read_tensors, write_tensors
 from nfldm.utils.io import atomic_write_json
 
@@ -52,28 +56,7 @@ OCCUPIED_SIGMA = 0.5    # a voxel is "occupied" for the feature statistics if si
 
 
 # ----------------------------------------------------------------------------------------
-# Small helpers: hashes and safetensors files
-
-
-def config_hash(d) -> str:
-    """16 hex digits of sha256 over the canonical JSON of ``d``."""
-    text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def weights_hash(module: nn.Module) -> str:
-    """16 hex digits of sha256 over the module's state dict (names, shapes, bytes)."""
-    return state_hash(module.state_dict())
-
-
-def state_hash(state: dict[str, torch.Tensor]) -> str:
-    """16 hex digits of sha256 over a state dict (names, shapes, bytes)."""
-    h = hashlib.sha256()
-    for k, v in sorted(state.items()):
-        t = v.detach().to("cpu").contiguous().reshape(-1)
-        h.update(f"{k}:{tuple(v.shape)}:{t.dtype}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+# Small helpers: safetensors files (the hashes live in nfldm.runs)
 
 
 def scene_file(root: str | os.PathLike, name: str) -> Path:
@@ -242,11 +225,6 @@ def encode_voxels(scene_ae_run: str | os.PathLike, data: str | os.PathLike, out:
     and weights) are skipped; a file that does not read is encoded again. Writes
     OUT/index.json at the end. Returns {"out", "encoded", "skipped", "scenes"}.
     """
-    from nfldm.scene_ae.evaluate import split_scene
-    from nfldm.scene_ae.model import scene_batch
-    from nfldm.scene_ae.config import config_dict
-    from nfldm.scene_ae.train import _check_data, load_scene_ae
-    from nfldm.data.loader import SceneDataset
 
     out = Path(out)
     model = load_scene_ae(scene_ae_run, device)
@@ -271,7 +249,7 @@ def encode_voxels(scene_ae_run: str | os.PathLike, data: str | os.PathLike, out:
     for split in SPLITS:
         if dindex.split(split):
             datasets[split] = SceneDataset(data, split, cache=True)
-            _check_data(datasets[split], cfg)
+            check_data(datasets[split], cfg)
     todo = [(split, i) for split, ds in datasets.items() for i in range(len(ds))]
     scenes, encoded, skipped = [], 0, 0
     out.mkdir(parents=True, exist_ok=True)

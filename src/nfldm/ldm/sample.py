@@ -1,53 +1,26 @@
-"""Hierarchical sampling g -> c -> f, decoding to V, rendering along the sampled trajectory.
+"""Hierarchical sampling of latents g -> c -> f (stage 3 alone).
 
     psi_g: [g, traj] ~ p(g, traj | cond)
     psi_c: c ~ p(c | g, cond)            (g: the sampled one)
     psi_f: f ~ p(f | g, c, cond)         (g, c: the sampled ones)
-    un-standardise -> latent-ae decode_latents (quantise, decode) -> V
-    decode traj -> camera keyframes -> smooth path -> stage-1 render of V
 
-Ablations (docs/ldm.md): coarse-only runs sample traj ~ psi_g, c ~ psi_c (unconditional) and
-decode c alone; global-only runs sample [g, traj] ~ psi_g and decode g alone.
-
-Output folder (``sample(out=DIR)``)::
-
-    DIR/samples.json             settings, runs, per-sample summary
-    DIR/contact_sheet.png        one row per sample (the first 64): frames along the path + top-down
-                                 opacity map with the path
-    DIR/sample_NNNN/frames/frame_MMMM.png   RGB frames along the sampled path
-    DIR/sample_NNNN/flythrough.mp4          RGB | depth (GIF if ffmpeg is unavailable)
-    DIR/sample_NNNN/V.safetensors           V (float16, stage-1 units), g, c, f (those the run
-                                            has), keyframes, path, bounds, intrinsics
-    DIR/sample_NNNN/mesh.ply, mesh.glb      marching cubes of the density (world units)
-    DIR/sample_NNNN/trajectory.json         nerfstudio camera-path style
-
-Every file is written atomically.
+Ablations (docs/ldm.md): coarse-only runs sample traj ~ psi_g, c ~ psi_c (unconditional);
+global-only runs sample [g, traj] ~ psi_g. :func:`render_path` turns a sampled trajectory into
+camera keyframes and a smooth path. Decoding to V, rendering, meshes and the sample folder
+(``nfldm sample``) span stages: :mod:`nfldm.pipeline.generate`.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import warnings
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nfldm.data.format import DataError
 from nfldm.ldm.data import LatentStats, unfold_c
-from nfldm.ldm.evaluate import top_down_opacity
 from nfldm.ldm.model import SAMPLERS, LevelDiffusion, guided_prediction, make_sampler
-from nfldm.ldm.trajectory import decode_trajectory, fov_degrees, interpolate_path
-from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json
+from nfldm.ldm.trajectory import decode_trajectory, interpolate_path
 
-__all__ = ["denoise", "sample_latents", "sample", "render_path", "surface_level", "density_mesh", "camera_path_json", "load_pipeline",
-           "SAMPLE_FORMAT"]
-
-SAMPLE_FORMAT = "nfldm-sample"
-SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
+__all__ = ["denoise", "sample_latents", "render_path"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,137 +116,6 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     return out
 
 
-# ----------------------------------------------------------------------------------------
-# Mesh, camera path, pictures
-
-
-def surface_level(bounds, grid_shape) -> float:
-    """The density (per metre) at which one voxel length has opacity 1/2: ln 2 / (mean voxel
-    edge), for a grid of ``grid_shape`` (X, Y, Z) over ``bounds`` (2 x 3, tensor or array).
-    The mesh level of :func:`density_mesh` and the "occupied" threshold of the benchmarks."""
-    b = np.asarray(bounds.detach().cpu().double() if isinstance(bounds, Tensor) else bounds, dtype=np.float64)
-    size = (b[1] - b[0]) / np.asarray(grid_shape, dtype=np.float64)
-    return math.log(2.0) / float(size.mean())
-
-
-def density_mesh(V: Tensor, bounds: Tensor, level: float | None = None, colour: bool = True):
-    """Marching cubes of V's density channel, in world units. Returns (trimesh.Trimesh, level).
-
-    V: K x X x Y x Z (channel 0 sigma per metre; with ``colour`` and K >= 4, channels 1-3 are
-    taken as the colour in [-1, 1], as stage 1 stores it with ``rgb_features`` (``2 rgb - 1``;
-    exact for ``feature_pooling="occupancy"``, scaled by the occupancy for "mean"), and
-    sampled at the vertices), bounds 2 x 3. ``level`` (per metre):
-    default ln 2 / (mean voxel edge), the density at which one voxel length has opacity 1/2.
-    The grid is padded with one layer of empty voxels, so surfaces at the box edge are
-    closed. Voxel i's centre is lo + (i + 1/2) * size (the renderer's convention). A level
-    the density never crosses gives an empty mesh (with a warning).
-    """
-    import trimesh
-    from skimage.measure import marching_cubes
-
-    from nfldm.scene_ae.render import sample_grid
-
-    sigma = V[0].double().cpu().numpy()
-    lo, hi = bounds[0].double().cpu().numpy(), bounds[1].double().cpu().numpy()
-    size = (hi - lo) / np.array(sigma.shape)
-    if level is None:
-        level = surface_level(bounds, sigma.shape)
-    padded = np.pad(sigma, 1)
-    if not padded.min() < level < padded.max():
-        warnings.warn(f"the density never reaches the mesh level {level:.3g} /m (max {padded.max():.3g}); "
-                      "writing an empty mesh")
-        return trimesh.Trimesh(vertices=np.zeros((0, 3)), faces=np.zeros((0, 3), dtype=np.int64)), float(level)
-    verts, faces, normals, _ = marching_cubes(padded, level=level, spacing=tuple(size))
-    verts = verts - size + lo + 0.5 * size
-    colours = None
-    if colour and V.shape[0] >= 4:
-        pts = torch.from_numpy(verts).float()[None, :, None]                    # 1 x n x 1 x 3
-        rgb = sample_grid(V[None, 1:4].float().cpu(), bounds[None].float().cpu(), pts)[0, :, :, 0]
-        colours = (((rgb.T + 1) / 2).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-    # marching_cubes orients faces so that normals point towards lower values (outwards)
-    mesh = trimesh.Trimesh(vertices=verts, faces=faces[:, ::-1], vertex_normals=-normals,
-                           vertex_colors=colours, process=False)
-    return mesh, float(level)
-
-
-def camera_path_json(path: Tensor, keyframes: Tensor, intrinsics: Tensor, H: int, W: int, fps: int,
-                     bounds: Tensor) -> dict:
-    """nerfstudio camera-path style: ``camera_path`` = list of {camera_to_world (4 x 4
-    row-major, flattened; OpenGL axes as nerfstudio), fov (vertical, degrees), aspect}."""
-    fx, fy = float(intrinsics[0]), float(intrinsics[1])
-    fov = fov_degrees(fy, H)
-    return {
-        "camera_type": "perspective", "render_height": H, "render_width": W, "fps": fps,
-        "seconds": len(path) / fps, "smoothness_value": 0.0, "is_cycle": False,
-        "camera_path": [{"camera_to_world": p.reshape(-1).tolist(), "fov": fov, "aspect": W / H}
-                        for p in path.double()],
-        "nfldm": {"keyframes": [k.reshape(-1).tolist() for k in keyframes.double()],
-                  "intrinsics": [float(x) for x in intrinsics], "fov_x": fov_degrees(fx, W),
-                  "bounds": bounds.tolist(), "units": "metres, world z up"},
-    }
-
-
-def _topdown(V: Tensor, bounds: Tensor, path: Tensor, size: int) -> np.ndarray:
-    """Top-down opacity 1 - exp(-sum_z sigma dz) as a size x size RGB image (x to the right,
-    y up; dark = opaque), the camera path drawn in red, its start as a red dot."""
-    from PIL import Image, ImageDraw
-
-    op = top_down_opacity(V.cpu(), bounds.cpu()).numpy()                  # X x Y
-    grey = (255 * (1 - op.T[::-1])).astype(np.uint8)                      # rows = -y
-    img = Image.fromarray(np.ascontiguousarray(grey)).convert("RGB").resize((size, size), Image.NEAREST)
-    lo, hi = bounds[0].cpu().numpy(), bounds[1].cpu().numpy()
-    p = path[:, :3, 3].cpu().numpy()
-    pts = [(float((q[0] - lo[0]) / (hi[0] - lo[0]) * size), float((hi[1] - q[1]) / (hi[1] - lo[1]) * size))
-           for q in p]
-    draw = ImageDraw.Draw(img)
-    draw.line(pts, fill=(220, 30, 30), width=max(1, size // 48))
-    r = max(1.5, size / 40)
-    draw.ellipse([pts[0][0] - r, pts[0][1] - r, pts[0][0] + r, pts[0][1] + r], fill=(220, 30, 30))
-    return np.asarray(img)
-
-
-# ----------------------------------------------------------------------------------------
-# The pipeline
-
-
-def load_pipeline(run: str | os.PathLike, device: str = "auto", renderer: str | os.PathLike | None = None) -> dict:
-    """The ldm levels, the latent-ae and the scene-ae an ldm run records (checked against the
-    weights hashes recorded when the latents were made). ``renderer``: another scene-ae run to
-    render V with, which must be a renderer fine-tuned from the recorded one (its V unchanged:
-    ``nfldm train scene-ae --init-from ... --set train_parts=render``)."""
-    from nfldm.latent_ae.data import weights_hash
-    from nfldm.latent_ae.train import load_latent_ae
-    from nfldm.ldm.train import load_ldm
-    from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
-
-    ldm = load_ldm(run, device)
-    rc = ldm["config"]
-    dev = ldm["device"]
-    # a bundle (nfldm.bundle) names them relative to the run directory
-    lae_run, sae_run = (Path(run) / p if not os.path.isabs(p) else Path(p)
-                        for p in (rc["latent_ae"]["run"], rc["scene_ae"]["run"]))
-    lae = load_latent_ae(lae_run, str(dev))
-    if weights_hash(lae) != rc["latent_ae"]["weights_hash"]:
-        raise DataError(f"{lae_run}: the latent-ae run has changed since the latents of {run} were encoded "
-                        "(its weights differ); re-encode the latents and retrain")
-    sae = load_scene_ae(sae_run, str(dev))
-    if weights_hash(sae) != rc["scene_ae"]["weights_hash"]:
-        raise DataError(f"{sae_run}: the scene-ae run has changed since the voxels behind {run} were "
-                        "encoded (its weights differ)")
-    if renderer is None:         # a bundle may carry a fine-tuned renderer (nfldm.bundle.add_renderer)
-        from nfldm.bundle import bundle_renderer
-
-        renderer = bundle_renderer(run)
-    base = sae
-    if renderer is not None:
-        sae = load_scene_ae(renderer, str(dev))
-        if not makes_voxels_of(renderer, sae, rc["scene_ae"]):
-            raise DataError(f"{renderer}: not a renderer of the scene-ae behind {run} ({sae_run}): it was not "
-                            "fine-tuned from it with train_parts=render, or its encoder changed")
-    return {**ldm, "lae": lae, "sae": sae, "scene_ae": base, "renderer": None if renderer is None else str(renderer),
-            "stats": LatentStats(rc["stats"])}
-
-
 def render_path(traj: Tensor, bounds: Tensor, num_frames: int, margin: float = 0.02) -> tuple[Tensor, Tensor]:
     """A sampled trajectory vector (9 T) -> (keyframes T x 4 x 4, path num_frames x 4 x 4)
     in the world units of ``bounds`` (2 x 3): keyframe positions clamped to the box shrunk by
@@ -286,107 +128,3 @@ def render_path(traj: Tensor, bounds: Tensor, num_frames: int, margin: float = 0
     path = interpolate_path(keys, num_frames)
     path[:, :3, 3] = torch.maximum(torch.minimum(path[:, :3, 3], hi), lo)
     return keys, path
-
-
-@torch.no_grad()
-def _render_path(sae, V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, chunk: int = 16):
-    """RGB N x 3 x H x W and depth N x h x w of V along a path (N x 4 x 4)."""
-    dev = next(sae.parameters()).device
-    H = W = sae.cfg.image_size
-    rgbs, depths = [], []
-    for i in range(0, len(path), chunk):
-        p = path[i:i + chunk].to(dev)
-        r = sae.render(V[None].to(dev), bounds[None].to(dev), intr.to(dev).expand(1, len(p), 4), p[None],
-                       H, W, chunk=8192)
-        rgbs.append(r["rgb"][0].float().cpu())
-        depths.append(r["depth"][0].float().cpu())
-    return torch.cat(rgbs), torch.cat(depths)
-
-
-def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0,
-           out: str | os.PathLike | None = None, cond: Tensor | None = None, guidance: float = 1.0,
-           device: str = "auto", progress: bool = True, num_frames: int = 48, fps: int = 12,
-           mesh_level: float | None = None, batch_size: int = 8, sheet_frames: int = 6,
-           g_guidance: float = 1.0, renderer: str | os.PathLike | None = None) -> dict:
-    """Generate ``num`` scenes with the ldm run ``run`` and write them to ``out`` (layout in the
-    module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
-    (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
-    num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
-    on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"). Returns the summary
-    written to ``out``/samples.json."""
-    from nfldm.latent_ae.data import write_safetensors
-    from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, to_uint8, upscale
-    from nfldm.utils.video import write_video
-
-    if out is None:
-        raise ValueError("sample needs an output folder (out)")
-    if num < 1 or steps < 1 or batch_size < 1:
-        raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
-                         f"batch_size={batch_size})")
-    if not math.isfinite(guidance) or not math.isfinite(g_guidance):
-        raise ValueError(f"guidance and g_guidance must be finite numbers, got {guidance}, {g_guidance}")
-    if num_frames < 2:
-        raise ValueError(f"num_frames must be >= 2, got {num_frames}")
-    pipe = load_pipeline(run, device, renderer)
-    models, rc, sae, lae = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"]
-    dev = pipe["device"]
-    lat = sample_latents(models, pipe["stats"], num, sampler, steps, seed, cond, guidance, batch_size, progress,
-                         g_guidance)
-
-    setup = rc["render"]
-    bounds = torch.tensor(setup["bounds"], dtype=torch.float32)
-    intr = torch.tensor(setup["intrinsics"], dtype=torch.float32)
-    H = W = sae.cfg.image_size
-    scale = max(1, 256 // H)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, records = [], []
-    for i in tqdm(range(num), desc="decoding and rendering", unit="scene", disable=not progress):
-        d = out / f"sample_{i:04d}"
-        g, c, f = (lat[k][i:i + 1].to(dev) if k in lat else None for k in ("g", "c", "f"))
-        with torch.no_grad():
-            V = lae.decode_latents(g, c, f)[0].float().cpu()
-        if not bool(torch.isfinite(V).all()):
-            raise RuntimeError(f"sample {i}: the decoded V holds NaN / inf values")
-        keys, path = render_path(lat["traj"][i], bounds, num_frames)
-        rgb, depth = _render_path(sae, V, bounds, intr, path)
-        frames = to_uint8(rgb)
-        for k, fr in enumerate(frames):
-            atomic_save_png(d / "frames" / f"frame_{k:04d}.png", fr, compress_level=1)
-        dep = torch.nn.functional.interpolate(depth[:, None], size=(H, W), mode="nearest")[:, 0]
-        video = np.concatenate([upscale(frames, scale), upscale(depth_to_rgb(dep), scale)], 2)
-        video_path = write_video(d / "flythrough.mp4", list(video), fps)
-        V16 = V.half()
-        if not bool(torch.isfinite(V16).all()):
-            raise RuntimeError(f"sample {i}: V exceeds the float16 range")
-        write_safetensors(d / "V.safetensors",
-                          {"V": V16, **{k: lat[k][i] for k in ("g", "c", "f") if k in lat}, "keyframes": keys,
-                           "path": path, "bounds": bounds, "intrinsics": intr},
-                          {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
-                           "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
-                           "g_guidance": g_guidance})
-        use_colour = bool(getattr(sae.cfg, "rgb_features", False))
-        mesh, level = density_mesh(V, bounds, mesh_level, colour=use_colour)
-        atomic_write_bytes(d / "mesh.ply", mesh.export(file_type="ply"))
-        atomic_write_bytes(d / "mesh.glb", mesh.export(file_type="glb"))
-        atomic_write_json(d / "trajectory.json", camera_path_json(path, keys, intr, H, W, fps, bounds))
-        pick = np.round(np.linspace(0, len(frames) - 1, min(sheet_frames, len(frames)))).astype(int)
-        if i < SHEET_MAX_ROWS:
-            rows.append(np.concatenate([frames[pick], _topdown(V, bounds, path, H)[None]], 0))
-        records.append({"index": i, "folder": d.name, "video": video_path.name, "mesh_level": level,
-                        "mesh_vertices": int(len(mesh.vertices)), "mesh_faces": int(len(mesh.faces)),
-                        "max_density": float(V[0].max()), "occupied_fraction": float((V[0] > level).float().mean())})
-    sheet = out / "contact_sheet.png"
-    atomic_save_png(sheet, grid_image([upscale(r, 2) for r in rows]))
-    summary = {"format": SAMPLE_FORMAT, "run": str(Path(run).resolve()), "steps_trained": pipe["steps"],
-               "latent_ae": rc["latent_ae"]["run"], "scene_ae": rc["scene_ae"]["run"], "renderer": pipe["renderer"],
-               "latents": pipe["latents"],
-               "num": num,
-               "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
-               "g_guidance": g_guidance,
-               "conditional": cond is not None, "num_frames": num_frames, "fps": fps, "image_size": H,
-               "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
-               "contact_sheet_rows": len(rows),
-               "samples": records}
-    atomic_write_json(out / "samples.json", summary)
-    return summary

@@ -179,7 +179,7 @@ class SceneAutoEncoder(nn.Module):
             raise ValueError(f"render_from must be one of {RENDER_FROM}, got {cfg.render_from!r}")
         if cfg.render_from == "latents" and cfg.train_parts != "render":
             raise ValueError("render_from=latents trains the renderer only: set train_parts=render")
-        self.latent_source = None      # render_from=latents: a LatentSource (not a module, not saved)
+        self.latent_source = None      # render_from=latents: a source of V (train_scene_ae(v_source=...)), not saved
 
     # ------------------------------------------------------------------ parts
     def encoder_state(self) -> dict[str, Tensor]:

@@ -15,6 +15,7 @@ from nfldm.scene_ae.config import ENCODER_FIELDS, SceneAEConfig, config_dict, co
 from nfldm.scene_ae.evaluate import evaluate, split_scene
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, novel_path, to_uint8, upscale
 from nfldm.scene_ae.model import SceneAutoEncoder, scene_batch, take_views
+from nfldm.runs import config_hash, state_hash, weights_hash
 from nfldm.trainer import Trainer, apply_overrides, load_model_weights, read_run_config, resolve_device
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 from nfldm.utils.video import write_video
@@ -22,7 +23,7 @@ from nfldm.utils.video import write_video
 STAGE = "scene-ae"
 
 
-def _check_data(ds: SceneDataset, cfg: SceneAEConfig) -> None:
+def check_data(ds: SceneDataset, cfg: SceneAEConfig) -> None:
     m = ds.metas[0]
     if (m.w, m.h) != (cfg.image_size, cfg.image_size):
         raise DataError(f"{m.transforms_path}: frames are {m.w}x{m.h}, but the scene-ae config "
@@ -49,8 +50,6 @@ class PreviewCallback:
 
 def encoder_hash(model: SceneAutoEncoder) -> str:
     """16 hex digits over what decides V: the encoder's weights and :data:`ENCODER_FIELDS`."""
-    from nfldm.latent_ae.data import config_hash, state_hash
-
     return config_hash({"fields": {k: getattr(model.cfg, k) for k in ENCODER_FIELDS},
                         "weights": state_hash(model.encoder_state())})
 
@@ -65,8 +64,6 @@ def init_from_run(model: SceneAutoEncoder, run: str | os.PathLike, base: SceneAu
     Returns the record stored in the new run's config (``init_from``): the run, its config and
     weights hashes and the encoder hash.
     """
-    from nfldm.latent_ae.data import config_hash, weights_hash
-
     cfg = model.cfg
     if cfg.train_parts == "render":
         for k in ENCODER_FIELDS:
@@ -90,8 +87,6 @@ def makes_voxels_of(run: str | os.PathLike, model: SceneAutoEncoder, record: dic
     (``config_hash``, ``weights_hash`` of the scene-ae that encoded some voxels): it is that
     scene-ae, or a renderer fine-tuned from it (``--init-from`` it with ``train_parts=render``,
     its encoder unchanged)."""
-    from nfldm.latent_ae.data import config_hash, weights_hash
-
     if (config_hash(config_dict(model.cfg)) == record["config_hash"]
             and weights_hash(model) == record["weights_hash"]):
         return True
@@ -102,50 +97,19 @@ def makes_voxels_of(run: str | os.PathLike, model: SceneAutoEncoder, record: dic
             and init.get("encoder_hash") == encoder_hash(model))
 
 
-class LatentSource:
-    """V of training scenes decoded from their latents by the latent-ae that made them (what
-    generated scenes look like to the renderer): ``render_from=latents``.
-
-    Holds the scenes of a latent folder (``nfldm encode-latents``) and its latent-ae, frozen.
-    ``decode(names, device)``: B scene names -> V B x K x X x Y x Z (no gradient).
-    """
-
-    def __init__(self, latdir: str | os.PathLike, names: list[str], device: torch.device | str):
-        from nfldm.latent_ae.data import weights_hash
-        from nfldm.latent_ae.train import load_latent_ae
-        from nfldm.ldm.data import LatentDataset, read_latent_index
-
-        index = read_latent_index(latdir)
-        if index.get("latents") != "gcf":
-            raise DataError(f"{latdir}: render_from=latents needs a latent folder with g, c and f "
-                            f"(this one holds {index.get('latents')!r})")
-        self.ds = LatentDataset(latdir, "train", index=index)
-        missing = sorted(set(names) - set(self.ds.names))
-        if missing:
-            raise DataError(f"{latdir}: no train latents for {len(missing)} train scenes of the data "
-                            f"(e.g. {missing[0]!r}); encode the latents of this dataset")
-        self.lae = load_latent_ae(index["latent_ae"]["run"], str(device)).requires_grad_(False)
-        if weights_hash(self.lae) != index["latent_ae"]["weights_hash"]:
-            raise DataError(f"{latdir}: the latent-ae run {index['latent_ae']['run']} has changed since "
-                            "these latents were encoded")
-        self.scene_ae = index["scene_ae"]
-        self.c_ch = int(index["shapes"]["c"][0])
-        self.row = {n: i for i, n in enumerate(self.ds.names)}
-
-    def decode(self, names: list[str], device: torch.device | str) -> torch.Tensor:
-        from nfldm.ldm.data import decode_items
-
-        self.lae.to(device)
-        return decode_items(self.lae, self.ds.stats, [self.ds.items[self.row[n]] for n in names], self.c_ch, device)
-
-
 def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name: str = "tiny",
                    steps: int | None = None, resume: bool = False, device: str = "auto",
                    progress: bool = True, overrides: dict | None = None,
-                   init_from: str | os.PathLike | None = None) -> dict:
+                   init_from: str | os.PathLike | None = None, v_source=None) -> dict:
     """Train stage 1 on the train split of ``data`` into run directory ``out``; ``init_from``:
     a scene-ae run whose weights and model config to start from (``overrides`` change the
-    config on top of it; the preset gives the training options; see :func:`init_from_run`)."""
+    config on top of it; the preset gives the training options; see :func:`init_from_run`).
+
+    ``v_source``: with ``render_from="latents"`` the renderer trains on V that a later stage
+    makes; stage 1 knows nothing of it. ``v_source(cfg, names, base, init_from)`` (cfg: the
+    resolved config, names: the train scenes, base: the ``init_from`` model) returns an object
+    whose ``decode(names, device)`` gives V B x K x X x Y x Z for B scene names.
+    ``nfldm.pipeline.renderer.train_scene_ae`` passes the latents' one."""
     p = preset(preset_name)
     base = None
     if init_from is not None:     # fine-tuning: the model config is the run's (then --set on top)
@@ -159,7 +123,7 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
     cfg = p.model
     need = cfg.num_input_views + cfg.num_novel_views
     train_ds = SceneDataset(data, "train", num_views=need, cache=True, seed=p.train.seed)
-    _check_data(train_ds, cfg)
+    check_data(train_ds, cfg)
     try:
         val_ds = SceneDataset(data, "val", cache=True)
     except DataError:
@@ -174,12 +138,10 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
         run_config["init_from"] = init_from_run(model, init_from, base)
     source = None
     if cfg.render_from == "latents":
-        if not cfg.latents:
-            raise ValueError("render_from=latents needs --set latents=LATDIR (nfldm encode-latents output)")
-        source = LatentSource(cfg.latents, [e.name for e in train_ds.entries], "cpu")
-        if init_from is None or not makes_voxels_of(init_from, base, source.scene_ae):
-            raise DataError(f"{cfg.latents}: its latents were made from the voxels of scene-ae "
-                            f"{source.scene_ae['run']}; --init-from that run")
+        if v_source is None:
+            raise ValueError("render_from=latents renders V decoded by stage 2: train it with nfldm train scene-ae "
+                             "(the CLI) or nfldm.pipeline.renderer.train_scene_ae")
+        source = v_source(cfg, [e.name for e in train_ds.entries], base, init_from)
     every = max(p.train.ckpt_every, p.train.log_every)
     trainer = Trainer(model, train_ds, p.train, out, run_config, resume=resume,
                       callbacks=[PreviewCallback(val_ds, every)])
@@ -221,7 +183,7 @@ def eval_scene_ae(run, data, split: str = "test", out=None, device: str = "auto"
     and a picture next to it (``<out stem>_views.png``)."""
     model = load_scene_ae(run, device)
     ds = SceneDataset(data, split, cache=True)
-    _check_data(ds, model.cfg)
+    check_data(ds, model.cfg)
     dev = next(model.parameters()).device
     res, kept = evaluate(model, ds, device=dev, max_scenes=max_scenes, progress=progress, keep=4)
     res = {"run": str(run), "data": str(data), "split": split, **res}
@@ -258,7 +220,7 @@ def render_flythrough(run, data, scene: str | None, out, split: str | None = Non
             break
     if ds is None:
         raise DataError(f"{data}: no scene named {scene!r}" + (f" in split {split!r}" if split else ""))
-    _check_data(ds, model.cfg)
+    check_data(ds, model.cfg)
     item = ds[[e.name for e in ds.entries].index(scene)]
     bi, _, _, _ = split_scene(scene_batch(item, dev), model.cfg.num_input_views)
     H, W = bi["images"].shape[-2:]

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nfldm.quickstart.config import STAGES, TRAIN_STAGES
+from nfldm.pipeline.quickstart.card import card_metrics
+from nfldm.pipeline.quickstart.config import STAGES, TRAIN_STAGES
 from nfldm.utils.io import atomic_write_bytes
 
 REPORT = "report.html"
@@ -193,8 +194,6 @@ pre{background:#f5f5f5;padding:.6em;overflow-x:auto;font-size:80%}.missing{color
 
 def write_report(out: str | Path, state: dict) -> Path:
     """Write OUT/report.html (and the pictures it needs under OUT/report/); returns its path."""
-    from nfldm.quickstart.run import card_metrics
-
     out = Path(out)
     assets = out / ASSETS
     assets.mkdir(exist_ok=True)

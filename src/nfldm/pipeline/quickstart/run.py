@@ -30,7 +30,19 @@ import shutil
 import time
 from pathlib import Path
 
-from nfldm.quickstart.config import STAGES, TRAIN_STAGES, QuickstartConfig
+from nfldm.data.check import check_path
+from nfldm.data.format import DataError
+from nfldm.data.preview import contact_sheet
+from nfldm.latent_ae.data import encode_voxels
+from nfldm.latent_ae.train import encode_latents, eval_latent_ae, train_latent_ae
+from nfldm.ldm.evaluate import eval_generation
+from nfldm.ldm.train import train_ldm
+from nfldm.pipeline.bundle import export_bundle
+from nfldm.pipeline.generate import sample
+from nfldm.pipeline.quickstart.card import card_metrics
+from nfldm.pipeline.quickstart.report import write_report
+from nfldm.scene_ae.train import eval_scene_ae, render_flythrough, train_scene_ae
+from nfldm.pipeline.quickstart.config import STAGES, TRAIN_STAGES, QuickstartConfig
 from nfldm.utils.io import atomic_write_json
 
 CONFIG_FILE = "quickstart.json"
@@ -153,9 +165,6 @@ def _stage_collect(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 
 def _stage_check(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.data.check import check_path
-    from nfldm.data.format import DataError
-    from nfldm.data.preview import contact_sheet
 
     problems = check_path(out / "data")
     if problems:
@@ -176,13 +185,11 @@ def _train(fn, k: int, data: Path, run: Path, preset_name: str, sets: dict, cfg:
 
 
 def _stage_scene_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.scene_ae.train import train_scene_ae
 
     return _train(train_scene_ae, 0, out / "data", out / "scene_ae", cfg.scene_ae_preset, cfg.scene_ae_set, cfg, ctx)
 
 
 def _stage_eval_scene_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.scene_ae.train import eval_scene_ae, render_flythrough
 
     run = out / "scene_ae"
     res = eval_scene_ae(run, out / "data", "test", run / "metrics_test.json", device=ctx["device"],
@@ -194,7 +201,6 @@ def _stage_eval_scene_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 
 def _stage_encode_voxels(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.latent_ae.data import encode_voxels
 
     res = encode_voxels(out / "scene_ae", out / "data", out / "voxels", device=ctx["device"],
                         progress=ctx["progress"])
@@ -202,14 +208,12 @@ def _stage_encode_voxels(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 
 def _stage_latent_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.latent_ae.train import train_latent_ae
 
     return _train(train_latent_ae, 1, out / "voxels", out / "latent_ae", cfg.latent_ae_preset, cfg.latent_ae_set,
                   cfg, ctx)
 
 
 def _stage_eval_latent_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.latent_ae.train import eval_latent_ae
 
     run = out / "latent_ae"
     res = eval_latent_ae(run, out / "voxels", split="test", out=run / "metrics_test.json", device=ctx["device"],
@@ -218,7 +222,6 @@ def _stage_eval_latent_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 
 def _stage_encode_latents(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.latent_ae.train import encode_latents
 
     res = encode_latents(out / "latent_ae", out / "voxels", out / "latents", device=ctx["device"],
                          progress=ctx["progress"])
@@ -226,7 +229,6 @@ def _stage_encode_latents(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 
 def _stage_ldm(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.ldm.train import train_ldm
 
     minutes = ctx["budget"]
     shares = cfg.ldm_level_shares
@@ -244,7 +246,6 @@ def _stage_ldm(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 
 def _stage_sample(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.ldm.sample import sample
 
     dest = out / "samples"
     if (dest / "samples.json").exists():
@@ -259,48 +260,13 @@ def _stage_sample(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 
 def _stage_eval_generation(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.ldm.evaluate import eval_generation
 
     res = eval_generation(out / "samples", out / "data", split="test", out=out / "samples" / "metrics.json",
                           device=ctx["device"], progress=ctx["progress"])
     return {"metrics": res}
 
 
-def card_metrics(state: dict) -> dict[str, str]:
-    """The headline number of every stage, as text, from the finished stages' results."""
-    stages, out = state["stages"], {}
-    m1 = stages.get("eval_scene_ae", {}).get("result", {}).get("metrics", {})
-    if m1.get("model"):
-        base = max(m1.get("nearest_frame", {}).get("psnr", float("-inf")), m1.get("mean_colour", {}).get("psnr", float("-inf")))
-        lp = f" / LPIPS {m1['model']['lpips']:.3f}" if "lpips" in m1["model"] else ""
-        out["stage 1: held-out view PSNR / SSIM / depth median abs-rel" + (" / LPIPS (AlexNet)" if lp else "")] = (
-            f"{m1['model']['psnr']:.2f} dB / {m1['model']['ssim']:.3f} / {m1['model']['depth_abs_rel_median']:.3f}{lp} "
-            f"(better trivial baseline: {base:.2f} dB)")
-    m2 = stages.get("eval_latent_ae", {}).get("result", {}).get("metrics", {})
-    if "render" in m2:
-        r = m2["render"]
-        out["stage 2: PSNR of views rendered from decoded V (cost vs original V)"] = (
-            f"{r['psnr_decoded_V']:.2f} dB ({r['psnr_cost_db']:.2f} dB)")
-    if "codebook" in m2:
-        out["stage 2: codebook usage c / f"] = " / ".join(
-            f"{m2['codebook'][k].get('used', '-')}/{m2['codebook'][k].get('codebook_size', '-')}" for k in ("c", "f")
-            if k in m2["codebook"])
-    g3 = stages.get("eval_generation", {}).get("result", {}).get("metrics", {})
-    inc, m3, floor = g3.get("inception", {}), g3.get("efficientnet_lite0", {}), g3.get("floor", {})
-    if "fid" in inc:
-        text = f"{inc['fid']:.1f} / {inc['kid']:.3f} ({g3['num_generated']} generated vs {g3['num_real']} real views)"
-        if "inception" in floor:
-            text += (f"; floor, real {floor['split']} views vs the same test views: {floor['inception']['fid']:.1f} / "
-                     f"{floor['inception']['kid']:.3f}")
-        out["stage 3: Inception FID / KID to real test views (GSN protocol, docs/metrics.md)"] = text
-    if "frechet_distance" in m3:
-        out["stage 3: offline Frechet distance / KID to real test views (EfficientNet-Lite0; NOT comparable to published FID)"] = (
-            f"{m3['frechet_distance']:.1f} / {m3['kid']:.3f}")
-    return out
-
-
 def _stage_bundle(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.bundle import export_bundle
 
     metrics = card_metrics(ctx["state"])
     info = export_bundle(out / "ldm", out / "bundle",
@@ -314,7 +280,6 @@ def _stage_bundle(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 
 def _stage_report(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    from nfldm.quickstart.report import write_report
 
     path = write_report(out, ctx["state"])
     return {"report": str(path.relative_to(out))}

@@ -11,7 +11,7 @@ Layout (the folder is itself an ldm run directory, so ``nfldm sample --run BUNDL
     BUNDLE/renderer/{config.json, model.safetensors, model.json}    optional (add_renderer)
 
 The levels' configs name the latent-ae and the scene-ae by paths relative to BUNDLE and carry
-the weights hashes of the float16-rounded weights, so :func:`nfldm.ldm.sample.load_pipeline`
+the weights hashes of the float16-rounded weights, so :func:`nfldm.pipeline.generate.load_pipeline`
 checks them as for any run. The package ships one bundle (``nfldm/weights/tiny``), made by
 ``nfldm quickstart``; :func:`bundled_model` finds it.
 
@@ -30,12 +30,17 @@ from pathlib import Path
 
 import torch
 
+from nfldm.data.format import DataError
+from nfldm.latent_ae.train import load_latent_ae
+from nfldm.ldm.train import load_ldm
+from nfldm.runs import weights_hash
+from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
 from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, read_run_config, write_tensors
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "nfldm-bundle"
-PACKAGED = Path(__file__).resolve().parent / "weights" / "tiny"
+PACKAGED = Path(__file__).resolve().parents[1] / "weights" / "tiny"
 RENDERER = "renderer"
 
 
@@ -54,6 +59,23 @@ def bundled_model() -> Path:
         raise ValueError(f"this nfldm install ships no pretrained model ({PACKAGED / BUNDLE_FILE} is missing); "
                          "pass --run with an ldm run directory or a bundle")
     return PACKAGED
+
+
+def _load_parts(run: Path) -> dict:
+    """The ldm levels of ``run`` with the latent-ae and scene-ae they record, each checked against the
+    weights hash recorded when the latents were made (what :func:`nfldm.pipeline.generate.load_pipeline`
+    checks, without a renderer). Keys: config, models, steps, lae, scene_ae."""
+    ldm = load_ldm(run, "cpu")
+    rc = ldm["config"]
+    parts = {}
+    for key, load in (("latent_ae", load_latent_ae), ("scene_ae", load_scene_ae)):
+        p = Path(rc[key]["run"])
+        p = p if p.is_absolute() else run / p
+        parts[key] = load(p, "cpu")
+        if weights_hash(parts[key]) != rc[key]["weights_hash"]:
+            raise DataError(f"{p}: the {key} run has changed since the latents of {run} were encoded "
+                            "(its weights differ)")
+    return {**ldm, "lae": parts["latent_ae"], "scene_ae": parts["scene_ae"]}
 
 
 def _save_half(model: torch.nn.Module, run_dir: Path, step) -> int:
@@ -75,7 +97,7 @@ def _card(info: dict) -> str:
              "psi_c, psi_f (stage 3), trained on ViZDoom scenes of the Freedoom maps that the vizdoom "
              "package ships. Parameters are stored as float16 (buffers as trained).", "",
              f"- Parameters: {info['params']:,} ({info['bytes'] / 2**20:.1f} MiB on disk)",
-             f"- Training steps: " + ", ".join(f"{k} {v}" for k, v in info["steps"].items())]
+             "- Training steps: " + ", ".join(f"{k} {v}" for k, v in info["steps"].items())]
     if card.get("command"):
         lines += [f"- Made with: `{card['command']}`"]
     if card.get("data"):
@@ -108,9 +130,6 @@ def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, met
     ``--init-from BUNDLE/scene_ae --set train_parts=render``) is stored as BUNDLE/renderer in
     float16, checked to render the bundle's V, and named in bundle.json (with ``metrics`` in
     the model card). Written as BUNDLE/renderer.partial, then renamed. Returns bundle.json."""
-    from nfldm.ldm.sample import load_pipeline
-    from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
-
     bundle, renderer_run = Path(bundle), Path(renderer_run)
     info = json.loads((bundle / BUNDLE_FILE).read_text())
     record = read_run_config(bundle / "g")["scene_ae"]
@@ -138,21 +157,14 @@ def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, met
                                                           "bytes": size, "metrics": metrics or {}}}
     atomic_write_json(bundle / BUNDLE_FILE, info)
     atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
-    load_pipeline(bundle, "cpu")       # the bundle still loads, now with its renderer
     return info
 
 
 def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dict | None = None) -> dict:
     """Write the pipeline behind ``ldm_run`` as a float16 bundle ``dest`` (written next to it
     as DEST.partial, then renamed). Returns the bundle.json data."""
-    from nfldm.latent_ae.data import weights_hash
-    from nfldm.latent_ae.train import load_latent_ae
-    from nfldm.ldm.sample import load_pipeline
-    from nfldm.ldm.train import load_ldm
-    from nfldm.scene_ae.train import load_scene_ae
-
     ldm_run, dest = Path(ldm_run), Path(dest)
-    pipe = load_pipeline(ldm_run, "cpu")
+    pipe = _load_parts(ldm_run)
     rc_g = pipe["config"]
     runs = {"scene_ae": Path(rc_g["scene_ae"]["run"]), "latent_ae": Path(rc_g["latent_ae"]["run"])}
     if not runs["scene_ae"].is_absolute():
@@ -191,7 +203,7 @@ def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dic
             "source": str(ldm_run.resolve()), "card": card or {}}
     atomic_write_json(tmp / BUNDLE_FILE, info)
     atomic_write_bytes(tmp / "MODEL_CARD.md", _card(info).encode())
-    load_pipeline(tmp, "cpu")     # ... and as a whole pipeline (hashes match)
+    _load_parts(tmp)              # ... and as a whole pipeline (hashes match)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)

@@ -1,0 +1,39 @@
+"""The model card's headline numbers of a quickstart run: one line per stage, from the results
+the finished stages recorded in state.json. Used by the bundle stage and by report.html."""
+
+from __future__ import annotations
+
+__all__ = ["card_metrics"]
+
+
+def card_metrics(state: dict) -> dict[str, str]:
+    """The headline number of every stage, as text, from the finished stages' results."""
+    stages, out = state["stages"], {}
+    m1 = stages.get("eval_scene_ae", {}).get("result", {}).get("metrics", {})
+    if m1.get("model"):
+        base = max(m1.get("nearest_frame", {}).get("psnr", float("-inf")), m1.get("mean_colour", {}).get("psnr", float("-inf")))
+        lp = f" / LPIPS {m1['model']['lpips']:.3f}" if "lpips" in m1["model"] else ""
+        out["stage 1: held-out view PSNR / SSIM / depth median abs-rel" + (" / LPIPS (AlexNet)" if lp else "")] = (
+            f"{m1['model']['psnr']:.2f} dB / {m1['model']['ssim']:.3f} / {m1['model']['depth_abs_rel_median']:.3f}{lp} "
+            f"(better trivial baseline: {base:.2f} dB)")
+    m2 = stages.get("eval_latent_ae", {}).get("result", {}).get("metrics", {})
+    if "render" in m2:
+        r = m2["render"]
+        out["stage 2: PSNR of views rendered from decoded V (cost vs original V)"] = (
+            f"{r['psnr_decoded_V']:.2f} dB ({r['psnr_cost_db']:.2f} dB)")
+    if "codebook" in m2:
+        out["stage 2: codebook usage c / f"] = " / ".join(
+            f"{m2['codebook'][k].get('used', '-')}/{m2['codebook'][k].get('codebook_size', '-')}" for k in ("c", "f")
+            if k in m2["codebook"])
+    g3 = stages.get("eval_generation", {}).get("result", {}).get("metrics", {})
+    inc, m3, floor = g3.get("inception", {}), g3.get("efficientnet_lite0", {}), g3.get("floor", {})
+    if "fid" in inc:
+        text = f"{inc['fid']:.1f} / {inc['kid']:.3f} ({g3['num_generated']} generated vs {g3['num_real']} real views)"
+        if "inception" in floor:
+            text += (f"; floor, real {floor['split']} views vs the same test views: {floor['inception']['fid']:.1f} / "
+                     f"{floor['inception']['kid']:.3f}")
+        out["stage 3: Inception FID / KID to real test views (GSN protocol, docs/metrics.md)"] = text
+    if "frechet_distance" in m3:
+        out["stage 3: offline Frechet distance / KID to real test views (EfficientNet-Lite0; NOT comparable to published FID)"] = (
+            f"{m3['frechet_distance']:.1f} / {m3['kid']:.3f}")
+    return out
