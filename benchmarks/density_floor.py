@@ -46,7 +46,7 @@ def main() -> None:
     from nfldm.ldm.evaluate import eval_generation
     from nfldm.pipeline.generate import _render_path
     from nfldm.scene_ae.flythrough import grid_image, to_uint8
-    from nfldm.scene_ae.train import load_scene_ae
+    from nfldm.scene_ae.load import load_scene_ae
     from nfldm.utils.io import atomic_save_png
 
     sae = load_scene_ae(args.scene_ae, args.device)

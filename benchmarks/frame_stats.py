@@ -108,7 +108,7 @@ def main() -> None:
         c_ch = pipe["models"]["g"].cfg.c_shape[0]
         rows["decoded latents (stage 2)"] = []
     else:
-        from nfldm.scene_ae.train import load_scene_ae
+        from nfldm.scene_ae.load import load_scene_ae
         from nfldm.trainer import resolve_device
 
         voxdir = source = Path(args.voxels)
@@ -120,7 +120,7 @@ def main() -> None:
     data = Path(vindex["data"])
     renderers = [("", sae)]
     for r in args.renderer:
-        from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
+        from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
 
         m = load_scene_ae(r, dev)
         if not makes_voxels_of(r, m, vindex["scene_ae"]):

@@ -19,7 +19,7 @@ import torch
 from nfldm import metrics
 from nfldm.data.loader import SceneDataset
 from nfldm.scene_ae.evaluate import evaluate_scene
-from nfldm.scene_ae.train import load_scene_ae
+from nfldm.scene_ae.load import load_scene_ae
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from nfldm.cli import main
 from nfldm.latent_ae.data import dihedral_voxels, load_voxels, read_voxel_index
 from nfldm.latent_ae.config import LatentAEConfig, config_from_dict, preset
 from nfldm.latent_ae.model import LatentAutoEncoder, c_roughness, codebook_usage, fold, unfold
-from nfldm.latent_ae.train import load_latent_ae
+from nfldm.latent_ae.load import load_latent_ae
 
 STATS = {"sigma_scale": 0.1, "feature_rms": [0.5] * 8}
 

@@ -711,13 +711,14 @@ def test_eval_generation_cli(latents, ldm_run, tmp_path, capsys, monkeypatch):
 
 def test_eval_generation_without_the_inception_wheel_says_how_to_install_it(latents, ldm_run, tmp_path,
                                                                             monkeypatch):
+    import nfldm.ldm.evaluate as evaluate
     import nfldm.metrics.wheels as wheels
     from nfldm.ldm.evaluate import eval_generation
 
     def missing(package, relpath, requirement=""):
         raise FileNotFoundError(f"package {package!r} is not installed; install it with: {wheels.INSTALL_HINT}")
 
-    monkeypatch.setattr(wheels, "wheel_file", missing)
+    monkeypatch.setattr(evaluate, "wheel_file", missing)
     monkeypatch.setenv("NFLDM_CACHE", "off")
     samples = tmp_path / "samples"
     assert main(["sample", "--run", str(ldm_run), "--num", "1", "--sampler", "dpm", "--steps", "2", "--out",
@@ -788,7 +789,7 @@ def test_fine_tuned_renderer_renders_the_runs_samples(latents, ldm_run, tmp_path
     """`train scene-ae --init-from RUN --set train_parts=render` trains only the renderer (with
     the perceptual and adversarial terms): V is unchanged, so `sample --renderer` accepts it for
     an ldm run built on RUN's voxels; a scene-ae not fine-tuned from RUN is refused."""
-    from nfldm.scene_ae.train import encoder_hash, load_scene_ae
+    from nfldm.scene_ae.load import encoder_hash, load_scene_ae
 
     ft = tmp_path / "ft"
     sets = [*SAE_SETS, "--set", "train_parts=render", "--set", "w_adv=0.1", "--set", "w_perceptual=0.1",
@@ -826,7 +827,7 @@ def test_fine_tuned_renderer_renders_the_runs_samples(latents, ldm_run, tmp_path
 def test_renderer_trains_on_decoded_latents(latents, tmp_path, capsys):
     """render_from=latents: the renderer learns to render V decoded from the scenes' latents (what
     generated scenes are); it needs --init-from the scene-ae behind those latents."""
-    from nfldm.scene_ae.train import encoder_hash, load_scene_ae
+    from nfldm.scene_ae.load import encoder_hash, load_scene_ae
 
     ft = tmp_path / "ft"
     sets = [*SAE_SETS, "--set", "train_parts=render", "--set", "render_from=latents",

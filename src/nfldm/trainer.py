@@ -64,6 +64,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json
+from nfldm.utils.plot import plot_metrics
 
 __all__ = [
     "dict_without_added",
@@ -930,7 +931,6 @@ class Trainer:
                 metrics_file.close()
                 metrics_file = None
                 try:
-                    from nfldm.utils.plot import plot_metrics
                     plot_metrics(self.run_dir / METRICS_FILE, self.run_dir / PLOT_FILE)
                 except Exception as e:  # a plot must never fail a finished training run
                     warnings.warn(f"could not plot {self.run_dir / METRICS_FILE}: {e}")

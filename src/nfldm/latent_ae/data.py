@@ -36,8 +36,9 @@ from nfldm.data.loader import SceneDataset
 from nfldm.runs import config_hash, state_hash, weights_hash
 from nfldm.scene_ae.config import config_dict
 from nfldm.scene_ae.evaluate import split_scene
+from nfldm.scene_ae.load import load_scene_ae
 from nfldm.scene_ae.model import scene_batch
-from nfldm.scene_ae.train import check_data, load_scene_ae
+from nfldm.scene_ae.train import check_data
 from nfldm.trainer import read_tensors, write_tensors
 from nfldm.utils.io import atomic_write_json
 

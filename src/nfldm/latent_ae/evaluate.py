@@ -24,8 +24,10 @@ from tqdm import tqdm
 
 from nfldm import metrics
 from nfldm.data.format import DataError
+from nfldm.data.loader import SceneDataset
 from nfldm.latent_ae.data import check_finite, load_voxels
 from nfldm.latent_ae.model import LatentAutoEncoder, codebook_usage
+from nfldm.metrics.lpips import lpips_distance
 
 PSNR_COST_TARGET_DB = 1.5       # the LAE may cost at most this much PSNR on rendered views
 CODEBOOK_USE_TARGET = 0.5       # at least this fraction of each codebook in use
@@ -34,7 +36,6 @@ CODEBOOK_USE_TARGET = 0.5       # at least this fraction of each codebook in use
 def _gt_dataset(data_root: str | os.PathLike, split: str, names: list[str]):
     """The stage-1 dataset of ``split`` and {scene name: item index}; DataError if a scene
     of the voxel folder is not in it."""
-    from nfldm.data.loader import SceneDataset
 
     ds = SceneDataset(data_root, split, cache=True)
     where = {e.name: i for i, e in enumerate(ds.entries)}
@@ -77,7 +78,6 @@ def evaluate(lae: LatentAutoEncoder, scene_ae, voxdir: str | os.PathLike, index:
     counts = {k: torch.zeros(q.codebook_size, dtype=torch.long) for k, q in lae.quantizers.items()}
     acc: dict[str, list] = {k: [] for k in ("density_mae_occupied", "density_mae_empty", "feature_mse_occupied",
                                             "density_loss", "feature_loss")}
-    from nfldm.metrics.lpips import lpips_distance
 
     views: dict[str, list] = {k: [] for k in ("psnr_original", "psnr_decoded", "ssim_original", "ssim_decoded",
                                               "psnr_decoded_vs_original", "lpips_original", "lpips_decoded",

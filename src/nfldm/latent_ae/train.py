@@ -18,26 +18,18 @@ from tqdm import tqdm
 
 from nfldm import camera
 from nfldm.data.format import DataError
-from nfldm.latent_ae.config import check_latent_mode, config_from_dict, preset, run_model_config
-from nfldm.latent_ae.data import (
-    INDEX_FILE,
-    VoxelDataset,
-    check_finite,
-    config_hash,
-    dihedral_voxels,
-    load_voxels,
-    peek_safetensors,
-    read_voxel_index,
-    scene_file,
-    weights_hash,
-    write_safetensors,
-)
+from nfldm.latent_ae.config import check_latent_mode, preset, run_model_config
+from nfldm.latent_ae.data import (INDEX_FILE, VoxelDataset, check_finite, config_hash, dihedral_voxels, load_voxels,
+                                  peek_safetensors, read_safetensors, read_voxel_index, scene_file, weights_hash,
+                                  write_safetensors)
 from nfldm.latent_ae.evaluate import evaluate
+from nfldm.latent_ae.load import STAGE, load_latent_ae
 from nfldm.latent_ae.model import LatentAutoEncoder
-from nfldm.trainer import Trainer, apply_overrides, load_model_weights, read_run_config, resolve_device
+from nfldm.scene_ae.flythrough import grid_image, to_uint8, upscale
+from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
+from nfldm.trainer import Trainer, apply_overrides, read_run_config
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 
-STAGE = "latent-ae"
 LATENT_FORMAT = "nfldm-latents"
 LATENT_VERSION = 1
 FIXED_BY_VOXELS = ("grid", "channels")
@@ -90,7 +82,6 @@ def train_latent_ae(voxels: str | os.PathLike, out: str | os.PathLike, preset_na
     torch.manual_seed(p.train.seed)
     model = LatentAutoEncoder(cfg, index["stats"])
     if cfg.w_render > 0:
-        from nfldm.scene_ae.train import load_scene_ae
 
         sae_run = index["scene_ae"]["run"]
         sae = load_scene_ae(sae_run, device)
@@ -105,19 +96,8 @@ def train_latent_ae(voxels: str | os.PathLike, out: str | os.PathLike, preset_na
     return trainer.fit()
 
 
-def load_latent_ae(run: str | os.PathLike, device: str = "auto") -> LatentAutoEncoder:
-    """The trained model of a stage-2 run directory, in eval mode."""
-    rc = read_run_config(run)
-    if rc.get("stage") != STAGE:
-        raise ValueError(f"{run}: not a latent-ae run (its config.json says stage {rc.get('stage')!r})")
-    model = LatentAutoEncoder(config_from_dict(rc["model"]), rc.get("stats"))
-    load_model_weights(run, model, prefer_ema=True)
-    return model.to(resolve_device(device)).eval()
-
-
 def _picture(kept: list, num: int = 6) -> np.ndarray:
     """Rows per scene: ground truth, rendered from the original V, rendered from the decoded V."""
-    from nfldm.scene_ae.flythrough import grid_image, to_uint8, upscale
 
     rows = []
     for k in kept:
@@ -147,7 +127,6 @@ def eval_latent_ae(run, voxels, scene_ae=None, split: str = "test", out=None, da
     images (default: the one recorded in the voxel folder). Writes ``out`` (JSON) and
     ``<out stem>_views.png`` (rows per scene: ground truth, from original V, from decoded V).
     """
-    from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
 
     index, _, lae = _open_run_on_voxels(run, voxels, device)
     dev = next(lae.parameters()).device
@@ -272,7 +251,6 @@ def latent_stats(latdir: Path, names: list[str], progress: bool = True) -> dict:
     """Per-channel mean and std of g (per dimension), c and f (per channel, over all
     positions) over the given (train) scenes of a latent folder (those of g, c, f the files
     hold)."""
-    from nfldm.latent_ae.data import read_safetensors
 
     if not names:
         return {}

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from nfldm.data.format import SPLITS, DataError
 from nfldm.latent_ae.config import LATENT_MODES
+from nfldm.latent_ae.data import read_safetensors, scene_file
 from nfldm.latent_ae.model import fold, unfold
 from nfldm.ldm.trajectory import encode_trajectory
 
@@ -117,7 +118,6 @@ class LatentStats:
 def load_latent_file(path: Path, shapes: dict) -> dict:
     """All tensors of one latent file, checked; DataError naming the file if it is missing,
     corrupt, has the wrong keys / shapes, or holds NaN / inf."""
-    from nfldm.latent_ae.data import read_safetensors
 
     t, meta = read_safetensors(path)
     if meta.get("format") != LATENT_FORMAT:
@@ -180,7 +180,6 @@ class LatentDataset(Dataset):
 
     def __init__(self, latdir: str | os.PathLike, split: str = "train", traj_frames: int = 8,
                  index: dict | None = None, stats: dict | None = None, max_scenes: int = 0):
-        from nfldm.latent_ae.data import scene_file
 
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -243,7 +242,6 @@ def render_setup(latdir: str | os.PathLike, index: dict) -> dict:
     """Bounds and intrinsics for rendering generated scenes, from the train split: the scenes'
     common box (the mean box, with ``bounds_vary`` True, if they differ) and the first frame's
     intrinsics of the first train scene."""
-    from nfldm.latent_ae.data import read_safetensors, scene_file
 
     names = [s["name"] for s in index["scenes"] if s["split"] == "train"]
     if not names:

@@ -33,12 +33,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from nfldm.data.format import SPLITS, DataError
-
+from nfldm.data.format import SPLITS, DataError, read_dataset, read_transforms
+from nfldm.data.loader import read_scene_raw
+from nfldm.latent_ae.data import read_safetensors
+from nfldm.ldm.trajectory import camera_coverage, encode_trajectory, fov_degrees
 from nfldm.metrics.fid import (EfficientNetLite0Features, InceptionFeatures, extract, feature_stats, file_sha1,
                                frechet_distance, kid)
+from nfldm.metrics.wheels import INCEPTION_WHEEL, INSTALL_HINT, wheel_file
+from nfldm.trainer import resolve_device
+from nfldm.utils.io import atomic_write_json
 
 __all__ = ["frechet_distance", "kid", "feature_stats", "EfficientNetLite0Features", "InceptionFeatures",
            "generated_images", "real_images", "eval_generation", "NOT_COMPARABLE", "top_down_opacity",
@@ -66,7 +70,6 @@ def path_agreement(bev: Tensor, keyframes: Tensor, bounds: Tensor, hfov_deg: flo
     the cameras ``keyframes`` (T x 4 x 4 camera-to-world, or a 9 T trajectory vector) look: the
     fraction of them whose horizontal field of view ``hfov_deg`` holds each column. 0 for a
     constant map."""
-    from nfldm.ldm.trajectory import camera_coverage, encode_trajectory
 
     bounds, traj, bev = bounds.double().cpu(), keyframes.double().cpu(), bev.double().cpu()
     if traj.dim() == 3:
@@ -82,8 +85,6 @@ def path_agreement(bev: Tensor, keyframes: Tensor, bounds: Tensor, hfov_deg: flo
 def sample_path_agreement(sample_file: str | os.PathLike) -> float:
     """:func:`path_agreement` of one ``nfldm sample`` output (``sample_NNNN/V.safetensors``: V,
     keyframes, bounds, intrinsics fx fy cx cy)."""
-    from nfldm.latent_ae.data import read_safetensors
-    from nfldm.ldm.trajectory import fov_degrees
 
     t, _ = read_safetensors(Path(sample_file))
     for key in ("V", "keyframes", "bounds", "intrinsics"):
@@ -121,8 +122,6 @@ def generated_images(samples: str | os.PathLike, max_images: int | None = None) 
 def real_images(data: str | os.PathLike, split: str = "test", max_images: int | None = None) -> np.ndarray:
     """All frames of the scenes of one split of a dataset as uint8 N x H x W x 3 (evenly
     subsampled to ``max_images``)."""
-    from nfldm.data.format import read_dataset, read_transforms
-    from nfldm.data.loader import read_scene_raw
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -178,7 +177,6 @@ def _dataset_fingerprint(data: str | os.PathLike, split: str) -> str:
     """Changes when the dataset index or any frame file list of the split changes."""
     import hashlib
 
-    from nfldm.data.format import read_dataset
 
     index = read_dataset(data)
     h = hashlib.sha1(str(Path(index.source).resolve()).encode())
@@ -223,7 +221,6 @@ def cached_features(key: str, net_id: str, data: str | os.PathLike, split: str, 
 def default_floor_split(data: str | os.PathLike, split: str) -> str | None:
     """The split whose real views give the floor: val, else train, else test, never ``split``
     itself; None when no other split has scenes."""
-    from nfldm.data.format import read_dataset
 
     index = read_dataset(data)
     for s in ("val", "train", "test"):
@@ -254,9 +251,6 @@ def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: 
     EfficientNet-Lite0 network (tests); ``efficientnet=False`` leaves it out. Returns the
     metrics dict (keys ``inception``, ``efficientnet_lite0``, ``floor``, ``protocol``, counts) and
     writes ``out`` (JSON) when given."""
-    from nfldm.metrics.wheels import INCEPTION_WHEEL, INSTALL_HINT, wheel_file
-    from nfldm.trainer import resolve_device
-    from nfldm.utils.io import atomic_write_json
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

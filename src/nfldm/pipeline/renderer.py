@@ -12,10 +12,11 @@ import os
 import torch
 
 from nfldm.data.format import DataError
-from nfldm.latent_ae.train import load_latent_ae
+from nfldm.latent_ae.load import load_latent_ae
 from nfldm.ldm.data import LatentDataset, decode_items, read_latent_index
 from nfldm.runs import weights_hash
 from nfldm.scene_ae import train as stage1
+from nfldm.scene_ae.load import makes_voxels_of
 
 __all__ = ["LatentSource", "latent_v_source", "train_scene_ae"]
 
@@ -56,7 +57,7 @@ def latent_v_source(cfg, names: list[str], base, init_from) -> LatentSource:
     if not cfg.latents:
         raise ValueError("render_from=latents needs --set latents=LATDIR (nfldm encode-latents output)")
     source = LatentSource(cfg.latents, names, "cpu")
-    if init_from is None or not stage1.makes_voxels_of(init_from, base, source.scene_ae):
+    if init_from is None or not makes_voxels_of(init_from, base, source.scene_ae):
         raise DataError(f"{cfg.latents}: its latents were made from the voxels of scene-ae "
                         f"{source.scene_ae['run']}; --init-from that run")
     return source

@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from nfldm import camera, metrics
+from nfldm.metrics.lpips import lpips_distance
 from nfldm.scene_ae.model import SceneAutoEncoder, inside_box, scene_batch, take_views
 from nfldm.scene_ae.render import render_views
 from nfldm.scene_ae.splat import splat_mean
@@ -153,7 +154,6 @@ def evaluate(model: SceneAutoEncoder, dataset, num_inputs: int | None = None, de
     """
     num_inputs = num_inputs or model.cfg.num_input_views
     model.eval()
-    from nfldm.metrics.lpips import lpips_distance
 
     acc = {m: {"psnr": [], "ssim": [], "lpips": [], "rel_in_box": [], "rel_valid": [], "psnr_all": []}
            for m in METHODS}

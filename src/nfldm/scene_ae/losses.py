@@ -11,8 +11,6 @@ with the trained model stay valid).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -11,16 +11,15 @@ import torch
 
 from nfldm.data.format import DataError
 from nfldm.data.loader import SceneDataset
-from nfldm.scene_ae.config import ENCODER_FIELDS, SceneAEConfig, config_dict, config_from_dict, preset
+from nfldm.runs import config_hash, weights_hash
+from nfldm.scene_ae.config import ENCODER_FIELDS, SceneAEConfig, config_dict, preset
 from nfldm.scene_ae.evaluate import evaluate, split_scene
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, novel_path, to_uint8, upscale
+from nfldm.scene_ae.load import STAGE, encoder_hash, load_scene_ae
 from nfldm.scene_ae.model import SceneAutoEncoder, scene_batch, take_views
-from nfldm.runs import config_hash, state_hash, weights_hash
-from nfldm.trainer import Trainer, apply_overrides, load_model_weights, read_run_config, resolve_device
+from nfldm.trainer import Trainer, apply_overrides
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 from nfldm.utils.video import write_video
-
-STAGE = "scene-ae"
 
 
 def check_data(ds: SceneDataset, cfg: SceneAEConfig) -> None:
@@ -46,12 +45,6 @@ class PreviewCallback:
         img = reconstruction_strip(model, self.dataset[0], trainer.device, num=6)
         model.train(was)
         atomic_save_png(Path(trainer.run_dir) / "previews" / f"step_{step:07d}.png", img)
-
-
-def encoder_hash(model: SceneAutoEncoder) -> str:
-    """16 hex digits over what decides V: the encoder's weights and :data:`ENCODER_FIELDS`."""
-    return config_hash({"fields": {k: getattr(model.cfg, k) for k in ENCODER_FIELDS},
-                        "weights": state_hash(model.encoder_state())})
 
 
 def init_from_run(model: SceneAutoEncoder, run: str | os.PathLike, base: SceneAutoEncoder) -> dict:
@@ -80,21 +73,6 @@ def init_from_run(model: SceneAutoEncoder, run: str | os.PathLike, base: SceneAu
     return {"run": str(Path(run).resolve()), "config_hash": config_hash(config_dict(base.cfg)),
             "weights_hash": weights_hash(base), "encoder_hash": encoder_hash(base),
             "fresh": sorted({k.split(".")[0] for k in own if k not in src})}
-
-
-def makes_voxels_of(run: str | os.PathLike, model: SceneAutoEncoder, record: dict) -> bool:
-    """Whether ``model`` (loaded from scene-ae ``run``) makes the V described by ``record``
-    (``config_hash``, ``weights_hash`` of the scene-ae that encoded some voxels): it is that
-    scene-ae, or a renderer fine-tuned from it (``--init-from`` it with ``train_parts=render``,
-    its encoder unchanged)."""
-    if (config_hash(config_dict(model.cfg)) == record["config_hash"]
-            and weights_hash(model) == record["weights_hash"]):
-        return True
-    init = read_run_config(run).get("init_from")
-    return (bool(init) and model.cfg.train_parts == "render"
-            and init.get("config_hash") == record["config_hash"]
-            and init.get("weights_hash") == record["weights_hash"]
-            and init.get("encoder_hash") == encoder_hash(model))
 
 
 def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name: str = "tiny",
@@ -147,17 +125,6 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
                       callbacks=[PreviewCallback(val_ds, every)])
     trainer.model.latent_source = source      # after the EMA copy: it needs no second one
     return trainer.fit()
-
-
-def load_scene_ae(run: str | os.PathLike, device: str = "auto") -> SceneAutoEncoder:
-    """The trained model of a stage-1 run directory (EMA weights when present)."""
-    rc = read_run_config(run)
-    if rc.get("stage") != STAGE:
-        raise ValueError(f"{run}: not a scene-ae run (its config.json says stage "
-                         f"{rc.get('stage')!r})")
-    model = SceneAutoEncoder(config_from_dict(rc["model"]))
-    load_model_weights(run, model, prefer_ema=True)
-    return model.to(resolve_device(device)).eval()
 
 
 @torch.no_grad()

@@ -24,6 +24,8 @@ from PIL import Image
 from nfldm.pipeline.quickstart.card import card_metrics
 from nfldm.pipeline.quickstart.config import STAGES, TRAIN_STAGES
 from nfldm.utils.io import atomic_write_bytes
+from nfldm.utils.plot import plot_metrics
+from nfldm.utils.video import write_video
 
 REPORT = "report.html"
 ASSETS = "report"
@@ -87,7 +89,6 @@ def _read_json(path: Path) -> dict:
 
 def loss_curves(run: Path, dest: Path) -> Path | None:
     """RUN/loss_curves.png, drawn again from RUN/metrics.jsonl if missing (killed run)."""
-    from nfldm.utils.plot import plot_metrics
 
     png = run / "loss_curves.png"
     if png.exists():
@@ -99,7 +100,6 @@ def loss_curves(run: Path, dest: Path) -> Path | None:
 
 def sample_gif(sample_dir: Path, dest: Path, scale: int = 2, fps: int = 12) -> Path | None:
     """Animated GIF of a sample's rendered frames (browsers animate GIFs inline)."""
-    from nfldm.utils.video import write_video
 
     frames = sorted((sample_dir / "frames").glob("frame_*.png"))
     if not frames:

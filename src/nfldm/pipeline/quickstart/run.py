@@ -40,9 +40,9 @@ from nfldm.ldm.train import train_ldm
 from nfldm.pipeline.bundle import export_bundle
 from nfldm.pipeline.generate import sample
 from nfldm.pipeline.quickstart.card import card_metrics
+from nfldm.pipeline.quickstart.config import STAGES, TRAIN_STAGES, QuickstartConfig
 from nfldm.pipeline.quickstart.report import write_report
 from nfldm.scene_ae.train import eval_scene_ae, render_flythrough, train_scene_ae
-from nfldm.pipeline.quickstart.config import STAGES, TRAIN_STAGES, QuickstartConfig
 from nfldm.utils.io import atomic_write_json
 
 CONFIG_FILE = "quickstart.json"
