@@ -47,10 +47,11 @@ def main() -> None:
                     help="encode-latents --augment: train scenes turned (4) and mirrored (8) for stage 3")
     args = ap.parse_args()
 
-    from nfldm.latent_ae.train import encode_latents, eval_latent_ae, train_latent_ae
+    from nfldm.latent_ae.latents import encode_latents
+    from nfldm.latent_ae.train import eval_latent_ae, train_latent_ae
     from nfldm.ldm.evaluate import eval_generation
-    from nfldm.pipeline.generate import sample
     from nfldm.ldm.train import train_ldm
+    from nfldm.pipeline.generate import sample
     from nfldm.pipeline.quickstart.config import QuickstartConfig
     from nfldm.utils.io import atomic_write_json
 

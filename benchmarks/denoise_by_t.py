@@ -35,7 +35,8 @@ def split_batch(pipe: dict, split: str, num: int) -> dict:
     into one batch on its device: g, traj, c (folded), f (those the folder has)."""
     from pathlib import Path
 
-    from nfldm.ldm.data import LatentDataset, read_latent_index
+    from nfldm.latent_ae.latents import read_latent_index
+    from nfldm.ldm.data import LatentDataset
 
     latdir = Path(pipe["config"]["latents"])
     ds = LatentDataset(latdir, split, pipe["models"]["g"].cfg.traj_frames, index=read_latent_index(latdir),

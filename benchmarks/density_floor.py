@@ -42,7 +42,7 @@ def main() -> None:
 
     from tqdm.auto import tqdm
 
-    from nfldm.latent_ae.data import read_safetensors
+    from nfldm.data.tensors import read_safetensors
     from nfldm.ldm.evaluate import eval_generation
     from nfldm.pipeline.generate import _render_path
     from nfldm.scene_ae.flythrough import grid_image, to_uint8

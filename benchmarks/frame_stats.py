@@ -92,13 +92,14 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from nfldm.data.format import read_transforms
-    from nfldm.latent_ae.data import load_voxels, read_voxel_index
     from nfldm.pipeline.generate import _render_path
+    from nfldm.scene_ae.voxels import load_voxels, read_voxel_index
 
     rows = {"real frames": [], "V (stage 1)": []}
     reproj: dict[str, list] = {}
     if args.run is not None:
         from ldm_levels import load_gcf
+
         from nfldm.ldm.data import decode_items
 
         pipe, ds, lindex = load_gcf(args.run, args.split, args.device)

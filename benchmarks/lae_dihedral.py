@@ -30,10 +30,10 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from nfldm import camera
-    from nfldm.latent_ae.data import dihedral_voxels, load_voxels, read_voxel_index
     from nfldm.latent_ae.evaluate import render_views_of
     from nfldm.latent_ae.load import load_latent_ae
     from nfldm.scene_ae.load import load_scene_ae
+    from nfldm.scene_ae.voxels import dihedral_voxels, load_voxels, read_voxel_index
 
     index = read_voxel_index(args.voxels)
     lae = load_latent_ae(args.lae, args.device).eval()

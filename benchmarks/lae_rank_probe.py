@@ -31,10 +31,10 @@ import torch.nn.functional as F
 
 from nfldm import metrics
 from nfldm.latent_ae.config import LatentAEConfig
-from nfldm.latent_ae.data import load_voxels, read_voxel_index
 from nfldm.latent_ae.evaluate import _gt_dataset, render_views_of
 from nfldm.latent_ae.model import LatentAutoEncoder, fold, unfold
 from nfldm.scene_ae.load import load_scene_ae
+from nfldm.scene_ae.voxels import load_voxels, read_voxel_index
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--voxels", required=True)

@@ -80,7 +80,8 @@ def load_gcf(run: str, split: str, device: str = "auto", renderer: str | None = 
     (``load_pipeline``'s dict, the LatentDataset, the latent folder's index). Exits with one line
     for an ablation run. ``renderer``: a renderer fine-tuned from the run's scene-ae
     (``nfldm sample --renderer``); default the run's own (or its bundle's)."""
-    from nfldm.ldm.data import LatentDataset, read_latent_index
+    from nfldm.latent_ae.latents import read_latent_index
+    from nfldm.ldm.data import LatentDataset
     from nfldm.pipeline.generate import load_pipeline
 
     pipe = load_pipeline(run, device, renderer=renderer)
@@ -121,12 +122,12 @@ def main() -> None:
 
     from tqdm.auto import tqdm
 
-    from nfldm.latent_ae.data import load_voxels, read_voxel_index
     from nfldm.ldm.data import unfold_c
     from nfldm.ldm.evaluate import path_agreement
     from nfldm.ldm.sample import denoise, sample_latents
-    from nfldm.pipeline.generate import _render_path
     from nfldm.ldm.trajectory import decode_trajectory, fov_degrees
+    from nfldm.pipeline.generate import _render_path
+    from nfldm.scene_ae.voxels import load_voxels, read_voxel_index
 
     pipe, ds, lindex = load_gcf(args.run, args.split, args.device, args.renderer)
     models, rc, sae, lae, stats = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"], pipe["stats"]

@@ -50,12 +50,12 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from ldm_levels import density_stats, psnr
 
-    from nfldm.latent_ae.data import VoxelDataset, load_voxels, read_voxel_index
-    from nfldm.ldm.data import read_latent_index
+    from nfldm.latent_ae.latents import read_latent_index
     from nfldm.ldm.evaluate import eval_generation
     from nfldm.ldm.sample import render_path, sample_latents
     from nfldm.pipeline.generate import _render_path
     from nfldm.scene_ae.flythrough import grid_image, to_uint8, upscale
+    from nfldm.scene_ae.voxels import VoxelDataset, load_voxels, read_voxel_index
     from nfldm.utils.io import atomic_save_png
 
     torch.manual_seed(args.seed)

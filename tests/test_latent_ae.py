@@ -8,15 +8,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+from data_fixtures import SCENES, make_dataset, random_V
 from safetensors import safe_open
 
-from data_fixtures import SCENES, make_dataset, random_V
 from nfldm.camera import dihedral_matrix, transform_poses
 from nfldm.cli import main
-from nfldm.latent_ae.data import dihedral_voxels, load_voxels, read_voxel_index
 from nfldm.latent_ae.config import LatentAEConfig, config_from_dict, preset
-from nfldm.latent_ae.model import LatentAutoEncoder, c_roughness, codebook_usage, fold, unfold
 from nfldm.latent_ae.load import load_latent_ae
+from nfldm.latent_ae.model import LatentAutoEncoder, c_roughness, codebook_usage, fold, unfold
+from nfldm.scene_ae.voxels import dihedral_voxels, load_voxels, read_voxel_index
 
 STATS = {"sigma_scale": 0.1, "feature_rms": [0.5] * 8}
 
@@ -490,7 +490,7 @@ def test_dihedral_voxels_render_like_the_turned_scene():
 
 def test_augmenting_an_off_centre_box_names_the_file(tmp_path):
     from nfldm.data.format import DataError
-    from nfldm.latent_ae.train import _dihedral_scene
+    from nfldm.latent_ae.latents import _dihedral_scene
 
     vox = {"V": torch.zeros(2, 4, 4, 2), "bounds": torch.tensor([[0.0, -1.0, 0.0], [2.0, 1.0, 1.0]]),
            "c2w": torch.eye(4)[None]}

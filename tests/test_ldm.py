@@ -12,9 +12,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from data_fixtures import make_dataset
 from safetensors import safe_open
 
-from data_fixtures import make_dataset
 from nfldm.camera import pose_from_position_yaw
 from nfldm.cli import main
 from nfldm.data.format import DataError
@@ -550,10 +550,10 @@ def test_mesh_of_a_box_is_in_world_units():
 def test_conditional_training_and_guided_sampling(latents, tmp_path):
     """Condition tokens stored in the latent files flow into training; sampling with a
     condition and guidance != 1 runs through the batched CFG path."""
-    from nfldm.latent_ae.data import read_safetensors, write_safetensors
+    from nfldm.data.tensors import read_safetensors, write_safetensors
     from nfldm.ldm.sample import sample_latents
-    from nfldm.pipeline.generate import load_pipeline
     from nfldm.ldm.train import train_ldm
+    from nfldm.pipeline.generate import load_pipeline
 
     lat = tmp_path / "lat_cond"
     lat.mkdir()
@@ -756,7 +756,7 @@ def test_a_trained_level_samples_the_latent_it_learned(prediction_type):
 
 
 def test_path_agreement_scores_a_scene_where_its_cameras_look(tmp_path):
-    from nfldm.latent_ae.data import write_safetensors
+    from nfldm.data.tensors import write_safetensors
     from nfldm.ldm.evaluate import path_agreement, sample_path_agreement, top_down_opacity
 
     bounds = torch.tensor([[-4.0, -4.0, -1.0], [4.0, 4.0, 3.0]])

@@ -5,7 +5,6 @@ and LPIPS heads), installed by the project's own set-up (make install)."""
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import pickle

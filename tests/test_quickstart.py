@@ -183,7 +183,7 @@ def test_packaged_model_samples_without_run(tmp_path):
     summary = json.loads((tmp_path / "s" / "samples.json").read_text())
     assert summary["num"] == 1 and Path(summary["run"]) == PACKAGED
     # the packaged latent-ae names the packaged (float16) scene-ae's weights, so both encode new data
-    from nfldm.latent_ae.data import weights_hash
+    from nfldm.runs import weights_hash
     from nfldm.scene_ae.load import load_scene_ae
 
     lae_rc = json.loads((PACKAGED / "latent_ae" / "config.json").read_text())

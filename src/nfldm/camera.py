@@ -237,7 +237,7 @@ def dihedral_matrix(k: int, flip: bool = False, dtype=torch.float32) -> Tensor:
 
     -> M: 3 x 3 (det -1 when ``flip``). For a scene box symmetric about the z axis
     (lo_x = -hi_x, lo_y = -hi_y, equal x and y extents) M maps the box onto itself; the
-    voxel grid's matching transform is ``nfldm.latent_ae.data.dihedral_voxels``.
+    voxel grid's matching transform is ``nfldm.scene_ae.voxels.dihedral_voxels``.
     """
     if isinstance(k, bool) or not isinstance(k, int):
         raise ValueError(f"k must be an integer, got {k!r}")

@@ -108,7 +108,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_encode_voxels(args) -> int:
-    from nfldm.latent_ae.data import encode_voxels
+    from nfldm.scene_ae.voxels import encode_voxels
 
     res = encode_voxels(args.scene_ae, args.data, args.out, device=args.device, progress=not args.quiet)
     print(f"wrote {res['scenes']} voxel grids to {res['out']} ({res['encoded']} encoded, "
@@ -143,7 +143,7 @@ def cmd_eval_latent_ae(args) -> int:
 
 
 def cmd_encode_latents(args) -> int:
-    from nfldm.latent_ae.train import encode_latents
+    from nfldm.latent_ae.latents import encode_latents
 
     res = encode_latents(args.run, args.voxels, args.out, device=args.device, progress=not args.quiet,
                          augment=args.augment)
@@ -193,7 +193,7 @@ def cmd_sample(args) -> int:
     if args.cond is not None:
         from pathlib import Path
 
-        from nfldm.latent_ae.data import read_safetensors
+        from nfldm.data.tensors import read_safetensors
 
         tensors, _ = read_safetensors(Path(args.cond))
         if "cond" not in tensors:

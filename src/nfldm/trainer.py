@@ -46,7 +46,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 import uuid
 import warnings
@@ -57,13 +56,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from nfldm.utils.io import atomic_write_bytes, atomic_write_json
+from nfldm.utils.io import atomic_write_bytes, atomic_write_json, read_tensors, write_tensors
 from nfldm.utils.plot import plot_metrics
 
 __all__ = [
@@ -390,43 +387,6 @@ class CheckpointError(ValueError):
     """A checkpoint / weights file is missing, corrupt or does not match the model."""
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write tensors as a safetensors file atomically (temp file + os.replace); copies to CPU,
-    unshares storage. Every safetensors file nfldm writes goes through here."""
-    cpu, seen = {}, set()
-    for k, t in tensors.items():
-        c = t.detach().to("cpu")
-        ptr = c.untyped_storage().data_ptr()
-        if ptr in seen and c.numel() > 0:
-            c = c.clone()
-        seen.add(c.untyped_storage().data_ptr())
-        cpu[k] = c.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_tensors(path: Path, error: type[Exception] = CheckpointError) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors (on CPU) and the metadata of a safetensors file; ``error`` naming the file
-    if it is missing or unreadable. Every safetensors file nfldm reads whole goes through here."""
-    if not path.is_file():
-        raise error(f"{path}: file is missing")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt headers / sizes
-        raise error(f"{path}: cannot read the file ({type(e).__name__}: {e}); it is corrupt or not a "
-                    "safetensors file") from e
-    return tensors, metadata
-
-
 def _load_module(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path,
                  what: str) -> None:
     """Load ``tensors[prefix + name]`` into ``module`` after checking keys and shapes."""
@@ -469,7 +429,7 @@ def _read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     mismatched files are never paired.
     """
     weights, state_path = run_dir / CKPT_WEIGHTS, run_dir / CKPT_STATE
-    tensors, meta = read_tensors(weights)
+    tensors, meta = read_tensors(weights, CheckpointError)
     if meta.get("format") != CKPT_FORMAT or "state" not in meta:
         raise CheckpointError(f"{weights}: not a trainer checkpoint (metadata format "
                               f"{meta.get('format')!r}, expected {CKPT_FORMAT!r})")
@@ -1055,7 +1015,7 @@ def load_model_weights(run_dir: str | os.PathLike, model: nn.Module, prefer_ema:
         step, ema = info.get("step"), bool(info.get("ema", False))
         newer_ckpt = ckpt_step is not None and step is not None and ckpt_step > step
         if (prefer_ema or not ema) and not newer_ckpt:
-            tensors, _ = read_tensors(final)
+            tensors, _ = read_tensors(final, CheckpointError)
             _load_module(model, tensors, "", final, "model")
             return {"path": str(final), "step": step, "ema": ema}
     if not _has_checkpoint(run_dir):

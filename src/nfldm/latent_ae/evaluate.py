@@ -25,9 +25,10 @@ from tqdm import tqdm
 from nfldm import metrics
 from nfldm.data.format import DataError
 from nfldm.data.loader import SceneDataset
-from nfldm.latent_ae.data import check_finite, load_voxels
+from nfldm.data.tensors import check_finite
 from nfldm.latent_ae.model import LatentAutoEncoder, codebook_usage
 from nfldm.metrics.lpips import lpips_distance
+from nfldm.scene_ae.voxels import load_voxels
 
 PSNR_COST_TARGET_DB = 1.5       # the LAE may cost at most this much PSNR on rendered views
 CODEBOOK_USE_TARGET = 0.5       # at least this fraction of each codebook in use

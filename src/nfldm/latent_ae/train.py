@@ -9,29 +9,23 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from nfldm import camera
 from nfldm.data.format import DataError
 from nfldm.latent_ae.config import check_latent_mode, preset, run_model_config
-from nfldm.latent_ae.data import (INDEX_FILE, VoxelDataset, check_finite, config_hash, dihedral_voxels, load_voxels,
-                                  peek_safetensors, read_safetensors, read_voxel_index, scene_file, weights_hash,
-                                  write_safetensors)
 from nfldm.latent_ae.evaluate import evaluate
 from nfldm.latent_ae.load import STAGE, load_latent_ae
 from nfldm.latent_ae.model import LatentAutoEncoder
+from nfldm.runs import weights_hash
 from nfldm.scene_ae.flythrough import grid_image, to_uint8, upscale
 from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
+from nfldm.scene_ae.voxels import INDEX_FILE, VoxelDataset, read_voxel_index
 from nfldm.trainer import Trainer, apply_overrides, read_run_config
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 
-LATENT_FORMAT = "nfldm-latents"
-LATENT_VERSION = 1
 FIXED_BY_VOXELS = ("grid", "channels")
 
 
@@ -144,130 +138,3 @@ def eval_latent_ae(run, voxels, scene_ae=None, split: str = "test", out=None, da
         if kept:
             atomic_save_png(Path(out).with_name(Path(out).stem + "_views.png"), _picture(kept))
     return res
-
-
-AUGMENTS = {1: [(0, False)], 4: [(k, False) for k in range(4)],
-            8: [(k, f) for f in (False, True) for k in range(4)]}
-
-
-def augmented_name(name: str, k: int, flip: bool) -> str:
-    """Name of a dihedral copy of a scene: the name itself for (0, False), else
-    ``<name>_d<k>`` (rotated k x 90 degrees) or ``<name>_d<k>m`` (mirrored, then rotated)."""
-    return name if (k, flip) == (0, False) else f"{name}_d{k}{'m' if flip else ''}"
-
-
-def _dihedral_scene(vox: dict, k: int, flip: bool, path: Path) -> dict:
-    """A voxel scene (load_voxels) turned by ``camera.dihedral_matrix(k, flip)``: V and the
-    poses together. DataError naming ``path`` when the box is not symmetric about the z axis
-    with equal x and y extents (the transform would not map it onto itself)."""
-    lo, hi = vox["bounds"][0], vox["bounds"][1]
-    X, Y = vox["V"].shape[1:3]
-    if not (torch.allclose(lo[:2], -hi[:2], atol=1e-4) and abs(float(hi[0] - hi[1])) < 1e-4 and X == Y):
-        raise DataError(f"{path}: cannot augment a scene whose box {vox['bounds'].tolist()} (grid "
-                        f"{X} x {Y}) is not centred on the z axis with equal x and y sides")
-    M = camera.dihedral_matrix(k, flip)
-    return {**vox, "V": dihedral_voxels(vox["V"], k, flip), "c2w": camera.transform_poses(vox["c2w"], M)}
-
-
-def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str | os.PathLike,
-                   device: str = "auto", progress: bool = True, augment: int = 1) -> dict:
-    """(g, c, f) of every scene of a voxel folder, for stage 3.
-
-    ``augment`` 4 or 8 also encodes every TRAIN scene turned by 90, 180 and 270 degrees about
-    the vertical axis (and, with 8, mirrored) as extra train scenes: the voxel grid and the
-    camera poses are transformed together (``dihedral_voxels``, ``camera.dihedral_matrix``),
-    which is exact for the symmetric, axis-aligned scene box, and encoded again (latents of
-    a turned grid are not a turned latent grid). Test scenes are never augmented.
-
-    Writes OUT/<scene>.safetensors with g (g_dim,), c (c_ch x X/d x Y/d x Zc) and f
-    (f_ch x X x Y) BEFORE quantisation (g = mu of the posterior), the camera trajectory
-    (c2w N x 4 x 4, intrinsics N x 4), bounds 2 x 3 and input_ids; and OUT/index.json with
-    the scenes and splits, the latent mode (``latents``: "gcf", "c" or "g"), the latent
-    shapes and per-channel mean / std of each latent over the train split. An ablation run
-    (``latents`` "c" or "g") writes only its latents. Resumable (files of the same latent-ae
-    run that read are skipped) and atomic. Returns {"out", "encoded", "skipped", "scenes"}.
-    """
-    if augment not in AUGMENTS:
-        raise ValueError(f"augment must be one of {sorted(AUGMENTS)}, got {augment}")
-    index, rc, lae = _open_run_on_voxels(run, voxels, device)
-    dev = next(lae.parameters()).device
-    lae_id = {"run": str(Path(run).resolve()), "config_hash": config_hash(rc["model"]),
-              "weights_hash": weights_hash(lae)}
-    shapes = {k: list(v) for k, v in lae.latent_shapes.items()}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    encoded = skipped = 0
-    scenes = []
-    jobs = [(s, rot, flip) for s in index["scenes"]
-            for rot, flip in (AUGMENTS[augment] if s["split"] == "train" else AUGMENTS[1])]
-    source = (None, None)   # (name, voxels) of the last scene read: its copies come in a row
-    for s, rot, flip in tqdm(jobs, desc="encoding latents", unit="scene", disable=not progress):
-        name = augmented_name(s["name"], rot, flip)
-        path = scene_file(out, name)
-        entry = {"name": name, "split": s["split"], "file": path.name, "num_frames": s.get("num_frames")}
-        if (rot, flip) != (0, False):
-            entry.update(source=s["name"], dihedral=[rot, flip])
-        scenes.append(entry)
-        if path.exists():
-            try:
-                meta, fshapes = peek_safetensors(path)
-            except DataError as e:
-                warnings.warn(f"{e}; encoding it again")
-                meta = None
-            if meta is not None:
-                if meta.get("format") != LATENT_FORMAT or meta.get("lae_weights_hash") != lae_id["weights_hash"]:
-                    raise DataError(f"{path}: made by another latent-ae run or weights; encode into a new folder")
-                if any(tuple(fshapes.get(k, ())) != tuple(v) for k, v in shapes.items()):
-                    raise DataError(f"{path}: latent shapes {fshapes} differ from {shapes}")
-                skipped += 1
-                continue
-        if source[0] != s["name"]:
-            source = (s["name"], load_voxels(voxels, s["name"], index))
-        vox = source[1]
-        if (rot, flip) != (0, False):
-            vox = _dihedral_scene(vox, rot, flip, scene_file(voxels, s["name"]))
-        with torch.no_grad():
-            enc = lae.encode(vox["V"][None].to(dev))
-        lat = {k: enc["g_mu" if k == "g" else k][0].cpu() for k in lae.latent_names}
-        check_finite(f"scene {name}", **lat)
-        write_safetensors(path, {**lat, "c2w": vox["c2w"], "intrinsics": vox["intrinsics"],
-                                 "bounds": vox["bounds"], "input_ids": vox["input_ids"]},
-                          {"format": LATENT_FORMAT, "version": LATENT_VERSION, "scene": name,
-                           "split": s["split"], "lae_config_hash": lae_id["config_hash"],
-                           "lae_weights_hash": lae_id["weights_hash"]})
-        encoded += 1
-    stats = latent_stats(out, [s["name"] for s in scenes if s["split"] == "train"], progress)
-    atomic_write_json(out / INDEX_FILE, {
-        "format": LATENT_FORMAT, "version": LATENT_VERSION, "latent_ae": lae_id,
-        "voxels": str(Path(voxels).resolve()), "data": index["data"], "scene_ae": _scene_ae_of(index),
-        "quantizer": lae.cfg.quantizer, "pre_quantisation": True, "latents": lae.cfg.latents, "shapes": shapes,
-        "augment": augment,
-        "scenes": scenes,
-        "stats": stats})
-    return {"out": str(out), "encoded": encoded, "skipped": skipped, "scenes": len(scenes)}
-
-
-def latent_stats(latdir: Path, names: list[str], progress: bool = True) -> dict:
-    """Per-channel mean and std of g (per dimension), c and f (per channel, over all
-    positions) over the given (train) scenes of a latent folder (those of g, c, f the files
-    hold)."""
-
-    if not names:
-        return {}
-    sums: dict[str, list] = {}
-    for name in tqdm(names, desc="latent statistics", unit="scene", disable=not progress):
-        t, _ = read_safetensors(scene_file(latdir, name))
-        for k in ("g", "c", "f"):
-            if k not in t:
-                continue
-            x = t[k].double()
-            x = x[:, None] if k == "g" else x.flatten(1)            # channels x positions
-            s = sums.setdefault(k, [0, torch.zeros(len(x), dtype=torch.float64), torch.zeros(len(x), dtype=torch.float64)])
-            s[0] += x.shape[1]
-            s[1] += x.sum(1)
-            s[2] += (x ** 2).sum(1)
-    out = {"split": "train", "num_scenes": len(names)}
-    for k, (n, s1, s2) in sums.items():
-        mean = s1 / n
-        out[k] = {"mean": mean.tolist(), "std": (s2 / n - mean ** 2).clamp(min=0).sqrt().tolist()}
-    return out

@@ -16,7 +16,6 @@ vertical axis folded into channels (``fold``: channel k * Zc + z), so psi_c is a
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -25,65 +24,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from nfldm.data.format import SPLITS, DataError
-from nfldm.latent_ae.config import LATENT_MODES
-from nfldm.latent_ae.data import read_safetensors, scene_file
+from nfldm.data.tensors import read_safetensors, scene_file
+from nfldm.latent_ae.latents import INDEX_FILE, load_latent_file, read_latent_index
 from nfldm.latent_ae.model import fold, unfold
 from nfldm.ldm.trajectory import encode_trajectory
 
-__all__ = ["LATENT_FORMAT", "LATENT_VERSION", "STD_FLOOR", "read_latent_index", "latent_mode", "mode_of_shapes",
-           "LatentStats", "LatentDataset", "render_setup", "load_latent_file", "unfold_c", "decode_items"]
+__all__ = ["STD_FLOOR", "LatentStats", "LatentDataset", "render_setup", "unfold_c", "decode_items",
+           "scene_source", "first_scenes"]
 
-LATENT_FORMAT = "nfldm-latents"
-LATENT_VERSION = 1
-INDEX_FILE = "index.json"
 STD_FLOOR = 1e-3     # a (near-)constant latent channel is divided by at most this
-
-
-def mode_of_shapes(shapes: dict) -> str:
-    """The latent mode ("gcf", "c" or "g") whose latents are the keys of ``shapes``;
-    ValueError for any other set."""
-    for mode in LATENT_MODES:
-        if set(shapes) == set(mode):
-            return mode
-    raise ValueError(f"latent shapes of {sorted(shapes)}: not one of the latent modes {LATENT_MODES}")
-
-
-def latent_mode(index: dict) -> str:
-    """The latent mode of a latent folder index (``index["latents"]``, "gcf" when absent)."""
-    return index.get("latents", "gcf")
-
-
-def read_latent_index(latdir: str | os.PathLike) -> dict:
-    """LATDIR/index.json (DataError naming the file if missing, corrupt or incomplete)."""
-    root = Path(latdir)
-    path = root / INDEX_FILE
-    if not root.is_dir():
-        raise DataError(f"{latdir}: latent folder does not exist (make it with nfldm encode-latents)")
-    if not path.is_file():
-        raise DataError(f"{path}: file is missing (nfldm encode-latents writes it when it has encoded "
-                        "every scene; run it again to finish the folder)")
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the latent folder index ({type(e).__name__}: {e})") from e
-    if not isinstance(index, dict) or index.get("format") != LATENT_FORMAT:
-        raise DataError(f"{path}: not a latent folder index (format "
-                        f"{index.get('format') if isinstance(index, dict) else None!r}, expected {LATENT_FORMAT!r})")
-    if index.get("version") != LATENT_VERSION:
-        raise DataError(f"{path}: latent folder version {index.get('version')!r}, this code reads {LATENT_VERSION}")
-    for key in ("scenes", "shapes", "stats", "latent_ae", "scene_ae"):
-        if key not in index:
-            raise DataError(f"{path}: key {key!r} is missing")
-    mode = latent_mode(index)
-    if mode not in LATENT_MODES:
-        raise DataError(f"{path}: latents {mode!r} is not one of {LATENT_MODES}")
-    if set(index["shapes"]) != set(mode):
-        raise DataError(f"{path}: the shapes are of {sorted(index['shapes'])}, but the folder's latents are "
-                        f"{mode!r}")
-    for key in mode:
-        if key not in index["stats"]:
-            raise DataError(f"{path}: no statistics of {key!r} (the folder has no train scene?)")
-    return index
 
 
 class LatentStats:
@@ -113,36 +62,6 @@ class LatentStats:
 
     def denormalise(self, key: str, x: Tensor) -> Tensor:
         return x * self._view(key, x, self.std) + self._view(key, x, self.mean)
-
-
-def load_latent_file(path: Path, shapes: dict) -> dict:
-    """All tensors of one latent file, checked; DataError naming the file if it is missing,
-    corrupt, has the wrong keys / shapes, or holds NaN / inf."""
-
-    t, meta = read_safetensors(path)
-    if meta.get("format") != LATENT_FORMAT:
-        raise DataError(f"{path}: not a latent file (metadata format {meta.get('format')!r}, expected "
-                        f"{LATENT_FORMAT!r})")
-    for key in (*shapes, "c2w", "intrinsics", "bounds"):
-        if key not in t:
-            raise DataError(f"{path}: tensor {key!r} is missing")
-    for key in shapes:
-        if tuple(t[key].shape) != tuple(shapes[key]):
-            raise DataError(f"{path}: {key} has shape {tuple(t[key].shape)}, the folder index says "
-                            f"{tuple(shapes[key])}")
-    n = t["c2w"].shape[0] if t["c2w"].dim() == 3 else 0
-    if n < 1 or tuple(t["c2w"].shape) != (n, 4, 4) or tuple(t["intrinsics"].shape) != (n, 4) \
-            or tuple(t["bounds"].shape) != (2, 3):
-        raise DataError(f"{path}: bad camera shapes (c2w {tuple(t['c2w'].shape)}, intrinsics "
-                        f"{tuple(t['intrinsics'].shape)}, bounds {tuple(t['bounds'].shape)})")
-    if "cond" in t and t["cond"].dim() != 2:
-        raise DataError(f"{path}: cond must be L x cond_dim, got {tuple(t['cond'].shape)}")
-    for key, v in t.items():
-        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise DataError(f"{path}: {key} holds NaN or infinite values")
-    if not bool((t["bounds"][1] > t["bounds"][0]).all()):
-        raise DataError(f"{path}: bounds {t['bounds'].tolist()} are empty")
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
 
 
 def scene_source(entry: dict) -> str:

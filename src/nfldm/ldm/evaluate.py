@@ -36,7 +36,7 @@ from torch import Tensor
 
 from nfldm.data.format import SPLITS, DataError, read_dataset, read_transforms
 from nfldm.data.loader import read_scene_raw
-from nfldm.latent_ae.data import read_safetensors
+from nfldm.data.tensors import read_safetensors
 from nfldm.ldm.trajectory import camera_coverage, encode_trajectory, fov_degrees
 from nfldm.metrics.fid import (EfficientNetLite0Features, InceptionFeatures, extract, feature_stats, file_sha1,
                                frechet_distance, kid)

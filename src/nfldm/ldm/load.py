@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from nfldm.data.format import DataError
+from nfldm.latent_ae.latents import mode_of_shapes
 from nfldm.ldm.config import LEVELS_OF_MODE, config_from_dict
-from nfldm.ldm.data import mode_of_shapes
 from nfldm.ldm.model import LevelDiffusion
 from nfldm.trainer import load_model_weights, read_run_config, resolve_device
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nfldm.latent_ae.latents import latent_mode, read_latent_index
 from nfldm.ldm.config import (FIXED_BY_LATENTS, LEVELS, LEVELS_OF_MODE, LDMConfig, config_from_dict, preset,
                               run_model_config)
-from nfldm.ldm.data import LatentDataset, latent_mode, read_latent_index, render_setup
+from nfldm.ldm.data import LatentDataset, render_setup
 from nfldm.ldm.load import STAGE
 from nfldm.ldm.model import LevelDiffusion
 from nfldm.ldm.trajectory import fov_degrees

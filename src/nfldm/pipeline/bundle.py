@@ -35,8 +35,8 @@ from nfldm.latent_ae.load import load_latent_ae
 from nfldm.ldm.load import load_ldm
 from nfldm.runs import weights_hash
 from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
-from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, read_run_config, write_tensors
-from nfldm.utils.io import atomic_write_bytes, atomic_write_json
+from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, read_run_config
+from nfldm.utils.io import atomic_write_bytes, atomic_write_json, write_tensors
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "nfldm-bundle"

@@ -38,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nfldm.data.format import DataError
-from nfldm.latent_ae.data import write_safetensors
+from nfldm.data.tensors import write_safetensors
 from nfldm.latent_ae.load import load_latent_ae
 from nfldm.ldm.data import LatentStats
 from nfldm.ldm.evaluate import top_down_opacity

@@ -12,8 +12,9 @@ import os
 import torch
 
 from nfldm.data.format import DataError
+from nfldm.latent_ae.latents import read_latent_index
 from nfldm.latent_ae.load import load_latent_ae
-from nfldm.ldm.data import LatentDataset, decode_items, read_latent_index
+from nfldm.ldm.data import LatentDataset, decode_items
 from nfldm.runs import weights_hash
 from nfldm.scene_ae import train as stage1
 from nfldm.scene_ae.load import makes_voxels_of

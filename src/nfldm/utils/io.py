@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> None:
@@ -105,3 +108,40 @@ def atomic_save_png(path: str | os.PathLike, array: np.ndarray, fsync: bool = Fa
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     atomic_write_bytes(path, data, fsync=fsync)
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write tensors as a safetensors file atomically (temp file + os.replace); copies to CPU,
+    unshares storage. Every safetensors file nfldm writes goes through here."""
+    cpu, seen = {}, set()
+    for k, t in tensors.items():
+        c = t.detach().to("cpu")
+        ptr = c.untyped_storage().data_ptr()
+        if ptr in seen and c.numel() > 0:
+            c = c.clone()
+        seen.add(c.untyped_storage().data_ptr())
+        cpu[k] = c.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(cpu, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_tensors(path: Path, error: type[Exception] = ValueError) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on CPU) and the metadata of a safetensors file; ``error`` naming the file
+    if it is missing or unreadable. Every safetensors file nfldm reads whole goes through here."""
+    if not path.is_file():
+        raise error(f"{path}: file is missing")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers / sizes
+        raise error(f"{path}: cannot read the file ({type(e).__name__}: {e}); it is corrupt or not a "
+                    "safetensors file") from e
+    return tensors, metadata

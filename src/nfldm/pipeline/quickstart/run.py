@@ -33,8 +33,8 @@ from pathlib import Path
 from nfldm.data.check import check_path
 from nfldm.data.format import DataError
 from nfldm.data.preview import contact_sheet
-from nfldm.latent_ae.data import encode_voxels
-from nfldm.latent_ae.train import encode_latents, eval_latent_ae, train_latent_ae
+from nfldm.latent_ae.latents import encode_latents
+from nfldm.latent_ae.train import eval_latent_ae, train_latent_ae
 from nfldm.ldm.evaluate import eval_generation
 from nfldm.ldm.train import train_ldm
 from nfldm.pipeline.bundle import export_bundle
@@ -43,6 +43,7 @@ from nfldm.pipeline.quickstart.card import card_metrics
 from nfldm.pipeline.quickstart.config import STAGES, TRAIN_STAGES, QuickstartConfig
 from nfldm.pipeline.quickstart.report import write_report
 from nfldm.scene_ae.train import eval_scene_ae, render_flythrough, train_scene_ae
+from nfldm.scene_ae.voxels import encode_voxels
 from nfldm.utils.io import atomic_write_json
 
 CONFIG_FILE = "quickstart.json"

@@ -1,4 +1,5 @@
-"""Stage-2 data: the voxel grids V of every scene, encoded once by the frozen stage-1 model.
+"""The voxel folder: the grids V of every scene, encoded once by a trained stage-1 model (its
+writer, reader and format; stage 2 trains on it).
 
 ``encode_voxels`` writes a voxel folder (VOXDIR)::
 
@@ -27,26 +28,23 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from nfldm.data.format import SPLITS, DataError, read_dataset
 from nfldm.data.loader import SceneDataset
-from nfldm.runs import config_hash, state_hash, weights_hash
+from nfldm.data.tensors import peek_safetensors, read_safetensors, scene_file, write_safetensors
+from nfldm.runs import config_hash, weights_hash
 from nfldm.scene_ae.config import config_dict
 from nfldm.scene_ae.evaluate import split_scene
 from nfldm.scene_ae.load import load_scene_ae
 from nfldm.scene_ae.model import scene_batch
 from nfldm.scene_ae.train import check_data
-from nfldm.trainer import read_tensors, write_tensors
 from nfldm.utils.io import atomic_write_json
 
 __all__ = [
-    "VOXEL_FORMAT", "SIGMA_SCALE", "OCCUPIED_SIGMA", "INDEX_FILE",
-    "config_hash", "weights_hash", "state_hash", "scene_file", "write_safetensors", "read_safetensors",
-    "peek_safetensors", "encode_voxels", "read_voxel_index", "voxel_stats", "load_voxels",
-    "VoxelDataset", "check_finite",
+    "VOXEL_FORMAT", "SIGMA_SCALE", "OCCUPIED_SIGMA", "INDEX_FILE", "encode_voxels", "read_voxel_index",
+    "voxel_stats", "load_voxels", "dihedral_voxels", "VoxelDataset",
 ]
 
 VOXEL_FORMAT = "nfldm-voxels"
@@ -55,39 +53,6 @@ INDEX_FILE = "index.json"
 SIGMA_SCALE = 0.1       # normalised density = log1p(sigma / SIGMA_SCALE), sigma per metre
 OCCUPIED_SIGMA = 0.5    # a voxel is "occupied" for the feature statistics if sigma > this
 
-
-# ----------------------------------------------------------------------------------------
-# Small helpers: safetensors files (the hashes live in nfldm.runs)
-
-
-def scene_file(root: str | os.PathLike, name: str) -> Path:
-    """``<root>/<name>.safetensors`` ('/' in a nested scene name becomes '__')."""
-    return Path(root) / (name.replace("/", "__") + ".safetensors")
-
-
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write tensors atomically (metadata values as strings)."""
-    write_tensors(Path(path), tensors, {k: str(v) for k, v in metadata.items()})
-
-
-def peek_safetensors(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
-    """Metadata and tensor shapes of a safetensors file without reading the tensors;
-    DataError naming the file if it is missing or unreadable."""
-    if not path.is_file():
-        raise DataError(f"{path}: file is missing")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise DataError(f"{path}: cannot read the file ({type(e).__name__}: {e}); it is corrupt "
-                        "or not a safetensors file") from e
-    return meta, shapes
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file; DataError naming the file if bad."""
-    return read_tensors(Path(path), DataError)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -319,10 +284,3 @@ class VoxelDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {**load_voxels(self.root, self.names[i], self.index), "name": self.names[i]}
-
-
-def check_finite(what: str, **tensors: torch.Tensor) -> None:
-    """RuntimeError naming ``what`` and the tensor if any value is NaN or infinite."""
-    for k, t in tensors.items():
-        if not bool(torch.isfinite(t).all()):
-            raise RuntimeError(f"{what}: {k} holds NaN or infinite values")
