@@ -545,7 +545,9 @@ class LatentAutoEncoder(nn.Module):
         return F.mse_loss(out.float(), ref.float())
 
     def losses(self, batch: dict) -> tuple[Tensor, dict]:
-        """Loss of one batch (batch["V"]: B x K x X x Y x Z, original units)."""
+        """Loss of one batch (batch["V"]: B x K x X x Y x Z, original units): paper Sec. 3.2, the
+        reconstruction of V (density and features, weighted per voxel), a small KL penalty on g,
+        KL = 0.5 mean(mu^2 + exp(logvar) - 1 - logvar), and the VQ commitment terms of c and f."""
         cfg = self.cfg
         V = batch["V"].float()
         out = self(V, sample=True)

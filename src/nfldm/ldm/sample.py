@@ -66,7 +66,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                    steps: int = 50, seed: int = 0, cond: Tensor | None = None, guidance: float = 1.0,
                    batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
-    coarser latents. Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
+    coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
+    coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
     ``c`` c_ch x X/d x Y/d x Zc, ``f``) latents and the trajectory vectors ``traj``, on the CPU.
     Sample i depends on (seed, batch_size, i). ``models`` holds the levels of an ablation run
     (g, c for coarse-only, whose g level has g_dim 0; g for global-only); the latents it lacks

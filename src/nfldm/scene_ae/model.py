@@ -218,7 +218,10 @@ class SceneAutoEncoder(nn.Module):
 
     def lift(self, images: Tensor, intr: Tensor, depth: Tensor | None = None,
              valid: Tensor | None = None) -> dict:
-        """Per-view frustums.
+        """Per-view frustums (paper Sec. 3.1, scene auto-encoder: a 2D CNN gives D densities and C
+        features per pixel; occupancy weights O(h,w,d) = exp(-sum_{j<d} sigma_j delta_j)
+        (1 - exp(-sigma_d delta_d)), the volume-rendering quadrature along the pixel's ray;
+        frustum entries [O phi, sigma]).
 
         images: N x 3 x H x W, intr: N x 4 (for H x W), depth/valid: N x H x W (used when
         cfg.input_depth)  ->  dict sigma N x D x h x w, phi N x C x h x w, O N x D x h x w,

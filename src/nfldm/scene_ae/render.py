@@ -122,7 +122,9 @@ def render_rays(V: Tensor, bounds: Tensor, origins: Tensor, dirs: Tensor, num_sa
 def render_views(V: Tensor, bounds: Tensor, intr: Tensor, c2w: Tensor, H: int, W: int,
                  num_samples: int, background: Tensor | None = None, jitter: bool = False,
                  chunk: int | None = None, num_coarse: int = 0) -> dict:
-    """Render whole views.
+    """Render whole views (paper Sec. 3.1: volume rendering of V, density and features
+    trilinearly interpolated at ray samples, C_hat = sum_i T_i (1 - exp(-sigma_i delta_i)) f_i,
+    T_i = exp(-sum_{j<i} sigma_j delta_j); the 2D decoder turns the feature map into RGB).
 
     V: B x (1 + C) x X x Y x Z, bounds: B x 2 x 3, intr: B x T x 4 (for an H x W image),
     c2w: B x T x 4 x 4  ->  dict with feature B x T x C x H x W, depth B x T x H x W,

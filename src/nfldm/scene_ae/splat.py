@@ -85,7 +85,8 @@ class _MeanFromSums(torch.autograd.Function):
 
 
 def splat_mean(points: Tensor, values: Tensor, bounds: Tensor, grid: tuple[int, int, int]) -> Tensor:
-    """Mean-pool entries into voxels.
+    """Mean-pool entries into voxels (paper Sec. 3.1: every voxel takes the MEAN of the frustum
+    entries of all views that fall in it).
 
     points: B x N x 3 world positions, values: B x N x K, bounds: B x 2 x 3 (or 2 x 3)
     ->  V: B x K x X x Y x Z, each voxel the mean of the values whose point falls in it
