@@ -219,3 +219,33 @@ def test_ablation_cli_chain(stage1, mode, capsys):
         assert V.shape == (9, 16, 16, 8) and torch.isfinite(V).all()
         assert {"g", "c", "f"} & set(f.keys()) == {mode}
         assert f.get_tensor("keyframes").shape == (8, 4, 4)
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_run_ablation_trains_samples_scores_and_resumes(stage1, tmp_path):
+    """nfldm.pipeline.ablation (experiments/ablations.py): every mode trained with the same budget,
+    then sampled and scored with Inception FID / KID; a second call resumes instead of retraining."""
+    from nfldm.pipeline.ablation import ablation_table, run_ablation
+
+    out = tmp_path / "abl"
+    kw = dict(lae_minutes=0.03, ldm_minutes=0.01, modes=("c", "g"), num=1, lae_preset="smoke", ldm_preset="smoke",
+              lae_overrides={}, ldm_overrides={}, device="cpu", eval_kwargs={"max_images": 16})
+    res = run_ablation(stage1["vox"], stage1["data"], out, train_only=True, **kw)
+    assert set(res) == {"c", "g"}
+    for mode, r in res.items():
+        assert r["lae_s"] > 0 and r["ldm_s"] > 0 and "generation" not in r
+        assert math.isfinite(r["lae_eval"]["psnr_cost_db"]) and math.isfinite(r["lae_eval"]["lpips_decoded_V"])
+        assert json.loads((out / mode / "lae" / "config.json").read_text())["model"]["latents"] == mode
+    assert (out / "c" / "ldm" / "c" / "config.json").exists() and not (out / "g" / "ldm" / "c").exists()
+
+    again = run_ablation(stage1["vox"], stage1["data"], out, **kw)     # resumes: only samples and scores
+    for mode in ("c", "g"):
+        assert again[mode]["lae_s"] == res[mode]["lae_s"] and again[mode]["ldm_s"] == res[mode]["ldm_s"]
+        inc = again[mode]["generation"]["inception"]
+        assert math.isfinite(inc["fid"]) and inc["feature_dim"] == 2048
+        assert "floor" in again[mode]["generation"]
+    assert json.loads((out / "results.json").read_text()) == again
+    table = ablation_table(again)
+    assert "coarse-only c" in table and "global-only g" in table and "floor" in table
+    with pytest.raises(ValueError, match="ablation modes"):
+        run_ablation(stage1["vox"], stage1["data"], out, modes=("x",))

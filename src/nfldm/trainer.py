@@ -60,7 +60,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from nfldm.utils.io import atomic_write_bytes, atomic_write_json, read_tensors, write_tensors
+from nfldm.utils.io import atomic_write_bytes, atomic_write_json, read_json, read_tensors, write_tensors
 from nfldm.utils.plot import plot_metrics
 
 __all__ = [
@@ -412,12 +412,7 @@ def _load_module(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: st
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from e
+    return read_json(path, what, CheckpointError, missing_ok=True, want=None)
 
 
 def _read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:

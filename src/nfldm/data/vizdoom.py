@@ -36,7 +36,7 @@ from nfldm import camera
 from nfldm.data.doom_map import MAP_UNITS_PER_METRE, DoomMap
 from nfldm.data.format import write_dataset_index, write_scene
 
-# depth buffer -> map units, fitted by benchmarks/vizdoom_depth.py on freedoom2 MAP01-08
+# depth buffer -> map units, fitted by experiments/vizdoom_depth.py on freedoom2 MAP01-08
 # (least squares on eye-level wall pixels within 15 m, outliers > 10 % removed).
 DEPTH_BUFFER_SCALE = 7.129  # map units per buffer step
 DEPTH_BUFFER_OFFSET = 9.10  # map units

@@ -177,7 +177,7 @@ def _levels(model: dict, train: dict, per_level: dict) -> LDMPreset:
 
 
 # psi_c predicts x0 in every preset: with v-prediction its samples drift off the data into
-# white noise at CPU-length training (benchmarks/sampling_drift.py; docs/ldm.md "psi_c drifts
+# white noise at CPU-length training (experiments/sampling_drift.py; docs/ldm.md "psi_c drifts
 # off the data while it samples"). psi_g and psi_f keep v-prediction (the LDMConfig default).
 C_PREDICTION = "sample"
 

@@ -20,7 +20,7 @@ camera path looks? A scene of the training data is the space its cameras saw (st
 the frames' frustums), so its top-down opacity correlates with where its cameras look. For each
 sample, :func:`path_agreement` is the Pearson correlation between the top-down opacity of V and
 the camera coverage of the sample's keyframes (channel 0 of
-:func:`nfldm.ldm.trajectory.camera_coverage`). ``benchmarks/ldm_levels.py`` prints the same number
+:func:`nfldm.ldm.trajectory.camera_coverage`). ``experiments/ldm_levels.py`` prints the same number
 for real latents with their own trajectory and with another scene's (docs/ldm.md).
 """
 
@@ -330,7 +330,7 @@ def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: 
             "mean": float(np.mean(agree)), "per_sample": agree,
             "note": "Pearson correlation between each sample's top-down opacity and where its own sampled "
                     "cameras look; real scenes score high with their own path and near 0 with another "
-                    "scene's (benchmarks/ldm_levels.py prints both)"}
+                    "scene's (experiments/ldm_levels.py prints both)"}
     if len(gen) < 2048 or len(real) < 2048:
         res["warning"] = (f"few images ({len(gen)} generated, {len(real)} real): FIDs are biased upwards for small "
                           "sets (KID is not); compare only numbers computed with the same counts, and with the floor")

@@ -34,7 +34,7 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     """One level's reverse process from pure noise: standardised latents of shape
     ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
     ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
-    step (benchmarks/sampling_drift.py). ``g_guidance``: classifier-free guidance on g
+    step (experiments/sampling_drift.py). ``g_guidance``: classifier-free guidance on g
     (:func:`~nfldm.ldm.model.guided_prediction`; only for a level trained with g_drop_prob)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")

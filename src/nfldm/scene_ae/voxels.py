@@ -22,7 +22,6 @@ atomically (temp file + rename); a re-run skips scenes whose file exists and rea
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -40,7 +39,7 @@ from nfldm.scene_ae.evaluate import split_scene
 from nfldm.scene_ae.load import load_scene_ae
 from nfldm.scene_ae.model import scene_batch
 from nfldm.scene_ae.train import check_data
-from nfldm.utils.io import atomic_write_json
+from nfldm.utils.io import atomic_write_json, read_json
 
 __all__ = [
     "VOXEL_FORMAT", "SIGMA_SCALE", "OCCUPIED_SIGMA", "INDEX_FILE", "encode_voxels", "read_voxel_index",
@@ -56,15 +55,7 @@ OCCUPIED_SIGMA = 0.5    # a voxel is "occupied" for the feature statistics if si
 
 
 def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: file is missing ({what})")
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from e
-    if not isinstance(d, dict):
-        raise DataError(f"{path}: {what} must be a JSON object")
-    return d
+    return read_json(path, what, DataError)
 
 
 # ----------------------------------------------------------------------------------------

@@ -145,3 +145,22 @@ def read_tensors(path: Path, error: type[Exception] = ValueError) -> tuple[dict[
         raise error(f"{path}: cannot read the file ({type(e).__name__}: {e}); it is corrupt or not a "
                     "safetensors file") from e
     return tensors, metadata
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[Exception] = ValueError,
+              missing_ok: bool = False, want: type | None = dict) -> Any:
+    """The JSON in ``path``; ``error`` with one line naming the file when it is missing, unreadable,
+    or not a ``want`` (None: any JSON value). ``missing_ok``: a missing file raises
+    FileNotFoundError instead (callers that treat "missing" apart from "corrupt")."""
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            raise FileNotFoundError(f"{path}: file is missing ({what})")
+        raise error(f"{path}: file is missing ({what})")
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise error(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from e
+    if want is not None and not isinstance(d, want):
+        raise error(f"{path}: {what} must be a JSON {'object' if want is dict else want.__name__}")
+    return d

@@ -23,7 +23,7 @@ from PIL import Image
 
 from nfldm.pipeline.quickstart.card import card_metrics
 from nfldm.pipeline.quickstart.config import STAGES, TRAIN_STAGES
-from nfldm.utils.io import atomic_write_bytes
+from nfldm.utils.io import atomic_write_bytes, read_json
 from nfldm.utils.plot import plot_metrics
 from nfldm.utils.video import write_video
 
@@ -81,9 +81,10 @@ def _link(out: Path, path: Path, text: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``, or {} when it is missing or unreadable (a page of what exists)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_json(path)
+    except (OSError, ValueError):
         return {}
 
 

@@ -1,9 +1,9 @@
 """Does a stage-2 decoder trained on perturbed latents turn sampled latents into cleaner scenes?
 
-    python benchmarks/robust_decoder.py --run LDM_RUN --data DATASET [--noise 0 0.5] [--minutes 5]
+    python experiments/robust_decoder.py --run LDM_RUN --data DATASET [--noise 0 0.5] [--minutes 5]
                                         [--num 16] [--out out/robust_decoder]
 
-``benchmarks/ldm_levels.py`` found that small errors of sampled latents in empty regions decode
+``experiments/ldm_levels.py`` found that small errors of sampled latents in empty regions decode
 to scattered density ("floaters"). This experiment fine-tunes ONLY the decoder of the ldm run's
 latent auto-encoder (encoders and codebooks frozen, so the latents and the trained diffusion
 levels stay valid) for ``--minutes`` per setting, with Gaussian noise of ``noise`` x the

@@ -1,6 +1,6 @@
 """Depth accuracy of the ViZDoom collector against exact ray-cast wall distances.
 
-    python benchmarks/vizdoom_depth.py [--maps 8] [--steps 40] [--resolution 64]
+    python experiments/vizdoom_depth.py [--maps 8] [--steps 40] [--resolution 64]
 
 Prints the refitted buffer calibration (compare with DEPTH_BUFFER_SCALE / _OFFSET in
 nfldm/data/vizdoom.py) and the median / 90th-percentile relative error on eye-level wall pixels

@@ -1,6 +1,6 @@
 """How much does each diffusion level denoise, noise level by noise level?
 
-    python benchmarks/denoise_by_t.py --run LDM_RUN [--num 16] [--t 20 100 200 400 600 800 950]
+    python experiments/denoise_by_t.py --run LDM_RUN [--num 16] [--t 20 100 200 400 600 800 950]
                                       [--seed 0] [--device auto] [--out FILE.png]
 
 For each level of the run (g, c, f) and for the train and test splits of the latent folder it

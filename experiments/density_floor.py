@@ -1,6 +1,6 @@
 """Does removing low density ("floaters") from sampled scenes change the generation metric?
 
-    python benchmarks/density_floor.py --samples SAMPLES --scene-ae RUN1 --data DATASET
+    python experiments/density_floor.py --samples SAMPLES --scene-ae RUN1 --data DATASET
                                        [--fractions 0.25 0.5 1 2] [--out out/density_floor]
 
 For every sample folder of an ``nfldm sample`` output: V (``V.safetensors``) with every

@@ -4,11 +4,11 @@ Reads each scene's BEV maps (``bev.npz``: floor and ceiling heights in metres re
 floor under the first camera) at the cameras' positions and prints, over the scenes, the
 distribution of the median ceiling height along each path, the floor height, and how much
 the ceiling changes along one path. Sampled scenes lose their ceiling but keep their floor
-(``benchmarks/ldm_levels.py``); this says how much less predictable the ceiling's height is.
+(``experiments/ldm_levels.py``); this says how much less predictable the ceiling's height is.
 
-    python benchmarks/ceiling_heights.py --data out/ds64 [--top 6]
+    python experiments/ceiling_heights.py --data out/ds64 [--top 6]
 
-With ``--levels JSON`` (``python benchmarks/ldm_levels.py --run RUN --json JSON``) it also
+With ``--levels JSON`` (``python experiments/ldm_levels.py --run RUN --json JSON``) it also
 prints, for groups of test scenes by ceiling height, the occupied fraction near the cameras
 within 0.5 m of the scene's ceiling (and of its floor) for each row of ldm_levels (stage-1 V,
 the scene's own latents, f resampled, c and f resampled given the real g): is the ceiling lost
@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="dataset folder (nfldm data vizdoom)")
     ap.add_argument("--top", type=float, default=None, help="top of the scene box (m): count ceilings above it")
-    ap.add_argument("--levels", default=None, help="per-scene JSON of benchmarks/ldm_levels.py --json")
+    ap.add_argument("--levels", default=None, help="per-scene JSON of experiments/ldm_levels.py --json")
     args = ap.parse_args()
     scenes = sorted(p for p in Path(args.data).glob("*/") if (p / "bev.npz").is_file())
     if not scenes:

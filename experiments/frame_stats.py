@@ -1,8 +1,8 @@
 """Brightness, contrast and detail of frames at each stage: where do generated views lose them?
 
-    python benchmarks/frame_stats.py --run LDM_RUN [--samples DIR ...] [--split test] [--num 16]
+    python experiments/frame_stats.py --run LDM_RUN [--samples DIR ...] [--split test] [--num 16]
                                      [--device auto]
-    python benchmarks/frame_stats.py --voxels VOXDIR [--split test] [--num 16]    # stage 1 only
+    python experiments/frame_stats.py --voxels VOXDIR [--split test] [--num 16]    # stage 1 only
     ... [--renderer RUN ...] [--fd]
 
 For the first ``--num`` scenes of ``--split`` of the latent folder the ldm run was trained on,

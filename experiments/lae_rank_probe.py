@@ -16,9 +16,9 @@ of the test split rendered from V and from the coded V; cost = the PSNR differen
   with a linear decoder and with the LAE's ``out_head="mlp"`` decoder (a per-voxel MLP on 8
   features per height, plus the linear map), trained ``--minutes`` each on random columns.
 
-    python benchmarks/lae_rank_probe.py --voxels out/qs/voxels --ranks 16 32 64 128 256 512
-    python benchmarks/lae_rank_probe.py --voxels out/qs/voxels --ranks 64 --keep none density features colour
-    python benchmarks/lae_rank_probe.py --voxels out/qs/voxels --learned 8 16 64 --minutes 2
+    python experiments/lae_rank_probe.py --voxels out/qs/voxels --ranks 16 32 64 128 256 512
+    python experiments/lae_rank_probe.py --voxels out/qs/voxels --ranks 64 --keep none density features colour
+    python experiments/lae_rank_probe.py --voxels out/qs/voxels --learned 8 16 64 --minutes 2
 """
 
 import argparse

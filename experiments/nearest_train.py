@@ -1,6 +1,6 @@
 """Are the samples new scenes or copies of train scenes? Nearest train scene of each sample.
 
-    python benchmarks/nearest_train.py --samples DIR --run LDM_RUN [--num-test 16] [--device auto]
+    python experiments/nearest_train.py --samples DIR --run LDM_RUN [--num-test 16] [--device auto]
 
 For every sample of DIR (``nfldm sample``), for the test scenes and for the train scenes
 themselves, the nearest train scene of the latent folder RUN was trained on (only the first K

@@ -1,7 +1,7 @@
 """Multi-view consistency of collected ViZDoom scenes: frame i's depth reprojected into frame j
 (|i - j| <= 3) against frame j's depth, over every scene of a fresh collection.
 
-    python benchmarks/vizdoom_consistency.py [--scenes 8] [--frames 24] [--resolution 64]
+    python experiments/vizdoom_consistency.py [--scenes 8] [--frames 24] [--resolution 64]
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Which diffusion level spoils the samples? Resample one level at a time on real scenes.
 
-    python benchmarks/ldm_levels.py --run LDM_RUN [--split test] [--num 16] [--sampler dpm --steps 20]
+    python experiments/ldm_levels.py --run LDM_RUN [--split test] [--num 16] [--sampler dpm --steps 20]
                                     [--views 8] [--seed 0] [--device auto] [--out FILE.png]
                                     [--views-out VIEWS.png] [--renderer FINE_TUNED_RUN]
 

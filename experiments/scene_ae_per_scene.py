@@ -1,6 +1,6 @@
 """Stage 1 per scene: held-out-view PSNR of the model next to the nearest-frame baseline.
 
-    python benchmarks/scene_ae_per_scene.py --run RUN --data DATASET [--split test] [--device cpu]
+    python experiments/scene_ae_per_scene.py --run RUN --data DATASET [--split test] [--device cpu]
 
 The protocol of ``nfldm eval scene-ae`` (8 evenly spaced inputs, the other frames held out),
 one row per scene: how far the camera moves (horizontal span of its positions, metres), how

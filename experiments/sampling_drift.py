@@ -1,6 +1,6 @@
 """Does a diffusion level stay on the data while it samples? (exposure bias)
 
-    python benchmarks/sampling_drift.py --run LDM_RUN [--level c] [--num 6] [--sampler ddim]
+    python experiments/sampling_drift.py --run LDM_RUN [--level c] [--num 6] [--sampler ddim]
                                         [--steps 25] [--seed 0] [--device auto]
 
 For test scenes of the latent folder the run was trained on, the level (EMA weights,

@@ -1,6 +1,6 @@
 """Does the latent auto-encoder reconstruct turned and mirrored scenes as well as the originals?
 
-    python benchmarks/lae_dihedral.py --lae runs/lae_tiny_4k --voxels out/vox64 [--num 8] [--views 6]
+    python experiments/lae_dihedral.py --lae runs/lae_tiny_4k --voxels out/vox64 [--num 8] [--views 6]
 
 For ``--num`` test scenes of the voxel folder and each of (k, flip) in (0, no), (1, no),
 (2, no), (3, no), (1, yes): turn the stage-1 voxel grid and its cameras together
