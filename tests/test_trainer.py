@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_worker import ToyDataset, ToyModel, ddp_config, run_one_step
 from safetensors.torch import load_file
 
-from ddp_worker import ToyDataset, ToyModel, ddp_config, run_one_step
-from nfldm.trainer import (CheckpointError, GlobalBatchSampler, TrainConfig, Trainer,
-                           load_model_weights, lr_at, read_run_config)
+from nfldm.trainer import (CheckpointError, GlobalBatchSampler, TrainConfig, Trainer, load_model_weights, lr_at,
+                           read_run_config)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -261,7 +261,7 @@ def test_lr_schedule():
 def test_set_switches_take_words_and_refuse_other_values():
     from dataclasses import dataclass
 
-    from nfldm.trainer import apply_overrides
+    from nfldm.config import apply_overrides
 
     @dataclass
     class M:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from dataclasses import fields, replace
 
+from nfldm.config import with_overrides
+
 
 def _add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One ``--flag`` per dataclass field (default None = take the preset's value)."""
@@ -29,7 +31,8 @@ def _config_from_args(args, cls, preset):
 def cmd_data_vizdoom(args) -> int:
     from nfldm.data.vizdoom import PRESETS, VizdoomConfig, collect_dataset
 
-    cfg = _config_from_args(args, VizdoomConfig, PRESETS[args.preset])
+    cfg = with_overrides(_config_from_args(args, VizdoomConfig, PRESETS[args.preset]), _parse_sets(args.set),
+                         "data vizdoom")
     summary = collect_dataset(cfg, args.out, progress=not args.quiet)
     print(f"wrote {summary['scenes']} scenes to {summary['out']}")
     return 0
@@ -177,39 +180,26 @@ def cmd_quickstart(args) -> int:
         over["budget_minutes"] = args.budget_minutes
     if args.scenes is not None:
         over["scenes"] = args.scenes
-    cfg = preset(name, **over)
+    cfg = with_overrides(preset(name, **over), _parse_sets(args.set), "quickstart")
     out = args.out or ("quickstart_smoke" if args.smoke else "quickstart")
     command = "nfldm quickstart" + (f" --out {args.out}" if args.out else "") + (" --smoke" if args.smoke else "") + \
         (f" --budget-minutes {args.budget_minutes:g}" if args.budget_minutes is not None else "") + \
-        (f" --scenes {args.scenes}" if args.scenes is not None else "")
+        (f" --scenes {args.scenes}" if args.scenes is not None else "") + \
+        "".join(f" --set {x}" for x in args.set or [])
     quickstart(out, cfg, name, device=args.device, progress=not args.quiet, command=command)
     return 0
 
 
 def cmd_sample(args) -> int:
-    from nfldm.pipeline.generate import sample
+    from nfldm.pipeline.generate import read_condition, sample
 
-    cond = None
-    if args.cond is not None:
-        from pathlib import Path
-
-        from nfldm.data.tensors import read_safetensors
-
-        tensors, _ = read_safetensors(Path(args.cond))
-        if "cond" not in tensors:
-            raise ValueError(f"{args.cond}: no tensor named 'cond' (L x cond_dim or N x L x cond_dim)")
-        cond = tensors["cond"].float()
-    run = args.run
-    if run is None:
-        from nfldm.pipeline.bundle import bundled_model
-
-        run = bundled_model()
-        if not args.quiet:
-            print(f"no --run given: sampling from the bundled pretrained model {run}")
-    res = sample(run, num=args.num, sampler=args.sampler, steps=args.steps, seed=args.seed, out=args.out,
-                 cond=cond, guidance=args.guidance, device=args.device, progress=not args.quiet,
-                 num_frames=args.frames, fps=args.fps, mesh_level=args.mesh_level, batch_size=args.batch_size,
-                 g_guidance=args.g_guidance, renderer=args.renderer)
+    if args.run is None and not args.quiet:
+        print("no --run given: sampling from the bundled pretrained model")
+    res = sample(args.run, num=args.num, sampler=args.sampler, steps=args.steps, seed=args.seed, out=args.out,
+                 cond=None if args.cond is None else read_condition(args.cond), guidance=args.guidance,
+                 device=args.device, progress=not args.quiet, num_frames=args.frames, fps=args.fps,
+                 mesh_level=args.mesh_level, batch_size=args.batch_size, g_guidance=args.g_guidance,
+                 renderer=args.renderer)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -265,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset folder to write (created)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="named preset (default: tiny)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any collector option (the same as its flag below; repeatable)")
     _add_config_args(p, VizdoomConfig)
     p.set_defaults(func=cmd_data_vizdoom)
 
@@ -496,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget of the whole run (default 60; --smoke: 3)")
     p.add_argument("--scenes", type=int, default=None, help="scenes to collect (default 160; --smoke: 5)")
     p.add_argument("--smoke", action="store_true", help="every stage at toy size, about 3 minutes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any quickstart option (nfldm.pipeline.quickstart.config.QuickstartConfig; repeatable)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)

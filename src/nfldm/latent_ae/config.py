@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict, dict_without_added
+from nfldm.config import copy_preset, dataclass_from_dict, dict_without_added
+from nfldm.trainer import TrainConfig
 
 # which latents the auto-encoder has (the paper's stage-3 ablations, docs/ldm.md "Ablations"):
 # "gcf" the full hierarchy (g, c, f); "c" the coarse 3D latent only; "g" the global vector only

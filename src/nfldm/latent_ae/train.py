@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nfldm.config import apply_overrides
 from nfldm.data.format import DataError
 from nfldm.latent_ae.config import check_latent_mode, preset, run_model_config
 from nfldm.latent_ae.evaluate import evaluate
@@ -23,7 +24,7 @@ from nfldm.runs import weights_hash
 from nfldm.scene_ae.flythrough import grid_image, to_uint8, upscale
 from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
 from nfldm.scene_ae.voxels import INDEX_FILE, VoxelDataset, read_voxel_index
-from nfldm.trainer import Trainer, apply_overrides, read_run_config
+from nfldm.trainer import Trainer, read_run_config
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 
 FIXED_BY_VOXELS = ("grid", "channels")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from nfldm.config import copy_preset, dataclass_from_dict, dict_without_added
 from nfldm.ldm.trajectory import COVERAGE_CHANNELS
-from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict, dict_without_added
+from nfldm.trainer import TrainConfig
 
 LEVELS = ("g", "c", "f")
 FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape", "traj_map_hfov", "traj_map_aspect")

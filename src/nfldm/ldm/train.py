@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nfldm.config import apply_overrides
 from nfldm.latent_ae.latents import latent_mode, read_latent_index
 from nfldm.ldm.config import (FIXED_BY_LATENTS, LEVELS, LEVELS_OF_MODE, LDMConfig, config_from_dict, preset,
                               run_model_config)
@@ -28,7 +29,7 @@ from nfldm.ldm.data import LatentDataset, render_setup
 from nfldm.ldm.load import STAGE
 from nfldm.ldm.model import LevelDiffusion
 from nfldm.ldm.trajectory import fov_degrees
-from nfldm.trainer import Trainer, apply_overrides, init_distributed, resolve_device
+from nfldm.trainer import Trainer, init_distributed, resolve_device
 
 __all__ = ["train_ldm", "level_configs", "with_camera_setup"]
 

@@ -38,14 +38,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nfldm.data.format import DataError
-from nfldm.data.tensors import write_safetensors
+from nfldm.data.tensors import read_safetensors, write_safetensors
 from nfldm.latent_ae.load import load_latent_ae
 from nfldm.ldm.data import LatentStats
 from nfldm.ldm.evaluate import top_down_opacity
 from nfldm.ldm.load import load_ldm
 from nfldm.ldm.sample import render_path, sample_latents
 from nfldm.ldm.trajectory import fov_degrees
-from nfldm.pipeline.bundle import bundle_renderer
+from nfldm.pipeline.bundle import bundle_renderer, bundled_model
 from nfldm.runs import weights_hash
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, to_uint8, upscale
 from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
@@ -53,7 +53,7 @@ from nfldm.scene_ae.render import sample_grid
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json
 from nfldm.utils.video import write_video
 
-__all__ = ["sample", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT"]
+__all__ = ["sample", "read_condition", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT"]
 
 SAMPLE_FORMAT = "nfldm-sample"
 SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
@@ -198,13 +198,22 @@ def _render_path(sae, V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, chu
     return torch.cat(rgbs), torch.cat(depths)
 
 
-def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+def read_condition(path: str | os.PathLike) -> Tensor:
+    """Condition tokens from a safetensors file's tensor ``cond`` (L x cond_dim, or N x L x cond_dim
+    per sample), as float; DataError naming the file if it is unreadable or has no ``cond``."""
+    tensors, _ = read_safetensors(Path(path))
+    if "cond" not in tensors:
+        raise DataError(f"{path}: no tensor named 'cond' (L x cond_dim or N x L x cond_dim)")
+    return tensors["cond"].float()
+
+
+def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0,
            out: str | os.PathLike | None = None, cond: Tensor | None = None, guidance: float = 1.0,
            device: str = "auto", progress: bool = True, num_frames: int = 48, fps: int = 12,
            mesh_level: float | None = None, batch_size: int = 8, sheet_frames: int = 6,
            g_guidance: float = 1.0, renderer: str | os.PathLike | None = None) -> dict:
-    """Generate ``num`` scenes with the ldm run ``run`` and write them to ``out`` (layout in the
-    module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
+    """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
+    write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
     num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
     on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"). Returns the summary
@@ -212,6 +221,8 @@ def sample(run: str | os.PathLike, num: int = 4, sampler: str = "ddim", steps: i
 
     if out is None:
         raise ValueError("sample needs an output folder (out)")
+    if run is None:
+        run = bundled_model()
     if num < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
                          f"batch_size={batch_size})")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from nfldm.trainer import TrainConfig, copy_preset, dataclass_from_dict, dict_without_added
+from nfldm.config import copy_preset, dataclass_from_dict, dict_without_added
+from nfldm.trainer import TrainConfig
 
 
 @dataclass

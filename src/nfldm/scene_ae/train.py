@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nfldm.config import apply_overrides
 from nfldm.data.format import DataError
 from nfldm.data.loader import SceneDataset
 from nfldm.runs import config_hash, weights_hash
@@ -17,7 +18,7 @@ from nfldm.scene_ae.evaluate import evaluate, split_scene
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, novel_path, to_uint8, upscale
 from nfldm.scene_ae.load import STAGE, encoder_hash, load_scene_ae
 from nfldm.scene_ae.model import SceneAutoEncoder, scene_batch, take_views
-from nfldm.trainer import Trainer, apply_overrides
+from nfldm.trainer import Trainer
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 from nfldm.utils.video import write_video
 

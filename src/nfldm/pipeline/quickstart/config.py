@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from nfldm.trainer import dataclass_from_dict
+from nfldm.config import dataclass_from_dict
 
 #: stages in the order they run; (name, what it does)
 STAGES: tuple[tuple[str, str], ...] = (
