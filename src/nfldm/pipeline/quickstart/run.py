@@ -113,7 +113,19 @@ def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
 
 def fixed_estimate_s(cfg: QuickstartConfig) -> float:
     """Estimated seconds of all the non-training stages together."""
+    return _shared_estimate_s(cfg) + cfg.inception_seconds
+
+
+def _shared_estimate_s(cfg: QuickstartConfig) -> float:
+    """The part of :func:`fixed_estimate_s` shared among the non-training stages by FIXED_WEIGHTS
+    (the Inception features are reserved for eval_generation alone)."""
     return cfg.fixed_seconds + cfg.seconds_per_scene * cfg.scenes
+
+
+def _fixed_left_s(cfg: QuickstartConfig, done: dict) -> float:
+    """Estimated seconds of the non-training stages not done yet."""
+    left = _shared_estimate_s(cfg) * sum(w for k, w in FIXED_WEIGHTS.items() if k not in done)
+    return left + (cfg.inception_seconds if "eval_generation" not in done else 0.0)
 
 
 def train_minutes(cfg: QuickstartConfig, stage: str, state: dict) -> float:
@@ -121,7 +133,7 @@ def train_minutes(cfg: QuickstartConfig, stage: str, state: dict) -> float:
     and the estimate of the remaining non-training stages, shared among the remaining trainings."""
     done = state["stages"]
     spent = sum(s["seconds"] for s in done.values())
-    fixed_left = fixed_estimate_s(cfg) * sum(w for k, w in FIXED_WEIGHTS.items() if k not in done)
+    fixed_left = _fixed_left_s(cfg, done)
     shares = dict(zip(TRAIN_STAGES, cfg.train_shares))
     left = [k for k in TRAIN_STAGES if k not in done]
     minutes = (cfg.budget_minutes * 60.0 - spent - fixed_left) / 60.0 * shares[stage] / sum(shares[k] for k in left)
@@ -139,7 +151,8 @@ def plan(cfg: QuickstartConfig) -> list[tuple[str, str, float]]:
         if name in TRAIN_STAGES:
             rows.append((name, what, train_total * shares[name] / total_share))
         else:
-            rows.append((name, what, fixed * FIXED_WEIGHTS[name] / 60.0))
+            extra = cfg.inception_seconds if name == "eval_generation" else 0.0
+            rows.append((name, what, (_shared_estimate_s(cfg) * FIXED_WEIGHTS[name] + extra) / 60.0))
     return rows
 
 
