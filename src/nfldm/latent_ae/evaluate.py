@@ -37,7 +37,6 @@ CODEBOOK_USE_TARGET = 0.5       # at least this fraction of each codebook in use
 def _gt_dataset(data_root: str | os.PathLike, split: str, names: list[str]):
     """The stage-1 dataset of ``split`` and {scene name: item index}; DataError if a scene
     of the voxel folder is not in it."""
-
     ds = SceneDataset(data_root, split, cache=True)
     where = {e.name: i for i, e in enumerate(ds.entries)}
     missing = [n for n in names if n not in where]

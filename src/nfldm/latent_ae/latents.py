@@ -90,7 +90,6 @@ def read_latent_index(latdir: str | os.PathLike) -> dict:
 def load_latent_file(path: Path, shapes: dict) -> dict:
     """All tensors of one latent file, checked; DataError naming the file if it is missing,
     corrupt, has the wrong keys / shapes, or holds NaN / inf."""
-
     t, meta = read_safetensors(path)
     if meta.get("format") != LATENT_FORMAT:
         raise DataError(f"{path}: not a latent file (metadata format {meta.get('format')!r}, expected "
@@ -222,7 +221,6 @@ def latent_stats(latdir: Path, names: list[str], progress: bool = True) -> dict:
     """Per-channel mean and std of g (per dimension), c and f (per channel, over all
     positions) over the given (train) scenes of a latent folder (those of g, c, f the files
     hold)."""
-
     if not names:
         return {}
     sums: dict[str, list] = {}

@@ -93,7 +93,6 @@ def train_latent_ae(voxels: str | os.PathLike, out: str | os.PathLike, preset_na
 
 def _picture(kept: list, num: int = 6) -> np.ndarray:
     """Rows per scene: ground truth, rendered from the original V, rendered from the decoded V."""
-
     rows = []
     for k in kept:
         sel = torch.from_numpy(np.round(np.linspace(0, len(k["gt"]) - 1, min(num, len(k["gt"])))).astype(int))
@@ -122,7 +121,6 @@ def eval_latent_ae(run, voxels, scene_ae=None, split: str = "test", out=None, da
     images (default: the one recorded in the voxel folder). Writes ``out`` (JSON) and
     ``<out stem>_views.png`` (rows per scene: ground truth, from original V, from decoded V).
     """
-
     index, _, lae = _open_run_on_voxels(run, voxels, device)
     dev = next(lae.parameters()).device
     sae_run = scene_ae or index["scene_ae"]["run"]

@@ -161,7 +161,6 @@ def render_setup(latdir: str | os.PathLike, index: dict) -> dict:
     """Bounds and intrinsics for rendering generated scenes, from the train split: the scenes'
     common box (the mean box, with ``bounds_vary`` True, if they differ) and the first frame's
     intrinsics of the first train scene."""
-
     names = [s["name"] for s in index["scenes"] if s["split"] == "train"]
     if not names:
         raise DataError(f"{Path(latdir) / INDEX_FILE}: no train scene")

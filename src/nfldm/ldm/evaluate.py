@@ -26,6 +26,7 @@ for real latents with their own trajectory and with another scene's (docs/ldm.md
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -38,8 +39,8 @@ from nfldm.data.format import SPLITS, DataError, read_dataset, read_transforms
 from nfldm.data.loader import read_scene_raw
 from nfldm.data.tensors import read_safetensors
 from nfldm.ldm.trajectory import camera_coverage, encode_trajectory, fov_degrees
-from nfldm.metrics.fid import (EfficientNetLite0Features, InceptionFeatures, extract, feature_stats, file_sha1,
-                               frechet_distance, kid)
+from nfldm.metrics.fid import (EfficientNetLite0Features, InceptionFeatures, extract, feature_stats, fid_from_features,
+                               file_sha1, frechet_distance, kid)
 from nfldm.metrics.wheels import INCEPTION_WHEEL, INSTALL_HINT, wheel_file
 from nfldm.trainer import resolve_device
 from nfldm.utils.io import atomic_write_json
@@ -70,7 +71,6 @@ def path_agreement(bev: Tensor, keyframes: Tensor, bounds: Tensor, hfov_deg: flo
     the cameras ``keyframes`` (T x 4 x 4 camera-to-world, or a 9 T trajectory vector) look: the
     fraction of them whose horizontal field of view ``hfov_deg`` holds each column. 0 for a
     constant map."""
-
     bounds, traj, bev = bounds.double().cpu(), keyframes.double().cpu(), bev.double().cpu()
     if traj.dim() == 3:
         traj = encode_trajectory(traj, bounds, len(traj))
@@ -85,7 +85,6 @@ def path_agreement(bev: Tensor, keyframes: Tensor, bounds: Tensor, hfov_deg: flo
 def sample_path_agreement(sample_file: str | os.PathLike) -> float:
     """:func:`path_agreement` of one ``nfldm sample`` output (``sample_NNNN/V.safetensors``: V,
     keyframes, bounds, intrinsics fx fy cx cy)."""
-
     t, _ = read_safetensors(Path(sample_file))
     for key in ("V", "keyframes", "bounds", "intrinsics"):
         if key not in t:
@@ -122,7 +121,6 @@ def generated_images(samples: str | os.PathLike, max_images: int | None = None) 
 def real_images(data: str | os.PathLike, split: str = "test", max_images: int | None = None) -> np.ndarray:
     """All frames of the scenes of one split of a dataset as uint8 N x H x W x 3 (evenly
     subsampled to ``max_images``)."""
-
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     index = read_dataset(data)
@@ -175,8 +173,6 @@ def cache_dir() -> Path | None:
 
 def _dataset_fingerprint(data: str | os.PathLike, split: str) -> str:
     """Changes when the dataset index or any frame file list of the split changes."""
-    import hashlib
-
 
     index = read_dataset(data)
     h = hashlib.sha1(str(Path(index.source).resolve()).encode())
@@ -194,8 +190,6 @@ def cached_features(key: str, net_id: str, data: str | os.PathLike, split: str, 
                     view_size: int | None, compute) -> np.ndarray:
     """Features of a real split, from the on-disk cache when the dataset, split, counts, view size
     and network (``net_id``: a weights hash) are the same; else ``compute()`` and store them."""
-    import hashlib
-
     root = cache_dir()
     if root is None:
         return compute()
@@ -221,7 +215,6 @@ def cached_features(key: str, net_id: str, data: str | os.PathLike, split: str, 
 def default_floor_split(data: str | os.PathLike, split: str) -> str | None:
     """The split whose real views give the floor: val, else train, else test, never ``split``
     itself; None when no other split has scenes."""
-
     index = read_dataset(data)
     for s in ("val", "train", "test"):
         if s != split and index.split(s):
@@ -229,9 +222,10 @@ def default_floor_split(data: str | os.PathLike, split: str) -> str | None:
     return None
 
 
-def _scores(fa: np.ndarray, fb: np.ndarray, kid_subsets: int, kid_subset_size: int) -> dict:
+def _scores(fa: np.ndarray, fb: np.ndarray, kid_subsets: int, kid_subset_size: int, name: str = "fid") -> dict:
+    """Frechet distance (under the key ``name``) and KID mean / std between two feature sets."""
     km, ks = kid(fa, fb, kid_subsets, kid_subset_size)
-    return {"fid": frechet_distance(*feature_stats(fa), *feature_stats(fb)), "kid": km, "kid_std": ks}
+    return {name: fid_from_features(fa, fb), "kid": km, "kid_std": ks}
 
 
 def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: str = "test",
@@ -251,7 +245,6 @@ def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: 
     EfficientNet-Lite0 network (tests); ``efficientnet=False`` leaves it out. Returns the
     metrics dict (keys ``inception``, ``efficientnet_lite0``, ``floor``, ``protocol``, counts) and
     writes ``out`` (JSON) when given."""
-
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     dev = resolve_device(device)
@@ -291,16 +284,19 @@ def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: 
                         "note": f"real views of split '{floor_split}' scored against the same real views of "
                                 f"split '{split}': the best a generator can expect at these counts"}
     for key, net, net_id in nets:
-        def real_feats(which=split, imgs=real):
-            return extract(net, imgs, dev, progress=progress, desc=f"{key} real {which}")
-        if net_id == "proxy":
-            fr = real_feats()
-        else:
-            fr = cached_features(key, net_id, data, split, max_images, view_size, real_feats)
-        fg = extract(net, gen, dev, progress=progress, desc=f"{key} generated")
-        sc = _scores(fg, fr, kid_subsets, kid_subset_size)
-        entry = {"fid" if key == "inception" else "frechet_distance": sc["fid"], "kid": sc["kid"],
-                 "kid_std": sc["kid_std"], "feature_dim": int(fg.shape[1])}
+        def features(imgs: np.ndarray, what: str) -> np.ndarray:
+            return extract(net, imgs, dev, progress=progress, desc=f"{key} {what}")
+
+        def real_features(which: str, imgs: np.ndarray) -> np.ndarray:
+            if net_id == "proxy":       # a stand-in network (tests): no weights to key a cache by
+                return features(imgs, f"real {which}")
+            return cached_features(key, net_id, data, which, max_images, view_size,
+                                   lambda: features(imgs, f"real {which}"))
+
+        name = "fid" if key == "inception" else "frechet_distance"
+        fr = real_features(split, real)
+        fg = features(gen, "generated")
+        entry = {**_scores(fg, fr, kid_subsets, kid_subset_size, name), "feature_dim": int(fg.shape[1])}
         if key == "inception":
             entry["weights"], entry["weights_sha1"] = str(net.path), net_id
             entry["note"] = "standard FID (Inception-v3 pool3, TF FID network) and KID"
@@ -308,14 +304,8 @@ def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: 
             entry["note"] = NOT_COMPARABLE
         res[key] = entry
         if floor_real is not None:
-            if net_id == "proxy":
-                fo = real_feats(floor_split, floor_real)
-            else:
-                fo = cached_features(key, net_id, data, floor_split, max_images, view_size,
-                                     lambda: real_feats(floor_split, floor_real))
-            f = _scores(fo, fr, kid_subsets, kid_subset_size)
-            res["floor"][key] = {"fid" if key == "inception" else "frechet_distance": f["fid"], "kid": f["kid"],
-                                 "kid_std": f["kid_std"]}
+            res["floor"][key] = _scores(real_features(floor_split, floor_real), fr, kid_subsets, kid_subset_size,
+                                        name)
     if "inception" in res and not res["inception"].get("skipped"):
         res["protocol"] = PROTOCOL.format(view=gen.shape[1], n_gen=len(gen), n_real=len(real), split=split,
                                           data=data, max=max_images, weights=res["inception"]["weights"],

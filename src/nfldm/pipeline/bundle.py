@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from nfldm.data.format import DataError
 from nfldm.latent_ae.load import load_latent_ae
 from nfldm.ldm.load import load_ldm
+from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.runs import weights_hash
 from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
 from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, read_run_config
@@ -59,23 +59,6 @@ def bundled_model() -> Path:
         raise ValueError(f"this nfldm install ships no pretrained model ({PACKAGED / BUNDLE_FILE} is missing); "
                          "pass --run with an ldm run directory or a bundle")
     return PACKAGED
-
-
-def _load_parts(run: Path) -> dict:
-    """The ldm levels of ``run`` with the latent-ae and scene-ae they record, each checked against the
-    weights hash recorded when the latents were made (what :func:`nfldm.pipeline.generate.load_pipeline`
-    checks, without a renderer). Keys: config, models, steps, lae, scene_ae."""
-    ldm = load_ldm(run, "cpu")
-    rc = ldm["config"]
-    parts = {}
-    for key, load in (("latent_ae", load_latent_ae), ("scene_ae", load_scene_ae)):
-        p = Path(rc[key]["run"])
-        p = p if p.is_absolute() else run / p
-        parts[key] = load(p, "cpu")
-        if weights_hash(parts[key]) != rc[key]["weights_hash"]:
-            raise DataError(f"{p}: the {key} run has changed since the latents of {run} were encoded "
-                            "(its weights differ)")
-    return {**ldm, "lae": parts["latent_ae"], "scene_ae": parts["scene_ae"]}
 
 
 def _save_half(model: torch.nn.Module, run_dir: Path, step) -> int:
@@ -164,11 +147,9 @@ def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dic
     """Write the pipeline behind ``ldm_run`` as a float16 bundle ``dest`` (written next to it
     as DEST.partial, then renamed). Returns the bundle.json data."""
     ldm_run, dest = Path(ldm_run), Path(dest)
-    pipe = _load_parts(ldm_run)
+    pipe = load_stages(ldm_run, "cpu")
     rc_g = pipe["config"]
-    runs = {"scene_ae": Path(rc_g["scene_ae"]["run"]), "latent_ae": Path(rc_g["latent_ae"]["run"])}
-    if not runs["scene_ae"].is_absolute():
-        runs = {k: ldm_run / v for k, v in runs.items()}
+    runs = {k: recorded_run(ldm_run, rc_g[k]) for k in ("scene_ae", "latent_ae")}
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -203,7 +184,7 @@ def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dic
             "source": str(ldm_run.resolve()), "card": card or {}}
     atomic_write_json(tmp / BUNDLE_FILE, info)
     atomic_write_bytes(tmp / "MODEL_CARD.md", _card(info).encode())
-    _load_parts(tmp)              # ... and as a whole pipeline (hashes match)
+    load_stages(tmp, "cpu")              # ... and as a whole pipeline (hashes match)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)

@@ -39,14 +39,12 @@ from tqdm.auto import tqdm
 
 from nfldm.data.format import DataError
 from nfldm.data.tensors import read_safetensors, write_safetensors
-from nfldm.latent_ae.load import load_latent_ae
 from nfldm.ldm.data import LatentStats
 from nfldm.ldm.evaluate import top_down_opacity
-from nfldm.ldm.load import load_ldm
 from nfldm.ldm.sample import render_path, sample_latents
 from nfldm.ldm.trajectory import fov_degrees
 from nfldm.pipeline.bundle import bundle_renderer, bundled_model
-from nfldm.runs import weights_hash
+from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, to_uint8, upscale
 from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
 from nfldm.scene_ae.render import sample_grid
@@ -156,30 +154,18 @@ def load_pipeline(run: str | os.PathLike, device: str = "auto", renderer: str | 
     weights hashes recorded when the latents were made). ``renderer``: another scene-ae run to
     render V with, which must be a renderer fine-tuned from the recorded one (its V unchanged:
     ``nfldm train scene-ae --init-from ... --set train_parts=render``)."""
-
-    ldm = load_ldm(run, device)
-    rc = ldm["config"]
-    dev = ldm["device"]
-    # a bundle (nfldm.pipeline.bundle) names them relative to the run directory
-    lae_run, sae_run = (Path(run) / p if not os.path.isabs(p) else Path(p)
-                        for p in (rc["latent_ae"]["run"], rc["scene_ae"]["run"]))
-    lae = load_latent_ae(lae_run, str(dev))
-    if weights_hash(lae) != rc["latent_ae"]["weights_hash"]:
-        raise DataError(f"{lae_run}: the latent-ae run has changed since the latents of {run} were encoded "
-                        "(its weights differ); re-encode the latents and retrain")
-    sae = load_scene_ae(sae_run, str(dev))
-    if weights_hash(sae) != rc["scene_ae"]["weights_hash"]:
-        raise DataError(f"{sae_run}: the scene-ae run has changed since the voxels behind {run} were "
-                        "encoded (its weights differ)")
+    pipe = load_stages(run, device)
+    rc, dev, sae = pipe["config"], pipe["device"], pipe["scene_ae"]
     if renderer is None:         # a bundle may carry a fine-tuned renderer (nfldm.pipeline.bundle.add_renderer)
         renderer = bundle_renderer(run)
     base = sae
     if renderer is not None:
         sae = load_scene_ae(renderer, str(dev))
         if not makes_voxels_of(renderer, sae, rc["scene_ae"]):
-            raise DataError(f"{renderer}: not a renderer of the scene-ae behind {run} ({sae_run}): it was not "
+            raise DataError(f"{renderer}: not a renderer of the scene-ae behind {run} "
+                            f"({recorded_run(run, rc['scene_ae'])}): it was not "
                             "fine-tuned from it with train_parts=render, or its encoder changed")
-    return {**ldm, "lae": lae, "sae": sae, "scene_ae": base, "renderer": None if renderer is None else str(renderer),
+    return {**pipe, "sae": sae, "scene_ae": base, "renderer": None if renderer is None else str(renderer),
             "stats": LatentStats(rc["stats"])}
 
 
@@ -218,7 +204,6 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
     on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"). Returns the summary
     written to ``out``/samples.json."""
-
     if out is None:
         raise ValueError("sample needs an output folder (out)")
     if run is None:

@@ -182,7 +182,6 @@ def encode_voxels(scene_ae_run: str | os.PathLike, data: str | os.PathLike, out:
     and weights) are skipped; a file that does not read is encoded again. Writes
     OUT/index.json at the end. Returns {"out", "encoded", "skipped", "scenes"}.
     """
-
     out = Path(out)
     model = load_scene_ae(scene_ae_run, device)
     dev = next(model.parameters()).device

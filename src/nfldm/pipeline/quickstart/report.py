@@ -90,7 +90,6 @@ def _read_json(path: Path) -> dict:
 
 def loss_curves(run: Path, dest: Path) -> Path | None:
     """RUN/loss_curves.png, drawn again from RUN/metrics.jsonl if missing (killed run)."""
-
     png = run / "loss_curves.png"
     if png.exists():
         return png
@@ -101,7 +100,6 @@ def loss_curves(run: Path, dest: Path) -> Path | None:
 
 def sample_gif(sample_dir: Path, dest: Path, scale: int = 2, fps: int = 12) -> Path | None:
     """Animated GIF of a sample's rendered frames (browsers animate GIFs inline)."""
-
     frames = sorted((sample_dir / "frames").glob("frame_*.png"))
     if not frames:
         return None
