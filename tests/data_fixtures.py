@@ -33,12 +33,40 @@ def make_scene_arrays(seed: int, n: int = N_FRAMES, h: int = H, w: int = W):
     return images, depth, c2w
 
 
-def make_dataset(root: Path) -> dict:
-    """Write the 3-scene dataset of SCENES into root; returns {name: (images, depth, c2w)}."""
+def make_bev(seed: int, res: int = 32) -> dict:
+    """A BEV map over BOUNDS' footprint: a rectangular room (walls on its border, floor 0 m,
+    ceiling 2.5 m inside) whose size depends on ``seed``; outside it NaN heights."""
+    wall = np.zeros((res, res), np.float32)
+    inside = np.zeros((res, res), np.float32)
+    a, b = 2 + seed % 3, res - 3 - (seed % 2) * 4
+    inside[a:b + 1, a:b + 1] = 1.0
+    wall[a, a:b + 1] = wall[b, a:b + 1] = wall[a:b + 1, a] = wall[a:b + 1, b] = 1.0
+    floor = np.where(inside > 0, 0.0, np.nan).astype(np.float32)
+    ceiling = np.where(inside > 0, 2.5, np.nan).astype(np.float32)
+    return {"wall": wall, "inside": inside, "floor": floor, "ceiling": ceiling,
+            "bounds_xy": np.asarray(BOUNDS, np.float32)[:, :2]}
+
+
+def bev_bytes(bev: dict) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **bev)
+    return buf.getvalue()
+
+
+def make_dataset(root: Path, bev: bool = False) -> dict:
+    """Write the 3-scene dataset of SCENES into root (with ``bev``, each scene with a bev.npz of
+    :func:`make_bev`); returns {name: (images, depth, c2w)}."""
     arrays = {}
     for k, (name, _, group) in enumerate(SCENES):
         arrays[name] = make_scene_arrays(k)
-        write_scene(root / name, *arrays[name], INTR, extra={"map": group, "seed": k})
+        extra = {"map": group, "seed": k}
+        files = None
+        if bev:
+            extra["bev_file_path"] = "bev.npz"
+            files = {"bev.npz": bev_bytes(make_bev(k))}
+        write_scene(root / name, *arrays[name], INTR, extra=extra, files=files)
     write_dataset_index(root, [{"name": n, "split": s, "group": g, "bounds": BOUNDS}
                                for n, s, g in SCENES])
     return arrays

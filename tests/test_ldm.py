@@ -404,7 +404,7 @@ SAE_SETS = ["--set", "num_input_views=2", "--set", "num_novel_views=1"]
 def latents(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm")
     data, sae, vox, lae, lat = (root / n for n in ("data", "sae", "vox", "lae", "lat"))
-    make_dataset(data)
+    make_dataset(data, bev=True)
     q = ["--quiet"]
     assert main(["train", "scene-ae", "--data", str(data), "--out", str(sae), "--preset", "smoke", "--steps", "2",
                  *SAE_SETS, *q]) == 0

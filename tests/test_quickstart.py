@@ -242,3 +242,72 @@ def test_bundle_takes_a_fine_tuned_renderer(run, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     with pytest.raises(ValueError, match="not a renderer"):
         add_renderer(bundle, other)
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
+    """On the real engine's maps: latents encoded with a bundle's own auto-encoders carry each
+    scene's BEV map; levels trained with --set bev=true join the bundle (add_levels) and
+    nfldm sample --bev follows a scene's map along its real path (edits applied, the map kept
+    in the sample folder); nfldm eval generation scores the map agreement and the paired views."""
+    from nfldm.data.bev import read_bev_file
+    from nfldm.pipeline.bundle import add_levels
+    from nfldm.pipeline.maps import comparison_sheet
+
+    out = run["out"]
+    bundle = tmp_path / "bundle"
+    shutil.copytree(out / "bundle", bundle)
+    vox, lat, ldm = tmp_path / "vox", tmp_path / "lat", tmp_path / "ldm"
+    for args in (("encode-voxels", "--scene-ae", str(bundle / "scene_ae"), "--data", str(out / "data"), "--out", str(vox)),
+                 ("encode-latents", "--run", str(bundle / "latent_ae"), "--voxels", str(vox), "--out", str(lat)),
+                 ("train", "ldm", "--latents", str(lat), "--out", str(ldm), "--preset", "smoke", "--set", "bev=true")):
+        res = nfldm(*args, "--quiet")
+        assert res.returncode == 0, res.stderr[-3000:]
+    index = json.loads((lat / "index.json").read_text())
+    assert index["bev"]["channels"] == 4 and len(index["bev"]["typical_heights"]) == 2
+    rc = json.loads((ldm / "c" / "config.json").read_text())
+    assert rc["model"]["bev"] is True and rc["model"]["bev_size"] == index["bev"]["size"] and "bev" in rc
+    # levels trained on other latents are refused
+    with pytest.raises(ValueError, match="another latent-ae"):
+        add_levels(bundle, out / "ldm")
+    info = add_levels(bundle, ldm)
+    assert set(info["levels"]["bev"]["steps"]) == {"g", "c", "f"} and (bundle / "bev" / "c" / "model.safetensors").exists()
+    assert "BEV-map-conditioned levels" in (bundle / "MODEL_CARD.md").read_text()
+    data = json.loads((out / "data" / "dataset.json").read_text())
+    scene = out / "data" / next(s["name"] for s in data["scenes"] if s["split"] == "test")
+    samples = tmp_path / "s"
+    res = nfldm("sample", "--run", str(bundle / "bev"), "--bev", str(scene), "--path-from-scene", "--guidance", "2",
+                "--erase-box", "-1", "-1", "1", "1", "--num", "2", "--sampler", "dpm", "--steps", "2",
+                "--out", str(samples), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((samples / "samples.json").read_text())
+    assert summary["num"] == 2 and summary["bev"] is True and summary["path_from_scene"] is True
+    n_frames = len(json.loads((scene / "transforms.json").read_text())["frames"])
+    for k in range(2):
+        d = samples / f"sample_{k:04d}"
+        assert len(list((d / "frames").glob("*.png"))) == n_frames
+        assert (d / "map.png").exists()
+        cond = json.loads((d / "condition.json").read_text())
+        assert cond["conditioned_on_map"] and cond["edits"] == ["erase-box -1 -1 1 1"]
+        # the kept map is the edited one
+        assert read_bev_file(d / "bev.npz")["wall"].sum() <= read_bev_file(scene / "bev.npz")["wall"].sum()
+    res = nfldm("eval", "generation", "--samples", str(samples), "--data", str(out / "data"), "--inception", "none",
+                "--floor-split", "none", "--out", str(tmp_path / "eval.json"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert 0.0 <= ev["map_agreement"]["wall_iou"] <= 1.0 and ev["map_agreement"]["num_samples"] == 2
+    assert ev["paired_views"]["num_samples"] == 2 and 0.0 <= ev["paired_views"]["lpips"]
+    # the upper bound: the scene's own latents, decoded, along its own path
+    res = nfldm("sample", "--run", str(bundle / "bev"), "--bev", str(scene), "--path-from-scene",
+                "--own-latents", str(lat), "--out", str(tmp_path / "own"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "own" / "samples.json").read_text())["num"] == 1
+    sheet = comparison_sheet({"conditional": samples, "own latents": tmp_path / "own"}, tmp_path / "sheet.png", frames=3)
+    assert Image.open(sheet).size[1] > 64
+    # a map for an unconditional run, and a floor plan that is not an image: one line each
+    line = one_line_error(nfldm("sample", "--run", str(bundle), "--bev", str(scene), "--out", str(tmp_path / "x")))
+    assert "not trained on BEV maps" in line
+    (tmp_path / "plan.png").write_bytes(b"not a png")
+    line = one_line_error(nfldm("sample", "--run", str(bundle / "bev"), "--bev", str(tmp_path / "plan.png"),
+                                "--out", str(tmp_path / "y")))
+    assert "plan.png" in line

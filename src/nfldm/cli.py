@@ -191,15 +191,23 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from nfldm.pipeline.generate import read_condition, sample
+    from nfldm.pipeline.generate import map_heights, read_condition, sample
+    from nfldm.pipeline.maps import conditions_from
 
     if args.run is None and not args.quiet:
-        print("no --run given: sampling from the bundled pretrained model")
+        print("no --run given: sampling from the bundled pretrained model" + (" (its BEV-conditioned levels)"
+                                                                              if args.bev else ""))
+    scenes = args.path_from_scene if isinstance(args.path_from_scene, str) else None
+    conditions = None
+    if args.bev or scenes or args.own_latents:
+        heights = map_heights(args.run, args.floor_height, args.ceiling_height)
+        conditions = conditions_from(args.bev, args.split, scenes, args.erase_box, args.add_wall_box, heights)
     res = sample(args.run, num=args.num, sampler=args.sampler, steps=args.steps, seed=args.seed, out=args.out,
                  cond=None if args.cond is None else read_condition(args.cond), guidance=args.guidance,
                  device=args.device, progress=not args.quiet, num_frames=args.frames, fps=args.fps,
                  mesh_level=args.mesh_level, batch_size=args.batch_size, g_guidance=args.g_guidance,
-                 renderer=args.renderer)
+                 renderer=args.renderer, conditions=conditions, path_from_scene=bool(args.path_from_scene),
+                 own_latents=args.own_latents)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -456,11 +464,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="denoising steps per level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (with --cond)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale (with --cond or --bev)")
     p.add_argument("--g-guidance", type=float, default=1.0,
                    help="classifier-free guidance scale on g, for levels trained with g_drop_prob > 0")
     p.add_argument("--cond", default=None,
                    help="safetensors file with a tensor 'cond' (L x cond_dim, or N x L x cond_dim) of condition tokens")
+    p.add_argument("--bev", default=None, metavar="SRC",
+                   help="generate scenes that follow a bird's-eye-view map: a dataset scene folder, a dataset folder "
+                   "(every scene of --split), a bev.npz, or a floor plan PNG (black walls, white floor, grey or "
+                   "transparent outside, north up, covering the 16 m box); --num samples per map; needs levels "
+                   "trained with --set bev=true (default: the bundle's bev levels)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="the scenes of a dataset folder given to --bev / --path-from-scene (default: test)")
+    p.add_argument("--path-from-scene", nargs="?", const=True, default=False, metavar="SCENES",
+                   help="sample g given the real camera path of the --bev scene (or of SCENES: a scene or dataset "
+                   "folder, also without --bev: unconditional samples along real paths) and render at its cameras, "
+                   "so nfldm eval generation can compare the views with the real frames")
+    p.add_argument("--erase-box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                   help="edit the map: remove the walls in this box (metres, the scene's frame) and make it floor; "
+                   "repeatable")
+    p.add_argument("--add-wall-box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                   help="edit the map: a solid block (a pillar) in this box (metres); repeatable")
+    p.add_argument("--floor-height", type=float, default=None,
+                   help="floor height of a floor plan PNG, metres (default: the training maps' typical one)")
+    p.add_argument("--ceiling-height", type=float, default=None,
+                   help="ceiling height of a floor plan PNG, metres (default: the training maps' typical one)")
+    p.add_argument("--own-latents", default=None, metavar="LATDIR",
+                   help="decode the --bev / --path-from-scene scenes' own latents from this latent folder instead of "
+                   "sampling (the upper bound of generation)")
     p.add_argument("--frames", type=int, default=48, help="frames rendered along each trajectory")
     p.add_argument("--fps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8, help="scenes denoised together")

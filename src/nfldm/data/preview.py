@@ -7,36 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nfldm.data.bev import bev_image, read_bev_file
 from nfldm.data.format import load_frame, read_dataset, read_transforms
+from nfldm.utils.plot import colorize
 from nfldm.utils.io import atomic_save_png
-
-_RAMP = np.array(  # dark blue -> purple -> orange -> yellow (an approximation of "magma"/"plasma")
-    [[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], dtype=np.float32
-)
-
-
-def colorize(x: np.ndarray, lo: float, hi: float, invalid: np.ndarray | None = None) -> np.ndarray:
-    """Map H x W values to an H x W x 3 uint8 colour ramp; ``invalid`` (or non-finite) pixels black."""
-    t = np.clip((np.nan_to_num(x, nan=lo) - lo) / max(hi - lo, 1e-9), 0, 1) * (len(_RAMP) - 1)
-    i = np.minimum(t.astype(int), len(_RAMP) - 2)
-    w = (t - i)[..., None]
-    rgb = _RAMP[i] * (1 - w) + _RAMP[i + 1] * w
-    bad = ~np.isfinite(x) if invalid is None else (invalid | ~np.isfinite(x))
-    rgb[bad] = 0
-    return rgb.astype(np.uint8)
-
-
-def bev_image(bev: dict, size: int) -> np.ndarray:
-    """BEV (index [x, y]) -> size x size x 3 image, north up: floor height coloured, walls white."""
-    floor = bev["floor"]
-    finite = floor[np.isfinite(floor)]
-    lo, hi = (finite.min(), finite.max() + 1e-3) if finite.size else (0.0, 1.0)
-    img = colorize(floor, lo, hi)
-    img = (img * 0.8).astype(np.uint8)
-    img[bev["wall"] > 0] = 255
-    img = np.flip(img.transpose(1, 0, 2), 0)  # [x, y] -> rows = -y, cols = x
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.NEAREST))
-
 
 def draw_path(img: np.ndarray, c2w: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Draw camera positions and view directions (c2w: N x 4 x 4) on a north-up BEV image."""
@@ -77,7 +51,7 @@ def contact_sheet(root: str | Path, out: str | Path, max_scenes: int = 6, frames
         tiles = [np.asarray(Image.fromarray(t).resize((cell, cell), Image.NEAREST)) for t in tiles + depths]
         bev_file = meta.extra.get("bev_file_path")
         if bev_file and (Path(entry.path) / bev_file).exists():
-            bev = dict(np.load(Path(entry.path) / bev_file))
+            bev = read_bev_file(Path(entry.path) / bev_file)
             top = bev_image(bev, cell)
         else:
             top = np.full((cell, cell, 3), 40, np.uint8)

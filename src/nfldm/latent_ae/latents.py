@@ -2,11 +2,14 @@
 latent auto-encoder from a voxel folder (its writer, reader and format; stage 3 trains on it).
 
     LATDIR/<scene>.safetensors   g, c, f (those of the folder's latent mode; pre-quantisation for c
-                                 and f), traj (the camera trajectory vector), metadata: format,
-                                 version, scene, split, the latent-ae's weights hash
+                                 and f), traj (the camera trajectory vector), ``bev`` (the scene's
+                                 BEV map as a 4 x X x Y condition tensor, :func:`nfldm.data.bev.bev_grid`,
+                                 when the dataset scene has one), metadata: format, version, scene,
+                                 split, the latent-ae's weights hash
     LATDIR/index.json            format, version, scenes and splits (turned / mirrored copies name
                                  their source), shapes, per-channel statistics of the train split,
-                                 the latent-ae and scene-ae runs behind them
+                                 the latent-ae and scene-ae runs behind them, ``bev`` (size and the
+                                 train maps' typical floor / ceiling heights) when the files hold maps
 
 Written by :func:`encode_latents` (``nfldm encode-latents``; resumable: scenes already written
 with the same latent-ae are skipped), read by :func:`read_latent_index` and
@@ -24,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from nfldm import camera
-from nfldm.data.format import DataError
+from nfldm.data.bev import GRID_CHANNELS, bev_grid, read_bev_file, scene_bev_file, typical_heights
+from nfldm.data.format import DataError, read_dataset
 from nfldm.data.tensors import check_finite, peek_safetensors, read_safetensors, scene_file, write_safetensors
 from nfldm.latent_ae.config import LATENT_MODES
 from nfldm.latent_ae.train import _open_run_on_voxels, _scene_ae_of
@@ -108,6 +112,9 @@ def load_latent_file(path: Path, shapes: dict) -> dict:
                         f"{tuple(t['intrinsics'].shape)}, bounds {tuple(t['bounds'].shape)})")
     if "cond" in t and t["cond"].dim() != 2:
         raise DataError(f"{path}: cond must be L x cond_dim, got {tuple(t['cond'].shape)}")
+    if "bev" in t and (t["bev"].dim() != 3 or t["bev"].shape[0] != GRID_CHANNELS
+                       or t["bev"].shape[1] != t["bev"].shape[2]):
+        raise DataError(f"{path}: bev must be {GRID_CHANNELS} x S x S, got {tuple(t['bev'].shape)}")
     for key, v in t.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise DataError(f"{path}: {key} holds NaN or infinite values")
@@ -136,7 +143,28 @@ def _dihedral_scene(vox: dict, k: int, flip: bool, path: Path) -> dict:
         raise DataError(f"{path}: cannot augment a scene whose box {vox['bounds'].tolist()} (grid "
                         f"{X} x {Y}) is not centred on the z axis with equal x and y sides")
     M = camera.dihedral_matrix(k, flip)
-    return {**vox, "V": dihedral_voxels(vox["V"], k, flip), "c2w": camera.transform_poses(vox["c2w"], M)}
+    out = {**vox, "V": dihedral_voxels(vox["V"], k, flip), "c2w": camera.transform_poses(vox["c2w"], M)}
+    if "bev" in vox:        # the map's [x, y] footprint turns with the grid's
+        out["bev"] = dihedral_voxels(vox["bev"][..., None], k, flip)[..., 0]
+    return out
+
+
+def _scene_maps(data: str | os.PathLike) -> dict[str, Path]:
+    """{scene: its BEV file} of the dataset a voxel folder was made from (empty when the
+    dataset is gone or its scenes have no maps)."""
+    try:
+        ds = read_dataset(data)
+    except DataError:
+        return {}
+    out = {}
+    for entry in ds.scenes:
+        try:
+            path = scene_bev_file(entry.path)
+        except DataError:
+            path = None
+        if path is not None:
+            out[entry.name] = path
+    return out
 
 
 def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str | os.PathLike,
@@ -151,7 +179,10 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
 
     Writes OUT/<scene>.safetensors with g (g_dim,), c (c_ch x X/d x Y/d x Zc) and f
     (f_ch x X x Y) BEFORE quantisation (g = mu of the posterior), the camera trajectory
-    (c2w N x 4 x 4, intrinsics N x 4), bounds 2 x 3 and input_ids; and OUT/index.json with
+    (c2w N x 4 x 4, intrinsics N x 4), bounds 2 x 3 and input_ids, and, when every scene of
+    the voxel folder's dataset has a BEV map (ViZDoom), the map as ``bev`` (4 x X x Y,
+    :func:`~nfldm.data.bev.bev_grid` at the voxel grid's footprint; turned with the scene for
+    augmented copies); and OUT/index.json with
     the scenes and splits, the latent mode (``latents``: "gcf", "c" or "g"), the latent
     shapes and per-channel mean / std of each latent over the train split. An ablation run
     (``latents`` "c" or "g") writes only its latents. Resumable (files of the same latent-ae
@@ -170,6 +201,9 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     scenes = []
     jobs = [(s, rot, flip) for s in index["scenes"]
             for rot, flip in (AUGMENTS[augment] if s["split"] == "train" else AUGMENTS[1])]
+    maps = _scene_maps(index["data"])
+    if not all(s["name"] in maps for s in index["scenes"]):
+        maps = {}           # all or none: a folder's scenes all carry a map, or none does
     source = (None, None)   # (name, voxels) of the last scene read: its copies come in a row
     for s, rot, flip in tqdm(jobs, desc="encoding latents", unit="scene", disable=not progress):
         name = augmented_name(s["name"], rot, flip)
@@ -192,7 +226,10 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
                 skipped += 1
                 continue
         if source[0] != s["name"]:
-            source = (s["name"], load_voxels(voxels, s["name"], index))
+            vox = load_voxels(voxels, s["name"], index)
+            if maps:
+                vox["bev"] = bev_grid(read_bev_file(maps[s["name"]]), int(vox["V"].shape[1]))
+            source = (s["name"], vox)
         vox = source[1]
         if (rot, flip) != (0, False):
             vox = _dihedral_scene(vox, rot, flip, scene_file(voxels, s["name"]))
@@ -200,18 +237,25 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
             enc = lae.encode(vox["V"][None].to(dev))
         lat = {k: enc["g_mu" if k == "g" else k][0].cpu() for k in lae.latent_names}
         check_finite(f"scene {name}", **lat)
+        extra = {"bev": vox["bev"]} if "bev" in vox else {}
         write_safetensors(path, {**lat, "c2w": vox["c2w"], "intrinsics": vox["intrinsics"],
-                                 "bounds": vox["bounds"], "input_ids": vox["input_ids"]},
+                                 "bounds": vox["bounds"], "input_ids": vox["input_ids"], **extra},
                           {"format": LATENT_FORMAT, "version": LATENT_VERSION, "scene": name,
                            "split": s["split"], "lae_config_hash": lae_id["config_hash"],
                            "lae_weights_hash": lae_id["weights_hash"]})
         encoded += 1
     stats = latent_stats(out, [s["name"] for s in scenes if s["split"] == "train"], progress)
+    bev = {}
+    if maps:
+        train = [read_bev_file(maps[s["name"]]) for s in index["scenes"] if s["split"] == "train"]
+        bev = {"bev": {"channels": GRID_CHANNELS, "size": int(load_voxels(voxels, index["scenes"][0]["name"], index)
+                                                              ["V"].shape[1]),
+                       "typical_heights": list(typical_heights(train)) if train else [0.0, 3.5]}}
     atomic_write_json(out / INDEX_FILE, {
         "format": LATENT_FORMAT, "version": LATENT_VERSION, "latent_ae": lae_id,
         "voxels": str(Path(voxels).resolve()), "data": index["data"], "scene_ae": _scene_ae_of(index),
         "quantizer": lae.cfg.quantizer, "pre_quantisation": True, "latents": lae.cfg.latents, "shapes": shapes,
-        "augment": augment,
+        "augment": augment, **bev,
         "scenes": scenes,
         "stats": stats})
     return {"out": str(out), "encoded": encoded, "skipped": skipped, "scenes": len(scenes)}

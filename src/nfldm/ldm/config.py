@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from nfldm.config import copy_preset, dataclass_from_dict, dict_without_added
+from nfldm.data.bev import GRID_CHANNELS
 from nfldm.ldm.trajectory import COVERAGE_CHANNELS
 from nfldm.trainer import TrainConfig
 
 LEVELS = ("g", "c", "f")
-FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape", "traj_map_hfov", "traj_map_aspect")
+FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape", "traj_map_hfov", "traj_map_aspect", "bev_size")
 # the levels of each latent mode (the latent folder's ``latents``, docs/ldm.md "Ablations"):
 # coarse-only keeps a g level that generates the camera trajectory alone (g_dim = 0)
 LEVELS_OF_MODE = {"gcf": ("g", "c", "f"), "c": ("g", "c"), "g": ("g",)}
@@ -68,6 +69,20 @@ class LDMConfig:
     cond_dim: int = 0                    # width of the condition tokens in the data; 0 = none
     cross_attention_dim: int = 64        # width of the tokens inside the denoiser
     cond_drop_prob: float = 0.1          # training: a sample's condition is replaced by the null token
+    # BEV-map conditioning (docs/ldm.md "Conditioning on a BEV map"; ``--set bev=true``): every
+    # level is conditioned on the scene's map (the latent folder's ``bev``, 4 x S x S: wall,
+    # inside, floor, ceiling) through a small CNN (:class:`~nfldm.ldm.model.BEVEncoder`), whose
+    # output enters as cross-attention tokens (``bev_tokens``: (S/8)^2 of them, the paper's way)
+    # and, for psi_c / psi_f, as maps concatenated to the noisy input, aligned with the level's
+    # footprint (``bev_maps``: the map itself pooled to the level's size, ``bev_map_channels``
+    # learned channels and a presence channel). Dropped with ``cond_drop_prob`` (classifier-free
+    # guidance: ``nfldm sample --bev SRC --guidance S``)
+    bev: bool = False
+    bev_size: int = 64                   # S, the map's size (set from the latent folder)
+    bev_tokens: bool = True
+    bev_maps: bool = True
+    bev_width: int = 32                  # the BEV encoder's channels
+    bev_map_channels: int = 8
     # opt-in classifier-free guidance on g (psi_c / psi_f): in training a sample's global vector
     # (g, or [g, traj]) is replaced by zeros with this probability, so the level also learns
     # the unconditional model; `nfldm sample --g-guidance S` then extrapolates from it towards
@@ -121,6 +136,14 @@ class LDMConfig:
                 raise ValueError(f"block_out_channels {self.block_out_channels} must be divisible by "
                                  f"norm_num_groups={self.norm_num_groups} and attention_heads="
                                  f"{self.attention_heads}")
+        if self.bev and self.cond_dim:
+            raise ValueError("a level takes either condition tokens from the data (cond_dim) or the BEV map (bev), "
+                             "not both")
+        if self.bev and not (self.bev_tokens or (self.bev_maps and self.level != "g")):
+            raise ValueError(f"level {self.level}: bev is on but neither bev_tokens nor bev_maps (psi_c / psi_f "
+                             "only) brings the map in")
+        if self.bev and (self.bev_size < 8 or self.bev_size % 8):
+            raise ValueError(f"bev_size must be a multiple of 8 (the encoder halves it 3 times), got {self.bev_size}")
         if self.mlp_width % self.mlp_heads:
             raise ValueError(f"mlp_width {self.mlp_width} must be divisible by mlp_heads {self.mlp_heads}")
 
@@ -129,9 +152,16 @@ class LDMConfig:
         return 9 * self.traj_frames
 
     @property
+    def bev_map_total(self) -> int:
+        """BEV-map channels psi_c / psi_f add to their input: the map, the learned channels and
+        the presence channel (0 without ``bev`` / ``bev_maps``, and for psi_g)."""
+        return GRID_CHANNELS + self.bev_map_channels + 1 if self.bev and self.bev_maps and self.level != "g" else 0
+
+    @property
     def map_channels(self) -> int:
-        """Trajectory-map channels psi_c / psi_f add to their input (0 without ``traj_map``)."""
-        return COVERAGE_CHANNELS if self.traj_map and self.level != "g" else 0
+        """Channels psi_c / psi_f add to their input: the trajectory maps (``traj_map``) and the
+        BEV maps (``bev`` with ``bev_maps``)."""
+        return (COVERAGE_CHANNELS if self.traj_map and self.level != "g" else 0) + self.bev_map_total
 
     @property
     def context_dim(self) -> int:
@@ -234,7 +264,9 @@ def preset(name: str) -> LDMPreset:
 
 # fields added after runs were made, with the value those runs implicitly had
 ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, "traj_map_aspect": 1.0,
-                "input_perturbation": 0.0, "loss_weight": "uniform", "g_drop_prob": 0.0}
+                "input_perturbation": 0.0, "loss_weight": "uniform", "g_drop_prob": 0.0,
+                "bev": False, "bev_size": 64, "bev_tokens": True, "bev_maps": True, "bev_width": 32,
+                "bev_map_channels": 8}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:

@@ -130,8 +130,11 @@ class LatentDataset(Dataset):
                 item["f"] = self.stats.normalise("f", t["f"])
             if "cond" in t:
                 item["cond"] = t["cond"]
+            if "bev" in t:
+                item["bev"] = t["bev"]
             self.items.append(item)
         self.has_cond = bool(has_cond)
+        self.has_bev = all("bev" in it for it in self.items)
         self.cond_shape = tuple(self.items[0]["cond"].shape) if self.has_cond else None
 
     def __len__(self) -> int:

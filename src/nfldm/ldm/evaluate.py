@@ -35,19 +35,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfldm.data.bev import bev_grid, read_bev_file
 from nfldm.data.format import SPLITS, DataError, read_dataset, read_transforms
 from nfldm.data.loader import read_scene_raw
 from nfldm.data.tensors import read_safetensors
 from nfldm.ldm.trajectory import camera_coverage, encode_trajectory, fov_degrees
 from nfldm.metrics.fid import (EfficientNetLite0Features, InceptionFeatures, extract, feature_stats, fid_from_features,
                                file_sha1, frechet_distance, kid)
+from nfldm.metrics import psnr
+from nfldm.metrics.lpips import lpips_distance
 from nfldm.metrics.wheels import INCEPTION_WHEEL, INSTALL_HINT, wheel_file
 from nfldm.trainer import resolve_device
-from nfldm.utils.io import atomic_write_json
+from nfldm.utils.io import atomic_write_json, read_json
 
 __all__ = ["frechet_distance", "kid", "feature_stats", "EfficientNetLite0Features", "InceptionFeatures",
            "generated_images", "real_images", "eval_generation", "NOT_COMPARABLE", "top_down_opacity",
-           "path_agreement", "sample_path_agreement", "PROTOCOL", "VIEW_SIZE", "cached_features"]
+           "path_agreement", "sample_path_agreement", "PROTOCOL", "VIEW_SIZE", "cached_features",
+           "mid_height_occupancy", "wall_iou", "inside_iou", "map_agreement", "sample_map_agreement", "paired_views"]
 
 NOT_COMPARABLE = ("frechet_distance on EfficientNet-Lite0 features is an offline proxy: it is NOT "
                   "comparable to published (Inception-v3) FID numbers; compare it only between runs "
@@ -92,6 +96,95 @@ def sample_path_agreement(sample_file: str | os.PathLike) -> float:
     intr = t["intrinsics"].reshape(-1)
     hfov = fov_degrees(float(intr[0]), 2 * float(intr[2]))
     return path_agreement(top_down_opacity(t["V"], t["bounds"]), t["keyframes"], t["bounds"], hfov)
+
+
+# ----------------------------------------------------------------------------------------
+# Agreement with a BEV map (conditional samples) and with the real frames along the real path
+
+WALL_BAND = (0.5, 1.5)   # metres above the scene's z = 0 (the floor under its first camera)
+WALL_DENSITY = 1.0       # per metre: a 0.5 m cell 39 % opaque
+WALL_CELL = 2            # footprint cells pooled into one IoU cell (0.5 m at the 64-cell, 16 m box)
+
+
+def mid_height_occupancy(V: Tensor, bounds: Tensor, band=WALL_BAND, level: float = WALL_DENSITY) -> Tensor:
+    """X x Y bool: columns of V (K x X x Y x Z, channel 0 sigma per metre; bounds 2 x 3) whose
+    density exceeds ``level`` somewhere in the height ``band`` (z in metres, voxel centres)."""
+    sigma = V[0].float()
+    Z = sigma.shape[-1]
+    lo, hi = float(bounds[0, 2]), float(bounds[1, 2])
+    z = lo + (torch.arange(Z, dtype=torch.float32) + 0.5) * (hi - lo) / Z
+    sel = (z >= band[0]) & (z <= band[1])
+    if not bool(sel.any()):
+        raise ValueError(f"no voxel centre of the box z in [{lo}, {hi}] lies in the band {band}")
+    return sigma[..., sel.to(sigma.device)].amax(-1).cpu() > level
+
+
+def _iou(a: Tensor, b: Tensor) -> float:
+    union = float((a | b).sum())
+    return float((a & b).sum()) / union if union else 1.0
+
+
+def wall_iou(V: Tensor, bounds: Tensor, bev: Tensor, cell: int = WALL_CELL) -> float:
+    """IoU between the columns of V occupied at mid height (:func:`mid_height_occupancy`) and the
+    walls of a BEV map (``bev``: 4 x X x Y, :func:`nfldm.data.bev.bev_grid` at V's footprint),
+    both max-pooled over ``cell`` x ``cell`` footprint cells (walls are one cell thin; a wall
+    found one cell off should count). 1.0 when neither has any."""
+    occ = mid_height_occupancy(V, bounds).float()[None, None]
+    wall = (bev[0] > 0).float().cpu()[None, None]
+    if occ.shape[-2:] != wall.shape[-2:]:
+        raise ValueError(f"the map is {tuple(wall.shape[-2:])} cells, V's footprint {tuple(occ.shape[-2:])}")
+    return _iou(F.max_pool2d(occ, cell)[0, 0] > 0, F.max_pool2d(wall, cell)[0, 0] > 0)
+
+
+def inside_iou(V: Tensor, bounds: Tensor, bev: Tensor) -> float:
+    """IoU between the columns of V opaque from above (:func:`top_down_opacity` > 1/2) and the map's
+    inside (``bev`` channel 1 > 1/2): the space the map says is a room against the space the
+    scene fills."""
+    return _iou(top_down_opacity(V, bounds).cpu() > 0.5, bev[1].cpu() > 0.5)
+
+
+def map_agreement(V: Tensor, bounds: Tensor, bev: dict) -> dict:
+    """{wall_iou, inside_iou} of V against a BEV map (:mod:`nfldm.data.bev` dict)."""
+    grid = bev_grid(bev, int(V.shape[1]))
+    return {"wall_iou": wall_iou(V, bounds, grid), "inside_iou": inside_iou(V, bounds, grid)}
+
+
+def sample_map_agreement(sample_dir: str | os.PathLike) -> dict | None:
+    """:func:`map_agreement` of one sample folder against the map it was given (its bev.npz);
+    None when it has none (an unconditional sample)."""
+    d = Path(sample_dir)
+    if not (d / "bev.npz").is_file():
+        return None
+    t, _ = read_safetensors(d / "V.safetensors")
+    return map_agreement(t["V"], t["bounds"], read_bev_file(d / "bev.npz"))
+
+
+def paired_views(sample_dir: str | os.PathLike, net: str = "alex") -> dict | None:
+    """PSNR and LPIPS of a sample's frames against the real frames of the scene whose camera path it
+    was rendered along (``path_from_scene`` in its condition.json; frame k = real frame k);
+    None for a sample along its own path."""
+    from PIL import Image
+
+    d = Path(sample_dir)
+    cfile = d / "condition.json"
+    if not cfile.is_file():
+        return None
+    cond = read_json(cfile, "sample condition", DataError)
+    scene = cond.get("path_from_scene")
+    if not scene:
+        return None
+    meta = read_transforms(scene)
+    frames = sorted((d / "frames").glob("frame_*.png"))
+    if len(frames) != len(meta):
+        raise DataError(f"{d}: {len(frames)} frames, but {scene} (the path it was rendered along) has {len(meta)}")
+    gen = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in frames])
+    real = read_scene_raw(meta)["images"]
+    if real.shape[1:3] != gen.shape[1:3]:
+        real = to_view_size(real, gen.shape[1])
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255   # noqa: E731
+    g, r = to_t(gen), to_t(real)
+    return {"psnr": float(psnr(g, r).mean()), "lpips": float(lpips_distance(g, r, net).mean()),
+            "scene": str(scene), "frames": int(len(frames))}
 
 
 def _evenly(n: int, k: int | None) -> np.ndarray:
@@ -321,6 +414,27 @@ def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: 
             "note": "Pearson correlation between each sample's top-down opacity and where its own sampled "
                     "cameras look; real scenes score high with their own path and near 0 with another "
                     "scene's (experiments/ldm_levels.py prints both)"}
+    dirs = sorted(Path(samples).glob("sample_*"))
+    maps = [(d.name, sample_map_agreement(d)) for d in dirs]
+    maps = [(n, m) for n, m in maps if m is not None]
+    if maps:
+        res["map_agreement"] = {
+            "wall_iou": float(np.mean([m["wall_iou"] for _, m in maps])),
+            "inside_iou": float(np.mean([m["inside_iou"] for _, m in maps])),
+            "num_samples": len(maps), "per_sample": dict(maps),
+            "note": f"samples against the BEV map each was given: wall IoU = columns of V denser than "
+                    f"{WALL_DENSITY} /m between z = {WALL_BAND[0]} and {WALL_BAND[1]} m vs the map's walls, both "
+                    f"max-pooled over {WALL_CELL} x {WALL_CELL} footprint cells; inside IoU = columns opaque from "
+                    "above vs the map's inside"}
+    paired = [(d.name, paired_views(d)) for d in dirs]
+    paired = [(n, p) for n, p in paired if p is not None]
+    if paired:
+        res["paired_views"] = {
+            "psnr": float(np.mean([p["psnr"] for _, p in paired])),
+            "lpips": float(np.mean([p["lpips"] for _, p in paired])),
+            "num_samples": len(paired), "per_sample": dict(paired),
+            "note": "each sample's frames against the real frames of the scene whose camera path it was rendered "
+                    "along (nfldm sample --path-from-scene); LPIPS v0.1 alex"}
     if len(gen) < 2048 or len(real) < 2048:
         res["warning"] = (f"few images ({len(gen)} generated, {len(real)} real): FIDs are biased upwards for small "
                           "sets (KID is not); compare only numbers computed with the same counts, and with the floor")
@@ -344,4 +458,10 @@ def summary_line(res: dict) -> str:
                  f" / KID {floor['inception']['kid']:.4f}")
     elif "efficientnet_lite0" in floor:
         line += f". Floor (real '{floor['split']}'): FD {floor['efficientnet_lite0']['frechet_distance']:.1f}"
+    if "map_agreement" in res:
+        m = res["map_agreement"]
+        line += f". Map: wall IoU {m['wall_iou']:.3f}, inside IoU {m['inside_iou']:.3f}"
+    if "paired_views" in res:
+        p = res["paired_views"]
+        line += f". Along the real paths: PSNR {p['psnr']:.2f} dB, LPIPS {p['lpips']:.3f}"
     return line

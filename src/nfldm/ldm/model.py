@@ -12,6 +12,12 @@
 With the opt-in ``traj_map`` psi_c and psi_f also take 4 maps of the trajectory over their footprint as
 input channels (camera coverage, nearness to the path, x, y: ``camera_coverage``).
 
+With ``bev`` every level is conditioned on the scene's BEV map (B x 4 x S x S) through
+:class:`BEVEncoder`: its tokens replace the condition tokens of the cross-attention (the
+paper's way), and psi_c / psi_f also take maps of it over their footprint as input channels
+(:meth:`BEVEncoder.maps`). Dropping the map (classifier-free guidance) gives the null tokens
+and all-zero maps (the presence channel 0).
+
 Ablations (docs/ldm.md): with ``g_dim = 0`` (a coarse-only latent folder) psi_g generates the
 trajectory alone and psi_c has no class embedding (it is conditioned on no latent; with
 ``traj_map`` it still sees the trajectory maps); a global-only folder has the psi_g level only.
@@ -31,10 +37,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfldm.data.bev import GRID_CHANNELS
 from nfldm.ldm.config import LDMConfig
 from nfldm.ldm.trajectory import camera_coverage
 
-__all__ = ["timestep_embedding", "CondTokens", "GDenoiser", "UNetDenoiser", "LevelDiffusion",
+__all__ = ["timestep_embedding", "CondTokens", "BEVEncoder", "GDenoiser", "UNetDenoiser", "LevelDiffusion",
            "make_train_scheduler", "make_sampler", "guided_prediction", "predicted_x0", "SAMPLERS"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
@@ -111,6 +118,60 @@ class CondTokens(nn.Module):
         if drop is not None:
             tok = torch.where(drop[:, None, None], self.null.expand_as(tok), tok)
         return tok
+
+
+class BEVEncoder(nn.Module):
+    """A small CNN over the BEV map (B x 4 x S x S: wall, inside, floor, ceiling;
+    :func:`nfldm.data.bev.bev_grid`): conv stem at S, then three stride-2 convs to S/8.
+
+    :meth:`tokens`: B x (S/8)^2 x ``dim`` cross-attention tokens (a 1 x 1 conv of the S/8
+    features plus a learned position embedding). :meth:`maps`: B x (4 + k + 1) x H x W over a
+    level's footprint: the map itself pooled to H x W (walls max-pooled, the rest averaged),
+    k learned channels (a 1 x 1 conv of the features at H, or of the stem's pooled to H) and a
+    presence channel of ones."""
+
+    def __init__(self, cfg: LDMConfig, size: tuple[int, int] | None):
+        super().__init__()
+        w, S = cfg.bev_width, cfg.bev_size
+        self.size, self.S = size, S
+        act = nn.SiLU()
+        self.stem = nn.Sequential(nn.Conv2d(GRID_CHANNELS, w, 3, padding=1), act, nn.Conv2d(w, w, 3, padding=1), act)
+        self.down = nn.ModuleList([nn.Sequential(nn.Conv2d(a, 2 * w, 3, stride=2, padding=1), act)
+                                   for a in (w, 2 * w, 2 * w)])
+        self.to_tokens = None
+        if cfg.bev_tokens:
+            self.to_tokens = nn.Conv2d(2 * w, cfg.cross_attention_dim, 1)
+            self.pos = nn.Parameter(torch.randn(1, (S // 8) ** 2, cfg.cross_attention_dim) * 0.02)
+        self.to_map = None
+        if size is not None:
+            # features at the level's resolution: the stem's (S), or the first / second down's
+            self.map_from = {S: 0, S // 2: 1, S // 4: 2, S // 8: 3}.get(size[0], 0)
+            self.to_map = nn.Conv2d(w if self.map_from == 0 else 2 * w, cfg.bev_map_channels, 1)
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.S // 8) ** 2
+
+    def forward(self, bev: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """-> (tokens B x (S/8)^2 x dim or None, maps B x (4 + k + 1) x H x W or None)."""
+        if bev.dim() != 4 or bev.shape[1] != GRID_CHANNELS or tuple(bev.shape[2:]) != (self.S, self.S):
+            raise ValueError(f"the BEV map must be B x {GRID_CHANNELS} x {self.S} x {self.S}, got {tuple(bev.shape)}")
+        bev = bev.to(self.stem[0].weight.dtype)
+        feats = [self.stem(bev)]
+        for d in self.down:
+            feats.append(d(feats[-1]))
+        tokens = None
+        if self.to_tokens is not None:
+            tokens = self.to_tokens(feats[-1]).flatten(2).transpose(1, 2) + self.pos
+        maps = None
+        if self.to_map is not None:
+            H, W = self.size
+            f = feats[self.map_from]
+            if tuple(f.shape[-2:]) != (H, W):
+                f = F.adaptive_avg_pool2d(f, (H, W))
+            raw = torch.cat([F.adaptive_max_pool2d(bev[:, :1], (H, W)), F.adaptive_avg_pool2d(bev[:, 1:], (H, W))], 1)
+            maps = torch.cat([raw, self.to_map(f), torch.ones_like(raw[:, :1])], 1)
+        return tokens, maps
 
 
 class _MLPBlock(nn.Module):
@@ -222,6 +283,10 @@ class LevelDiffusion(nn.Module):
         if self.level == "f" and (X % Xc or Y % Yc or X // Xc != Y // Yc):
             raise ValueError(f"f's footprint {X} x {Y} must be an integer multiple of c's {Xc} x {Yc}")
         self.tokens = CondTokens(cfg.cond_dim, cfg.cross_attention_dim)
+        self.map_size = None if self.level == "g" else ((Xc, Yc) if self.level == "c" else (X, Y))
+        self.bev = None
+        if cfg.bev:
+            self.bev = BEVEncoder(cfg, self.map_size if cfg.bev_maps else None)
         if self.level == "g":
             self.net = GDenoiser(cfg.g_dim + cfg.traj_dim, cfg.mlp_width, cfg.mlp_blocks,
                                  cfg.cross_attention_dim, cfg.mlp_heads)
@@ -231,7 +296,7 @@ class LevelDiffusion(nn.Module):
             self.net = UNetDenoiser(f_ch + self.c_folded + cfg.map_channels, f_ch, (X, Y), cfg)
         self.scheduler = make_train_scheduler(cfg)
         # DDP: the null token / condition projection are unused in some batches
-        self.ddp_find_unused_parameters = cfg.cond_dim > 0
+        self.ddp_find_unused_parameters = cfg.cond_dim > 0 or cfg.bev
 
     # ------------------------------------------------------------------ shapes and inputs
     def sample_shape(self, batch: int) -> tuple[int, ...]:
@@ -274,9 +339,44 @@ class LevelDiffusion(nn.Module):
         if self.level == "f":
             c = F.interpolate(ctx["c"].to(x.dtype), scale_factor=self.c_up, mode="nearest")
             x = torch.cat([x, c], 1)
-        if self.cfg.map_channels:
+        if self.cfg.traj_map:
             x = torch.cat([x, self.trajectory_map(ctx, x.shape[-2:]).to(x.dtype)], 1)
+        if self.cfg.bev_map_total:
+            if "bev_maps" not in ctx:
+                raise ValueError("this level takes BEV maps (bev_maps) but none were given; build them with "
+                                 "LevelDiffusion.condition")
+            x = torch.cat([x, ctx["bev_maps"].to(x.dtype)], 1)
         return self.net(x, t, self.global_vector(ctx), tokens)
+
+    def condition(self, cond: Tensor | None, batch: int, drop: Tensor | None = None,
+                  length: int = 1) -> tuple[Tensor, Tensor | None]:
+        """What the condition brings into the denoiser: (tokens B x L x dim, BEV maps
+        B x C x H x W or None). ``cond``: the BEV map (B x 4 x S x S) for a ``bev`` level, else
+        condition tokens from the data (B x L x cond_dim); None, or the rows of ``drop`` (B bool),
+        give the null tokens (and all-zero maps). ``length``: L of the null tokens without a
+        condition (a ``bev`` level uses its own token count)."""
+        if self.bev is None:
+            return self.tokens(cond, batch, drop, length), None
+        null_len = self.bev.num_tokens if self.cfg.bev_tokens else 1
+        if cond is None:
+            maps = None
+            if self.cfg.bev_map_total:
+                maps = self.null_bev_maps(batch)
+            return self.tokens(None, batch, length=null_len), maps
+        tok, maps = self.bev(cond)
+        if tok is None:
+            tok = self.tokens(None, batch, length=null_len)
+        elif drop is not None:
+            tok = torch.where(drop[:, None, None], self.tokens.null.expand_as(tok).to(tok.dtype), tok)
+        if maps is not None and drop is not None:
+            maps = maps * (~drop).to(maps.dtype)[:, None, None, None]
+        return tok, maps
+
+    def null_bev_maps(self, batch: int) -> Tensor:
+        """The BEV maps of a dropped / absent map: B x C x H x W zeros."""
+        H, W = self.map_size
+        p = self.tokens.null
+        return torch.zeros(batch, self.cfg.bev_map_total, H, W, device=p.device, dtype=p.dtype)
 
     def trajectory_map(self, ctx: dict, size) -> Tensor:
         """B x 4 x H x W camera-coverage maps of ctx["traj"] over this level's footprint
@@ -310,15 +410,20 @@ class LevelDiffusion(nn.Module):
         gamma = self.cfg.input_perturbation
         # DDPM-IP: the input carries eps + gamma xi, the target stays that of eps
         x_t = self.scheduler.add_noise(x0, noise + gamma * torch.randn_like(noise) if gamma else noise, t)
-        cond = batch.get("cond")
-        if cond is not None and self.cfg.cond_dim == 0:
+        cond = batch.get("bev" if self.cfg.bev else "cond")
+        if self.cfg.bev and cond is None:
+            raise ValueError("this level is conditioned on the BEV map (bev) but the latents hold no maps "
+                             "(encode-latents stores them when the dataset's scenes have a bev.npz)")
+        if not self.cfg.bev and cond is not None and self.cfg.cond_dim == 0:
             raise ValueError(f"the latents hold condition tokens ({tuple(cond.shape[1:])}) but cond_dim = 0; "
                              f"set cond_dim={cond.shape[-1]}")
         if cond is None and self.cfg.cond_dim > 0:
             raise ValueError(f"cond_dim = {self.cfg.cond_dim} but the latents hold no condition tokens")
         drop = (torch.rand(B, device=x0.device) < self.cfg.cond_drop_prob) if cond is not None else None
-        tokens = self.tokens(cond, B, drop)
+        tokens, maps = self.condition(cond, B, drop)
         ctx = self.context(batch)
+        if maps is not None:
+            ctx["bev_maps"] = maps
         if self.cfg.g_drop_prob > 0 and self.global_vector(ctx) is not None:
             ctx["g_keep"] = (torch.rand(B, device=x0.device) >= self.cfg.g_drop_prob).float()
         out = self.predict(x_t, t, ctx, tokens).float()
@@ -380,12 +485,17 @@ def _cond_guided(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, cond: T
     B = x.shape[0]
     if t.dim() == 0:
         t = t.expand(B)
-    if cond is None:
-        return model.predict(x, t, ctx, model.tokens(None, B))
-    if guidance == 1.0:
-        return model.predict(x, t, ctx, model.tokens(cond, B))
-    L = cond.shape[1]
-    tokens = torch.cat([model.tokens(None, B, length=L), model.tokens(cond, B)])
+
+    def with_maps(c: dict, maps: Tensor | None) -> dict:
+        return c if maps is None else {**c, "bev_maps": maps}
+
+    if cond is None or guidance == 1.0:
+        tokens, maps = model.condition(cond, B)
+        return model.predict(x, t, with_maps(ctx, maps), tokens)
+    null_tok, null_maps = model.condition(None, B, length=cond.shape[1])
+    tok, maps = model.condition(cond, B)
     ctx2 = {k: torch.cat([v, v]) for k, v in ctx.items()}
-    u, c = model.predict(torch.cat([x, x]), torch.cat([t, t]), ctx2, tokens).chunk(2)
+    both = None if maps is None else torch.cat([null_maps, maps])
+    u, c = model.predict(torch.cat([x, x]), torch.cat([t, t]), with_maps(ctx2, both),
+                         torch.cat([null_tok, tok])).chunk(2)
     return u + guidance * (c - u)

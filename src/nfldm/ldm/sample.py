@@ -30,19 +30,30 @@ __all__ = ["denoise", "sample_latents", "render_path"]
 @torch.no_grad()
 def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, guidance: float,
             sampler: str, steps: int, generator: torch.Generator, progress: bool = False,
-            desc: str = "", on_step=None, g_guidance: float = 1.0) -> Tensor:
+            desc: str = "", on_step=None, g_guidance: float = 1.0, known: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """One level's reverse process from pure noise: standardised latents of shape
     ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
     ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
     step (experiments/sampling_drift.py). ``g_guidance``: classifier-free guidance on g
-    (:func:`~nfldm.ldm.model.guided_prediction`; only for a level trained with g_drop_prob)."""
+    (:func:`~nfldm.ldm.model.guided_prediction`; only for a level trained with g_drop_prob).
+
+    ``known`` = (values, mask): entries fixed by replacement (inpainting, Lugmayr et al. 2022
+    without resampling): before every step the entries where ``mask`` (broadcast to x) is True
+    are overwritten with ``values`` noised to the step's t, q(x_t | x_0) = N(sqrt(abar_t) x_0,
+    (1 - abar_t) I); the result holds ``values`` there exactly."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     dev = next(model.parameters()).device
     sched = make_sampler(model.scheduler, sampler)
     sched.set_timesteps(steps, device=dev)            # before every run: DPM-Solver keeps state
     x = torch.randn(model.sample_shape(batch), generator=generator).to(dev) * sched.init_noise_sigma
+    if known is not None:
+        values, mask = known[0].to(dev, x.dtype).expand_as(x), known[1].to(dev).expand_as(x)
+        fresh = model.scheduler        # the training scheduler's q(x_t | x_0)
     for t in tqdm(sched.timesteps, desc=desc, disable=not progress, leave=False):
+        if known is not None:
+            noise = torch.randn(x.shape, generator=generator).to(dev, x.dtype)
+            x = torch.where(mask, fresh.add_noise(values, noise, t.reshape(1).to(dev)), x)
         inp = sched.scale_model_input(x, t)
         out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance)
         if on_step is not None:
@@ -51,27 +62,38 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
             x = sched.step(out, t, x, return_dict=False)[0]
         else:
             x = sched.step(out, t, x, generator=generator, return_dict=False)[0]
+    if known is not None:
+        x = torch.where(mask, values, x)
     return x
 
 
-def _cond_batch(cond: Tensor | None, lo: int, hi: int, dev) -> Tensor | None:
+def _cond_batch(cond: Tensor | None, lo: int, hi: int, dev, per_sample_dims: int = 3) -> Tensor | None:
+    """Rows lo..hi of a per-sample condition (``per_sample_dims`` dims), or one shared
+    condition repeated."""
     if cond is None:
         return None
-    c = cond if cond.dim() == 3 else cond[None].expand(hi - lo, *cond.shape)
-    return (c[lo:hi] if cond.dim() == 3 else c).to(dev)
+    if cond.dim() == per_sample_dims:
+        return cond[lo:hi].to(dev)
+    return cond[None].expand(hi - lo, *cond.shape).to(dev)
 
 
 @torch.no_grad()
 def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: int, sampler: str = "ddim",
                    steps: int = 50, seed: int = 0, cond: Tensor | None = None, guidance: float = 1.0,
-                   batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0) -> dict:
+                   batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0, bev: Tensor | None = None,
+                   traj: Tensor | None = None) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
     ``c`` c_ch x X/d x Y/d x Zc, ``f``) latents and the trajectory vectors ``traj``, on the CPU.
     Sample i depends on (seed, batch_size, i). ``models`` holds the levels of an ablation run
     (g, c for coarse-only, whose g level has g_dim 0; g for global-only); the latents it lacks
-    are absent from the result."""
+    are absent from the result.
+
+    ``bev``: the BEV map (4 x S x S for all samples, or num x 4 x S x S) of levels trained with
+    ``bev``, with classifier-free guidance scale ``guidance``. ``traj``: a known camera
+    trajectory (9 T, or num x 9 T; :func:`~nfldm.ldm.trajectory.encode_trajectory`): psi_g
+    samples g given it by replacement (:func:`denoise` ``known``), and the result's traj is it."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if num < 1:
@@ -80,6 +102,18 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         if cond.dim() not in (2, 3) or (cond.dim() == 3 and len(cond) != num):
             raise ValueError(f"cond must be L x cond_dim or num x L x cond_dim, got {tuple(cond.shape)}")
     gm, cm, fm = models["g"], models.get("c"), models.get("f")
+    if bev is not None:
+        if not gm.cfg.bev:
+            raise ValueError("a BEV map was given but this run's levels were not trained on maps (bev); sample "
+                             "with a run trained with --set bev=true (or the bundle's bev levels)")
+        if cond is not None:
+            raise ValueError("give either condition tokens (cond) or a BEV map (bev), not both")
+        if bev.dim() not in (3, 4) or (bev.dim() == 4 and len(bev) != num):
+            raise ValueError(f"bev must be 4 x S x S or num x 4 x S x S, got {tuple(bev.shape)}")
+    if traj is not None:
+        if traj.shape[-1] != gm.cfg.traj_dim or traj.dim() not in (1, 2) or (traj.dim() == 2 and len(traj) != num):
+            raise ValueError(f"traj must be {gm.cfg.traj_dim} or num x {gm.cfg.traj_dim} "
+                             f"(encode_trajectory of {gm.cfg.traj_frames} poses), got {tuple(traj.shape)}")
     dev = next(gm.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     g_dim, c_ch = gm.cfg.g_dim, gm.cfg.c_shape[0]
@@ -89,9 +123,15 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     for lo in range(0, num, batch_size):
         hi = min(num, lo + batch_size)
         B = hi - lo
-        cb = _cond_batch(cond, lo, hi, dev)
+        cb = _cond_batch(cond, lo, hi, dev) if bev is None else _cond_batch(bev, lo, hi, dev, per_sample_dims=4)
         tag = f"{lo}-{hi - 1}"
-        x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}")
+        known = None
+        if traj is not None:        # the trajectory's entries of psi_g's [g, traj] are known
+            tb = _cond_batch(traj, lo, hi, dev, per_sample_dims=2).float()
+            D = g_dim + tb.shape[-1]
+            mask = torch.arange(D, device=dev) >= g_dim
+            known = (torch.cat([torch.zeros(B, g_dim, device=dev), tb], 1), mask[None])
+        x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}", known=known)
         got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:]}
         # each level picks what it is conditioned on from the sampled coarser latents, as it
         # does from the clean ones in training (LevelDiffusion.context)

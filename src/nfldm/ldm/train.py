@@ -68,6 +68,8 @@ def level_configs(index: dict, preset_name: str, level: str, steps: int | None =
         d["c_shape"] = tuple(shapes["c"])
     if "f" in shapes:
         d["f_shape"] = tuple(shapes["f"])
+    if d.get("bev") and "bev" in index:
+        d["bev_size"] = int(index["bev"]["size"])
     try:
         model = config_from_dict(d)
         train.__post_init__()
@@ -140,6 +142,9 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume,
                              f"set cond_dim={ds.cond_shape[1]}")
         if not ds.has_cond and cfg.cond_dim:
             raise ValueError(f"{latents}: cond_dim={cfg.cond_dim} but the latents hold no condition tokens")
+        if cfg.bev and not ds.has_bev:
+            raise ValueError(f"{latents}: bev=true but the latents hold no BEV maps (nfldm encode-latents stores "
+                             "them when the dataset's scenes have a bev.npz; encode into a new folder)")
         if tcfg.batch_size > len(ds):
             warnings.warn(f"level {lv}: batch_size {tcfg.batch_size} is larger than the {len(ds)} train scenes "
                           f"of {latents}; using batch_size={len(ds)}")
@@ -150,6 +155,8 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume,
                       "latents": str(Path(latents).resolve()), "latent_ae": index["latent_ae"],
                       "scene_ae": index["scene_ae"], "shapes": index["shapes"], "stats": index["stats"],
                       "render": setup, "model": run_model_config(cfg), "train": tcfg.to_dict()}
+        if cfg.bev:             # the map's size and the dataset's typical heights (floor plans)
+            run_config["bev"] = index["bev"]
         if train_scenes:        # absent otherwise, so earlier runs resume as before
             run_config["train_scenes"] = {"first": train_scenes, "files": len(ds)}
         trainer = Trainer(model, ds, tcfg, Path(out) / lv, run_config, resume=resume)

@@ -15,6 +15,11 @@ the weights hashes of the float16-rounded weights, so :func:`nfldm.pipeline.gene
 checks them as for any run. The package ships one bundle (``nfldm/weights/tiny``), made by
 ``nfldm quickstart``; :func:`bundled_model` finds it.
 
+The optional ``bev/`` holds BEV-map-conditioned levels ``bev/{g,c,f}`` trained on the same
+latent-ae's latents (:func:`add_levels`; ``nfldm sample --bev SRC`` uses them): an ldm run of
+its own whose levels name ``../latent_ae`` and ``../scene_ae``, and whose bundle.json names
+``../renderer``.
+
 The optional ``renderer`` is a scene-ae whose renderer was fine-tuned from ``scene_ae`` with
 its lift frozen (``nfldm train scene-ae --init-from BUNDLE/scene_ae --set train_parts=render``,
 docs/scene-ae.md "Sharper views"): ``nfldm sample`` renders a bundle's scenes with it when
@@ -42,6 +47,7 @@ BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "nfldm-bundle"
 PACKAGED = Path(__file__).resolve().parents[1] / "weights" / "tiny"
 RENDERER = "renderer"
+BEV_LEVELS = "bev"
 
 
 def bundle_renderer(run: str | os.PathLike) -> Path | None:
@@ -59,6 +65,15 @@ def bundled_model() -> Path:
         raise ValueError(f"this nfldm install ships no pretrained model ({PACKAGED / BUNDLE_FILE} is missing); "
                          "pass --run with an ldm run directory or a bundle")
     return PACKAGED
+
+
+def bundled_bev_model() -> Path:
+    """The BEV-conditioned levels of the shipped bundle; ValueError if this install has none."""
+    run = bundled_model() / BEV_LEVELS
+    if not (run / "g" / CONFIG_FILE).is_file():
+        raise ValueError(f"the shipped model has no BEV-conditioned levels ({run} is missing); pass --run with an "
+                         "ldm run trained with --set bev=true")
+    return run
 
 
 def _save_half(model: torch.nn.Module, run_dir: Path, step) -> int:
@@ -103,6 +118,14 @@ def _card(info: dict) -> str:
         lines += [f"- Trained from: `{r.get('trained_run')}`"]
         lines += [f"- {k}: {v}" for k, v in r.get("metrics", {}).items()]
         lines += [""]
+    for name, lv in info.get("levels", {}).items():
+        lines += [f"## `{name}/`: BEV-map-conditioned levels", "",
+                  "psi_g, psi_c, psi_f conditioned on a bird's-eye-view map (docs/ldm.md \"Conditioning on a "
+                  "BEV map\"), trained on the latents of this bundle's latent-ae; "
+                  "`nfldm sample --bev SCENE_OR_MAP --out S` samples them.", "",
+                  "- Training steps: " + ", ".join(f"{k} {v}" for k, v in lv["steps"].items())]
+        lines += [f"- {k}: {v}" for k, v in lv.get("card", {}).items()]
+        lines += [""]
     if card.get("quickstart_config"):
         lines += ["## Quickstart config", "", "```json", json.dumps(card["quickstart_config"], indent=2), "```", ""]
     return "\n".join(lines)
@@ -138,6 +161,48 @@ def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, met
     info["steps"]["renderer"] = step
     info["card"] = {**info.get("card", {}), "renderer": {"trained_run": str(renderer_run.resolve()),
                                                           "bytes": size, "metrics": metrics or {}}}
+    atomic_write_json(bundle / BUNDLE_FILE, info)
+    atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
+    return info
+
+
+def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str = BEV_LEVELS,
+               card: dict | None = None) -> dict:
+    """Add (or replace) the levels of another ldm run trained on the bundle's own latent-ae
+    (e.g. BEV-conditioned levels) as BUNDLE/``name``/{g,c,f} in float16: their configs name the
+    bundle's latent-ae and scene-ae (``../latent_ae``, ``../scene_ae``) and its renderer; checked
+    to load as a whole pipeline. ValueError when the run was trained on latents of another
+    latent-ae. Written as BUNDLE/NAME.partial, then renamed. Returns bundle.json."""
+    bundle, ldm_run = Path(bundle), Path(ldm_run)
+    info = json.loads((bundle / BUNDLE_FILE).read_text())
+    ldm = load_ldm(ldm_run, "cpu")
+    hashes = {"scene_ae": weights_hash(load_scene_ae(bundle / "scene_ae", "cpu")),
+              "latent_ae": weights_hash(load_latent_ae(bundle / "latent_ae", "cpu"))}
+    if ldm["config"]["latent_ae"]["weights_hash"] != hashes["latent_ae"]:
+        raise ValueError(f"{ldm_run}: trained on the latents of another latent-ae than {bundle / 'latent_ae'} "
+                         "(encode the latents with the bundle's latent-ae, then train)")
+    tmp = bundle / (name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    steps, size = {}, 0
+    for lv, model in ldm["models"].items():
+        (tmp / lv).mkdir()
+        rc = read_run_config(ldm_run / lv)
+        for key in ("scene_ae", "latent_ae"):
+            rc[key] = {**rc[key], "run": f"../{key}", "weights_hash": hashes[key], "trained_run": str(rc[key]["run"])}
+        atomic_write_json(tmp / lv / CONFIG_FILE, rc)
+        steps[lv] = ldm["steps"][lv]
+        size += _save_half(model, tmp / lv, steps[lv])
+    sub = {"format": BUNDLE_FORMAT, "version": 1, "levels_of": "..", "source": str(ldm_run.resolve()), "steps": steps}
+    if info.get("renderer"):
+        sub["renderer"] = f"../{info['renderer']}"
+    atomic_write_json(tmp / BUNDLE_FILE, sub)
+    load_stages(tmp, "cpu")              # loads as a whole pipeline (hashes match)
+    if (bundle / name).exists():
+        shutil.rmtree(bundle / name)
+    os.replace(tmp, bundle / name)
+    info.setdefault("levels", {})[name] = {"steps": steps, "bytes": size, "source": str(ldm_run.resolve()),
+                                           "card": card or {}}
     atomic_write_json(bundle / BUNDLE_FILE, info)
     atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
     return info

@@ -21,6 +21,10 @@ Output folder (``sample(out=DIR)``)::
                                             has), keyframes, path, bounds, intrinsics
     DIR/sample_NNNN/mesh.ply, mesh.glb      marching cubes of the density (world units)
     DIR/sample_NNNN/trajectory.json         nerfstudio camera-path style
+    DIR/sample_NNNN/bev.npz, map.png        conditional samples: the map given, and a picture of it
+                                            beside the top-down view of the sample
+    DIR/sample_NNNN/condition.json          conditional samples: the map's source, edits, the scene
+                                            whose camera path was followed
 
 Every file is written atomically.
 """
@@ -37,21 +41,24 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from nfldm.data.bev import bev_grid, bev_image, write_bev
 from nfldm.data.format import DataError
-from nfldm.data.tensors import read_safetensors, write_safetensors
+from nfldm.data.tensors import read_safetensors, scene_file, write_safetensors
+from nfldm.latent_ae.latents import load_latent_file, read_latent_index
 from nfldm.ldm.data import LatentStats
 from nfldm.ldm.evaluate import top_down_opacity
 from nfldm.ldm.sample import render_path, sample_latents
-from nfldm.ldm.trajectory import fov_degrees
-from nfldm.pipeline.bundle import bundle_renderer, bundled_model
+from nfldm.ldm.trajectory import decode_trajectory, encode_trajectory, fov_degrees
+from nfldm.pipeline.bundle import bundle_renderer, bundled_bev_model, bundled_model
 from nfldm.pipeline.load import load_stages, recorded_run
+from nfldm.pipeline.maps import SceneCondition, scene_path
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, to_uint8, upscale
 from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
 from nfldm.scene_ae.render import sample_grid
-from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json
+from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, read_json
 from nfldm.utils.video import write_video
 
-__all__ = ["sample", "read_condition", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT"]
+__all__ = ["sample", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT"]
 
 SAMPLE_FORMAT = "nfldm-sample"
 SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
@@ -184,6 +191,19 @@ def _render_path(sae, V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, chu
     return torch.cat(rgbs), torch.cat(depths)
 
 
+def map_heights(run: str | os.PathLike | None, floor: float | None = None,
+                ceiling: float | None = None) -> tuple[float, float]:
+    """Floor and ceiling heights (metres) for floor plans: those given, else the typical ones of the
+    maps the run's BEV levels were trained on (its g level's config), else 0 and 3.5."""
+    typical = (0.0, 3.5)
+    try:
+        g = Path(bundled_bev_model() if run is None else run) / "g" / "config.json"
+        typical = tuple(read_json(g, "ldm level config", DataError).get("bev", {}).get("typical_heights", typical))
+    except (ValueError, DataError):
+        pass
+    return (typical[0] if floor is None else floor, typical[1] if ceiling is None else ceiling)
+
+
 def read_condition(path: str | os.PathLike) -> Tensor:
     """Condition tokens from a safetensors file's tensor ``cond`` (L x cond_dim, or N x L x cond_dim
     per sample), as float; DataError naming the file if it is unreadable or has no ``cond``."""
@@ -197,17 +217,29 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
            out: str | os.PathLike | None = None, cond: Tensor | None = None, guidance: float = 1.0,
            device: str = "auto", progress: bool = True, num_frames: int = 48, fps: int = 12,
            mesh_level: float | None = None, batch_size: int = 8, sheet_frames: int = 6,
-           g_guidance: float = 1.0, renderer: str | os.PathLike | None = None) -> dict:
+           g_guidance: float = 1.0, renderer: str | os.PathLike | None = None,
+           conditions: list[SceneCondition] | None = None, path_from_scene: bool = False,
+           own_latents: str | os.PathLike | None = None) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
     num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
     on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"). Returns the summary
-    written to ``out``/samples.json."""
+    written to ``out``/samples.json.
+
+    ``conditions`` (:func:`nfldm.pipeline.maps.conditions_from`): ``num`` samples per condition,
+    each conditioned on its BEV map (levels trained with ``bev``; None: the bundle's ``bev/``
+    levels) with guidance ``guidance``; each sample folder keeps its map (bev.npz, map.png beside
+    the top-down view) and condition.json. ``path_from_scene``: psi_g samples g given the
+    condition scene's own camera trajectory and the frames are rendered at the scene's own
+    cameras (frame k = real frame k: ``nfldm eval generation`` compares them). ``own_latents``: a
+    latent folder of the run's latent-ae; instead of sampling, each condition scene's own latents
+    are decoded (the upper bound of generation)."""
     if out is None:
         raise ValueError("sample needs an output folder (out)")
+    has_maps = bool(conditions) and any(c.bev is not None and c.conditioned for c in conditions)
     if run is None:
-        run = bundled_model()
+        run = bundled_bev_model() if has_maps else bundled_model()
     if num < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
                          f"batch_size={batch_size})")
@@ -215,28 +247,57 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         raise ValueError(f"guidance and g_guidance must be finite numbers, got {guidance}, {g_guidance}")
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
+    if (path_from_scene or own_latents is not None) and not (conditions and all(c.scene for c in conditions)):
+        raise ValueError("path_from_scene and own_latents need the scenes to follow (dataset or scene folders)")
+    if has_maps and not all(c.bev is not None and c.conditioned for c in conditions):
+        raise ValueError("either every condition has a map to follow or none has")
+    if own_latents is not None:
+        num = 1                 # a scene has one set of latents
     pipe = load_pipeline(run, device, renderer)
     models, rc, sae, lae = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"]
     dev = pipe["device"]
-    lat = sample_latents(models, pipe["stats"], num, sampler, steps, seed, cond, guidance, batch_size, progress,
-                         g_guidance)
-
     setup = rc["render"]
     bounds = torch.tensor(setup["bounds"], dtype=torch.float32)
     intr = torch.tensor(setup["intrinsics"], dtype=torch.float32)
+    per = [conditions[i // num] for i in range(len(conditions) * num)] if conditions else None
+    total = len(per) if per else num
+    gm = models["g"]
+    bev = traj = paths = None
+    if has_maps and own_latents is None:
+        if not gm.cfg.bev:
+            raise ValueError(f"{run}: its levels were not trained on BEV maps; sample a run trained with "
+                             "--set bev=true (or leave out --run for the bundle's bev levels)")
+        grids = {}
+        for c in conditions:
+            grids[id(c)] = bev_grid(c.bev, gm.cfg.bev_size)
+        bev = torch.stack([grids[id(c)] for c in per])
+    if path_from_scene or own_latents is not None:
+        scene_paths = {id(c): scene_path(c, bounds) for c in conditions}
+        paths = [scene_paths[id(c)] for c in per]
+        traj = torch.stack([encode_trajectory(p.double(), bounds.double(), gm.cfg.traj_frames).float()
+                            for p in paths])
+    if own_latents is not None:
+        lat = _own_latents(own_latents, per, rc, gm.cfg.traj_frames, bounds)
+    else:
+        lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
+                             g_guidance, bev=bev, traj=traj)
+
     H = W = sae.cfg.image_size
     scale = max(1, 256 // H)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, records = [], []
-    for i in tqdm(range(num), desc="decoding and rendering", unit="scene", disable=not progress):
+    for i in tqdm(range(total), desc="decoding and rendering", unit="scene", disable=not progress):
         d = out / f"sample_{i:04d}"
         g, c, f = (lat[k][i:i + 1].to(dev) if k in lat else None for k in ("g", "c", "f"))
         with torch.no_grad():
             V = lae.decode_latents(g, c, f)[0].float().cpu()
         if not bool(torch.isfinite(V).all()):
             raise RuntimeError(f"sample {i}: the decoded V holds NaN / inf values")
-        keys, path = render_path(lat["traj"][i], bounds, num_frames)
+        if paths is not None:           # the scene's own cameras: frame k = real frame k
+            keys, path = decode_trajectory(traj[i].double(), bounds.double()).float(), paths[i]
+        else:
+            keys, path = render_path(lat["traj"][i], bounds, num_frames)
         rgb, depth = _render_path(sae, V, bounds, intr, path)
         frames = to_uint8(rgb)
         for k, fr in enumerate(frames):
@@ -247,34 +308,85 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         V16 = V.half()
         if not bool(torch.isfinite(V16).all()):
             raise RuntimeError(f"sample {i}: V exceeds the float16 range")
+        meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
+                "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
+                "g_guidance": g_guidance}
+        if per:
+            meta["scene"] = str(per[i].scene or per[i].source)
         write_safetensors(d / "V.safetensors",
                           {"V": V16, **{k: lat[k][i] for k in ("g", "c", "f") if k in lat}, "keyframes": keys,
-                           "path": path, "bounds": bounds, "intrinsics": intr},
-                          {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
-                           "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
-                           "g_guidance": g_guidance})
+                           "path": path, "bounds": bounds, "intrinsics": intr}, meta)
         use_colour = bool(getattr(sae.cfg, "rgb_features", False))
         mesh, level = density_mesh(V, bounds, mesh_level, colour=use_colour)
         atomic_write_bytes(d / "mesh.ply", mesh.export(file_type="ply"))
         atomic_write_bytes(d / "mesh.glb", mesh.export(file_type="glb"))
         atomic_write_json(d / "trajectory.json", camera_path_json(path, keys, intr, H, W, fps, bounds))
         pick = np.round(np.linspace(0, len(frames) - 1, min(sheet_frames, len(frames)))).astype(int)
+        top = _topdown(V, bounds, path, H)
+        record = {"index": i, "folder": d.name, "video": video_path.name, "mesh_level": level,
+                  "mesh_vertices": int(len(mesh.vertices)), "mesh_faces": int(len(mesh.faces)),
+                  "max_density": float(V[0].max()), "occupied_fraction": float((V[0] > level).float().mean())}
+        row = [frames[pick], top[None]]
+        if per:
+            record.update(_write_condition(d, per[i], path_from_scene or own_latents is not None, own_latents, top, H))
+            if per[i].bev is not None:
+                row.append(bev_image(per[i].bev, H)[None])
+            elif has_maps or any(c.bev is not None for c in conditions):
+                row.append(np.zeros((1, H, H, 3), np.uint8))
         if i < SHEET_MAX_ROWS:
-            rows.append(np.concatenate([frames[pick], _topdown(V, bounds, path, H)[None]], 0))
-        records.append({"index": i, "folder": d.name, "video": video_path.name, "mesh_level": level,
-                        "mesh_vertices": int(len(mesh.vertices)), "mesh_faces": int(len(mesh.faces)),
-                        "max_density": float(V[0].max()), "occupied_fraction": float((V[0] > level).float().mean())})
+            rows.append(np.concatenate(row, 0))
+        records.append(record)
     sheet = out / "contact_sheet.png"
     atomic_save_png(sheet, grid_image([upscale(r, 2) for r in rows]))
     summary = {"format": SAMPLE_FORMAT, "run": str(Path(run).resolve()), "steps_trained": pipe["steps"],
                "latent_ae": rc["latent_ae"]["run"], "scene_ae": rc["scene_ae"]["run"], "renderer": pipe["renderer"],
                "latents": pipe["latents"],
-               "num": num,
+               "num": total,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
                "g_guidance": g_guidance,
-               "conditional": cond is not None, "num_frames": num_frames, "fps": fps, "image_size": H,
+               "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, "image_size": H,
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
                "contact_sheet_rows": len(rows),
                "samples": records}
+    if per:
+        summary.update(samples_per_condition=num, conditions=len(conditions), bev=has_maps,
+                       path_from_scene=bool(path_from_scene), own_latents=None if own_latents is None else
+                       str(Path(own_latents).resolve()))
     atomic_write_json(out / "samples.json", summary)
     return summary
+
+
+def _write_condition(d: Path, c: SceneCondition, along_scene: bool, own_latents, top: np.ndarray, size: int) -> dict:
+    """A conditional sample's map (bev.npz; map.png: the map beside the sample's top-down view) and
+    condition.json; returns the record's entries."""
+    info = {"source": c.source, "scene": None if c.scene is None else str(c.scene), "edits": c.edits,
+            "conditioned_on_map": c.bev is not None and c.conditioned and own_latents is None,
+            "path_from_scene": str(c.scene) if along_scene else None,
+            "own_latents": None if own_latents is None else str(Path(own_latents).resolve())}
+    if c.bev is not None:
+        write_bev(d / "bev.npz", c.bev)
+        big = max(size, 128)
+        pic = np.concatenate([bev_image(c.bev, big), np.full((big, 4, 3), 255, np.uint8),
+                              upscale(top, max(1, big // top.shape[0]))[:big, :big]], 1)
+        atomic_save_png(d / "map.png", pic)
+    atomic_write_json(d / "condition.json", info)
+    return {"condition": info}
+
+
+def _own_latents(latdir: str | os.PathLike, per: list[SceneCondition], rc: dict, traj_frames: int,
+                 bounds: Tensor) -> dict:
+    """The latents (raw g, c, f) and trajectories of the condition scenes, from a latent folder
+    made with the run's latent-ae (DataError naming the folder otherwise)."""
+    index = read_latent_index(latdir)
+    if index["latent_ae"]["weights_hash"] != rc["latent_ae"]["weights_hash"]:
+        raise DataError(f"{latdir}: encoded by another latent-ae than the run's ({rc['latent_ae']['run']})")
+    names = {s["name"] for s in index["scenes"]}
+    parts: dict[str, list] = {}
+    for c in per:
+        if c.scene.name not in names:
+            raise DataError(f"{Path(latdir) / 'index.json'}: no scene {c.scene.name!r}")
+        t = load_latent_file(scene_file(latdir, c.scene.name), index["shapes"])
+        for k in index["shapes"]:
+            parts.setdefault(k, []).append(t[k])
+        parts.setdefault("traj", []).append(encode_trajectory(t["c2w"].double(), bounds.double(), traj_frames).float())
+    return {k: torch.stack(v) for k, v in parts.items()}

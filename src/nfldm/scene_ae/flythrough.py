@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from nfldm import camera
-from nfldm.data.preview import colorize
+from nfldm.utils.plot import colorize
 
 
 def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Training curves from a trainer's metrics.jsonl (matplotlib, Agg backend, no pyplot state)."""
+"""Pictures: training curves from a trainer's metrics.jsonl (matplotlib, Agg backend, no pyplot state) and a
+colour ramp for maps (depth, heights)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,19 @@ def plot_metrics(jsonl_path: str | os.PathLike, png_path: str | os.PathLike,
     fig.savefig(buf, format="png")
     atomic_write_bytes(png_path, buf.getvalue())
     return Path(png_path)
+
+
+_RAMP = np.array(  # dark blue -> purple -> orange -> yellow (an approximation of "magma"/"plasma")
+    [[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], dtype=np.float32
+)
+
+
+def colorize(x: np.ndarray, lo: float, hi: float, invalid: np.ndarray | None = None) -> np.ndarray:
+    """Map H x W values to an H x W x 3 uint8 colour ramp; ``invalid`` (or non-finite) pixels black."""
+    t = np.clip((np.nan_to_num(x, nan=lo) - lo) / max(hi - lo, 1e-9), 0, 1) * (len(_RAMP) - 1)
+    i = np.minimum(t.astype(int), len(_RAMP) - 2)
+    w = (t - i)[..., None]
+    rgb = _RAMP[i] * (1 - w) + _RAMP[i + 1] * w
+    bad = ~np.isfinite(x) if invalid is None else (invalid | ~np.isfinite(x))
+    rgb[bad] = 0
+    return rgb.astype(np.uint8)

@@ -1,0 +1,250 @@
+"""The bird's-eye-view (BEV) map of a scene: its file (``bev.npz``, written by the ViZDoom
+collector), a floor plan drawn as a PNG, map edits, and the map as a tensor the diffusion
+levels are conditioned on.
+
+A BEV map is a dict of float32 R x R arrays indexed [x, y] over the scene box's footprint
+(``bounds_xy`` 2 x 2 metres, [[x0, y0], [x1, y1]]; cell (i, j) covers x in cell i, y in cell j,
+as the voxel grid's X x Y footprint):
+
+    wall     1 where an impassable line (a wall) passes through the cell
+    inside   1 where the cell centre is inside the map (on some floor)
+    floor    floor height, metres relative to the scene's z = 0 (NaN outside the map)
+    ceiling  ceiling height, metres (NaN outside the map)
+
+:func:`bev_grid` turns it into the condition tensor (4 x S x S: wall, inside, floor / 4 m,
+ceiling / 4 m, the heights 0 outside the map) at the latent footprint's size S.
+
+A floor plan PNG (:func:`read_floor_plan`), north up (image rows run from +y down to -y,
+columns from -x to +x), covering the whole box: dark pixels (luminance < 0.3, e.g. black) are
+walls, light pixels (> 0.7, e.g. white) are floor, anything between (e.g. mid grey) or
+transparent is outside the map. Floor and ceiling heights are the defaults given (the
+dataset's typical ones).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nfldm.data.format import DataError, read_transforms
+from nfldm.utils.io import atomic_write_bytes
+from nfldm.utils.plot import colorize
+
+__all__ = ["BEV_KEYS", "GRID_CHANNELS", "HEIGHT_SCALE", "BEV_FILE", "read_bev", "read_bev_file", "read_floor_plan",
+           "bev_grid", "erase_box", "add_wall_box", "write_bev", "bev_image", "typical_heights", "scene_bev_file"]
+
+BEV_KEYS = ("wall", "inside", "floor", "ceiling")
+GRID_CHANNELS = 4            # the condition tensor: wall, inside, floor / HEIGHT_SCALE, ceiling / HEIGHT_SCALE
+HEIGHT_SCALE = 4.0           # metres per unit of the height channels
+BEV_FILE = "bev.npz"
+DEFAULT_BOUNDS_XY = ((-8.0, -8.0), (8.0, 8.0))   # the ViZDoom collector's box (extent 16 m)
+
+
+def scene_bev_file(scene_dir: str | os.PathLike) -> Path | None:
+    """The BEV file of a dataset scene folder (``nfldm.bev_file_path`` of its transforms.json),
+    or None when the scene has none."""
+    meta = read_transforms(scene_dir)
+    name = meta.extra.get("bev_file_path")
+    if not name:
+        return None
+    path = Path(scene_dir) / name
+    return path if path.is_file() else None
+
+
+def _check(bev: dict, where) -> dict:
+    for key in BEV_KEYS:
+        if key not in bev:
+            raise DataError(f"{where}: BEV array {key!r} is missing (a BEV map holds {', '.join(BEV_KEYS)})")
+    shape = bev["wall"].shape
+    if len(shape) != 2 or shape[0] < 2 or shape[0] != shape[1]:
+        raise DataError(f"{where}: BEV arrays must be square R x R, got wall {shape}")
+    for key in BEV_KEYS:
+        if bev[key].shape != shape:
+            raise DataError(f"{where}: BEV array {key} has shape {bev[key].shape}, wall has {shape}")
+    for key in ("wall", "inside"):
+        if not np.isfinite(bev[key]).all():
+            raise DataError(f"{where}: BEV array {key} holds NaN or infinite values")
+    b = np.asarray(bev.get("bounds_xy", DEFAULT_BOUNDS_XY), dtype=np.float32)
+    if b.shape != (2, 2) or not np.isfinite(b).all() or not (b[1] > b[0]).all():
+        raise DataError(f"{where}: bounds_xy must be 2 x 2 [[x0, y0], [x1, y1]] with x1 > x0, y1 > y0, got {b.tolist()}")
+    out = {k: np.asarray(bev[k], dtype=np.float32) for k in BEV_KEYS}
+    out["bounds_xy"] = b
+    return out
+
+
+def read_bev_file(path: str | os.PathLike) -> dict:
+    """A ``bev.npz`` (arrays wall, inside, floor, ceiling, optional bounds_xy); DataError naming
+    the file if it is missing, corrupt or malformed."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            bev = {k: z[k] for k in z.files}
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file is missing") from e
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the BEV map ({type(e).__name__}: {e})") from e
+    return _check(bev, path)
+
+
+def read_floor_plan(path: str | os.PathLike, floor: float = 0.0, ceiling: float = 3.5,
+                    bounds_xy=DEFAULT_BOUNDS_XY) -> dict:
+    """A floor plan PNG drawn in a paint program (module docstring: dark = wall, light = floor,
+    mid grey / transparent = outside; north up) -> a BEV map at the image's size (a non-square
+    image is stretched to a square), heights ``floor`` and ``ceiling`` (metres)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGBA")
+            side = max(im.size)
+            if im.size[0] != im.size[1]:
+                im = im.resize((side, side), Image.NEAREST)
+            a = np.asarray(im).astype(np.float32) / 255.0
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file is missing") from e
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"{path}: cannot read the floor plan image ({type(e).__name__}: {e})") from e
+    if not floor < ceiling:
+        raise DataError(f"{path}: the floor height {floor} m must be below the ceiling height {ceiling} m")
+    lum = 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
+    opaque = a[..., 3] > 0.5
+    wall = opaque & (lum < 0.3)
+    inside = opaque & ((lum > 0.7) | wall)
+    if not wall.any() and not inside.any():
+        raise DataError(f"{path}: the floor plan has neither walls (dark pixels) nor floor (light pixels)")
+    # image rows run from +y down to -y, columns from -x to +x -> index [x, y]
+    to_xy = lambda m: np.ascontiguousarray(np.flip(m, 0).T)          # noqa: E731
+    inside_xy = to_xy(inside).astype(np.float32)
+    bev = {"wall": to_xy(wall).astype(np.float32), "inside": inside_xy,
+           "floor": np.where(inside_xy > 0, floor, np.nan).astype(np.float32),
+           "ceiling": np.where(inside_xy > 0, ceiling, np.nan).astype(np.float32), "bounds_xy": bounds_xy}
+    return _check(bev, path)
+
+
+def read_bev(src: str | os.PathLike, floor: float = 0.0, ceiling: float = 3.5) -> dict:
+    """A BEV map from ``src``: a dataset scene folder (its bev.npz), a ``.npz`` file, or a floor
+    plan ``.png`` (heights ``floor`` / ``ceiling``). DataError naming ``src`` otherwise."""
+    src = Path(src)
+    if src.is_dir():
+        if not (src / "transforms.json").is_file():
+            raise DataError(f"{src}: not a dataset scene folder (no transforms.json); pass a scene folder, "
+                            "a bev.npz or a floor plan .png")
+        path = scene_bev_file(src)
+        if path is None:
+            raise DataError(f"{src}: the scene has no BEV map (its transforms.json names no existing "
+                            "nfldm.bev_file_path)")
+        return read_bev_file(path)
+    if src.suffix.lower() == ".npz":
+        return read_bev_file(src)
+    if src.suffix.lower() == ".png":
+        return read_floor_plan(src, floor, ceiling)
+    if not src.exists():
+        raise DataError(f"{src}: file is missing")
+    raise DataError(f"{src}: not a BEV map (a scene folder, a .npz or a .png floor plan)")
+
+
+def bev_grid(bev: dict, size: int) -> Tensor:
+    """The condition tensor of a BEV map at the latent footprint's size: 4 x size x size float32,
+    channels wall (1 where any wall passes through the cell), inside (the fraction of the
+    cell inside the map), floor and ceiling (mean height over the cell's inside part / 4 m;
+    0 where no part is inside). A map of R < size cells is sampled nearest."""
+    wall = torch.from_numpy(np.asarray(bev["wall"], np.float32))[None, None]
+    inside = torch.from_numpy(np.asarray(bev["inside"], np.float32))[None, None]
+    heights = [torch.from_numpy(np.nan_to_num(np.asarray(bev[k], np.float32) * (np.asarray(bev["inside"]) > 0)))
+               [None, None] for k in ("floor", "ceiling")]
+    R = wall.shape[-1]
+    if R < size:
+        up = lambda x: F.interpolate(x, size=(size, size), mode="nearest")   # noqa: E731
+        wall, inside, heights = up(wall), up(inside), [up(h) for h in heights]
+    w = F.adaptive_max_pool2d(wall, size)
+    ins = F.adaptive_avg_pool2d(inside, size)
+    hs = [F.adaptive_avg_pool2d(h * (inside > 0), size) / ins.clamp(min=1e-6) * (ins > 0) / HEIGHT_SCALE
+          for h in heights]
+    return torch.cat([w, ins, *hs], 1)[0].float()
+
+
+def _box_cells(bev: dict, box) -> tuple[slice, slice]:
+    """Cells of the map whose centres lie in ``box`` (x0, y0, x1, y1 metres)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"a box is x0 y0 x1 y1 with x1 > x0 and y1 > y0 (metres), got {list(box)}")
+    b = bev["bounds_xy"]
+    R = bev["wall"].shape[0]
+    cell = (b[1] - b[0]) / R
+    centres = [b[0, a] + (np.arange(R) + 0.5) * cell[a] for a in (0, 1)]
+    ix = np.nonzero((centres[0] >= x0) & (centres[0] <= x1))[0]
+    iy = np.nonzero((centres[1] >= y0) & (centres[1] <= y1))[0]
+    if not len(ix) or not len(iy):
+        raise ValueError(f"the box {list(box)} holds no cell of the map (bounds {b.tolist()})")
+    return slice(ix[0], ix[-1] + 1), slice(iy[0], iy[-1] + 1)
+
+
+def erase_box(bev: dict, box, floor: float | None = None, ceiling: float | None = None) -> dict:
+    """A copy of the map with the walls in ``box`` (x0, y0, x1, y1 metres) removed and the box
+    made floor: inside 1, heights kept where the map had them, else ``floor`` / ``ceiling``
+    (default: the median of the map's inside cells)."""
+    out = {k: np.array(v, copy=True) for k, v in bev.items()}
+    sx, sy = _box_cells(bev, box)
+    fl, ce = typical_heights([bev]) if floor is None or ceiling is None else (floor, ceiling)
+    floor = fl if floor is None else floor
+    ceiling = ce if ceiling is None else ceiling
+    out["wall"][sx, sy] = 0.0
+    had = out["inside"][sx, sy] > 0
+    out["inside"][sx, sy] = 1.0
+    out["floor"][sx, sy] = np.where(had, out["floor"][sx, sy], floor)
+    out["ceiling"][sx, sy] = np.where(had, out["ceiling"][sx, sy], ceiling)
+    return out
+
+
+def add_wall_box(bev: dict, box) -> dict:
+    """A copy of the map with a solid block in ``box`` (x0, y0, x1, y1 metres), as Doom draws a
+    pillar: the box's cells leave the map (inside 0, no heights) and its border cells are walls."""
+    out = {k: np.array(v, copy=True) for k, v in bev.items()}
+    sx, sy = _box_cells(bev, box)
+    out["inside"][sx, sy] = 0.0
+    out["floor"][sx, sy] = np.nan
+    out["ceiling"][sx, sy] = np.nan
+    block = np.zeros_like(out["wall"][sx, sy])
+    block[0, :] = block[-1, :] = block[:, 0] = block[:, -1] = 1.0
+    out["wall"][sx, sy] = np.maximum(out["wall"][sx, sy], block)
+    out["wall"][sx, sy][1:-1, 1:-1] = 0.0
+    return out
+
+
+def typical_heights(bevs: list[dict]) -> tuple[float, float]:
+    """Median floor and ceiling height (metres) over the inside cells of the given maps."""
+    fl = [b["floor"][(b["inside"] > 0) & np.isfinite(b["floor"])] for b in bevs]
+    ce = [b["ceiling"][(b["inside"] > 0) & np.isfinite(b["ceiling"])] for b in bevs]
+    fl, ce = np.concatenate(fl), np.concatenate(ce)
+    if not fl.size or not ce.size:
+        return 0.0, 3.5
+    return float(np.median(fl)), float(np.median(ce))
+
+
+def write_bev(path: str | os.PathLike, bev: dict) -> None:
+    """Write a BEV map as a ``bev.npz`` (atomically)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(bev[k], np.float32) for k in (*BEV_KEYS, "bounds_xy")})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def bev_image(bev: dict, size: int) -> np.ndarray:
+    """BEV (index [x, y]) -> size x size x 3 uint8 image, north up: floor height coloured,
+    walls white, outside the map black."""
+    from PIL import Image
+
+    floor = np.where(np.asarray(bev["inside"]) > 0, bev["floor"], np.nan)
+    finite = floor[np.isfinite(floor)]
+    lo, hi = (finite.min(), finite.max() + 1e-3) if finite.size else (0.0, 1.0)
+    img = colorize(floor, lo, hi)
+    img = (img * 0.8).astype(np.uint8)
+    img[np.asarray(bev["wall"]) > 0] = 255
+    img = np.flip(img.transpose(1, 0, 2), 0)  # [x, y] -> rows = -y, cols = x
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.NEAREST))

@@ -1,0 +1,223 @@
+"""BEV maps: the file and floor-plan readers, the condition tensor, map edits, the BEV-conditioned
+levels (tokens, maps, dropout, guidance), known trajectories, and the map metrics."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import BOUNDS, bev_bytes, make_bev
+from PIL import Image
+
+from nfldm.data.bev import (HEIGHT_SCALE, add_wall_box, bev_grid, erase_box, read_bev, read_bev_file,
+                            read_floor_plan, write_bev)
+from nfldm.data.format import DataError
+from nfldm.ldm.config import preset
+from nfldm.ldm.evaluate import inside_iou, mid_height_occupancy, wall_iou
+from nfldm.ldm.model import LevelDiffusion, guided_prediction
+
+
+def bev_cfg(level: str, **kw):
+    return replace(preset("smoke").level(level).model, **{"bev": True, "bev_size": 16, **kw})
+
+
+def batch_for(cfg, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c_ch, Xc, Yc, Zc = cfg.c_shape
+    bev = torch.stack([bev_grid(make_bev(k), cfg.bev_size) for k in range(B)])
+    return {"g": torch.randn(B, cfg.g_dim, generator=g), "traj": torch.rand(B, cfg.traj_dim, generator=g) * 2 - 1,
+            "c": torch.randn(B, c_ch * Zc, Xc, Yc, generator=g), "f": torch.randn(B, *cfg.f_shape, generator=g),
+            "bev": bev}
+
+
+def randomise(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if bool((p == 0).all()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+# ----------------------------------------------------------------------------------------
+# the map
+
+
+def test_bev_grid_pools_walls_inside_and_heights():
+    bev = make_bev(1, res=32)              # room cells 3..25, walls on its border
+    grid = bev_grid(bev, 16)
+    assert grid.shape == (4, 16, 16) and grid.dtype == torch.float32
+    assert grid[0, 1, 5] == 1.0            # cells 2-3 hold the x = 2 wall
+    assert grid[0, 5, 5] == 0.0
+    assert grid[1, 5, 5] == 1.0 and grid[1, 0, 0] == 0.0
+    assert torch.isclose(grid[1, 1, 5], torch.tensor(0.5))     # cell 3 of cells 2-3 is inside
+    assert torch.isclose(grid[3, 5, 5], torch.tensor(2.5 / HEIGHT_SCALE))
+    assert grid[3, 0, 0] == 0.0 and torch.isfinite(grid).all()
+    # a coarser map is sampled nearest
+    assert bev_grid(make_bev(0, res=8), 16).shape == (4, 16, 16)
+
+
+def test_floor_plan_colours_and_orientation(tmp_path):
+    img = np.full((20, 20, 3), 128, np.uint8)       # outside
+    img[5:15, 5:15] = 255                           # floor
+    img[5, 5:15] = 0                                # a wall along the top row: the +y side
+    Image.fromarray(img).save(tmp_path / "plan.png")
+    bev = read_floor_plan(tmp_path / "plan.png", floor=0.25, ceiling=3.0)
+    assert bev["wall"].shape == (20, 20)
+    # row 5 from the top = y index 14; columns 5..14 = x 5..14
+    assert bev["wall"][5:15, 14].all() and bev["wall"].sum() == 10
+    assert bev["inside"][10, 10] == 1 and bev["inside"][0, 0] == 0
+    assert bev["floor"][10, 10] == 0.25 and np.isnan(bev["floor"][0, 0]) and bev["ceiling"][10, 10] == 3.0
+    assert read_bev(tmp_path / "plan.png")["wall"].sum() == 10
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(tmp_path / "empty.png")
+    with pytest.raises(DataError, match="empty.png"):
+        read_floor_plan(tmp_path / "empty.png")
+
+
+def test_map_edits():
+    bev = make_bev(0, res=32)
+    b = bev["bounds_xy"]
+    cell = (b[1, 0] - b[0, 0]) / 32
+    # erase the x = cell 2 wall around y = 0
+    x_wall = b[0, 0] + 2.5 * cell
+    erased = erase_box(bev, (x_wall - 0.1, -1.0, x_wall + 0.1, 1.0))
+    assert erased["wall"].sum() < bev["wall"].sum() and bev["wall"][2, 16] == 1 and erased["wall"][2, 16] == 0
+    assert erased["inside"][2, 16] == 1 and np.isfinite(erased["floor"][2, 16])
+    pillar = add_wall_box(bev, (-1.0, -1.0, 1.0, 1.0))
+    ix = np.nonzero(pillar["wall"][:, 16] - bev["wall"][:, 16])[0]
+    assert len(ix) == 2                                  # the block's two border cells along x
+    assert pillar["inside"][16, 16] == 0 and np.isnan(pillar["floor"][16, 16])
+    with pytest.raises(ValueError, match="x1 > x0"):
+        erase_box(bev, (1.0, 0.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="holds no cell"):
+        add_wall_box(bev, (50.0, 50.0, 51.0, 51.0))
+
+
+def test_bev_files_round_trip_and_bad_files(tmp_path):
+    bev = make_bev(1)
+    write_bev(tmp_path / "bev.npz", bev)
+    back = read_bev_file(tmp_path / "bev.npz")
+    assert np.array_equal(back["wall"], bev["wall"]) and np.allclose(back["bounds_xy"], bev["bounds_xy"])
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="bad.npz: cannot read"):
+        read_bev_file(tmp_path / "bad.npz")
+    (tmp_path / "partial.npz").write_bytes(bev_bytes({k: v for k, v in bev.items() if k != "inside"}))
+    with pytest.raises(DataError, match="partial.npz: BEV array 'inside' is missing"):
+        read_bev_file(tmp_path / "partial.npz")
+    with pytest.raises(DataError, match="missing.npz: file is missing"):
+        read_bev(tmp_path / "missing.npz")
+    with pytest.raises(DataError, match="not a BEV map"):
+        (tmp_path / "x.txt").write_text("x")
+        read_bev(tmp_path / "x.txt")
+
+
+# ----------------------------------------------------------------------------------------
+# the conditioned levels
+
+
+@pytest.mark.parametrize("level", ["g", "c", "f"])
+def test_bev_levels_train_and_the_map_matters(level):
+    cfg = bev_cfg(level)
+    torch.manual_seed(0)
+    model = LevelDiffusion(cfg)
+    randomise(model)
+    batch = batch_for(cfg)
+    loss, _ = model.training_loss(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.bev.stem[0].weight.grad is not None and model.bev.stem[0].weight.grad.abs().sum() > 0
+    tokens, maps = model.condition(batch["bev"], 2)
+    assert tokens.shape == (2, (cfg.bev_size // 8) ** 2, cfg.cross_attention_dim)
+    if level == "g":
+        assert maps is None
+    else:
+        assert maps.shape == (2, cfg.bev_map_total, *model.map_size) and (maps[:, -1] == 1).all()
+        # the map's own walls, max-pooled to the level's footprint, are the first channel
+        assert torch.equal(maps[:, 0], torch.nn.functional.adaptive_max_pool2d(batch["bev"][:, 0], model.map_size))
+    # dropped rows get the null tokens and all-zero maps
+    tok_d, maps_d = model.condition(batch["bev"], 2, drop=torch.tensor([True, False]))
+    assert torch.equal(tok_d[0], model.tokens.null[0].expand_as(tok_d[0])) and torch.equal(tok_d[1], tokens[1])
+    if maps is not None:
+        assert (maps_d[0] == 0).all() and torch.equal(maps_d[1], maps[1])
+    # guidance 1 = the conditional prediction, 0 = the unconditional one; another map changes it
+    x = torch.randn(model.sample_shape(2))
+    t = torch.tensor(500)
+    ctx = model.context(batch)
+    with torch.no_grad():
+        cond = guided_prediction(model, x, t, ctx, batch["bev"], 1.0)
+        unc = guided_prediction(model, x, t, ctx, None, 1.0)
+        assert torch.allclose(guided_prediction(model, x, t, ctx, batch["bev"], 0.0), unc, atol=1e-5)
+        assert torch.allclose(guided_prediction(model, x, t, ctx, batch["bev"], 3.0), unc + 3 * (cond - unc),
+                              atol=1e-4)
+        other = guided_prediction(model, x, t, ctx, batch["bev"].flip(0), 1.0)
+    assert not torch.allclose(cond, unc) and not torch.allclose(cond, other)
+
+
+def test_tokens_only_and_bad_bev_configs():
+    cfg = bev_cfg("c", bev_maps=False)
+    model = LevelDiffusion(cfg)
+    assert cfg.map_channels == 0 and model.bev.to_map is None
+    assert torch.isfinite(model.training_loss(batch_for(cfg), 0)[0])
+    with pytest.raises(ValueError, match="neither bev_tokens nor bev_maps"):
+        bev_cfg("g", bev_tokens=False)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        bev_cfg("c", bev_size=12)
+    with pytest.raises(ValueError, match="not both"):
+        bev_cfg("c", cond_dim=4)
+    batch = batch_for(bev_cfg("c"))
+    del batch["bev"]
+    with pytest.raises(ValueError, match="hold no maps"):
+        LevelDiffusion(bev_cfg("c")).training_loss(batch, 0)
+
+
+def test_known_trajectory_is_kept_and_g_follows_it():
+    from nfldm.ldm.data import LatentStats
+    from nfldm.ldm.sample import sample_latents
+
+    torch.manual_seed(0)
+    models = {lv: LevelDiffusion(bev_cfg(lv)).eval() for lv in ("g", "c", "f")}
+    for m in models.values():
+        randomise(m)
+    cfg = models["g"].cfg
+    stats = LatentStats({"g": {"mean": [0.0] * cfg.g_dim, "std": [1.0] * cfg.g_dim},
+                         "c": {"mean": [0.0] * 4, "std": [1.0] * 4}, "f": {"mean": [0.0] * 4, "std": [1.0] * 4}})
+    traj = torch.rand(2, cfg.traj_dim) * 2 - 1
+    bev = torch.stack([bev_grid(make_bev(k), 16) for k in range(2)])
+    out = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, guidance=2.0, progress=False)
+    assert torch.equal(out["traj"], traj)
+    other = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=-traj, guidance=2.0, progress=False)
+    assert not torch.allclose(out["g"], other["g"])          # g is sampled given the trajectory
+    assert all(torch.isfinite(v).all() for v in out.values())
+    with pytest.raises(ValueError, match="traj must be"):
+        sample_latents(models, stats, 2, "ddim", 2, 0, traj=torch.zeros(3, cfg.traj_dim), progress=False)
+    plain = {lv: LevelDiffusion(replace(m.cfg, bev=False)) for lv, m in models.items()}
+    with pytest.raises(ValueError, match="not trained on maps"):
+        sample_latents(plain, stats, 2, "ddim", 2, 0, bev=bev, progress=False)
+
+
+# ----------------------------------------------------------------------------------------
+# map metrics
+
+
+def test_wall_and_inside_iou():
+    bounds = torch.tensor(BOUNDS)                       # z from -1 to 3 m
+    bev = make_bev(0, res=16)
+    grid = bev_grid(bev, 16)
+    V = torch.zeros(4, 16, 16, 8)
+    z = -1 + (torch.arange(8) + 0.5) * 0.5              # voxel centres
+    band = (z >= 0.5) & (z <= 1.5)
+    walls = grid[0] > 0
+    V[0][walls] = torch.where(band, 5.0, 0.0)           # walls at mid height
+    V[0][..., 1][grid[1] > 0.5] = 10.0                  # a floor under the room
+    assert torch.equal(mid_height_occupancy(V, bounds), walls)
+    assert wall_iou(V, bounds, grid) == 1.0
+    assert inside_iou(V, bounds, grid) == 1.0
+    empty = torch.zeros_like(V)
+    assert wall_iou(empty, bounds, grid) == 0.0 and inside_iou(empty, bounds, grid) == 0.0
+    # walls one cell off still count (2 x 2 pooling), a wall of another room mostly does not
+    shifted = torch.zeros_like(V)
+    shifted[0][walls.roll(1, 0)] = torch.where(band, 5.0, 0.0)
+    assert wall_iou(shifted, bounds, grid) > 0.5
+    other = bev_grid(make_bev(1, res=16), 16)
+    assert wall_iou(V, bounds, other) < 0.9
