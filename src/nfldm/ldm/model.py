@@ -122,42 +122,53 @@ class CondTokens(nn.Module):
 
 class BEVEncoder(nn.Module):
     """A small CNN over the BEV map (B x 4 x S x S: wall, inside, floor, ceiling;
-    :func:`nfldm.data.bev.bev_grid`): conv stem at S, then three stride-2 convs to S/8.
+    :func:`nfldm.data.bev.bev_grid`): a conv stem, then stride-2 convs down to S/8. The stem runs
+    at S only for a level whose maps are at S (psi_f); psi_g and psi_c first pool the map to
+    S/2 (walls max-pooled, the rest averaged), which quarters the encoder's cost.
 
-    :meth:`tokens`: B x (S/8)^2 x ``dim`` cross-attention tokens (a 1 x 1 conv of the S/8
-    features plus a learned position embedding). :meth:`maps`: B x (4 + k + 1) x H x W over a
-    level's footprint: the map itself pooled to H x W (walls max-pooled, the rest averaged),
-    k learned channels (a 1 x 1 conv of the features at H, or of the stem's pooled to H) and a
+    :meth:`forward` -> tokens B x (S/8)^2 x ``dim`` for the cross-attention (a 1 x 1 conv of the
+    S/8 features plus a learned position embedding), and maps B x (4 + k + 1) x H x W over the
+    level's footprint: the map itself pooled to H x W (walls max-pooled, the rest averaged), k
+    learned channels (a 1 x 1 conv of the features at H, or of the stem's pooled to H) and a
     presence channel of ones."""
 
     def __init__(self, cfg: LDMConfig, size: tuple[int, int] | None):
         super().__init__()
         w, S = cfg.bev_width, cfg.bev_size
         self.size, self.S = size, S
+        self.start = S if size is not None and size[0] >= S else S // 2      # the stem's resolution
         act = nn.SiLU()
         self.stem = nn.Sequential(nn.Conv2d(GRID_CHANNELS, w, 3, padding=1), act, nn.Conv2d(w, w, 3, padding=1), act)
+        n_down = 3 if self.start == S else 2
         self.down = nn.ModuleList([nn.Sequential(nn.Conv2d(a, 2 * w, 3, stride=2, padding=1), act)
-                                   for a in (w, 2 * w, 2 * w)])
+                                   for a in (w, 2 * w, 2 * w)[:n_down]])
         self.to_tokens = None
         if cfg.bev_tokens:
             self.to_tokens = nn.Conv2d(2 * w, cfg.cross_attention_dim, 1)
             self.pos = nn.Parameter(torch.randn(1, (S // 8) ** 2, cfg.cross_attention_dim) * 0.02)
         self.to_map = None
         if size is not None:
-            # features at the level's resolution: the stem's (S), or the first / second down's
-            self.map_from = {S: 0, S // 2: 1, S // 4: 2, S // 8: 3}.get(size[0], 0)
+            # features at the level's resolution: the stem's, or those after the k-th down
+            res = [self.start // 2 ** k for k in range(n_down + 1)]
+            self.map_from = res.index(size[0]) if size[0] in res else 0
             self.to_map = nn.Conv2d(w if self.map_from == 0 else 2 * w, cfg.bev_map_channels, 1)
 
     @property
     def num_tokens(self) -> int:
         return (self.S // 8) ** 2
 
+    @staticmethod
+    def pool(bev: Tensor, size) -> Tensor:
+        """The map at another size: walls max-pooled, the other channels averaged."""
+        return torch.cat([F.adaptive_max_pool2d(bev[:, :1], size), F.adaptive_avg_pool2d(bev[:, 1:], size)], 1)
+
     def forward(self, bev: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """-> (tokens B x (S/8)^2 x dim or None, maps B x (4 + k + 1) x H x W or None)."""
         if bev.dim() != 4 or bev.shape[1] != GRID_CHANNELS or tuple(bev.shape[2:]) != (self.S, self.S):
             raise ValueError(f"the BEV map must be B x {GRID_CHANNELS} x {self.S} x {self.S}, got {tuple(bev.shape)}")
         bev = bev.to(self.stem[0].weight.dtype)
-        feats = [self.stem(bev)]
+        x = bev if self.start == self.S else self.pool(bev, self.start)
+        feats = [self.stem(x)]
         for d in self.down:
             feats.append(d(feats[-1]))
         tokens = None
@@ -169,7 +180,7 @@ class BEVEncoder(nn.Module):
             f = feats[self.map_from]
             if tuple(f.shape[-2:]) != (H, W):
                 f = F.adaptive_avg_pool2d(f, (H, W))
-            raw = torch.cat([F.adaptive_max_pool2d(bev[:, :1], (H, W)), F.adaptive_avg_pool2d(bev[:, 1:], (H, W))], 1)
+            raw = self.pool(bev, (H, W))
             maps = torch.cat([raw, self.to_map(f), torch.ones_like(raw[:, :1])], 1)
         return tokens, maps
 
@@ -358,6 +369,17 @@ class LevelDiffusion(nn.Module):
         if self.bev is None:
             return self.tokens(cond, batch, drop, length), None
         null_len = self.bev.num_tokens if self.cfg.bev_tokens else 1
+        if cond is not None and drop is None and not torch.is_grad_enabled():
+            # sampling: one map, many denoising steps: encode it once
+            cached = getattr(self, "_bev_cache", None)
+            if cached is not None and cached[0] is cond:
+                return cached[1]
+            out = self._condition_bev(cond, batch, None, null_len)
+            self._bev_cache = (cond, out)
+            return out
+        return self._condition_bev(cond, batch, drop, null_len)
+
+    def _condition_bev(self, cond: Tensor | None, batch: int, drop: Tensor | None, null_len: int):
         if cond is None:
             maps = None
             if self.cfg.bev_map_total:
@@ -371,6 +393,10 @@ class LevelDiffusion(nn.Module):
         if maps is not None and drop is not None:
             maps = maps * (~drop).to(maps.dtype)[:, None, None, None]
         return tok, maps
+
+    def train(self, mode: bool = True):
+        self._bev_cache = None           # weights may change: encode the map again
+        return super().train(mode)
 
     def null_bev_maps(self, batch: int) -> Tensor:
         """The BEV maps of a dropped / absent map: B x C x H x W zeros."""

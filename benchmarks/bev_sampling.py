@@ -1,0 +1,72 @@
+"""Latent sampling time per scene: BEV-conditioned levels vs unconditional ones.
+
+    python benchmarks/bev_sampling.py --bev-run RUN_BEV [--run RUN] --data DATASET [--split test]
+                                      [--sampler dpm] [--steps 20] [--guidance 1 2] [--repeat 2]
+
+Times ``nfldm.ldm.sample.sample_latents`` (g -> c -> f, batch 8) over one sample per scene of
+the split: the unconditional run (default: the shipped bundle) given each scene's real camera
+path, then the BEV run given each scene's map and path, once per guidance scale (a scale other
+than 1 runs the conditional and the unconditional prediction in one doubled batch). Prints
+seconds per scene and the ratio to the unconditional run; the best of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bev-run", required=True, help="ldm run trained with --set bev=true")
+    ap.add_argument("--run", default=None, help="unconditional ldm run (default: the shipped bundle)")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--sampler", default="dpm")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    from nfldm.data.bev import bev_grid
+    from nfldm.ldm.sample import sample_latents
+    from nfldm.ldm.trajectory import encode_trajectory
+    from nfldm.pipeline.bundle import bundled_model
+    from nfldm.pipeline.generate import load_pipeline
+    from nfldm.pipeline.maps import conditions_from, scene_path
+
+    conds = conditions_from(args.data, args.split)
+    n = len(conds)
+
+    def timed(pipe, **kw) -> float:
+        rc = pipe["config"]
+        bounds = torch.tensor(rc["render"]["bounds"], dtype=torch.float32)
+        frames = pipe["models"]["g"].cfg.traj_frames
+        traj = torch.stack([encode_trajectory(scene_path(c, bounds).double(), bounds.double(), frames).float()
+                            for c in conds])
+        best = float("inf")
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            sample_latents(pipe["models"], pipe["stats"], n, args.sampler, args.steps, 0, progress=False, traj=traj,
+                           **kw)
+            if pipe["device"].type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - t0) / n)
+        return best
+
+    base = timed(load_pipeline(args.run or bundled_model(), args.device))
+    print(f"{n} scenes of split {args.split!r}, {args.sampler} {args.steps} steps, given the real camera paths")
+    print(f"unconditional: {base:.3f} s/scene")
+    pipe = load_pipeline(args.bev_run, args.device)
+    S = pipe["models"]["g"].cfg.bev_size
+    bev = torch.stack([bev_grid(c.bev, S) for c in conds])
+    for g in args.guidance:
+        t = timed(pipe, bev=bev, guidance=g)
+        print(f"BEV-conditioned, guidance {g:g}: {t:.3f} s/scene ({t / base:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
