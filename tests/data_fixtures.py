@@ -86,3 +86,12 @@ def random_V(B: int = 2, seed: int = 0, cfg=None):
     sigma = sigma * (torch.rand(B, 1, X, Y, Z, generator=g) > 0.5)
     feat = 0.5 * torch.randn(B, cfg.channels - 1, X, Y, Z, generator=g) * (sigma > 0)
     return torch.cat([sigma, feat], 1)
+
+
+def randomise_zero_init(model: torch.nn.Module, seed: int = 0) -> None:
+    """Zero-initialised output layers make a fresh model ignore its inputs; give them values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if bool((p == 0).all()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)

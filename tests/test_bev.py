@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from data_fixtures import BOUNDS, bev_bytes, make_bev
+from data_fixtures import BOUNDS, bev_bytes, make_bev, randomise_zero_init
 from PIL import Image
 
 from nfldm.data.bev import (HEIGHT_SCALE, add_wall_box, bev_grid, erase_box, read_bev, read_bev_file,
@@ -30,14 +30,6 @@ def batch_for(cfg, B=2, seed=0):
     return {"g": torch.randn(B, cfg.g_dim, generator=g), "traj": torch.rand(B, cfg.traj_dim, generator=g) * 2 - 1,
             "c": torch.randn(B, c_ch * Zc, Xc, Yc, generator=g), "f": torch.randn(B, *cfg.f_shape, generator=g),
             "bev": bev}
-
-
-def randomise(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if bool((p == 0).all()):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 # ----------------------------------------------------------------------------------------
@@ -121,7 +113,7 @@ def test_bev_levels_train_and_the_map_matters(level):
     cfg = bev_cfg(level)
     torch.manual_seed(0)
     model = LevelDiffusion(cfg)
-    randomise(model)
+    randomise_zero_init(model)
     batch = batch_for(cfg)
     loss, _ = model.training_loss(batch, 0)
     assert torch.isfinite(loss)
@@ -178,7 +170,7 @@ def test_known_trajectory_is_kept_and_g_follows_it():
     torch.manual_seed(0)
     models = {lv: LevelDiffusion(bev_cfg(lv)).eval() for lv in ("g", "c", "f")}
     for m in models.values():
-        randomise(m)
+        randomise_zero_init(m)
     cfg = models["g"].cfg
     stats = LatentStats({"g": {"mean": [0.0] * cfg.g_dim, "std": [1.0] * cfg.g_dim},
                          "c": {"mean": [0.0] * 4, "std": [1.0] * 4}, "f": {"mean": [0.0] * 4, "std": [1.0] * 4}})

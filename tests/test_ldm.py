@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from data_fixtures import make_dataset
+from data_fixtures import make_dataset, randomise_zero_init
 from safetensors import safe_open
 
 from nfldm.camera import pose_from_position_yaw
@@ -51,15 +51,6 @@ def batch_for(cfg, B=2, cond=None, seed=0):
     if cond is not None:
         b["cond"] = cond
     return b
-
-
-def randomise_zero_init(model: torch.nn.Module, seed: int = 0) -> None:
-    """Zero-initialised output layers make a fresh model ignore its inputs; give them values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if bool((p == 0).all()):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 # ----------------------------------------------------------------------------------------

@@ -247,4 +247,6 @@ def bev_image(bev: dict, size: int) -> np.ndarray:
     img = (img * 0.8).astype(np.uint8)
     img[np.asarray(bev["wall"]) > 0] = 255
     img = np.flip(img.transpose(1, 0, 2), 0)  # [x, y] -> rows = -y, cols = x
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.NEAREST))
+    # shrinking averages (a one-cell wall stays visible as a lighter line), enlarging repeats cells
+    resample = Image.BOX if size < img.shape[0] else Image.NEAREST
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), resample))
