@@ -204,6 +204,7 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     maps = _scene_maps(index["data"])
     if not all(s["name"] in maps for s in index["scenes"]):
         maps = {}           # all or none: a folder's scenes all carry a map, or none does
+    map_size = int(index["grid"][0])        # the maps at the voxel grid's X x Y footprint
     source = (None, None)   # (name, voxels) of the last scene read: its copies come in a row
     for s, rot, flip in tqdm(jobs, desc="encoding latents", unit="scene", disable=not progress):
         name = augmented_name(s["name"], rot, flip)
@@ -228,7 +229,7 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
         if source[0] != s["name"]:
             vox = load_voxels(voxels, s["name"], index)
             if maps:
-                vox["bev"] = bev_grid(read_bev_file(maps[s["name"]]), int(vox["V"].shape[1]))
+                vox["bev"] = bev_grid(read_bev_file(maps[s["name"]]), map_size)
             source = (s["name"], vox)
         vox = source[1]
         if (rot, flip) != (0, False):
@@ -248,8 +249,7 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     bev = {}
     if maps:
         train = [read_bev_file(maps[s["name"]]) for s in index["scenes"] if s["split"] == "train"]
-        bev = {"bev": {"channels": GRID_CHANNELS, "size": int(load_voxels(voxels, index["scenes"][0]["name"], index)
-                                                              ["V"].shape[1]),
+        bev = {"bev": {"channels": GRID_CHANNELS, "size": map_size,
                        "typical_heights": list(typical_heights(train)) if train else [0.0, 3.5]}}
     atomic_write_json(out / INDEX_FILE, {
         "format": LATENT_FORMAT, "version": LATENT_VERSION, "latent_ae": lae_id,

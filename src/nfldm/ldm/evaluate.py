@@ -187,6 +187,17 @@ def paired_views(sample_dir: str | os.PathLike, net: str = "alex") -> dict | Non
             "scene": str(scene), "frames": int(len(frames))}
 
 
+def _mean_over_samples(key: str, dirs: list[Path], score, means: tuple[str, ...], note: str) -> dict:
+    """{key: the mean of ``means`` over the sample folders ``score`` (folder -> dict or None) scores,
+    with the per-sample results and ``note``}, or {} when it scores none."""
+    scored = [(d.name, score(d)) for d in dirs]
+    scored = [(n, r) for n, r in scored if r is not None]
+    if not scored:
+        return {}
+    return {key: {**{m: float(np.mean([r[m] for _, r in scored])) for m in means},
+                  "num_samples": len(scored), "per_sample": dict(scored), "note": note}}
+
+
 def _evenly(n: int, k: int | None) -> np.ndarray:
     return np.arange(n) if k is None or k >= n else np.round(np.linspace(0, n - 1, k)).astype(int)
 
@@ -415,26 +426,15 @@ def eval_generation(samples: str | os.PathLike, data: str | os.PathLike, split: 
                     "cameras look; real scenes score high with their own path and near 0 with another "
                     "scene's (experiments/ldm_levels.py prints both)"}
     dirs = sorted(Path(samples).glob("sample_*"))
-    maps = [(d.name, sample_map_agreement(d)) for d in dirs]
-    maps = [(n, m) for n, m in maps if m is not None]
-    if maps:
-        res["map_agreement"] = {
-            "wall_iou": float(np.mean([m["wall_iou"] for _, m in maps])),
-            "inside_iou": float(np.mean([m["inside_iou"] for _, m in maps])),
-            "num_samples": len(maps), "per_sample": dict(maps),
-            "note": f"samples against the BEV map each was given: wall IoU = columns of V denser than "
-                    f"{WALL_DENSITY} /m between z = {WALL_BAND[0]} and {WALL_BAND[1]} m vs the map's walls, both "
-                    f"max-pooled over {WALL_CELL} x {WALL_CELL} footprint cells; inside IoU = columns opaque from "
-                    "above vs the map's inside"}
-    paired = [(d.name, paired_views(d)) for d in dirs]
-    paired = [(n, p) for n, p in paired if p is not None]
-    if paired:
-        res["paired_views"] = {
-            "psnr": float(np.mean([p["psnr"] for _, p in paired])),
-            "lpips": float(np.mean([p["lpips"] for _, p in paired])),
-            "num_samples": len(paired), "per_sample": dict(paired),
-            "note": "each sample's frames against the real frames of the scene whose camera path it was rendered "
-                    "along (nfldm sample --path-from-scene); LPIPS v0.1 alex"}
+    res.update(_mean_over_samples(
+        "map_agreement", dirs, sample_map_agreement, ("wall_iou", "inside_iou"),
+        f"samples against the BEV map each was given: wall IoU = columns of V denser than {WALL_DENSITY} /m "
+        f"between z = {WALL_BAND[0]} and {WALL_BAND[1]} m vs the map's walls, both max-pooled over {WALL_CELL} x "
+        f"{WALL_CELL} footprint cells; inside IoU = columns opaque from above vs the map's inside"))
+    res.update(_mean_over_samples(
+        "paired_views", dirs, paired_views, ("psnr", "lpips"),
+        "each sample's frames against the real frames of the scene whose camera path it was rendered along "
+        "(nfldm sample --path-from-scene); LPIPS v0.1 alex"))
     if len(gen) < 2048 or len(real) < 2048:
         res["warning"] = (f"few images ({len(gen)} generated, {len(real)} real): FIDs are biased upwards for small "
                           "sets (KID is not); compare only numbers computed with the same counts, and with the floor")

@@ -15,7 +15,7 @@ input channels (camera coverage, nearness to the path, x, y: ``camera_coverage``
 With ``bev`` every level is conditioned on the scene's BEV map (B x 4 x S x S) through
 :class:`BEVEncoder`: its tokens replace the condition tokens of the cross-attention (the
 paper's way), and psi_c / psi_f also take maps of it over their footprint as input channels
-(:meth:`BEVEncoder.maps`). Dropping the map (classifier-free guidance) gives the null tokens
+(:meth:`BEVEncoder.forward`). Dropping the map (classifier-free guidance) gives the null tokens
 and all-zero maps (the presence channel 0).
 
 Ablations (docs/ldm.md): with ``g_dim = 0`` (a coarse-only latent folder) psi_g generates the

@@ -267,15 +267,13 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         if not gm.cfg.bev:
             raise ValueError(f"{run}: its levels were not trained on BEV maps; sample a run trained with "
                              "--set bev=true (or leave out --run for the bundle's bev levels)")
-        grids = {}
-        for c in conditions:
-            grids[id(c)] = bev_grid(c.bev, gm.cfg.bev_size)
-        bev = torch.stack([grids[id(c)] for c in per])
+        # once per condition; sample i follows condition i // num
+        bev = torch.stack([bev_grid(c.bev, gm.cfg.bev_size) for c in conditions]).repeat_interleave(num, 0)
     if path_from_scene or own_latents is not None:
-        scene_paths = {id(c): scene_path(c, bounds) for c in conditions}
-        paths = [scene_paths[id(c)] for c in per]
+        scene_paths = [scene_path(c, bounds) for c in conditions]
+        paths = [scene_paths[i // num] for i in range(total)]
         traj = torch.stack([encode_trajectory(p.double(), bounds.double(), gm.cfg.traj_frames).float()
-                            for p in paths])
+                            for p in scene_paths]).repeat_interleave(num, 0)
     if own_latents is not None:
         lat = _own_latents(own_latents, per, rc, gm.cfg.traj_frames, bounds)
     else:
