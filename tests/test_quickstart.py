@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from nfldm.pipeline.quickstart.config import STAGE_NAMES
@@ -311,3 +312,64 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     line = one_line_error(nfldm("sample", "--run", str(bundle / "bev"), "--bev", str(tmp_path / "plan.png"),
                                 "--out", str(tmp_path / "y")))
     assert "plan.png" in line
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_edit_and_extend_a_scene(run, tmp_path):
+    """nfldm edit re-generates a box of a real test scene (encoded by the bundle's stages 1 and 2)
+    and keeps the rest: V beyond the decoder's receptive field unchanged to float error, the
+    latents outside the region identical; the edited sample folder can be edited again; nfldm
+    extend grows a sample by two windows into one longer V with a fly-through across the joins;
+    bad input gets one line."""
+    from nfldm.data.tensors import read_safetensors
+
+    out = run["out"]
+    bundle = out / "bundle"
+    data = json.loads((out / "data" / "dataset.json").read_text())
+    scene = out / "data" / next(s["name"] for s in data["scenes"] if s["split"] == "test")
+    ed = tmp_path / "edit"
+    res = nfldm("edit", "--run", str(bundle), "--scene", str(scene), "--box", "-1", "-1", "1", "1",
+                "--steps", "4", "--jump", "2", "--resample", "2", "--out", str(ed), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((ed / "edit.json").read_text())
+    c = info["checks"]
+    assert c["kept_max_abs_rf"] is None or c["kept_max_abs_rf"] < 1e-3
+    assert c["changed_max_abs"] > 0 and c["seam"] > 0
+    assert info["real_scene"] and len(info["region_box"]) == 4
+    before, _ = read_safetensors(ed / "before" / "V.safetensors")
+    after, meta = read_safetensors(ed / "sample_0000" / "V.safetensors")
+    i0, j0, i1, j1 = info["region_cells"]
+    outside = torch.ones(after["f"].shape[1:], dtype=torch.bool)
+    outside[i0:i1, j0:j1] = False
+    assert torch.equal(after["f"][:, outside], before["f"][:, outside])
+    assert not torch.equal(after["f"], before["f"])
+    n_frames = len(json.loads((scene / "transforms.json").read_text())["frames"])
+    assert len(list((ed / "sample_0000" / "frames").glob("*.png"))) == n_frames
+    assert Image.open(ed / "before_after.png").size[1] > 64
+    assert json.loads((ed / "samples.json").read_text())["num"] == 1
+    # the edited scene is a sample folder: edit it again (automatic box), then extend it
+    res = nfldm("edit", "--run", str(bundle), "--scene", str(ed / "sample_0000"), "--steps", "3", "--jump", "3",
+                "--resample", "1", "--out", str(tmp_path / "edit2"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ext = tmp_path / "ext"
+    res = nfldm("extend", "--run", str(bundle), "--scene", str(ed / "sample_0000"), "--direction", "-y",
+                "--windows", "2", "--steps", "3", "--jump", "3", "--resample", "1", "--frames-per-window", "4",
+                "--out", str(ext), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    xinfo = json.loads((ext / "extend.json").read_text())
+    V, _ = read_safetensors(ext / "sample_0000" / "V.safetensors")
+    X, Y = before["V"].shape[1:3]
+    s = xinfo["shift_cells"]
+    assert tuple(V["V"].shape[1:3]) == (X, Y + 2 * s)
+    assert xinfo["bounds"][0][1] < float(before["bounds"][0, 1]) and len(xinfo["checks"]["seam"]) == 2
+    assert len(list((ext / "sample_0000" / "frames").glob("*.png"))) == 12 and (ext / "strip.png").exists()
+    # one line for bad input
+    line = one_line_error(nfldm("edit", "--run", str(bundle), "--scene", str(tmp_path / "nothing"), "--out",
+                                str(tmp_path / "e3")))
+    assert "nothing" in line
+    line = one_line_error(nfldm("edit", "--run", str(bundle), "--scene", str(scene), "--box", "50", "50", "60", "60",
+                                "--out", str(tmp_path / "e4")))
+    assert "misses" in line
+    line = one_line_error(nfldm("extend", "--run", str(bundle), "--scene", str(scene), "--direction", "+x",
+                                "--overlap", "1.5", "--out", str(tmp_path / "e5")))
+    assert "overlap" in line

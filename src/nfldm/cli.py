@@ -38,6 +38,19 @@ def cmd_data_vizdoom(args) -> int:
     return 0
 
 
+def cmd_data_level_map(args) -> int:
+    from nfldm.data.bev import bev_image, write_bev
+    from nfldm.data.vizdoom import level_bev
+    from nfldm.utils.io import atomic_save_png
+
+    bev = level_bev(args.scene, args.box)
+    write_bev(args.out, bev)
+    pic = str(args.out).removesuffix(".npz") + ".png"
+    atomic_save_png(pic, bev_image(bev, max(256, bev["wall"].shape[0])))
+    print(f"wrote the level's map over {args.box} m ({bev['wall'].shape[0]}^2 cells) to {args.out}; picture {pic}")
+    return 0
+
+
 def cmd_data_check(args) -> int:
     from nfldm.data.check import check_path
 
@@ -160,7 +173,8 @@ def cmd_train_ldm(args) -> int:
 
     res = train_ldm(args.latents, args.out, level=args.level, preset_name=args.preset, steps=args.steps,
                     resume=args.resume, device=args.device, progress=not args.quiet,
-                    overrides=_parse_sets(args.set), train_scenes=args.train_scenes)
+                    overrides=_parse_sets(args.set), train_scenes=args.train_scenes,
+                    init_from=args.init_from)
     import os
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
@@ -210,6 +224,47 @@ def cmd_sample(args) -> int:
                  own_latents=args.own_latents)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
+    return 0
+
+
+def _check_summary(checks: dict) -> str:
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    return (f"V outside the region + {checks['reach_cells']} cells: max |change| {fmt(checks['kept_max_abs'], '.2g')} "
+            f"(beyond the decoder's receptive field, {checks['receptive_field_cells']} cells: "
+            f"{fmt(checks['kept_max_abs_rf'], '.2g')}); pixels that never see it: "
+            f"{fmt(checks['outside_psnr'], '.1f')} dB; frames into the box: LPIPS {fmt(checks.get('into_lpips'), '.3f')}; "
+            f"seam {fmt(checks['seam'], '.2f')}")
+
+
+def cmd_edit(args) -> int:
+    from nfldm.pipeline.edit import edit_scene
+
+    res = edit_scene(args.scene, args.box, args.out, run=args.run, bev=args.bev, seed=args.seed, steps=args.steps,
+                     jump=args.jump, resample=args.resample, guidance=args.guidance, device=args.device,
+                     progress=not args.quiet, renderer=args.renderer, auto_size=args.auto_size)
+    print(f"edited {res['source']}: region {[round(v, 2) for v in res['region_box']]} m re-sampled in "
+          f"{res['seconds_latents_and_decode']:.1f} s ({res['seconds_with_render']:.1f} s with rendering) -> "
+          f"{args.out}/sample_0000, before/after sheet {args.out}/before_after.png")
+    print(_check_summary(res["checks"]))
+    return 0
+
+
+def cmd_extend(args) -> int:
+    from nfldm.pipeline.extend import extend_scene
+
+    res = extend_scene(args.scene, args.direction, args.out, windows=args.windows, run=args.run, bev=args.bev,
+                       overlap=args.overlap, seed=args.seed, steps=args.steps, jump=args.jump,
+                       resample=args.resample, guidance=args.guidance, device=args.device,
+                       progress=not args.quiet, renderer=args.renderer, frames_per_window=args.frames_per_window)
+    c = res["checks"]
+    spike = c.get("join_spike")
+    print(f"extended {res['source']} by {res['windows']} windows along {res['direction']} "
+          f"({res['shift_metres']:.1f} m each) in {res['seconds_with_render']:.1f} s -> {args.out}/sample_0000, "
+          f"strip {args.out}/strip.png")
+    print(f"frame-to-frame LPIPS at the joins / median: {'n/a' if spike is None else f'{spike:.2f}'}; "
+          f"seam across the joins (max): {c['seam_max']:.2f}")
     return 0
 
 
@@ -267,6 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set any collector option (the same as its flag below; repeatable)")
     _add_config_args(p, VizdoomConfig)
     p.set_defaults(func=cmd_data_vizdoom)
+
+    p = dsub.add_parser(
+        "level-map",
+        help="the BEV map of a ViZDoom scene's level over any box (for nfldm extend --bev)",
+        description="Rasterise the level a collected ViZDoom scene comes from (its WAD, map and recorded "
+        "origin) into a BEV map (bev.npz) over a square box in the scene's frame, which may reach far "
+        "past the scene's own box; writes a picture beside it.",
+    )
+    p.add_argument("--scene", required=True, help="a scene folder of nfldm data vizdoom")
+    p.add_argument("--box", required=True, nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="square footprint box, metres in the scene's frame")
+    p.add_argument("--out", required=True, help="the bev.npz to write")
+    p.set_defaults(func=cmd_data_level_map)
 
     p = dsub.add_parser(
         "check",
@@ -330,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-scenes", type=int, default=0, metavar="K",
                    help="train on the first K train scenes only (with their --augment copies); "
                         "default: all")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="start each level from the same level of a trained ldm run or bundle (EMA weights); "
+                        "e.g. BEV-conditioned levels (--set bev=true) fine-tuned from unconditional ones, "
+                        "starting exactly as them (new input channels and map tokens start at zero)")
     _add_train_args(p, LDM_PRESETS, "run directory (RUN/g, RUN/c, RUN/f)",
                     "override a model or training option of every level (--set lr=1e-4) or of one "
                     "level (--set f.batch_size=2)",
@@ -505,6 +577,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)
+
+    def repaint_args(p):
+        p.add_argument("--run", default=None,
+                       help="ldm run directory or bundle (default: the shipped bundle; its bev levels with --bev)")
+        p.add_argument("--bev", default=None, metavar="MAP",
+                       help="a map to follow (bev.npz, floor-plan PNG or scene folder; the bev levels)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=int, default=25, help="denoising steps of the RePaint walk (default 25)")
+        p.add_argument("--jump", type=int, default=5, help="RePaint jump length, in steps (default 5)")
+        p.add_argument("--resample", type=int, default=3,
+                       help="RePaint passes over every jump window (1: replacement only; default 3)")
+        p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance with --bev")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--renderer", default=None, help="scene-ae run to render with (as nfldm sample)")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "edit",
+        help="re-generate one box of a scene, keeping the rest (inpainting)",
+        description="Inside the box (metres, on the footprint; snapped outward to whole coarse cells) c and f "
+        "are re-sampled given everything outside it (replacement with RePaint resampling), optionally "
+        "following an edited BEV map; outside it the latents stay. The decoder and renderer run with "
+        "the unedited scene's normalisation statistics, so V and the views change only near the box. "
+        "Writes the edited scene (a sample folder), the unedited one, a before / after sheet, a "
+        "fly-through and edit.json with the checks (docs/editing.md).",
+    )
+    p.add_argument("--scene", required=True,
+                   help="a sample folder (V.safetensors with latents) or a dataset scene folder (encoded by "
+                   "the run's stages 1 and 2)")
+    p.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="footprint box in metres; default: the --auto-size box the camera path looks at most")
+    p.add_argument("--auto-size", type=float, default=4.0, help="side of the automatic box, metres (default 4)")
+    repaint_args(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser(
+        "extend",
+        help="grow a scene past its box, window by window (outpainting), and fly through it",
+        description="Each new window overlaps the one before (the overlap fixed, the rest sampled by "
+        "RePaint); the windows are decoded and blended into one larger V, and a camera flies through its "
+        "free space across all of them. With --bev the map may cover the whole level (each window "
+        "follows its part). Fast enough not to need resuming (about half a minute a window on 2 CPU "
+        "cores at the tiny size).",
+    )
+    p.add_argument("--scene", required=True, help="a sample folder or a dataset scene folder (as nfldm edit)")
+    p.add_argument("--direction", required=True, choices=("+x", "-x", "+y", "-y"))
+    p.add_argument("--windows", type=int, default=2, help="new windows (default 2)")
+    p.add_argument("--overlap", type=float, default=0.5, help="fraction of a window shared with the one before")
+    p.add_argument("--frames-per-window", type=int, default=24, help="fly-through frames per window")
+    repaint_args(p)
+    p.set_defaults(func=cmd_extend)
 
     p = sub.add_parser(
         "quickstart",

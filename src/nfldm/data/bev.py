@@ -37,7 +37,8 @@ from nfldm.utils.io import atomic_write_bytes
 from nfldm.utils.plot import colorize
 
 __all__ = ["BEV_KEYS", "GRID_CHANNELS", "HEIGHT_SCALE", "BEV_FILE", "read_bev", "read_bev_file", "read_floor_plan",
-           "bev_grid", "erase_box", "add_wall_box", "write_bev", "bev_image", "typical_heights", "scene_bev_file"]
+           "bev_grid", "erase_box", "add_wall_box", "write_bev", "bev_image", "typical_heights", "scene_bev_file",
+           "crop_bev"]
 
 BEV_KEYS = ("wall", "inside", "floor", "ceiling")
 GRID_CHANNELS = 4            # the condition tensor: wall, inside, floor / HEIGHT_SCALE, ceiling / HEIGHT_SCALE
@@ -215,6 +216,36 @@ def add_wall_box(bev: dict, box) -> dict:
     block[0, :] = block[-1, :] = block[:, 0] = block[:, -1] = 1.0
     out["wall"][sx, sy] = np.maximum(out["wall"][sx, sy], block)
     out["wall"][sx, sy][1:-1, 1:-1] = 0.0
+    return out
+
+
+def crop_bev(bev: dict, box) -> dict:
+    """The part of a map over a square footprint ``box`` (x0, y0, x1, y1 metres, x1 - x0 == y1 - y0),
+    as a map of its own (bounds_xy = the box) at the map's cell size: cells whose centres lie in
+    the box; parts of the box beyond the map are outside the map (inside 0, no walls). Used by
+    ``nfldm extend --bev`` to give each window its part of a map larger than one window."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0) or abs((x1 - x0) - (y1 - y0)) > 1e-6 * max(x1 - x0, 1.0):
+        raise ValueError(f"a crop box is a square x0 y0 x1 y1 (metres), got {list(box)}")
+    b = np.asarray(bev["bounds_xy"], np.float64)
+    R = bev["wall"].shape[0]
+    cell = (b[1] - b[0]) / R
+    n = max(2, int(round((x1 - x0) / cell[0])))
+    # the crop's cell centres, and the source cell each falls in (-1: beyond the map)
+    cx = x0 + (np.arange(n) + 0.5) * (x1 - x0) / n
+    cy = y0 + (np.arange(n) + 0.5) * (y1 - y0) / n
+    ix = np.floor((cx - b[0, 0]) / cell[0]).astype(int)
+    iy = np.floor((cy - b[0, 1]) / cell[1]).astype(int)
+    okx, oky = (ix >= 0) & (ix < R), (iy >= 0) & (iy < R)
+    out = {}
+    for k in BEV_KEYS:
+        fill = np.nan if k in ("floor", "ceiling") else 0.0
+        a = np.full((n, n), fill, np.float32)
+        src = np.asarray(bev[k], np.float32)[np.clip(ix, 0, R - 1)][:, np.clip(iy, 0, R - 1)]
+        m = okx[:, None] & oky[None, :]
+        a[m] = src[m]
+        out[k] = a
+    out["bounds_xy"] = np.asarray([[x0, y0], [x1, y1]], np.float32)
     return out
 
 

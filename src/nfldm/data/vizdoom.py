@@ -391,6 +391,34 @@ def scene_arrays(frames: list[Frame], dm: DoomMap, cfg: VizdoomConfig):
     return c2w, bounds, origin, bev
 
 
+def level_bev(scene_dir: str | os.PathLike, box, res_per_metre: float = 8.0) -> dict:
+    """The BEV map of a collected ViZDoom scene's level over any square footprint ``box`` (x0, y0,
+    x1, y1 metres in the scene's frame; may reach far past the scene's own box): the map the
+    collector would have written for a scene there, from the WAD and the scene's recorded
+    origin (transforms.json ``nfldm.map_origin``). For ``nfldm extend --bev``: a level to grow
+    a scene into. Returns a :mod:`nfldm.data.bev` dict (bounds_xy = the box). DataError naming
+    the file when the scene was not collected by nfldm's ViZDoom collector."""
+    from nfldm.data.format import DataError
+    from nfldm.utils.io import read_json
+
+    tf = Path(scene_dir) / "transforms.json"
+    info = read_json(tf, "scene transforms", DataError).get("nfldm", {})
+    if info.get("source") != "vizdoom" or "map_origin" not in info or "wad" not in info or "map" not in info:
+        raise DataError(f"{tf}: not a scene of nfldm's ViZDoom collector (no nfldm.wad / map / map_origin)")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0) or abs((x1 - x0) - (y1 - y0)) > 1e-6 * (x1 - x0):
+        raise ValueError(f"a level map's box is a square x0 y0 x1 y1 (metres), got {list(box)}")
+    dm = DoomMap.from_wad(wad_path(info["wad"]), info["map"])
+    origin = np.asarray(info["map_origin"], dtype=np.float64)
+    units = float(info.get("map_units_per_metre", MAP_UNITS_PER_METRE))
+    lo = origin[:2] + np.array([x0, y0]) * units
+    hi = origin[:2] + np.array([x1, y1]) * units
+    res = max(2, int(round((x1 - x0) * res_per_metre)))
+    bev = dm.bev(lo, hi, res, origin[2])
+    return {**{k: np.asarray(v, np.float32) for k, v in bev.items()},
+            "bounds_xy": np.asarray([[x0, y0], [x1, y1]], np.float32)}
+
+
 def bev_npz(bev: dict[str, np.ndarray], bounds: np.ndarray) -> bytes:
     """The BEV map as the bytes of a .npz file (channels wall, floor, ceiling, inside;
     index [x, y]; ``bounds_xy`` 2 x 2 metres)."""

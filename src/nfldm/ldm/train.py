@@ -29,9 +29,10 @@ from nfldm.ldm.data import LatentDataset, render_setup
 from nfldm.ldm.load import STAGE
 from nfldm.ldm.model import LevelDiffusion
 from nfldm.ldm.trajectory import fov_degrees
-from nfldm.trainer import Trainer, init_distributed, resolve_device
+from nfldm.runs import config_hash, weights_hash
+from nfldm.trainer import Trainer, init_distributed, load_model_weights, read_run_config, resolve_device
 
-__all__ = ["train_ldm", "level_configs", "with_camera_setup"]
+__all__ = ["train_ldm", "level_configs", "with_camera_setup", "init_level_from"]
 
 
 def _split_overrides(overrides: dict | None) -> dict[str, dict]:
@@ -87,9 +88,64 @@ def with_camera_setup(cfg: LDMConfig, setup: dict) -> LDMConfig:
     return replace(cfg, traj_map_hfov=fov_degrees(fx, 2 * cx), traj_map_aspect=(hy - ly) / (hx - lx))
 
 
+def init_level_from(model: LevelDiffusion, run: str | os.PathLike, stats: dict | None = None) -> dict:
+    """Start ``model`` (one level) from the same level of the trained ldm run ``run`` (EMA
+    weights), ControlNet-style (Zhang et al. 2023): a conditional level fine-tuned from an
+    unconditional one starts as exactly that model. Tensors of the same name and shape are
+    copied; an input convolution that gained input channels (the BEV maps concatenated to the
+    noisy latent) keeps the old channels' weights and gets zeros for the new ones; the BEV
+    encoder's token projection starts at zero with the run's null token as its bias (so every
+    map token is the null token the unconditional level was trained with) and its position
+    embedding at zero. ``stats``: the latent statistics this model trains on; ValueError if
+    ``run``'s differ by more than 1 % of a standard deviation (the latents would mean something else).
+    Returns the record stored in the run config (``init_from``)."""
+    run = Path(run)
+    lv = model.level
+    if not (run / lv / "config.json").is_file():
+        raise ValueError(f"{run / lv}: --init-from needs an ldm run (or bundle) with level {lv}")
+    rc = read_run_config(run / lv)
+    if rc.get("stage") != STAGE or rc.get("level") != lv:
+        raise ValueError(f"{run / lv}: not the {lv} level of an ldm run")
+    if stats is not None:
+        for key, st in stats.items():
+            if not isinstance(st, dict) or key not in rc.get("stats", {}):
+                continue
+            mine, theirs = torch.tensor(st["mean"]), torch.tensor(rc["stats"][key]["mean"])
+            std = torch.tensor(st["std"])
+            if mine.shape != theirs.shape or bool(((mine - theirs).abs() > 0.01 * std).any()):
+                raise ValueError(f"{run / lv / 'config.json'}: its latent statistics of {key} differ from this "
+                                 "latent folder's; --init-from needs a run trained on latents of the same latent-ae "
+                                 "and data")
+    base = LevelDiffusion(config_from_dict(rc["model"]))
+    info = load_model_weights(run / lv, base, prefer_ema=True)
+    own, src = model.state_dict(), base.state_dict()
+    load, widened = {}, []
+    for k, v in own.items():
+        b = src.get(k)
+        if b is None:
+            continue
+        if b.shape == v.shape:
+            load[k] = b
+        elif (v.dim() == 4 and b.dim() == 4 and v.shape[0] == b.shape[0] and v.shape[2:] == b.shape[2:]
+              and v.shape[1] > b.shape[1]):          # a conv that gained input channels (appended last)
+            w = torch.zeros_like(v)
+            w[:, :b.shape[1]] = b
+            load[k], widened = w, widened + [k]
+    model.load_state_dict(load, strict=False)
+    if model.bev is not None and model.bev.to_tokens is not None:
+        with torch.no_grad():
+            model.bev.to_tokens.weight.zero_()
+            model.bev.to_tokens.bias.copy_(model.tokens.null.reshape(-1))
+            model.bev.pos.zero_()
+    fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in load})
+    return {"run": str(run.resolve()), "level": lv, "step": info["step"], "config_hash": config_hash(rc["model"]),
+            "weights_hash": weights_hash(base), "widened": widened, "fresh": fresh}
+
+
 def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "all", preset_name: str = "tiny",
               steps: int | None = None, resume: bool = False, device: str = "auto", progress: bool = True,
-              overrides: dict | None = None, train_scenes: int = 0) -> dict[str, dict]:
+              overrides: dict | None = None, train_scenes: int = 0,
+              init_from: str | os.PathLike | None = None) -> dict[str, dict]:
     """Train one level (``g`` | ``c`` | ``f``) or all the folder's levels in turn (``all``) on
     the train split of a latent folder, into RUN/<level>. Each level trains on the CLEAN
     latents of the coarser ones. The levels are those of the folder's latent mode (g, c, f;
@@ -98,7 +154,8 @@ def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "
     recorded in the run config), for studies of how many scenes a budget can fit (docs/ldm.md
     "How many scenes"). The latent statistics stay those of the whole train split, so levels
     trained on different subsets of one folder can be combined. Returns
-    {level: last logged metrics}."""
+    {level: last logged metrics}. ``init_from``: an ldm run (or bundle) whose levels start
+    these (:func:`init_level_from`; e.g. BEV-conditioned levels fine-tuned from unconditional ones)."""
     if level != "all" and level not in LEVELS:
         raise ValueError(f"level must be g, c, f or all, got {level!r}")
     index = read_latent_index(latents)
@@ -122,13 +179,14 @@ def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "
         init_distributed("nccl" if dev.type == "cuda" else "gloo")
         owned = True
     try:
-        return _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume, train_scenes)
+        return _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume, train_scenes, init_from)
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume, train_scenes=0) -> dict[str, dict]:
+def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume, train_scenes=0,
+                  init_from=None) -> dict[str, dict]:
     results = {}
     datasets: dict[int, LatentDataset] = {}
     for lv in levels:
@@ -157,6 +215,8 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume,
                       "render": setup, "model": run_model_config(cfg), "train": tcfg.to_dict()}
         if cfg.bev:             # the map's size and the dataset's typical heights (floor plans)
             run_config["bev"] = index["bev"]
+        if init_from is not None:   # (a resumed run then loads its own checkpoint over it)
+            run_config["init_from"] = init_level_from(model, init_from, index["stats"])
         if train_scenes:        # absent otherwise, so earlier runs resume as before
             run_config["train_scenes"] = {"first": train_scenes, "files": len(ds)}
         trainer = Trainer(model, ds, tcfg, Path(out) / lv, run_config, resume=resume)

@@ -58,7 +58,8 @@ from nfldm.scene_ae.render import sample_grid
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, read_json
 from nfldm.utils.video import write_video
 
-__all__ = ["sample", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT"]
+__all__ = ["sample", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT",
+           "write_sample_folder"]
 
 SAMPLE_FORMAT = "nfldm-sample"
 SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
@@ -191,6 +192,41 @@ def _render_path(sae, V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, chu
     return torch.cat(rgbs), torch.cat(depths)
 
 
+
+def write_sample_folder(d: Path, sae, V: Tensor, latents: dict, keys: Tensor, path: Tensor, bounds: Tensor,
+                        intr: Tensor, meta: dict, fps: int = 12, mesh_level: float | None = None,
+                        views: tuple[Tensor, Tensor] | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Write one sample folder ``d`` (layout in the module docstring): V (K x X x Y x Z) rendered
+    by ``sae`` along ``path`` (N x 4 x 4; ``views`` = (rgb N x 3 x H x W, depth N x h x w) if
+    already rendered), frames, fly-through, V.safetensors (V, the raw ``latents``, keyframes,
+    path, bounds, intrinsics; ``meta`` in its header), meshes, trajectory.json. Returns (the
+    sample's record for samples.json, the frames N x H x W x 3 uint8, the top-down view)."""
+    H = W = sae.cfg.image_size
+    scale = max(1, 256 // H)
+    rgb, depth = views if views is not None else _render_path(sae, V, bounds, intr, path)
+    frames = to_uint8(rgb)
+    for k, fr in enumerate(frames):
+        atomic_save_png(d / "frames" / f"frame_{k:04d}.png", fr, compress_level=1)
+    dep = torch.nn.functional.interpolate(depth[:, None], size=(H, W), mode="nearest")[:, 0]
+    video = np.concatenate([upscale(frames, scale), upscale(depth_to_rgb(dep), scale)], 2)
+    video_path = write_video(d / "flythrough.mp4", list(video), fps)
+    V16 = V.half()
+    if not bool(torch.isfinite(V16).all()):
+        raise RuntimeError(f"{d}: V exceeds the float16 range")
+    write_safetensors(d / "V.safetensors",
+                      {"V": V16, **latents, "keyframes": keys, "path": path, "bounds": bounds, "intrinsics": intr},
+                      meta)
+    use_colour = bool(getattr(sae.cfg, "rgb_features", False))
+    mesh, level = density_mesh(V, bounds, mesh_level, colour=use_colour)
+    atomic_write_bytes(d / "mesh.ply", mesh.export(file_type="ply"))
+    atomic_write_bytes(d / "mesh.glb", mesh.export(file_type="glb"))
+    atomic_write_json(d / "trajectory.json", camera_path_json(path, keys, intr, H, W, fps, bounds))
+    top = _topdown(V, bounds, path, H)
+    record = {"folder": d.name, "video": video_path.name, "mesh_level": level,
+              "mesh_vertices": int(len(mesh.vertices)), "mesh_faces": int(len(mesh.faces)),
+              "max_density": float(V[0].max()), "occupied_fraction": float((V[0] > level).float().mean())}
+    return record, frames, top
+
 def map_heights(run: str | os.PathLike | None, floor: float | None = None,
                 ceiling: float | None = None) -> tuple[float, float]:
     """Floor and ceiling heights (metres) for floor plans: those given, else the typical ones of the
@@ -280,8 +316,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
                              g_guidance, bev=bev, traj=traj)
 
-    H = W = sae.cfg.image_size
-    scale = max(1, 256 // H)
+    H = sae.cfg.image_size
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, records = [], []
@@ -296,34 +331,15 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
             keys, path = decode_trajectory(traj[i].double(), bounds.double()).float(), paths[i]
         else:
             keys, path = render_path(lat["traj"][i], bounds, num_frames)
-        rgb, depth = _render_path(sae, V, bounds, intr, path)
-        frames = to_uint8(rgb)
-        for k, fr in enumerate(frames):
-            atomic_save_png(d / "frames" / f"frame_{k:04d}.png", fr, compress_level=1)
-        dep = torch.nn.functional.interpolate(depth[:, None], size=(H, W), mode="nearest")[:, 0]
-        video = np.concatenate([upscale(frames, scale), upscale(depth_to_rgb(dep), scale)], 2)
-        video_path = write_video(d / "flythrough.mp4", list(video), fps)
-        V16 = V.half()
-        if not bool(torch.isfinite(V16).all()):
-            raise RuntimeError(f"sample {i}: V exceeds the float16 range")
         meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
                 "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
                 "g_guidance": g_guidance}
         if per:
             meta["scene"] = str(per[i].scene or per[i].source)
-        write_safetensors(d / "V.safetensors",
-                          {"V": V16, **{k: lat[k][i] for k in ("g", "c", "f") if k in lat}, "keyframes": keys,
-                           "path": path, "bounds": bounds, "intrinsics": intr}, meta)
-        use_colour = bool(getattr(sae.cfg, "rgb_features", False))
-        mesh, level = density_mesh(V, bounds, mesh_level, colour=use_colour)
-        atomic_write_bytes(d / "mesh.ply", mesh.export(file_type="ply"))
-        atomic_write_bytes(d / "mesh.glb", mesh.export(file_type="glb"))
-        atomic_write_json(d / "trajectory.json", camera_path_json(path, keys, intr, H, W, fps, bounds))
+        record, frames, top = write_sample_folder(d, sae, V, {k: lat[k][i] for k in ("g", "c", "f") if k in lat},
+                                                  keys, path, bounds, intr, meta, fps, mesh_level)
+        record = {"index": i, **record}
         pick = np.round(np.linspace(0, len(frames) - 1, min(sheet_frames, len(frames)))).astype(int)
-        top = _topdown(V, bounds, path, H)
-        record = {"index": i, "folder": d.name, "video": video_path.name, "mesh_level": level,
-                  "mesh_vertices": int(len(mesh.vertices)), "mesh_faces": int(len(mesh.faces)),
-                  "max_density": float(V[0].max()), "occupied_fraction": float((V[0] > level).float().mean())}
         row = [frames[pick], top[None]]
         if per:
             record.update(_write_condition(d, per[i], path_from_scene or own_latents is not None, own_latents, top, H))
