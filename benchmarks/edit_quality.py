@@ -9,13 +9,17 @@ camera path looks at most, never one it stands in) into DIR/edits/NAME (skipped 
 there: the script resumes). Then prints, over the scenes:
 
 - kept: max |V change| beyond the decoder's receptive field and beyond its reach (the margin
-  where a change falls below 1e-3 of the change at the cell itself), and the PSNR of the pixels
-  whose rays never reach the region grown by that reach (after vs before);
+  where a one-cell change falls below 1e-3 of the change at the cell itself), and the PSNR of
+  the pixels whose rays never reach the region (itself, grown by that reach, grown by the
+  receptive field; and beyond the renderer's 2D reach of any pixel that sees the grown region),
+  after vs before;
 - new: LPIPS of the frames looking into the box, after vs before; Inception FID / KID of those
   frames against all real views of the split, next to the same frames (same cameras) of
   unconditional samples along the scenes' real paths (DIR/uncond, sampled once: DPM-Solver++ 20
   steps, seed 0) and of the unedited scenes;
-- seam: the seam score (boundary gradient / the scene's own, 1 = no seam);
+- seam: the boundary's gradient after the edit / the same boundary's in the real scene (1 = no
+  sharper than it was), and / the scene's mean gradient (seam_vs_scene; the unedited boundary's
+  own value beside it: the automatic box lies where the path looks, at walls);
 - time per edit (latents + decode, and with rendering).
 Writes DIR/edit_quality.json.
 """
@@ -88,11 +92,16 @@ def main() -> None:
            "kept_max_abs_beyond_receptive_field": max(vals("kept_max_abs_rf")),
            "receptive_field_cells": max(vals("receptive_field_cells")),
            "kept_max_abs_beyond_reach": max(vals("kept_max_abs")), "reach_cells": max(vals("reach_cells")),
-           "outside_psnr_min": min(vals("outside_psnr")), "outside_psnr_median": float(np.median(vals("outside_psnr"))),
-           "scenes_with_outside_pixels": len(vals("outside_psnr")),
-           "outside_pixels_mean": float(np.mean(vals("outside_pixels"))),
+           **{f"outside_psnr{k}_{f.__name__}": float(f(vals(f"outside_psnr{k}"))) if vals(f"outside_psnr{k}") else None
+              for k in ("", "_reach", "_2d", "_rf") for f in (np.min, np.median)},
+           **{f"outside_pixels{k}_mean": float(np.mean(vals(f"outside_pixels{k}"))) for k in ("", "_reach", "_2d", "_rf")},
+           "pixel_reach": max(vals("pixel_reach")),
+           "scenes_with_pixels_outside_the_box": len(vals("outside_psnr")),
            "into_lpips_mean": float(np.mean(vals("into_lpips"))), "into_lpips_min": min(vals("into_lpips")),
-           "seam_mean": float(np.mean(vals("seam"))), "seam_max": max(vals("seam")),
+           "seam_mean": float(np.mean(vals("seam"))), "seam_median": float(np.median(vals("seam"))),
+           "seam_max": max(vals("seam")), "seam_vs_scene_mean": float(np.mean(vals("seam_vs_scene"))),
+           "seam_vs_scene_max": max(vals("seam_vs_scene")),
+           "seam_before_vs_scene_mean": float(np.mean(vals("seam_before_vs_scene"))),
            "seconds_latents_mean": float(np.mean([e["seconds_latents_and_decode"] for e in edits.values()])),
            "seconds_with_render_mean": float(np.mean([e["seconds_with_render"] for e in edits.values()]))}
 

@@ -503,15 +503,19 @@ def test_seam_score_is_one_without_a_seam_and_large_with_one():
     region = torch.zeros(24, 24, dtype=torch.bool)
     region[6:16, 8:18] = True
     res = seam_score(V, V, region)
-    assert 0.7 < res["seam"] < 1.3 and res["reference"] > 0
+    assert res["seam"] == pytest.approx(1.0) and 0.7 < res["seam_vs_scene"] < 1.3 and res["reference"] > 0
     std = V.flatten(1).std(1).view(4, 1, 1, 1)
     edited = V + 5 * std * region[None, :, :, None]
     hit = seam_score(edited, V, region)
-    assert hit["seam"] > 3 and hit["reference"] == pytest.approx(res["reference"])
+    assert hit["seam"] > 3 and hit["seam_vs_scene"] > 3 and hit["reference"] == pytest.approx(res["reference"])
     # a fresh field of the same texture inside the region is no seam either
     fresh = torch.where(region[None, :, :, None], torch.randn(V.shape, generator=g) * std, V)
     assert 0.7 < seam_score(fresh, V, region)["seam"] < 1.3
     assert math.isnan(seam_score(V, V, torch.zeros(24, 24, dtype=torch.bool))["seam"])
+    # against a reference of another footprint (a level's first window): only the scene-relative score
+    wide = torch.cat([V, V], 1)
+    other = seam_score(wide, V, torch.cat([region, region], 0))
+    assert "seam_before_vs_scene" not in other and 0.7 < other["seam_vs_scene"] < 1.3
 
 
 # ----------------------------------------------------------------------------------------

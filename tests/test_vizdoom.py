@@ -125,6 +125,35 @@ def test_bev_matches_camera_floor(dataset):
     assert 0 < bev["wall"].mean() < 0.5
 
 
+def test_level_map_reproduces_the_scene_map_and_reaches_past_it(dataset, tmp_path):
+    """nfldm data level-map over a scene's own box gives the collector's bev.npz; over a box
+    three times as wide it holds that map in its middle and more of the level around it;
+    a scene from elsewhere is refused with one line naming its transforms.json."""
+    from nfldm.data.bev import crop_bev, read_bev_file
+    from nfldm.data.format import DataError
+    from nfldm.data.vizdoom import level_bev
+
+    root, _ = dataset
+    scene = root / "scene_0000"
+    own = read_bev_file(scene / "bev.npz")
+    (x0, y0), (x1, y1) = own["bounds_xy"].tolist()
+    same = level_bev(scene, [x0, y0, x1, y1], res_per_metre=own["wall"].shape[0] / (x1 - x0))
+    for k in ("wall", "inside"):
+        assert np.array_equal(same[k], own[k])
+    assert np.allclose(same["floor"], own["floor"], equal_nan=True)
+    w = x1 - x0
+    wide = level_bev(scene, [x0 - w, y0 - w, x1 + w, y1 + w], res_per_metre=own["wall"].shape[0] / w)
+    assert wide["wall"].shape[0] == 3 * own["wall"].shape[0]
+    middle = crop_bev(wide, [x0, y0, x1, y1])
+    assert (middle["wall"] == own["wall"]).mean() > 0.99 and (middle["inside"] == own["inside"]).mean() > 0.99
+    assert wide["inside"].sum() > own["inside"].sum()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "transforms.json").write_text(json.dumps({"frames": []}))
+    with pytest.raises(DataError, match="transforms.json"):
+        level_bev(other, [0, 0, 1, 1])
+
+
 def test_depth_against_exact_geometry():
     """Median relative error of the depth on eye-level walls within 15 m is at most 3 %."""
     r = depth_validation(all_maps()[::30], steps=25)

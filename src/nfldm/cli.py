@@ -233,9 +233,10 @@ def _check_summary(checks: dict) -> str:
 
     return (f"V outside the region + {checks['reach_cells']} cells: max |change| {fmt(checks['kept_max_abs'], '.2g')} "
             f"(beyond the decoder's receptive field, {checks['receptive_field_cells']} cells: "
-            f"{fmt(checks['kept_max_abs_rf'], '.2g')}); pixels that never see it: "
-            f"{fmt(checks['outside_psnr'], '.1f')} dB; frames into the box: LPIPS {fmt(checks.get('into_lpips'), '.3f')}; "
-            f"seam {fmt(checks['seam'], '.2f')}")
+            f"{fmt(checks['kept_max_abs_rf'], '.2g')}); PSNR of the pixels whose rays miss the box: "
+            f"{fmt(checks['outside_psnr'], '.1f')} dB ({fmt(checks['outside_psnr_reach'], '.1f')} dB beyond the reach); "
+            f"frames into the box: LPIPS {fmt(checks.get('into_lpips'), '.3f')}; "
+            f"seam {fmt(checks['seam'], '.2f')} (vs the scene's texture {fmt(checks['seam_vs_scene'], '.2f')})")
 
 
 def cmd_edit(args) -> int:

@@ -51,7 +51,7 @@ from nfldm.utils.norms import record_norms, replay_norms
 from nfldm.utils.video import write_video
 
 __all__ = ["SceneLatents", "load_scene", "decoder_reach", "region_visibility", "edit_checks", "seam_score",
-           "viewed_box", "edit_scene"]
+           "viewed_box", "renderer_reach", "edit_scene"]
 
 
 @dataclass
@@ -148,33 +148,73 @@ def decode_frozen(lae, g: Tensor, c: Tensor, f: Tensor, stats: dict | None = Non
 @torch.no_grad()
 def decoder_reach(lae, g: Tensor, c: Tensor, f: Tensor, stats: dict, tol: float = 1e-3) -> dict:
     """How far (in f cells, Chebyshev distance) a change of the latents of one coarse cell moves
-    the decoded V with frozen statistics, probed at the footprint's centre (its c and f replaced
-    by those of a corner cell): ``reach`` where the change falls below ``tol`` times the change
-    at the cell itself (the margin beyond which an edit is invisible), ``receptive_field`` where
-    it falls below 1e-6 times it (float error: V is unchanged beyond it)."""
+    the decoded V with frozen statistics. Probed at five coarse cells (the centre and the centres
+    of the four quadrants), each given the latents of the cell diagonally opposite it: ``reach``
+    is the farthest any probe's change stays above ``tol`` times that probe's change at the cell
+    itself (the margin beyond which an edit is invisible), ``receptive_field`` the same at 1e-6
+    (float error: V is unchanged beyond it)."""
     V0, _ = decode_frozen(lae, g, c, f, stats)
     Xc, Yc = c.shape[1:3]
     d = f.shape[1] // Xc
-    i, j = Xc // 2, Yc // 2
-    c2, f2 = c.clone(), f.clone()
-    c2[:, i, j] = c[:, 0, 0]
-    f2[:, i * d:(i + 1) * d, j * d:(j + 1) * d] = f[:, :d, :d]
-    if torch.equal(c2, c) and torch.equal(f2, f):
-        c2[:, i, j] = c2[:, i, j] + 1.0
-    V1, _ = decode_frozen(lae, g, c2, f2, stats)
-    dV = (V1 - V0).abs().amax((0, 3))                               # X x Y
-    X, Y = dV.shape
+    X, Y = f.shape[1:]
     xs, ys = torch.arange(X), torch.arange(Y)
-    dx = torch.maximum(i * d - xs, xs - ((i + 1) * d - 1)).clamp(min=0)
-    dy = torch.maximum(j * d - ys, ys - ((j + 1) * d - 1)).clamp(min=0)
-    dist = torch.maximum(dx[:, None], dy[None, :])
-    peak = float(dV.max())
+    probes = [(Xc // 2, Yc // 2), (Xc // 4, Yc // 4), (3 * Xc // 4, Yc // 4), (Xc // 4, 3 * Yc // 4),
+              (3 * Xc // 4, 3 * Yc // 4)]
+    reach = rf = 0
+    for i, j in probes:
+        oi, oj = Xc - 1 - i, Yc - 1 - j
+        c2, f2 = c.clone(), f.clone()
+        c2[:, i, j] = c[:, oi, oj]
+        f2[:, i * d:(i + 1) * d, j * d:(j + 1) * d] = f[:, oi * d:(oi + 1) * d, oj * d:(oj + 1) * d]
+        if torch.equal(c2, c) and torch.equal(f2, f):
+            c2[:, i, j] = c2[:, i, j] + 1.0
+        V1, _ = decode_frozen(lae, g, c2, f2, stats)
+        dV = (V1 - V0).abs().amax((0, 3))                               # X x Y
+        dx = torch.maximum(i * d - xs, xs - ((i + 1) * d - 1)).clamp(min=0)
+        dy = torch.maximum(j * d - ys, ys - ((j + 1) * d - 1)).clamp(min=0)
+        dist = torch.maximum(dx[:, None], dy[None, :])
+        peak = float(dV.max())
+        if peak == 0:
+            continue
+        for rel, cur in ((tol, "reach"), (1e-6, "rf")):
+            far = dist[dV > rel * peak]
+            v = int(far.max()) if len(far) else 0
+            if cur == "reach":
+                reach = max(reach, v)
+            else:
+                rf = max(rf, v)
+    return {"reach": reach, "receptive_field": rf, "tol": tol}
 
-    def beyond(rel: float) -> int:
-        far = dist[dV > rel * peak]
-        return int(far.max()) if len(far) else 0
 
-    return {"reach": beyond(tol), "receptive_field": beyond(1e-6), "tol": tol}
+@torch.no_grad()
+def renderer_reach(sae, V: Tensor, bounds: Tensor, intr: Tensor, c2w: Tensor, tol: float = 1e-3) -> int:
+    """How far (output pixels, Chebyshev) the renderer's 2D decoder carries a change of one
+    rendered feature pixel, with its statistics frozen: the farthest its change stays above
+    ``tol`` times the largest, probed at the centre of the view of ``c2w`` (4 x 4) of V."""
+    grab = {}
+    hook = sae.decoder.register_forward_pre_hook(lambda m, a: grab.setdefault("x", a[0].detach().clone()))
+    try:
+        with record_norms(sae.decoder) as stats:
+            _render_path(sae, V, bounds, intr, c2w[None])
+    finally:
+        hook.remove()
+    x = grab["x"]
+    h = x.shape[-1]
+    i = h // 2
+    x2 = x.clone()
+    x2[..., i, i] = x[..., 1, 1] if not torch.equal(x[..., 1, 1], x[..., i, i]) else x[..., i, i] + 1.0
+    with replay_norms(sae.decoder, stats):
+        y0 = sae.decoder(x)
+    with replay_norms(sae.decoder, stats):
+        y1 = sae.decoder(x2)
+    d = (y1 - y0).abs().amax(1)[0]                                       # H x W
+    up = d.shape[-1] // h
+    lo, hi = i * up, (i + 1) * up - 1
+    idx = torch.arange(d.shape[-1], device=d.device)
+    dist1 = torch.maximum(lo - idx, idx - hi).clamp(min=0)
+    dist = torch.maximum(dist1[:, None], dist1[None, :])
+    far = dist[d > tol * d.max()]
+    return int(far.max()) if len(far) else 0
 
 
 def _dilate(mask: Tensor, r: int) -> Tensor:
@@ -207,26 +247,41 @@ def region_visibility(V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, reg
 
 
 def seam_score(V_edit: Tensor, V_ref: Tensor, region_xy: Tensor) -> dict:
-    """How sharp the region's boundary is in the edited V, relative to the scene's own texture:
-    the mean |V(x + 1) - V(x)| (density and features, each channel scaled by its std in
-    ``V_ref``) over neighbouring columns across the region's boundary (one in, one out; x and y
-    directions), divided by the same mean over all neighbouring columns of ``V_ref`` (the
-    unedited scene). 1: the boundary is as smooth as the scene is anywhere; a seam gives > 1."""
+    """How sharp the region's boundary is in the edited V. ``across``: the mean |V(x + 1) - V(x)|
+    (density and features, each channel scaled by its std in ``V_ref``, averaged over heights)
+    over the neighbouring columns across the region's boundary (one in, one out; x and y
+    directions) of ``V_edit`` (K x X x Y x Z; ``region_xy`` its X x Y bool region).
+
+    seam_vs_scene: ``across`` / the same mean over all neighbouring columns of ``V_ref`` (the
+    unedited scene's texture; V_ref may have another footprint, e.g. one window of a level);
+    with V_ref of V_edit's shape (the scene before the edit) also seam: ``across`` / the same
+    boundary's mean in V_ref (1: the boundary is no sharper than it was in the real scene; a
+    seam gives > 1) and seam_before_vs_scene (the unedited boundary / the scene's texture)."""
     scale = V_ref.flatten(1).std(1).clamp(min=1e-6)[:, None, None, None]
     A, R = V_edit / scale, V_ref / scale
-    inside = region_xy
-    diffs, ref = [], []
+    same = A.shape == R.shape
+    across, before, ref = [], [], []
     for ax in (1, 2):
-        da = (A.narrow(ax, 1, A.shape[ax] - 1) - A.narrow(ax, 0, A.shape[ax] - 1)).abs().mean((0, 3))   # X' x Y'
-        dr = (R.narrow(ax, 1, R.shape[ax] - 1) - R.narrow(ax, 0, R.shape[ax] - 1)).abs().mean((0, 3))
-        m = inside.narrow(ax - 1, 1, inside.shape[ax - 1] - 1) ^ inside.narrow(ax - 1, 0, inside.shape[ax - 1] - 1)
-        diffs.append(da[m])
+        def diff(T: Tensor) -> Tensor:                                   # X' x Y' (one fewer along ax)
+            return (T.narrow(ax, 1, T.shape[ax] - 1) - T.narrow(ax, 0, T.shape[ax] - 1)).abs().mean((0, 3))
+
+        m = region_xy.narrow(ax - 1, 1, region_xy.shape[ax - 1] - 1) ^ \
+            region_xy.narrow(ax - 1, 0, region_xy.shape[ax - 1] - 1)
+        dr = diff(R)
+        across.append(diff(A)[m])
         ref.append(dr.reshape(-1))
-    across, base = torch.cat(diffs), torch.cat(ref)
-    if not len(across):
-        return {"seam": float("nan"), "across": float("nan"), "reference": float(base.mean())}
-    return {"seam": float(across.mean() / base.mean().clamp(min=1e-12)), "across": float(across.mean()),
-            "reference": float(base.mean())}
+        if same:
+            before.append(dr[m])
+    acr, base = torch.cat(across), torch.cat(ref).mean().clamp(min=1e-12)
+    nan = float("nan")
+    if not len(acr):
+        return {"seam": nan, "seam_vs_scene": nan, "across": nan, "reference": float(base)}
+    out = {"seam_vs_scene": float(acr.mean() / base), "across": float(acr.mean()), "reference": float(base)}
+    if same:
+        bef = torch.cat(before).mean()
+        out.update(seam=float(acr.mean() / bef.clamp(min=1e-12)), across_before=float(bef),
+                   seam_before_vs_scene=float(bef / base))
+    return out
 
 
 def _psnr(a: Tensor, b: Tensor, mask: Tensor | None = None) -> float:
@@ -243,18 +298,22 @@ def _psnr(a: Tensor, b: Tensor, mask: Tensor | None = None) -> float:
 
 
 @torch.no_grad()
-def edit_checks(before: dict, after: dict, region_xy: Tensor, reach: dict, vis: Tensor, vis_region: Tensor,
-                into: float = 0.25, lpips=None) -> dict:
+def edit_checks(before: dict, after: dict, region_xy: Tensor, reach: dict, visibility: dict, into: float = 0.25,
+                lpips=None, pixel_reach: int = 0) -> dict:
     """The checks of an edit (docs/editing.md): ``before`` / ``after`` = {"V": K x X x Y x Z,
     "rgb": N x 3 x H x W}; ``region_xy`` X x Y bool; ``reach``: :func:`decoder_reach`;
-    ``vis`` / ``vis_region``: :func:`region_visibility` of the region grown by reach["reach"] / of
-    the region itself (N x h x w).
+    ``visibility``: {margin in cells: :func:`region_visibility` of the region grown by it (N x h x
+    w)} for the margins 0, reach["reach"] and reach["receptive_field"].
 
     kept_max_abs (_rf): max |V_after - V_before| outside the region grown by the decoder's
-    reach (by its whole receptive field); outside_psnr: PSNR of after vs before on pixels whose
-    rays never reach the grown region (and on whole frames that never see it, if any);
-    into_lpips: LPIPS (v0.1 alex) of the frames whose pixels see the region itself for at least
-    ``into`` of the frame, after vs before; seam: :func:`seam_score`."""
+    reach (by its whole receptive field); outside_psnr (_reach, _rf) and outside_pixels (...):
+    PSNR of after vs before on the pixels whose rays never reach the region (grown by the reach,
+    by the receptive field), and their share of all pixels; frames_not_seeing: whole frames that
+    never see the region; into_lpips: LPIPS (v0.1 alex) of the frames whose pixels see the
+    region for at least ``into`` of the frame, after vs before; seam...: :func:`seam_score`.
+    outside_psnr_2d (outside_pixels_2d): as outside_psnr_reach, also leaving out the pixels within
+    ``pixel_reach`` (:func:`renderer_reach`) of a pixel that sees the grown region: beyond both
+    networks' reach."""
     dV = (after["V"] - before["V"]).abs()
     vmax = before["V"].abs().max().clamp(min=1e-12)
     res = {"reach_cells": reach["reach"], "receptive_field_cells": reach["receptive_field"],
@@ -264,18 +323,23 @@ def edit_checks(before: dict, after: dict, region_xy: Tensor, reach: dict, vis: 
         m = float(dV[:, out_cols].max()) if bool(out_cols.any()) else float("nan")
         res[f"kept_max_abs{key}"], res[f"kept_max_abs_relative{key}"] = m, m / float(vmax)
     H, W = after["rgb"].shape[-2:]
-    v = F.interpolate(vis[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-    outside = v < 1e-3
-    res["outside_pixels"] = float(outside.float().mean())
-    res["outside_psnr"] = _psnr(after["rgb"], before["rgb"], outside)
-    blind = outside.all(-1).all(-1)
+    seen = {}
+    for key, r in (("", 0), ("_reach", reach["reach"]), ("_rf", reach["receptive_field"])):
+        v = F.interpolate(visibility[r][:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+        seen[key] = v >= 1e-3
+        res[f"outside_pixels{key}"] = float((~seen[key]).float().mean())
+        res[f"outside_psnr{key}"] = _psnr(after["rgb"], before["rgb"], ~seen[key])
+    far = ~torch.stack([_dilate(m, pixel_reach) for m in seen["_reach"]])
+    res["pixel_reach"] = pixel_reach
+    res["outside_pixels_2d"] = float(far.float().mean())
+    res["outside_psnr_2d"] = _psnr(after["rgb"], before["rgb"], far)
+    blind = ~seen[""].any(-1).any(-1)
     res["frames_not_seeing"] = int(blind.sum())
     res["frames_not_seeing_psnr"] = _psnr(after["rgb"][blind], before["rgb"][blind]) if bool(blind.any()) else None
-    vr = F.interpolate(vis_region[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-    seeing = (vr >= 1e-3).float().mean((1, 2)) >= into
-    res["frames_into"] = [int(i) for i in torch.nonzero(seeing).flatten()]
-    if lpips is not None and bool(seeing.any()):
-        res["into_lpips"] = float(lpips(after["rgb"][seeing], before["rgb"][seeing]).mean())
+    looking = seen[""].float().mean((1, 2)) >= into
+    res["frames_into"] = [int(i) for i in torch.nonzero(looking).flatten()]
+    if lpips is not None and bool(looking.any()):
+        res["into_lpips"] = float(lpips(after["rgb"][looking], before["rgb"][looking]).mean())
     res.update(seam_score(after["V"], before["V"], region_xy))
     # JSON: no NaN / inf (no such pixels, or identical images)
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in res.items()}
@@ -382,16 +446,18 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     t_total = time.perf_counter() - t_start
     reach = decoder_reach(lae, scene.g, scene.c, scene.f, stats)
     h = H // sae.cfg.render_down
-    vis = region_visibility(V0, scene.bounds, scene.intrinsics, scene.path, _dilate(region["f"], reach["reach"]), h, h)
-    vis_region = region_visibility(V0, scene.bounds, scene.intrinsics, scene.path, region["f"], h, h)
+    visibility = {r: region_visibility(V0, scene.bounds, scene.intrinsics, scene.path, _dilate(region["f"], r), h, h)
+                  for r in {0, reach["reach"], reach["receptive_field"]}}
     if lpips is None:
         try:
             lpips_distance(rgb0[:1], rgb0[:1])
             lpips = lpips_distance
         except FileNotFoundError:       # the metric wheel is not installed: no LPIPS check
             lpips = None
-    checks = edit_checks({"V": V0, "rgb": rgb0}, {"V": V1, "rgb": rgb1}, region["f"], reach, vis, vis_region,
-                         lpips=lpips)
+    px = renderer_reach(sae, V0, scene.bounds, scene.intrinsics, scene.path[len(scene.path) // 2])
+    checks = edit_checks({"V": V0, "rgb": rgb0}, {"V": V1, "rgb": rgb1}, region["f"], reach, visibility,
+                         lpips=lpips, pixel_reach=px)
+
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()), "edit_of": str(scene.source),

@@ -266,8 +266,15 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
         near = [int((mid - j).abs().argmin()) for j in joins]
         med = float(np.median(step))
         at_join = [max(step[max(0, i - 1):i + 2]) for i in near]
+        # the control: the same statistic half way between joins (the windows' middles, inside the
+        # fly-through), to tell a seam from what the camera meets anywhere in generated content
+        mids = [(a + b) / 2 for a, b in zip(joins[:-1], joins[1:])] + [joins[0] - sign * s * cell / 2]
+        mid_steps = [int((mid - m).abs().argmin()) for m in mids]
+        at_mid = [max(step[max(0, i - 1):i + 2]) for i in mid_steps]
         checks.update(frame_lpips=step, frame_lpips_median=med, join_steps=near,
-                      join_lpips=at_join, join_spike=max(at_join) / med if med > 0 else None)
+                      join_lpips=at_join, join_spike=max(at_join) / med if med > 0 else None,
+                      control_steps=mid_steps, control_lpips=at_mid,
+                      control_spike=max(at_mid) / med if med > 0 else None)
     seams = []
     cols = V.shape[1 + axis]
     for j in joins:                        # the stitched V across the join plane vs window 0's texture
@@ -302,7 +309,8 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
 
 
 def _seam_at(V: Tensor, V_ref: Tensor, region: Tensor) -> float:
-    return float(seam_score(V, V_ref, region)["seam"])
+    """The stitched V's boundary across a join relative to window 0's texture (seam_vs_scene)."""
+    return float(seam_score(V, V_ref, region)["seam_vs_scene"])
 
 
 class _samples_scaled:

@@ -1,0 +1,87 @@
+"""The checks of outpainting (nfldm extend) over the test scenes of a dataset.
+
+    python benchmarks/extend_quality.py --data DATASET [--split test] [--run RUN] --out DIR
+                                        [--direction +x] [--windows 2] [--bev-levels] [--scenes N]
+
+Per scene: ``nfldm extend --scene SCENE --direction D --windows N`` into DIR/NAME (skipped when
+already there: the script resumes); with ``--bev-levels`` each scene is extended following its
+own level's map (``nfldm data level-map`` over the whole level box; the bundle's bev levels).
+Prints, over the scenes: the frame-to-frame LPIPS at the window joins / its median along the
+fly-through (the worst join per scene; how many scenes stay <= 1.5; the same statistic half way
+between joins as a control: what the camera meets anywhere in generated content), the seam score across the
+joins (the stitched V's gradient there / window 0's mean gradient), and the seconds per window.
+Writes DIR/extend_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--run", default=None, help="ldm run (default: the shipped bundle)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--direction", default="+x")
+    ap.add_argument("--windows", type=int, default=2)
+    ap.add_argument("--bev-levels", action="store_true", help="follow each scene's level map")
+    ap.add_argument("--scenes", type=int, default=0, help="only the first N scenes (0: all)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    from nfldm.data.bev import write_bev
+    from nfldm.data.format import read_dataset
+    from nfldm.data.vizdoom import level_bev
+    from nfldm.pipeline.extend import DIRECTIONS, extend_scene
+
+    out = Path(args.out)
+    entries = read_dataset(args.data).split(args.split)
+    if args.scenes:
+        entries = entries[:args.scenes]
+    axis, sign = DIRECTIONS[args.direction]
+    rows = {}
+    for e in entries:
+        d = out / e.name
+        if not (d / "extend.json").is_file():
+            bev = None
+            if args.bev_levels:           # a square box holding the scene and its windows
+                lo, hi = np.asarray(e.bounds)[0, :2].astype(float), np.asarray(e.bounds)[1, :2].astype(float)
+                side = (hi - lo)[axis] * (1 + args.windows)
+                lo2 = lo.copy()
+                if sign < 0:
+                    lo2[axis] = hi[axis] - side
+                lo2[1 - axis] = (lo[1 - axis] + hi[1 - axis] - side) / 2
+                bev = d.parent / f"{e.name}_level.npz"
+                bev.parent.mkdir(parents=True, exist_ok=True)
+                write_bev(bev, level_bev(e.path, [lo2[0], lo2[1], lo2[0] + side, lo2[1] + side]))
+            extend_scene(e.path, args.direction, d, windows=args.windows, run=args.run, bev=bev, device=args.device,
+                         progress=False)
+        info = json.loads((d / "extend.json").read_text())
+        rows[e.name] = info
+        c = info["checks"]
+        print(f"{e.name}: join spike {c.get('join_spike'):.2f}, seams {[round(s, 2) for s in c['seam']]}, "
+              f"{info['seconds_latents_and_decode'] / args.windows:.1f} s per window", flush=True)
+    spikes = [r["checks"]["join_spike"] for r in rows.values() if r["checks"].get("join_spike") is not None]
+    controls = [r["checks"]["control_spike"] for r in rows.values() if r["checks"].get("control_spike") is not None]
+    seams = [s for r in rows.values() for s in r["checks"]["seam"]]
+    res = {"scenes": len(rows), "direction": args.direction, "windows": args.windows, "bev_levels": args.bev_levels,
+           "join_spike_median": float(np.median(spikes)), "join_spike_max": float(max(spikes)),
+           "scenes_spike_at_most_1.5": int(sum(s <= 1.5 for s in spikes)),
+           "control_spike_median": float(np.median(controls)) if controls else None,
+           "control_spike_max": float(max(controls)) if controls else None,
+           "seam_median": float(np.median(seams)), "seam_max": float(max(seams)),
+           "seconds_per_window": float(np.mean([r["seconds_latents_and_decode"] / args.windows for r in rows.values()])),
+           "seconds_with_render": float(np.mean([r["seconds_with_render"] for r in rows.values()]))}
+    (out / "extend_quality.json").write_text(json.dumps(res, indent=2) + "\n")
+    for k, v in res.items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
