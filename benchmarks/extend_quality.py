@@ -9,7 +9,8 @@ own level's map (``nfldm data level-map`` over the whole level box; the bundle's
 Prints, over the scenes: the frame-to-frame LPIPS at the window joins / its median along the
 fly-through (the worst join per scene; how many scenes stay <= 1.5; the same statistic half way
 between joins as a control: what the camera meets anywhere in generated content), the seam score across the
-joins (the stitched V's gradient there / window 0's mean gradient), and the seconds per window.
+joins (the stitched V's gradient there / window 0's mean gradient), the wall IoU of each new
+window against the level's map there (followed or not), and the seconds per window.
 Writes DIR/extend_quality.json.
 """
 
@@ -20,6 +21,31 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+
+def window_wall_iou(d: Path, scene: Path, bounds0: np.ndarray, axis: int, sign: int, info: dict) -> list[float]:
+    """Wall IoU (nfldm.ldm.evaluate.map_agreement) of each new window's part of the stitched V
+    against the scene's level map over that window (whether or not the windows followed it)."""
+    import torch
+
+    from nfldm.data.tensors import read_safetensors
+    from nfldm.data.vizdoom import level_bev
+    from nfldm.ldm.evaluate import map_agreement
+
+    t, _ = read_safetensors(d / "sample_0000" / "V.safetensors")
+    V, b = t["V"].float(), t["bounds"].float()
+    s = info["shift_cells"]
+    X = int(round((bounds0[1, axis] - bounds0[0, axis]) / info["shift_metres"] * s))
+    n = info["windows"]
+    out = []
+    for k in range(1, n + 1):
+        start = k * s if sign > 0 else (n - k) * s
+        Vk = V.narrow(1 + axis, start, X)
+        bk = torch.as_tensor(bounds0, dtype=torch.float32).clone()
+        bk[:, axis] += sign * k * info["shift_metres"]
+        bev = level_bev(scene, [float(bk[0, 0]), float(bk[0, 1]), float(bk[1, 0]), float(bk[1, 1])])
+        out.append(map_agreement(Vk, bk, bev)["wall_iou"])
+    return out
 
 
 def main() -> None:
@@ -63,6 +89,9 @@ def main() -> None:
             extend_scene(e.path, args.direction, d, windows=args.windows, run=args.run, bev=bev, device=args.device,
                          progress=False)
         info = json.loads((d / "extend.json").read_text())
+        if "window_wall_iou" not in info:
+            info["window_wall_iou"] = window_wall_iou(d, e.path, np.asarray(e.bounds, float), axis, sign, info)
+            (d / "extend.json").write_text(json.dumps(info, indent=2) + "\n")
         rows[e.name] = info
         c = info["checks"]
         print(f"{e.name}: join spike {c.get('join_spike'):.2f}, seams {[round(s, 2) for s in c['seam']]}, "
@@ -76,6 +105,7 @@ def main() -> None:
            "control_spike_median": float(np.median(controls)) if controls else None,
            "control_spike_max": float(max(controls)) if controls else None,
            "seam_median": float(np.median(seams)), "seam_max": float(max(seams)),
+           "new_windows_wall_iou_mean": float(np.mean([v for r in rows.values() for v in r["window_wall_iou"]])),
            "seconds_per_window": float(np.mean([r["seconds_latents_and_decode"] / args.windows for r in rows.values()])),
            "seconds_with_render": float(np.mean([r["seconds_with_render"] for r in rows.values()]))}
     (out / "extend_quality.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -352,7 +352,7 @@ def test_edit_and_extend_a_scene(run, tmp_path):
                 "--resample", "1", "--out", str(tmp_path / "edit2"), "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     ext = tmp_path / "ext"
-    res = nfldm("extend", "--run", str(bundle), "--scene", str(ed / "sample_0000"), "--direction", "-y",
+    res = nfldm("extend", "--run", str(bundle), "--scene", str(ed / "sample_0000"), "--direction=-y",
                 "--windows", "2", "--steps", "3", "--jump", "3", "--resample", "1", "--frames-per-window", "4",
                 "--out", str(ext), "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]

@@ -242,7 +242,18 @@ def _check_summary(checks: dict) -> str:
 def cmd_edit(args) -> int:
     from nfldm.pipeline.edit import edit_scene
 
-    res = edit_scene(args.scene, args.box, args.out, run=args.run, bev=args.bev, seed=args.seed, steps=args.steps,
+    bev = args.bev
+    if bev is not None and (args.erase_box or args.add_wall_box):
+        from nfldm.data.bev import add_wall_box, erase_box, read_bev
+
+        bev = read_bev(args.bev)
+        for b in args.erase_box or ():
+            bev = erase_box(bev, b)
+        for b in args.add_wall_box or ():
+            bev = add_wall_box(bev, b)
+    elif args.erase_box or args.add_wall_box:
+        raise ValueError("--erase-box / --add-wall-box edit the map given with --bev; give --bev")
+    res = edit_scene(args.scene, args.box, args.out, run=args.run, bev=bev, seed=args.seed, steps=args.steps,
                      jump=args.jump, resample=args.resample, guidance=args.guidance, device=args.device,
                      progress=not args.quiet, renderer=args.renderer, auto_size=args.auto_size)
     print(f"edited {res['source']}: region {[round(v, 2) for v in res['region_box']]} m re-sampled in "
@@ -611,6 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                    help="footprint box in metres; default: the --auto-size box the camera path looks at most")
     p.add_argument("--auto-size", type=float, default=4.0, help="side of the automatic box, metres (default 4)")
+    p.add_argument("--erase-box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                   help="erase the walls of the --bev map in this box (metres; repeatable)")
+    p.add_argument("--add-wall-box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                   help="add a solid block to the --bev map in this box (metres; repeatable)")
     repaint_args(p)
     p.set_defaults(func=cmd_edit)
 
@@ -624,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cores at the tiny size).",
     )
     p.add_argument("--scene", required=True, help="a sample folder or a dataset scene folder (as nfldm edit)")
-    p.add_argument("--direction", required=True, choices=("+x", "-x", "+y", "-y"))
+    p.add_argument("--direction", required=True, choices=("+x", "-x", "+y", "-y"),
+                   help="write the negative ones as --direction=-x (argparse reads a bare -x as an option)")
     p.add_argument("--windows", type=int, default=2, help="new windows (default 2)")
     p.add_argument("--overlap", type=float, default=0.5, help="fraction of a window shared with the one before")
     p.add_argument("--frames-per-window", type=int, default=24, help="fly-through frames per window")

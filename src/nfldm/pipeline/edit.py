@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfldm import camera
-from nfldm.data.bev import bev_grid, read_bev
+from nfldm.data.bev import bev_grid, read_bev, write_bev
 from nfldm.data.format import DataError, read_dataset
 from nfldm.data.loader import SceneDataset
 from nfldm.data.tensors import read_safetensors
@@ -403,7 +403,8 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     """Re-generate the footprint ``box`` (x0, y0, x1, y1 metres; None: the ``auto_size`` metre box
     the camera path looks at most, :func:`viewed_box`) of the scene ``src`` and write
     ``out`` (layout in the module docstring). ``run``: the ldm run (None: the bundle; its bev
-    levels when ``bev``, an edited map to follow, is given); ``steps``, ``jump``, ``resample``:
+    levels when ``bev``, an edited map to follow, is given: a path :func:`~nfldm.data.bev.read_bev`
+    reads, or a map dict; kept as sample_0000/bev.npz); ``steps``, ``jump``, ``resample``:
     the RePaint walk (:func:`~nfldm.ldm.inpaint.repaint_schedule`). Returns edit.json's content."""
     src, out = Path(src), Path(out)
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
@@ -428,7 +429,7 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     if bev is not None:
         if not cm.cfg.bev:
             raise ValueError(f"{run}: its levels were not trained on BEV maps; --bev needs the bev levels")
-        bev_map = read_bev(bev)
+        bev_map = bev if isinstance(bev, dict) else read_bev(bev)
         bev_t = bev_grid(bev_map, cm.cfg.bev_size)
     elif cm.cfg.bev:
         raise ValueError(f"{run}: its levels follow BEV maps; give the map (--bev) or use an unconditional run")
@@ -462,6 +463,8 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()), "edit_of": str(scene.source),
             "box": region["box"], "seed": seed}
+    if bev_map is not None:          # the map the edit followed, kept beside it
+        write_bev(out / "sample_0000" / "bev.npz", bev_map)
     rec1, fr1, top1 = write_sample_folder(out / "sample_0000", sae, V1, {"g": scene.g, **new}, scene.keyframes,
                                           scene.path, scene.bounds, scene.intrinsics, meta, fps, views=(rgb1, dep1))
     rec0, fr0, top0 = write_sample_folder(out / "before", sae, V0, {"g": scene.g, "c": scene.c, "f": scene.f},
@@ -483,7 +486,8 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     video_path = write_video(out / "flythrough.mp4", list(video), fps)
     info = {"source": str(scene.source), "real_scene": scene.real, "run": str(Path(run).resolve()),
             "box": [float(v) for v in box], "region_box": region["box"], "region_cells": region["cells"],
-            "bev": None if bev is None else str(bev), "seed": seed, "steps": steps, "jump": jump,
+            "bev": None if bev is None else ("a map given in memory" if isinstance(bev, dict) else str(bev)),
+            "seed": seed, "steps": steps, "jump": jump,
             "resample": resample, "guidance": guidance, "seconds_latents_and_decode": t_latent,
             "seconds_with_render": t_total, "device": str(pipe["device"]), "flythrough": video_path.name,
             "checks": checks}
