@@ -185,6 +185,16 @@ def cmd_train_ldm(args) -> int:
     return 0
 
 
+def cmd_train_image_prior(args) -> int:
+    from nfldm.refine.train import train_image_prior
+
+    m = train_image_prior(args.data, args.out, preset_name=args.preset, steps=args.steps, resume=args.resume,
+                          device=args.device, progress=not args.quiet, overrides=_parse_sets(args.set))
+    print(f"trained the image prior into {args.out}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()
+                                                                     if isinstance(v, float)))
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from nfldm.pipeline.quickstart import preset, quickstart
 
@@ -420,6 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
                     steps_help="training steps of each level (preset value if omitted)",
                     resume_help="continue the run(s) in --out")
     p.set_defaults(func=cmd_train_ldm)
+
+    p = tsub.add_parser(
+        "image-prior",
+        help="the 2D image prior of post-optimisation: a diffusion model of the real frames given an image embedding",
+        description="Train a diffusers UNet on the train split's real frames, conditioned on each frame's "
+        "EfficientNet-Lite0 embedding (projected, added to the timestep embedding), with embedding dropout so it "
+        "also learns the unconditional score (docs/refine.md). --resume continues a killed run exactly.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder (dataset.json); its train frames")
+    _add_train_args(p, ("smoke", "tiny", "small"), "run directory",
+                    "override a model or training option (--set embed_drop_prob=0.2)",
+                    steps_help="training steps (preset value if omitted)", resume_help="continue the run in --out")
+    p.set_defaults(func=cmd_train_image_prior)
 
     ev = sub.add_parser("eval", help="evaluate a trained stage")
     esub = ev.add_subparsers(dest="eval_command", required=True)

@@ -1,0 +1,142 @@
+"""The image prior: a 2D diffusion model of real frames given an image embedding.
+
+    x: B x 3 x S x S in [-1, 1],  t: B,  e: B x embed_dim (an image embedding, or None)
+    e -> Linear -> B x temb  (or the learned null embedding: no condition / dropped)
+    UNet2DModel(x_t, t, class_labels = that vector)  ->  epsilon (or v) B x 3 x S x S
+
+The condition enters as diffusers' "identity" class embedding: added to the timestep embedding
+of every residual block. :meth:`ImagePrior.eps` gives the noise estimate SDS uses, for a
+condition or the null one; :func:`guided_eps` combines two conditions (classifier-free guidance,
+or the paper's negative guidance with y' in place of the null condition).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nfldm.refine.config import ImagePriorConfig
+
+__all__ = ["ImagePrior", "guided_eps", "sample_images"]
+
+
+class ImagePrior(nn.Module):
+    """See the module docstring. Batches for :meth:`training_loss`: {"image": B x 3 x S x S in
+    [0, 1], "embedding": B x embed_dim}."""
+
+    def __init__(self, cfg: ImagePriorConfig):
+        super().__init__()
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        self.cfg = cfg
+        ch = cfg.block_out_channels
+        n = len(ch)
+        down = ["DownBlock2D"] * n
+        up = ["UpBlock2D"] * n
+        if cfg.attention and n > 1:
+            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        self.unet = UNet2DModel(sample_size=cfg.image_size, in_channels=3, out_channels=3, block_out_channels=ch,
+                                layers_per_block=cfg.layers_per_block, down_block_types=tuple(down),
+                                up_block_types=tuple(up), norm_num_groups=cfg.norm_num_groups,
+                                class_embed_type="identity")
+        temb = ch[0] * 4
+        self.embed = nn.Linear(cfg.embed_dim, temb)
+        self.null = nn.Parameter(torch.zeros(temb))
+        self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                       prediction_type=cfg.prediction_type, clip_sample=False)
+
+    def condition(self, e: Tensor | None, batch: int, drop: Tensor | None = None) -> Tensor:
+        """The vector added to the timestep embedding: B x temb (the null one where ``e`` is None
+        or ``drop``, B bool, is True)."""
+        p = self.null
+        if e is None:
+            return p[None].expand(batch, -1)
+        if e.dim() == 1:
+            e = e[None].expand(batch, -1)
+        if e.shape != (batch, self.cfg.embed_dim):
+            raise ValueError(f"the embedding must be {batch} x {self.cfg.embed_dim}, got {tuple(e.shape)}")
+        v = self.embed(e.to(p.dtype))
+        if drop is not None:
+            v = torch.where(drop[:, None], p[None].expand_as(v), v)
+        return v
+
+    def forward(self, x: Tensor, t: Tensor, e: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+        """The model output (epsilon or v) for noisy images x (B x 3 x S x S) at timesteps t (B)."""
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        return self.unet(x, t, class_labels=self.condition(e, x.shape[0], drop)).sample
+
+    def eps(self, x_t: Tensor, t: Tensor, e: Tensor | None = None) -> Tensor:
+        """The noise estimate for x_t (whatever the prediction type)."""
+        out = self(x_t, t, e)
+        if self.cfg.prediction_type == "epsilon":
+            return out
+        ac = self.scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
+        return ac.sqrt() * out + (1 - ac).sqrt() * x_t         # v -> epsilon
+
+    def training_loss(self, batch: dict, step: int) -> tuple[Tensor, dict]:
+        x0 = batch["image"].float() * 2 - 1
+        e = batch["embedding"].float()
+        B = x0.shape[0]
+        t = torch.randint(0, self.cfg.num_train_timesteps, (B,), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        drop = torch.rand(B, device=x0.device) < self.cfg.embed_drop_prob
+        out = self(x_t, t, e, drop)
+        target = noise if self.cfg.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+        loss = F.mse_loss(out.float(), target)
+        return loss, {"loss": loss.detach()}
+
+
+def guided_eps(prior: ImagePrior, x_t: Tensor, t: Tensor, y: Tensor | None, y_neg: Tensor | None,
+               scale: float) -> Tensor:
+    """eps(x_t; y') + s (eps(x_t; y) - eps(x_t; y')): classifier-free guidance with y' = None (the
+    null embedding), the paper's negative guidance with y' the embedding of the model's own
+    samples. One doubled batch."""
+    B = x_t.shape[0]
+    cond = torch.cat([prior.condition(y_neg, B), prior.condition(y, B)])
+    out = prior.unet(torch.cat([x_t, x_t]), torch.cat([t, t]) if t.dim() else t.expand(2 * B),
+                     class_labels=cond).sample
+    if prior.cfg.prediction_type != "epsilon":
+        tt = torch.cat([t, t]) if t.dim() else t.expand(2 * B)
+        ac = prior.scheduler.alphas_cumprod.to(x_t.device)[tt].view(-1, 1, 1, 1)
+        out = ac.sqrt() * out + (1 - ac).sqrt() * torch.cat([x_t, x_t])
+    neg, pos = out.chunk(2)
+    return neg + scale * (pos - neg)
+
+
+@torch.no_grad()
+def sample_images(prior: ImagePrior, num: int, y: Tensor | None = None, y_neg: Tensor | None = None,
+                  scale: float = 1.0, steps: int = 25, seed: int = 0, batch: int = 64) -> Tensor:
+    """Images drawn from the prior by DDIM (eta 0, ``steps`` steps) under :func:`guided_eps`
+    with condition ``y`` (embed_dim, one for all, or num x embed_dim; None: unconditional),
+    negative ``y_neg`` and ``scale`` -> num x 3 x S x S in [0, 1]. What the prior has learned,
+    seen directly (and scored against real frames: docs/refine.md)."""
+    from diffusers import DDIMScheduler
+
+    dev = next(prior.parameters()).device
+    sched = DDIMScheduler.from_config(prior.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+    gen = torch.Generator().manual_seed(int(seed))
+    S = prior.cfg.image_size
+    out = []
+    for lo in range(0, num, batch):
+        B = min(batch, num - lo)
+        yb = None if y is None else (y.expand(B, -1) if y.dim() == 1 else y[lo:lo + B]).to(dev)
+        nb = None if y_neg is None else (y_neg.expand(B, -1) if y_neg.dim() == 1 else y_neg[lo:lo + B]).to(dev)
+        x = torch.randn(B, 3, S, S, generator=gen).to(dev)
+        sched.set_timesteps(steps, device=dev)
+        for t in sched.timesteps:
+            eps = guided_eps(prior, x, t.expand(B), yb, nb, scale) if yb is not None else prior.eps(x, t.expand(B))
+            x = _ddim_eps_step(sched, eps, t, x)
+        out.append(((x.clamp(-1, 1) + 1) / 2).float().cpu())
+    return torch.cat(out)
+
+
+def _ddim_eps_step(sched, eps: Tensor, t: Tensor, x: Tensor) -> Tensor:
+    """A DDIM step (eta 0) from a noise estimate, for a scheduler configured for v-prediction."""
+    ac = sched.alphas_cumprod.to(x.device)
+    prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
+    a, a_prev = ac[t], (ac[prev] if prev >= 0 else sched.final_alpha_cumprod.to(x.device))
+    x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
