@@ -1,7 +1,7 @@
 """What the image prior has learned: its samples against the real test views.
 
     python benchmarks/image_prior.py --prior RUN --data DATASET [--split test] [--num 384]
-                                     [--scale 3] [--steps 25] --out DIR
+                                     [--scale 3] [--steps 25] [--raw] --out DIR
 
 Draws ``--num`` images by DDIM: unconditional (the null embedding), and "variations": each
 conditioned on the embedding of one real test frame (evenly spaced), with classifier-free
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=3.0)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--raw", action="store_true", help="the trained weights, not their EMA")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -42,7 +43,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    p = load_image_prior(args.prior, args.device)
+    p = load_image_prior(args.prior, args.device, prefer_ema=not args.raw)
     prior = p["prior"]
     dev = next(prior.parameters()).device
     real = to_view_size(real_images(args.data, args.split, 5000), 64)
@@ -55,7 +56,7 @@ def main() -> None:
     net = InceptionFeatures(path)
     fr = cached_features("inception", file_sha1(path), args.data, args.split, 5000, 64,
                          lambda: extract(net, real, "cpu"))
-    res = {"prior": str(args.prior), "step": p["step"], "num": int(len(pick)), "scale": args.scale,
+    res = {"prior": str(args.prior), "step": p["step"], "weights": "raw" if args.raw else "ema", "num": int(len(pick)), "scale": args.scale,
            "steps": args.steps, "num_real": int(len(real))}
     for key, imgs in (("variations", as_u8(var)), ("unconditional", as_u8(unc))):
         fg = extract(net, to_view_size(imgs, 64), "cpu")

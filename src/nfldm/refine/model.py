@@ -134,9 +134,12 @@ def sample_images(prior: ImagePrior, num: int, y: Tensor | None = None, y_neg: T
 
 
 def _ddim_eps_step(sched, eps: Tensor, t: Tensor, x: Tensor) -> Tensor:
-    """A DDIM step (eta 0) from a noise estimate, for a scheduler configured for v-prediction."""
+    """A DDIM step (eta 0) from a noise estimate, the x0 estimate clipped to the image range (as
+    pixel-space DDIM does: at high noise, x0 = (x - sqrt(1 - a) eps) / sqrt(a) amplifies the
+    estimate's error 1 / sqrt(a) times)."""
     ac = sched.alphas_cumprod.to(x.device)
     prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
     a, a_prev = ac[t], (ac[prev] if prev >= 0 else sched.final_alpha_cumprod.to(x.device))
-    x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+    x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)        # pixel space: images lie in [-1, 1]
+    eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
     return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps

@@ -106,8 +106,8 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
     return trainer.fit()
 
 
-def load_image_prior(run: str | os.PathLike, device: str = "auto") -> dict:
-    """{"prior": the trained ImagePrior (EMA weights when present, eval mode), "mean_embedding":
+def load_image_prior(run: str | os.PathLike, device: str = "auto", prefer_ema: bool = True) -> dict:
+    """{"prior": the trained ImagePrior (EMA weights when present and ``prefer_ema``, eval mode), "mean_embedding":
     the real train frames' mean embedding (embed_dim), "step", "config"}; ValueError /
     DataError naming the run when it is not an image-prior run or its files are missing."""
     run = Path(run)
@@ -115,7 +115,7 @@ def load_image_prior(run: str | os.PathLike, device: str = "auto") -> dict:
     if rc.get("stage") != STAGE:
         raise ValueError(f"{run}: not an image-prior run (its config.json says stage {rc.get('stage')!r})")
     model = ImagePrior(config_from_dict(rc["model"]))
-    info = load_model_weights(run, model, prefer_ema=True)
+    info = load_model_weights(run, model, prefer_ema=prefer_ema)
     t, _ = read_safetensors(run / EMBEDDINGS_FILE)
     if "mean" not in t:
         raise DataError(f"{run / EMBEDDINGS_FILE}: no tensor 'mean' (the real frames' mean embedding)")
