@@ -33,7 +33,7 @@ def window_wall_iou(d: Path, scene: Path, bounds0: np.ndarray, axis: int, sign: 
     from nfldm.ldm.evaluate import map_agreement
 
     t, _ = read_safetensors(d / "sample_0000" / "V.safetensors")
-    V, b = t["V"].float(), t["bounds"].float()
+    V = t["V"].float()
     s = info["shift_cells"]
     X = int(round((bounds0[1, axis] - bounds0[0, axis]) / info["shift_metres"] * s))
     n = info["windows"]

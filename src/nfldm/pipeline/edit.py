@@ -43,7 +43,7 @@ from nfldm.metrics.lpips import lpips_distance
 from nfldm.pipeline.bundle import bundled_bev_model, bundled_model
 from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, load_pipeline, write_sample_folder
 from nfldm.scene_ae.evaluate import split_scene
-from nfldm.scene_ae.flythrough import grid_image, to_uint8, upscale
+from nfldm.scene_ae.flythrough import grid_image, upscale
 from nfldm.scene_ae.model import scene_batch
 from nfldm.scene_ae.render import ray_box, sample_along
 from nfldm.utils.io import atomic_save_png, atomic_write_json
@@ -51,7 +51,7 @@ from nfldm.utils.norms import record_norms, replay_norms
 from nfldm.utils.video import write_video
 
 __all__ = ["SceneLatents", "load_scene", "decoder_reach", "region_visibility", "edit_checks", "seam_score",
-           "viewed_box", "renderer_reach", "edit_scene"]
+           "viewed_box", "renderer_reach", "repaint_pipeline", "edit_scene"]
 
 
 @dataclass
@@ -396,6 +396,27 @@ def _draw_box(img: np.ndarray, box, bounds: Tensor, colour=(40, 120, 255)) -> np
     return np.asarray(pic)
 
 
+def repaint_pipeline(run, bev, device: str = "auto", renderer=None, what: str = "editing") -> tuple:
+    """(run, the pipeline of :func:`~nfldm.pipeline.generate.load_pipeline`, the map dict or None)
+    for an edit or an extension: ``run`` None is the bundle (its bev levels when a map ``bev`` is
+    given: a path :func:`~nfldm.data.bev.read_bev` reads, or a map dict). ValueError when the run
+    is not a full g, c, f run, or a map is given to unconditional levels or missing for bev ones."""
+    if run is None:
+        run = bundled_bev_model() if bev is not None else bundled_model()
+    pipe = load_pipeline(run, device, renderer)
+    models = pipe["models"]
+    if "f" not in models or "c" not in models:
+        raise ValueError(f"{run}: {what} needs a full g, c, f run")
+    bev_map = None
+    if bev is not None:
+        if not models["c"].cfg.bev:
+            raise ValueError(f"{run}: its levels were not trained on BEV maps; --bev needs the bev levels")
+        bev_map = bev if isinstance(bev, dict) else read_bev(bev)
+    elif models["c"].cfg.bev:
+        raise ValueError(f"{run}: its levels follow BEV maps; give the map (--bev) or use an unconditional run")
+    return run, pipe, bev_map
+
+
 def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | os.PathLike | None = None,
                bev: str | os.PathLike | None = None, seed: int = 0, steps: int = 25, jump: int = 5,
                resample: int = 3, guidance: float = 1.0, device: str = "auto", progress: bool = True,
@@ -409,12 +430,8 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     src, out = Path(src), Path(out)
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise ValueError(f"{out}: the output folder must not be (inside) the scene folder {src}")
-    if run is None:
-        run = bundled_bev_model() if bev is not None else bundled_model()
-    pipe = load_pipeline(run, device, renderer)
+    run, pipe, bev_map = repaint_pipeline(run, bev, device, renderer, "editing")
     models, lae, sae = pipe["models"], pipe["lae"], pipe["sae"]
-    if "f" not in models or "c" not in models:
-        raise ValueError(f"{run}: editing needs a full g, c, f run")
     scene = load_scene(src, pipe)
     cm = models["c"]
     f_size, c_size = tuple(scene.f.shape[1:]), tuple(scene.c.shape[1:3])
@@ -425,14 +442,7 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
         n = max(d, int(round(auto_size / cell / d)) * d)
         box = viewed_box(V0, scene.bounds, scene.path, scene.intrinsics, n, d)
     region = footprint_masks(box, scene.bounds, f_size, c_size)
-    bev_t, bev_map = None, None
-    if bev is not None:
-        if not cm.cfg.bev:
-            raise ValueError(f"{run}: its levels were not trained on BEV maps; --bev needs the bev levels")
-        bev_map = bev if isinstance(bev, dict) else read_bev(bev)
-        bev_t = bev_grid(bev_map, cm.cfg.bev_size)
-    elif cm.cfg.bev:
-        raise ValueError(f"{run}: its levels follow BEV maps; give the map (--bev) or use an unconditional run")
+    bev_t = None if bev_map is None else bev_grid(bev_map, cm.cfg.bev_size)
     traj = encode_trajectory(scene.path.double(), scene.bounds.double(), models["g"].cfg.traj_frames).float()
     t_start = time.perf_counter()
     new = inpaint_latents(models, pipe["stats"], scene.g, traj, scene.c, scene.f, region["c"], region["f"], steps,

@@ -35,15 +35,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nfldm.camera import pose_from_position_yaw
-from nfldm.data.bev import bev_grid, crop_bev, read_bev
+from nfldm.data.bev import bev_grid, crop_bev
 from nfldm.data.tensors import write_safetensors
 from nfldm.ldm.evaluate import mid_height_occupancy
 from nfldm.ldm.inpaint import inpaint_latents
 from nfldm.ldm.trajectory import encode_trajectory
 from nfldm.metrics.lpips import lpips_distance
-from nfldm.pipeline.bundle import bundled_bev_model, bundled_model
-from nfldm.pipeline.edit import decode_frozen, load_scene, seam_score
-from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, load_pipeline, write_sample_folder
+from nfldm.pipeline.edit import decode_frozen, load_scene, repaint_pipeline, seam_score
+from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, write_sample_folder
 from nfldm.scene_ae.flythrough import grid_image, upscale
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 
@@ -196,20 +195,9 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
         raise ValueError(f"overlap must be in (0, 1), got {overlap}")
     axis, sign = DIRECTIONS[direction]
     out = Path(out)
-    if run is None:
-        run = bundled_bev_model() if bev is not None else bundled_model()
-    pipe = load_pipeline(run, device, renderer)
+    run, pipe, bev_map = repaint_pipeline(run, bev, device, renderer, "extending")
     models, lae, sae = pipe["models"], pipe["lae"], pipe["sae"]
-    if "f" not in models or "c" not in models:
-        raise ValueError(f"{run}: extending needs a full g, c, f run")
     cm = models["c"]
-    bev_map = None
-    if bev is not None:
-        if not cm.cfg.bev:
-            raise ValueError(f"{run}: its levels were not trained on BEV maps; --bev needs the bev levels")
-        bev_map = read_bev(bev)
-    elif cm.cfg.bev:
-        raise ValueError(f"{run}: its levels follow BEV maps; give the map (--bev) or use an unconditional run")
     scene = load_scene(src, pipe)
     X = scene.f.shape[1 + axis]
     Xc = scene.c.shape[1 + axis]
