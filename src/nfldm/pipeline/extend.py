@@ -40,8 +40,7 @@ from nfldm.data.tensors import write_safetensors
 from nfldm.ldm.evaluate import mid_height_occupancy
 from nfldm.ldm.inpaint import inpaint_latents
 from nfldm.ldm.trajectory import encode_trajectory
-from nfldm.metrics.lpips import lpips_distance
-from nfldm.pipeline.edit import decode_frozen, load_scene, repaint_pipeline, seam_score
+from nfldm.pipeline.edit import available_lpips, decode_frozen, load_scene, repaint_pipeline, seam_score
 from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, write_sample_folder
 from nfldm.scene_ae.flythrough import grid_image, upscale
 from nfldm.utils.io import atomic_save_png, atomic_write_json
@@ -240,11 +239,7 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
 
     # checks: frame-to-frame LPIPS along the path, at the joins vs its median; seam scores across joins
     if lpips is None:
-        try:
-            lpips_distance(rgb[:1], rgb[:1])
-            lpips = lpips_distance
-        except FileNotFoundError:
-            lpips = None
+        lpips = available_lpips()
     joins = _join_positions(scene.bounds, axis, sign, windows, s, X)
     cam = path[:, axis, 3]
     checks: dict = {"join_positions": joins}
@@ -268,8 +263,11 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
     for j in joins:                        # the stitched V across the join plane vs window 0's texture
         g = int(round((j - float(bounds[0, axis])) / cell))
         region = torch.zeros(V.shape[1], V.shape[2], dtype=torch.bool)
-        region.narrow(axis, g, cols - g).fill_(True) if sign > 0 else region.narrow(axis, 0, g).fill_(True)
-        seams.append(_seam_at(V, V0, region))
+        if sign > 0:
+            region.narrow(axis, g, cols - g).fill_(True)
+        else:
+            region.narrow(axis, 0, g).fill_(True)
+        seams.append(seam_score(V, V0, region)["seam_vs_scene"])
     checks["seam"] = seams
     checks["seam_max"] = max(seams) if seams else None
 
@@ -294,11 +292,6 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
                                              "bounds": bounds.tolist(), "intrinsics": scene.intrinsics.tolist(),
                                              "samples": [{"index": 0, **rec}]})
     return info
-
-
-def _seam_at(V: Tensor, V_ref: Tensor, region: Tensor) -> float:
-    """The stitched V's boundary across a join relative to window 0's texture (seam_vs_scene)."""
-    return float(seam_score(V, V_ref, region)["seam_vs_scene"])
 
 
 class _samples_scaled:

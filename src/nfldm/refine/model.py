@@ -69,7 +69,10 @@ class ImagePrior(nn.Module):
 
     def eps(self, x_t: Tensor, t: Tensor, e: Tensor | None = None) -> Tensor:
         """The noise estimate for x_t (whatever the prediction type)."""
-        out = self(x_t, t, e)
+        return self.to_eps(self(x_t, t, e), x_t, t)
+
+    def to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The noise estimate a model output (epsilon or v) for x_t at timesteps t (B) implies."""
         if self.cfg.prediction_type == "epsilon":
             return out
         ac = self.scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
@@ -96,13 +99,8 @@ def guided_eps(prior: ImagePrior, x_t: Tensor, t: Tensor, y: Tensor | None, y_ne
     samples. One doubled batch."""
     B = x_t.shape[0]
     cond = torch.cat([prior.condition(y_neg, B), prior.condition(y, B)])
-    out = prior.unet(torch.cat([x_t, x_t]), torch.cat([t, t]) if t.dim() else t.expand(2 * B),
-                     class_labels=cond).sample
-    if prior.cfg.prediction_type != "epsilon":
-        tt = torch.cat([t, t]) if t.dim() else t.expand(2 * B)
-        ac = prior.scheduler.alphas_cumprod.to(x_t.device)[tt].view(-1, 1, 1, 1)
-        out = ac.sqrt() * out + (1 - ac).sqrt() * torch.cat([x_t, x_t])
-    neg, pos = out.chunk(2)
+    xx, tt = torch.cat([x_t, x_t]), (torch.cat([t, t]) if t.dim() else t.expand(2 * B))
+    neg, pos = prior.to_eps(prior.unet(xx, tt, class_labels=cond).sample, xx, tt).chunk(2)
     return neg + scale * (pos - neg)
 
 
@@ -116,7 +114,11 @@ def sample_images(prior: ImagePrior, num: int, y: Tensor | None = None, y_neg: T
     from diffusers import DDIMScheduler
 
     dev = next(prior.parameters()).device
-    sched = DDIMScheduler.from_config(prior.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+    # steps from the noise estimate (any prediction type becomes epsilon), the x0 estimate clipped
+    # to the image range as pixel-space DDIM does (at high noise x0 = (x - sqrt(1 - a) eps) / sqrt(a)
+    # amplifies the estimate's error 1 / sqrt(a) times), epsilon re-derived from the clipped x0
+    sched = DDIMScheduler.from_config(prior.scheduler.config, prediction_type="epsilon", clip_sample=True,
+                                      set_alpha_to_one=False)
     gen = torch.Generator().manual_seed(int(seed))
     S = prior.cfg.image_size
     out = []
@@ -128,18 +130,7 @@ def sample_images(prior: ImagePrior, num: int, y: Tensor | None = None, y_neg: T
         sched.set_timesteps(steps, device=dev)
         for t in sched.timesteps:
             eps = guided_eps(prior, x, t.expand(B), yb, nb, scale) if yb is not None else prior.eps(x, t.expand(B))
-            x = _ddim_eps_step(sched, eps, t, x)
+            x = sched.step(eps, t, x, use_clipped_model_output=True).prev_sample
         out.append(((x.clamp(-1, 1) + 1) / 2).float().cpu())
     return torch.cat(out)
 
-
-def _ddim_eps_step(sched, eps: Tensor, t: Tensor, x: Tensor) -> Tensor:
-    """A DDIM step (eta 0) from a noise estimate, the x0 estimate clipped to the image range (as
-    pixel-space DDIM does: at high noise, x0 = (x - sqrt(1 - a) eps) / sqrt(a) amplifies the
-    estimate's error 1 / sqrt(a) times)."""
-    ac = sched.alphas_cumprod.to(x.device)
-    prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
-    a, a_prev = ac[t], (ac[prev] if prev >= 0 else sched.final_alpha_cumprod.to(x.device))
-    x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)        # pixel space: images lie in [-1, 1]
-    eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
