@@ -51,11 +51,24 @@ def cmd_data_level_map(args) -> int:
     return 0
 
 
+def cmd_data_import(args) -> int:
+    from nfldm.data.importer import ImportConfig, import_dataset, parse_box, parse_size
+
+    up = args.units_per_metre
+    cfg = ImportConfig(format=args.format, size=parse_size(args.size), up=args.up,
+                       units_per_metre=0.0 if up == "auto" else float(up), box=parse_box(args.box),
+                       windows=args.windows, stride=args.stride, min_frames=args.min_frames,
+                       min_inside=args.min_inside, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    import_dataset(args.src, args.out, cfg, progress=not args.quiet)
+    return 0
+
+
 def cmd_data_check(args) -> int:
     from nfldm.data.check import check_path
 
-    problems = check_path(args.path)
-    for line in problems:
+    warnings: list[str] = []
+    problems = check_path(args.path, warnings)
+    for line in warnings + problems:
         print(line)
     if problems:
         print(f"{len(problems)} problem(s) found in {args.path}", file=sys.stderr)
@@ -357,6 +370,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="square footprint box, metres in the scene's frame")
     p.add_argument("--out", required=True, help="the bev.npz to write")
     p.set_defaults(func=cmd_data_level_map)
+
+    p = dsub.add_parser(
+        "import",
+        help="import an RGB-D capture (nerfstudio scene with depth, or GSN's VizDoom / Replica folders)",
+        description="Import posed RGB-D frames into a dataset the presets train on: frames resized and "
+        "centre-cropped to --size, the world turned so up is +z and scaled to metres, scenes bigger than "
+        "--box cut into windows, split so test windows are not train windows. Writes DIR/import.json "
+        "(every choice and the depth reprojection errors) and DIR/import_map.png. See docs/data-format.md.",
+    )
+    p.add_argument("src", help="a nerfstudio scene folder (transforms.json with depth), a folder of them, "
+                   "or GSN trajectory folders (cameras.json; a release root with train/ test/)")
+    p.add_argument("--out", required=True, help="dataset folder to write (must not exist or be empty)")
+    p.add_argument("--format", default="auto", choices=["auto", "nerfstudio", "gsn"], help="source format")
+    p.add_argument("--size", default="64", help="output frame size: S (S x S) or WxH, e.g. 96x72 (default 64)")
+    p.add_argument("--up", default="auto", choices=["auto", "+x", "-x", "+y", "-y", "+z", "-z"],
+                   help="the source's up axis (auto: cameras' up refined by the floor plane)")
+    p.add_argument("--units-per-metre", default="auto",
+                   help="source world units per metre (auto: 1 for nerfstudio, 42.67 for GSN VizDoom)")
+    p.add_argument("--box", default="16x16x8", help="window box XxYxZ metres (default: the presets' 16x16x8)")
+    p.add_argument("--windows", default="auto", choices=["auto", "single"],
+                   help="auto: cut scenes bigger than the box; single: one box per scene")
+    p.add_argument("--stride", type=float, default=0.0, help="window stride, metres (default half the box)")
+    p.add_argument("--min-frames", type=int, default=12, help="a window needs this many frames (default 12)")
+    p.add_argument("--min-inside", type=float, default=0.5,
+                   help="part of a frame's depth points that must fall in its window (default 0.5)")
+    p.add_argument("--val-fraction", type=float, default=0.125, help="share of scenes / regions for val")
+    p.add_argument("--test-fraction", type=float, default=0.125, help="share of scenes / regions for test")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_data_import)
 
     p = dsub.add_parser(
         "check",

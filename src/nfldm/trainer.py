@@ -520,7 +520,7 @@ class Trainer:
         self.batches_per_epoch = len(dataset) // cfg.batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(f"the dataset has {len(dataset)} items, fewer than one global batch "
-                             f"(batch_size={cfg.batch_size}); lower batch_size or add data")
+                             f"(batch_size={cfg.batch_size}); lower batch_size (--set batch_size=N) or add data")
 
         # -- run directory: fresh run or resume (every rank checks; rank 0 writes)
         self.run_dir.mkdir(parents=True, exist_ok=True)
