@@ -118,7 +118,7 @@ def test_up_from_the_floor_beats_the_mean_of_tilted_cameras():
         pts.append(unproject_depth(torch.from_numpy(d), torch.tensor(intr, dtype=torch.float64),
                                    torch.from_numpy(T)).numpy()[::3, ::3].reshape(-1, 3))
     up, info = estimate_up(c2w, np.concatenate(pts))
-    assert info["floor"] is not None
+    assert info["surfaces"] is not None
     assert _angle(up, [0, 0, 1]) < 0.2 < _angle(info["cameras_up"], [0, 0, 1])
 
 
@@ -153,7 +153,7 @@ def test_nerfstudio_scene_y_up_non_square_mm_depth(tmp_path):
     assert check_path(out, warnings) == [] and warnings == []
     scene = summary["scenes"][0]
     assert _angle(scene["up"], [0, 1, 0]) < 0.3  # the source world's up is +y
-    assert scene["up_estimate"]["floor"] is not None
+    assert scene["up_estimate"]["surfaces"] is not None
     depth_err, rot_err, pos_err = _true_check(summary, out, truth)
     assert depth_err < 0.01 and rot_err < 0.3 and pos_err < 0.03
     rep = summary["reprojection_median_rel_error"]
@@ -205,7 +205,7 @@ def test_a_large_scene_becomes_windows_split_by_region(tmp_path):
                 assert np.abs(np.subtract(a["centre_m"], b["centre_m"])).max() >= 16 - 1e-6
     index = read_dataset(out)
     for e in index.scenes:
-        assert np.allclose(e.bounds, [[-8, -8, -1.5], [8, 8, 6.5]])
+        assert np.allclose(e.bounds, [[-8, -8, -2], [8, 8, 6]])
     depth_err, rot_err, pos_err = _true_check(summary, out, truth, n_frames=1)
     assert depth_err < 0.01 and pos_err < 0.03
     _train_and_render(out, tmp_path)

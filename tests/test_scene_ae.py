@@ -291,3 +291,130 @@ def test_new_loss_switches_stay_out_of_old_configs():
     assert config_dict(cfg)["perceptual_net"] == "lpips-vgg"
     with pytest.raises(ValueError, match="perceptual_net"):
         SceneAutoEncoder(dataclasses.replace(preset("smoke").model, perceptual_net="clip"))
+
+
+# ---------------------------------------------------------------------------- non-square frames
+NS_H, NS_W = 32, 48
+
+
+def _write_nonsquare_dataset(root, w: int = NS_W, h: int = NS_H, frames: int = 6):
+    """2 train scenes and 1 test scene of ``frames`` w x h frames: cameras 0.5-1 m high inside the
+    box, turning on the spot, surfaces 1-2 m away (inside the box)."""
+    from nfldm.data.format import write_dataset_index, write_scene
+
+    scenes = [("scene_0000", "train"), ("scene_0001", "train"), ("scene_0002", "test")]
+    for k, (name, _) in enumerate(scenes):
+        rng = np.random.default_rng(k)
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / 5.0 + k)], -1)
+        images = (255 * np.clip(base[None] + 0.1 * rng.random((frames, h, w, 3)), 0, 1)).astype(np.uint8)
+        depth = 1.0 + rng.random((frames, h, w))
+        pos = torch.from_numpy(rng.uniform([-1, -1, 0.5], [1, 1, 1.0], size=(frames, 3)))
+        yaw = torch.linspace(0, 2 * math.pi, frames + 1, dtype=torch.float64)[:-1]
+        c2w = camera.pose_from_position_yaw(pos, yaw).numpy()
+        write_scene(root / name, images, depth, c2w, [30.0, 30.0, w / 2, h / 2], extra={"seed": k})
+    write_dataset_index(root, [{"name": n, "split": s, "group": f"g{i}", "bounds": BOUNDS.tolist()}
+                               for i, (n, s) in enumerate(scenes)])
+    return root
+
+
+def test_non_square_frames_train_and_fly_through(tmp_path):
+    """Stage 1 end to end on 48 x 32 frames: train (smoke, image_size=32, image_width=48), then
+    fly-through frames and video are 32 high and 48 wide (RGB | depth side by side), finite, and
+    the held-out-view evaluation runs."""
+    from PIL import Image
+
+    from nfldm.scene_ae.load import load_scene_ae
+    from nfldm.scene_ae.train import eval_scene_ae, flythrough_views, render_flythrough, train_scene_ae
+
+    data = _write_nonsquare_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    train_scene_ae(data, run, "smoke", steps=2, device="cpu", progress=False,
+                   overrides={"image_size": NS_H, "image_width": NS_W})
+    stored = json.loads((run / "config.json").read_text())["model"]
+    assert (stored["image_size"], stored["image_width"]) == (NS_H, NS_W)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(math.isfinite(x["loss"]) for x in lines)
+
+    model = load_scene_ae(run, "cpu")
+    assert model.cfg.image_hw() == (NS_H, NS_W)
+    item = SceneDataset(data, "test")[0]
+    views = flythrough_views(model, item, num_frames=5)
+    assert views["rgb"].shape == (5, 3, NS_H, NS_W) and views["depth"].shape == (5, NS_H, NS_W)
+    assert torch.isfinite(views["rgb"]).all() and torch.isfinite(views["depth"]).all()
+
+    res = render_flythrough(run, data, None, tmp_path / "fly.gif", split="test", num_frames=5, scale=1,
+                            device="cpu")
+    assert res["frames"] == 5
+    with Image.open(res["video"]) as gif:
+        assert gif.size == (2 * NS_W, NS_H) and gif.n_frames == 5       # RGB | depth, each 48 x 32
+    with Image.open(res["strip"]) as strip:         # 4 rows of 32-high frames (upscaled 2x), 2-pixel gaps
+        assert strip.size[1] == 4 * (2 * NS_H + 2) + 2
+
+    m = eval_scene_ae(run, data, "test", out=tmp_path / "metrics.json", device="cpu", progress=False)
+    assert all(math.isfinite(m["model"][k]) for k in ("psnr", "ssim", "lpips", "depth_abs_rel_median"))
+    assert (tmp_path / "metrics_views.png").exists()
+
+
+def test_check_data_names_file_and_both_sizes(tmp_path):
+    """A 48 x 32 dataset and the square 64 config: refused, naming the scene's transforms.json,
+    both sizes and the two ways out; the matching non-square config takes it."""
+    from nfldm.data.format import DataError
+    from nfldm.scene_ae.config import SceneAEConfig
+    from nfldm.scene_ae.train import check_data
+
+    ds = SceneDataset(_write_nonsquare_dataset(tmp_path / "data", frames=2), "train")
+    with pytest.raises(DataError) as e:
+        check_data(ds, SceneAEConfig())
+    msg = str(e.value)
+    assert str(ds.metas[0].transforms_path) in msg and "transforms.json" in msg
+    assert f"frames are {NS_W}x{NS_H}" in msg and "expects 64x64" in msg
+    assert "--size 64" in msg and f"--set image_size={NS_H} --set image_width={NS_W}" in msg
+    check_data(ds, SceneAEConfig(image_size=NS_H, image_width=NS_W))
+    with pytest.raises(DataError, match=f"expects {NS_H}x{NS_W}"):       # W and H swapped
+        check_data(ds, SceneAEConfig(image_size=NS_W, image_width=NS_H))
+
+
+def test_image_width_validation():
+    cfg = preset("smoke").model
+    SceneAutoEncoder(dataclasses.replace(cfg, image_size=32, image_width=48))
+    with pytest.raises(ValueError, match="image_width"):
+        SceneAutoEncoder(dataclasses.replace(cfg, image_width=-1))
+    with pytest.raises(ValueError, match="lift_stride=2 must divide both sides of the 47x32 frames"):
+        SceneAutoEncoder(dataclasses.replace(cfg, image_size=32, image_width=47))
+    with pytest.raises(ValueError, match="render_down=4 must divide both sides of the 34x32 frames"):
+        SceneAutoEncoder(dataclasses.replace(cfg, image_size=32, image_width=34, render_down=4))
+
+
+def test_image_width_leaves_square_configs_and_hashes_unchanged():
+    """image_width at 0 is left out of the stored config (so of its hash) and of the encoder
+    hash: square runs, the shipped one included, hash as before the field existed."""
+    from pathlib import Path
+
+    import nfldm
+    from nfldm.runs import config_hash
+    from nfldm.scene_ae.config import SceneAEConfig, config_dict, encoder_fields, image_size_record
+    from nfldm.scene_ae.load import encoder_hash, load_scene_ae
+
+    assert "image_width" not in config_dict(SceneAEConfig())
+    assert "image_width" not in encoder_fields(SceneAEConfig())
+    assert SceneAEConfig().image_hw() == (64, 64)
+    assert image_size_record(SceneAEConfig()) == {"image_size": 64}
+    wide = SceneAEConfig(image_size=32, image_width=48)
+    assert config_dict(wide)["image_width"] == 48 and encoder_fields(wide)["image_width"] == 48
+    assert image_size_record(wide) == {"image_size": 32, "image_width": 48}
+
+    torch.manual_seed(0)
+    sq = SceneAutoEncoder(preset("smoke").model)
+    same = SceneAutoEncoder(dataclasses.replace(preset("smoke").model, image_width=64))   # W = H: the same V
+    other = SceneAutoEncoder(dataclasses.replace(preset("smoke").model, image_size=32, image_width=48))
+    same.load_state_dict(sq.state_dict())
+    other.load_state_dict(sq.state_dict())
+    assert encoder_hash(same) == encoder_hash(sq) != encoder_hash(other)
+
+    # the shipped renderer recorded its scene-ae's hashes when it was fine-tuned: they still match
+    tiny = Path(nfldm.__file__).parent / "weights" / "tiny"
+    init = json.loads((tiny / "renderer" / "config.json").read_text())["init_from"]
+    base = load_scene_ae(tiny / "scene_ae", "cpu")
+    assert encoder_hash(base) == init["encoder_hash"]
+    assert config_hash(config_dict(base.cfg)) == init["config_hash"]

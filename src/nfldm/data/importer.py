@@ -8,18 +8,20 @@ trajectory folders (``cameras.json``; ``nfldm.data.gsn``). What the import does,
    nearest source pixel for depth, so no depth is blended across an edge); intrinsics follow
    (``nfldm.camera.resize_intrinsics`` / ``crop_intrinsics`` semantics). Cropping, not padding:
    padded borders would be pixels without depth that the renderer learns to paint black.
-2. **Up**: the world is rotated so that up is +z. ``auto``: the mean of the cameras' up vectors,
-   refined by the floor: a RANSAC plane through the lowest fifth of the depth points whose normal
-   lies within 25 degrees of the cameras' up (as nerfstudio's auto-orient uses the cameras' up;
-   the floor corrects a capture held tilted on average). Or an axis: ``+y`` etc.
+2. **Up**: the world is rotated so that up is +z. ``auto``: the mean of the cameras' up vectors
+   (nerfstudio's auto-orient "up"), refined by the horizontal surfaces in depth: the direction
+   within 15 degrees of it along which the depth points' heights are sharpest (floors and
+   ceilings at any height pile up only along the true up; :func:`estimate_up`), which corrects a
+   capture held tilted on average. Or an axis: ``+y`` etc.
 3. **Scale**: world units / ``units_per_metre`` (auto: 1 for nerfstudio, whose depth is metres
    by its ``depth_unit_scale_factor``; Doom map units for GSN's uint8 VizDoom depth). The floor
    goes to z = 0.
 4. **Windows**: a scene larger than the box (``--box 16x16x8`` metres, the presets' box) is cut
    into boxes every ``stride`` metres (default half the box) along x and y; a window keeps the
    frames whose camera lies inside it and at least ``min_inside`` of whose depth points fall in
-   it, and needs ``min_frames`` of them. Each window is centred (x, y = 0; z from -3/16 to 13/16
-   of the box height, as the ViZDoom scenes' -1.5 .. 6.5 m).
+   it, and needs ``min_frames`` of them. Each window is centred (x, y = 0; z from -1/4 to 3/4
+   of the box height, as the ViZDoom scenes' -2 .. 6 m; cameras 1/8 of the side inside it, as
+   their 2 m).
 5. **Split**: GSN's own train / test folders when present; else by scene when there are >= 3
    source scenes (whole scenes go to val / test), else by region: windows ordered along the
    scene's longer axis, the last ones test, those before them val, and windows overlapping a
@@ -67,7 +69,8 @@ __all__ = ["ImportConfig", "Source", "open_sources", "import_dataset", "parse_si
 
 FORMATS = ("auto", "nerfstudio", "gsn")
 UP_AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
-Z_BELOW = 3 / 16  # part of the box height below the floor (ViZDoom scenes: 1.5 of 8 m)
+Z_BELOW = 0.25  # part of the box height below the floor (as the ViZDoom scenes: 2 of 8 m)
+CAMERA_MARGIN = 0.125  # cameras stay this part of the box side inside it (ViZDoom scenes: 2 of 16 m)
 
 
 @dataclass
@@ -270,50 +273,62 @@ def _angle(a: np.ndarray, b: np.ndarray) -> float:
     return math.degrees(math.acos(float(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
 
 
-def estimate_up(c2w: np.ndarray, points: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """World up (unit 3-vector) of a capture: the cameras' mean up vector, refined by the floor.
+def _sharpness(heights: np.ndarray, width: float) -> float:
+    """How much the points pile up at a few heights: sum of squared histogram shares (bins of
+    ``width``, averaged over two bin offsets so a peak on a bin edge counts in full)."""
+    total = 0.0
+    for shift in (0.0, 0.5):
+        idx = np.floor((heights - heights.min()) / width + shift).astype(np.int64)
+        counts = np.bincount(idx).astype(np.float64)
+        total += float((counts ** 2).sum()) / len(heights) ** 2
+    return total / 2
+
+
+def estimate_up(c2w: np.ndarray, points: np.ndarray, max_change_deg: float = 15.0) -> tuple[np.ndarray, dict]:
+    """World up (unit 3-vector) of a capture: the cameras' mean up vector, refined by the
+    horizontal surfaces in depth.
 
     c2w: N x 4 x 4 (OpenGL: the camera's up is column 1); points: M x 3 world depth points.
-    The floor: RANSAC (300 tries) for a plane through the lowest 20 % of the points (along the
-    cameras' up), normal within 25 degrees of it, inliers within 1 % of the scene's extent; used
-    when at least 30 % of those points are inliers. Returns (up, info for import.json).
+    Floors and ceilings (every one of them, at any height: stairs, several rooms) are flat only
+    along the true up, so their points pile up at a few heights exactly there: the up is the
+    direction within ``max_change_deg`` of the cameras' up whose point heights are sharpest
+    (:func:`_sharpness`, bins of 0.25 % of the scene's extent; a 1-degree grid, then 0.1 degree).
+    Kept only when it is clearly sharper (by 10 %) than the cameras' up. Returns (up, info).
     """
     mean_up = c2w[:, :3, 1].mean(0)
     agreement = float(np.linalg.norm(mean_up))
     u0 = mean_up / max(agreement, 1e-12)
-    info = {"cameras_up": u0.tolist(), "cameras_agreement": agreement, "floor": None}
-    if len(points) < 50:
+    info = {"cameras_up": u0.tolist(), "cameras_agreement": agreement, "surfaces": None}
+    if len(points) < 100:
         return u0, info
-    rng = np.random.default_rng(seed)
-    heights = points @ u0
-    low = points[heights <= np.percentile(heights, 20)]
+    if len(points) > 60000:
+        points = points[np.random.default_rng(0).choice(len(points), 60000, replace=False)]
     extent = float(np.linalg.norm(np.percentile(points, 98, 0) - np.percentile(points, 2, 0)))
-    tol = 0.01 * max(extent, 1e-9)
-    best, best_n = None, 0
-    for _ in range(300):
-        p = low[rng.choice(len(low), 3, replace=False)]
-        n = np.cross(p[1] - p[0], p[2] - p[0])
-        if np.linalg.norm(n) < 1e-12:
-            continue
-        n = n / np.linalg.norm(n)
-        n = n if n @ u0 > 0 else -n
-        if _angle(n, u0) > 25:
-            continue
-        count = int((np.abs((low - p[0]) @ n) < tol).sum())
-        if count > best_n:
-            best, best_n = (n, p[0]), count
-    if best is None or best_n < 0.3 * len(low):
+    width = 0.0025 * max(extent, 1e-9)
+    e1 = np.cross(u0, [1.0, 0, 0] if abs(u0[0]) < 0.9 else [0, 1.0, 0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(u0, e1)
+
+    def direction(a, b):
+        n = u0 + math.tan(math.radians(a)) * e1 + math.tan(math.radians(b)) * e2
+        return n / np.linalg.norm(n)
+
+    base = _sharpness(points @ u0, width)
+    best, (ba, bb) = base, (0.0, 0.0)
+    for step, reach in ((1.0, max_change_deg), (0.1, 1.0)):
+        ca, cb = ba, bb
+        for a in np.arange(-reach, reach + 1e-9, step):
+            for b in np.arange(-reach, reach + 1e-9, step):
+                if math.hypot(ca + a, cb + b) > max_change_deg:
+                    continue
+                sh = _sharpness(points @ direction(ca + a, cb + b), width)
+                if sh > best:
+                    best, (ba, bb) = sh, (ca + a, cb + b)
+    n = direction(ba, bb)
+    if best < 1.1 * base:
         return u0, info
-    n, p0 = best
-    for shrink in (1, 2, 4):  # least-squares refits on ever closer inliers (drops wall feet)
-        inl = low[np.abs((low - p0) @ n) < tol / shrink]
-        if len(inl) < 3:
-            break
-        p0 = inl.mean(0)
-        n = np.linalg.svd(inl - p0, full_matrices=False)[2][-1]
-        n = n if n @ u0 > 0 else -n
-    info["floor"] = {"normal": n.tolist(), "inliers": int(len(inl)), "of_lowest": int(len(low)),
-                     "change_from_cameras_deg": _angle(n, u0)}
+    info["surfaces"] = {"normal": n.tolist(), "change_from_cameras_deg": _angle(n, u0),
+                        "sharpness_gain": best / base}
     return n, info
 
 
@@ -472,7 +487,7 @@ def _read_scene(src: Source, cfg: ImportConfig, progress: bool) -> _Scene:
     upm = cfg.units_per_metre or src.units_per_metre
     pts = np.concatenate(_points(depth, intr, src.c2w) + [np.zeros((0, 3))])
     if cfg.up == "auto":
-        up, up_info = estimate_up(src.c2w, pts, cfg.seed)
+        up, up_info = estimate_up(src.c2w, pts)
     else:
         up, up_info = np.asarray(UP_AXES[cfg.up], dtype=np.float64), {"given": cfg.up}
     R = rotation_to_z(up)
@@ -481,11 +496,7 @@ def _read_scene(src: Source, cfg: ImportConfig, progress: bool) -> _Scene:
     c2w[:, :3, 3] = c2w[:, :3, 3] @ R.T / upm
     depth_m = depth / upm
     heights = (pts @ R.T / upm)[:, 2] if len(pts) else c2w[:, 2, 3]
-    floor_info = up_info.get("floor")
-    if floor_info is not None:
-        floor_z = float(np.median(heights[heights <= np.percentile(heights, 20)]))
-    else:
-        floor_z = float(np.percentile(heights, 2))
+    floor_z = _floor_height(heights)
     c2w[:, 2, 3] -= floor_z
     info = {"source": str(src.path), "format": src.format, "frames": n, "source_size": [src.w, src.h],
             "up": up.tolist(), "up_estimate": up_info, "rotation": R.tolist(), "units_per_metre": upm,
@@ -494,6 +505,16 @@ def _read_scene(src: Source, cfg: ImportConfig, progress: bool) -> _Scene:
             "imported_reprojection_median_rel_error": _pairs_error(rgb, depth_m, intr, c2w, pair_ids),
             "motion_scale_check": _best_motion_scale(rgb, depth_m, intr, c2w)}
     return _Scene(src, rgb, depth_m, intr, c2w, info)
+
+
+def _floor_height(heights: np.ndarray) -> float:
+    """The height (metres) of the most common surface among the lowest fifth of the points."""
+    low = heights[heights <= np.percentile(heights, 20)]
+    if len(low) < 10:
+        return float(np.percentile(heights, 2)) if len(heights) else 0.0
+    counts, edges = np.histogram(low, bins=max(1, int((low.max() - low.min()) / 0.05) + 1))
+    k = int(np.argmax(counts))
+    return float(np.median(low[(low >= edges[k]) & (low <= edges[k + 1])]))
 
 
 def _window_bounds(centre: np.ndarray, box) -> np.ndarray:
@@ -516,7 +537,7 @@ def _windows_of(scene: _Scene, cfg: ImportConfig) -> list[dict]:
         centres = [np.median(cams[:, :2], 0)]
     else:
         centres = tile_windows(lo, hi, cfg.box, cfg.stride or min(cfg.box[:2]) / 2)
-    margin = 0.05 * min(cfg.box[:2])
+    margin = CAMERA_MARGIN * min(cfg.box[:2])
     out = []
     for c in centres:
         b = _window_bounds(c, cfg.box)
@@ -660,9 +681,9 @@ def _up_words(info: dict) -> str:
     est = info["up_estimate"]
     if "given" in est:
         return f"given: {est['given']}"
-    if est.get("floor"):
-        return f"auto: cameras' up refined by the floor plane, {est['floor']['change_from_cameras_deg']:.1f} deg"
-    return "auto: cameras' up; no floor plane found"
+    if est.get("surfaces"):
+        return f"auto: cameras' up refined by the floors and ceilings, {est['surfaces']['change_from_cameras_deg']:.1f} deg"
+    return "auto: cameras' up (the floors and ceilings agree)"
 
 
 def import_map(scenes: list[_Scene], kept: list[tuple[int, dict]], cfg: ImportConfig, size: int = 512,

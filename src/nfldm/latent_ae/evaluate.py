@@ -48,13 +48,14 @@ def _gt_dataset(data_root: str | os.PathLike, split: str, names: list[str]):
 
 @torch.no_grad()
 def render_views_of(scene_ae, V: torch.Tensor, bounds: torch.Tensor, intr: torch.Tensor,
-                    c2w: torch.Tensor, size: int, per_call: int = 16) -> torch.Tensor:
-    """Stage-1 RGB renders of V (K x X x Y x Z) from T cameras (intr T x 4, c2w T x 4 x 4):
-    -> T x 3 x size x size in [0, 1]."""
+                    c2w: torch.Tensor, size: int | tuple[int, int], per_call: int = 16) -> torch.Tensor:
+    """Stage-1 RGB renders of V (K x X x Y x Z) from T cameras (intr T x 4, c2w T x 4 x 4) at
+    ``size`` (H = W, or (H, W)): -> T x 3 x H x W in [0, 1]."""
+    H, W = (size, size) if isinstance(size, int) else size
     out = []
     for i in range(0, len(c2w), per_call):
         r = scene_ae.render(V[None], bounds[None], intr[None, i:i + per_call], c2w[None, i:i + per_call],
-                            size, size, chunk=8192)
+                            H, W, chunk=8192)
         out.append(r["rgb"][0].clamp(0, 1))
     return torch.cat(out)
 
@@ -73,7 +74,7 @@ def evaluate(lae: LatentAutoEncoder, scene_ae, voxdir: str | os.PathLike, index:
     if max_scenes is not None:
         names = names[:max_scenes]
     ds, where = _gt_dataset(data_root, split, names)
-    size = scene_ae.cfg.image_size
+    size = scene_ae.cfg.image_hw()
     occ_sigma = lae.cfg.occupied_sigma
     counts = {k: torch.zeros(q.codebook_size, dtype=torch.long) for k, q in lae.quantizers.items()}
     acc: dict[str, list] = {k: [] for k in ("density_mae_occupied", "density_mae_empty", "feature_mse_occupied",

@@ -538,7 +538,7 @@ class LatentAutoEncoder(nn.Module):
         idx = torch.randint(0, N, (B, self.cfg.render_views), device=V.device)
         c2w = torch.gather(batch["c2w"], 1, idx[..., None, None].expand(-1, -1, 4, 4))
         intr = torch.gather(batch["intrinsics"], 1, idx[..., None].expand(-1, -1, 4))
-        H = W = sae.cfg.image_size
+        H, W = sae.cfg.image_hw()
         with torch.no_grad():
             ref = sae.render(V, batch["bounds"], intr, c2w, H, W)["rgb"]
         out = sae.render(V_hat, batch["bounds"], intr, c2w, H, W)["rgb"]

@@ -43,7 +43,8 @@ from nfldm.metrics.lpips import lpips as lpips_network, lpips_distance
 from nfldm.pipeline.bundle import bundled_bev_model, bundled_model
 from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, load_pipeline, write_sample_folder
 from nfldm.scene_ae.evaluate import split_scene
-from nfldm.scene_ae.flythrough import grid_image, upscale
+from nfldm.scene_ae.config import image_size_record
+from nfldm.scene_ae.flythrough import grid_image, pad_to, upscale
 from nfldm.scene_ae.model import scene_batch
 from nfldm.scene_ae.render import ray_box, sample_along
 from nfldm.utils.io import atomic_save_png, atomic_write_json
@@ -116,9 +117,10 @@ def load_scene(src: str | os.PathLike, pipe: dict) -> SceneLatents:
     i = names.index(src.name) if src.name in names else 0
     item = ds[i]
     sae = pipe["scene_ae"]
-    if item["images"].shape[-1] != sae.cfg.image_size or item["images"].shape[-2] != sae.cfg.image_size:
+    H, W = sae.cfg.image_hw()
+    if tuple(item["images"].shape[-2:]) != (H, W):
         raise DataError(f"{src}: frames are {item['images'].shape[-1]}x{item['images'].shape[-2]}, the run's "
-                        f"scene-ae takes {sae.cfg.image_size}x{sae.cfg.image_size}")
+                        f"scene-ae takes {W}x{H}")
     dev = next(sae.parameters()).device
     bi, _, _, _ = split_scene(scene_batch(item, dev), sae.cfg.num_input_views)
     with torch.no_grad():
@@ -197,20 +199,22 @@ def renderer_reach(sae, V: Tensor, bounds: Tensor, intr: Tensor, c2w: Tensor, to
     finally:
         hook.remove()
     x = grab["x"]
-    h = x.shape[-1]
-    i = h // 2
+    h, w = x.shape[-2:]
+    i, j = h // 2, w // 2
     x2 = x.clone()
-    x2[..., i, i] = x[..., 1, 1] if not torch.equal(x[..., 1, 1], x[..., i, i]) else x[..., i, i] + 1.0
+    x2[..., i, j] = x[..., 1, 1] if not torch.equal(x[..., 1, 1], x[..., i, j]) else x[..., i, j] + 1.0
     with replay_norms(sae.decoder, stats):
         y0 = sae.decoder(x)
     with replay_norms(sae.decoder, stats):
         y1 = sae.decoder(x2)
     d = (y1 - y0).abs().amax(1)[0]                                       # H x W
-    up = d.shape[-1] // h
-    lo, hi = i * up, (i + 1) * up - 1
-    idx = torch.arange(d.shape[-1], device=d.device)
-    dist1 = torch.maximum(lo - idx, idx - hi).clamp(min=0)
-    dist = torch.maximum(dist1[:, None], dist1[None, :])
+    up = d.shape[-1] // w
+
+    def dist1(n: int, k: int) -> Tensor:       # output pixels 0..n-1 to the block of feature pixel k
+        lo, hi = k * up, (k + 1) * up - 1
+        idx = torch.arange(n, device=d.device)
+        return torch.maximum(lo - idx, idx - hi).clamp(min=0)
+    dist = torch.maximum(dist1(d.shape[-2], i)[:, None], dist1(d.shape[-1], j)[None, :])
     far = dist[d > tol * d.max()]
     return int(far.max()) if len(far) else 0
 
@@ -457,15 +461,15 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
                           jump, resample, seed, bev=bev_t, guidance=guidance, progress=progress)
     V1, _ = decode_frozen(lae, scene.g, new["c"], new["f"], stats)
     t_latent = time.perf_counter() - t_start
-    H = sae.cfg.image_size
+    H, W = sae.cfg.image_hw()
     with record_norms(sae) as rstats:
         rgb0, dep0 = _render_path(sae, V0, scene.bounds, scene.intrinsics, scene.path)
     with replay_norms(sae, rstats):
         rgb1, dep1 = _render_path(sae, V1, scene.bounds, scene.intrinsics, scene.path)
     t_total = time.perf_counter() - t_start
     reach = decoder_reach(lae, scene.g, scene.c, scene.f, stats)
-    h = H // sae.cfg.render_down
-    visibility = {r: region_visibility(V0, scene.bounds, scene.intrinsics, scene.path, _dilate(region["f"], r), h, h)
+    h, w = H // sae.cfg.render_down, W // sae.cfg.render_down
+    visibility = {r: region_visibility(V0, scene.bounds, scene.intrinsics, scene.path, _dilate(region["f"], r), h, w)
                   for r in {0, reach["reach"], reach["receptive_field"]}}
     px = renderer_reach(sae, V0, scene.bounds, scene.intrinsics, scene.path[len(scene.path) // 2])
     checks = edit_checks({"V": V0, "rgb": rgb0}, {"V": V1, "rgb": rgb1}, region["f"], reach, visibility,
@@ -488,8 +492,9 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     into = checks["frames_into"] or list(range(len(fr0)))
     pick = [into[k] for k in np.round(np.linspace(0, len(into) - 1, min(4, len(into)))).astype(int)]
     s = big // fr0.shape[1]
-    rows = [np.concatenate([tops[0][None], upscale(fr0[pick], s)], 0),
-            np.concatenate([tops[1][None], upscale(fr1[pick], s)], 0)]
+    cells = [(tops[0][None], upscale(fr0[pick], s)), (tops[1][None], upscale(fr1[pick], s))]
+    side = (max(c.shape[1] for r in cells for c in r), max(c.shape[2] for r in cells for c in r))
+    rows = [np.concatenate([pad_to(c, *side) for c in r], 0) for r in cells]   # square top-downs, any frames
     atomic_save_png(out / "before_after.png", grid_image(rows))
     scale = max(1, 256 // H)
     video = np.concatenate([upscale(fr0, scale), np.full((len(fr0), H * scale, 4, 3), 255, np.uint8),
@@ -504,7 +509,7 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
             "checks": checks}
     atomic_write_json(out / "edit.json", info)
     summary = {"format": SAMPLE_FORMAT, "run": str(Path(run).resolve()), "num": 1, "edit": True,
-               "image_size": H, "bounds": scene.bounds.tolist(), "intrinsics": scene.intrinsics.tolist(),
+               **image_size_record(sae.cfg), "bounds": scene.bounds.tolist(), "intrinsics": scene.intrinsics.tolist(),
                "samples": [{"index": 0, **rec1}]}
     atomic_write_json(out / "samples.json", summary)
     return info

@@ -42,6 +42,7 @@ from nfldm.ldm.inpaint import inpaint_latents
 from nfldm.ldm.trajectory import encode_trajectory
 from nfldm.pipeline.edit import available_lpips, decode_frozen, load_scene, repaint_pipeline, seam_score
 from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, write_sample_folder
+from nfldm.scene_ae.config import image_size_record
 from nfldm.scene_ae.flythrough import grid_image, upscale
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 
@@ -288,7 +289,7 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
             "seconds_with_render": t_total, "device": str(pipe["device"]), "frames": frames, "checks": checks}
     atomic_write_json(out / "extend.json", info)
     atomic_write_json(out / "samples.json", {"format": SAMPLE_FORMAT, "run": str(Path(run).resolve()), "num": 1,
-                                             "extend": True, "image_size": sae.cfg.image_size,
+                                             "extend": True, **image_size_record(sae.cfg),
                                              "bounds": bounds.tolist(), "intrinsics": scene.intrinsics.tolist(),
                                              "samples": [{"index": 0, **rec}]})
     return info

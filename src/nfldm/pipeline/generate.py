@@ -52,7 +52,8 @@ from nfldm.ldm.trajectory import decode_trajectory, encode_trajectory, fov_degre
 from nfldm.pipeline.bundle import bundle_renderer, bundled_bev_model, bundled_model
 from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.pipeline.maps import SceneCondition, scene_path
-from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, to_uint8, upscale
+from nfldm.scene_ae.config import image_size_record
+from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, pad_to, to_uint8, upscale
 from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
 from nfldm.scene_ae.render import sample_grid
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, read_json
@@ -181,7 +182,7 @@ def load_pipeline(run: str | os.PathLike, device: str = "auto", renderer: str | 
 def _render_path(sae, V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, chunk: int = 16):
     """RGB N x 3 x H x W and depth N x h x w of V along a path (N x 4 x 4)."""
     dev = next(sae.parameters()).device
-    H = W = sae.cfg.image_size
+    H, W = sae.cfg.image_hw()
     rgbs, depths = [], []
     for i in range(0, len(path), chunk):
         p = path[i:i + chunk].to(dev)
@@ -200,8 +201,9 @@ def write_sample_folder(d: Path, sae, V: Tensor, latents: dict, keys: Tensor, pa
     by ``sae`` along ``path`` (N x 4 x 4; ``views`` = (rgb N x 3 x H x W, depth N x h x w) if
     already rendered), frames, fly-through, V.safetensors (V, the raw ``latents``, keyframes,
     path, bounds, intrinsics; ``meta`` in its header), meshes, trajectory.json. Returns (the
-    sample's record for samples.json, the frames N x H x W x 3 uint8, the top-down view)."""
-    H = W = sae.cfg.image_size
+    sample's record for samples.json, the frames N x H x W x 3 uint8, the top-down view: square,
+    min(H, W) a side)."""
+    H, W = sae.cfg.image_hw()
     scale = max(1, 256 // H)
     rgb, depth = views if views is not None else _render_path(sae, V, bounds, intr, path)
     frames = to_uint8(rgb)
@@ -221,7 +223,7 @@ def write_sample_folder(d: Path, sae, V: Tensor, latents: dict, keys: Tensor, pa
     atomic_write_bytes(d / "mesh.ply", mesh.export(file_type="ply"))
     atomic_write_bytes(d / "mesh.glb", mesh.export(file_type="glb"))
     atomic_write_json(d / "trajectory.json", camera_path_json(path, keys, intr, H, W, fps, bounds))
-    top = _topdown(V, bounds, path, H)
+    top = _topdown(V, bounds, path, min(H, W))
     record = {"folder": d.name, "video": video_path.name, "mesh_level": level,
               "mesh_vertices": int(len(mesh.vertices)), "mesh_faces": int(len(mesh.faces)),
               "max_density": float(V[0].max()), "occupied_fraction": float((V[0] > level).float().mean())}
@@ -316,7 +318,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
                              g_guidance, bev=bev, traj=traj)
 
-    H = sae.cfg.image_size
+    H, W = sae.cfg.image_hw()
+    side = min(H, W)                # the square pictures (top-down view, map), padded to H x W in the sheet
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, records = [], []
@@ -340,13 +343,13 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                                                   keys, path, bounds, intr, meta, fps, mesh_level)
         record = {"index": i, **record}
         pick = np.round(np.linspace(0, len(frames) - 1, min(sheet_frames, len(frames)))).astype(int)
-        row = [frames[pick], top[None]]
+        row = [frames[pick], pad_to(top, H, W)[None]]
         if per:
-            record.update(_write_condition(d, per[i], path_from_scene or own_latents is not None, own_latents, top, H))
+            record.update(_write_condition(d, per[i], path_from_scene or own_latents is not None, own_latents, top, side))
             if per[i].bev is not None:
-                row.append(bev_image(per[i].bev, H)[None])
+                row.append(pad_to(bev_image(per[i].bev, side), H, W)[None])
             elif has_maps or any(c.bev is not None for c in conditions):
-                row.append(np.zeros((1, H, H, 3), np.uint8))
+                row.append(np.zeros((1, H, W, 3), np.uint8))
         if i < SHEET_MAX_ROWS:
             rows.append(np.concatenate(row, 0))
         records.append(record)
@@ -358,7 +361,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                "num": total,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
                "g_guidance": g_guidance,
-               "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, "image_size": H,
+               "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, **image_size_record(sae.cfg),
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
                "contact_sheet_rows": len(rows),
                "samples": records}

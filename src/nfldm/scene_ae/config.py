@@ -14,7 +14,8 @@ from nfldm.trainer import TrainConfig
 @dataclass
 class SceneAEConfig:
     # data
-    image_size: int = 64                 # H = W of the stored frames
+    image_size: int = 64                 # H of the stored frames (and W when image_width is 0)
+    image_width: int = 0                 # W of the stored frames; 0 = square (W = image_size)
     # voxel grid V: X x Y x Z over the scene's bounds (Z vertical)
     grid: tuple[int, int, int] = (64, 64, 64)
     # lift
@@ -68,6 +69,26 @@ class SceneAEConfig:
     render_from: str = "views"
     latents: str = ""
 
+    def image_hw(self) -> tuple[int, int]:
+        """(H, W) of the frames this config takes: (image_size, image_width or image_size)."""
+        return self.image_size, self.image_width or self.image_size
+
+
+def check_image_size(cfg: SceneAEConfig) -> None:
+    """ValueError unless the frame size of ``cfg`` is one the model can take: image_size >= 1,
+    image_width >= 0, and lift_stride and render_down dividing both H and W."""
+    if not isinstance(cfg.image_size, int) or isinstance(cfg.image_size, bool) or cfg.image_size < 1:
+        raise ValueError(f"image_size (H of the frames) must be a positive integer, got {cfg.image_size!r}")
+    if not isinstance(cfg.image_width, int) or isinstance(cfg.image_width, bool) or cfg.image_width < 0:
+        raise ValueError(f"image_width (W of the frames; 0 = square) must be an integer >= 0, "
+                         f"got {cfg.image_width!r}")
+    H, W = cfg.image_hw()
+    for name in ("lift_stride", "render_down"):
+        f = getattr(cfg, name)
+        if f < 1 or H % f or W % f:
+            raise ValueError(f"{name}={f!r} must divide both sides of the {W}x{H} frames "
+                             f"(image_size={cfg.image_size} is H, image_width={cfg.image_width} is W)")
+
 
 @dataclass
 class SceneAEPreset:
@@ -109,12 +130,13 @@ def preset(name: str) -> SceneAEPreset:
 
 # fields added after runs were made, with the value those runs implicitly had: left out of
 # the stored config (and its hash) while at that value, so older runs and voxels stay valid
-ADDED_FIELDS = {"w_perceptual": 0.0, "perceptual_net": "efficientnet", "perceptual_weights": "", "w_adv": 0.0, "adv_start": 0,
+ADDED_FIELDS = {"image_width": 0, "w_perceptual": 0.0, "perceptual_net": "efficientnet", "perceptual_weights": "", "w_adv": 0.0, "adv_start": 0,
                 "disc_channels": 64, "train_parts": "all", "render_from": "views", "latents": ""}
 
 # the fields that decide V (lift and splat): a renderer fine-tuned with train_parts="render"
-# shares them with the run it started from; the other fields only change how V is rendered
-ENCODER_FIELDS = ("image_size", "grid", "num_bins", "feat_dim", "near", "far", "bin_spacing",
+# shares them with the run it started from; the other fields only change how V is rendered.
+# image_width is left out of encoder_fields() for square frames (so older runs hash as before)
+ENCODER_FIELDS = ("image_size", "image_width", "grid", "num_bins", "feat_dim", "near", "far", "bin_spacing",
                   "lift_stride", "lift_channels", "input_depth", "feature_pooling", "rgb_features",
                   "occupancy_eps")
 
@@ -129,10 +151,29 @@ def config_dict(cfg: SceneAEConfig) -> dict:
     return dict_without_added(cfg, ADDED_FIELDS)
 
 
+def encoder_fields(cfg: SceneAEConfig) -> dict:
+    """The :data:`ENCODER_FIELDS` of ``cfg`` as a dict, image_width left out when the frames are
+    square (0, or equal to image_size: the same V), as the encoder hash takes them."""
+    d = {k: getattr(cfg, k) for k in ENCODER_FIELDS}
+    H, W = cfg.image_hw()
+    if W == H:
+        del d["image_width"]
+    else:
+        d["image_width"] = W
+    return d
+
+
+def image_size_record(cfg: SceneAEConfig) -> dict:
+    """The frame size as metadata JSON records it: {"image_size": H}, plus "image_width": W
+    for non-square frames (square ones record as before image_width existed)."""
+    H, W = cfg.image_hw()
+    return {"image_size": H} if W == H else {"image_size": H, "image_width": W}
+
+
 def config_from_dict(d: dict) -> SceneAEConfig:
     """Inverse of ``asdict`` (tuples restored); unknown keys are an error."""
     return dataclass_from_dict(SceneAEConfig, d, "scene-ae")
 
 
 __all__ = ["SceneAEConfig", "SceneAEPreset", "PRESETS", "ADDED_FIELDS", "ENCODER_FIELDS", "TRAIN_PARTS", "RENDER_FROM", "PERCEPTUAL_NETS", "preset",
-           "config_dict", "config_from_dict", "asdict", "field"]
+           "config_dict", "config_from_dict", "encoder_fields", "check_image_size", "image_size_record", "asdict", "field"]

@@ -67,6 +67,19 @@ def upscale(img: np.ndarray, factor: int) -> np.ndarray:
     return img.repeat(factor, -3).repeat(factor, -2)
 
 
+def pad_to(img: np.ndarray, H: int, W: int, value: int = 255) -> np.ndarray:
+    """Pad ... x h x w x 3 (h <= H, w <= W) to ... x H x W x 3, centred, with ``value``: a square
+    picture (top-down view, map) beside non-square frames. Unchanged when already H x W."""
+    h, w = img.shape[-3:-1]
+    if (h, w) == (H, W):
+        return img
+    if h > H or w > W:
+        raise ValueError(f"cannot pad a {w}x{h} picture to {W}x{H}")
+    top, left = (H - h) // 2, (W - w) // 2
+    pad = [(0, 0)] * (img.ndim - 3) + [(top, H - h - top), (left, W - w - left), (0, 0)]
+    return np.pad(img, pad, constant_values=value)
+
+
 def grid_image(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
     """Stack rows (each N x H x W x 3, same N/H/W) into one image with padding."""
     n, H, W = rows[0].shape[:3]

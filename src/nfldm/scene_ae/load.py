@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from nfldm.runs import config_hash, state_hash, weights_hash
-from nfldm.scene_ae.config import ENCODER_FIELDS, config_dict, config_from_dict
+from nfldm.scene_ae.config import config_dict, config_from_dict, encoder_fields
 from nfldm.scene_ae.model import SceneAutoEncoder
 from nfldm.trainer import load_model_weights, read_run_config, resolve_device
 
@@ -32,8 +32,10 @@ def load_scene_ae(run: str | os.PathLike, device: str = "auto") -> SceneAutoEnco
 
 
 def encoder_hash(model: SceneAutoEncoder) -> str:
-    """16 hex digits over what decides V: the encoder's weights and :data:`ENCODER_FIELDS`."""
-    return config_hash({"fields": {k: getattr(model.cfg, k) for k in ENCODER_FIELDS},
+    """16 hex digits over what decides V: the encoder's weights and
+    :data:`~nfldm.scene_ae.config.ENCODER_FIELDS` (:func:`~nfldm.scene_ae.config.encoder_fields`:
+    image_width only for non-square frames, so square runs hash as before it existed)."""
+    return config_hash({"fields": encoder_fields(model.cfg),
                         "weights": state_hash(model.encoder_state())})
 
 

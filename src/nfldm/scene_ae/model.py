@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfldm import camera
-from nfldm.scene_ae.config import PERCEPTUAL_NETS, RENDER_FROM, TRAIN_PARTS, SceneAEConfig
+from nfldm.scene_ae.config import PERCEPTUAL_NETS, RENDER_FROM, TRAIN_PARTS, SceneAEConfig, check_image_size
 from nfldm.scene_ae.losses import PatchDiscriminator, adversarial_losses, perceptual_distance
 from nfldm.scene_ae.render import render_views
 from nfldm.scene_ae.splat import splat_mean
@@ -152,6 +152,7 @@ class SceneAutoEncoder(nn.Module):
         # share a voxel: standardise them per image before decoding
         self.feature_norm = nn.GroupNorm(1, C)
         self.decoder = Decoder(C + 2, cfg.decoder_channels, cfg.render_down)
+        check_image_size(cfg)       # after the power-of-two checks of lift_stride and render_down
         self.background = nn.Parameter(torch.zeros(C))
         # density logits start low (free space lets rays through), and with RGB-D input the
         # measured depth also enters as a bump at its bin (see depth_prior), so the occupancy

@@ -13,7 +13,7 @@ from nfldm.config import apply_overrides
 from nfldm.data.format import DataError
 from nfldm.data.loader import SceneDataset
 from nfldm.runs import config_hash, weights_hash
-from nfldm.scene_ae.config import ENCODER_FIELDS, SceneAEConfig, config_dict, preset
+from nfldm.scene_ae.config import ENCODER_FIELDS, SceneAEConfig, check_image_size, config_dict, encoder_fields, preset
 from nfldm.scene_ae.evaluate import evaluate, split_scene
 from nfldm.scene_ae.flythrough import depth_to_rgb, grid_image, novel_path, to_uint8, upscale
 from nfldm.scene_ae.load import STAGE, encoder_hash, load_scene_ae
@@ -24,11 +24,18 @@ from nfldm.utils.video import write_video
 
 
 def check_data(ds: SceneDataset, cfg: SceneAEConfig) -> None:
+    """DataError naming the scene's transforms.json unless the frames of ``ds`` are the
+    W x H of ``cfg`` (:meth:`~nfldm.scene_ae.config.SceneAEConfig.image_hw`)."""
     m = ds.metas[0]
-    if (m.w, m.h) != (cfg.image_size, cfg.image_size):
+    H, W = cfg.image_hw()
+    if (m.w, m.h) != (W, H):
+        fix = f"--set image_size={m.h}"
+        if m.w != m.h or cfg.image_width:
+            fix += f" --set image_width={m.w if m.w != m.h else 0}"
+        size = str(H) if H == W else f"{W}x{H}"
         raise DataError(f"{m.transforms_path}: frames are {m.w}x{m.h}, but the scene-ae config "
-                        f"expects {cfg.image_size}x{cfg.image_size} (pick a preset matching the "
-                        "data, or collect with --resolution)")
+                        f"expects {W}x{H} (import the scene with `nfldm data import SRC --out DIR "
+                        f"--size {size}`, or train with {fix})")
 
 
 class PreviewCallback:
@@ -60,11 +67,12 @@ def init_from_run(model: SceneAutoEncoder, run: str | os.PathLike, base: SceneAu
     """
     cfg = model.cfg
     if cfg.train_parts == "render":
+        theirs, mine = encoder_fields(base.cfg), encoder_fields(cfg)
         for k in ENCODER_FIELDS:
-            if getattr(base.cfg, k) != getattr(cfg, k):
+            if theirs.get(k) != mine.get(k):
+                a, b = (c.image_hw()[1] if k == "image_width" else getattr(c, k) for c in (base.cfg, cfg))
                 raise ValueError(f"{run}: --init-from with train_parts=render needs the same {k} "
-                                 f"(that run: {getattr(base.cfg, k)!r}, this config: {getattr(cfg, k)!r}); "
-                                 "V would differ")
+                                 f"(that run: {a!r}, this config: {b!r}); V would differ")
     own = model.state_dict()
     src = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
     missing_enc = [k for k in model.encoder_state() if k not in src]
@@ -100,6 +108,7 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
     p.train.progress = progress
     apply_overrides(p.model, p.train, overrides, "scene-ae")
     cfg = p.model
+    check_image_size(cfg)           # before the data is compared with it
     need = cfg.num_input_views + cfg.num_novel_views
     train_ds = SceneDataset(data, "train", num_views=need, cache=True, seed=p.train.seed)
     check_data(train_ds, cfg)
@@ -168,6 +177,26 @@ def eval_scene_ae(run, data, split: str = "test", out=None, device: str = "auto"
     return res
 
 
+@torch.no_grad()
+def flythrough_views(model: SceneAutoEncoder, item: dict, num_frames: int = 96, device=None) -> dict:
+    """Encode one scene (a dataset item) from its input views and render
+    :func:`~nfldm.scene_ae.flythrough.novel_path` through it at the frames' H x W: rgb
+    N x 3 x H x W in [0, 1], depth N x H x W (metres, the rendered depth map upsampled, nearest),
+    path N x 4 x 4."""
+    dev = next(model.parameters()).device if device is None else device
+    bi, _, _, _ = split_scene(scene_batch(item, dev), model.cfg.num_input_views)
+    H, W = bi["images"].shape[-2:]
+    path = novel_path(item["c2w"], item["bounds"], num_frames).to(dev)
+    enc = model.encode_batch(bi)
+    intr = bi["intrinsics"][:, :1].expand(1, len(path), 4)
+    rgbs, depths = [], []
+    for i in range(0, len(path), 16):
+        r = model.render(enc["V"], bi["bounds"], intr[:, i:i + 16], path[None, i:i + 16], H, W, chunk=8192)
+        rgbs.append(r["rgb"][0])
+        depths.append(torch.nn.functional.interpolate(r["depth"][0][:, None], size=(H, W))[:, 0])
+    return {"rgb": torch.cat(rgbs), "depth": torch.cat(depths), "path": path}
+
+
 def render_flythrough(run, data, scene: str | None, out, split: str | None = None, num_frames: int = 96,
                       fps: int = 24, scale: int = 4, device: str = "auto") -> dict:
     """Encode one scene from its input views, render a smooth novel path through it
@@ -190,19 +219,9 @@ def render_flythrough(run, data, scene: str | None, out, split: str | None = Non
         raise DataError(f"{data}: no scene named {scene!r}" + (f" in split {split!r}" if split else ""))
     check_data(ds, model.cfg)
     item = ds[[e.name for e in ds.entries].index(scene)]
-    bi, _, _, _ = split_scene(scene_batch(item, dev), model.cfg.num_input_views)
-    H, W = bi["images"].shape[-2:]
-    path = novel_path(item["c2w"], item["bounds"], num_frames).to(dev)
-    frames = []
-    with torch.no_grad():
-        enc = model.encode_batch(bi)
-        intr = bi["intrinsics"][:, :1].expand(1, len(path), 4)
-        for i in range(0, len(path), 16):
-            r = model.render(enc["V"], bi["bounds"], intr[:, i:i + 16], path[None, i:i + 16], H, W,
-                             chunk=8192)
-            rgb = upscale(to_uint8(r["rgb"][0]), scale)
-            d = torch.nn.functional.interpolate(r["depth"][0][:, None], size=(H, W))[:, 0]
-            frames += list(np.concatenate([rgb, upscale(depth_to_rgb(d), scale)], 2))
+    views = flythrough_views(model, item, num_frames, dev)
+    frames = list(np.concatenate([upscale(to_uint8(views["rgb"]), scale),
+                                  upscale(depth_to_rgb(views["depth"]), scale)], 2))
     written = write_video(out, frames, fps)
     strip = Path(out).with_name(Path(out).stem + "_strip.png")
     atomic_save_png(strip, reconstruction_strip(model, item, dev))

@@ -34,7 +34,7 @@ from nfldm.data.format import SPLITS, DataError, read_dataset
 from nfldm.data.loader import SceneDataset
 from nfldm.data.tensors import peek_safetensors, read_safetensors, scene_file, write_safetensors
 from nfldm.runs import config_hash, weights_hash
-from nfldm.scene_ae.config import config_dict
+from nfldm.scene_ae.config import config_dict, image_size_record
 from nfldm.scene_ae.evaluate import split_scene
 from nfldm.scene_ae.load import load_scene_ae
 from nfldm.scene_ae.model import scene_batch
@@ -240,7 +240,7 @@ def encode_voxels(scene_ae_run: str | os.PathLike, data: str | os.PathLike, out:
         encoded += 1
     index = {"format": VOXEL_FORMAT, "version": VOXEL_VERSION, "data": str(Path(data).resolve()),
              "scene_ae": sae, "grid": list(cfg.grid), "channels": 1 + cfg.feat_dim,
-             "image_size": cfg.image_size, "num_input_views": cfg.num_input_views, "scenes": scenes}
+             **image_size_record(cfg), "num_input_views": cfg.num_input_views, "scenes": scenes}
     index["stats"] = voxel_stats(out, index, progress=progress)
     atomic_write_json(index_path, index)
     return {"out": str(out), "encoded": encoded, "skipped": skipped, "scenes": len(scenes)}
