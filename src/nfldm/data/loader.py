@@ -131,7 +131,8 @@ class SceneDataset(Dataset):
       frame_ids   V int64 indices of the views in the scene's frame list
       name        str
 
-    num_views=None: all frames in order (all scenes of the split need the same count);
+    num_views=None: all frames in order (scenes may differ in frame count: imported windows do;
+    such items are not batched, every consumer takes one scene at a time);
     num_views=k: k distinct frames, sorted, drawn with a torch Generator seeded by
     (seed, epoch, index) so draws are reproducible and independent of DataLoader workers;
     call :meth:`set_epoch` to re-draw (before creating the DataLoader iterator; persistent
@@ -166,10 +167,6 @@ class SceneDataset(Dataset):
             if (meta.w, meta.h) != (m0.w, m0.h):
                 raise DataError(f"{tf}: images are {meta.w}x{meta.h}, but scene {first!r} of split "
                                 f"{self.split!r} has {m0.w}x{m0.h}; a split needs one image size")
-            if self.num_views is None and len(meta) != len(m0):
-                raise DataError(f"{tf}: has {len(meta)} frames, but scene {first!r} of split "
-                                f"{self.split!r} has {len(m0)}; with num_views=None all scenes "
-                                "need the same frame count")
             if self.num_views is not None and len(meta) < self.num_views:
                 raise DataError(f"{tf}: has {len(meta)} frames, fewer than num_views={self.num_views}")
 
