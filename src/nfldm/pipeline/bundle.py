@@ -48,6 +48,7 @@ BUNDLE_FORMAT = "nfldm-bundle"
 PACKAGED = Path(__file__).resolve().parents[1] / "weights" / "tiny"
 RENDERER = "renderer"
 BEV_LEVELS = "bev"
+IMAGE_PRIOR = "image_prior"
 
 
 def bundle_renderer(run: str | os.PathLike) -> Path | None:
@@ -74,6 +75,45 @@ def bundled_bev_model() -> Path:
         raise ValueError(f"the shipped model has no BEV-conditioned levels ({run} is missing); pass --run with an "
                          "ldm run trained with --set bev=true")
     return run
+
+
+def bundled_image_prior() -> Path:
+    """The image prior of the shipped bundle (``nfldm refine`` without --prior); ValueError if none."""
+    run = bundled_model() / IMAGE_PRIOR
+    if not (run / CONFIG_FILE).is_file():
+        raise ValueError(f"the shipped model has no image prior ({run} is missing); pass --prior with an "
+                         "image-prior run (nfldm train image-prior)")
+    return run
+
+
+def add_image_prior(bundle: str | os.PathLike, prior_run: str | os.PathLike, metrics: dict | None = None) -> dict:
+    """Add (or replace) a bundle's image prior: the EMA weights of ``prior_run`` (an ``nfldm train
+    image-prior`` run) as float16 in BUNDLE/image_prior with the real frames' mean embedding only
+    (not every frame's), named in bundle.json and its model card. Returns bundle.json."""
+    from nfldm.data.tensors import write_safetensors
+    from nfldm.refine.train import EMBEDDINGS_FILE, load_image_prior
+
+    bundle, prior_run = Path(bundle), Path(prior_run)
+    info = json.loads((bundle / BUNDLE_FILE).read_text())
+    loaded = load_image_prior(prior_run, "cpu")
+    tmp = bundle / (IMAGE_PRIOR + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    atomic_write_json(tmp / CONFIG_FILE, read_run_config(prior_run))
+    size = _save_half(loaded["prior"], tmp, loaded["step"])
+    write_safetensors(tmp / EMBEDDINGS_FILE, {"mean": loaded["mean_embedding"].float()},
+                      {"format": "nfldm-image-embeddings", "from": str(prior_run.resolve())})
+    load_image_prior(tmp, "cpu")            # loads as a run
+    if (bundle / IMAGE_PRIOR).exists():
+        shutil.rmtree(bundle / IMAGE_PRIOR)
+    os.replace(tmp, bundle / IMAGE_PRIOR)
+    info["image_prior"] = IMAGE_PRIOR
+    info.setdefault("steps", {})["image_prior"] = loaded["step"]
+    info["card"] = {**info.get("card", {}), "image_prior": {"trained_run": str(prior_run.resolve()),
+                                                             "bytes": size, "metrics": metrics or {}}}
+    atomic_write_json(bundle / BUNDLE_FILE, info)
+    atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
+    return info
 
 
 def _save_half(model: torch.nn.Module, run_dir: Path, step) -> int:
@@ -115,6 +155,15 @@ def _card(info: dict) -> str:
                   "`renderer/` is the scene auto-encoder with its renderer (decoder) fine-tuned with "
                   "adversarial and perceptual losses, its lift frozen (docs/scene-ae.md \"Sharper views\"); "
                   "`nfldm sample` renders with it (`--renderer BUNDLE/scene_ae` for the original).", ""]
+        lines += [f"- Trained from: `{r.get('trained_run')}`"]
+        lines += [f"- {k}: {v}" for k, v in r.get("metrics", {}).items()]
+        lines += [""]
+    if card.get("image_prior"):
+        r = card["image_prior"]
+        lines += ["## Image prior", "",
+                  "`image_prior/` is the 2D diffusion prior of post-optimisation (`nfldm refine`, "
+                  "docs/refine.md): a diffusers UNet of the real train frames conditioned on their "
+                  "EfficientNet-Lite0 embedding, with the frames' mean embedding.", ""]
         lines += [f"- Trained from: `{r.get('trained_run')}`"]
         lines += [f"- {k}: {v}" for k, v in r.get("metrics", {}).items()]
         lines += [""]
