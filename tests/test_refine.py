@@ -173,6 +173,7 @@ def test_sds_moves_the_views_towards_the_priors_denoised_image(monkeypatch):
     """With a prior whose guided noise estimate points at a grey image (eps = (x_t - sqrt(a) x0) /
     sqrt(1 - a), x0 grey), score distillation through the renderer makes the rendered views
     greyer; density stays >= 0, and frozen density stays exactly as it was."""
+    import nfldm.refine.model as model
     import nfldm.refine.sds as sds
 
     sae = _smoke_renderer()
@@ -184,7 +185,7 @@ def test_sds_moves_the_views_towards_the_priors_denoised_image(monkeypatch):
         a = p.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
         return (x_t - a.sqrt() * grey) / (1 - a).sqrt()
 
-    monkeypatch.setattr(sds, "guided_eps", toward_grey)
+    monkeypatch.setattr(model, "guided_eps", toward_grey)
     H, W = sae.cfg.image_hw()
 
     def distance(Vx):
@@ -259,3 +260,65 @@ def test_refine_samples_writes_sample_folders_and_checks(tmp_path):
         refine_samples(samples, samples / "inside", prior=str(prior), cfg=cfg, progress=False, embedder=emb)
     with pytest.raises(DataError, match="no such image-prior run"):
         refine_samples(samples, tmp_path / "x", prior=str(tmp_path / "nope"), cfg=cfg, progress=False, embedder=emb)
+
+
+def _tiny_sd_image_variations(folder):
+    """A randomly initialised StableDiffusionImageVariationPipeline in the folder layout of
+    save_pretrained (what a user's local copy of the real weights looks like)."""
+    pytest.importorskip("transformers")
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionImageVariationPipeline, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, attention_head_dim=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)
+    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=16, projection_dim=16, num_hidden_layers=1,
+                                                         num_attention_heads=2, intermediate_size=32, image_size=32,
+                                                         patch_size=8))
+    proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pipe = StableDiffusionImageVariationPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=DDPMScheduler(),
+                                                 safety_checker=None, feature_extractor=proc,
+                                                 requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+
+
+def test_sd_image_variations_prior_from_a_local_folder(tmp_path, monkeypatch):
+    """--prior sd-image-variations:DIR loads a saved pipeline with local_files_only (no network:
+    HF_HUB_OFFLINE), embeds with its CLIP image encoder, and refines a sample in its latent space;
+    a folder missing parts, or no --real, is refused."""
+    from nfldm.data.format import DataError
+    from nfldm.pipeline.generate import sample
+    from nfldm.pipeline.refine import refine_samples
+    from nfldm.refine.sd import SDImageVariationsPrior
+    from nfldm.refine.sds import SDSConfig
+
+    sd = tmp_path / "sd"
+    _tiny_sd_image_variations(sd)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prior = SDImageVariationsPrior(sd)
+    assert prior.image_size == 16 and prior.embed_images(torch.randint(0, 255, (3, 20, 24, 3), dtype=torch.uint8).numpy()).shape == (3, 16)
+    x = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    loss, grad = prior.sds_loss(x, torch.tensor([100, 400]), torch.randn(16), None, 3.0, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert grad.shape == (2, 4, 8, 8) and x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+    samples = tmp_path / "s"
+    sample(None, num=1, sampler="ddim", steps=2, seed=0, out=samples, device="cpu", progress=False, num_frames=4)
+    data = tmp_path / "data"
+    make_dataset(data)
+    cfg = SDSConfig(steps=2, views=2)
+    res = refine_samples(samples, tmp_path / "r", prior=f"sd-image-variations:{sd}", real=str(data), cfg=cfg,
+                         device="cpu", progress=False)
+    assert res["num"] == 1 and res["prior"].startswith("sd-image-variations:") and res["y"].startswith("real frames")
+    with pytest.raises(ValueError, match="--real"):
+        refine_samples(samples, tmp_path / "r2", prior=f"sd-image-variations:{sd}", cfg=cfg, progress=False)
+    (sd / "unet" / "config.json").rename(sd / "unet" / "config.bak")
+    import shutil
+    shutil.rmtree(sd / "vae")
+    with pytest.raises(DataError, match="missing vae"):
+        SDImageVariationsPrior(sd)

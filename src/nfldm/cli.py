@@ -311,12 +311,17 @@ def cmd_refine(args) -> int:
                     freeze_density=args.freeze_density, t_min=args.t_min, t_max=args.t_max,
                     guidance=args.guidance, anchor=args.anchor, seed=args.seed)
     res = refine_samples(args.samples, args.out, prior=args.prior, negative=args.negative, style=args.style,
-                         cfg=cfg, renderer=args.renderer, num=args.num, device=args.device, progress=not args.quiet)
+                         cfg=cfg, renderer=args.renderer, num=args.num, device=args.device, progress=not args.quiet,
+                         real=args.real)
     m = res["median"]
-    print(f"refined {res['num']} samples into {args.out} ({m['seconds']:.0f} s each, median): rendered depth "
-          f"changed {100 * m['depth_rel_change']:.1f} % (median); reprojection photometric error "
-          f"{m['photometric_reprojection_before']:.4f} -> {m['photometric_reprojection_after']:.4f}; "
-          f"{args.out}/before_after.png")
+
+    def num(v, fmt):
+        return "n/a" if v is None else format(v, fmt)
+
+    print(f"refined {res['num']} samples into {args.out} ({num(m['seconds'], '.0f')} s each, median): rendered depth "
+          f"changed {num(None if m['depth_rel_change'] is None else 100 * m['depth_rel_change'], '.1f')} % (median); "
+          f"reprojection photometric error {num(m['photometric_reprojection_before'], '.4f')} -> "
+          f"{num(m['photometric_reprojection_after'], '.4f')}; {args.out}/before_after.png")
     return 0
 
 
@@ -723,7 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--samples", required=True, help="an nfldm sample folder (or one sample folder)")
     p.add_argument("--out", required=True, help="folder for the refined samples")
-    p.add_argument("--prior", default=None, help="image-prior run (nfldm train image-prior); default: the bundle's")
+    p.add_argument("--prior", default=None,
+                   help="image-prior run (nfldm train image-prior; default: the bundle's), or "
+                   "sd-image-variations:LOCAL_DIR (a saved diffusers StableDiffusionImageVariationPipeline: the "
+                   "paper's kind of prior; weights are yours to supply, never downloaded)")
+    p.add_argument("--real", default=None,
+                   help="a dataset or folder of real frames whose mean embedding is y (needed with sd-image-variations)")
     p.add_argument("--negative", default="auto",
                    help="y': auto (the samples' own frames), none (plain classifier-free guidance) or a folder of images")
     p.add_argument("--style", default=None, help="a folder of images whose look y takes (style manipulation)")

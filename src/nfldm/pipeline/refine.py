@@ -41,6 +41,7 @@ from nfldm.data.format import DataError
 from nfldm.data.tensors import read_safetensors
 from nfldm.pipeline.bundle import bundle_renderer, bundled_image_prior, bundled_model
 from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, write_sample_folder
+from nfldm.refine.sd import SD_PREFIX, SDImageVariationsPrior
 from nfldm.refine.sds import SDSConfig, sds_refine
 from nfldm.refine.train import embed_images, load_image_prior
 from nfldm.scene_ae.flythrough import grid_image, pad_to, to_uint8, upscale
@@ -48,7 +49,7 @@ from nfldm.scene_ae.load import load_scene_ae
 from nfldm.trainer import resolve_device
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 
-__all__ = ["refine_samples", "sample_folders", "folder_images", "view_checks"]
+__all__ = ["refine_samples", "sample_folders", "folder_images", "real_frames", "view_checks"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SHEET_FRAMES = 6
@@ -92,8 +93,26 @@ def folder_images(folder: str | os.PathLike, size: int, limit: int | None = 512)
     return np.stack(out)
 
 
+def real_frames(src: str | os.PathLike, size: int, limit: int = 512) -> np.ndarray:
+    """Real frames for y: a dataset's train frames (dataset.json) or a folder of images, resized to
+    size x size -> uint8 N x size x size x 3 (at most ``limit``, evenly spaced)."""
+    from nfldm.ldm.evaluate import real_images
+
+    src = Path(src)
+    if (src / "dataset.json").is_file():
+        imgs = real_images(src, "train", limit)
+        if imgs.shape[1:3] != (size, size):
+            imgs = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.LANCZOS)) for im in imgs])
+        return imgs
+    return folder_images(src, size, limit)
+
+
 def _load_prior(spec: str | None, device) -> dict:
-    """The image prior: a run / bundle folder of ``nfldm train image-prior``, or the bundle's."""
+    """The image prior: a run / bundle folder of ``nfldm train image-prior``, the bundle's, or
+    ``sd-image-variations:LOCAL_DIR`` (no real-frame embedding: "mean_embedding" None)."""
+    if spec is not None and spec.startswith(SD_PREFIX):
+        prior = SDImageVariationsPrior(spec[len(SD_PREFIX):], device)
+        return {"prior": prior, "mean_embedding": None, "step": None, "source": spec}
     if spec is None:
         run = bundled_image_prior()
     else:
@@ -145,10 +164,13 @@ def view_checks(sae, V0: torch.Tensor, V1: torch.Tensor, bounds, intr, path, vie
 def refine_samples(samples: str | os.PathLike, out: str | os.PathLike, prior: str | None = None,
                    negative: str = "auto", style: str | None = None, cfg: SDSConfig | None = None,
                    renderer: str | None = None, num: int | None = None, device: str = "auto",
-                   progress: bool = True, embedder: torch.nn.Module | None = None) -> dict:
+                   progress: bool = True, embedder: torch.nn.Module | None = None,
+                   real: str | None = None) -> dict:
     """Refine the samples of ``samples`` into ``out`` (module docstring); returns refine.json's dict.
 
-    ``embedder`` replaces the EfficientNet-Lite0 embedding network (tests with a random one)."""
+    ``real``: a dataset (its train frames) or a folder of images whose mean embedding is y (needed
+    by a prior without a stored one: sd-image-variations); ``embedder`` replaces the
+    EfficientNet-Lite0 embedding network of nfldm's own prior (tests with a random one)."""
     cfg = cfg or SDSConfig()
     src, out = Path(samples), Path(out)
     folders = sample_folders(src)[:num]
@@ -158,17 +180,24 @@ def refine_samples(samples: str | os.PathLike, out: str | os.PathLike, prior: st
     dev = resolve_device(device)
     pinfo = _load_prior(prior, dev)
     pri = pinfo["prior"]
-    S = pri.cfg.image_size
+    S = 64 if isinstance(pri, SDImageVariationsPrior) else pri.image_size   # the size frames are embedded at
     rpath = _renderer_path(summary_in, renderer, src)
     sae = load_scene_ae(rpath, str(dev))
 
     def embed(imgs: np.ndarray) -> torch.Tensor:
+        if hasattr(pri, "embed_images"):         # sd-image-variations: its CLIP image encoder
+            return pri.embed_images(imgs).mean(0).to(dev)
         return embed_images(imgs, dev, embedder=embedder).mean(0).to(dev)
 
     if style is not None:
         y, y_what = embed(folder_images(style, S)), f"style images {style}"
-    else:
+    elif real is not None:
+        y, y_what = embed(real_frames(real, S)), f"real frames of {real}"
+    elif pinfo["mean_embedding"] is not None:
         y, y_what = pinfo["mean_embedding"], "the prior's real train frames (mean embedding)"
+    else:
+        raise ValueError(f"the prior {pinfo['source']} stores no real-frame embedding: give --real DATA "
+                         "(a dataset or a folder of real frames) or --style IMAGES")
     if negative == "auto":
         frames = [p for f in folders for p in sorted((f / "frames").glob("*.png"))]
         if not frames:
@@ -207,6 +236,7 @@ def refine_samples(samples: str | os.PathLike, out: str | os.PathLike, prior: st
         V1 = V1.cpu()
         seconds = time.time() - start
         checks, views1 = view_checks(sae, V0, V1, bounds, intr, path, views0)
+        checks = {kk: (v if np.isfinite(v) else None) for kk, v in checks.items()}   # None: nothing to compare
         d = out / folder.name
         m = {**{kk: v for kk, v in meta.items()}, "format": SAMPLE_FORMAT, "refined_from": str(folder.resolve()),
              "refine_steps": str(cfg.steps)}
@@ -223,7 +253,7 @@ def refine_samples(samples: str | os.PathLike, out: str | os.PathLike, prior: st
     atomic_save_png(out / "before_after.png", _before_after(ba_rows))
 
     def med(key):
-        vals = [p[key] for p in per if np.isfinite(p[key])]
+        vals = [p[key] for p in per if p[key] is not None]
         return float(np.median(vals)) if vals else None
 
     result = {"samples": str(src), "out": str(out), "prior": pinfo["source"], "prior_step": pinfo["step"],

@@ -78,6 +78,37 @@ class ImagePrior(nn.Module):
         ac = self.scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
         return ac.sqrt() * out + (1 - ac).sqrt() * x_t         # v -> epsilon
 
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.cfg.num_train_timesteps
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.scheduler.alphas_cumprod
+
+    def sds_loss(self, x: Tensor, t: Tensor, y: Tensor, y_neg: Tensor | None, scale: float,
+                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Score distillation at timesteps t (B) of images x (B x 3 x S x S in [-1, 1], with
+        gradient): -> (a scalar whose gradient w.r.t. x is w(t) (eps_guided - eps), the gradient
+        itself). eps_guided = :func:`guided_eps` (y_neg None: against the null embedding; scale 1
+        without y_neg: the conditional estimate alone), w(t) = 1 - alpha_bar(t)."""
+        dev = next(self.parameters()).device
+        x = x.to(dev)
+        noise = torch.randn(x.shape, generator=generator).to(dev)
+        t = t.to(dev)
+        with torch.no_grad():
+            x_t = self.scheduler.add_noise(x.detach(), noise, t)
+            if y_neg is None and scale == 1:
+                e = self.eps(x_t, t, y)
+            else:
+                e = guided_eps(self, x_t, t, y, y_neg, scale)
+            grad = (1 - self.scheduler.alphas_cumprod.to(dev)[t]).view(-1, 1, 1, 1) * (e - noise)
+        return (grad * x).sum() / x.shape[0], grad
+
     def training_loss(self, batch: dict, step: int) -> tuple[Tensor, dict]:
         x0 = batch["image"].float() * 2 - 1
         e = batch["embedding"].float()

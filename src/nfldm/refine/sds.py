@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfldm.refine.model import ImagePrior, guided_eps
 
 __all__ = ["SDSConfig", "sds_refine", "jitter_cameras"]
 
@@ -71,21 +70,23 @@ def jitter_cameras(c2w: Tensor, bounds: Tensor, metres: float, degrees: float, g
     return out
 
 
-def sds_refine(V0: Tensor, bounds: Tensor, path: Tensor, intr: Tensor, renderer, prior: ImagePrior,
+def sds_refine(V0: Tensor, bounds: Tensor, path: Tensor, intr: Tensor, renderer, prior,
                y: Tensor, y_neg: Tensor | None, cfg: SDSConfig,
                progress: Callable[[int, dict], None] | None = None) -> tuple[Tensor, list[dict]]:
     """Refine V0 (K x X x Y x Z, K = 1 + C: density, features) by score distillation.
 
     bounds: 2 x 3, path: N x 4 x 4 (the scene's cameras), intr: 4 (for the renderer's H x W);
     renderer: a stage-1 SceneAutoEncoder (its render(); its weights stay fixed); prior: the image
-    prior (fixed); y: embed_dim (the look wanted), y_neg: embed_dim or None. Returns (V, one log
+    prior (fixed): an :class:`~nfldm.refine.model.ImagePrior` or an
+    :class:`~nfldm.refine.sd.SDImageVariationsPrior` (anything with image_size,
+    num_train_timesteps and ``sds_loss``); y: its embedding of the look wanted, y_neg: of the look
+    to move away from, or None. Returns (V, one log
     dict per step: t, the SDS gradient's norm, the anchor term). ``progress(step, log)`` is
     called after each step.
     """
     dev = next(renderer.parameters()).device
-    pdev = next(prior.parameters()).device
     H, W = renderer.cfg.image_hw()
-    S = prior.cfg.image_size
+    S = prior.image_size
     gen = torch.Generator().manual_seed(int(cfg.seed))
     V0 = V0.to(dev).float()
     dens = V0[:1].clone().requires_grad_(not cfg.freeze_density)
@@ -96,11 +97,8 @@ def sds_refine(V0: Tensor, bounds: Tensor, path: Tensor, intr: Tensor, renderer,
     opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
     renderer.requires_grad_(False)
     prior.requires_grad_(False)
-    ac = prior.scheduler.alphas_cumprod.to(pdev)
-    T = prior.cfg.num_train_timesteps
+    T = prior.num_train_timesteps
     lo_t, hi_t = int(cfg.t_min * (T - 1)), int(cfg.t_max * (T - 1))
-    yb = y.to(pdev).float()
-    nb = None if y_neg is None else y_neg.to(pdev).float()
     b = bounds.to(dev).float()[None]
     logs = []
     for step in range(cfg.steps):
@@ -108,17 +106,11 @@ def sds_refine(V0: Tensor, bounds: Tensor, path: Tensor, intr: Tensor, renderer,
         cams = jitter_cameras(path[pick].float(), bounds.float(), cfg.jitter_m, cfg.jitter_deg, gen).to(dev)
         V = torch.cat([dens, feat], 0)
         rgb = renderer.render(V[None], b, intr.to(dev).float().expand(1, cfg.views, 4), cams[None], H, W)["rgb"][0]
-        x = rgb.to(pdev).float() * 2 - 1
+        x = rgb.float() * 2 - 1
         if (H, W) != (S, S):
-            x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
-        t = torch.randint(lo_t, hi_t + 1, (cfg.views,), generator=gen).to(pdev)
-        noise = torch.randn(x.shape, generator=gen).to(pdev)
-        with torch.no_grad():
-            x_t = prior.scheduler.add_noise(x.detach(), noise, t)
-            e = guided_eps(prior, x_t, t, yb, nb, cfg.guidance) if nb is not None or cfg.guidance != 1 else \
-                prior.eps(x_t, t, yb)
-            grad = (1 - ac[t]).view(-1, 1, 1, 1) * (e - noise)
-        loss = (grad * x).sum() / cfg.views
+            x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False, antialias=S < min(H, W))
+        t = torch.randint(lo_t, hi_t + 1, (cfg.views,), generator=gen)
+        loss, grad = prior.sds_loss(x, t, y, y_neg, cfg.guidance, gen)
         reg = torch.zeros((), device=dev)
         if cfg.anchor > 0:
             reg = cfg.anchor * ((torch.cat([dens, feat], 0) - V0) ** 2).mean()
