@@ -39,6 +39,8 @@ def main() -> None:
     for k in ("steps", "views", "guidance", "t_min", "t_max", "lr", "lr_density", "anchor"):
         ap.add_argument("--" + k.replace("_", "-"), type=type(getattr(defaults, k)), default=getattr(defaults, k))
     ap.add_argument("--freeze-density", action="store_true")
+    ap.add_argument("--score", default="sds", choices=("sds", "csd"))
+    ap.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
     args = ap.parse_args()
 
     from nfldm.ldm.evaluate import eval_generation
@@ -47,7 +49,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = SDSConfig(**{k: getattr(args, k) for k in ("steps", "views", "guidance", "t_min", "t_max", "lr",
-                                                       "lr_density", "anchor", "freeze_density")})
+                                                       "lr_density", "anchor", "freeze_density", "score", "optimizer")})
     # the originals being refined (the first --num), linked into one folder so they score alike
     orig = out / "original"
     shutil.rmtree(orig, ignore_errors=True)
@@ -55,8 +57,11 @@ def main() -> None:
     for f in sample_folders(args.samples)[: args.num]:
         (orig / f.name).symlink_to(f.resolve())
     sets = {"original": {"folder": orig}}
-    for mode in args.modes.split(","):
+    modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
         name = Path(mode).name if mode not in ("auto", "none") else mode
+        if args.style:
+            name = "style_" + name
         d = out / name
         shutil.rmtree(d, ignore_errors=True)
         t = time.time()
@@ -81,6 +86,23 @@ def main() -> None:
     base = results["sets"]["original"]["fid"]
     for name, e in results["sets"].items():
         e["fid_change_rel"] = (e["fid"] - base) / base
+    if args.style:  # how near each set's views are to the style images (Inception features, not the prior's)
+        from nfldm.ldm.evaluate import generated_images, to_view_size
+        from nfldm.metrics.fid import InceptionFeatures, extract, fid_from_features
+        from nfldm.metrics.wheels import INCEPTION_WHEEL, wheel_file
+        from nfldm.pipeline.refine import folder_images
+        from nfldm.trainer import resolve_device
+
+        net, dev = InceptionFeatures(wheel_file(*INCEPTION_WHEEL)), resolve_device(args.device)
+        fs = extract(net, to_view_size(folder_images(args.style, 64, None), 64), dev)
+        for name, s in sets.items():
+            fg = extract(net, to_view_size(generated_images(s["folder"]), 64), dev)
+            fd = fid_from_features(fg, fs)
+            results["sets"][name]["fd_to_style"] = fd
+            print(f"{name}: Inception Frechet distance to the style images {fd:.1f}", flush=True)
+        b = results["sets"]["original"]["fd_to_style"]
+        for name, e in results["sets"].items():
+            e["fd_to_style_change_rel"] = (e["fd_to_style"] - b) / b
     (out / "refine_quality.json").write_text(json.dumps(results, indent=2, default=str))
 
 

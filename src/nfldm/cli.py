@@ -309,7 +309,7 @@ def cmd_refine(args) -> int:
 
     cfg = SDSConfig(steps=args.steps, views=args.views, lr=args.lr, lr_density=args.lr_density,
                     freeze_density=args.freeze_density, t_min=args.t_min, t_max=args.t_max,
-                    guidance=args.guidance, anchor=args.anchor, seed=args.seed)
+                    guidance=args.guidance, anchor=args.anchor, seed=args.seed, score=args.score)
     res = refine_samples(args.samples, args.out, prior=args.prior, negative=args.negative, style=args.style,
                          cfg=cfg, renderer=args.renderer, num=args.num, device=args.device, progress=not args.quiet,
                          real=args.real)
@@ -747,6 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=SDSConfig.lr, help="Adam step of V's features")
     p.add_argument("--lr-density", type=float, default=SDSConfig.lr_density, help="Adam step of V's density")
     p.add_argument("--freeze-density", action="store_true", help="update the features only (geometry fixed)")
+    p.add_argument("--score", default="sds", choices=("sds", "csd"),
+                   help="sds: the guided score (the paper); csd: its guidance term alone (classifier score distillation)")
     p.add_argument("--anchor", type=float, default=SDSConfig.anchor, help="weight of mean (V - V0)^2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

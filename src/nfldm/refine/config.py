@@ -27,6 +27,10 @@ class ImagePriorConfig:
     norm_num_groups: int = 8
     embed_dim: int = EMBED_DIM
     embed_drop_prob: float = 0.1          # the null embedding in training (unconditional score)
+    # embeddings standardised per feature by the training frames' mean and std before the projection:
+    # raw EfficientNet-Lite0 features differ little between frames next to their common mean, and the
+    # first prior (False: runs made before this field) learned next to nothing from them
+    standardize_embedding: bool = False
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"      # SDS uses the noise estimate directly
@@ -54,17 +58,18 @@ class ImagePriorPreset:
 PRESETS: dict[str, ImagePriorPreset] = {
     # unit tests, seconds
     "smoke": ImagePriorPreset(
-        ImagePriorConfig(image_size=16, block_out_channels=(8, 16), attention=False),
+        ImagePriorConfig(image_size=16, block_out_channels=(8, 16), attention=False, standardize_embedding=True),
         TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2, ema_decay=0.5)),
     # a 2-core CPU, 30 minutes: 64 x 64 frames, about 1,700 steps of batch 16 (1 step/s); the EMA
     # decay is short enough that the initial weights fade within them (0.997^1700 < 1 %)
     "tiny": ImagePriorPreset(
-        ImagePriorConfig(),
+        ImagePriorConfig(standardize_embedding=True),
         TrainConfig(steps=6000, batch_size=16, lr=2e-4, warmup_steps=200, log_every=25, ckpt_every=500,
                      ema_decay=0.997, max_minutes=30)),
     # a GPU session
     "small": ImagePriorPreset(
-        ImagePriorConfig(block_out_channels=(64, 128, 256, 256), layers_per_block=2, norm_num_groups=32),
+        ImagePriorConfig(block_out_channels=(64, 128, 256, 256), layers_per_block=2, norm_num_groups=32,
+                         standardize_embedding=True),
         TrainConfig(steps=100_000, batch_size=64, lr=1e-4, warmup_steps=1000, log_every=50, ckpt_every=2000,
                     ema_decay=0.9999)),
 }

@@ -1,7 +1,8 @@
 """The image prior: a 2D diffusion model of real frames given an image embedding.
 
     x: B x 3 x S x S in [-1, 1],  t: B,  e: B x embed_dim (an image embedding, or None)
-    e -> Linear -> B x temb  (or the learned null embedding: no condition / dropped)
+    e -> (standardised by the training frames' mean / std) -> Linear -> B x temb  (or the learned
+         null embedding: no condition / dropped)
     UNet2DModel(x_t, t, class_labels = that vector)  ->  epsilon (or v) B x 3 x S x S
 
 The condition enters as diffusers' "identity" class embedding: added to the timestep embedding
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from nfldm.refine.config import ImagePriorConfig
 
-__all__ = ["ImagePrior", "guided_eps", "sample_images"]
+__all__ = ["ImagePrior", "guided_eps", "eps_pair", "sample_images"]
 
 
 class ImagePrior(nn.Module):
@@ -43,6 +44,9 @@ class ImagePrior(nn.Module):
         temb = ch[0] * 4
         self.embed = nn.Linear(cfg.embed_dim, temb)
         self.null = nn.Parameter(torch.zeros(temb))
+        if cfg.standardize_embedding:  # set from the training frames' embeddings (train_image_prior)
+            self.register_buffer("embed_mean", torch.zeros(cfg.embed_dim))
+            self.register_buffer("embed_std", torch.ones(cfg.embed_dim))
         self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                        prediction_type=cfg.prediction_type, clip_sample=False)
 
@@ -56,7 +60,10 @@ class ImagePrior(nn.Module):
             e = e[None].expand(batch, -1)
         if e.shape != (batch, self.cfg.embed_dim):
             raise ValueError(f"the embedding must be {batch} x {self.cfg.embed_dim}, got {tuple(e.shape)}")
-        v = self.embed(e.to(p.dtype))
+        e = e.to(p.dtype)
+        if self.cfg.standardize_embedding:
+            e = (e - self.embed_mean) / self.embed_std
+        v = self.embed(e)
         if drop is not None:
             v = torch.where(drop[:, None], p[None].expand_as(v), v)
         return v
@@ -91,22 +98,28 @@ class ImagePrior(nn.Module):
         return self.scheduler.alphas_cumprod
 
     def sds_loss(self, x: Tensor, t: Tensor, y: Tensor, y_neg: Tensor | None, scale: float,
-                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                 generator: torch.Generator, classifier_only: bool = False) -> tuple[Tensor, Tensor]:
         """Score distillation at timesteps t (B) of images x (B x 3 x S x S in [-1, 1], with
         gradient): -> (a scalar whose gradient w.r.t. x is w(t) (eps_guided - eps), the gradient
         itself). eps_guided = :func:`guided_eps` (y_neg None: against the null embedding; scale 1
-        without y_neg: the conditional estimate alone), w(t) = 1 - alpha_bar(t)."""
+        without y_neg: the conditional estimate alone), w(t) = 1 - alpha_bar(t).
+        ``classifier_only``: w(t) s (eps(x_t; y) - eps(x_t; y')) alone (classifier score
+        distillation, Yu et al. 2023: the guidance term without eps(x_t; y') - eps, so an error the
+        two branches share cancels)."""
         dev = next(self.parameters()).device
         x = x.to(dev)
         noise = torch.randn(x.shape, generator=generator).to(dev)
         t = t.to(dev)
         with torch.no_grad():
             x_t = self.scheduler.add_noise(x.detach(), noise, t)
-            if y_neg is None and scale == 1:
-                e = self.eps(x_t, t, y)
+            if classifier_only:
+                neg, pos = eps_pair(self, x_t, t, y, y_neg)
+                diff = scale * (pos - neg)
+            elif y_neg is None and scale == 1:
+                diff = self.eps(x_t, t, y) - noise
             else:
-                e = guided_eps(self, x_t, t, y, y_neg, scale)
-            grad = (1 - self.scheduler.alphas_cumprod.to(dev)[t]).view(-1, 1, 1, 1) * (e - noise)
+                diff = guided_eps(self, x_t, t, y, y_neg, scale) - noise
+            grad = (1 - self.scheduler.alphas_cumprod.to(dev)[t]).view(-1, 1, 1, 1) * diff
         return (grad * x).sum() / x.shape[0], grad
 
     def training_loss(self, batch: dict, step: int) -> tuple[Tensor, dict]:
@@ -123,15 +136,22 @@ class ImagePrior(nn.Module):
         return loss, {"loss": loss.detach()}
 
 
+def eps_pair(prior: ImagePrior, x_t: Tensor, t: Tensor, y: Tensor | None, y_neg: Tensor | None
+             ) -> tuple[Tensor, Tensor]:
+    """(eps(x_t; y'), eps(x_t; y)) in one doubled batch (None: the null embedding)."""
+    B = x_t.shape[0]
+    cond = torch.cat([prior.condition(y_neg, B), prior.condition(y, B)])
+    xx, tt = torch.cat([x_t, x_t]), (torch.cat([t, t]) if t.dim() else t.expand(2 * B))
+    neg, pos = prior.to_eps(prior.unet(xx, tt, class_labels=cond).sample, xx, tt).chunk(2)
+    return neg, pos
+
+
 def guided_eps(prior: ImagePrior, x_t: Tensor, t: Tensor, y: Tensor | None, y_neg: Tensor | None,
                scale: float) -> Tensor:
     """eps(x_t; y') + s (eps(x_t; y) - eps(x_t; y')): classifier-free guidance with y' = None (the
     null embedding), the paper's negative guidance with y' the embedding of the model's own
     samples. One doubled batch."""
-    B = x_t.shape[0]
-    cond = torch.cat([prior.condition(y_neg, B), prior.condition(y, B)])
-    xx, tt = torch.cat([x_t, x_t]), (torch.cat([t, t]) if t.dim() else t.expand(2 * B))
-    neg, pos = prior.to_eps(prior.unet(xx, tt, class_labels=cond).sample, xx, tt).chunk(2)
+    neg, pos = eps_pair(prior, x_t, t, y, y_neg)
     return neg + scale * (pos - neg)
 
 

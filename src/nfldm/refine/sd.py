@@ -72,9 +72,9 @@ class SDImageVariationsPrior(nn.Module):
         return torch.cat(out)
 
     def sds_loss(self, x: Tensor, t: Tensor, y: Tensor, y_neg: Tensor | None, scale: float,
-                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                 generator: torch.Generator, classifier_only: bool = False) -> tuple[Tensor, Tensor]:
         """x: B x 3 x h x w in [-1, 1] (with gradient), t: B timesteps, y / y_neg: D embeddings (y_neg
-        None: zeros, the unconditional) -> (a scalar whose gradient w.r.t. x is the SDS gradient
+        None: zeros, the unconditional; ``classifier_only`` as ImagePrior.sds_loss) -> (a scalar whose gradient w.r.t. x is the SDS gradient
         through the VAE encoder, the gradient on the latents B x 4 x s x s)."""
         dev = next(self.parameters()).device
         B = x.shape[0]
@@ -90,7 +90,7 @@ class SDImageVariationsPrior(nn.Module):
             e = self.unet(torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]),
                           encoder_hidden_states=torch.cat([neg, pos]).to(dtype)).sample.float()
             e_neg, e_pos = e.chunk(2)
-            eps = e_neg + scale * (e_pos - e_neg)
+            diff = scale * (e_pos - e_neg) if classifier_only else e_neg + scale * (e_pos - e_neg) - noise
             w = (1 - self.scheduler.alphas_cumprod.to(dev)[t]).view(-1, 1, 1, 1)
-            grad = w * (eps - noise)
+            grad = w * diff
         return (grad * z).sum() / B, grad

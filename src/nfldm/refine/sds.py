@@ -41,6 +41,8 @@ class SDSConfig:
     t_min: float = 0.02            # timesteps drawn from [t_min, t_max] * num_train_timesteps
     t_max: float = 0.5
     guidance: float = 3.0          # s
+    score: str = "sds"             # "sds" or "csd": the guidance term alone (classifier score distillation)
+    optimizer: str = "adam"        # "adam" (steps of lr whatever the gradient's size) or "sgd" (steps ~ gradient)
     anchor: float = 0.0            # weight of mean (V - V0)^2
     jitter_m: float = 0.5          # camera position jitter (metres, horizontal)
     jitter_deg: float = 10.0       # camera yaw jitter
@@ -49,6 +51,10 @@ class SDSConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.t_min < self.t_max <= 1:
             raise ValueError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+        if self.score not in ("sds", "csd"):
+            raise ValueError(f"score must be sds or csd, got {self.score!r}")
         if self.steps < 0 or self.views < 1:
             raise ValueError("steps must be >= 0 and views >= 1")
 
@@ -94,7 +100,7 @@ def sds_refine(V0: Tensor, bounds: Tensor, path: Tensor, intr: Tensor, renderer,
     groups = [{"params": [feat], "lr": cfg.lr}]
     if not cfg.freeze_density:
         groups.append({"params": [dens], "lr": cfg.lr_density})
-    opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
+    opt = torch.optim.Adam(groups, betas=(0.9, 0.99)) if cfg.optimizer == "adam" else torch.optim.SGD(groups, momentum=0.5)
     renderer.requires_grad_(False)
     prior.requires_grad_(False)
     T = prior.num_train_timesteps
@@ -110,7 +116,7 @@ def sds_refine(V0: Tensor, bounds: Tensor, path: Tensor, intr: Tensor, renderer,
         if (H, W) != (S, S):
             x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False, antialias=S < min(H, W))
         t = torch.randint(lo_t, hi_t + 1, (cfg.views,), generator=gen)
-        loss, grad = prior.sds_loss(x, t, y, y_neg, cfg.guidance, gen)
+        loss, grad = prior.sds_loss(x, t, y, y_neg, cfg.guidance, gen, classifier_only=cfg.score == "csd")
         reg = torch.zeros((), device=dev)
         if cfg.anchor > 0:
             reg = cfg.anchor * ((torch.cat([dens, feat], 0) - V0) ** 2).mean()
