@@ -93,6 +93,10 @@ def test_train_resume_load(tmp_path):
     assert rc["stage"] == "image-prior" and rc["frames"] > 0
     loaded = load_image_prior(a, "cpu")
     assert loaded["mean_embedding"].shape == (1280,) and loaded["step"] == 4
+    # the embeddings are standardised by the training frames' statistics, kept with the weights
+    pri = loaded["prior"]
+    assert pri.cfg.standardize_embedding and torch.allclose(pri.embed_mean, loaded["mean_embedding"], atol=1e-5)
+    assert (pri.embed_std > 0).all() and not torch.allclose(pri.embed_std, torch.ones(1280))
     assert not loaded["prior"].training
     # resume: 2 steps, then continue to 4 == 4 straight
     b = tmp_path / "b"

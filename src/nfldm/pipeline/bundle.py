@@ -149,24 +149,18 @@ def _card(info: dict) -> str:
               "", "## Limits", "",
               "Trained for minutes on a 2-core CPU: generated scenes are blurry and dark next to real "
               "ViZDoom views; see the metrics above and docs/quickstart.md.", ""]
-    if card.get("renderer"):
-        r = card["renderer"]
-        lines += ["## Renderer", "",
-                  "`renderer/` is the scene auto-encoder with its renderer (decoder) fine-tuned with "
-                  "adversarial and perceptual losses, its lift frozen (docs/scene-ae.md \"Sharper views\"); "
-                  "`nfldm sample` renders with it (`--renderer BUNDLE/scene_ae` for the original).", ""]
-        lines += [f"- Trained from: `{r.get('trained_run')}`"]
-        lines += [f"- {k}: {v}" for k, v in r.get("metrics", {}).items()]
-        lines += [""]
-    if card.get("image_prior"):
-        r = card["image_prior"]
-        lines += ["## Image prior", "",
-                  "`image_prior/` is the 2D diffusion prior of post-optimisation (`nfldm refine`, "
-                  "docs/refine.md): a diffusers UNet of the real train frames conditioned on their "
-                  "EfficientNet-Lite0 embedding, with the frames' mean embedding.", ""]
-        lines += [f"- Trained from: `{r.get('trained_run')}`"]
-        lines += [f"- {k}: {v}" for k, v in r.get("metrics", {}).items()]
-        lines += [""]
+    parts = {"renderer": ("Renderer", "`renderer/` is the scene auto-encoder with its renderer (decoder) fine-tuned "
+                          "with adversarial and perceptual losses, its lift frozen (docs/scene-ae.md \"Sharper "
+                          "views\"); `nfldm sample` renders with it (`--renderer BUNDLE/scene_ae` for the original)."),
+             "image_prior": ("Image prior", "`image_prior/` is the 2D diffusion prior of post-optimisation "
+                             "(`nfldm refine`, docs/refine.md): a diffusers UNet of the real train frames conditioned "
+                             "on their EfficientNet-Lite0 embedding, with the frames' mean embedding.")}
+    for key, (title, text) in parts.items():
+        if card.get(key):
+            r = card[key]
+            lines += [f"## {title}", "", text, "", f"- Trained from: `{r.get('trained_run')}`"]
+            lines += [f"- {k}: {v}" for k, v in r.get("metrics", {}).items()]
+            lines += [""]
     for name, lv in info.get("levels", {}).items():
         lines += [f"## `{name}/`: BEV-map-conditioned levels", "",
                   "psi_g, psi_c, psi_f conditioned on a bird's-eye-view map (docs/ldm.md \"Conditioning on a "
