@@ -33,10 +33,10 @@ __all__ = ["SDSConfig", "sds_refine", "jitter_cameras"]
 class SDSConfig:
     """Score distillation settings (docs/refine.md says why each default)."""
 
-    steps: int = 100
+    steps: int = 60
     views: int = 4                 # views rendered per step
-    lr: float = 0.003              # Adam step of the feature channels (their std is about 0.03)
-    lr_density: float = 0.03       # Adam step of the density channel (0 .. ~25)
+    lr: float = 0.0005             # step of the feature channels (their std is about 0.03)
+    lr_density: float = 0.005      # step of the density channel (0 .. ~25)
     freeze_density: bool = False
     t_min: float = 0.02            # timesteps drawn from [t_min, t_max] * num_train_timesteps
     t_max: float = 0.5
