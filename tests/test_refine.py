@@ -242,6 +242,12 @@ def test_refine_samples_writes_sample_folders_and_checks(tmp_path):
     assert generated_images(out).shape == (12, 64, 64, 3)
     summary = json.loads((out / "samples.json").read_text())
     assert summary["refined"]["prior"] == str(prior) and len(summary["samples"]) == 2
+    from nfldm.pipeline.bundle import bundled_model
+    from nfldm.pipeline.edit import load_scene
+    from nfldm.pipeline.load import load_stages
+
+    with pytest.raises(DataError, match="refined sample"):   # nfldm edit points at the unrefined sample
+        load_scene(out / "sample_0000", load_stages(bundled_model(), "cpu"))
 
     style = tmp_path / "style"
     style.mkdir()

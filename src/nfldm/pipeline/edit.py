@@ -96,6 +96,9 @@ def load_scene(src: str | os.PathLike, pipe: dict) -> SceneLatents:
     if sf is not None:
         t, meta = read_safetensors(sf)
         missing = [k for k in ("g", "c", "f", "path", "keyframes", "bounds", "intrinsics") if k not in t]
+        if missing and meta.get("refined_from"):
+            raise DataError(f"{sf}: a refined sample (nfldm refine) holds no latents (its V is no decode of g, c, f); "
+                            f"edit the sample it was refined from, {meta['refined_from']}, then refine the edit")
         if missing:
             raise DataError(f"{sf}: a sample file without {', '.join(missing)} (written by an older nfldm sample, "
                             "or an ablation run's sample); sample again with a full g, c, f run")
