@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from nfldm.data.format import DataError, read_image_file
+from nfldm.data.format import DataError, _open_image, raise_problem, read_image_file
 
 __all__ = ["GSNTrajectory", "find_trajectories", "is_gsn_folder", "read_trajectory", "read_gsn_depth",
            "GSN_SPLITS", "VIZDOOM_DEPTH_UNITS", "DOOM_UNITS_PER_METRE"]
@@ -155,16 +154,13 @@ def read_trajectory(path: str | os.PathLike, split: str | None = None) -> GSNTra
 
 
 def _open(path: Path) -> tuple[str, np.ndarray]:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.mode, np.asarray(im)
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: cannot decode depth file, corrupt or truncated? ({type(e).__name__}: {e})") from None
+    """(PIL mode, array) of a depth file; DataError naming it when missing or undecodable."""
+    opened = _open_image(path, "depth", raise_problem)
+    assert opened is not None
+    return opened
 
 
-def _depth_kind(path: Path) -> str:
-    mode, _ = _open(path)
+def _kind_of(path: Path, mode: str) -> str:
     if mode == "L":
         return "uint8"
     if mode in ("I;16", "I;16L", "I;16B", "I"):
@@ -172,6 +168,10 @@ def _depth_kind(path: Path) -> str:
     if mode == "F":
         return "float"
     raise DataError(f"{path}: depth image mode {mode!r} is not one GSN uses (8-bit 'L', 16-bit or float tiff)")
+
+
+def _depth_kind(path: Path) -> str:
+    return _kind_of(path, _open(path)[0])
 
 
 def read_gsn_depth(path: Path, kind: str, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +183,7 @@ def read_gsn_depth(path: Path, kind: str, w: int, h: int) -> tuple[np.ndarray, n
     mode, arr = _open(path)
     if arr.shape[:2] != (h, w):
         raise DataError(f"{path}: depth is {arr.shape[1]}x{arr.shape[0]}, but the frames are {w}x{h}")
-    if arr.ndim != 2 or _depth_kind(path) != kind:
+    if arr.ndim != 2 or _kind_of(path, mode) != kind:
         raise DataError(f"{path}: depth image mode {mode!r} differs from the trajectory's first depth file ({kind})")
     a = arr.astype(np.float64)
     if kind == "uint8":

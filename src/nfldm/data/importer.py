@@ -41,6 +41,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -403,6 +404,7 @@ class _Scene:
     depth: np.ndarray    # N x H x W float32 metres (0 = invalid)
     intr: np.ndarray     # N x 4
     c2w: np.ndarray      # N x 4 x 4, z up, metres, floor at z = 0
+    points: list[np.ndarray]  # per frame: world points M x 3 (every 2nd valid depth pixel), same frame
     info: dict
 
 
@@ -472,12 +474,15 @@ def _read_scene(src: Source, cfg: ImportConfig, progress: bool) -> _Scene:
     intr = np.zeros((n, 4))
     source_check = []
     check_ids = set(np.linspace(0, n - 1, min(n, 6)).round().astype(int).tolist())
+    prev = None  # frame i - 1 at full resolution when it is a check frame
     for i in tqdm(range(n), desc=f"read {src.name}", disable=not progress, leave=False):
         r, d, v = src.read(i)
         rgb[i], depth[i], intr[i] = resize_frame(r, d, v, src.intr[i], cfg.size)
-        if i in check_ids and i + 1 < n:  # the source frames' own consistency, at their resolution
-            r2, d2, v2 = src.read(i + 1)
-            source_check.append((r, r2, np.where(v, d, 0), np.where(v2, d2, 0), src.intr[i:i + 2], src.c2w[i:i + 2]))
+        if prev is not None:  # the source frames' own consistency, at their resolution
+            r0, d0, v0 = prev
+            source_check.append((r0, r, np.where(v0, d0, 0), np.where(v, d, 0), src.intr[i - 1:i + 1],
+                                 src.c2w[i - 1:i + 1]))
+        prev = (r, d, v) if i in check_ids else None
     src_errs = []
     for r, r2, d, d2, k, T in source_check:
         c = _consistency(np.stack([r, r2]), np.stack([d, d2]), k, T)
@@ -485,7 +490,8 @@ def _read_scene(src: Source, cfg: ImportConfig, progress: bool) -> _Scene:
             src_errs.append(c["median_rel_error"])
     pair_ids = sorted(i for i in check_ids if i + 1 < n)
     upm = cfg.units_per_metre or src.units_per_metre
-    pts = np.concatenate(_points(depth, intr, src.c2w) + [np.zeros((0, 3))])
+    per_frame = _points(depth, intr, src.c2w)
+    pts = np.concatenate(per_frame + [np.zeros((0, 3))])
     if cfg.up == "auto":
         up, up_info = estimate_up(src.c2w, pts)
     else:
@@ -498,13 +504,14 @@ def _read_scene(src: Source, cfg: ImportConfig, progress: bool) -> _Scene:
     heights = (pts @ R.T / upm)[:, 2] if len(pts) else c2w[:, 2, 3]
     floor_z = _floor_height(heights)
     c2w[:, 2, 3] -= floor_z
+    points = [p @ R.T / upm - [0.0, 0.0, floor_z] for p in per_frame]   # as unprojected with c2w, depth_m
     info = {"source": str(src.path), "format": src.format, "frames": n, "source_size": [src.w, src.h],
             "up": up.tolist(), "up_estimate": up_info, "rotation": R.tolist(), "units_per_metre": upm,
             "floor_z_removed_m": floor_z,
             "source_reprojection_median_rel_error": float(np.median(src_errs)) if src_errs else None,
             "imported_reprojection_median_rel_error": _pairs_error(rgb, depth_m, intr, c2w, pair_ids),
             "motion_scale_check": _best_motion_scale(rgb, depth_m, intr, c2w)}
-    return _Scene(src, rgb, depth_m, intr, c2w, info)
+    return _Scene(src, rgb, depth_m, intr, c2w, points, info)
 
 
 def _floor_height(heights: np.ndarray) -> float:
@@ -526,7 +533,7 @@ def _window_bounds(centre: np.ndarray, box) -> np.ndarray:
 
 def _windows_of(scene: _Scene, cfg: ImportConfig) -> list[dict]:
     """The windows of one scene: centre, bounds, frame ids (before the split)."""
-    pts = _points(scene.depth, scene.intr, scene.c2w)
+    pts = scene.points
     allp = np.concatenate(pts + [np.zeros((0, 3))])
     cams = scene.c2w[:, :3, 3]
     lo, hi = cams[:, :2].min(0), cams[:, :2].max(0)
@@ -617,12 +624,12 @@ def import_dataset(src: str | os.PathLike, out: str | os.PathLike, cfg: ImportCo
     try:
         entries, written = [], []
         per_scene_count: dict[int, int] = {}
+        windows_of_scene = Counter(k for k, _ in kept)
         for k, w in tqdm(kept, desc="write windows", disable=not progress, leave=False):
             scene = scenes[k]
             j = per_scene_count.get(k, 0)
             per_scene_count[k] = j + 1
-            many = sum(1 for kk, _ in kept if kk == k) > 1
-            name = f"{scene.source.name}_w{j:02d}" if many else scene.source.name
+            name = f"{scene.source.name}_w{j:02d}" if windows_of_scene[k] > 1 else scene.source.name
             ids = w["frames"]
             offset = np.array([w["centre"][0], w["centre"][1], 0.0])
             c2w = scene.c2w[ids].copy()
@@ -693,7 +700,7 @@ def import_map(scenes: list[_Scene], kept: list[tuple[int, dict]], cfg: ImportCo
     tiles = []
     colours = {"train": (80, 140, 255), "val": (255, 210, 0), "test": (255, 60, 60)}
     for k, scene in enumerate(scenes[:max_scenes]):
-        pts = np.concatenate(_points(scene.depth, scene.intr, scene.c2w, step=4) + [np.zeros((0, 3))])
+        pts = np.concatenate(scene.points + [np.zeros((0, 3))])
         cams = scene.c2w[:, :3, 3]
         corners = [w["bounds"][:, :2] for kk, w in kept if kk == k]
         xy = np.concatenate([pts[:, :2], cams[:, :2]] + corners)

@@ -279,4 +279,4 @@ def _before_after(rows: list[np.ndarray]) -> np.ndarray:
         top, bottom = np.concatenate(list(r[:n]), 1), np.concatenate(list(r[n:]), 1)
         blocks.append(np.concatenate([top, bottom], 0))
         blocks.append(np.full((4, top.shape[1], 3), 255, np.uint8))
-    return upscale(np.concatenate(blocks[:-1], 0)[None], 2)[0]
+    return upscale(np.concatenate(blocks[:-1], 0), 2)
