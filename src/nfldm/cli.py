@@ -325,6 +325,14 @@ def cmd_refine(args) -> int:
     return 0
 
 
+def cmd_view(args) -> int:
+    from nfldm.viewer.server import ViewerConfig, serve
+
+    serve(args.src, ViewerConfig(host=args.host, port=args.port, resolution=args.resolution, device=args.device,
+                                 workdir=args.workdir, run=args.run))
+    return 0
+
+
 def cmd_eval_generation(args) -> int:
     import json
 
@@ -772,6 +780,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-per-window", type=int, default=24, help="fly-through frames per window")
     repaint_args(p)
     p.set_defaults(func=cmd_extend)
+
+    p = sub.add_parser(
+        "view",
+        help="fly through a scene in the browser (rendered live), and sample, edit, extend, refine and save it",
+        description="Serves a viser page at http://HOST:PORT: the scene rendered live by stage 1 from the camera you "
+        "move (drag to look, WASD to walk, Q/E down/up), its mesh, camera path and top-down map in 3D, and a panel to "
+        "sample a new scene (seed, sampler, steps, optional BEV map), inpaint a box picked on the floor map, "
+        "extend the scene, refine it, and save it with the camera path you flew. docs/viewer.md.",
+    )
+    p.add_argument("src", help="a sample folder, a folder of samples, a V .safetensors file, a dataset scene or "
+                   "dataset, or an ldm run / bundle (a first scene is sampled)")
+    p.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: reachable from other machines)")
+    p.add_argument("--resolution", type=int, default=64, help="initial view height in rendered pixels (slider: 16-256)")
+    p.add_argument("--run", default=None, help="ldm run / bundle the page samples and edits with (default: the "
+                   "scene's own, else the shipped bundle)")
+    p.add_argument("--workdir", default=None, help="folder the page's actions write to (default: a temporary "
+                   "folder removed at exit; use Save to keep a scene)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser(
         "quickstart",

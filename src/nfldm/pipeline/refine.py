@@ -49,7 +49,7 @@ from nfldm.scene_ae.load import load_scene_ae
 from nfldm.trainer import resolve_device
 from nfldm.utils.io import atomic_save_png, atomic_write_json
 
-__all__ = ["refine_samples", "sample_folders", "folder_images", "real_frames", "view_checks"]
+__all__ = ["refine_samples", "renderer_path", "sample_folders", "folder_images", "real_frames", "view_checks"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SHEET_FRAMES = 6
@@ -124,7 +124,10 @@ def _load_prior(spec: str | None, device) -> dict:
     return info
 
 
-def _renderer_path(summary: dict | None, renderer: str | None, src: Path) -> Path:
+def renderer_path(summary: dict | None, renderer: str | None, src: Path) -> Path:
+    """The stage-1 run that renders the samples of ``src``: ``renderer`` if given, else the one their
+    samples.json ``summary`` names (renderer, then scene_ae; absolute, or relative to ``src`` or the
+    run), else the shipped bundle's renderer."""
     if renderer is not None:
         return Path(renderer)
     for key in ("renderer", "scene_ae"):
@@ -181,7 +184,7 @@ def refine_samples(samples: str | os.PathLike, out: str | os.PathLike, prior: st
     pinfo = _load_prior(prior, dev)
     pri = pinfo["prior"]
     S = 64 if isinstance(pri, SDImageVariationsPrior) else pri.image_size   # the size frames are embedded at
-    rpath = _renderer_path(summary_in, renderer, src)
+    rpath = renderer_path(summary_in, renderer, src)
     sae = load_scene_ae(rpath, str(dev))
 
     def embed(imgs: np.ndarray) -> torch.Tensor:
