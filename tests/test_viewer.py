@@ -238,3 +238,33 @@ def test_view_bad_input(samples, tmp_path):
         s.listen()
         port = s.getsockname()[1]
         assert "in use" in one_line_error(view(str(samples), "--port", str(port)))
+
+
+def test_viewer_opens_a_dataset_scene_and_samples_from_a_run(tmp_path):
+    """A dataset lists its scenes (test split first) and shows the first encoded by the bundle's stage 1;
+    a run / bundle as SRC samples a first scene into the work folder."""
+    from data_fixtures import make_dataset
+
+    from nfldm.pipeline.bundle import bundled_model
+    from nfldm.viewer.scene import open_source
+    from nfldm.viewer.server import Viewer, ViewerConfig
+
+    make_dataset(tmp_path / "data")
+    src = open_source(tmp_path / "data")
+    assert src.kind == "dataset" and src.items[0][0].startswith("test/")
+    viewer = Viewer(tmp_path / "data", ViewerConfig(port=free_port(), device="cpu"))
+    try:
+        sc = viewer.scene
+        assert sc.kind == "scene" and sc.editable and tuple(sc.V.shape) == (17, 64, 64, 64)
+        assert len(sc.path) == 4 and torch.isfinite(sc.V).all() and float(sc.V[0].max()) > 0
+        rgb, depth, _ = viewer.renderer.render(sc.path[0], viewer.fov_y(), 64, 1.0)
+        assert rgb.shape == (64, 64, 3) and rgb.std() > 1.0 and np.isfinite(depth).all()
+    finally:
+        viewer.stop()
+    viewer = Viewer(bundled_model(), ViewerConfig(port=free_port(), device="cpu", sample_steps=2,
+                                                  workdir=str(tmp_path / "work")))
+    try:
+        assert viewer.source.kind == "run" and viewer.scene.kind == "sample" and viewer.scene.editable
+        assert Path(viewer.scene.folder).parent.parent == tmp_path / "work"
+    finally:
+        viewer.stop()

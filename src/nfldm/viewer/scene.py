@@ -271,7 +271,9 @@ def _encode_scene(path: Path, run: Path | None, sae_of) -> ViewScene:
         raise DataError(f"{path}: frames are {item['images'].shape[-1]}x{item['images'].shape[-2]}, the run's "
                         f"scene-ae ({base}) takes {W}x{H}")
     dev = next(sae.parameters()).device
-    bi, _, _, _ = split_scene(scene_batch(item, dev), sae.cfg.num_input_views)
+    batch = scene_batch(item, dev)
+    k = sae.cfg.num_input_views            # the inputs stage 1 was trained with (all frames of a shorter scene)
+    bi = split_scene(batch, k)[0] if batch["images"].shape[1] > k else batch
     V = sae.encode_batch(bi)["V"][0].float().cpu()
     c2w = item["c2w"].float()
     keys = c2w[torch.linspace(0, len(c2w) - 1, 8).round().long()]

@@ -77,8 +77,10 @@ class ViewerConfig:
 
 
 def port_free(host: str, port: int) -> bool:
-    """Whether ``port`` on ``host`` can be bound now."""
+    """Whether ``port`` on ``host`` can be served on now (nobody listens on it; connections of a server
+    that just stopped, in TIME_WAIT, do not count: the server binds with SO_REUSEADDR as well)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -139,6 +141,7 @@ class _ClientView:
                 continue
             self.last_c2w = c2w
             self.frames += 1
+            self.viewer.frames += 1
             now = time.perf_counter()
             self.t_first = self.t_first or now
             self.render_times = (self.render_times + [dt])[-30:]
@@ -196,7 +199,9 @@ class Viewer:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfldm-view-action")
         self.busy = threading.Lock()
         self.clients: dict[int, _ClientView] = {}
+        self._views: list[_ClientView] = []     # every browser's view, connected or gone (joined at stop)
         self.history: list[dict] = []       # every action run: action, ok, seconds, note
+        self.frames = 0                     # frames rendered for all browsers
         self.server = None
         # the first scene: the source's first item, or a sample of the run
         if self.source.kind == "run":
@@ -213,6 +218,21 @@ class Viewer:
 
     def map_image(self, camera: torch.Tensor | None = None) -> np.ndarray:
         return topdown_image(self.scene, MAP_SIZE, camera, self.box)
+
+    def overview_pose(self) -> torch.Tensor:
+        """A camera above and south of the box looking down at its centre (c2w 4 x 4, OpenGL axes)."""
+        lo, hi = self.scene.bounds[0].double(), self.scene.bounds[1].double()
+        centre = (lo + hi) / 2
+        centre[2] = FLOOR_Z
+        size = float((hi - lo)[:2].max())
+        eye = centre + torch.tensor([0.0, -0.75 * size, 0.9 * size], dtype=torch.float64)
+        back = (eye - centre) / torch.linalg.vector_norm(eye - centre)           # camera +z (it looks along -z)
+        right = torch.linalg.cross(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), back)
+        right = right / torch.linalg.vector_norm(right)
+        up = torch.linalg.cross(back, right)
+        c2w = torch.eye(4, dtype=torch.float64)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, back, eye
+        return c2w.float()
 
     def fov_y(self) -> float:
         intr = self.scene.intrinsics
@@ -256,10 +276,10 @@ class Viewer:
 
     def stop(self) -> None:
         self.stopped.set()
-        for cv in list(self.clients.values()):
+        for cv in self._views:
             cv.close()
-        for cv in list(self.clients.values()):
-            cv.thread.join(timeout=10)
+        for cv in self._views:               # a render thread left running at exit aborts the interpreter
+            cv.thread.join(timeout=30)
         self.worker.shutdown(wait=True, cancel_futures=True)
         if self.server is not None:
             self.server.stop()
@@ -270,6 +290,7 @@ class Viewer:
 
     def _connect(self, client) -> None:
         cv = _ClientView(self, client)
+        self._views.append(cv)
         self.clients[client.client_id] = cv
         cv.goto(self.scene.path[0], self.fov_y())
 
@@ -364,13 +385,16 @@ class Viewer:
             self.show_render = g.add_checkbox("live render (background)", True)
             self.show_mesh = g.add_checkbox("mesh", False)
             self.show_path = g.add_checkbox("camera path", True)
-            self.show_floor_map = g.add_checkbox("map on the floor", True)
+            self.show_floor_map = g.add_checkbox("map on the floor", False,
+                                                 hint="the top-down map lying at z = 0 (shown while picking a box)")
             self.show_render.on_update(lambda _: self._toggle())
             self.show_mesh.on_update(lambda _: self._toggle())
             self.show_path.on_update(lambda _: self._toggle())
             self.show_floor_map.on_update(lambda _: self._toggle())
-            g.add_button("Go to the path's start", icon=None).on_click(
+            g.add_button("Go to the path's start").on_click(
                 lambda ev: self.clients[ev.client.client_id].goto(self.scene.path[0], self.fov_y()))
+            g.add_button("Overview from above").on_click(
+                lambda ev: self.clients[ev.client.client_id].goto(self.overview_pose(), math.radians(50)))
         with g.add_folder("Sample", order=2, expand_by_default=False):
             self.seed = g.add_number("seed", 0, min=0, step=1)
             self.sampler = g.add_dropdown("sampler", SAMPLERS, initial_value="dpm")
@@ -438,6 +462,7 @@ class Viewer:
         if self.picking is None:
             self.server.scene.on_click()(self._click)
         self.picking = []
+        self.show_floor_map.value = True                   # the map to click on
         self.pick_button.label = "... click one corner on the floor map"
 
     def _add_key(self, client) -> None:
