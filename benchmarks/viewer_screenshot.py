@@ -42,11 +42,8 @@ def chromium_path() -> str:
 
 
 def _close_notifications(page) -> None:
-    for close in page.locator("[class*=Notification] button").all():
-        try:
-            close.click(timeout=1000)
-        except Exception:  # noqa: BLE001 - gone already
-            pass
+    """Hide the page's notice that WebGL runs in software (true here, beside the point of the picture)."""
+    page.add_style_tag(content="#webgl-software-rendering { display: none !important; }")
 
 
 def shoot_playwright(url: str, out: Path, size: tuple[int, int], walk: float, overview: Path | None, frames) -> dict:
@@ -74,7 +71,6 @@ def shoot_playwright(url: str, out: Path, size: tuple[int, int], walk: float, ov
         _close_notifications(page)
         page.screenshot(path=str(out))
         if overview is not None:
-            page.get_by_text("mesh", exact=True).first.click()
             page.get_by_text("Overview from above", exact=True).first.click()
             time.sleep(4.0)
             _close_notifications(page)
@@ -97,13 +93,15 @@ def main() -> None:
     ap.add_argument("--size", default="1400x860", help="window WxH")
     ap.add_argument("--walk", type=float, default=0.6, help="seconds of holding W before the shot (frames/s measured)")
     ap.add_argument("--resolution", type=int, default=64, help="view height in rendered pixels")
+    ap.add_argument("--start-frame", type=int, default=0, help="start at this frame of the scene's camera path")
     ap.add_argument("--overview", default=None, help="also write the mesh and path seen from above to this PNG")
     args = ap.parse_args()
     from nfldm.viewer.server import Viewer, ViewerConfig
 
     w, h = (int(v) for v in args.size.split("x"))
     port = free_port()
-    viewer = Viewer(args.src, ViewerConfig(port=port, device="cpu", resolution=args.resolution)).start()
+    viewer = Viewer(args.src, ViewerConfig(port=port, device="cpu", resolution=args.resolution,
+                                                   start_frame=args.start_frame)).start()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

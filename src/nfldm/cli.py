@@ -329,7 +329,7 @@ def cmd_view(args) -> int:
     from nfldm.viewer.server import ViewerConfig, serve
 
     serve(args.src, ViewerConfig(host=args.host, port=args.port, resolution=args.resolution, device=args.device,
-                                 workdir=args.workdir, run=args.run))
+                                 workdir=args.workdir, run=args.run, start_frame=args.start_frame))
     return 0
 
 
@@ -794,6 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: reachable from other machines)")
     p.add_argument("--resolution", type=int, default=64, help="initial view height in rendered pixels (slider: 16-256)")
+    p.add_argument("--start-frame", type=int, default=0, help="start at this frame of the scene's camera path")
     p.add_argument("--run", default=None, help="ldm run / bundle the page samples and edits with (default: the "
                    "scene's own, else the shipped bundle)")
     p.add_argument("--workdir", default=None, help="folder the page's actions write to (default: a temporary "

@@ -59,7 +59,8 @@ class ViewerConfig:
     ``workdir``: where actions write their sample folders (None: a temporary folder, removed at
     exit); ``run``: the ldm run / bundle actions sample with (None: the scene's own, else the
     bundle); ``upscale``: the background image is sent at this many screen pixels per rendered
-    pixel (nearest, so the renderer's pixels stay visible); ``image_format``: jpeg or png (lossless)."""
+    pixel (nearest, so the renderer's pixels stay visible); ``image_format``: jpeg or png (lossless);
+    ``start_frame``: the frame of the scene's camera path a browser starts at."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -74,6 +75,7 @@ class ViewerConfig:
     sample_steps: int = 20
     edit_steps: int = 25
     refine_steps: int = 60
+    start_frame: int = 0                # a browser starts at this frame of the scene's camera path
 
 
 def port_free(host: str, port: int) -> bool:
@@ -252,7 +254,7 @@ class Viewer:
             self._refresh_panel()
             for cv in list(self.clients.values()):
                 if move_cameras:
-                    cv.goto(scene.path[0], self.fov_y())
+                    cv.goto(self.start_pose(), self.fov_y())
                 cv.wake.set()
 
     # ------------------------------------------------------------------------------- serving
@@ -292,7 +294,11 @@ class Viewer:
         cv = _ClientView(self, client)
         self._views.append(cv)
         self.clients[client.client_id] = cv
-        cv.goto(self.scene.path[0], self.fov_y())
+        cv.goto(self.start_pose(), self.fov_y())
+
+    def start_pose(self) -> torch.Tensor:
+        """The camera a browser starts at: frame ``cfg.start_frame`` of the scene's path (clamped)."""
+        return self.scene.path[min(max(0, self.cfg.start_frame), len(self.scene.path) - 1)]
 
     def _disconnect(self, client) -> None:
         cv = self.clients.pop(client.client_id, None)
@@ -313,11 +319,13 @@ class Viewer:
         H = 2 * float(sc.intrinsics[3])
         W = 2 * float(sc.intrinsics[2])
         fov, aspect = 2 * math.atan((H / 2) / float(sc.intrinsics[1])), (W / float(sc.intrinsics[0])) / (H / float(sc.intrinsics[1]))
-        s.remove_by_name("/keyframes")
+        for h in getattr(self, "_key_handles", []):
+            h.remove()
+        self._key_handles = []
         for k, key in enumerate(sc.keyframes):
             wxyz, p = viser_from_c2w(key)
-            s.add_camera_frustum(f"/keyframes/{k}", fov, aspect, scale=0.4, color=(220, 30, 30), wxyz=wxyz, position=p,
-                                 visible=bool(self.show_path.value))
+            self._key_handles.append(s.add_camera_frustum(f"/keyframes/{k}", fov, aspect, scale=0.4, color=(220, 30, 30),
+                                                          wxyz=wxyz, position=p, visible=bool(self.show_path.value)))
         lo, hi = sc.bounds[0].tolist(), sc.bounds[1].tolist()
         s.add_image("/map", topdown_image(sc, 256), hi[0] - lo[0], hi[1] - lo[1],
                     position=((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, FLOOR_Z - 0.02), format="png",
@@ -384,7 +392,7 @@ class Viewer:
             self.pick_scene.on_update(lambda ev: self._act(ev, "open", self._open_item))
             self.show_render = g.add_checkbox("live render (background)", True)
             self.show_mesh = g.add_checkbox("mesh", False)
-            self.show_path = g.add_checkbox("camera path", True)
+            self.show_path = g.add_checkbox("camera path", False, hint="the scene's path and keyframes (red)")
             self.show_floor_map = g.add_checkbox("map on the floor", False,
                                                  hint="the top-down map lying at z = 0 (shown while picking a box)")
             self.show_render.on_update(lambda _: self._toggle())
@@ -392,9 +400,8 @@ class Viewer:
             self.show_path.on_update(lambda _: self._toggle())
             self.show_floor_map.on_update(lambda _: self._toggle())
             g.add_button("Go to the path's start").on_click(
-                lambda ev: self.clients[ev.client.client_id].goto(self.scene.path[0], self.fov_y()))
-            g.add_button("Overview from above").on_click(
-                lambda ev: self.clients[ev.client.client_id].goto(self.overview_pose(), math.radians(50)))
+                lambda ev: self.clients[ev.client.client_id].goto(self.start_pose(), self.fov_y()))
+            g.add_button("Overview from above").on_click(self._overview)
         with g.add_folder("Sample", order=2, expand_by_default=False):
             self.seed = g.add_number("seed", 0, min=0, step=1)
             self.sampler = g.add_dropdown("sampler", SAMPLERS, initial_value="dpm")
@@ -437,13 +444,23 @@ class Viewer:
                              f"renderer `{sc.renderer}`" + "".join(f"  \n*{n}*" for n in notes))
         self.keys_info.content = f"{len(self.user_keys)} camera keyframes flown"
 
+    def _overview(self, event) -> None:
+        """The browser's camera above the scene, the mesh and the camera path shown."""
+        self.show_mesh.value = True
+        self.show_path.value = True
+        cv = self.clients.get(event.client.client_id)
+        if cv is not None:
+            cv.goto(self.overview_pose(), math.radians(50))
+
     def _toggle(self) -> None:
         s = self.server.scene
         for name, on in (("/mesh", self.show_mesh.value), ("/path", self.show_path.value),
-                         ("/keyframes", self.show_path.value), ("/map", self.show_floor_map.value)):
+                         ("/map", self.show_floor_map.value)):
             h = s.get_handle_by_name(name)
             if h is not None:
                 h.visible = bool(on)
+        for h in getattr(self, "_key_handles", []):
+            h.visible = bool(self.show_path.value)
         if not self.show_render.value:
             for cv in list(self.clients.values()):
                 cv.client.scene.set_background_image(None)
