@@ -586,8 +586,10 @@ class Viewer:
 
         self._need_latents("extend")
         out = self._out("extend")
+        # a sample that followed a map: its map ends at its box, so the new windows are unconditional
+        run = None if self._bev_of_scene() is not None and self.cfg.run is None else self._run_of_scene()
         extend_scene(self.scene.folder, self.direction.value, out, windows=int(self.windows.value),
-                     run=self._run_of_scene(), bev=None, seed=int(self.seed.value), steps=int(self.edit_steps.value),
+                     run=run, bev=None, seed=int(self.seed.value), steps=int(self.edit_steps.value),
                      device=self.device, progress=self.progress)
         return self._load(out / "sample_0000")
 
@@ -598,8 +600,8 @@ class Viewer:
         if self.scene.kind != "sample":
             raise ValueError("refine works on generated samples; sample or save this scene as a sample first")
         out = self._out("refine")
-        refine_samples(self.scene.folder, out, cfg=SDSConfig(steps=int(self.refine_steps.value)), device=self.device,
-                       progress=self.progress)
+        refine_samples(self.scene.folder, out, cfg=SDSConfig(steps=int(self.refine_steps.value)),
+                       renderer=str(self.scene.renderer), device=self.device, progress=self.progress)
         return self._load(out / "sample_0000")
 
     def _save_action(self) -> str:
