@@ -33,7 +33,7 @@ from nfldm.data.format import (
 )
 from nfldm.utils.io import atomic_write_bytes
 
-__all__ = ["SceneDataset", "pack_dataset", "cache_path", "load_scene_arrays", "CACHE_DIR"]
+__all__ = ["SceneDataset", "scene_item", "pack_dataset", "cache_path", "load_scene_arrays", "CACHE_DIR"]
 
 CACHE_DIR = ".nfldm_cache"
 CACHE_FORMAT = "nfldm-scene-cache"
@@ -203,6 +203,22 @@ class SceneDataset(Dataset):
             "frame_ids": torch.from_numpy(ids).long(),
             "name": entry.name,
         }
+
+
+def scene_item(path: str | os.PathLike) -> dict:
+    """The :class:`SceneDataset` item (all frames) of one scene folder: read through its dataset
+    (dataset.json one folder up; its split) when it belongs to one, else as a one-scene dataset."""
+    from nfldm.data.format import read_dataset
+
+    path = Path(path)
+    root, split = path, "train"
+    if (path.parent / "dataset.json").is_file():
+        for e in read_dataset(path.parent).scenes:
+            if Path(e.path).resolve() == path.resolve():
+                root, split = path.parent, e.split
+    ds = SceneDataset(root, split)
+    names = [e.name for e in ds.entries]
+    return ds[names.index(path.name) if path.name in names else 0]
 
 
 def pack_dataset(root: str | os.PathLike, progress: bool = True) -> list[Path]:

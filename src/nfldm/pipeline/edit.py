@@ -34,8 +34,8 @@ from torch import Tensor
 
 from nfldm import camera
 from nfldm.data.bev import bev_grid, read_bev, write_bev
-from nfldm.data.format import DataError, read_dataset
-from nfldm.data.loader import SceneDataset
+from nfldm.data.format import DataError
+from nfldm.data.loader import scene_item
 from nfldm.data.tensors import read_safetensors
 from nfldm.ldm.inpaint import footprint_masks, inpaint_latents
 from nfldm.ldm.trajectory import encode_trajectory
@@ -110,15 +110,7 @@ def load_scene(src: str | os.PathLike, pipe: dict) -> SceneLatents:
                             t["bounds"].float(), t["intrinsics"].float(), str(sf.parent))
     if not (src / "transforms.json").is_file():
         raise DataError(f"{src}: neither a sample folder (V.safetensors) nor a scene folder (transforms.json)")
-    root, split = src, "train"
-    if (src.parent / "dataset.json").is_file():
-        for e in read_dataset(src.parent).scenes:
-            if Path(e.path).resolve() == src.resolve():
-                root, split = src.parent, e.split
-    ds = SceneDataset(root, split)
-    names = [e.name for e in ds.entries]
-    i = names.index(src.name) if src.name in names else 0
-    item = ds[i]
+    item = scene_item(src)
     sae = pipe["scene_ae"]
     H, W = sae.cfg.image_hw()
     if tuple(item["images"].shape[-2:]) != (H, W):

@@ -252,20 +252,13 @@ def load_item(path: Path, run: Path | None, device: str = "cpu", cache: dict | N
 @torch.no_grad()
 def _encode_scene(path: Path, run: Path | None, sae_of) -> ViewScene:
     """A dataset scene encoded into V by the run's stage 1 (scene-ae), rendered by it."""
-    from nfldm.data.loader import SceneDataset
+    from nfldm.data.loader import scene_item
     from nfldm.scene_ae.evaluate import split_scene
     from nfldm.scene_ae.model import scene_batch
 
     _, base = scene_renderer(run)
     sae = sae_of(base)
-    root, split, name = path, "train", path.name
-    if (path.parent / "dataset.json").is_file():
-        for e in read_dataset(path.parent).scenes:
-            if Path(e.path).resolve() == path.resolve():
-                root, split = path.parent, e.split
-    ds = SceneDataset(root, split)
-    names = [e.name for e in ds.entries]
-    item = ds[names.index(name) if name in names else 0]
+    item = scene_item(path)
     H, W = sae.cfg.image_hw()
     if tuple(item["images"].shape[-2:]) != (H, W):
         raise DataError(f"{path}: frames are {item['images'].shape[-1]}x{item['images'].shape[-2]}, the run's "
@@ -277,8 +270,8 @@ def _encode_scene(path: Path, run: Path | None, sae_of) -> ViewScene:
     V = sae.encode_batch(bi)["V"][0].float().cpu()
     c2w = item["c2w"].float()
     keys = c2w[torch.linspace(0, len(c2w) - 1, 8).round().long()]
-    return ViewScene(name, V, item["bounds"].float(), item["intrinsics"][0].float(), c2w, keys, path, "scene",
-                     Path(base), run, True, {"split": split})
+    return ViewScene(path.name, V, item["bounds"].float(), item["intrinsics"][0].float(), c2w, keys, path, "scene",
+                     Path(base), run, True, {})
 
 
 def world_to_map(xy, bounds: Tensor, size: int) -> tuple[float, float]:
