@@ -45,7 +45,7 @@ def new_trainer(run_dir, cfg=None, hidden=16, model_seed=0, resume=False, callba
 
 def losses(run_dir) -> list[tuple[int, float]]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
 
 
 def rng_eater(trainer, step, metrics):
@@ -279,3 +279,48 @@ def test_set_switches_take_words_and_refuse_other_values():
         apply_overrides(M(), TrainConfig(), {"flag": "maybe"}, "test")
     with pytest.raises(ValueError, match="is a switch"):
         apply_overrides(M(), TrainConfig(), {"flag": 2}, "test")
+
+
+def val_lines(run_dir) -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "val_loss" in r]
+
+
+def test_held_out_measurement_and_plateau_stop(tmp_path):
+    """val_every measures the held-out value with the same draws each time (a model that does not
+    change measures the same number), patience stops training at the plateau, a stopped run stays
+    stopped on resume, and a killed + resumed run measures the same held-out values."""
+    held_out = ToyDataset(6)
+    # lr 0: the weights never change, so every measurement is the same number: stops after 2 more
+    cfg = make_cfg(lr=0.0, val_every=2, patience=2, val_metric="mse")
+    torch.manual_seed(0)
+    tr = Trainer(ToyModel(), ToyDataset(10), cfg, tmp_path / "flat", run_config(cfg), val_dataset=held_out)
+    with pytest.warns(UserWarning, match="held-out mse has not improved"):
+        out = tr.fit()
+    vals = val_lines(tmp_path / "flat")
+    assert [v["step"] for v in vals] == [2, 4, 6] and out["step"] == 6
+    assert vals[0]["val_loss"] == vals[1]["val_loss"] == vals[2]["val_loss"]
+    assert out["stopped_early"] and out["val_best_step"] == 2
+    again = Trainer(ToyModel(), ToyDataset(10), cfg, tmp_path / "flat", run_config(cfg), resume=True,
+                    val_dataset=held_out)
+    assert again.val_state["stopped"] and again.fit()["step"] == 6
+
+    # learning: held-out values fall, no stop; killed at step 5 and resumed: the same values
+    cfg = make_cfg(val_every=2, patience=50)
+
+    def trainer(run, resume=False, callbacks=None):
+        torch.manual_seed(0)
+        return Trainer(ToyModel(), ToyDataset(10), cfg, run, run_config(cfg), resume=resume, callbacks=callbacks,
+                       val_dataset=held_out)
+
+    out = trainer(tmp_path / "a").fit()
+    assert out["step"] == 12 and not out["stopped_early"]
+    va = val_lines(tmp_path / "a")
+    assert [v["step"] for v in va] == [2, 4, 6, 8, 10, 12] and va[-1]["val_loss"] < va[0]["val_loss"]
+    with pytest.raises(Stop):
+        trainer(tmp_path / "b", callbacks=[stop_at(5)]).fit()
+    trainer(tmp_path / "b", resume=True).fit()
+    assert val_lines(tmp_path / "b") == va
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")        # training itself untouched by measuring
+    with pytest.raises(ValueError, match="patience"):
+        make_cfg(patience=-1)

@@ -111,6 +111,13 @@ class TrainConfig:
     max_minutes: float = 0.0       # 0 = no limit; else stop (checkpoint + model) after this much
                                    # training time, counted over resumes; the lr schedule stays
                                    # the one for `steps`
+    val_every: int = 0             # 0 = off; else every this many steps the held-out value (below)
+                                   # is measured on the validation set given to the Trainer
+    val_items: int = 16            # held-out items per measurement (the same items and noise each time)
+    val_metric: str = "loss"       # the value of training_loss's (loss, metrics) that is tracked
+    patience: int = 0              # 0 = never stop early; else stop (checkpoint + model) after this
+                                   # many measurements without a relative improvement of at least
+    min_improvement: float = 0.005  # ... this over the best held-out value so far
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -123,6 +130,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.amp must be auto|bf16|fp16|off, got {self.amp!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.val_every < 0 or self.val_items < 1 or self.patience < 0 or self.min_improvement < 0:
+            raise ValueError(f"TrainConfig: need val_every >= 0, val_items >= 1, patience >= 0 and "
+                             f"min_improvement >= 0; got {self.val_every}, {self.val_items}, {self.patience}, "
+                             f"{self.min_improvement}")
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict (betas as a list)."""
@@ -488,17 +499,33 @@ class Trainer:
     ``callbacks``: callables ``cb(trainer, step, metrics)`` run on rank 0 after each logged
     step (``step`` = updates done, ``metrics`` = the logged record). They run with the global
     RNG state saved and restored around them and the model is put back in train mode after.
+
+    ``val_dataset`` (with ``cfg.val_every``): every ``val_every`` steps rank 0 measures
+    ``cfg.val_metric`` of ``training_loss`` (the EMA model's, when EMA is on; no gradient) on the
+    same ``cfg.val_items`` held-out items with the same random draws (noise, views) each time, and
+    logs it as ``val_loss`` (with ``val_best``, ``val_best_step``) in metrics.jsonl. With
+    ``cfg.patience``, training stops once that many measurements in a row failed to improve the
+    best by ``cfg.min_improvement`` (relative): the step at which the stage stops improving on
+    held-out data. The record is kept in the checkpoint, so a resumed run continues it (and a
+    run that stopped stays stopped); ``trainer.val_state`` holds it.
     """
 
     def __init__(self, model: nn.Module, dataset, cfg: TrainConfig, run_dir: str | os.PathLike,
                  run_config: dict, resume: bool = False,
-                 callbacks: list[Callable[["Trainer", int, dict], Any]] | None = None):
+                 callbacks: list[Callable[["Trainer", int, dict], Any]] | None = None,
+                 val_dataset=None):
         if not callable(getattr(model, "training_loss", None)):
             raise TypeError(f"{type(model).__name__} has no training_loss(batch, step) method")
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks or [])
         self.run_config = _jsonable(run_config)
+        self.val_dataset = val_dataset if cfg.val_every else None
+        if cfg.val_every and (val_dataset is None or len(val_dataset) == 0):
+            warnings.warn(f"{run_dir}: val_every={cfg.val_every} but no held-out items: no held-out measurement, "
+                          "no early stop")
+            self.val_dataset = None
+        self.val_state: dict = {"best": None, "best_step": None, "bad": 0, "stopped": False, "last": None}
 
         # -- processes and device
         owned = not dist.is_initialized()
@@ -624,6 +651,8 @@ class Trainer:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
+        if state.get("val"):
+            self.val_state.update(state["val"])
         rngs = state["rng"]
         if len(rngs) == self.world_size:
             _set_rng_state(rngs[self.rank], self.device)
@@ -781,7 +810,7 @@ class Trainer:
             self.model.train()
             t_start = time.perf_counter()
             last_log_t, last_log_step = t_start, self.step
-            while self.step < cfg.steps:
+            while self.step < cfg.steps and not self.val_state["stopped"]:
                 # set_epoch may draw from the global RNGs: give it its own seeded stream
                 if hasattr(self.dataset, "set_epoch"):
                     with _isolated_rng(self.device, seed=_mix(cfg.seed, self.epoch, 2)):
@@ -806,11 +835,13 @@ class Trainer:
                                                      f"last checkpoint in {self.run_dir}")
                         if is_main:
                             self._run_callbacks(step, record)
+                    if self.val_dataset is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                        self._validate(step, metrics_file, tb)
                     if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
                         self._save_checkpoint(self._elapsed_before + time.perf_counter() - t_start)
-                    if self.step >= cfg.steps or self._out_of_time(t_start):
+                    if self.step >= cfg.steps or self.val_state["stopped"] or self._out_of_time(t_start):
                         break
-                if self.time_limited:
+                if self.time_limited or self.val_state["stopped"]:
                     break
             if self._ckpt_step != self.step:
                 self._save_checkpoint(self._elapsed_before + time.perf_counter() - t_start)
@@ -836,6 +867,10 @@ class Trainer:
                 self._owns_process_group = False
         if not self.last_metrics:
             self.last_metrics = self._last_logged()
+        if self.val_state["best"] is not None:
+            vs = self.val_state
+            self.last_metrics = {**self.last_metrics, "val_best": vs["best"], "val_best_step": vs["best_step"],
+                                 "stopped_early": bool(vs["stopped"])}
         return self.last_metrics
 
     # ---- logging and files (rank 0 unless noted)
@@ -859,6 +894,67 @@ class Trainer:
         if pbar is not None:
             pbar.set_postfix(loss=f"{record['loss']:.4g}", steps_per_s=f"{record['steps_per_s']:.2f}")
 
+    @torch.no_grad()
+    def _held_out_value(self, step: int) -> float:
+        """Mean ``cfg.val_metric`` of the (EMA) model's ``training_loss`` over the first
+        ``cfg.val_items`` items of the validation set (evenly spaced), batches of the local batch
+        size, under a fixed random stream (the same draws at every measurement)."""
+        from torch.utils.data import default_collate
+
+        cfg, ds = self.cfg, self.val_dataset
+        n = min(cfg.val_items, len(ds))
+        idx = np.unique(np.round(np.linspace(0, len(ds) - 1, n)).astype(int)).tolist()
+        model = self.ema_model()
+        was = model.training
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            with _isolated_rng(self.device, seed=_mix(cfg.seed, 7919)):
+                for i in range(0, len(idx), self.local_batch):
+                    batch = _to_device(default_collate([ds[j] for j in idx[i:i + self.local_batch]]), self.device)
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                        enabled=self.amp_dtype is not None):
+                        loss, metrics = model.training_loss(batch, step)
+                    value = loss if cfg.val_metric == "loss" else metrics.get(cfg.val_metric)
+                    if value is None:
+                        raise ValueError(f"val_metric {cfg.val_metric!r} is not among the training "
+                                         f"metrics {sorted(metrics)}")
+                    k = len(idx[i:i + self.local_batch])
+                    total, count = total + float(value) * k, count + k
+        finally:
+            model.train(was)
+        return total / max(count, 1)
+
+    def _validate(self, step: int, metrics_file, tb) -> None:
+        """Measure the held-out value (rank 0), update the best / patience record, log it, and
+        decide (all ranks agree) whether to stop."""
+        cfg, vs = self.cfg, self.val_state
+        stop = torch.zeros(1, device=self.device)
+        if self.rank == 0:
+            value = self._held_out_value(step)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"step {step}: held-out {cfg.val_metric} is {value}")
+            if vs["best"] is None or value < vs["best"] * (1.0 - cfg.min_improvement):
+                vs.update(best=value, best_step=step, bad=0)
+            else:
+                vs["bad"] += 1
+            vs["last"] = value
+            if cfg.patience and vs["bad"] >= cfg.patience:
+                stop[0] = 1.0
+            record = {"step": step, "val_loss": value, "val_best": vs["best"], "val_best_step": vs["best_step"]}
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            if tb is not None:
+                tb.add_scalar("val_loss", value, step)
+        if self.world_size > 1:
+            dist.broadcast(stop, 0)
+        if bool(stop.item()):
+            vs["stopped"] = True
+            if self.rank == 0:
+                warnings.warn(f"stopping at step {step} of {cfg.steps}: held-out {cfg.val_metric} has not improved "
+                              f"by {cfg.min_improvement:.1%} for {cfg.patience} measurements (best "
+                              f"{vs['best']:.5g} at step {vs['best_step']})")
+
     def _run_callbacks(self, step: int, record: dict) -> None:
         for cb in self.callbacks:
             with _isolated_rng(self.device):
@@ -867,8 +963,9 @@ class Trainer:
 
     def _last_logged(self) -> dict:
         try:
-            lines = (self.run_dir / METRICS_FILE).read_text().splitlines()
-            return json.loads(lines[-1]) if lines else {}
+            records = [json.loads(ln) for ln in (self.run_dir / METRICS_FILE).read_text().splitlines()]
+            train = [r for r in records if "loss" in r]          # not the held-out lines
+            return train[-1] if train else {}
         except (OSError, ValueError):
             return {}
 
@@ -900,7 +997,7 @@ class Trainer:
                 "config_hash": _config_hash(self.run_config), "ema": self._ema is not None,
                 "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "rng": rngs,
+                "rng": rngs, "val": self.val_state,
             }
             text = json.dumps(state, indent=1)
             meta = {"format": CKPT_FORMAT, "ckpt_id": state["ckpt_id"], "step": str(self.step),

@@ -87,7 +87,13 @@ def train_latent_ae(voxels: str | os.PathLike, out: str | os.PathLike, preset_na
     run_config = {"stage": STAGE, "preset": preset_name, "voxels": str(Path(voxels).resolve()),
                   "scene_ae": _scene_ae_of(index), "stats": index["stats"], "model": run_model_config(cfg),
                   "train": p.train.to_dict()}
-    trainer = Trainer(model, dataset, p.train, out, run_config, resume=resume)
+    held_out = None
+    if p.train.val_every:
+        try:
+            held_out = VoxelDataset(voxels, "val", index=index)
+        except (DataError, ValueError):
+            held_out = None          # no val scenes: the trainer warns
+    trainer = Trainer(model, dataset, p.train, out, run_config, resume=resume, val_dataset=held_out)
     return trainer.fit()
 
 

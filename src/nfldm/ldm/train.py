@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nfldm.data.format import DataError
 from nfldm.config import apply_overrides
 from nfldm.latent_ae.latents import latent_mode, read_latent_index
 from nfldm.ldm.config import (FIXED_BY_LATENTS, LEVELS, LEVELS_OF_MODE, LDMConfig, config_from_dict, preset,
@@ -219,6 +220,12 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume,
             run_config["init_from"] = init_level_from(model, init_from, index["stats"])
         if train_scenes:        # absent otherwise, so earlier runs resume as before
             run_config["train_scenes"] = {"first": train_scenes, "files": len(ds)}
-        trainer = Trainer(model, ds, tcfg, Path(out) / lv, run_config, resume=resume)
+        held_out = None
+        if tcfg.val_every:
+            try:
+                held_out = LatentDataset(latents, "val", cfg.traj_frames, index=index)
+            except (DataError, ValueError):
+                held_out = None      # no val scenes: the trainer warns
+        trainer = Trainer(model, ds, tcfg, Path(out) / lv, run_config, resume=resume, val_dataset=held_out)
         results[lv] = trainer.fit()
     return results

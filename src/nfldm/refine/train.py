@@ -102,7 +102,15 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
                   "frames": len(ds), "model": asdict(cfg), "train": tcfg.to_dict(),
                   "embedding": {"network": "efficientnet-lite0 (pooled features)" if embedder is None
                                 else type(embedder).__name__, "file": EMBEDDINGS_FILE}}
-    trainer = Trainer(model, ds, tcfg, out, run_config, resume=resume)      # checks / makes the run folder
+    held_out = None
+    if tcfg.val_every and split == "train":
+        try:
+            val_images = real_images(data, "val", 4 * tcfg.val_items)
+            held_out = FrameEmbeddings(val_images, embed_images(val_images, dev, embedder, False), cfg.image_size)
+        except (DataError, ValueError):
+            held_out = None          # no val frames: the trainer warns
+    trainer = Trainer(model, ds, tcfg, out, run_config, resume=resume,      # checks / makes the run folder
+                      val_dataset=held_out)
     if trainer.rank == 0:
         write_safetensors(emb_file, {"mean": emb.mean(0), "frames": emb},
                           {"network": run_config["embedding"]["network"], "split": split, "count": str(len(emb))})

@@ -131,8 +131,11 @@ def train_scene_ae(data: str | os.PathLike, out: str | os.PathLike, preset_name:
                              "(the CLI) or nfldm.pipeline.renderer.train_scene_ae")
         source = v_source(cfg, [e.name for e in train_ds.entries], base, init_from)
     every = max(p.train.ckpt_every, p.train.log_every)
+    held_out = None
+    if p.train.val_every and val_ds is not None:   # the val scenes drawn as the train ones are
+        held_out = SceneDataset(data, "val", num_views=need, cache=True, seed=p.train.seed)
     trainer = Trainer(model, train_ds, p.train, out, run_config, resume=resume,
-                      callbacks=[PreviewCallback(val_ds, every)])
+                      callbacks=[PreviewCallback(val_ds, every)], val_dataset=held_out)
     trainer.model.latent_source = source      # after the EMA copy: it needs no second one
     return trainer.fit()
 
