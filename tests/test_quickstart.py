@@ -1,5 +1,7 @@
 """``nfldm quickstart``: end to end at smoke size (killed with SIGKILL and resumed), the report's
-artefacts, the bundle, ``nfldm sample`` without ``--run``, and one-line user errors."""
+artefacts, the bundle, ``nfldm sample`` without ``--run``, and one-line user errors; the optional
+stages (renderer, BEV levels, image prior) end to end at smoke size, and the release preset's
+config and plan (never trained here)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nfldm.pipeline.quickstart.config import STAGE_NAMES
+from nfldm.pipeline.quickstart.config import STAGE_NAMES, preset, stage_list
+
+SMOKE_STAGES = [n for n, _ in stage_list(preset("smoke"))]
 
 CLI = [sys.executable, "-m", "nfldm.cli"]
 
@@ -78,7 +82,7 @@ def run(tmp_path_factory) -> dict:
 def test_killed_run_resumes_and_finishes(run):
     out = run["out"]
     state = json.loads((out / "state.json").read_text())
-    assert list(state["stages"]) == list(STAGE_NAMES)
+    assert list(state["stages"]) == SMOKE_STAGES
     assert len(state["sessions"]) == 2
     first = run["first"]["stages"]
     if run["killed_in"] == "ldm" and "ldm" not in first:
@@ -130,7 +134,7 @@ def test_rerun_is_a_no_op_and_other_options_are_refused(run):
     before = (out / "state.json").read_text()
     res = nfldm("quickstart", "--smoke", "--out", str(out), "--quiet")
     assert res.returncode == 0
-    assert res.stdout.count(" done ") >= len(STAGE_NAMES)
+    assert res.stdout.count(" done ") >= len(SMOKE_STAGES)
     after = json.loads((out / "state.json").read_text())
     assert after["stages"] == json.loads(before)["stages"]
     line = one_line_error(nfldm("quickstart", "--smoke", "--out", str(out), "--budget-minutes", "4"))
@@ -268,9 +272,14 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     assert index["bev"]["channels"] == 4 and len(index["bev"]["typical_heights"]) == 2
     rc = json.loads((ldm / "c" / "config.json").read_text())
     assert rc["model"]["bev"] is True and rc["model"]["bev_size"] == index["bev"]["size"] and "bev" in rc
-    # levels trained on other latents are refused
+    # levels trained on the latents of another latent-ae are refused (the shipped bundle's is another;
+    # OUT/ldm is not: it was trained on the run this bundle's latent-ae was exported from)
+    from nfldm.pipeline.bundle import PACKAGED
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(PACKAGED, shipped, ignore=shutil.ignore_patterns("bev", "image_prior", "renderer"))
     with pytest.raises(ValueError, match="another latent-ae"):
-        add_levels(bundle, out / "ldm")
+        add_levels(shipped, ldm)
     info = add_levels(bundle, ldm)
     assert set(info["levels"]["bev"]["steps"]) == {"g", "c", "f"} and (bundle / "bev" / "c" / "model.safetensors").exists()
     assert "BEV-map-conditioned levels" in (bundle / "MODEL_CARD.md").read_text()
@@ -373,3 +382,192 @@ def test_edit_and_extend_a_scene(run, tmp_path):
     line = one_line_error(nfldm("extend", "--run", str(bundle), "--scene", str(scene), "--direction", "+x",
                                 "--overlap", "1.5", "--out", str(tmp_path / "e5")))
     assert "overlap" in line
+
+
+# ------------------------------------------------------------------ presets and the optional stages
+
+BASE_STAGES = ["collect", "check", "scene_ae", "eval_scene_ae", "encode_voxels", "latent_ae", "eval_latent_ae",
+               "encode_latents", "ldm", "sample", "eval_generation", "bundle", "report"]
+EXTRAS = ("renderer", "bev_ldm", "image_prior")
+
+
+def test_default_and_smoke_presets_keep_their_stages_and_budgets():
+    from nfldm.pipeline.quickstart.config import EXTRA_FIELDS
+    from nfldm.pipeline.quickstart.run import plan
+
+    for name in ("default", "smoke"):
+        cfg = preset(name)
+        assert cfg.extras == ()
+        rows = plan(cfg)
+        assert [r[0] for r in rows] == BASE_STAGES
+        minutes = {r[0]: r[2] for r in rows}
+        total = sum(minutes[k] for k in ("scene_ae", "latent_ae", "ldm"))
+        for k, share in zip(("scene_ae", "latent_ae", "ldm"), cfg.train_shares):
+            assert minutes[k] == pytest.approx(total * share / sum(cfg.train_shares))
+        assert sum(minutes.values()) == pytest.approx(cfg.budget_minutes)
+        # stored as before the optional stages existed: old folders resume
+        assert not set(EXTRA_FIELDS) & set(cfg.to_dict())
+    assert plan(preset("default"))[2][2] == pytest.approx(17.53, abs=0.01)     # scene_ae's minutes, as before
+
+
+def test_release_preset_config_and_plan():
+    """The release recipe: >= 2,000 windows spread over every map of the collector's fixed split,
+    the stages' own tiny presets (no narrowing), every optional stage with a positive budget,
+    held-out plateau stopping in each stage, all within the 24-hour cap. Only configs are built."""
+    from nfldm.config import apply_overrides
+    from nfldm.data.vizdoom import map_split
+    from nfldm.latent_ae.config import preset as lae_preset
+    from nfldm.ldm.config import preset as ldm_preset
+    from nfldm.ldm.train import _split_overrides
+    from nfldm.pipeline.quickstart.run import fixed_estimate_s, plan
+    from nfldm.refine.config import preset as prior_preset
+    from nfldm.scene_ae.config import preset as sae_preset
+
+    cfg = preset("release")
+    assert cfg.scenes >= 2000 and (cfg.frames, cfg.resolution) == (24, 64)
+    assert cfg.extras == EXTRAS and cfg.budget_minutes == 1440
+    # as the collector shares the scenes out (10 % test, 10 % val): every map of every split gets some
+    n_test, n_val = round(0.1 * cfg.scenes), round(0.1 * cfg.scenes)
+    split = map_split()
+    for name, n in (("train", cfg.scenes - n_test - n_val), ("val", n_val), ("test", n_test)):
+        assert n >= len(split[name]), name
+    rows = plan(cfg)
+    assert [r[0] for r in rows] == list(STAGE_NAMES)
+    minutes = {r[0]: r[2] for r in rows}
+    assert all(minutes[k] > 30 for k in EXTRAS)
+    assert sum(minutes.values()) <= cfg.budget_minutes + 1e-6
+    train = ("scene_ae", "latent_ae", "ldm") + EXTRAS
+    shares = dict(zip(train, cfg.train_shares + cfg.extra_shares))
+    total = sum(minutes[k] for k in train)
+    assert total == pytest.approx(cfg.budget_minutes - fixed_estimate_s(cfg) / 60)
+    for k in train:
+        assert minutes[k] == pytest.approx(total * shares[k] / sum(shares.values()))
+    # the tiny presets (psi_c, psi_f narrowed to fit the 60 MB bundle), plus the held-out stop
+    val = {"val_every": 500, "patience": 8}
+    assert cfg.scene_ae_set == val and cfg.latent_ae_set == val and cfg.image_prior_set == val
+    assert cfg.ldm_set == {**val, "c.block_out_channels": (48, 96), "f.block_out_channels": (32, 64, 96)}
+    assert (cfg.scene_ae_preset, cfg.latent_ae_preset, cfg.ldm_preset, cfg.image_prior_preset) == ("tiny",) * 4
+    for p, sets in ((sae_preset("tiny"), cfg.scene_ae_set), (lae_preset("tiny"), cfg.latent_ae_set),
+                    (prior_preset("tiny"), cfg.image_prior_set)):
+        apply_overrides(p.model, p.train, sets, "test")
+        assert (p.train.val_every, p.train.patience) == (500, 8)
+    for lv, sets in _split_overrides(cfg.ldm_set).items():       # a key without a level applies to all
+        p = ldm_preset("tiny").level(lv)
+        apply_overrides(p.model, p.train, sets, "test")
+        assert (p.train.val_every, p.train.patience) == (500, 8), lv
+    assert cfg.num_samples == 16 and cfg.eval_max_scenes == 0
+    with pytest.raises(ValueError, match="budget_minutes"):
+        preset("release", budget_minutes=1441)
+    with pytest.raises(ValueError, match="extras"):
+        preset("smoke", extras=("renderer", "sharpen"))
+
+
+def test_quickstart_cli_presets(monkeypatch):
+    """--preset release runs the release config into ./release; --smoke is --preset smoke; the
+    CLI only parses (the run itself is replaced here)."""
+    import nfldm.pipeline.quickstart as qs
+    from nfldm.cli import main
+
+    calls = []
+    monkeypatch.setattr(qs, "quickstart", lambda out, cfg, name, **kw: calls.append((out, cfg, name, kw)))
+    assert main(["quickstart", "--preset", "release", "--device", "cuda", "--quiet"]) == 0
+    out, cfg, name, kw = calls[-1]
+    assert (out, name, kw["device"]) == ("release", "release", "cuda") and cfg == preset("release")
+    assert main(["quickstart", "--smoke", "--quiet"]) == 0
+    assert calls[-1][:3] == ("quickstart_smoke", preset("smoke"), "smoke")
+    assert main(["quickstart", "--preset", "smoke", "--set", "extras=renderer,image_prior", "--quiet"]) == 0
+    assert calls[-1][1].extras == ("renderer", "image_prior")
+    assert main(["quickstart", "--quiet"]) == 0
+    assert calls[-1][:3] == ("quickstart", preset("default"), "default")
+    line = one_line_error(nfldm("quickstart", "--smoke", "--preset", "release"))
+    assert "--smoke" in line
+
+
+@pytest.fixture(scope="module")
+def extras_run(tmp_path_factory) -> dict:
+    """A smoke quickstart with every optional stage and the release's held-out stop (at smoke
+    step counts), through the CLI."""
+    out = tmp_path_factory.mktemp("qsx") / "run"
+    val = "'val_every': 2, 'patience': 2"
+    args = ("quickstart", "--smoke", "--out", str(out), "--quiet", "--set", "extras=" + ",".join(EXTRAS),
+            "--set", f"scene_ae_set={{'num_input_views': 3, 'num_novel_views': 2, {val}}}",
+            "--set", f"latent_ae_set={{{val}}}", "--set", f"ldm_set={{{val}}}", "--set", f"image_prior_set={{{val}}}")
+    t0 = time.time()
+    res = nfldm(*args)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    return {"out": out, "args": args, "seconds": time.time() - t0}
+
+
+@pytest.mark.filterwarnings("ignore:the density never reaches")
+def test_optional_stages_run_and_join_the_bundle(extras_run, tmp_path):
+    from nfldm.refine.train import load_image_prior
+
+    out = extras_run["out"]
+    state = json.loads((out / "state.json").read_text())
+    assert list(state["stages"]) == list(STAGE_NAMES)
+    assert set(EXTRAS) <= set(state["budgets"]) and all(state["budgets"][k] > 0 for k in EXTRAS)
+    r = state["stages"]["renderer"]["result"]
+    assert r["steps"] >= 2 and math.isfinite(r["metrics"]["model"]["psnr"])
+    rc = json.loads((out / "renderer" / "config.json").read_text())
+    assert rc["model"]["train_parts"] == "render" and rc["model"]["render_from"] == "latents"
+    assert rc["model"]["w_adv"] > 0 and rc["model"]["w_perceptual"] > 0
+    assert json.loads((out / "bev_ldm" / "c" / "config.json").read_text())["model"]["bev"] is True
+    # the held-out stop was on in every stage that has it
+    for run in ("scene_ae", "latent_ae", "ldm/g", "bev_ldm/f", "image_prior"):
+        lines = (out / run / "metrics.jsonl").read_text().splitlines()
+        assert any("val_loss" in ln for ln in lines), run
+    # the samples were rendered by the fine-tuned renderer
+    assert Path(json.loads((out / "samples" / "samples.json").read_text())["renderer"]).name == "renderer"
+    bundle = out / "bundle"
+    info = json.loads((bundle / "bundle.json").read_text())
+    assert info["renderer"] == "renderer" and info["image_prior"] == "image_prior" and "bev" in info["levels"]
+    for part in ("renderer/model.safetensors", "bev/c/model.safetensors", "image_prior/model.safetensors"):
+        assert (bundle / part).is_file(), part
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "## Renderer" in card and "## Image prior" in card and "BEV-map-conditioned levels" in card
+    assert "held-out view PSNR" in card
+    html = (out / "report.html").read_text()
+    assert "Optional stages" in html and "class='missing'" not in html
+    for s in re.findall(r"<img src='([^']+)'", html):
+        assert (out / s).is_file(), s
+    # the bundle loads and samples, copied elsewhere: with its renderer, and its bev levels with a map
+    moved = tmp_path / "moved"
+    shutil.copytree(bundle, moved)
+    res = nfldm("sample", "--run", str(moved), "--num", "1", "--sampler", "dpm", "--steps", "2", "--frames", "3",
+                "--out", str(tmp_path / "s"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert Path(json.loads((tmp_path / "s" / "samples.json").read_text())["renderer"]).name == "renderer"
+    data = json.loads((out / "data" / "dataset.json").read_text())
+    scene = out / "data" / next(s["name"] for s in data["scenes"] if s["split"] == "test")
+    res = nfldm("sample", "--run", str(moved / "bev"), "--bev", str(scene), "--num", "1", "--sampler", "dpm",
+                "--steps", "2", "--frames", "3", "--out", str(tmp_path / "b"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "b" / "samples.json").read_text())["bev"] is True
+    assert load_image_prior(moved / "image_prior", "cpu")["mean_embedding"].numel() > 0
+
+
+def test_optional_stages_resume(extras_run):
+    """The optional stages are idempotent: a run that died after their trainings (state.json
+    without them) finishes them again without training further, and re-makes the bundle."""
+    out = extras_run["out"]
+    state = json.loads((out / "state.json").read_text())
+    before = {k: state["stages"][k]["result"] for k in EXTRAS}
+    steps = {run: json.loads((out / run / "model.json").read_text())["step"]
+             for run in ("renderer", "bev_ldm/g", "bev_ldm/f", "image_prior")}
+    for k in (*EXTRAS, "bundle", "report"):
+        del state["stages"][k]
+    (out / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(out / "bundle")
+    res = nfldm(*extras_run["args"])
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    after = json.loads((out / "state.json").read_text())
+    assert sorted(after["stages"]) == sorted(STAGE_NAMES)          # the re-run ones recorded last
+    for k in EXTRAS:
+        assert after["stages"][k]["result"].get("steps") == before[k].get("steps")
+        assert after["stages"][k]["result"].get("levels") == before[k].get("levels")
+    for run, step in steps.items():
+        assert json.loads((out / run / "model.json").read_text())["step"] == step, run
+    assert (out / "bundle" / "renderer").is_dir() and (out / "bundle" / "bev").is_dir()
+    # and a finished run is a no-op
+    res = nfldm(*extras_run["args"])
+    assert res.returncode == 0 and res.stdout.count(" done ") >= len(STAGE_NAMES)

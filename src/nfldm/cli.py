@@ -211,15 +211,18 @@ def cmd_train_image_prior(args) -> int:
 def cmd_quickstart(args) -> int:
     from nfldm.pipeline.quickstart import preset, quickstart
 
-    name = "smoke" if args.smoke else "default"
+    if args.smoke and args.preset not in (None, "smoke"):
+        raise ValueError(f"--smoke is --preset smoke; it cannot go with --preset {args.preset}")
+    name = "smoke" if args.smoke else (args.preset or "default")
     over = {}
     if args.budget_minutes is not None:
         over["budget_minutes"] = args.budget_minutes
     if args.scenes is not None:
         over["scenes"] = args.scenes
     cfg = with_overrides(preset(name, **over), _parse_sets(args.set), "quickstart")
-    out = args.out or ("quickstart_smoke" if args.smoke else "quickstart")
+    out = args.out or {"default": "quickstart", "smoke": "quickstart_smoke", "release": "release"}.get(name, name)
     command = "nfldm quickstart" + (f" --out {args.out}" if args.out else "") + (" --smoke" if args.smoke else "") + \
+        (f" --preset {args.preset}" if args.preset else "") + \
         (f" --budget-minutes {args.budget_minutes:g}" if args.budget_minutes is not None else "") + \
         (f" --scenes {args.scenes}" if args.scenes is not None else "") + \
         "".join(f" --set {x}" for x in args.set or [])
@@ -811,11 +814,16 @@ def build_parser() -> argparse.ArgumentParser:
         "any moment and run the same command again: it continues from the last finished stage / "
         "checkpoint. A folder made with other options is refused.",
     )
-    p.add_argument("--out", default=None, help="output folder (default: quickstart, or quickstart_smoke)")
+    p.add_argument("--preset", choices=("default", "smoke", "release"), default=None,
+                   help="default: about 60 minutes on a 2-core CPU; smoke: every stage at toy size, about 3 "
+                   "minutes; release: the release recipe (2,048 scenes, the tiny presets, the optional renderer, "
+                   "BEV-level and image-prior stages, at most 24 hours, held-out plateau stopping)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: quickstart, quickstart_smoke or release, after the preset)")
     p.add_argument("--budget-minutes", type=float, default=None,
-                   help="wall-clock budget of the whole run (default 60; --smoke: 3)")
-    p.add_argument("--scenes", type=int, default=None, help="scenes to collect (default 160; --smoke: 5)")
-    p.add_argument("--smoke", action="store_true", help="every stage at toy size, about 3 minutes")
+                   help="wall-clock budget of the whole run (default 60; smoke: 3; release: 1440)")
+    p.add_argument("--scenes", type=int, default=None, help="scenes to collect (default 160; smoke: 5; release: 2048)")
+    p.add_argument("--smoke", action="store_true", help="the same as --preset smoke")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any quickstart option (nfldm.pipeline.quickstart.config.QuickstartConfig; repeatable)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -24,10 +24,15 @@ The optional ``renderer`` is a scene-ae whose renderer was fine-tuned from ``sce
 its lift frozen (``nfldm train scene-ae --init-from BUNDLE/scene_ae --set train_parts=render``,
 docs/scene-ae.md "Sharper views"): ``nfldm sample`` renders a bundle's scenes with it when
 present (``--renderer BUNDLE/scene_ae`` for the original).
+
+:func:`add_renderer` and :func:`add_levels` also take a renderer or levels trained on the runs
+the bundle was exported FROM (float32: ``nfldm quickstart`` trains its optional stages before it
+exports): rounded to float16 as the bundle stores them, those runs are the bundle's stages.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -39,7 +44,7 @@ from nfldm.latent_ae.load import load_latent_ae
 from nfldm.ldm.load import load_ldm
 from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.runs import weights_hash
-from nfldm.scene_ae.load import load_scene_ae, makes_voxels_of
+from nfldm.scene_ae.load import encoder_hash, load_scene_ae, makes_voxels_of
 from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, read_run_config
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json, write_tensors
 
@@ -127,6 +132,31 @@ def _save_half(model: torch.nn.Module, run_dir: Path, step) -> int:
     return (run_dir / MODEL_WEIGHTS).stat().st_size
 
 
+def _rounded(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose parameters hold what :func:`_save_half` stores (float16 values,
+    same dtype), so its hashes are those of the model loaded back from a bundle."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.copy_(p.half().to(p.dtype))
+    return model
+
+
+def _source_lae_matches(bundle: Path, trained_hash: str, bundle_hash: str) -> bool:
+    """Whether ``trained_hash`` is the latent-ae run the bundle's latent-ae was exported from
+    (its levels' configs name it as ``trained_run``), unchanged since: the run's weights hash
+    is ``trained_hash`` and, rounded to float16, ``bundle_hash``."""
+    src = read_run_config(bundle / "g")["latent_ae"].get("trained_run")
+    if not src or not Path(src).is_dir():
+        return False
+    try:
+        lae = load_latent_ae(src, "cpu")
+    except (OSError, ValueError):
+        return False
+    return weights_hash(lae) == trained_hash and weights_hash(_rounded(lae)) == bundle_hash
+
+
 def _card(info: dict) -> str:
     card = info.get("card", {})
     lines = ["# nfldm pretrained tiny pipeline", "",
@@ -176,19 +206,26 @@ def _card(info: dict) -> str:
 
 def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, metrics: dict | None = None) -> dict:
     """Add (or replace) a bundle's fine-tuned renderer: ``renderer_run`` (a scene-ae trained with
-    ``--init-from BUNDLE/scene_ae --set train_parts=render``) is stored as BUNDLE/renderer in
+    ``--init-from BUNDLE/scene_ae --set train_parts=render``, or from the run BUNDLE/scene_ae was
+    exported from: its lift rounded to float16 must be the bundle's) is stored as BUNDLE/renderer in
     float16, checked to render the bundle's V, and named in bundle.json (with ``metrics`` in
     the model card). Written as BUNDLE/renderer.partial, then renamed. Returns bundle.json."""
     bundle, renderer_run = Path(bundle), Path(renderer_run)
     info = json.loads((bundle / BUNDLE_FILE).read_text())
     record = read_run_config(bundle / "g")["scene_ae"]
     model = load_scene_ae(renderer_run, "cpu")
-    if not makes_voxels_of(renderer_run, model, record):
+    lift = encoder_hash(_rounded(model))      # the lift as the bundle will store it
+    if not makes_voxels_of(renderer_run, model, record) and not (
+            # fine-tuned (lift frozen) from the run the bundle's scene-ae was exported from
+            model.cfg.train_parts == "render" and read_run_config(renderer_run).get("init_from")
+            and lift == encoder_hash(load_scene_ae(bundle / "scene_ae", "cpu"))):
         raise ValueError(f"{renderer_run}: not a renderer fine-tuned from {bundle / 'scene_ae'} "
                          "(--init-from it with --set train_parts=render)")
     rc = read_run_config(renderer_run)
     if rc.get("init_from"):     # name the bundle's scene-ae relative to the bundle, as the levels do
-        rc["init_from"] = {**rc["init_from"], "run": "../scene_ae", "trained_run": str(renderer_run.resolve())}
+        rc["init_from"] = {**rc["init_from"], "run": "../scene_ae", "config_hash": record["config_hash"],
+                           "weights_hash": record["weights_hash"], "encoder_hash": lift,
+                           "trained_run": str(renderer_run.resolve())}
     tmp = bundle / (RENDERER + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -215,13 +252,15 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
     (e.g. BEV-conditioned levels) as BUNDLE/``name``/{g,c,f} in float16: their configs name the
     bundle's latent-ae and scene-ae (``../latent_ae``, ``../scene_ae``) and its renderer; checked
     to load as a whole pipeline. ValueError when the run was trained on latents of another
-    latent-ae. Written as BUNDLE/NAME.partial, then renamed. Returns bundle.json."""
+    latent-ae than the bundle's or the run it was exported from. Written as BUNDLE/NAME.partial,
+    then renamed. Returns bundle.json."""
     bundle, ldm_run = Path(bundle), Path(ldm_run)
     info = json.loads((bundle / BUNDLE_FILE).read_text())
     ldm = load_ldm(ldm_run, "cpu")
     hashes = {"scene_ae": weights_hash(load_scene_ae(bundle / "scene_ae", "cpu")),
               "latent_ae": weights_hash(load_latent_ae(bundle / "latent_ae", "cpu"))}
-    if ldm["config"]["latent_ae"]["weights_hash"] != hashes["latent_ae"]:
+    trained = ldm["config"]["latent_ae"]["weights_hash"]
+    if trained != hashes["latent_ae"] and not _source_lae_matches(bundle, trained, hashes["latent_ae"]):
         raise ValueError(f"{ldm_run}: trained on the latents of another latent-ae than {bundle / 'latent_ae'} "
                          "(encode the latents with the bundle's latent-ae, then train)")
     tmp = bundle / (name + ".partial")

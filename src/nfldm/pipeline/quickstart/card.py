@@ -1,9 +1,11 @@
 """The model card's headline numbers of a quickstart run: one line per stage, from the results
-the finished stages recorded in state.json. Used by the bundle stage and by report.html."""
+the finished stages recorded in state.json (the optional stages' apart: :func:`extra_metrics`,
+which the bundle's renderer / bev / image-prior sections show). Used by the bundle stage and by
+report.html."""
 
 from __future__ import annotations
 
-__all__ = ["card_metrics"]
+__all__ = ["card_metrics", "extra_metrics"]
 
 
 def card_metrics(state: dict) -> dict[str, str]:
@@ -36,4 +38,42 @@ def card_metrics(state: dict) -> dict[str, str]:
     if "frechet_distance" in m3:
         out["stage 3: offline Frechet distance / KID to real test views (EfficientNet-Lite0; NOT comparable to published FID)"] = (
             f"{m3['frechet_distance']:.1f} / {m3['kid']:.3f}")
+    return out
+
+
+def _held_out(last: dict) -> str:
+    """'best held-out loss X at step N[, stopped early]' from a training's last metrics, or ''."""
+    if not isinstance(last, dict) or last.get("val_best") is None:
+        return ""
+    return (f"best held-out loss {last['val_best']:.4g} at step {last.get('val_best_step')}"
+            + (", stopped early" if last.get("stopped_early") else ""))
+
+
+def extra_metrics(state: dict) -> dict[str, dict[str, str]]:
+    """{optional stage: {metric: text}} for the optional stages that finished (renderer,
+    bev_ldm, image_prior): the bundle's model card and the report show them."""
+    stages, out = state["stages"], {}
+    r = stages.get("renderer", {}).get("result")
+    if r:
+        lines, m = {}, r.get("metrics", {}).get("model", {})
+        if m:
+            lp = f" / {m['lpips']:.3f}" if "lpips" in m else ""
+            lines["renderer: held-out view PSNR / SSIM" + (" / LPIPS (AlexNet)" if lp else "") + " from stage-1 V"] = (
+                f"{m['psnr']:.2f} dB / {m['ssim']:.3f}{lp}")
+        lines["renderer: training steps (planned)"] = str(r.get("steps"))
+        out["renderer"] = lines
+    b = stages.get("bev_ldm", {}).get("result")
+    if b:
+        lines = {"BEV levels: training steps (planned) g / c / f": " / ".join(
+            str(b.get("levels", {}).get(lv, {}).get("steps", "-")) for lv in "gcf")}
+        held = {lv: _held_out(b.get("last", {}).get(lv, {})) for lv in "gcf"}
+        if any(held.values()):
+            lines["BEV levels: held-out loss"] = "; ".join(f"{lv}: {t}" for lv, t in held.items() if t)
+        out["bev_ldm"] = lines
+    p = stages.get("image_prior", {}).get("result")
+    if p:
+        lines = {"image prior: training steps (planned)": str(p.get("steps"))}
+        if _held_out(p.get("last", {})):
+            lines["image prior: held-out loss"] = _held_out(p["last"])
+        out["image_prior"] = lines
     return out

@@ -2,8 +2,13 @@
 
 A :class:`QuickstartConfig` names the data to collect, the preset of every stage plus the
 overrides the quickstart applies to it, the time budget and how it is shared, and the
-sampling settings. Two presets: ``default`` (at most ~60 minutes on a 2-core CPU) and
-``smoke`` (every stage at toy size, at most ~3 minutes). docs/quickstart.md says why each value.
+sampling settings. Three presets: ``default`` (at most ~60 minutes on a 2-core CPU), ``smoke``
+(every stage at toy size, at most ~3 minutes) and ``release`` (the project's release recipe:
+2,048 scenes, the tiny presets as they are, the optional stages, 24 hours at most, held-out
+plateau stopping). docs/quickstart.md says why each value.
+
+Optional training stages (``extras``: "renderer", "bev_ldm", "image_prior") run after "ldm" and
+before "sample"; :func:`stage_list` gives the stages a config runs, in the order of STAGES.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from nfldm.config import dataclass_from_dict
 
-#: stages in the order they run; (name, what it does)
+#: every stage in the order it runs; (name, what it does). The optional ones (EXTRA_NAMES) run
+#: only when QuickstartConfig.extras lists them (:func:`stage_list`).
 STAGES: tuple[tuple[str, str], ...] = (
     ("collect", "collect posed RGB-D scenes with ViZDoom (bundled Freedoom maps)"),
     ("check", "check the dataset and write its contact sheet"),
@@ -23,13 +29,25 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("eval_latent_ae", "evaluate stage 2 (rendered-view cost, codebook usage)"),
     ("encode_latents", "encode (g, c, f) and the camera trajectory of every scene"),
     ("ldm", "train stage 3, the latent diffusion models psi_g, psi_c, psi_f"),
+    ("renderer", "fine-tune stage 1's renderer on V decoded from the latents (adversarial + perceptual)"),
+    ("bev_ldm", "train the BEV-map-conditioned levels psi_g, psi_c, psi_f on the same latents"),
+    ("image_prior", "train the 2D image prior of post-optimisation (nfldm refine) on the train frames"),
     ("sample", "sample scenes: frames, fly-throughs, V, meshes, trajectories"),
     ("eval_generation", "score the samples against real test views (Inception FID / KID, the floor)"),
     ("bundle", "export the trained pipeline as a small fp16 bundle (the shipped pretrained model)"),
     ("report", "write report.html"),
 )
 STAGE_NAMES = tuple(s for s, _ in STAGES)
-TRAIN_STAGES = ("scene_ae", "latent_ae", "ldm")
+#: the optional stages (all trainings), enabled by QuickstartConfig.extras
+EXTRA_NAMES = ("renderer", "bev_ldm", "image_prior")
+#: every training stage, in order; the first three always run
+TRAIN_STAGES = ("scene_ae", "latent_ae", "ldm") + EXTRA_NAMES
+BASE_TRAIN_STAGES = TRAIN_STAGES[:3]
+#: the QuickstartConfig fields that only matter when some extra stage is on: a config without
+#: extras leaves them out of its stored form (to_dict), so quickstart folders made before they
+#: existed resume as before
+EXTRA_FIELDS = ("extras", "extra_shares", "extra_steps_per_minute", "renderer_set", "bev_ldm_set",
+                "bev_from_ldm", "image_prior_preset", "image_prior_set")
 
 
 @dataclass
@@ -66,6 +84,32 @@ class QuickstartConfig:
         "dec_c_channels": 64, "dec_channels": 64, "w_render": 100.0})
     ldm_set: dict = field(default_factory=lambda: {
         "g.mlp_width": 128, "c.block_out_channels": (32, 64), "f.block_out_channels": (32, 64)})
+    # the optional training stages (EXTRA_NAMES), run after "ldm" in the order of STAGES when listed here
+    extras: tuple[str, ...] = ()
+    # their time shares (renderer, bev_ldm, image_prior), normalised together with train_shares
+    # over the training stages that run
+    extra_shares: tuple[float, float, float] = (0.08, 0.12, 0.06)
+    # rough training speeds on the 2-core CPU (steps per minute): renderer, bev psi_g, psi_c,
+    # psi_f (the bev levels share their time by ldm_level_shares), image prior. Where they come
+    # from: the renderer 1393 steps in 25 min on ONE thread (docs/scene-ae.md "Sharper views",
+    # lat_perc_adv: 56/min; 60 for 2 threads is a guess); the bundle's bev levels at the tiny
+    # preset 2732 / 2845 / 1747 steps in 4 / 10 / 16 min (docs/ldm.md, BEV results); the image
+    # prior 2291 steps in 30 min (docs/refine.md, the standardised tiny run)
+    extra_steps_per_minute: tuple[float, float, float, float, float] = (60.0, 680.0, 280.0, 110.0, 76.0)
+    # "renderer": nfldm train scene-ae --init-from SCENE_AE --set train_parts=render --set
+    # render_from=latents --set latents=OUT/latents, with the training options of
+    # scene_ae_preset and these (the bundle's renderer/: docs/quickstart.md "The bundled model")
+    renderer_set: dict = field(default_factory=lambda: {
+        "rgb_loss": "l1", "lr": 5e-4, "warmup_steps": 100, "w_perceptual": 0.1, "w_adv": 0.1, "adv_start": 200})
+    # "bev_ldm": nfldm train ldm --set bev=true on OUT/latents (they carry every scene's map) with
+    # ldm_preset, ldm_set, then these; bev_from_ldm starts the levels from the unconditional ones
+    # (ControlNet-style --init-from OUT/ldm; docs/ldm.md: worse than from scratch at the tiny
+    # budget, so off: the bundle's bev/ levels were trained from scratch)
+    bev_ldm_set: dict = field(default_factory=dict)
+    bev_from_ldm: bool = False
+    # "image_prior": nfldm train image-prior on OUT/data with this preset and these overrides
+    image_prior_preset: str = "tiny"
+    image_prior_set: dict = field(default_factory=dict)
     # evaluation and sampling
     eval_max_scenes: int = 0             # 0 = every scene of the test split
     num_samples: int = 8
@@ -82,17 +126,45 @@ class QuickstartConfig:
             raise ValueError(f"resolution must be 64, 128 or 256, got {self.resolution}")
         if not 1.0 <= self.budget_minutes <= 24 * 60:
             raise ValueError(f"budget_minutes must be between 1 and 1440, got {self.budget_minutes}")
-        for name in ("train_shares", "ldm_level_shares"):
+        if isinstance(self.extras, str):       # --set extras=renderer,bev_ldm
+            self.extras = tuple(x.strip() for x in self.extras.split(",") if x.strip())
+        self.extras = tuple(self.extras)
+        bad = [x for x in self.extras if x not in EXTRA_NAMES]
+        if bad or len(set(self.extras)) != len(self.extras):
+            raise ValueError(f"extras must be distinct names among {', '.join(EXTRA_NAMES)}, got {self.extras}")
+        # the order of STAGES, whatever the order given
+        self.extras = tuple(x for x in EXTRA_NAMES if x in self.extras)
+        for name in ("train_shares", "ldm_level_shares", "extra_shares"):
             v = getattr(self, name)
             if len(v) != 3 or min(v) <= 0:
                 raise ValueError(f"{name} must be three positive numbers, got {v}")
+        if len(self.extra_steps_per_minute) != 5 or min(self.extra_steps_per_minute) <= 0:
+            raise ValueError("extra_steps_per_minute must be five positive numbers (renderer, bev g, c, f, "
+                             f"image prior), got {self.extra_steps_per_minute}")
         if self.num_samples < 1 or self.sampler_steps < 1 or self.sample_frames < 2:
             raise ValueError("num_samples and sampler_steps must be >= 1 and sample_frames >= 2")
         if self.sampler not in ("ddpm", "ddim", "dpm"):
             raise ValueError(f"sampler must be ddpm, ddim or dpm, got {self.sampler!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; without extras the fields of the extra stages are left out (they
+        change nothing then), so such a config is stored as before they existed."""
+        d = asdict(self)
+        if not self.extras:
+            for k in EXTRA_FIELDS:
+                d.pop(k)
+        return d
+
+
+def stage_list(cfg: QuickstartConfig) -> tuple[tuple[str, str], ...]:
+    """(stage, what) of every stage ``cfg`` runs, in the order of STAGES."""
+    return tuple((name, what) for name, what in STAGES if name not in EXTRA_NAMES or name in cfg.extras)
+
+
+def train_stage_shares(cfg: QuickstartConfig) -> dict[str, float]:
+    """{training stage that ``cfg`` runs: its share of the training time} (not normalised)."""
+    shares = dict(zip(BASE_TRAIN_STAGES, cfg.train_shares)) | dict(zip(EXTRA_NAMES, cfg.extra_shares))
+    return {name: shares[name] for name, _ in stage_list(cfg) if name in TRAIN_STAGES}
 
 
 PRESETS: dict[str, QuickstartConfig] = {
@@ -103,7 +175,42 @@ PRESETS: dict[str, QuickstartConfig] = {
         ldm_preset="smoke", scene_ae_set={"num_input_views": 3, "num_novel_views": 2},
         latent_ae_set={}, ldm_set={}, steps_per_minute=(40.0, 40.0, 40.0, 40.0, 40.0), min_steps=2,
         fixed_seconds=60.0, seconds_per_scene=3.0, inception_seconds=15.0, eval_max_scenes=2, num_samples=2, sampler_steps=4,
-        sample_frames=8),
+        sample_frames=8, image_prior_preset="smoke", extra_steps_per_minute=(40.0, 40.0, 40.0, 40.0, 40.0),
+        renderer_set={"rgb_loss": "l1", "w_perceptual": 0.1, "w_adv": 0.1, "adv_start": 1}),
+    # the project's release recipe (docs/quickstart.md "Release recipe"): >= 2,000 windows over
+    # every map of the collector's fixed split (54 train, 7 val, 7 test maps: about 30 windows a
+    # map), the stages' own tiny presets without the quickstart's narrowing, every optional
+    # stage, at most 24 hours; each training stops early when its held-out loss has not improved
+    # for `patience` measurements `val_every` steps apart. The renderer has no held-out stop: its
+    # loss holds the adversarial term, and its V come from the train scenes' latents only.
+    "release": QuickstartConfig(
+        scenes=2048, frames=24, resolution=64, budget_minutes=1440.0,
+        extras=("renderer", "bev_ldm", "image_prior"),
+        scene_ae_set={"val_every": 500, "patience": 8},
+        latent_ae_set={"val_every": 500, "patience": 8},       # the tiny preset sets w_render=100 itself
+        # a key without a level prefix applies to every level (ldm.train._split_overrides). Widths:
+        # the tiny preset's psi_c (64, 128) and psi_f (32, 64, 128) make 26 MB of float16 per set of
+        # levels, two sets (unconditional, bev) 52 MB: with stage 2 (11 MB), stage 1, the renderer
+        # and the image prior (10 MB) over the 60 MB the bundle may take. psi_c (48, 96) and psi_f
+        # (32, 64, 96) make ~17 MB a set, ~55 MB in all (the size limit chose them, not a
+        # capacity measurement; psi_g keeps the tiny 256)
+        ldm_set={"val_every": 500, "patience": 8, "c.block_out_channels": (48, 96),
+                 "f.block_out_channels": (32, 64, 96)},
+        image_prior_set={"val_every": 500, "patience": 8},
+        # the tiny presets' speeds on the 2-core CPU, measured 2026-12-03 on the quickstart's data
+        # (`nfldm train scene-ae --data out/qsdata --preset tiny --steps 40`: 76/min; `train latent-ae
+        # --voxels out/qsvox --preset tiny --steps 30`: 42.5/min; `train ldm --latents out/qslat
+        # --preset tiny`: psi_g 3476, psi_c 392, psi_f 129/min); they set each run's schedule length
+        # (the held-out plateau usually ends it first)
+        steps_per_minute=(76.0, 42.5, 3476.0, 392.0, 129.0),
+        # non-training stages, per scene: 0.06 s collecting (measured: 2,048 scenes in 123 s on the
+        # 2-core CPU, every one of the 68 maps), ~0.6 s voxel encoding, ~0.05 s latent encoding,
+        # ~0.15 s evaluating stages 1 and 2 on the 10 % test scenes, ~0.1 s checking and
+        # EfficientNet features; 300 s for sampling 16 scenes, the bundle and the report
+        fixed_seconds=300.0, seconds_per_scene=1.0,
+        # Inception features: up to 5,000 test + 5,000 floor (val) + 768 generated views at ~5 views/s
+        inception_seconds=2200.0,
+        num_samples=16, eval_max_scenes=0),
 }
 
 

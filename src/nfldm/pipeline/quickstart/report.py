@@ -3,8 +3,9 @@
 Sections: the data (contact sheet), stage 1 (real vs reconstructed held-out views, a
 fly-through, loss curves, metrics), stage 2 (views rendered from original and decoded V, loss
 curves, metrics), stage 3 (loss curves of g / c / f, the samples' contact sheet, animated
-fly-throughs and mesh previews per sample, generation metrics), the bundled model, where the
-time and memory went, and the config. Pictures made for the page go to OUT/report/; every
+fly-throughs and mesh previews per sample, generation metrics), the optional stages when they
+ran (fine-tuned renderer, BEV-conditioned levels, image prior: their numbers and loss curves),
+the bundled model, where the time and memory went, and the config. Pictures made for the page go to OUT/report/; every
 link is relative, so the folder can be copied or served as it is.
 """
 
@@ -21,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nfldm.pipeline.quickstart.card import card_metrics
-from nfldm.pipeline.quickstart.config import STAGES, TRAIN_STAGES
+from nfldm.pipeline.quickstart.card import card_metrics, extra_metrics
+from nfldm.pipeline.quickstart.config import EXTRA_NAMES, STAGES, TRAIN_STAGES
 from nfldm.utils.io import atomic_write_bytes, read_json
 from nfldm.utils.plot import plot_metrics
 from nfldm.utils.video import write_video
@@ -209,6 +210,7 @@ def write_report(out: str | Path, state: dict) -> Path:
     peak = max([s.get("peak_rss_mb", 0.0) for s in stages.values()] or [0.0])
     head = [["stage time in all", f"{total / 60:.1f} min"], ["peak memory (largest process)", f"{peak / 1024:.2f} GiB"]]
     head += [[k, v] for k, v in card_metrics(state).items()]
+    head += [[k, v] for part in extra_metrics(state).values() for k, v in part.items()]
     parts += ["<h2>Summary</h2>", _table(head)]
 
     # data
@@ -286,17 +288,42 @@ def write_report(out: str | Path, state: dict) -> Path:
                          f"<td>{_img(out, mesh, 'mesh preview') if mesh else ''}</td><td>{files}</td></tr>")
         parts.append("</table>")
 
+    # the optional stages
+    extras = [n for n in EXTRA_NAMES if n in stages]
+    if extras:
+        parts.append("<h2>Optional stages</h2>")
+        titles = {"renderer": "Renderer fine-tuned on decoded latents (lift frozen; adversarial + perceptual)",
+                  "bev_ldm": "BEV-map-conditioned levels", "image_prior": "Image prior (nfldm refine)"}
+        for name in extras:
+            parts.append(f"<h3>{_esc(titles[name])}</h3>")
+            rows = [[k, v] for k, v in extra_metrics(state).get(name, {}).items()]
+            if rows:
+                parts.append(_table(rows, ["", "value"]))
+            if name == "renderer":
+                parts += ["<p>Held-out test views (rows: ground truth, the fine-tuned renderer, nearest input frame):</p>",
+                          _img(out, out / "renderer" / "metrics_test_views.png", "renderer views")]
+            runs = [(lv, out / "bev_ldm" / lv) for lv in "gcf"] if name == "bev_ldm" else [("", out / name)]
+            for lv, run in runs:
+                curve = loss_curves(run, assets / f"{name}{'_' + lv if lv else ''}_loss.png") if run.exists() else None
+                if curve:
+                    parts.append(_img(out, curve, f"{name} {lv} loss curves".replace("  ", " "), 700))
+
     # bundle
     bundle = _read_json(out / "bundle" / "bundle.json")
     if bundle:
         parts += ["<h2>Bundled model</h2>",
                   f"<p>{bundle['params']:,} parameters, {bundle['bytes'] / 2**20:.1f} MiB as float16: "
                   f"{_link(out, out / 'bundle' / 'MODEL_CARD.md', 'model card')}. "
-                  "<code>nfldm sample --run BUNDLE ...</code> samples from it.</p>"]
+                  "<code>nfldm sample --run BUNDLE ...</code> samples from it."
+                  + "".join(f" With <code>{_esc(k)}/</code>." for k in ("renderer", "bev", "image_prior")
+                            if (out / "bundle" / k).is_dir()) + "</p>"]
 
     # time and memory
     rows = []
+    on = set(qs.get("config", {}).get("extras") or ())
     for name, what in STAGES:
+        if name in EXTRA_NAMES and name not in on and name not in stages:
+            continue               # an optional stage this run does not have
         s = stages.get(name)
         budget = state.get("budgets", {}).get(name)
         rows.append([name, what, f"{budget:.1f}" if budget is not None else "",

@@ -11,8 +11,12 @@ Layout of the output folder OUT::
     OUT/latent_ae/          stage-2 run (+ metrics_test.json, metrics_test_views.png)
     OUT/latents/            (g, c, f) + trajectory of every scene
     OUT/ldm/{g,c,f}/        stage-3 runs
-    OUT/samples/            generated scenes (+ metrics.json)
-    OUT/bundle/             the fp16 pretrained bundle (what ships with the package)
+    OUT/renderer/           optional: stage 1's renderer fine-tuned on decoded latents (+ metrics_test.json)
+    OUT/bev_ldm/{g,c,f}/    optional: the BEV-map-conditioned levels
+    OUT/image_prior/        optional: the image prior of nfldm refine
+    OUT/samples/            generated scenes (+ metrics.json; rendered by OUT/renderer when trained)
+    OUT/bundle/             the fp16 pretrained bundle (what ships with the package; with renderer/,
+                            bev/ and image_prior/ when those stages ran)
     OUT/report/             pictures made for the report
     OUT/report.html
 
@@ -37,10 +41,11 @@ from nfldm.latent_ae.latents import encode_latents
 from nfldm.latent_ae.train import eval_latent_ae, train_latent_ae
 from nfldm.ldm.evaluate import eval_generation
 from nfldm.ldm.train import train_ldm
-from nfldm.pipeline.bundle import export_bundle
+from nfldm.pipeline.bundle import add_image_prior, add_levels, add_renderer, export_bundle
 from nfldm.pipeline.generate import sample
-from nfldm.pipeline.quickstart.card import card_metrics
-from nfldm.pipeline.quickstart.config import STAGES, TRAIN_STAGES, QuickstartConfig
+from nfldm.pipeline.quickstart.card import card_metrics, extra_metrics
+from nfldm.pipeline.quickstart.config import (STAGES, TRAIN_STAGES, QuickstartConfig, stage_list,
+                                              train_stage_shares)
 from nfldm.pipeline.quickstart.report import write_report
 from nfldm.scene_ae.train import eval_scene_ae, render_flythrough, train_scene_ae
 from nfldm.scene_ae.voxels import encode_voxels
@@ -134,20 +139,20 @@ def train_minutes(cfg: QuickstartConfig, stage: str, state: dict) -> float:
     done = state["stages"]
     spent = sum(s["seconds"] for s in done.values())
     fixed_left = _fixed_left_s(cfg, done)
-    shares = dict(zip(TRAIN_STAGES, cfg.train_shares))
-    left = [k for k in TRAIN_STAGES if k not in done]
+    shares = train_stage_shares(cfg)
+    left = [k for k in shares if k not in done]
     minutes = (cfg.budget_minutes * 60.0 - spent - fixed_left) / 60.0 * shares[stage] / sum(shares[k] for k in left)
     return max(minutes, 0.25)
 
 
 def plan(cfg: QuickstartConfig) -> list[tuple[str, str, float]]:
-    """(stage, what, budgeted minutes) before anything runs."""
+    """(stage, what, budgeted minutes) of every stage ``cfg`` runs, before anything runs."""
     fixed = fixed_estimate_s(cfg)
     train_total = max(cfg.budget_minutes * 60.0 - fixed, 60.0) / 60.0
-    shares = dict(zip(TRAIN_STAGES, cfg.train_shares))
+    shares = train_stage_shares(cfg)
     total_share = sum(shares.values())
     rows = []
-    for name, what in STAGES:
+    for name, what in stage_list(cfg):
         if name in TRAIN_STAGES:
             rows.append((name, what, train_total * shares[name] / total_share))
         else:
@@ -156,8 +161,22 @@ def plan(cfg: QuickstartConfig) -> list[tuple[str, str, float]]:
     return rows
 
 
-def _steps(cfg: QuickstartConfig, k: int, minutes: float) -> int:
-    return max(cfg.min_steps, int(round(cfg.steps_per_minute[k] * minutes)))
+def _steps(cfg: QuickstartConfig, k: int, minutes: float, rates: tuple | None = None) -> int:
+    """Steps of a training of ``minutes`` at ``rates[k]`` steps per minute (cfg.steps_per_minute)."""
+    return max(cfg.min_steps, int(round((rates or cfg.steps_per_minute)[k] * minutes)))
+
+
+def _level_plan(cfg: QuickstartConfig, minutes: float, rates: tuple, sets: dict) -> dict:
+    """Share an ldm stage's ``minutes`` among its levels (cfg.ldm_level_shares) and set each
+    level's max_minutes and steps (``rates``: g, c, f steps per minute) in ``sets``."""
+    total = sum(cfg.ldm_level_shares)
+    plan_levels = {}
+    for k, lv in enumerate("gcf"):
+        m = minutes * cfg.ldm_level_shares[k] / total
+        steps = max(cfg.min_steps, int(round(rates[k] * m)))
+        sets[f"{lv}.max_minutes"], sets[f"{lv}.steps"] = m, steps
+        plan_levels[lv] = {"steps": steps, "max_minutes": m}
+    return plan_levels
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -244,19 +263,56 @@ def _stage_encode_latents(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 def _stage_ldm(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
-    minutes = ctx["budget"]
-    shares = cfg.ldm_level_shares
-    total = sum(shares)
     sets = dict(cfg.ldm_set)
-    plan_levels = {}
-    for k, lv in enumerate("gcf"):
-        m = minutes * shares[k] / total
-        steps = _steps(cfg, 2 + k, m)
-        sets[f"{lv}.max_minutes"], sets[f"{lv}.steps"] = m, steps
-        plan_levels[lv] = {"steps": steps, "max_minutes": m}
+    plan_levels = _level_plan(cfg, ctx["budget"], cfg.steps_per_minute[2:5], sets)
     res = train_ldm(out / "latents", out / "ldm", "all", cfg.ldm_preset, resume=True, device=ctx["device"],
                     progress=ctx["progress"], overrides=sets)
     return {"levels": plan_levels, "last": res}
+
+
+# the optional stages (cfg.extras); each is a budgeted, resumable training like the ones above
+
+
+def _stage_renderer(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    """Stage 1's renderer fine-tuned, its lift frozen, on V decoded by stage 2 from the latents
+    (docs/scene-ae.md "Sharper views"), then evaluated on the held-out test views."""
+    from nfldm.pipeline.renderer import train_scene_ae as train_renderer
+
+    minutes = ctx["budget"]
+    steps = _steps(cfg, 0, minutes, cfg.extra_steps_per_minute)
+    sets = {**cfg.renderer_set, "train_parts": "render", "render_from": "latents", "latents": str(out / "latents"),
+            "max_minutes": minutes}
+    res = train_renderer(out / "data", out / "renderer", cfg.scene_ae_preset, steps=steps, resume=True,
+                         device=ctx["device"], progress=ctx["progress"], overrides=sets, init_from=out / "scene_ae")
+    run = out / "renderer"
+    ev = eval_scene_ae(run, out / "data", "test", run / "metrics_test.json", device=ctx["device"],
+                       max_scenes=cfg.eval_max_scenes or None, progress=ctx["progress"])
+    return {"steps": steps, "max_minutes": minutes, "last": res,
+            "metrics": {k: v for k, v in ev.items() if k in ("model", "nearest_frame", "mean_colour")}}
+
+
+def _stage_bev_ldm(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    """psi_g, psi_c, psi_f conditioned on the BEV map (``bev=true``), on the same latents (the
+    collector gives every scene a map and encode_latents stores it with the latents), with the
+    ldm stage's preset and overrides, then bev_ldm_set; from the unconditional levels with
+    cfg.bev_from_ldm."""
+    sets = {**cfg.ldm_set, **cfg.bev_ldm_set, "bev": True}
+    plan_levels = _level_plan(cfg, ctx["budget"], cfg.extra_steps_per_minute[1:4], sets)
+    res = train_ldm(out / "latents", out / "bev_ldm", "all", cfg.ldm_preset, resume=True, device=ctx["device"],
+                    progress=ctx["progress"], overrides=sets, init_from=out / "ldm" if cfg.bev_from_ldm else None)
+    return {"levels": plan_levels, "last": res}
+
+
+def _stage_image_prior(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
+    """The image prior of post-optimisation (``nfldm train image-prior``) on the train frames."""
+    from nfldm.refine.train import train_image_prior
+
+    minutes = ctx["budget"]
+    steps = _steps(cfg, 4, minutes, cfg.extra_steps_per_minute)
+    res = train_image_prior(out / "data", out / "image_prior", cfg.image_prior_preset, steps=steps, resume=True,
+                            device=ctx["device"], progress=ctx["progress"],
+                            overrides={**cfg.image_prior_set, "max_minutes": minutes})
+    return {"steps": steps, "max_minutes": minutes, "last": res}
 
 
 def _stage_sample(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
@@ -267,8 +323,10 @@ def _stage_sample(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     tmp = out / "samples.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
+    renderer = out / "renderer" if "renderer" in cfg.extras else None     # trained by then (stage order)
     res = sample(out / "ldm", num=cfg.num_samples, sampler=cfg.sampler, steps=cfg.sampler_steps, seed=cfg.seed,
-                 out=tmp, device=ctx["device"], progress=ctx["progress"], num_frames=cfg.sample_frames, fps=12)
+                 out=tmp, device=ctx["device"], progress=ctx["progress"], num_frames=cfg.sample_frames, fps=12,
+                 renderer=renderer)
     os.replace(tmp, dest)
     return {"num": res["num"], "seconds_per_scene": (time.perf_counter() - t0) / res["num"]}
 
@@ -290,7 +348,20 @@ def _stage_bundle(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
                                "time": f"{sum(v['seconds'] for v in ctx['state']['stages'].values()) / 60:.1f} min of "
                                        f"stage time before the export (budget {cfg.budget_minutes:g} min), peak "
                                        f"memory {_peak_rss_mb() / 1024:.2f} GiB"})
-    return {"bytes": info["bytes"], "params": info["params"]}
+    # the optional stages' networks; trained on the float32 runs the bundle was exported from,
+    # which add_renderer / add_levels accept (rounded to float16 they are the bundle's stages)
+    extra = extra_metrics(ctx["state"])
+    if "renderer" in cfg.extras:
+        info = add_renderer(out / "bundle", out / "renderer", extra.get("renderer"))
+    if "bev_ldm" in cfg.extras:
+        info = add_levels(out / "bundle", out / "bev_ldm", card=extra.get("bev_ldm"))
+    if "image_prior" in cfg.extras:
+        info = add_image_prior(out / "bundle", out / "image_prior", extra.get("image_prior"))
+    res = {"bytes": info["bytes"], "params": info["params"]}
+    if cfg.extras:
+        res["bytes_with_extras"] = sum(f.stat().st_size for f in (out / "bundle").rglob("*.safetensors"))
+        res["parts"] = [p for p in ("renderer", "bev", "image_prior") if (out / "bundle" / p).is_dir()]
+    return res
 
 
 def _stage_report(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
@@ -310,7 +381,7 @@ def quickstart(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str =
     state = open_run_dir(out, cfg, preset_name)
     state["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device})
     atomic_write_json(out / STATE_FILE, state)
-    rows = plan(cfg)
+    rows = plan(cfg)               # the stages this config runs (stage_list), in order
     done = state["stages"]
     log(f"nfldm quickstart ({preset_name}): {cfg.scenes} ViZDoom scenes of {cfg.frames} frames at "
         f"{cfg.resolution}^2, budget {cfg.budget_minutes:g} min, output {out}")
