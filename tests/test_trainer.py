@@ -324,3 +324,23 @@ def test_held_out_measurement_and_plateau_stop(tmp_path):
     assert losses(tmp_path / "a") == losses(tmp_path / "b")        # training itself untouched by measuring
     with pytest.raises(ValueError, match="patience"):
         make_cfg(patience=-1)
+
+
+def test_resume_on_another_device_setting(tmp_path):
+    """The device is chosen at run time: a run started with device=cpu resumes with another device
+    setting (here "auto", which is the CPU on this machine; "cuda" on a GPU machine) exactly, and
+    back; another change of the config is still refused."""
+    straight = new_trainer(tmp_path / "a")
+    straight.fit()
+    with pytest.raises(Stop):
+        new_trainer(tmp_path / "b", callbacks=[stop_at(5)]).fit()
+    other = make_cfg(device="auto")
+    resumed = new_trainer(tmp_path / "b", cfg=other, model_seed=99, resume=True, rc=run_config(other))
+    assert resumed.step == 4
+    resumed.fit()
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    back = make_cfg(device="cpu", steps=14)
+    new_trainer(tmp_path / "b", cfg=back, resume=True, rc=run_config(back)).fit()      # and back, extended
+    with pytest.raises(ValueError, match="differs"):
+        changed = make_cfg(device="auto", lr=0.5)
+        new_trainer(tmp_path / "b", cfg=changed, resume=True, rc=run_config(changed))

@@ -416,6 +416,15 @@ def _without_steps(cfg: dict) -> dict:
     return cfg
 
 
+def _with_device(cfg: dict, other: dict) -> dict:
+    """``cfg`` with the train.device of ``other`` (when both have one): runs compare equal across
+    devices."""
+    dev = other.get("train", {}).get("device") if isinstance(other, dict) else None
+    if dev is None or not isinstance(cfg.get("train"), dict) or "device" not in cfg["train"]:
+        return cfg
+    return {**cfg, "train": {**cfg["train"], "device": dev}}
+
+
 def _config_hash(cfg: dict) -> str:
     text = json.dumps(_without_steps(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -600,9 +609,11 @@ class Trainer:
         if not resume:
             return {}, None
         cfg_path = self.run_dir / CONFIG_FILE
-        if cfg_path.exists():
-            stored = read_run_config(self.run_dir)
-            diff = _first_difference(_without_steps(stored), _without_steps(self.run_config))
+        stored = read_run_config(self.run_dir) if cfg_path.exists() else None
+        # the device is chosen at run time: a run started on the CPU resumes on a GPU and back
+        devices = {(stored or {}).get("train", {}).get("device"), self.run_config.get("train", {}).get("device")}
+        if stored is not None:
+            diff = _first_difference(_without_steps(stored), _without_steps(_with_device(self.run_config, stored)))
             if diff is not None:
                 raise ValueError(f"{cfg_path}: the run config differs from the one the run was "
                                  f"started with at key '{diff}' (stored: {_lookup(stored, diff)!r}, "
@@ -611,7 +622,8 @@ class Trainer:
         if not has_ckpt:
             return {}, None
         tensors, state = _read_checkpoint(self.run_dir)
-        if state.get("config_hash") != _config_hash(self.run_config):
+        hashes = {_config_hash(_with_device(self.run_config, {"train": {"device": d}})) for d in devices if d}
+        if state.get("config_hash") not in hashes | {_config_hash(self.run_config)}:
             raise ValueError(f"{self.run_dir / CKPT_STATE}: the checkpoint was written with another "
                              "run config (config hash differs); resume with the same config")
         if state.get("global_batch") != self.cfg.batch_size:
