@@ -137,8 +137,33 @@ def test_rerun_is_a_no_op_and_other_options_are_refused(run):
     assert res.stdout.count(" done ") >= len(SMOKE_STAGES)
     after = json.loads((out / "state.json").read_text())
     assert after["stages"] == json.loads(before)["stages"]
-    line = one_line_error(nfldm("quickstart", "--smoke", "--out", str(out), "--budget-minutes", "4"))
-    assert "another config" in line and "budget_minutes" in line
+    line = one_line_error(nfldm("quickstart", "--smoke", "--out", str(out), "--scenes", "6"))
+    assert "another config" in line and "scenes" in line and "started" in line
+
+
+def test_changes_to_stages_not_started_are_taken(tmp_path):
+    """A long run's folder takes a config change read only by stages that have not started (the
+    release run's later widths and budgets), records it, and refuses one read by a started stage."""
+    from nfldm.pipeline.quickstart.config import preset
+    from nfldm.pipeline.quickstart.run import QuickstartError, open_run_dir
+
+    out = tmp_path / "rel"
+    cfg = preset("release")
+    open_run_dir(out, cfg, "release")
+    (out / "state.json").write_text(json.dumps({"stages": {"collect": {}, "check": {}}, "budgets": {"scene_ae": 390.0}}))
+    wider = preset("release", ldm_set={**cfg.ldm_set, "c.block_out_channels": (64, 128)},
+                   steps_per_minute=cfg.steps_per_minute[:3] + (500.0, 129.0), budget_minutes=1200.0)
+    state = open_run_dir(out, wider, "release")
+    stored = json.loads((out / "quickstart.json").read_text())["config"]
+    assert stored["ldm_set"]["c.block_out_channels"] == [64, 128] and stored["budget_minutes"] == 1200.0
+    assert sorted(state["config_changes"][-1]["changed"]) == ["budget_minutes", "ldm_set", "steps_per_minute"]
+    for bad in (preset("release", scene_ae_set={"val_every": 100, "patience": 8}),
+                preset("release", steps_per_minute=(10.0,) + cfg.steps_per_minute[1:]),
+                preset("release", scenes=4096)):
+        with pytest.raises(QuickstartError, match="started"):
+            open_run_dir(out, bad, "release")
+    with pytest.raises(QuickstartError, match="preset"):
+        open_run_dir(out, wider, "default")
 
 
 def test_quickstart_refuses_foreign_folders_and_bad_options(tmp_path):
@@ -445,7 +470,7 @@ def test_release_preset_config_and_plan():
     # the tiny presets (psi_c, psi_f narrowed to fit the 60 MB bundle), plus the held-out stop
     val = {"val_every": 500, "patience": 8}
     assert cfg.scene_ae_set == val and cfg.latent_ae_set == val and cfg.image_prior_set == val
-    assert cfg.ldm_set == {**val, "c.block_out_channels": (48, 96), "f.block_out_channels": (32, 64, 96)}
+    assert cfg.ldm_set == {**val, "g.mlp_width": 128, "c.block_out_channels": (48, 96), "f.block_out_channels": (32, 64)}
     assert (cfg.scene_ae_preset, cfg.latent_ae_preset, cfg.ldm_preset, cfg.image_prior_preset) == ("tiny",) * 4
     for p, sets in ((sae_preset("tiny"), cfg.scene_ae_set), (lae_preset("tiny"), cfg.latent_ae_set),
                     (prior_preset("tiny"), cfg.image_prior_set)):

@@ -156,6 +156,43 @@ class QuickstartConfig:
         return d
 
 
+#: the stages each config field is read by (a tuple per element for the per-stage tuples). A field
+#: read by no stage (planning only: budget, shares, time estimates) is not listed. A run folder takes
+#: a changed field as long as none of its stages has started (run.open_run_dir).
+FIELD_STAGES: dict[str, tuple] = {
+    "scenes": ("collect",), "frames": ("collect",), "resolution": ("collect",), "seed": ("collect", "sample"),
+    "min_steps": TRAIN_STAGES,
+    "steps_per_minute": (("scene_ae",), ("latent_ae",), ("ldm",), ("ldm",), ("ldm",)),
+    "ldm_level_shares": ("ldm", "bev_ldm"),
+    "scene_ae_preset": ("scene_ae",), "scene_ae_set": ("scene_ae",),
+    "latent_ae_preset": ("latent_ae",), "latent_ae_set": ("latent_ae",),
+    "ldm_preset": ("ldm", "bev_ldm"), "ldm_set": ("ldm", "bev_ldm"),
+    "extras": EXTRA_NAMES,
+    "extra_steps_per_minute": (("renderer",), ("bev_ldm",), ("bev_ldm",), ("bev_ldm",), ("image_prior",)),
+    "renderer_set": ("renderer",), "bev_ldm_set": ("bev_ldm",), "bev_from_ldm": ("bev_ldm",),
+    "image_prior_preset": ("image_prior",), "image_prior_set": ("image_prior",),
+    "eval_max_scenes": ("eval_scene_ae", "eval_latent_ae", "renderer"),
+    "num_samples": ("sample",), "sampler": ("sample",), "sampler_steps": ("sample",), "sample_frames": ("sample",),
+}
+PLANNING_FIELDS = ("budget_minutes", "train_shares", "extra_shares", "fixed_seconds", "seconds_per_scene",
+                   "inception_seconds")
+
+
+def stages_reading(name: str, old, new) -> set[str]:
+    """The stages that read config field ``name`` where its value changed from ``old`` to ``new``
+    (per element for the per-stage tuples); every stage for a field this table does not know."""
+    if name in PLANNING_FIELDS:
+        return set()
+    spec = FIELD_STAGES.get(name)
+    if spec is None:
+        return set(STAGE_NAMES)
+    if spec and isinstance(spec[0], tuple):          # one entry per element
+        if not isinstance(old, (list, tuple)) or not isinstance(new, (list, tuple)) or len(old) != len(new):
+            return {s for e in spec for s in e}
+        return {s for e, a, b in zip(spec, old, new) if a != b for s in e}
+    return set(spec)
+
+
 def stage_list(cfg: QuickstartConfig) -> tuple[tuple[str, str], ...]:
     """(stage, what) of every stage ``cfg`` runs, in the order of STAGES."""
     return tuple((name, what) for name, what in STAGES if name not in EXTRA_NAMES or name in cfg.extras)
@@ -189,13 +226,14 @@ PRESETS: dict[str, QuickstartConfig] = {
         scene_ae_set={"val_every": 500, "patience": 8},
         latent_ae_set={"val_every": 500, "patience": 8},       # the tiny preset sets w_render=100 itself
         # a key without a level prefix applies to every level (ldm.train._split_overrides). Widths:
-        # the tiny preset's psi_c (64, 128) and psi_f (32, 64, 128) make 26 MB of float16 per set of
-        # levels, two sets (unconditional, bev) 52 MB: with stage 2 (11 MB), stage 1, the renderer
-        # and the image prior (10 MB) over the 60 MB the bundle may take. psi_c (48, 96) and psi_f
-        # (32, 64, 96) make ~17 MB a set, ~55 MB in all (the size limit chose them, not a
-        # capacity measurement; psi_g keeps the tiny 256)
-        ldm_set={"val_every": 500, "patience": 8, "c.block_out_channels": (48, 96),
-                 "f.block_out_channels": (32, 64, 96)},
+        # the tiny preset's levels make 26 MB of float16 per set (unconditional, bev): 52 MB, with
+        # stage 2 (11 MB), stage 1, the renderer and the image prior (10 MB) over the 60 MB the
+        # bundle may take, and the repository (whose tracked tree holds the bundle) over the 64 MiB
+        # the GPU machines take. psi_g 128, psi_c (48, 96), psi_f (32, 64) make ~11 MB a set, ~43 MB
+        # in all (the size limits chose them, not a capacity measurement: they may change until the
+        # ldm stage starts, run.open_run_dir takes the change)
+        ldm_set={"val_every": 500, "patience": 8, "g.mlp_width": 128, "c.block_out_channels": (48, 96),
+                 "f.block_out_channels": (32, 64)},
         image_prior_set={"val_every": 500, "patience": 8},
         # the tiny presets' speeds on the 2-core CPU, measured 2026-12-03 on the quickstart's data
         # (`nfldm train scene-ae --data out/qsdata --preset tiny --steps 40`: 76/min; `train latent-ae

@@ -44,7 +44,7 @@ from nfldm.ldm.train import train_ldm
 from nfldm.pipeline.bundle import add_image_prior, add_levels, add_renderer, export_bundle
 from nfldm.pipeline.generate import sample
 from nfldm.pipeline.quickstart.card import card_metrics, extra_metrics
-from nfldm.pipeline.quickstart.config import (STAGES, TRAIN_STAGES, QuickstartConfig, stage_list,
+from nfldm.pipeline.quickstart.config import (STAGES, stages_reading, TRAIN_STAGES, QuickstartConfig, stage_list,
                                               train_stage_shares)
 from nfldm.pipeline.quickstart.report import write_report
 from nfldm.scene_ae.train import eval_scene_ae, render_flythrough, train_scene_ae
@@ -89,12 +89,20 @@ def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
             raise QuickstartError(f"{cfg_path}: not a quickstart config")
         old = stored.get("config", {})
         diff = sorted(k for k in set(old) | set(want["config"]) if old.get(k) != want["config"].get(k))
-        if diff or stored.get("preset") != preset_name:
-            what = ", ".join(f"{k}: {old.get(k)!r} there, {want['config'].get(k)!r} now" for k in diff[:4])
+        started = _started_stages(out)
+        # a change is taken when no stage reading the changed fields has started (FIELD_STAGES):
+        # a long run's later stages can still be re-planned (widths, budgets, samples)
+        blocked = [k for k in diff if stages_reading(k, old.get(k), want["config"].get(k)) & started]
+        if blocked or stored.get("preset") != preset_name:
+            what = ", ".join(f"{k}: {old.get(k)!r} there, {want['config'].get(k)!r} now" for k in blocked[:4])
             if stored.get("preset") != preset_name:
                 what = f"preset: {stored.get('preset')!r} there, {preset_name!r} now" + (f"; {what}" if what else "")
             raise QuickstartError(f"{out}: this folder holds a quickstart run made with another config "
-                                  f"({what}); rerun with the same options, or choose another --out")
+                                  f"({what}) read by stages that have started; rerun with the same options, "
+                                  "or choose another --out")
+        if diff:
+            atomic_write_json(cfg_path, want)
+            _record_change(out, {k: [old.get(k), want["config"].get(k)] for k in diff})
     else:
         if out.exists() and any(out.iterdir()):
             raise QuickstartError(f"{out}: the folder exists, is not empty and is not a quickstart run "
@@ -114,6 +122,26 @@ def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
     state.setdefault("budgets", {})
     state.setdefault("sessions", [])
     return state
+
+
+def _started_stages(out: Path) -> set[str]:
+    """Stages of the run in OUT that have finished or, for trainings, begun (their budget is set)."""
+    try:
+        state = json.loads((out / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return set()
+    return set(state.get("stages", {})) | set(state.get("budgets", {}))
+
+
+def _record_change(out: Path, changed: dict) -> None:
+    """Append a config change (fields read only by stages not started yet) to OUT/state.json."""
+    path = out / STATE_FILE
+    try:
+        state = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        state = {}
+    state.setdefault("config_changes", []).append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed})
+    atomic_write_json(path, state)
 
 
 def fixed_estimate_s(cfg: QuickstartConfig) -> float:
