@@ -596,3 +596,31 @@ def test_optional_stages_resume(extras_run):
     # and a finished run is a no-op
     res = nfldm(*extras_run["args"])
     assert res.returncode == 0 and res.stdout.count(" done ") >= len(STAGE_NAMES)
+
+
+def test_status_of_a_run_under_way(tmp_path):
+    """--status reads a folder while it runs: finished stages with their time, the training under way
+    with its step, minutes and held-out measurements, the stages to do, the config changes; a folder
+    that is no quickstart run is one line."""
+    from nfldm.pipeline.quickstart.config import preset
+    from nfldm.pipeline.quickstart.run import open_run_dir
+
+    out = tmp_path / "rel"
+    open_run_dir(out, preset("release"), "release")
+    (out / "state.json").write_text(json.dumps({"stages": {"collect": {"seconds": 120.0, "finished": "t"},
+                                                           "check": {"seconds": 6.0}},
+                                                "budgets": {"scene_ae": 390.0},
+                                                "config_changes": [{"time": "t", "changed": {"ldm_set": [1, 2]}}]}))
+    run = out / "scene_ae"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {"steps": 29653, "max_minutes": 390.0}}))
+    recs = [{"step": 500, "loss": 0.05, "time": 420.0, "steps_per_s": 1.3},
+            {"step": 500, "val_loss": 0.061, "val_best": 0.061, "val_best_step": 500}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    res = nfldm("quickstart", "--status", "--out", str(out), "--curves", str(tmp_path / "c.png"))
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    assert "done     collect" in text and "running  scene_ae" in text and "to do    ldm" in text
+    assert "step 500 of 29653" in text and "7.0 of 390.0 min" in text and "held-out 0.061" in text
+    assert "config change t: ldm_set" in text and (tmp_path / "c.png").is_file()
+    assert "not a readable quickstart run" in one_line_error(nfldm("quickstart", "--status", "--out", str(tmp_path)))

@@ -209,7 +209,13 @@ def cmd_train_image_prior(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from nfldm.pipeline.quickstart import preset, quickstart
+    from nfldm.pipeline.quickstart import preset, quickstart, status
+
+    if args.status:
+        if args.out is None:
+            raise ValueError("--status needs --out (the quickstart folder to read)")
+        print(status(args.out, args.curves))
+        return 0
 
     if args.smoke and args.preset not in (None, "smoke"):
         raise ValueError(f"--smoke is --preset smoke; it cannot go with --preset {args.preset}")
@@ -824,6 +830,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget of the whole run (default 60; smoke: 3; release: 1440)")
     p.add_argument("--scenes", type=int, default=None, help="scenes to collect (default 160; smoke: 5; release: 2048)")
     p.add_argument("--smoke", action="store_true", help="the same as --preset smoke")
+    p.add_argument("--status", action="store_true",
+                   help="print what the folder --out has done and is doing (the training under way: step, minutes, "
+                   "held-out loss) and exit; reads only, runs beside a running quickstart")
+    p.add_argument("--curves", default=None, help="with --status: draw the running training's loss curves to this PNG")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any quickstart option (nfldm.pipeline.quickstart.config.QuickstartConfig; repeatable)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

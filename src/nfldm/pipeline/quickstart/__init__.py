@@ -1,6 +1,6 @@
 """``nfldm quickstart``: the whole pipeline in one resumable command, with an HTML report."""
 
 from nfldm.pipeline.quickstart.config import PRESETS, STAGES, QuickstartConfig, preset, stage_list
-from nfldm.pipeline.quickstart.run import QuickstartError, quickstart
+from nfldm.pipeline.quickstart.run import QuickstartError, quickstart, status
 
-__all__ = ["PRESETS", "STAGES", "QuickstartConfig", "QuickstartError", "preset", "quickstart", "stage_list"]
+__all__ = ["PRESETS", "STAGES", "QuickstartConfig", "QuickstartError", "preset", "quickstart", "stage_list", "status"]

@@ -144,6 +144,79 @@ def _record_change(out: Path, changed: dict) -> None:
     atomic_write_json(path, state)
 
 
+def status(out: str | os.PathLike, curves: str | os.PathLike | None = None) -> str:
+    """What a quickstart folder has done and is doing, as text: every stage of its config with its
+    time (finished), or for the training under way its step, planned steps, training minutes used of
+    its budget and its held-out measurements (best, and at which step); the config changes taken.
+    ``curves``: also draw the training under way's loss curves (train and held-out) to this PNG.
+    Reads only; QuickstartError for a folder that is no quickstart run."""
+    from nfldm.pipeline.quickstart.config import config_from_dict
+    from nfldm.utils.plot import plot_metrics, read_metrics
+
+    out = Path(out)
+    try:
+        stored = json.loads((out / CONFIG_FILE).read_text())
+        cfg = config_from_dict(stored["config"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise QuickstartError(f"{out / CONFIG_FILE}: not a readable quickstart run ({e})") from None
+    state = _read_state(out)
+    done, budgets = state.get("stages", {}), state.get("budgets", {})
+    lines = [f"{out} ({stored.get('preset')}): {cfg.scenes} scenes, budget {cfg.budget_minutes:g} min; "
+             f"{sum(v.get('seconds', 0) for v in done.values()) / 60:.1f} min of finished stages"]
+    for name, what in stage_list(cfg):
+        if name in done:
+            lines.append(f"  done     {name:16s} {done[name].get('seconds', 0) / 60:7.1f} min  ({done[name].get('finished', '')})")
+        elif name in budgets:
+            lines.append(f"  running  {name:16s} budget {budgets[name]:.1f} min")
+            for run in _runs_of(out, name):
+                lines.append("           " + _run_progress(run))
+                if curves is not None and (run / "metrics.jsonl").exists() and read_metrics(run / "metrics.jsonl"):
+                    plot_metrics(run / "metrics.jsonl", curves)
+        else:
+            lines.append(f"  to do    {name:16s} {what}")
+    for ch in state.get("config_changes", []):
+        lines.append(f"  config change {ch.get('time')}: {', '.join(ch.get('changed', {}))}")
+    return "\n".join(lines)
+
+
+def _read_state(out: Path) -> dict:
+    try:
+        return json.loads((out / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _runs_of(out: Path, stage: str) -> list[Path]:
+    """The trainer run folders of a training stage (the ldm stages: one per level)."""
+    base = out / stage
+    if (base / "config.json").exists() or (base / "checkpoint.json").exists():
+        return [base]
+    return [base / lv for lv in "gcf" if (base / lv / "config.json").exists()]
+
+
+def _run_progress(run: Path) -> str:
+    """One line: the run's step of its planned steps, training minutes, last loss, held-out best."""
+    from nfldm.utils.plot import read_metrics
+
+    try:
+        planned = json.loads((run / "config.json").read_text())["train"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return f"{run.name}: not started"
+    recs = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
+    train = [r for r in recs if "loss" in r]
+    held = [r for r in recs if "val_loss" in r]
+    if not train:
+        return f"{run.name}: step 0 of {planned.get('steps')}"
+    last = train[-1]
+    text = (f"{run.name}: step {last['step']} of {planned.get('steps')}, {last.get('time', 0) / 60:.1f} of "
+            f"{planned.get('max_minutes', 0):.1f} min, loss {last['loss']:.4g}, {last.get('steps_per_s', 0) * 60:.0f} steps/min")
+    if held:
+        h = held[-1]
+        text += (f"; held-out {h['val_loss']:.4g} (best {h['val_best']:.4g} at step {h['val_best_step']}, "
+                 f"{len(held)} measurements)")
+    return text
+
+
 def fixed_estimate_s(cfg: QuickstartConfig) -> float:
     """Estimated seconds of all the non-training stages together."""
     return _shared_estimate_s(cfg) + cfg.inception_seconds
