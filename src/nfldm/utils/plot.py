@@ -75,7 +75,8 @@ def plot_metrics(jsonl_path: str | os.PathLike, png_path: str | os.PathLike,
             continue
         x, y = (np.array(v) for v in zip(*pts))
         ax.plot(x, y, color="tab:blue", alpha=0.3, linewidth=0.8)
-        ax.plot(x, _smooth(y, max(1, len(y) // 50)), color="tab:blue", linewidth=1.5)
+        ax.plot(x, _smooth(y, max(1, len(y) // 50)), color="tab:blue", linewidth=1.5,
+                marker="o" if len(y) <= 60 else None, markersize=3)       # sparse series (held-out) as points
         if np.all(y > 0):
             ax.set_yscale("log")
     fig.tight_layout()
