@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from nfldm.config import dict_without_added
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json, read_json, read_tensors, write_tensors
-from nfldm.utils.plot import plot_metrics
+from nfldm.utils.plot import plot_metrics, read_metrics
 
 __all__ = [
     "dict_without_added",
@@ -923,7 +923,8 @@ class Trainer:
         try:
             with _isolated_rng(self.device, seed=_mix(cfg.seed, 7919)):
                 for i in range(0, len(idx), self.local_batch):
-                    batch = _to_device(default_collate([ds[j] for j in idx[i:i + self.local_batch]]), self.device)
+                    chunk = idx[i:i + self.local_batch]
+                    batch = _to_device(default_collate([ds[j] for j in chunk]), self.device)
                     with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                         enabled=self.amp_dtype is not None):
                         loss, metrics = model.training_loss(batch, step)
@@ -931,8 +932,7 @@ class Trainer:
                     if value is None:
                         raise ValueError(f"val_metric {cfg.val_metric!r} is not among the training "
                                          f"metrics {sorted(metrics)}")
-                    k = len(idx[i:i + self.local_batch])
-                    total, count = total + float(value) * k, count + k
+                    total, count = total + float(value) * len(chunk), count + len(chunk)
         finally:
             model.train(was)
         return total / max(count, 1)
@@ -975,11 +975,10 @@ class Trainer:
 
     def _last_logged(self) -> dict:
         try:
-            records = [json.loads(ln) for ln in (self.run_dir / METRICS_FILE).read_text().splitlines()]
-            train = [r for r in records if "loss" in r]          # not the held-out lines
-            return train[-1] if train else {}
-        except (OSError, ValueError):
+            train = [r for r in read_metrics(self.run_dir / METRICS_FILE) if "loss" in r]   # not the held-out lines
+        except OSError:
             return {}
+        return train[-1] if train else {}
 
     def _save_checkpoint(self, elapsed: float) -> None:
         """All ranks: gather RNG states; rank 0 writes .safetensors then .json; barrier."""

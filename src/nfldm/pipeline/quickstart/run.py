@@ -89,7 +89,8 @@ def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
             raise QuickstartError(f"{cfg_path}: not a quickstart config")
         old = stored.get("config", {})
         diff = sorted(k for k in set(old) | set(want["config"]) if old.get(k) != want["config"].get(k))
-        started = _started_stages(out)
+        state = _load_state(out)
+        started = set(state["stages"]) | set(state["budgets"])     # finished, or trainings begun
         # a change is taken when no stage reading the changed fields has started (FIELD_STAGES):
         # a long run's later stages can still be re-planned (widths, budgets, samples)
         blocked = [k for k in diff if stages_reading(k, old.get(k), want["config"].get(k)) & started]
@@ -102,13 +103,21 @@ def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
                                   "or choose another --out")
         if diff:
             atomic_write_json(cfg_path, want)
-            _record_change(out, {k: [old.get(k), want["config"].get(k)] for k in diff})
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise QuickstartError(f"{out}: the folder exists, is not empty and is not a quickstart run "
-                                  f"(no {CONFIG_FILE}); choose a new or empty --out")
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cfg_path, want)
+            state.setdefault("config_changes", []).append(
+                {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": {k: [old.get(k), want["config"].get(k)]
+                                                                         for k in diff}})
+            atomic_write_json(out / STATE_FILE, state)
+        return state
+    if out.exists() and any(out.iterdir()):
+        raise QuickstartError(f"{out}: the folder exists, is not empty and is not a quickstart run "
+                              f"(no {CONFIG_FILE}); choose a new or empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg_path, want)
+    return _load_state(out)
+
+
+def _load_state(out: Path) -> dict:
+    """OUT/state.json with its lists in place ({} when absent); QuickstartError when unreadable."""
     state_path = out / STATE_FILE
     if state_path.exists():
         try:
@@ -122,26 +131,6 @@ def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
     state.setdefault("budgets", {})
     state.setdefault("sessions", [])
     return state
-
-
-def _started_stages(out: Path) -> set[str]:
-    """Stages of the run in OUT that have finished or, for trainings, begun (their budget is set)."""
-    try:
-        state = json.loads((out / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return set()
-    return set(state.get("stages", {})) | set(state.get("budgets", {}))
-
-
-def _record_change(out: Path, changed: dict) -> None:
-    """Append a config change (fields read only by stages not started yet) to OUT/state.json."""
-    path = out / STATE_FILE
-    try:
-        state = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, json.JSONDecodeError):
-        state = {}
-    state.setdefault("config_changes", []).append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed})
-    atomic_write_json(path, state)
 
 
 def status(out: str | os.PathLike, curves: str | os.PathLike | None = None) -> str:
@@ -159,7 +148,7 @@ def status(out: str | os.PathLike, curves: str | os.PathLike | None = None) -> s
         cfg = config_from_dict(stored["config"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise QuickstartError(f"{out / CONFIG_FILE}: not a readable quickstart run ({e})") from None
-    state = _read_state(out)
+    state = _load_state(out)
     done, budgets = state.get("stages", {}), state.get("budgets", {})
     lines = [f"{out} ({stored.get('preset')}): {cfg.scenes} scenes, budget {cfg.budget_minutes:g} min; "
              f"{sum(v.get('seconds', 0) for v in done.values()) / 60:.1f} min of finished stages"]
@@ -177,13 +166,6 @@ def status(out: str | os.PathLike, curves: str | os.PathLike | None = None) -> s
     for ch in state.get("config_changes", []):
         lines.append(f"  config change {ch.get('time')}: {', '.join(ch.get('changed', {}))}")
     return "\n".join(lines)
-
-
-def _read_state(out: Path) -> dict:
-    try:
-        return json.loads((out / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _runs_of(out: Path, stage: str) -> list[Path]:
@@ -274,7 +256,7 @@ def _level_plan(cfg: QuickstartConfig, minutes: float, rates: tuple, sets: dict)
     plan_levels = {}
     for k, lv in enumerate("gcf"):
         m = minutes * cfg.ldm_level_shares[k] / total
-        steps = max(cfg.min_steps, int(round(rates[k] * m)))
+        steps = _steps(cfg, k, m, rates)
         sets[f"{lv}.max_minutes"], sets[f"{lv}.steps"] = m, steps
         plan_levels[lv] = {"steps": steps, "max_minutes": m}
     return plan_levels
