@@ -52,7 +52,7 @@ from nfldm.utils.norms import record_norms, replay_norms
 from nfldm.utils.video import write_video
 
 __all__ = ["SceneLatents", "load_scene", "decoder_reach", "region_visibility", "edit_checks", "seam_score",
-           "viewed_box", "renderer_reach", "repaint_pipeline", "available_lpips", "edit_scene"]
+           "viewed_box", "draw_box", "renderer_reach", "repaint_pipeline", "available_lpips", "edit_scene"]
 
 
 @dataclass
@@ -389,7 +389,9 @@ def viewed_box(V: Tensor, bounds: Tensor, path: Tensor, intr: Tensor, size_cells
     return best_box
 
 
-def _draw_box(img: np.ndarray, box, bounds: Tensor, colour=(40, 120, 255)) -> np.ndarray:
+def draw_box(img: np.ndarray, box, bounds: Tensor, colour=(40, 120, 255)) -> np.ndarray:
+    """``img`` (a square top-down view of ``bounds``, x right, y up) with ``box`` (x0, y0, x1, y1
+    metres) outlined in ``colour``."""
     from PIL import Image, ImageDraw
 
     size = img.shape[0]
@@ -483,7 +485,7 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
                                           views=(rgb0, dep0))
     # the sheet: top-down before / after with the box, then the frames that look into the box
     big = 128
-    tops = [_draw_box(upscale(t, big // t.shape[0]), region["box"], scene.bounds) for t in (top0, top1)]
+    tops = [draw_box(upscale(t, big // t.shape[0]), region["box"], scene.bounds) for t in (top0, top1)]
     into = checks["frames_into"] or list(range(len(fr0)))
     pick = [into[k] for k in np.round(np.linspace(0, len(into) - 1, min(4, len(into)))).astype(int)]
     s = big // fr0.shape[1]

@@ -318,11 +318,11 @@ def _strip(path: Path, V: Tensor, bounds: Tensor, cams: Tensor, frames: np.ndarr
     frames along the path."""
     from PIL import Image, ImageDraw
 
-    from nfldm.pipeline.generate import _topdown
+    from nfldm.pipeline.generate import topdown_view
 
     X, Y = V.shape[1:3]
     s = 4
-    img = Image.fromarray(_topdown(V, bounds, cams, max(X, Y) * s)).resize((X * s, Y * s), Image.NEAREST)
+    img = Image.fromarray(topdown_view(V, bounds, cams, max(X, Y) * s)).resize((X * s, Y * s), Image.NEAREST)
     draw = ImageDraw.Draw(img)
     lo, hi = bounds[0].tolist(), bounds[1].tolist()
     for j in joins:

@@ -59,7 +59,7 @@ from nfldm.scene_ae.render import sample_grid
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, read_json
 from nfldm.utils.video import write_video
 
-__all__ = ["sample", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT",
+__all__ = ["sample", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT", "topdown_view",
            "write_sample_folder"]
 
 SAMPLE_FORMAT = "nfldm-sample"
@@ -135,7 +135,7 @@ def camera_path_json(path: Tensor, keyframes: Tensor, intrinsics: Tensor, H: int
     }
 
 
-def _topdown(V: Tensor, bounds: Tensor, path: Tensor, size: int) -> np.ndarray:
+def topdown_view(V: Tensor, bounds: Tensor, path: Tensor, size: int) -> np.ndarray:
     """Top-down opacity 1 - exp(-sum_z sigma dz) as a size x size RGB image (x to the right,
     y up; dark = opaque), the camera path drawn in red, its start as a red dot."""
     from PIL import Image, ImageDraw
@@ -223,7 +223,7 @@ def write_sample_folder(d: Path, sae, V: Tensor, latents: dict, keys: Tensor, pa
     atomic_write_bytes(d / "mesh.ply", mesh.export(file_type="ply"))
     atomic_write_bytes(d / "mesh.glb", mesh.export(file_type="glb"))
     atomic_write_json(d / "trajectory.json", camera_path_json(path, keys, intr, H, W, fps, bounds))
-    top = _topdown(V, bounds, path, min(H, W))
+    top = topdown_view(V, bounds, path, min(H, W))
     record = {"folder": d.name, "video": video_path.name, "mesh_level": level,
               "mesh_vertices": int(len(mesh.vertices)), "mesh_faces": int(len(mesh.faces)),
               "max_density": float(V[0].max()), "occupied_fraction": float((V[0] > level).float().mean())}

@@ -348,20 +348,36 @@ class ViewerClient:
             TimeoutError: if it has not arrived within `timeout` seconds (default: the client's timeout).
             ConnectionError: if the connection closed (or a frame failed to decode) before it arrived.
         """
+        def poll() -> Message | None:
+            received = self._by_type.get(type_name, [])
+            return received[after] if len(received) > after else None
+
+        def got() -> int:
+            return len(self._by_type.get(type_name, []))
+
+        return self._wait_until(
+            poll,
+            lambda: f"connection to {self.url} closed before {type_name} #{after} arrived ({got()} received)",
+            lambda: f"no {type_name} #{after} from {self.url} ({got()} received)",
+            timeout,
+        )
+
+    def _wait_until(self, poll: Callable[[], Any], closed: Callable[[], str], late: Callable[[], str],
+                    timeout: float | None) -> Any:
+        """Under the lock, wait until ``poll()`` returns something other than None and return it;
+        ConnectionError(``closed()``) once the connection is closed, TimeoutError(``late()``) after
+        ``timeout`` seconds (default: the client's timeout)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else float(timeout))
         with self._cond:
             while True:
-                received = self._by_type.get(type_name, [])
-                if len(received) > after:
-                    return received[after]
+                value = poll()
+                if value is not None:
+                    return value
                 if self._closed:
-                    raise ConnectionError(
-                        f"connection to {self.url} closed before {type_name} #{after} arrived "
-                        f"({len(received)} received)"
-                    ) from self._error
+                    raise ConnectionError(closed()) from self._error
                 remaining = deadline - time.monotonic()
                 if remaining <= 0.0:
-                    raise TimeoutError(f"no {type_name} #{after} from {self.url} ({len(received)} received)")
+                    raise TimeoutError(late())
                 self._cond.wait(remaining)
 
     # ------------------------------------------------------------------ sending
@@ -439,27 +455,25 @@ class ViewerClient:
         return self._find_gui(label, lambda e: types is None or e["type"] in types, timeout)
 
     def _find_gui(self, label: str, accept: Callable[[Message], bool], timeout: float | None) -> Message:
-        deadline = time.monotonic() + (self.timeout if timeout is None else float(timeout))
-        with self._cond:
-            while True:
-                found = [
-                    e
-                    for e in self._gui.values()
-                    if (e["props"].get("label") == label or e["uuid"] == label) and accept(e)
-                ]
-                if len(found) > 1:
-                    raise LookupError(f"{len(found)} GUI elements match {label!r}: {[e['uuid'] for e in found]}")
-                if found:
-                    return {**found[0], "props": dict(found[0]["props"])}
-                labels = [e["props"].get("label") for e in self._gui.values()]
-                if self._closed:
-                    raise ConnectionError(
-                        f"connection to {self.url} closed; no GUI element {label!r}; labels: {labels}"
-                    ) from self._error
-                remaining = deadline - time.monotonic()
-                if remaining <= 0.0:
-                    raise TimeoutError(f"no suitable GUI element labelled {label!r}; labels: {labels}")
-                self._cond.wait(remaining)
+        def poll() -> Message | None:
+            found = [
+                e
+                for e in self._gui.values()
+                if (e["props"].get("label") == label or e["uuid"] == label) and accept(e)
+            ]
+            if len(found) > 1:
+                raise LookupError(f"{len(found)} GUI elements match {label!r}: {[e['uuid'] for e in found]}")
+            return {**found[0], "props": dict(found[0]["props"])} if found else None
+
+        def labels() -> list:
+            return [e["props"].get("label") for e in self._gui.values()]
+
+        return self._wait_until(
+            poll,
+            lambda: f"connection to {self.url} closed; no GUI element {label!r}; labels: {labels()}",
+            lambda: f"no suitable GUI element labelled {label!r}; labels: {labels()}",
+            timeout,
+        )
 
     def click(self, label: str, timeout: float | None = None, force: bool = False) -> None:
         """Click the button labelled `label` (or with that uuid), as the browser does: send

@@ -28,15 +28,16 @@ from torch import Tensor
 
 from nfldm.data.format import DataError, read_dataset
 from nfldm.data.tensors import read_safetensors
-from nfldm.ldm.evaluate import top_down_opacity
 from nfldm.ldm.trajectory import interpolate_path
 from nfldm.pipeline.bundle import BUNDLE_FILE, bundle_renderer, bundled_model
+from nfldm.pipeline.edit import draw_box
+from nfldm.pipeline.generate import topdown_view
 from nfldm.pipeline.load import recorded_run
 from nfldm.pipeline.refine import renderer_path
 from nfldm.scene_ae.load import load_scene_ae
 from nfldm.trainer import read_run_config
 
-__all__ = ["ViewScene", "Source", "open_source", "load_item", "is_ldm_run", "topdown_image", "world_to_map",
+__all__ = ["ViewScene", "Source", "open_source", "load_item", "is_ldm_run", "topdown_image", "draw_camera", "world_to_map",
            "scene_renderer", "SPLIT_ORDER"]
 
 SPLIT_ORDER = ("test", "val", "train")
@@ -51,8 +52,8 @@ class ViewScene:
     T x 4 x 4 camera-to-world poses (OpenGL axes, :mod:`nfldm.camera`). ``folder``: the sample or
     scene folder it came from (what edit / extend / refine are given), ``kind``: "sample" or
     "scene"; ``run``: the ldm run that made it (None: unknown, the bundle is used); ``renderer``:
-    the stage-1 run that renders it; ``editable``: it holds its latents g, c, f (a refined or
-    extended sample does not).
+    the stage-1 run that renders it (``sae``: that model, loaded); ``editable``: it holds its latents
+    g, c, f (a refined or extended sample does not).
     """
 
     name: str
@@ -67,6 +68,7 @@ class ViewScene:
     run: Path | None = None
     editable: bool = False
     info: dict = field(default_factory=dict)
+    sae: object = field(default=None, repr=False)   # the loaded ``renderer`` (a SceneAutoEncoder)
 
 
 @dataclass
@@ -246,7 +248,8 @@ def load_item(path: Path, run: Path | None, device: str = "cpu", cache: dict | N
     editable = all(k in t for k in ("g", "c", "f")) and not meta.get("refined_from")
     name = folder.name if f.name == "V.safetensors" else f.stem
     return ViewScene(name, V, bounds, intr, path_t, keys, folder if f.name == "V.safetensors" else f, "sample",
-                     rpath, item_run, editable, {k: v for k, v in meta.items() if isinstance(v, (str, int, float))})
+                     rpath, item_run, editable, {k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
+                     sae)
 
 
 @torch.no_grad()
@@ -271,7 +274,7 @@ def _encode_scene(path: Path, run: Path | None, sae_of) -> ViewScene:
     c2w = item["c2w"].float()
     keys = c2w[torch.linspace(0, len(c2w) - 1, 8).round().long()]
     return ViewScene(path.name, V, item["bounds"].float(), item["intrinsics"][0].float(), c2w, keys, path, "scene",
-                     Path(base), run, True, {})
+                     Path(base), run, True, {}, sae)
 
 
 def world_to_map(xy, bounds: Tensor, size: int) -> tuple[float, float]:
@@ -280,27 +283,27 @@ def world_to_map(xy, bounds: Tensor, size: int) -> tuple[float, float]:
     return ((float(xy[0]) - lo[0]) / (hi[0] - lo[0]) * size, (hi[1] - float(xy[1])) / (hi[1] - lo[1]) * size)
 
 
-def topdown_image(scene: ViewScene, size: int = 192, camera: Tensor | None = None, box=None) -> np.ndarray:
-    """The top-down opacity of V (dark = opaque, x right, y up) as size x size x 3 uint8, the camera
-    path in red, ``camera`` (4 x 4 c2w) as a blue dot with its view direction, ``box`` (x0, y0, x1,
-    y1 metres) as an orange rectangle."""
+def topdown_image(scene: ViewScene, size: int = 192, box=None) -> np.ndarray:
+    """The top-down opacity of V with the camera path (:func:`nfldm.pipeline.generate.topdown_view`:
+    dark = opaque, x right, y up) as size x size x 3 uint8, ``box`` (x0, y0, x1, y1 metres) outlined
+    in orange."""
+    img = topdown_view(scene.V, scene.bounds, scene.path, size)
+    return img if box is None else draw_box(img, box, scene.bounds, colour=(255, 140, 0))
+
+
+def draw_camera(img: np.ndarray, camera: Tensor, bounds: Tensor) -> np.ndarray:
+    """A copy of the square top-down ``img`` of ``bounds`` with ``camera`` (4 x 4 c2w) as a blue dot
+    and its view direction."""
     from PIL import Image, ImageDraw
 
-    op = top_down_opacity(scene.V, scene.bounds).numpy()                    # X x Y
-    grey = (255 * (1 - op.T[::-1])).astype(np.uint8)                       # rows = -y
-    img = Image.fromarray(np.ascontiguousarray(grey)).convert("RGB").resize((size, size), Image.NEAREST)
-    draw = ImageDraw.Draw(img)
-    pts = [world_to_map(p[:2, 3], scene.bounds, size) for p in scene.path]
-    draw.line(pts, fill=(220, 30, 30), width=max(1, size // 96))
-    if box is not None:
-        (x0, y1), (x1, y0) = world_to_map(box[:2], scene.bounds, size), world_to_map(box[2:], scene.bounds, size)
-        draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=(255, 140, 0), width=2)
-    if camera is not None:
-        c = world_to_map(camera[:2, 3], scene.bounds, size)
-        fwd = -camera[:3, 2]
-        n = float(torch.linalg.vector_norm(fwd[:2])) or 1.0
-        tip = (c[0] + float(fwd[0]) / n * size / 12, c[1] - float(fwd[1]) / n * size / 12)
-        draw.line([c, tip], fill=(30, 90, 255), width=2)
-        r = max(2.0, size / 64)
-        draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=(30, 90, 255))
-    return np.asarray(img)
+    size = img.shape[0]
+    pic = Image.fromarray(img)
+    draw = ImageDraw.Draw(pic)
+    c = world_to_map(camera[:2, 3], bounds, size)
+    fwd = -camera[:3, 2]
+    n = float(torch.linalg.vector_norm(fwd[:2])) or 1.0
+    tip = (c[0] + float(fwd[0]) / n * size / 12, c[1] - float(fwd[1]) / n * size / 12)
+    draw.line([c, tip], fill=(30, 90, 255), width=2)
+    r = max(2.0, size / 64)
+    draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=(30, 90, 255))
+    return np.asarray(pic)

@@ -41,8 +41,8 @@ from nfldm.scene_ae.flythrough import upscale
 from nfldm.trainer import resolve_device
 from nfldm.utils.io import atomic_write_json
 from nfldm.utils.video import write_video
-from nfldm.viewer.live import LiveRenderer, c2w_from_viser, viser_from_c2w
-from nfldm.viewer.scene import ViewScene, load_item, open_source, topdown_image
+from nfldm.viewer.live import LiveRenderer, c2w_from_viser, view_intrinsics, viser_from_c2w
+from nfldm.viewer.scene import ViewScene, draw_camera, load_item, open_source, topdown_image
 
 __all__ = ["ViewerConfig", "Viewer", "port_free", "serve"]
 
@@ -204,14 +204,14 @@ class Viewer:
         self._views: list[_ClientView] = []     # every browser's view, connected or gone (joined at stop)
         self.history: list[dict] = []       # every action run: action, ok, seconds, note
         self.frames = 0                     # frames rendered for all browsers
+        self._map: tuple = (None, None)     # (scene and box it shows, the panel's map without the camera)
         self.server = None
         # the first scene: the source's first item, or a sample of the run
         if self.source.kind == "run":
             self.scene = self._sample(seed=0, sampler="dpm", steps=cfg.sample_steps, guidance=1.0, bev="")
         else:
             self.scene = self._load(self.source.items[0][1])
-        sae = self.cache[str(Path(self.scene.renderer).resolve())]
-        self.renderer = LiveRenderer(sae, self.scene.V.to(self.device), self.scene.bounds)
+        self.renderer = LiveRenderer(self.scene.sae, self.scene.V.to(self.device), self.scene.bounds)
 
     # ------------------------------------------------------------------------------- scenes
     def _load(self, path: Path) -> ViewScene:
@@ -219,7 +219,13 @@ class Viewer:
         return load_item(path, run, self.device, self.cache)
 
     def map_image(self, camera: torch.Tensor | None = None) -> np.ndarray:
-        return topdown_image(self.scene, MAP_SIZE, camera, self.box)
+        """The panel's top-down map (MAP_SIZE square) with the box and ``camera``; the map without the
+        camera is drawn once per scene and box, the camera on a copy at every call."""
+        key = (id(self.scene), None if self.box is None else tuple(self.box))
+        if self._map[0] != key:
+            self._map = (key, topdown_image(self.scene, MAP_SIZE, self.box))
+        base = self._map[1]
+        return base if camera is None else draw_camera(base, camera, self.scene.bounds)
 
     def overview_pose(self) -> torch.Tensor:
         """A camera above and south of the box looking down at its centre (c2w 4 x 4, OpenGL axes)."""
@@ -237,16 +243,13 @@ class Viewer:
         return c2w.float()
 
     def fov_y(self) -> float:
-        intr = self.scene.intrinsics
-        sae = self.cache[str(Path(self.scene.renderer).resolve())]
-        H, _ = sae.cfg.image_hw()
-        return 2 * math.atan((H / 2) / float(intr[1]))
+        H, _ = self.scene.sae.cfg.image_hw()
+        return 2 * math.atan((H / 2) / float(self.scene.intrinsics[1]))
 
     def set_scene(self, scene: ViewScene, move_cameras: bool = True) -> None:
         """Show ``scene``: swap the renderer's V, rebuild the 3D scene, reset the box and keyframes."""
         self.scene = scene
-        sae = self.cache[str(Path(scene.renderer).resolve())]
-        self.renderer.set_scene(sae, scene.V.to(self.device), scene.bounds)
+        self.renderer.set_scene(scene.sae, scene.V.to(self.device), scene.bounds)
         self.box, self.picking = None, None
         self.user_keys = []
         if self.server is not None:
@@ -623,7 +626,7 @@ def save_scene(viewer: Viewer, dest: Path, frames_per_key: int = 12, fps: int = 
     if dest.exists() and any(dest.iterdir()):
         raise ValueError(f"{dest}: exists and is not empty; choose another folder to save to")
     sc = viewer.scene
-    sae = viewer.cache[str(Path(sc.renderer).resolve())]
+    sae = sc.sae
     H, W = sae.cfg.image_hw()
     stage = dest.with_name(dest.name + ".partial")
     shutil.rmtree(stage, ignore_errors=True)
@@ -637,13 +640,12 @@ def save_scene(viewer: Viewer, dest: Path, frames_per_key: int = 12, fps: int = 
     keys = torch.stack(viewer.user_keys) if len(viewer.user_keys) >= 2 else sc.keyframes
     path = interpolate_path(keys, max(2, frames_per_key * (len(keys) - 1)))
     frames = []
-    r = LiveRenderer(sae, sc.V.to(viewer.device), sc.bounds)
-    fov_y = 2 * math.atan((H / 2) / float(sc.intrinsics[1]))
-    for p in path:
-        rgb, _, _ = r.render(p, fov_y, H, W / H)
+    fov_y = viewer.fov_y()
+    for p in path:                        # the shown scene's renderer (its V is on the device already)
+        rgb, _, _ = viewer.renderer.render(p, fov_y, H, W / H)
         frames.append(upscale(rgb[None], max(1, 256 // H))[0])
     write_video(stage / "view_flythrough.mp4", frames, fps)
-    intr = torch.tensor([H / 2 / math.tan(fov_y / 2)] * 2 + [W / 2, H / 2])
+    intr = view_intrinsics(fov_y, H, W)
     atomic_write_json(stage / "view_path.json", {**camera_path_json(path, keys, intr, H, W, fps, sc.bounds),
                                                   "flown_keyframes": len(viewer.user_keys),
                                                   "fov_y_degrees": fov_degrees(float(intr[1]), H)})
