@@ -624,3 +624,48 @@ def test_status_of_a_run_under_way(tmp_path):
     assert "step 500 of 29653" in text and "7.0 of 390.0 min" in text and "held-out 0.061" in text
     assert "config change t: ldm_set" in text and (tmp_path / "c.png").is_file()
     assert "not a readable quickstart run" in one_line_error(nfldm("quickstart", "--status", "--out", str(tmp_path)))
+
+
+def test_release_budget_is_its_steps(tmp_path, monkeypatch):
+    """budget_by "steps" (the release): a training's budget is its minutes in the plan whatever the
+    stages before took, its steps come from them and no wall-clock cap is passed, so a stage that
+    shares the CPU trains the planned model, only later; "minutes" (the demo) keeps the hard cap
+    and shares what is left. The switch is a planning field: a run under way takes it."""
+    from nfldm.pipeline.quickstart import run as qs
+    from nfldm.pipeline.quickstart.run import open_run_dir, plan, train_minutes
+
+    rel = preset("release")
+    assert rel.budget_by == "steps" and preset("default").budget_by == "minutes"
+    assert "budget_by" not in preset("default").to_dict() and rel.to_dict()["budget_by"] == "steps"
+    planned = {r[0]: r[2] for r in plan(rel)}
+    slow = {"stages": {"collect": {"seconds": 3600.0}, "check": {"seconds": 10.0},
+                       "scene_ae": {"seconds": 3 * 60 * planned["scene_ae"]}}, "budgets": {}}
+    assert train_minutes(rel, "latent_ae", slow) == pytest.approx(planned["latent_ae"])
+    demo = preset("default")
+    demo_slow = {"stages": {"collect": {"seconds": 600.0}}, "budgets": {}}
+    assert train_minutes(demo, "scene_ae", demo_slow) < {r[0]: r[2] for r in plan(demo)}["scene_ae"]
+
+    seen = {}
+
+    def fake_train(data, run, preset_name, steps, resume, device, progress, overrides):
+        seen.update(overrides, steps=steps)
+        return {}
+
+    monkeypatch.setattr(qs, "train_scene_ae", fake_train)
+    ctx = {"budget": 100.0, "device": "cpu", "progress": False}
+    qs._stage_scene_ae(tmp_path, rel, ctx)
+    assert seen["max_minutes"] == 0 and seen["steps"] == round(100.0 * rel.steps_per_minute[0])
+    qs._stage_scene_ae(tmp_path, demo, ctx)
+    assert seen["max_minutes"] == 100.0
+    sets = {}
+    levels = qs._level_plan(rel, 100.0, rel.steps_per_minute[2:5], sets)
+    assert all(sets[f"{lv}.max_minutes"] == 0 and levels[lv]["steps"] > 0 for lv in "gcf")
+
+    # a release folder started before the switch (minutes) takes it while scene_ae trains
+    out = tmp_path / "rel"
+    open_run_dir(out, preset("release", budget_by="minutes"), "release")
+    (out / "state.json").write_text(json.dumps({"stages": {"collect": {}, "check": {}}, "budgets": {"scene_ae": 390.0}}))
+    state = open_run_dir(out, rel, "release")
+    assert list(state["config_changes"][-1]["changed"]) == ["budget_by"]
+    with pytest.raises(ValueError, match="budget_by"):
+        preset("release", budget_by="hours")

@@ -156,7 +156,8 @@ def status(out: str | os.PathLike, curves: str | os.PathLike | None = None) -> s
         if name in done:
             lines.append(f"  done     {name:16s} {done[name].get('seconds', 0) / 60:7.1f} min  ({done[name].get('finished', '')})")
         elif name in budgets:
-            lines.append(f"  running  {name:16s} budget {budgets[name]:.1f} min")
+            unit = "min" if cfg.budget_by == "minutes" else "min planned (the steps they give end it)"
+            lines.append(f"  running  {name:16s} budget {budgets[name]:.1f} {unit}")
             for run in _runs_of(out, name):
                 lines.append("           " + _run_progress(run))
                 if curves is not None and (run / "metrics.jsonl").exists() and read_metrics(run / "metrics.jsonl"):
@@ -190,8 +191,9 @@ def _run_progress(run: Path) -> str:
     if not train:
         return f"{run.name}: step 0 of {planned.get('steps')}"
     last = train[-1]
-    text = (f"{run.name}: step {last['step']} of {planned.get('steps')}, {last.get('time', 0) / 60:.1f} of "
-            f"{planned.get('max_minutes', 0):.1f} min, loss {last['loss']:.4g}, {last.get('steps_per_s', 0) * 60:.0f} steps/min")
+    cap = planned.get("max_minutes", 0)
+    used = f"{last.get('time', 0) / 60:.1f} of {cap:.1f} min" if cap else f"{last.get('time', 0) / 60:.1f} min"
+    text = (f"{run.name}: step {last['step']} of {planned.get('steps')}, {used}, loss {last['loss']:.4g}, {last.get('steps_per_s', 0) * 60:.0f} steps/min")
     if held:
         h = held[-1]
         text += (f"; held-out {h['val_loss']:.4g} (best {h['val_best']:.4g} at step {h['val_best_step']}, "
@@ -218,7 +220,11 @@ def _fixed_left_s(cfg: QuickstartConfig, done: dict) -> float:
 
 def train_minutes(cfg: QuickstartConfig, stage: str, state: dict) -> float:
     """Minutes of training for ``stage``: what is left of the budget after the finished stages
-    and the estimate of the remaining non-training stages, shared among the remaining trainings."""
+    and the estimate of the remaining non-training stages, shared among the remaining trainings
+    (cfg.budget_by "minutes"); its minutes in :func:`plan`, whatever the stages before took
+    ("steps": the plan is the recipe)."""
+    if cfg.budget_by == "steps":
+        return next(m for name, _, m in plan(cfg) if name == stage)
     done = state["stages"]
     spent = sum(s["seconds"] for s in done.values())
     fixed_left = _fixed_left_s(cfg, done)
@@ -244,6 +250,11 @@ def plan(cfg: QuickstartConfig) -> list[tuple[str, str, float]]:
     return rows
 
 
+def _cap(cfg: QuickstartConfig, minutes: float) -> float:
+    """A training's max_minutes: its budget (budget_by "minutes"), or 0, no wall-clock cap ("steps")."""
+    return minutes if cfg.budget_by == "minutes" else 0.0
+
+
 def _steps(cfg: QuickstartConfig, k: int, minutes: float, rates: tuple | None = None) -> int:
     """Steps of a training of ``minutes`` at ``rates[k]`` steps per minute (cfg.steps_per_minute)."""
     return max(cfg.min_steps, int(round((rates or cfg.steps_per_minute)[k] * minutes)))
@@ -257,8 +268,8 @@ def _level_plan(cfg: QuickstartConfig, minutes: float, rates: tuple, sets: dict)
     for k, lv in enumerate("gcf"):
         m = minutes * cfg.ldm_level_shares[k] / total
         steps = _steps(cfg, k, m, rates)
-        sets[f"{lv}.max_minutes"], sets[f"{lv}.steps"] = m, steps
-        plan_levels[lv] = {"steps": steps, "max_minutes": m}
+        sets[f"{lv}.max_minutes"], sets[f"{lv}.steps"] = _cap(cfg, m), steps
+        plan_levels[lv] = {"steps": steps, "max_minutes": _cap(cfg, m)}
     return plan_levels
 
 
@@ -296,8 +307,8 @@ def _train(fn, k: int, data: Path, run: Path, preset_name: str, sets: dict, cfg:
     minutes = ctx["budget"]
     steps = _steps(cfg, k, minutes)
     res = fn(data, run, preset_name, steps=steps, resume=True, device=ctx["device"], progress=ctx["progress"],
-             overrides={**sets, "max_minutes": minutes})
-    return {"steps": steps, "max_minutes": minutes, "last": res}
+             overrides={**sets, "max_minutes": _cap(cfg, minutes)})
+    return {"steps": steps, "max_minutes": _cap(cfg, minutes), "last": res}
 
 
 def _stage_scene_ae(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
@@ -364,13 +375,13 @@ def _stage_renderer(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     minutes = ctx["budget"]
     steps = _steps(cfg, 0, minutes, cfg.extra_steps_per_minute)
     sets = {**cfg.renderer_set, "train_parts": "render", "render_from": "latents", "latents": str(out / "latents"),
-            "max_minutes": minutes}
+            "max_minutes": _cap(cfg, minutes)}
     res = train_renderer(out / "data", out / "renderer", cfg.scene_ae_preset, steps=steps, resume=True,
                          device=ctx["device"], progress=ctx["progress"], overrides=sets, init_from=out / "scene_ae")
     run = out / "renderer"
     ev = eval_scene_ae(run, out / "data", "test", run / "metrics_test.json", device=ctx["device"],
                        max_scenes=cfg.eval_max_scenes or None, progress=ctx["progress"])
-    return {"steps": steps, "max_minutes": minutes, "last": res,
+    return {"steps": steps, "max_minutes": _cap(cfg, minutes), "last": res,
             "metrics": {k: v for k, v in ev.items() if k in ("model", "nearest_frame", "mean_colour")}}
 
 
@@ -394,8 +405,8 @@ def _stage_image_prior(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     steps = _steps(cfg, 4, minutes, cfg.extra_steps_per_minute)
     res = train_image_prior(out / "data", out / "image_prior", cfg.image_prior_preset, steps=steps, resume=True,
                             device=ctx["device"], progress=ctx["progress"],
-                            overrides={**cfg.image_prior_set, "max_minutes": minutes})
-    return {"steps": steps, "max_minutes": minutes, "last": res}
+                            overrides={**cfg.image_prior_set, "max_minutes": _cap(cfg, minutes)})
+    return {"steps": steps, "max_minutes": _cap(cfg, minutes), "last": res}
 
 
 def _stage_sample(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
