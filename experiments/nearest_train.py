@@ -1,6 +1,6 @@
 """Are the samples new scenes or copies of train scenes? Nearest train scene of each sample.
 
-    python experiments/nearest_train.py --samples DIR --run LDM_RUN [--num-test 16] [--device auto]
+    python experiments/nearest_train.py --samples DIR --run LDM_RUN [--num-test 16] [--device auto] [--json FILE]
 
 For every sample of DIR (``nfldm sample``), for the test scenes and for the train scenes
 themselves, the nearest train scene of the latent folder RUN was trained on (only the first K
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="the ldm run the samples came from")
     ap.add_argument("--num-test", type=int, default=16)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", default=None, help="also write the table's numbers to this JSON file")
     args = ap.parse_args()
 
     from safetensors.torch import load_file
@@ -124,6 +125,14 @@ def main() -> None:
           f"({', '.join(train_ds.names[i] for i in sorted(set(idx))[:8])}{', ...' if len(set(idx)) > 8 else ''})")
     print(f"c dist of the standardised c of two unrelated scenes is about sqrt(2) = {np.sqrt(2):.3f} "
           "when c is unit-variance and uncorrelated between scenes")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "samples": str(args.samples), "num_samples": len(files), "train_files": len(train_ds),
+            "train_maps": len(set(gr)), "copy_threshold": bar,
+            "rows": {name: {"c_dist_mean": float(d.mean()), "c_dist_min": float(d.min()), "bev_r_mean": float(r.mean()),
+                            "bev_r_max": float(r.max()), "below_threshold": int((d < bar).sum()), "count": len(d)}
+                     for name, (d, r, _) in rows.items()},
+            "distinct_nearest": len(set(idx))}, indent=2))
 
 
 if __name__ == "__main__":
