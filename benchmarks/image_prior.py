@@ -1,11 +1,17 @@
 """What the image prior has learned: its samples against the real test views.
 
     python benchmarks/image_prior.py --prior RUN --data DATASET [--split test] [--num 384]
-                                     [--scale 3] [--steps 25] [--raw] [--diagnose-only] --out DIR
+                                     [--scale 3] [--steps 25] [--raw] [--diagnose-only]
+                                     [--renders SAMPLES] --out DIR
 
 First prints what score distillation depends on (:func:`diagnose`): how much each test frame's own
 embedding lowers the prior's noise error at t = 100 / 300 / 600 (the condition's pull), and the
-mean colour of its denoised estimate against the frames' (its bias).
+mean colour of its denoised estimate against the frames' (its bias). With ``--renders`` (a folder
+of ``nfldm sample``: the look negative guidance pushes away from), :func:`domain_gain` too: on
+real test frames and on those renders, how much lower the noise error is under their own look's
+mean embedding (y: the prior's real train frames; y': the renders', as ``nfldm refine
+--negative auto`` takes it) than under the other look's. Negative guidance steers by
+eps(x_t; y) - eps(x_t; y'): a prior for which both are the same cannot steer.
 
 Draws ``--num`` images by DDIM: unconditional (the null embedding), and "variations": each
 conditioned on the embedding of one real test frame (evenly spaced), with classifier-free
@@ -51,6 +57,28 @@ def diagnose(prior, images: np.ndarray, emb: torch.Tensor, ts=(100, 300, 600)) -
     return out
 
 
+def domain_gain(prior, images: np.ndarray, y_match: torch.Tensor, y_other: torch.Tensor,
+                ts=(100, 300, 600)) -> dict:
+    """{t: 1 - noise error under y_match / noise error under y_other} on frames (uint8 N x S x S x 3)
+    noised to t (the same noise for both): > 0 when the prior tells the frames' look (y_match)
+    from the other one."""
+    from nfldm.refine.model import eps_pair
+
+    g = torch.Generator().manual_seed(0)
+    dev = next(prior.parameters()).device
+    x0 = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(dev)
+    out = {}
+    for tt in ts:
+        t = torch.full((len(x0),), tt, device=dev)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        a = prior.scheduler.alphas_cumprod.to(dev)[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        other, match = eps_pair(prior, xt, t, y_match, y_other)
+        e_o, e_m = float(((other - noise) ** 2).mean()), float(((match - noise) ** 2).mean())
+        out[tt] = 1 - e_m / e_o
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prior", required=True)
@@ -64,6 +92,7 @@ def main() -> None:
     ap.add_argument("--diagnose-only", action="store_true",
                     help="only what SDS depends on (no sampling, no FID): does the prior use its embedding, "
                     "and is its denoised estimate biased")
+    ap.add_argument("--renders", default=None, help="a folder of nfldm sample: also measure domain_gain")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -86,6 +115,17 @@ def main() -> None:
     diag = diagnose(prior, real[pick][:64], y[:64].to(dev))
     for line in diag["lines"]:
         print(line)
+    if args.renders:
+        from nfldm.ldm.evaluate import generated_images
+
+        rend = to_view_size(generated_images(args.renders), 64)
+        rend = rend[np.round(np.linspace(0, len(rend) - 1, min(64, len(rend)))).astype(int)]
+        y_real = p["mean_embedding"]
+        y_rend = embed_images(to_view_size(generated_images(args.renders), 64), dev).mean(0).to(dev)
+        diag["domain_gain"] = {"real frames (y vs y')": domain_gain(prior, real[pick][:64], y_real, y_rend),
+                               "renders (y' vs y)": domain_gain(prior, rend, y_rend, y_real)}
+        for name, d in diag["domain_gain"].items():
+            print(f"domain gain on {name}: " + ", ".join(f"t={t}: {100 * v:.1f} %" for t, v in d.items()))
     if args.diagnose_only:
         (out / "image_prior_diagnosis.json").write_text(json.dumps(diag, indent=2) + "\n")
         return

@@ -516,7 +516,8 @@ def extras_run(tmp_path_factory) -> dict:
     val = "'val_every': 2, 'patience': 2"
     args = ("quickstart", "--smoke", "--out", str(out), "--quiet", "--set", "extras=" + ",".join(EXTRAS),
             "--set", f"scene_ae_set={{'num_input_views': 3, 'num_novel_views': 2, {val}}}",
-            "--set", f"latent_ae_set={{{val}}}", "--set", f"ldm_set={{{val}}}", "--set", f"image_prior_set={{{val}}}")
+            "--set", f"latent_ae_set={{{val}}}", "--set", f"ldm_set={{{val}}}", "--set", f"image_prior_set={{{val}}}",
+            "--set", "image_prior_renders=2")
     t0 = time.time()
     res = nfldm(*args)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
@@ -537,6 +538,12 @@ def test_optional_stages_run_and_join_the_bundle(extras_run, tmp_path):
     assert rc["model"]["train_parts"] == "render" and rc["model"]["render_from"] == "latents"
     assert rc["model"]["w_adv"] > 0 and rc["model"]["w_perceptual"] > 0
     assert json.loads((out / "bev_ldm" / "c" / "config.json").read_text())["model"]["bev"] is True
+    # the prior also learned the look of 2 scenes sampled from the trained ldm (seed + 1)
+    renders = json.loads((out / "prior_renders" / "samples.json").read_text())
+    assert renders["num"] == 2 and renders["seed"] == 1
+    prc = json.loads((out / "image_prior" / "config.json").read_text())
+    assert prc["renders"]["folders"] == [str((out / "prior_renders").resolve())] and prc["renders"]["frames"] > 0
+    assert state["stages"]["image_prior"]["result"]["render_scenes"] == 2
     # the held-out stop was on in every stage that has it
     for run in ("scene_ae", "latent_ae", "ldm/g", "bev_ldm/f", "image_prior"):
         lines = (out / run / "metrics.jsonl").read_text().splitlines()

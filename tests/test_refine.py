@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,6 +118,42 @@ def test_train_resume_load(tmp_path):
         rc["stage"] = "ldm"
         (a / "config.json").write_text(json.dumps(rc))
         load_image_prior(a, "cpu")
+
+
+def test_train_with_renders_of_the_generator(tmp_path):
+    """--renders: frames of sample folders join the training set with their own embeddings (the
+    negative look the prior then knows); y stays the real frames' mean, the renders' mean is kept
+    beside it, the run config says where they came from; a folder without frames is one error."""
+    from PIL import Image
+
+    from nfldm.data.format import DataError
+    from nfldm.data.tensors import read_safetensors
+    from nfldm.ldm.evaluate import real_images
+
+    data = tmp_path / "data"
+    make_dataset(data)
+    renders = tmp_path / "s"
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        (renders / f"sample_{k:04d}" / "frames").mkdir(parents=True)
+        for i in range(3):     # 32 px: resized to the dataset's frame size
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                renders / f"sample_{k:04d}" / "frames" / f"{i:04d}.png")
+    emb = ProxyEmbedder()
+    run = tmp_path / "p"
+    train_image_prior(data, run, preset_name="smoke", steps=2, device="cpu", progress=False, embedder=emb,
+                      renders=[renders])
+    real = real_images(data, "train")
+    rc = json.loads((run / "config.json").read_text())
+    assert rc["frames"] == len(real) + 6 and rc["renders"] == {"folders": [str(renders.resolve())], "frames": 6}
+    t, meta = read_safetensors(run / "embeddings.safetensors")
+    assert t["frames"].shape[0] == len(real) + 6 and meta["renders"] == "6"
+    assert torch.allclose(t["mean"], t["frames"][:len(real)].mean(0)) and torch.allclose(
+        t["renders_mean"], t["frames"][len(real):].mean(0))
+    assert torch.allclose(load_image_prior(run, "cpu")["mean_embedding"], t["mean"])
+    with pytest.raises(DataError, match="no generated frames"):
+        train_image_prior(data, tmp_path / "q", preset_name="smoke", steps=2, device="cpu", progress=False,
+                          embedder=emb, renders=[tmp_path])
 
 
 def test_frame_dataset_resizes_and_checks():

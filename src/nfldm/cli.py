@@ -202,7 +202,8 @@ def cmd_train_image_prior(args) -> int:
     from nfldm.refine.train import train_image_prior
 
     m = train_image_prior(args.data, args.out, preset_name=args.preset, steps=args.steps, resume=args.resume,
-                          device=args.device, progress=not args.quiet, overrides=_parse_sets(args.set))
+                          device=args.device, progress=not args.quiet, overrides=_parse_sets(args.set),
+                          renders=args.renders)
     print(f"trained the image prior into {args.out}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()
                                                                      if isinstance(v, float)))
     return 0
@@ -521,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
         "also learns the unconditional score (docs/refine.md). --resume continues a killed run exactly.",
     )
     p.add_argument("--data", required=True, help="dataset folder (dataset.json); its train frames")
+    p.add_argument("--renders", action="append", default=None, metavar="SAMPLES",
+                   help="a folder of nfldm sample whose frames join the training set with their own embeddings, "
+                   "so negative guidance contrasts two looks the prior knows (repeatable; docs/refine.md)")
     _add_train_args(p, ("smoke", "tiny", "small"), "run directory",
                     "override a model or training option (--set embed_drop_prob=0.2)",
                     steps_help="training steps (preset value if omitted)", resume_help="continue the run in --out")

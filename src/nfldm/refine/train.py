@@ -1,9 +1,10 @@
 """Training and loading the image prior (``nfldm train image-prior``).
 
-    train_image_prior   DATA (a dataset's train frames) -> RUN (a shared-trainer run: config.json,
-                        model.safetensors with the EMA weights, checkpoint, metrics, curves) plus
-                        RUN/embeddings.safetensors: the mean embedding of the real train frames
-                        (the paper's y for negative guidance) and their count
+    train_image_prior   DATA (a dataset's train frames) [+ RENDERS: frames of sample folders]
+                        -> RUN (a shared-trainer run: config.json, model.safetensors with the EMA
+                        weights, checkpoint, metrics, curves) plus RUN/embeddings.safetensors: the
+                        mean embedding of the real train frames (the paper's y for negative
+                        guidance), the renders' mean (when given) and the count
     load_image_prior    RUN -> the prior (EMA weights, eval mode) and that mean embedding
 """
 
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 from nfldm.config import apply_overrides
 from nfldm.data.format import DataError
 from nfldm.data.tensors import read_safetensors, write_safetensors
-from nfldm.ldm.evaluate import real_images, to_view_size
+from nfldm.ldm.evaluate import generated_images, real_images, to_view_size
 from nfldm.metrics.fid import EfficientNetLite0Features, extract
 from nfldm.refine.config import config_from_dict, preset
 from nfldm.refine.model import ImagePrior
@@ -61,11 +62,17 @@ class FrameEmbeddings(Dataset):
 def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_name: str = "tiny",
                       steps: int | None = None, resume: bool = False, device: str = "auto", progress: bool = True,
                       overrides: dict | None = None, embedder: torch.nn.Module | None = None,
-                      split: str = "train") -> dict:
+                      split: str = "train", renders: list[str | os.PathLike] | None = None) -> dict:
     """Train the image prior on the ``split`` frames of the dataset ``data`` into the run ``out``
     (the preset's model and training options, then ``overrides``: ``--set KEY=VALUE``). The
     frames' embeddings are computed once and kept (RUN/embeddings.safetensors holds their mean).
-    Returns the last logged metrics."""
+    Returns the last logged metrics.
+
+    ``renders``: folders written by ``nfldm sample`` (or ``nfldm refine``) whose frames join the
+    training set, each with its own embedding: the generator's own look (blur, blobs) becomes a
+    condition the prior knows, so the paper's negative guidance eps(x_t; y') + s (eps(x_t; y) -
+    eps(x_t; y')), with y' the embedding of such renders, contrasts two looks the prior has
+    learned rather than extrapolating from an embedding it never saw (docs/refine.md)."""
     p = preset(preset_name)
     cfg, tcfg = p.model, p.train
     if steps is not None:
@@ -78,6 +85,11 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
     except (TypeError, ValueError) as e:
         raise ValueError(f"image-prior: {e}") from e
     images = real_images(data, split)
+    num_real = len(images)
+    render_dirs = [str(Path(r).resolve()) for r in (renders or [])]
+    if render_dirs:
+        extra = [to_view_size(generated_images(r), images.shape[1]) for r in render_dirs]
+        images = np.concatenate([images] + extra)
     out = Path(out)
     emb_file = out / EMBEDDINGS_FILE
     dev = resolve_device(device)
@@ -100,6 +112,7 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
         model.embed_std.copy_(emb.std(0).clamp(min=1e-3))
     run_config = {"stage": STAGE, "preset": preset_name, "data": str(Path(data).resolve()), "split": split,
                   "frames": len(ds), "model": asdict(cfg), "train": tcfg.to_dict(),
+                  **({"renders": {"folders": render_dirs, "frames": len(ds) - num_real}} if render_dirs else {}),
                   "embedding": {"network": "efficientnet-lite0 (pooled features)" if embedder is None
                                 else type(embedder).__name__, "file": EMBEDDINGS_FILE}}
     held_out = None
@@ -112,8 +125,11 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
     trainer = Trainer(model, ds, tcfg, out, run_config, resume=resume,      # checks / makes the run folder
                       val_dataset=held_out)
     if trainer.rank == 0:
-        write_safetensors(emb_file, {"mean": emb.mean(0), "frames": emb},
-                          {"network": run_config["embedding"]["network"], "split": split, "count": str(len(emb))})
+        tensors = {"mean": emb[:num_real].mean(0), "frames": emb}
+        if render_dirs:
+            tensors["renders_mean"] = emb[num_real:].mean(0)
+        write_safetensors(emb_file, tensors, {"network": run_config["embedding"]["network"], "split": split,
+                                              "count": str(num_real), "renders": str(len(emb) - num_real)})
     return trainer.fit()
 
 

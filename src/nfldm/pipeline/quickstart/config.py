@@ -47,7 +47,7 @@ BASE_TRAIN_STAGES = TRAIN_STAGES[:3]
 #: extras leaves them out of its stored form (to_dict), so quickstart folders made before they
 #: existed resume as before
 EXTRA_FIELDS = ("extras", "extra_shares", "extra_steps_per_minute", "renderer_set", "bev_ldm_set",
-                "bev_from_ldm", "image_prior_preset", "image_prior_set")
+                "bev_from_ldm", "image_prior_preset", "image_prior_set", "image_prior_renders")
 
 
 @dataclass
@@ -115,6 +115,11 @@ class QuickstartConfig:
     # "image_prior": nfldm train image-prior on OUT/data with this preset and these overrides
     image_prior_preset: str = "tiny"
     image_prior_set: dict = field(default_factory=dict)
+    # scenes sampled from the trained ldm (seed + 1, the `sample` stage's sampler and steps, `frames`
+    # frames each, rendered as `sample` renders) whose frames join the prior's training set with
+    # their own embeddings (nfldm train image-prior --renders: the generator's look becomes a
+    # condition the prior knows, which negative guidance needs; docs/refine.md); 0: real frames only
+    image_prior_renders: int = 0
     # evaluation and sampling
     eval_max_scenes: int = 0             # 0 = every scene of the test split
     num_samples: int = 8
@@ -148,6 +153,8 @@ class QuickstartConfig:
         if len(self.extra_steps_per_minute) != 5 or min(self.extra_steps_per_minute) <= 0:
             raise ValueError("extra_steps_per_minute must be five positive numbers (renderer, bev g, c, f, "
                              f"image prior), got {self.extra_steps_per_minute}")
+        if self.image_prior_renders < 0:
+            raise ValueError(f"image_prior_renders must be >= 0, got {self.image_prior_renders}")
         if self.num_samples < 1 or self.sampler_steps < 1 or self.sample_frames < 2:
             raise ValueError("num_samples and sampler_steps must be >= 1 and sample_frames >= 2")
         if self.sampler not in ("ddpm", "ddim", "dpm"):
@@ -181,6 +188,7 @@ FIELD_STAGES: dict[str, tuple] = {
     "extra_steps_per_minute": (("renderer",), ("bev_ldm",), ("bev_ldm",), ("bev_ldm",), ("image_prior",)),
     "renderer_set": ("renderer",), "bev_ldm_set": ("bev_ldm",), "bev_from_ldm": ("bev_ldm",),
     "image_prior_preset": ("image_prior",), "image_prior_set": ("image_prior",),
+    "image_prior_renders": ("image_prior",),
     "eval_max_scenes": ("eval_scene_ae", "eval_latent_ae", "renderer"),
     "num_samples": ("sample",), "sampler": ("sample",), "sampler_steps": ("sample",), "sample_frames": ("sample",),
 }

@@ -398,15 +398,29 @@ def _stage_bev_ldm(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
 
 def _stage_image_prior(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
-    """The image prior of post-optimisation (``nfldm train image-prior``) on the train frames."""
+    """The image prior of post-optimisation (``nfldm train image-prior``) on the train frames, and
+    on the frames of cfg.image_prior_renders scenes sampled from the trained ldm (OUT/prior_renders,
+    sampled once, kept; seed cfg.seed + 1, apart from the `sample` stage's scenes)."""
     from nfldm.refine.train import train_image_prior
 
     minutes = ctx["budget"]
     steps = _steps(cfg, 4, minutes, cfg.extra_steps_per_minute)
+    renders = None
+    if cfg.image_prior_renders:
+        renders = out / "prior_renders"
+        if not (renders / "samples.json").exists():
+            tmp = out / "prior_renders.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            sample(out / "ldm", num=cfg.image_prior_renders, sampler=cfg.sampler, steps=cfg.sampler_steps,
+                   seed=cfg.seed + 1, out=tmp, device=ctx["device"], progress=ctx["progress"], num_frames=cfg.frames,
+                   fps=12, renderer=out / "renderer" if "renderer" in cfg.extras else None)
+            os.replace(tmp, renders)
+        renders = [renders]
     res = train_image_prior(out / "data", out / "image_prior", cfg.image_prior_preset, steps=steps, resume=True,
                             device=ctx["device"], progress=ctx["progress"],
-                            overrides={**cfg.image_prior_set, "max_minutes": _cap(cfg, minutes)})
-    return {"steps": steps, "max_minutes": _cap(cfg, minutes), "last": res}
+                            overrides={**cfg.image_prior_set, "max_minutes": _cap(cfg, minutes)}, renders=renders)
+    return {"steps": steps, "max_minutes": _cap(cfg, minutes), "last": res,
+            **({"render_scenes": cfg.image_prior_renders} if renders else {})}
 
 
 def _stage_sample(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
