@@ -30,6 +30,19 @@ import numpy as np
 import torch
 
 
+def _noised(prior, images: np.ndarray, ts):
+    """Frames (uint8 N x S x S x 3) noised to each t, the same noise draws on every call:
+    yields (t, x0, noise, x_t, alpha_bar) per t of ``ts``."""
+    g = torch.Generator().manual_seed(0)
+    dev = next(prior.parameters()).device
+    x0 = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(dev)
+    for tt in ts:
+        t = torch.full((len(x0),), tt, device=dev)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        a = prior.scheduler.alphas_cumprod.to(dev)[t].view(-1, 1, 1, 1)
+        yield t, x0, noise, a.sqrt() * x0 + (1 - a).sqrt() * noise, a
+
+
 def diagnose(prior, images: np.ndarray, emb: torch.Tensor, ts=(100, 300, 600)) -> dict:
     """What score distillation depends on, on real frames (uint8 N x S x S x 3) noised to each t:
     how much the frame's own embedding lowers the noise error against the null embedding (a prior
@@ -37,15 +50,10 @@ def diagnose(prior, images: np.ndarray, emb: torch.Tensor, ts=(100, 300, 600)) -
     estimate x0_hat against the frames' (a biased x0_hat drifts SDS)."""
     from nfldm.refine.model import eps_pair
 
-    g = torch.Generator().manual_seed(0)
-    dev = next(prior.parameters()).device
-    x0 = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(dev)
-    out = {"real_rgb_mean": x0.mean((0, 2, 3)).tolist(), "t": {}, "lines": []}
-    for tt in ts:
-        t = torch.full((len(x0),), tt, device=dev)
-        noise = torch.randn(x0.shape, generator=g).to(dev)
-        a = prior.scheduler.alphas_cumprod.to(dev)[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    out = {"t": {}, "lines": []}
+    for t, x0, noise, xt, a in _noised(prior, images, ts):
+        tt = int(t[0])
+        out["real_rgb_mean"] = x0.mean((0, 2, 3)).tolist()
         null, own = eps_pair(prior, xt, t, emb, None)
         e_null, e_own = float(((null - noise) ** 2).mean()), float(((own - noise) ** 2).mean())
         x0h = ((xt - (1 - a).sqrt() * own) / a.sqrt()).mean((0, 2, 3))
@@ -64,18 +72,11 @@ def domain_gain(prior, images: np.ndarray, y_match: torch.Tensor, y_other: torch
     from the other one."""
     from nfldm.refine.model import eps_pair
 
-    g = torch.Generator().manual_seed(0)
-    dev = next(prior.parameters()).device
-    x0 = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(dev)
     out = {}
-    for tt in ts:
-        t = torch.full((len(x0),), tt, device=dev)
-        noise = torch.randn(x0.shape, generator=g).to(dev)
-        a = prior.scheduler.alphas_cumprod.to(dev)[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    for t, _, noise, xt, _ in _noised(prior, images, ts):
         other, match = eps_pair(prior, xt, t, y_match, y_other)
         e_o, e_m = float(((other - noise) ** 2).mean()), float(((match - noise) ** 2).mean())
-        out[tt] = 1 - e_m / e_o
+        out[int(t[0])] = 1 - e_m / e_o
     return out
 
 
