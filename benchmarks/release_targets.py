@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -272,7 +273,6 @@ def main() -> None:
         secs = {}
         for name, b in (("release", bundle), ("baseline", base)):
             d = out / f"speed_{name}"
-            import shutil
             shutil.rmtree(d, ignore_errors=True)
             secs[name] = _run([sys.executable, "-m", "nfldm.cli", "sample", "--run", str(b), "--num", "4", "--out", str(d),
                                "--quiet", "--device", args.device])

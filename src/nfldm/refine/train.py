@@ -87,9 +87,9 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
     images = real_images(data, split)
     num_real = len(images)
     render_dirs = [str(Path(r).resolve()) for r in (renders or [])]
-    if render_dirs:
-        extra = [to_view_size(generated_images(r), images.shape[1]) for r in render_dirs]
-        images = np.concatenate([images] + extra)
+    if render_dirs:   # every frame at the prior's size (FrameEmbeddings resizes to it anyway), so they stack
+        images = np.concatenate([to_view_size(x, cfg.image_size)
+                                 for x in [images] + [generated_images(r) for r in render_dirs]])
     out = Path(out)
     emb_file = out / EMBEDDINGS_FILE
     dev = resolve_device(device)

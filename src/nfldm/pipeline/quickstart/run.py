@@ -407,15 +407,8 @@ def _stage_image_prior(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     steps = _steps(cfg, 4, minutes, cfg.extra_steps_per_minute)
     renders = None
     if cfg.image_prior_renders:
-        renders = out / "prior_renders"
-        if not (renders / "samples.json").exists():
-            tmp = out / "prior_renders.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            sample(out / "ldm", num=cfg.image_prior_renders, sampler=cfg.sampler, steps=cfg.sampler_steps,
-                   seed=cfg.seed + 1, out=tmp, device=ctx["device"], progress=ctx["progress"], num_frames=cfg.frames,
-                   fps=12, renderer=out / "renderer" if "renderer" in cfg.extras else None)
-            os.replace(tmp, renders)
-        renders = [renders]
+        _sample_once(out, "prior_renders", cfg, ctx, cfg.image_prior_renders, cfg.seed + 1, cfg.frames)
+        renders = [out / "prior_renders"]
     res = train_image_prior(out / "data", out / "image_prior", cfg.image_prior_preset, steps=steps, resume=True,
                             device=ctx["device"], progress=ctx["progress"],
                             overrides={**cfg.image_prior_set, "max_minutes": _cap(cfg, minutes)}, renders=renders)
@@ -423,19 +416,29 @@ def _stage_image_prior(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
             **({"render_scenes": cfg.image_prior_renders} if renders else {})}
 
 
+def _sample_once(out: Path, name: str, cfg: QuickstartConfig, ctx: dict, num: int, seed: int,
+                 num_frames: int) -> dict | None:
+    """``num`` scenes of the trained ldm into OUT/name (written as OUT/name.partial, then renamed),
+    rendered by the fine-tuned renderer when the config trains one; None when OUT/name is already
+    complete, else sample's summary."""
+    dest = out / name
+    if (dest / "samples.json").exists():
+        return None
+    tmp = out / f"{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    renderer = out / "renderer" if "renderer" in cfg.extras else None     # trained by then (stage order)
+    res = sample(out / "ldm", num=num, sampler=cfg.sampler, steps=cfg.sampler_steps, seed=seed, out=tmp,
+                 device=ctx["device"], progress=ctx["progress"], num_frames=num_frames, fps=12, renderer=renderer)
+    os.replace(tmp, dest)
+    return res
+
+
 def _stage_sample(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
-    dest = out / "samples"
-    if (dest / "samples.json").exists():
-        return {"num": json.loads((dest / "samples.json").read_text())["num"], "resumed": True}
-    tmp = out / "samples.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    renderer = out / "renderer" if "renderer" in cfg.extras else None     # trained by then (stage order)
-    res = sample(out / "ldm", num=cfg.num_samples, sampler=cfg.sampler, steps=cfg.sampler_steps, seed=cfg.seed,
-                 out=tmp, device=ctx["device"], progress=ctx["progress"], num_frames=cfg.sample_frames, fps=12,
-                 renderer=renderer)
-    os.replace(tmp, dest)
+    res = _sample_once(out, "samples", cfg, ctx, cfg.num_samples, cfg.seed, cfg.sample_frames)
+    if res is None:
+        return {"num": json.loads((out / "samples" / "samples.json").read_text())["num"], "resumed": True}
     return {"num": res["num"], "seconds_per_scene": (time.perf_counter() - t0) / res["num"]}
 
 
