@@ -470,7 +470,10 @@ class LatentAutoEncoder(nn.Module):
         """V (original units) -> dict g_mu, g_logvar, g (a posterior sample if ``sample``,
         else mu), c, f (both before quantisation); shapes in the class docstring. Only the
         latents this model has."""
-        x = fold(self.normalise(V))
+        return self._encode_folded(fold(self.normalise(V)), sample)
+
+    def _encode_folded(self, x: Tensor, sample: bool) -> dict:
+        """:meth:`encode` of the folded normalised V, x: B x (K Z) x X x Y."""
         out = {}
         if "g" in self.latent_names:
             mu, logvar = self.g_encoder(x)
@@ -511,11 +514,14 @@ class LatentAutoEncoder(nn.Module):
 
     def forward(self, V: Tensor, sample: bool = False) -> dict:
         """V -> encode, quantise, decode: the encoder outputs, the quantiser outputs, and
-        Vn (normalised input), Vn_hat (normalised reconstruction), V_hat (original units)."""
-        enc = self.encode(V, sample=sample)
+        Vn (normalised input), Vn_folded (fold(Vn), B x (K Z) x X x Y), Vn_hat (normalised
+        reconstruction), V_hat (original units)."""
+        Vn = self.normalise(V)
+        x = fold(Vn)
+        enc = self._encode_folded(x, sample)
         q = self.quantize(enc.get("c"), enc.get("f"))
         Vn_hat = self.decode(enc.get("g"), q.get("c_q"), q.get("f_q"))
-        return {**enc, **q, "Vn": self.normalise(V), "Vn_hat": Vn_hat, "V_hat": self.denormalise(Vn_hat)}
+        return {**enc, **q, "Vn": Vn, "Vn_folded": x, "Vn_hat": Vn_hat, "V_hat": self.denormalise(Vn_hat)}
 
     # ------------------------------------------------------------------ training
     def set_renderer(self, scene_ae: nn.Module | None) -> None:
@@ -551,9 +557,11 @@ class LatentAutoEncoder(nn.Module):
         cfg = self.cfg
         V = batch["V"].float()
         out = self(V, sample=True)
-        w = self.voxel_weights(V)                                           # B x 1 x X x Y x Z
-        err = (out["Vn_hat"].float() - out["Vn"]) ** 2
-        B = V.shape[0]
+        B, K, X, Y, Z = V.shape
+        # in the decoder's folded layout (channel k * Z + z, contiguous): the same sums as over
+        # B x K x X x Y x Z, without strided elementwise passes over the permuted V
+        w = fold(self.voxel_weights(V)).unsqueeze(1)                        # B x 1 x Z x X x Y
+        err = ((fold(out["Vn_hat"]).float() - out["Vn_folded"]) ** 2).view(B, K, Z, X, Y)
         density = (err[:, :1] * w).sum() / B
         feature = (err[:, 1:] * w).sum() / (B * max(1, cfg.channels - 1))
         loss = cfg.w_density * density + cfg.w_feature * feature
