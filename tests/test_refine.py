@@ -120,6 +120,51 @@ def test_train_resume_load(tmp_path):
         load_image_prior(a, "cpu")
 
 
+def test_embedding_pass_survives_a_kill_before_training(tmp_path, monkeypatch):
+    """The frames' embeddings are kept (a partial file) as soon as they are computed: a run
+    killed before its trainer starts reuses them on resume instead of embedding again, a fresh
+    run (no resume) or another data folder computes its own, and the finished run's file
+    replaces the partial one."""
+    import nfldm.refine.train as tr
+
+    data = tmp_path / "data"
+    make_dataset(data)
+    calls = []
+    real_embed = tr.embed_images
+    monkeypatch.setattr(tr, "embed_images", lambda *a, **k: calls.append(1) or real_embed(*a, **k))
+
+    class Killed(Exception):
+        pass
+
+    real_trainer = tr.Trainer
+
+    def dying_trainer(*a, **k):
+        raise Killed
+
+    monkeypatch.setattr(tr, "Trainer", dying_trainer)
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        train_image_prior(data, run, preset_name="smoke", steps=2, device="cpu", progress=False,
+                          embedder=ProxyEmbedder(), overrides={"val_every": 0}, resume=True)
+    assert len(calls) == 1
+    assert (run / "embeddings.safetensors.partial").is_file() and not (run / "embeddings.safetensors").exists()
+    monkeypatch.setattr(tr, "Trainer", real_trainer)
+    train_image_prior(data, run, preset_name="smoke", steps=2, device="cpu", progress=False,
+                      embedder=ProxyEmbedder(), overrides={"val_every": 0}, resume=True)
+    assert len(calls) == 1        # not embedded again
+    assert (run / "embeddings.safetensors").is_file() and not (run / "embeddings.safetensors.partial").exists()
+    # not resumed: computed again, even with a partial file beside it
+    other = tmp_path / "other"
+    monkeypatch.setattr(tr, "Trainer", dying_trainer)
+    with pytest.raises(Killed):
+        train_image_prior(data, other, preset_name="smoke", steps=2, device="cpu", progress=False,
+                          embedder=ProxyEmbedder(), overrides={"val_every": 0})
+    monkeypatch.setattr(tr, "Trainer", real_trainer)
+    n = len(calls)
+    train_image_prior(data, other, preset_name="smoke", steps=2, device="cpu", progress=False, embedder=ProxyEmbedder(), overrides={"val_every": 0})
+    assert len(calls) == n + 1
+
+
 def test_train_with_renders_of_the_generator(tmp_path):
     """--renders: frames of sample folders join the training set with their own embeddings (the
     negative look the prior then knows); y stays the real frames' mean, the renders' mean is kept

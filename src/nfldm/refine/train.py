@@ -93,12 +93,28 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
     out = Path(out)
     emb_file = out / EMBEDDINGS_FILE
     dev = resolve_device(device)
+    # the embedding pass (about 20 minutes at the release's 39k frames on 2 cores) is kept in a
+    # partial file as soon as it ends, so a run killed before its trainer starts does not redo it
+    # when resumed (same network, data, split and render folders);
+    # the partial file never replaces a finished run's embeddings (written below, once the trainer
+    # has accepted the folder)
+    partial = out / (EMBEDDINGS_FILE + ".partial")
+    network = "efficientnet-lite0 (pooled features)" if embedder is None else type(embedder).__name__
     emb = None
     if resume and emb_file.is_file():
         t, _ = read_safetensors(emb_file)
         emb = t.get("frames")
+    source = {"network": network, "data": str(Path(data).resolve()), "split": split, "renders": ",".join(render_dirs)}
+    if resume and (emb is None or len(emb) != len(images)) and partial.is_file():
+        try:
+            t, meta = read_safetensors(partial)
+        except DataError:
+            t, meta = {}, {}
+        emb = t.get("frames") if meta == source else None
     if emb is None or len(emb) != len(images):
         emb = embed_images(images, dev, embedder, progress)
+        out.mkdir(parents=True, exist_ok=True)
+        write_safetensors(partial, {"frames": emb}, source)
     if emb.shape[1] != cfg.embed_dim:
         raise ValueError(f"the embedding network gives {emb.shape[1]} features, the config says embed_dim "
                          f"{cfg.embed_dim}")
@@ -113,8 +129,7 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
     run_config = {"stage": STAGE, "preset": preset_name, "data": str(Path(data).resolve()), "split": split,
                   "frames": len(ds), "model": asdict(cfg), "train": tcfg.to_dict(),
                   **({"renders": {"folders": render_dirs, "frames": len(ds) - num_real}} if render_dirs else {}),
-                  "embedding": {"network": "efficientnet-lite0 (pooled features)" if embedder is None
-                                else type(embedder).__name__, "file": EMBEDDINGS_FILE}}
+                  "embedding": {"network": network, "file": EMBEDDINGS_FILE}}
     held_out = None
     if tcfg.val_every and split == "train":
         try:
@@ -130,6 +145,7 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
             tensors["renders_mean"] = emb[num_real:].mean(0)
         write_safetensors(emb_file, tensors, {"network": run_config["embedding"]["network"], "split": split,
                                               "count": str(num_real), "renders": str(len(emb) - num_real)})
+        partial.unlink(missing_ok=True)
     return trainer.fit()
 
 
