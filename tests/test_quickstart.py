@@ -164,6 +164,16 @@ def test_changes_to_stages_not_started_are_taken(tmp_path):
             open_run_dir(out, bad, "release")
     with pytest.raises(QuickstartError, match="preset"):
         open_run_dir(out, wider, "default")
+    # a stage config its stage would refuse fails when the run starts, not hours later, and the
+    # folder keeps its config
+    before = (out / "quickstart.json").read_text()
+    for bad, what in ((preset("release", ldm_set={**cfg.ldm_set, "c.norm_num_groups": 32}), "stage ldm: level c"),
+                      (preset("release", bev_ldm_set={"f.block_out_channels": (40, 80)}), "stage bev_ldm: level f"),
+                      (preset("release", latent_ae_set={"codebook_sise": 512}), "stage latent_ae"),
+                      (preset("release", image_prior_set={"image_size": 30}), "stage image_prior")):
+        with pytest.raises(QuickstartError, match=what):
+            open_run_dir(out, bad, "release")
+    assert (out / "quickstart.json").read_text() == before
 
 
 def test_quickstart_refuses_foreign_folders_and_bad_options(tmp_path):
@@ -470,7 +480,9 @@ def test_release_preset_config_and_plan():
     # the tiny presets (psi_c, psi_f narrowed to fit the 60 MB bundle), plus the held-out stop
     val = {"val_every": 500, "patience": 8}
     assert cfg.scene_ae_set == val and cfg.latent_ae_set == val and cfg.image_prior_set == val
-    assert cfg.ldm_set == {**val, "g.mlp_width": 128, "c.block_out_channels": (48, 96), "f.block_out_channels": (32, 64)}
+    assert cfg.ldm_set == {**val, "g.mlp_width": 128, "c.block_out_channels": (48, 96), "c.norm_num_groups": 16,
+                           "f.block_out_channels": (32, 64)}
+    assert cfg.ldm_level_shares == (0.10, 0.60, 0.30)       # psi_c, the level that loses the layout, gets most
     assert (cfg.scene_ae_preset, cfg.latent_ae_preset, cfg.ldm_preset, cfg.image_prior_preset) == ("tiny",) * 4
     for p, sets in ((sae_preset("tiny"), cfg.scene_ae_set), (lae_preset("tiny"), cfg.latent_ae_set),
                     (prior_preset("tiny"), cfg.image_prior_set)):

@@ -252,9 +252,18 @@ PRESETS: dict[str, QuickstartConfig] = {
         # bundle may take, and the repository (whose tracked tree holds the bundle) over the 64 MiB
         # the GPU machines take. psi_g 128, psi_c (48, 96), psi_f (32, 64) make ~11 MB a set, ~43 MB
         # in all (the size limits chose them, not a capacity measurement: they may change until the
-        # ldm stage starts, run.open_run_dir takes the change)
+        # ldm stage starts, run.open_run_dir takes the change). psi_c's 48 / 96 channels take 16
+        # GroupNorm groups (the preset's 32 do not divide 48; run.check_stage_configs now refuses such
+        # a config when the run starts)
         ldm_set={"val_every": 500, "patience": 8, "g.mlp_width": 128, "c.block_out_channels": (48, 96),
-                 "f.block_out_channels": (32, 64)},
+                 "c.norm_num_groups": 16, "f.block_out_channels": (32, 64)},
+        # the ldm stages' minutes shared g 10 %, c 60 %, f 30 % (the default 14 / 36 / 50): psi_c is
+        # the level that loses the layout (given the real g, c resampled renders at 20 dB against the
+        # scene's own latents, f resampled given the real c at 32 dB: docs/notes/2026-11-26-which-
+        # level-spoils-the-samples.md), and the scenes it fits grow with its minutes (32 in 10, 64 in
+        # 20: docs/notes/2026-11-27-how-many-scenes-psi-c-fits.md); psi_g's 39 minutes are still
+        # ~135,000 steps
+        ldm_level_shares=(0.10, 0.60, 0.30),
         image_prior_set={"val_every": 500, "patience": 8},
         # the tiny presets' speeds on the 2-core CPU, measured 2026-12-03 on the quickstart's data
         # (`nfldm train scene-ae --data out/qsdata --preset tiny --steps 40`: 76/min; `train latent-ae

@@ -76,8 +76,54 @@ def _peak_rss_mb() -> float:
     return max(own, kids) / 1024.0
 
 
+def check_stage_configs(cfg: QuickstartConfig) -> None:
+    """Build every training stage's config (its preset, then the quickstart's overrides) the way
+    the stage will, so that a bad width or option fails when the run starts, not hours later when
+    its stage begins. The shapes the data sets later (grids, latent shapes) keep the presets'
+    values. ValueError naming the stage and the problem."""
+    from dataclasses import asdict
+
+    from nfldm.config import apply_overrides
+    from nfldm.latent_ae.config import preset as lae_preset
+    from nfldm.ldm.train import level_configs
+    from nfldm.refine.config import preset as prior_preset
+    from nfldm.scene_ae.config import preset as sae_preset
+
+    checks = [("scene_ae", sae_preset, cfg.scene_ae_preset, cfg.scene_ae_set),
+              ("latent_ae", lae_preset, cfg.latent_ae_preset, cfg.latent_ae_set)]
+    if "renderer" in cfg.extras:
+        checks.append(("renderer", sae_preset, cfg.scene_ae_preset,
+                       {**cfg.renderer_set, "train_parts": "render", "render_from": "latents", "latents": "LATENTS"}))
+    if "image_prior" in cfg.extras:
+        checks.append(("image_prior", prior_preset, cfg.image_prior_preset, cfg.image_prior_set))
+    for stage, get, name, sets in checks:
+        try:
+            p = get(name)
+            apply_overrides(p.model, p.train, sets, stage)
+            type(p.model)(**asdict(p.model))          # the config's own checks, after the overrides
+            p.train.__post_init__()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"stage {stage}: {e}") from None
+    g_dim = lae_preset(cfg.latent_ae_preset).model.g_dim
+    ldm_sets = [("ldm", cfg.ldm_set)]
+    if "bev_ldm" in cfg.extras:
+        ldm_sets.append(("bev_ldm", {**cfg.ldm_set, **cfg.bev_ldm_set, "bev": True}))
+    for stage, sets in ldm_sets:
+        for lv in "gcf":
+            try:
+                level_configs({"shapes": {"g": [g_dim]}}, cfg.ldm_preset, lv, progress=False, device="cpu",
+                              overrides=sets)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"stage {stage}: {e}") from None
+
+
 def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
-    """Create OUT (or check that it was made with this config); return the state."""
+    """Create OUT (or check that it was made with this config); return the state. QuickstartError
+    when a stage's config would be refused (:func:`check_stage_configs`)."""
+    try:
+        check_stage_configs(cfg)
+    except ValueError as e:
+        raise QuickstartError(f"{out}: {e}") from None
     want = {"format": FORMAT, "version": 1, "preset": preset_name, "config": _normalise(cfg.to_dict())}
     cfg_path = out / CONFIG_FILE
     if cfg_path.exists():
