@@ -33,7 +33,9 @@ def cmd_data_vizdoom(args) -> int:
 
     cfg = with_overrides(_config_from_args(args, VizdoomConfig, PRESETS[args.preset]), _parse_sets(args.set),
                          "data vizdoom")
-    summary = collect_dataset(cfg, args.out, progress=not args.quiet)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    summary = collect_dataset(cfg, args.out, progress=not args.quiet, workers=args.workers)
     print(f"wrote {summary['scenes']} scenes to {summary['out']}")
     return 0
 
@@ -233,7 +235,9 @@ def cmd_quickstart(args) -> int:
         (f" --budget-minutes {args.budget_minutes:g}" if args.budget_minutes is not None else "") + \
         (f" --scenes {args.scenes}" if args.scenes is not None else "") + \
         "".join(f" --set {x}" for x in args.set or [])
-    quickstart(out, cfg, name, device=args.device, progress=not args.quiet, command=command)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    quickstart(out, cfg, name, device=args.device, progress=not args.quiet, command=command, workers=args.workers)
     return 0
 
 
@@ -394,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset folder to write (created)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="named preset (default: tiny)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=1, help="processes that collect (default 1; more use more cores: the same maps, poses and scene names, a few pixels of animated surfaces may differ from a 1-process collection)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any collector option (the same as its flag below; repeatable)")
     _add_config_args(p, VizdoomConfig)
@@ -841,6 +846,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any quickstart option (nfldm.pipeline.quickstart.config.QuickstartConfig; repeatable)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that collect the dataset (default 1; not part of the recipe: the same maps, "
+                        "poses and scene names, a few pixels of animated surfaces may differ)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
     return parser

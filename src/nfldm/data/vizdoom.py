@@ -428,18 +428,128 @@ def bev_npz(bev: dict[str, np.ndarray], bounds: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool = True) -> dict:
-    """Collect ``cfg.scenes`` scenes into the dataset folder ``out``. Returns a summary dict.
+def _scene_entry(out: Path, index: int, split: str, wad: str, map_name: str, frames, dm: DoomMap,
+                 cfg: VizdoomConfig, proc: FrameProcessor) -> dict:
+    """Write one collected window as ``out/scene_{index:04d}``; its dataset.json entry."""
+    name = f"scene_{index:04d}"
+    c2w, bounds, origin, bev = scene_arrays(frames, dm, cfg)
+    extra = {
+        "source": "vizdoom",
+        "wad": wad,
+        "map": map_name,
+        "seed": cfg.seed,
+        "bev_file_path": "bev.npz",
+        "map_origin": origin.tolist(),
+        "map_units_per_metre": MAP_UNITS_PER_METRE,
+        "tics": [int(f.tic) for f in frames],
+    }
+    write_scene(out / name, np.stack([f.rgb for f in frames]), np.stack([f.depth for f in frames]), c2w,
+                proc.intr.tolist(), extra=extra, files={"bev.npz": bev_npz(bev, bounds)})
+    return {"name": name, "split": split, "group": f"{wad}:{map_name}", "bounds": bounds.tolist()}
 
-    Scenes are spread over the fixed train / val / test map split (at least one val and one
-    test scene when there are 3 or more), one map per scene where the split has enough maps."""
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    split_maps = map_split(cfg.val_fraction, cfg.test_fraction)
+
+def _split_wants(cfg: VizdoomConfig) -> dict[str, int]:
     n = cfg.scenes
     n_test = max(1, round(cfg.test_fraction * n)) if n >= 3 else 0
     n_val = max(1, round(cfg.val_fraction * n)) if n >= 3 else 0
-    want = {"train": n - n_test - n_val, "val": n_val, "test": n_test}
+    return {"train": n - n_test - n_val, "val": n_val, "test": n_test}
+
+
+def collection_jobs(cfg: VizdoomConfig) -> list[dict]:
+    """The maps a collection visits, in order, when every map yields the windows asked of it:
+    one dict per visit (split, wad, map, count, tried, start = index of its first scene). The
+    same visits, agent seeds and scene names as the one-process loop of :func:`collect_dataset`
+    (which only departs from them when a map yields fewer windows than asked)."""
+    split_maps = map_split(cfg.val_fraction, cfg.test_fraction)
+    want = _split_wants(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    jobs, start = [], 0
+    for split in ("train", "val", "test"):
+        maps = [split_maps[split][i] for i in rng.permutation(len(split_maps[split]))]
+        per_map = np.bincount(np.arange(want[split]) % len(maps), minlength=len(maps))
+        queue = list(zip(maps, per_map))
+        got = tried = 0
+        while got < want[split] and tried < 3 * len(maps):
+            (wad, map_name), count = queue[tried % len(queue)]
+            tried += 1
+            count = int(min(max(count, 1), want[split] - got))
+            jobs.append({"split": split, "wad": wad, "map": map_name, "count": count, "tried": tried, "start": start})
+            start += count
+            got += count
+    return jobs
+
+
+def _collect_job(args: tuple) -> list[dict] | None:
+    """One map visit of :func:`collection_jobs` in a worker process (its own game and working
+    directory); its entries, or None when the map yielded fewer windows than asked (nothing of
+    it is then kept)."""
+    cfg, out, job = args
+    out = Path(out)
+    proc = FrameProcessor(cfg.resolution)
+    with _private_cwd():
+        game = start_map({}, job["wad"], job["map"], cfg.resolution, cfg.seed)
+        try:
+            dm = DoomMap.from_wad(wad_path(job["wad"]), job["map"])
+            map_rng = np.random.default_rng([cfg.seed, job["tried"], job["start"]])
+            windows = list(collect_map_scenes(game, dm, job["count"], cfg, map_rng, proc, None))
+        finally:
+            game.close()
+    if len(windows) < job["count"]:
+        return None
+    return [_scene_entry(out, job["start"] + k, job["split"], job["wad"], job["map"], frames, dm, cfg, proc)
+            for k, frames in enumerate(windows)]
+
+
+def _collect_parallel(cfg: VizdoomConfig, out: Path, workers: int, progress: bool) -> list[dict] | None:
+    """:func:`collection_jobs` run by ``workers`` processes; None when a map fell short (the
+    caller then collects in one process, which moves on to the next map)."""
+    import multiprocessing as mp
+
+    jobs = collection_jobs(cfg)
+    entries: list[list[dict] | None] = [None] * len(jobs)
+    bar = tqdm(total=cfg.scenes, desc=f"vizdoom scenes ({workers} processes)", unit="scene", disable=not progress)
+    try:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            # the biggest visits first, so the last ones to finish are short
+            order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["count"])
+            results = pool.imap_unordered(_indexed_job, [(i, cfg, str(out), jobs[i]) for i in order])
+            for i, res in results:
+                if res is None:
+                    pool.terminate()
+                    return None
+                entries[i] = res
+                bar.update(len(res))
+    finally:
+        bar.close()
+    return [e for res in entries for e in res]
+
+
+def _indexed_job(args: tuple) -> tuple[int, list[dict] | None]:
+    i, cfg, out, job = args
+    return i, _collect_job((cfg, out, job))
+
+
+def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool = True, workers: int = 1) -> dict:
+    """Collect ``cfg.scenes`` scenes into the dataset folder ``out``. Returns a summary dict.
+
+    Scenes are spread over the fixed train / val / test map split (at least one val and one
+    test scene when there are 3 or more), one map per scene where the split has enough maps.
+    ``workers`` > 1: the map visits run in that many processes (each map in a game of its own;
+    the same maps, agent seeds and scene names as one process, and the same frames where the
+    engine's state does not carry from one map to the next: tests/test_vizdoom.py compares them);
+    if a map yields fewer windows than asked, the collection starts again in one process."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if workers > 1:
+        entries = _collect_parallel(cfg, out, workers, progress)
+        if entries is not None:
+            write_dataset_index(out, entries)
+            return {"out": str(out), "scenes": len(entries), "config": asdict(cfg)}
+        for child in out.iterdir():     # a map fell short: what the processes wrote is dropped
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    split_maps = map_split(cfg.val_fraction, cfg.test_fraction)
+    want = _split_wants(cfg)
+    n = cfg.scenes
     rng = np.random.default_rng(cfg.seed)
     proc = FrameProcessor(cfg.resolution)
     entries = []
@@ -461,28 +571,7 @@ def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool =
                     game = start_map(games, wad, map_name, cfg.resolution, cfg.seed)
                     map_rng = np.random.default_rng([cfg.seed, tried, len(entries)])
                     for frames in collect_map_scenes(game, dm, count, cfg, map_rng, proc, bar):
-                        name = f"scene_{len(entries):04d}"
-                        c2w, bounds, origin, bev = scene_arrays(frames, dm, cfg)
-                        extra = {
-                            "source": "vizdoom",
-                            "wad": wad,
-                            "map": map_name,
-                            "seed": cfg.seed,
-                            "bev_file_path": "bev.npz",
-                            "map_origin": origin.tolist(),
-                            "map_units_per_metre": MAP_UNITS_PER_METRE,
-                            "tics": [int(f.tic) for f in frames],
-                        }
-                        write_scene(
-                            out / name,
-                            np.stack([f.rgb for f in frames]),
-                            np.stack([f.depth for f in frames]),
-                            c2w,
-                            proc.intr.tolist(),
-                            extra=extra,
-                            files={"bev.npz": bev_npz(bev, bounds)},
-                        )
-                        entries.append({"name": name, "split": split, "group": f"{wad}:{map_name}", "bounds": bounds.tolist()})
+                        entries.append(_scene_entry(out, len(entries), split, wad, map_name, frames, dm, cfg, proc))
                         got += 1
                 if got < want[split]:
                     raise RuntimeError(f"could only collect {got} of {want[split]} {split} scenes")

@@ -331,7 +331,7 @@ def _stage_collect(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     tmp = out / "data.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     vcfg = VizdoomConfig(scenes=cfg.scenes, frames=cfg.frames, resolution=cfg.resolution, seed=cfg.seed)
-    summary = collect_dataset(vcfg, tmp, progress=ctx["progress"])
+    summary = collect_dataset(vcfg, tmp, progress=ctx["progress"], workers=ctx.get("workers", 1))
     # the dataset records absolute paths nowhere; a rename keeps it valid
     os.replace(tmp, data)
     return {"scenes": summary["scenes"]}
@@ -531,9 +531,10 @@ RUNNERS = {name: globals()[f"_stage_{name}"] for name, _ in STAGES}
 
 
 def quickstart(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str = "default", device: str = "auto",
-               progress: bool = True, log=print, command: str = "") -> dict:
+               progress: bool = True, log=print, command: str = "", workers: int = 1) -> dict:
     """Run every unfinished stage of the quickstart in OUT; return the state (also in
-    OUT/state.json). Raises QuickstartError for an unusable OUT; stage errors propagate."""
+    OUT/state.json). Raises QuickstartError for an unusable OUT; stage errors propagate.
+    ``workers``: processes that collect the dataset (like ``device``, not part of the recipe)."""
     out = Path(out).resolve()
     state = open_run_dir(out, cfg, preset_name)
     state["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device})
@@ -549,7 +550,7 @@ def quickstart(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str =
     for k, (name, what, _) in enumerate(rows):
         if name in done:
             continue
-        ctx = {"device": device, "progress": progress, "state": state, "command": command}
+        ctx = {"device": device, "progress": progress, "state": state, "command": command, "workers": workers}
         if name in TRAIN_STAGES:
             if name not in state["budgets"]:
                 state["budgets"][name] = train_minutes(cfg, name, state)

