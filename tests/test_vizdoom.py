@@ -54,6 +54,31 @@ def test_collection_is_reproducible(tmp_path):
         assert (tmp_path / "a/scene_0000" / f["file_path"]).read_bytes() == (tmp_path / "b/scene_0000" / f["file_path"]).read_bytes()
 
 
+def test_collection_in_processes_matches_one_process(tmp_path):
+    """--workers: the same visits, scene names, poses and maps as one process; frames equal except
+    animated surfaces (each process starts its maps in a game of its own)."""
+    from nfldm.data.vizdoom import collection_jobs
+
+    cfg = VizdoomConfig(scenes=7, frames=6, seed=1)
+    jobs = collection_jobs(cfg)
+    assert sum(j["count"] for j in jobs) == 7 and [j["start"] for j in jobs] == sorted(j["start"] for j in jobs)
+    assert {j["split"] for j in jobs} == {"train", "val", "test"}
+    collect_dataset(cfg, tmp_path / "one", progress=False)
+    summary = collect_dataset(cfg, tmp_path / "two", progress=False, workers=2)
+    assert summary["scenes"] == 7
+    index = json.loads((tmp_path / "one/dataset.json").read_text())
+    assert index == json.loads((tmp_path / "two/dataset.json").read_text())
+    same = total = 0
+    for e in index["scenes"]:
+        a, b = tmp_path / "one" / e["name"], tmp_path / "two" / e["name"]
+        assert json.loads((a / "transforms.json").read_text()) == json.loads((b / "transforms.json").read_text())
+        assert (a / "bev.npz").read_bytes() == (b / "bev.npz").read_bytes()
+        for f in sorted((a / "images").iterdir()):
+            total += 1
+            same += f.read_bytes() == (b / "images" / f.name).read_bytes()
+    assert total == 7 * 6 and same >= 0.75 * total
+    assert not list((tmp_path / "two").glob(".*partial*"))
+
 def test_geometric_consistency_between_frames(dataset):
     """Poses, intrinsics and depth fit together: frame i's depth reprojected into frame j agrees
     with frame j's depth (median relative error < 1 %) and so do the colours."""
