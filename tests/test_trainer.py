@@ -344,3 +344,27 @@ def test_resume_on_another_device_setting(tmp_path):
     with pytest.raises(ValueError, match="differs"):
         changed = make_cfg(device="auto", lr=0.5)
         new_trainer(tmp_path / "b", cfg=changed, resume=True, rc=run_config(changed))
+
+
+def test_adamw_is_fused_and_a_run_saved_unfused_resumes_fused(tmp_path):
+    # fused AdamW (one kernel per parameter) on the CPU; a checkpoint written before it (its
+    # param groups say fused None) resumes fused, and its steps equal the unfused update to rounding
+    t = new_trainer(tmp_path / "a")
+    assert t.optimizer.param_groups[0]["fused"] is True
+    with pytest.raises(Stop):
+        new_trainer(tmp_path / "a", callbacks=[stop_at(5)]).fit()
+    state_path = tmp_path / "a" / "checkpoint.json"
+    state = json.loads(state_path.read_text())
+    for g in state["optimizer"]["param_groups"]:
+        g["fused"] = None
+    state_path.write_text(json.dumps(state))
+    resumed = new_trainer(tmp_path / "a", resume=True)
+    assert resumed.optimizer.param_groups[0]["fused"] is True
+    resumed.fit()
+    straight = new_trainer(tmp_path / "b")
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in straight.optimizer.param_groups]
+    straight.optimizer = torch.optim.AdamW(groups, lr=straight.cfg.lr, betas=straight.cfg.betas, fused=False)
+    assert not straight.optimizer.param_groups[0]["fused"]
+    straight.fit()
+    la, lb = dict(losses(tmp_path / "a")), dict(losses(tmp_path / "b"))
+    assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) <= 1e-4 * max(1.0, abs(lb[k])) for k in la)

@@ -359,6 +359,12 @@ def _read_json(path: Path, what: str) -> Any:
     return read_json(path, what, CheckpointError, missing_ok=True, want=None)
 
 
+def _fused_ok(params: list[torch.Tensor]) -> bool | None:
+    """Fused AdamW (one kernel per parameter: on the 2-core CPU 4.4 instead of 14 ms a step for
+    psi_c's 3.5 M parameters) where PyTorch has it: floating-point parameters on the CPU or CUDA."""
+    return True if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) else None
+
+
 def _read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors of RUN/checkpoint.safetensors and the matching training state.
 
@@ -640,7 +646,7 @@ class Trainer:
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": g, "weight_decay": wd}
                   for g, wd in ((decay, self.cfg.weight_decay), (no_decay, 0.0)) if g]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas)
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, fused=_fused_ok(params))
 
     def _restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         """Load optimizer / scaler / position / RNG from a checkpoint (weights are loaded already)."""
@@ -653,7 +659,10 @@ class Trainer:
         for k, v in state["optimizer"]["scalars"].items():
             pid, name = k.split(".", 1)
             opt_state.setdefault(int(pid), {})[name] = v
-        groups = [dict(g, betas=tuple(g["betas"])) for g in state["optimizer"]["param_groups"]]
+        # the implementation (fused / foreach) is this code's choice, not the checkpoint's: a run
+        # saved before fused AdamW resumes fused (same update, other rounding)
+        impl = {k: self.optimizer.param_groups[0].get(k) for k in ("fused", "foreach")}
+        groups = [dict(g, betas=tuple(g["betas"]), **impl) for g in state["optimizer"]["param_groups"]]
         try:
             self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
         except (ValueError, KeyError, RuntimeError) as e:
