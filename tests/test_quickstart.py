@@ -95,6 +95,8 @@ def test_killed_run_resumes_and_finishes(run):
         assert read_metrics(out / "ldm" / "g" / "metrics.jsonl"), "psi_g logged nothing"
     for s in state["stages"].values():
         assert s["seconds"] >= 0 and s["peak_rss_mb"] > 0
+        assert s["machine"].startswith("cpu (") and s["machine"].endswith(" cores)")
+    assert all(s["command"].startswith("nfldm quickstart") and " --smoke" in s["command"] for s in state["sessions"])
     total = sum(s["seconds"] for s in state["stages"].values())
     assert total < 180, f"the smoke run took {total:.0f} s of stage time (budget: 3 minutes)"
 
@@ -688,3 +690,21 @@ def test_release_budget_is_its_steps(tmp_path, monkeypatch):
     assert list(state["config_changes"][-1]["changed"]) == ["budget_by"]
     with pytest.raises(ValueError, match="budget_by"):
         preset("release", budget_by="hours")
+
+
+def test_card_time_counts_every_session_of_a_stage_on_its_machine():
+    from nfldm.pipeline.quickstart.card import stage_seconds, time_by_machine
+
+    state = {"stages": {
+        "collect": {"seconds": 120.0, "machine": "cpu (2 cores)", "result": {"scenes": 8}},
+        # a training resumed in a later session: its own clock saw only the last part, the trainer's all
+        "scene_ae": {"seconds": 60.0, "machine": "cuda (NVIDIA H200)", "result": {"last": {"time": 300.0}}},
+        "ldm": {"seconds": 100.0, "machine": "cpu (2 cores)",
+                "result": {"last": {"g": {"time": 1800.0}, "c": {"time": 3600.0}, "f": {"time": 1800.0}}}},
+        "old": {"seconds": 30.0, "result": {}},
+    }}
+    assert stage_seconds(state["stages"]["scene_ae"]) == 300.0
+    assert stage_seconds(state["stages"]["ldm"]) == 7200.0 and stage_seconds(state["stages"]["collect"]) == 120.0
+    text = time_by_machine(state)
+    assert text.startswith("2.1 h (") and "2.0 h on cpu (2 cores)" in text
+    assert "5.0 min on cuda (NVIDIA H200)" in text and "0.5 min on machine not recorded" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import fields, replace
 
@@ -234,7 +235,9 @@ def cmd_quickstart(args) -> int:
         (f" --preset {args.preset}" if args.preset else "") + \
         (f" --budget-minutes {args.budget_minutes:g}" if args.budget_minutes is not None else "") + \
         (f" --scenes {args.scenes}" if args.scenes is not None else "") + \
-        "".join(f" --set {x}" for x in args.set or [])
+        (f" --device {args.device}" if args.device != "auto" else "") + \
+        (f" --workers {args.workers}" if args.workers != 1 else "") + \
+        "".join(f" --set {shlex.quote(x)}" for x in args.set or [])
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     quickstart(out, cfg, name, device=args.device, progress=not args.quiet, command=command, workers=args.workers)

@@ -168,6 +168,9 @@ def _card(info: dict) -> str:
              "- Training steps: " + ", ".join(f"{k} {v}" for k, v in info["steps"].items())]
     if card.get("command"):
         lines += [f"- Made with: `{card['command']}`"]
+    other = [c for c in card.get("commands", []) if c != card.get("command")]
+    if other:          # a run continued with other commands (another device, collection processes)
+        lines += ["- Earlier sessions of the same run: " + "; ".join(f"`{c}`" for c in other)]
     if card.get("data"):
         lines += [f"- Data: {card['data']}"]
     if card.get("time"):

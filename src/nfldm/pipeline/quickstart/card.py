@@ -5,7 +5,41 @@ report.html."""
 
 from __future__ import annotations
 
-__all__ = ["card_metrics", "extra_metrics"]
+__all__ = ["card_metrics", "extra_metrics", "stage_seconds", "time_by_machine"]
+
+
+def _trainer_seconds(last) -> float:
+    """Training seconds a stage's result records: the trainer's cumulative "time" (sessions before a
+    resume included), summed over levels for the ldm stages; 0 when none is recorded."""
+    if not isinstance(last, dict):
+        return 0.0
+    if isinstance(last.get("time"), (int, float)):
+        return float(last["time"])
+    return sum(_trainer_seconds(v) for v in last.values() if isinstance(v, dict))
+
+
+def stage_seconds(record: dict) -> float:
+    """A finished stage's seconds over all the sessions it ran in: its own clock covers only the
+    session that finished it, the trainer's covers the training's earlier sessions too."""
+    result = record.get("result") if isinstance(record.get("result"), dict) else {}
+    return max(float(record.get("seconds", 0.0)), _trainer_seconds(result.get("last")))
+
+
+def time_by_machine(state: dict) -> str:
+    """'H h: A h on cpu (2 cores), B h on cuda (NVIDIA H200)' over the finished stages (a stage
+    that ran on several machines counts on the one that finished it; stages recorded before
+    machines were: 'machine not recorded')."""
+    per: dict[str, float] = {}
+    for rec in state["stages"].values():
+        key = rec.get("machine") or "machine not recorded"
+        per[key] = per.get(key, 0.0) + stage_seconds(rec)
+    total = sum(per.values())
+
+    def fmt(sec: float) -> str:
+        return f"{sec / 3600:.1f} h" if sec >= 3600 else f"{sec / 60:.1f} min"
+
+    parts = ", ".join(f"{fmt(v)} on {k}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
+    return f"{fmt(total)} ({parts})" if per else "0 min"
 
 
 def card_metrics(state: dict) -> dict[str, str]:

@@ -43,7 +43,7 @@ from nfldm.ldm.evaluate import eval_generation
 from nfldm.ldm.train import train_ldm
 from nfldm.pipeline.bundle import add_image_prior, add_levels, add_renderer, export_bundle
 from nfldm.pipeline.generate import sample
-from nfldm.pipeline.quickstart.card import card_metrics, extra_metrics
+from nfldm.pipeline.quickstart.card import card_metrics, extra_metrics, time_by_machine
 from nfldm.pipeline.quickstart.config import (STAGES, stages_reading, TRAIN_STAGES, QuickstartConfig, stage_list,
                                               train_stage_shares)
 from nfldm.pipeline.quickstart.report import write_report
@@ -74,6 +74,18 @@ def _peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, kids) / 1024.0
+
+
+def machine_label(device: str) -> str:
+    """What a stage ran on, for the model card: "cuda (NVIDIA H200)" or "cpu (2 cores)"."""
+    import torch
+
+    from nfldm.trainer import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return f"{dev.type} ({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores)"
 
 
 def check_stage_configs(cfg: QuickstartConfig) -> None:
@@ -502,9 +514,9 @@ def _stage_bundle(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
                          card={"command": ctx.get("command", ""), "quickstart_config": cfg.to_dict(),
                                "data": f"{cfg.scenes} ViZDoom scenes x {cfg.frames} frames at {cfg.resolution}^2, "
                                        f"seed {cfg.seed} (nfldm data vizdoom)", "metrics": metrics,
-                               "time": f"{sum(v['seconds'] for v in ctx['state']['stages'].values()) / 60:.1f} min of "
-                                       f"stage time before the export (budget {cfg.budget_minutes:g} min), peak "
-                                       f"memory {_peak_rss_mb() / 1024:.2f} GiB"})
+                               "time": f"{time_by_machine(ctx['state'])} of stage time before the export (budget "
+                                       f"{cfg.budget_minutes:g} min), peak memory {_peak_rss_mb() / 1024:.2f} GiB",
+                               "commands": sorted({s["command"] for s in ctx["state"]["sessions"] if s.get("command")})})
     # the optional stages' networks; trained on the float32 runs the bundle was exported from,
     # which add_renderer / add_levels accept (rounded to float16 they are the bundle's stages)
     extra = extra_metrics(ctx["state"])
@@ -537,7 +549,9 @@ def quickstart(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str =
     ``workers``: processes that collect the dataset (like ``device``, not part of the recipe)."""
     out = Path(out).resolve()
     state = open_run_dir(out, cfg, preset_name)
-    state["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device})
+    machine = machine_label(device)
+    state["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "machine": machine,
+                              "command": command})
     atomic_write_json(out / STATE_FILE, state)
     rows = plan(cfg)               # the stages this config runs (stage_list), in order
     done = state["stages"]
@@ -563,7 +577,7 @@ def quickstart(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str =
         result = RUNNERS[name](out, cfg, ctx)
         seconds = time.perf_counter() - t0
         state["stages"][name] = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "result": result,
-                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine}
         atomic_write_json(out / STATE_FILE, state)
         log(f"      {name} finished in {seconds / 60:.1f} min (peak memory so far {_peak_rss_mb() / 1024:.2f} GiB)")
     total = sum(s["seconds"] for s in state["stages"].values())
