@@ -479,11 +479,11 @@ def collection_jobs(cfg: VizdoomConfig) -> list[dict]:
     return jobs
 
 
-def _collect_job(args: tuple) -> list[dict] | None:
-    """One map visit of :func:`collection_jobs` in a worker process (its own game and working
-    directory); its entries, or None when the map yielded fewer windows than asked (nothing of
-    it is then kept)."""
-    cfg, out, job = args
+def _collect_job(args: tuple) -> tuple[int, list[dict] | None]:
+    """Visit ``i`` of :func:`collection_jobs` in a worker process (its own game and working
+    directory): (i, its entries), or (i, None) when the map yielded fewer windows than asked
+    (nothing of it is then kept)."""
+    i, cfg, out, job = args
     out = Path(out)
     proc = FrameProcessor(cfg.resolution)
     with _private_cwd():
@@ -495,9 +495,9 @@ def _collect_job(args: tuple) -> list[dict] | None:
         finally:
             game.close()
     if len(windows) < job["count"]:
-        return None
-    return [_scene_entry(out, job["start"] + k, job["split"], job["wad"], job["map"], frames, dm, cfg, proc)
-            for k, frames in enumerate(windows)]
+        return i, None
+    return i, [_scene_entry(out, job["start"] + k, job["split"], job["wad"], job["map"], frames, dm, cfg, proc)
+               for k, frames in enumerate(windows)]
 
 
 def _collect_parallel(cfg: VizdoomConfig, out: Path, workers: int, progress: bool) -> list[dict] | None:
@@ -512,7 +512,7 @@ def _collect_parallel(cfg: VizdoomConfig, out: Path, workers: int, progress: boo
         with mp.get_context("spawn").Pool(workers) as pool:
             # the biggest visits first, so the last ones to finish are short
             order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["count"])
-            results = pool.imap_unordered(_indexed_job, [(i, cfg, str(out), jobs[i]) for i in order])
+            results = pool.imap_unordered(_collect_job, [(i, cfg, str(out), jobs[i]) for i in order])
             for i, res in results:
                 if res is None:
                     pool.terminate()
@@ -522,11 +522,6 @@ def _collect_parallel(cfg: VizdoomConfig, out: Path, workers: int, progress: boo
     finally:
         bar.close()
     return [e for res in entries for e in res]
-
-
-def _indexed_job(args: tuple) -> tuple[int, list[dict] | None]:
-    i, cfg, out, job = args
-    return i, _collect_job((cfg, out, job))
 
 
 def collect_dataset(cfg: VizdoomConfig, out: str | os.PathLike, progress: bool = True, workers: int = 1) -> dict:
