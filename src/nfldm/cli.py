@@ -24,6 +24,14 @@ def _add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...]
         )
 
 
+def _processes(text: str) -> int:
+    """An argparse type: a number of processes, at least 1."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _config_from_args(args, cls, preset):
     overrides = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
     return replace(preset, **overrides)
@@ -34,8 +42,6 @@ def cmd_data_vizdoom(args) -> int:
 
     cfg = with_overrides(_config_from_args(args, VizdoomConfig, PRESETS[args.preset]), _parse_sets(args.set),
                          "data vizdoom")
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     summary = collect_dataset(cfg, args.out, progress=not args.quiet, workers=args.workers)
     print(f"wrote {summary['scenes']} scenes to {summary['out']}")
     return 0
@@ -238,8 +244,6 @@ def cmd_quickstart(args) -> int:
         (f" --device {args.device}" if args.device != "auto" else "") + \
         (f" --workers {args.workers}" if args.workers != 1 else "") + \
         "".join(f" --set {shlex.quote(x)}" for x in args.set or [])
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     quickstart(out, cfg, name, device=args.device, progress=not args.quiet, command=command, workers=args.workers)
     return 0
 
@@ -401,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset folder to write (created)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="named preset (default: tiny)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--workers", type=int, default=1, help="processes that collect (default 1; more use more cores: the same maps, poses and scene names, a few pixels of animated surfaces may differ from a 1-process collection)")
+    p.add_argument("--workers", type=_processes, default=1, help="processes that collect (default 1; more use more cores: the same maps, poses and scene names, a few pixels of animated surfaces may differ from a 1-process collection)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any collector option (the same as its flag below; repeatable)")
     _add_config_args(p, VizdoomConfig)
@@ -849,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any quickstart option (nfldm.pipeline.quickstart.config.QuickstartConfig; repeatable)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=_processes, default=1,
                    help="processes that collect the dataset (default 1; not part of the recipe: the same maps, "
                         "poses and scene names, a few pixels of animated surfaces may differ)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
