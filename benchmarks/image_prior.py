@@ -6,7 +6,10 @@
 
 First prints what score distillation depends on (:func:`diagnose`): how much each test frame's own
 embedding lowers the prior's noise error at t = 100 / 300 / 600 (the condition's pull), and the
-mean colour of its denoised estimate against the frames' (its bias). With ``--renders`` (a folder
+mean colour of its denoised estimate against the frames' (its bias). Then the look gain: how much
+lower the noise error of test frames is under their own map's mean embedding than under another
+map's, and than under the train frames' mean (y): the kind of condition refinement and style give
+(means over many frames); a prior that cannot tell two looks apart cannot be steered by them. With ``--renders`` (a folder
 of ``nfldm sample``: the look negative guidance pushes away from), :func:`domain_gain` too: on
 real test frames and on those renders, how much lower the noise error is under their own look's
 mean embedding (y: the prior's real train frames; y': the renders', as ``nfldm refine
@@ -97,7 +100,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from nfldm.ldm.evaluate import cached_features, real_images, to_view_size
+    from nfldm.ldm.evaluate import cached_features, real_images_by_group, to_view_size
     from nfldm.metrics.fid import InceptionFeatures, extract, fid_from_features, file_sha1, kid
     from nfldm.metrics.wheels import INCEPTION_WHEEL, wheel_file
     from nfldm.refine.model import sample_images
@@ -110,12 +113,29 @@ def main() -> None:
     p = load_image_prior(args.prior, args.device, prefer_ema=not args.raw)
     prior = p["prior"]
     dev = next(prior.parameters()).device
-    real = to_view_size(real_images(args.data, args.split, 5000), 64)
+    real, groups = real_images_by_group(args.data, args.split, 5000)
+    real = to_view_size(real, 64)
     pick = np.round(np.linspace(0, len(real) - 1, min(args.num, len(real)))).astype(int)
     y = embed_images(real[pick], dev)
     diag = diagnose(prior, real[pick][:64], y[:64].to(dev))
     for line in diag["lines"]:
         print(line)
+    # a look, not a frame: each frame under its own map's mean embedding (over the picked frames of
+    # that map) against another map's mean and against the prior's real train mean (y)
+    gp = [groups[i] for i in pick]
+    names = list(dict.fromkeys(gp))
+    if len(names) > 1:
+        means = torch.stack([y[[k for k, g in enumerate(gp) if g == n]].mean(0) for n in names])
+        own_k = torch.tensor([names.index(g) for g in gp])
+        sel = np.round(np.linspace(0, len(pick) - 1, min(64, len(pick)))).astype(int)
+        own, other = means[own_k[sel]].to(dev), means[(own_k[sel] + 1) % len(names)].to(dev)
+        frames = real[pick][sel]
+        diag["look_gain"] = {
+            "own map's mean vs another map's": domain_gain(prior, frames, own, other),
+            "own map's mean vs the train frames' mean (y)": domain_gain(
+                prior, frames, own, p["mean_embedding"].expand(len(sel), -1))}
+        for name, d in diag["look_gain"].items():
+            print(f"look gain, {name}: " + ", ".join(f"t={t}: {100 * v:.1f} %" for t, v in d.items()))
     if args.renders:
         from nfldm.ldm.evaluate import generated_images
 

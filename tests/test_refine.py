@@ -173,7 +173,7 @@ def test_train_with_renders_of_the_generator(tmp_path):
 
     from nfldm.data.format import DataError
     from nfldm.data.tensors import read_safetensors
-    from nfldm.ldm.evaluate import real_images
+    from nfldm.ldm.evaluate import real_images, real_images_by_group
 
     data = tmp_path / "data"
     make_dataset(data)
@@ -189,6 +189,11 @@ def test_train_with_renders_of_the_generator(tmp_path):
     train_image_prior(data, run, preset_name="smoke", steps=2, device="cpu", progress=False, embedder=emb,
                       renders=[renders])
     real = real_images(data, "train")
+    by_group, groups = real_images_by_group(data, "train")
+    index = json.loads((data / "dataset.json").read_text())["scenes"]
+    train = [sc for sc in index if sc["split"] == "train"]
+    assert np.array_equal(by_group, real) and groups == [sc["group"] for sc in train
+                                                         for _ in range(len(real) // len(train))]
     rc = json.loads((run / "config.json").read_text())
     assert rc["frames"] == len(real) + 6 and rc["renders"] == {"folders": [str(renders.resolve())], "frames": 6}
     t, meta = read_safetensors(run / "embeddings.safetensors")

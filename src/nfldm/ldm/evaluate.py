@@ -225,6 +225,13 @@ def generated_images(samples: str | os.PathLike, max_images: int | None = None) 
 def real_images(data: str | os.PathLike, split: str = "test", max_images: int | None = None) -> np.ndarray:
     """All frames of the scenes of one split of a dataset as uint8 N x H x W x 3 (evenly
     subsampled to ``max_images``)."""
+    return real_images_by_group(data, split, max_images)[0]
+
+
+def real_images_by_group(data: str | os.PathLike, split: str = "test", max_images: int | None = None
+                         ) -> tuple[np.ndarray, list[str]]:
+    """:func:`real_images` and, per frame, its scene's group (the dataset's ``group``: the map of
+    a ViZDoom window): (uint8 N x H x W x 3, N names)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     index = read_dataset(data)
@@ -234,12 +241,13 @@ def real_images(data: str | os.PathLike, split: str = "test", max_images: int | 
     metas = [read_transforms(e.path) for e in entries]
     refs = [(m, j) for m in metas for j in range(len(m))]
     refs = [refs[i] for i in _evenly(len(refs), max_images)]
-    imgs = []
-    for m in metas:
+    imgs, groups = [], []
+    for e, m in zip(entries, metas):
         ids = [j for mm, j in refs if mm is m]
         if ids:
             imgs.append(read_scene_raw(m, np.array(ids))["images"])
-    return np.concatenate(imgs)
+            groups += [e.group or e.name] * len(ids)
+    return np.concatenate(imgs), groups
 
 
 # ----------------------------------------------------------------------------------------
