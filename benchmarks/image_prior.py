@@ -9,11 +9,11 @@ embedding lowers the prior's noise error at t = 100 / 300 / 600 (the condition's
 mean colour of its denoised estimate against the frames' (its bias). Then the look gain: how much
 lower the noise error of test frames is under their own map's mean embedding than under another
 map's, and than under the train frames' mean (y): the kind of condition refinement and style give
-(means over many frames); a prior that cannot tell two looks apart cannot be steered by them. With ``--renders`` (a folder
-of ``nfldm sample``: the look negative guidance pushes away from), :func:`domain_gain` too: on
-real test frames and on those renders, how much lower the noise error is under their own look's
-mean embedding (y: the prior's real train frames; y': the renders', as ``nfldm refine
---negative auto`` takes it) than under the other look's. Negative guidance steers by
+(means over many frames); a prior that cannot tell two looks apart cannot be steered by them.
+With ``--renders`` (a folder of ``nfldm sample``: the look negative guidance pushes away from),
+:func:`domain_gain` too: on real test frames and on those renders, how much lower the noise error
+is under their own look's mean embedding (y: the prior's real train frames; y': the renders', as
+``nfldm refine --negative auto`` takes it) than under the other look's. Negative guidance steers by
 eps(x_t; y) - eps(x_t; y'): a prior for which both are the same cannot steer.
 
 Draws ``--num`` images by DDIM: unconditional (the null embedding), and "variations": each
