@@ -97,8 +97,11 @@ def main() -> None:
                     help="only what SDS depends on (no sampling, no FID): does the prior use its embedding, "
                     "and is its denoised estimate biased")
     ap.add_argument("--renders", default=None, help="a folder of nfldm sample: also measure domain_gain")
+    ap.add_argument("--timesteps", default="100,300,600",
+                    help="the noise levels (of 1000) the diagnostics measure at, comma-separated")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    ts = tuple(int(v) for v in args.timesteps.split(","))
 
     from nfldm.ldm.evaluate import cached_features, real_images_by_group, to_view_size
     from nfldm.metrics.fid import InceptionFeatures, extract, fid_from_features, file_sha1, kid
@@ -117,7 +120,7 @@ def main() -> None:
     real = to_view_size(real, 64)
     pick = np.round(np.linspace(0, len(real) - 1, min(args.num, len(real)))).astype(int)
     y = embed_images(real[pick], dev)
-    diag = diagnose(prior, real[pick][:64], y[:64].to(dev))
+    diag = diagnose(prior, real[pick][:64], y[:64].to(dev), ts)
     for line in diag["lines"]:
         print(line)
     # a look, not a frame: each frame under its own map's mean embedding (over the picked frames of
@@ -131,9 +134,9 @@ def main() -> None:
         own, other = means[own_k[sel]].to(dev), means[(own_k[sel] + 1) % len(names)].to(dev)
         frames = real[pick][sel]
         diag["look_gain"] = {
-            "own map's mean vs another map's": domain_gain(prior, frames, own, other),
+            "own map's mean vs another map's": domain_gain(prior, frames, own, other, ts),
             "own map's mean vs the train frames' mean (y)": domain_gain(
-                prior, frames, own, p["mean_embedding"].expand(len(sel), -1))}
+                prior, frames, own, p["mean_embedding"].expand(len(sel), -1), ts)}
         for name, d in diag["look_gain"].items():
             print(f"look gain, {name}: " + ", ".join(f"t={t}: {100 * v:.1f} %" for t, v in d.items()))
     if args.renders:
@@ -143,8 +146,8 @@ def main() -> None:
         rend = rend[np.round(np.linspace(0, len(rend) - 1, min(64, len(rend)))).astype(int)]
         y_real = p["mean_embedding"]
         y_rend = embed_images(to_view_size(generated_images(args.renders), 64), dev).mean(0).to(dev)
-        diag["domain_gain"] = {"real frames (y vs y')": domain_gain(prior, real[pick][:64], y_real, y_rend),
-                               "renders (y' vs y)": domain_gain(prior, rend, y_rend, y_real)}
+        diag["domain_gain"] = {"real frames (y vs y')": domain_gain(prior, real[pick][:64], y_real, y_rend, ts),
+                               "renders (y' vs y)": domain_gain(prior, rend, y_rend, y_real, ts)}
         for name, d in diag["domain_gain"].items():
             print(f"domain gain on {name}: " + ", ".join(f"t={t}: {100 * v:.1f} %" for t, v in d.items()))
     if args.diagnose_only:

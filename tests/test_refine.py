@@ -77,6 +77,43 @@ def test_bad_configs():
         ImagePriorConfig(image_size=18, block_out_channels=(8, 16, 32))
     with pytest.raises(ValueError, match="embed_drop_prob"):
         ImagePriorConfig(embed_drop_prob=1.0)
+    with pytest.raises(ValueError, match="needs standardize_embedding"):
+        ImagePriorConfig(embed_components=8)
+    with pytest.raises(ValueError, match="embed_components"):
+        ImagePriorConfig(embed_components=2000, standardize_embedding=True)
+    with pytest.raises(ValueError, match="embed_noise"):
+        ImagePriorConfig(embed_noise=-1.0)
+    with pytest.raises(ValueError, match="time_scale_shift"):
+        ImagePriorConfig(time_scale_shift="film")
+
+
+def test_principal_component_condition_and_training_noise():
+    """With embed_components=k the condition is the training embeddings' top-k principal
+    components, whitened: on those embeddings they have unit variance and no correlation, and the
+    leading one follows the direction they vary along most. embed_noise perturbs the condition in
+    training only; the scale-shift block variant builds and conditions as well."""
+    gen = torch.Generator().manual_seed(0)
+    m = small_prior(standardize_embedding=True, embed_components=4, embed_noise=0.5,
+                    time_scale_shift="scale_shift")
+    direction = torch.randn(1280, generator=gen)
+    emb = torch.randn(512, 1280, generator=gen) * 0.1 + torch.randn(512, 1, generator=gen) * direction
+    m.set_embedding_statistics(emb)
+    z = ((emb - m.embed_mean) / m.embed_std) @ m.embed_basis / m.embed_scale
+    assert torch.allclose(z.std(0), torch.ones(4), atol=1e-3)
+    cov = torch.cov(z.T)
+    assert (cov - torch.diag(torch.diag(cov))).abs().max() < 1e-3
+    lead = m.embed_basis[:, 0]
+    assert abs(float(torch.nn.functional.cosine_similarity(lead, direction / m.embed_std, dim=0))) > 0.99
+    e = emb[:3]
+    with torch.no_grad():
+        a, b = m.condition(e, 3), m.condition(e, 3)
+        assert torch.equal(a, b)                                  # no noise outside training
+        n1, n2 = m.condition(e, 3, noise=True), m.condition(e, 3, noise=True)
+        assert not torch.allclose(n1, n2) and not torch.allclose(n1, a)
+        x, t = torch.randn(3, 3, 16, 16), torch.tensor([10, 500, 900])
+        for p in m.unet.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+        assert not torch.allclose(m(x, t, e), m(x, t, None))
 
 
 def test_train_resume_load(tmp_path):
@@ -114,6 +151,13 @@ def test_train_resume_load(tmp_path):
     pb, pc = load_image_prior(b, "cpu")["prior"], load_image_prior(c, "cpu")["prior"]
     for (k, v), (_, w) in zip(pb.state_dict().items(), pc.state_dict().items()):
         assert torch.allclose(v, w, atol=1e-6), k
+    # the principal-component condition: its basis is computed from the frames and kept with the weights
+    d = tmp_path / "d"
+    train_image_prior(data, d, preset_name="smoke", steps=2, device="cpu", progress=False, embedder=emb,
+                      overrides={"embed_components": 3, "embed_noise": 0.2})
+    pd = load_image_prior(d, "cpu")["prior"]
+    assert pd.cfg.embed_components == 3 and pd.embed.in_features == 3
+    assert torch.allclose(pd.embed_basis.T @ pd.embed_basis, torch.eye(3), atol=1e-4)
     with pytest.raises(ValueError, match="not an image-prior run"):
         rc["stage"] = "ldm"
         (a / "config.json").write_text(json.dumps(rc))

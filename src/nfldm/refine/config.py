@@ -31,6 +31,19 @@ class ImagePriorConfig:
     # raw EfficientNet-Lite0 features differ little between frames next to their common mean, and the
     # first prior (False: runs made before this field) learned next to nothing from them
     standardize_embedding: bool = False
+    # how the timestep + condition vector enters each residual block (diffusers'
+    # resnet_time_scale_shift): "default" adds it as a per-channel shift; "scale_shift" also scales
+    # the normalised activations by it (FiLM, as ADM), a stronger hand for the condition
+    time_scale_shift: str = "default"
+    # > 0: the condition is the top-k principal components of the standardised embedding (from the
+    # training frames), each scaled to unit variance, instead of all embed_dim features: a
+    # bottleneck that keeps the directions frames vary along most (light, palette) and drops the
+    # detail that names one training frame
+    embed_components: int = 0
+    # std of Gaussian noise added to the (standardised or whitened) condition in training only:
+    # unCLIP's noise augmentation of image embeddings, so the prior reads a neighbourhood of
+    # embeddings (a map's mean, a style folder's mean) rather than exact training frames
+    embed_noise: float = 0.0
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"      # SDS uses the noise estimate directly
@@ -42,6 +55,14 @@ class ImagePriorConfig:
                              f"2^{len(self.block_out_channels) - 1} (one halving per extra block)")
         if not 0.0 <= self.embed_drop_prob < 1.0:
             raise ValueError(f"embed_drop_prob must be in [0, 1), got {self.embed_drop_prob}")
+        if self.time_scale_shift not in ("default", "scale_shift"):
+            raise ValueError(f"time_scale_shift must be default or scale_shift, got {self.time_scale_shift!r}")
+        if not 0 <= self.embed_components <= self.embed_dim:
+            raise ValueError(f"embed_components must be in [0, embed_dim={self.embed_dim}], got {self.embed_components}")
+        if self.embed_components and not self.standardize_embedding:
+            raise ValueError("embed_components needs standardize_embedding (components of the standardised embedding)")
+        if self.embed_noise < 0:
+            raise ValueError(f"embed_noise must be >= 0, got {self.embed_noise}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
         if any(c % self.norm_num_groups for c in self.block_out_channels):

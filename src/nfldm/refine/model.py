@@ -1,12 +1,14 @@
 """The image prior: a 2D diffusion model of real frames given an image embedding.
 
     x: B x 3 x S x S in [-1, 1],  t: B,  e: B x embed_dim (an image embedding, or None)
-    e -> (standardised by the training frames' mean / std) -> Linear -> B x temb  (or the learned
-         null embedding: no condition / dropped)
+    e -> (standardised by the training frames' mean / std) [-> top-k principal components, whitened]
+      [+ N(0, embed_noise^2) in training] -> Linear -> B x temb  (or the learned null embedding: no
+         condition / dropped)
     UNet2DModel(x_t, t, class_labels = that vector)  ->  epsilon (or v) B x 3 x S x S
 
-The condition enters as diffusers' "identity" class embedding: added to the timestep embedding
-of every residual block. :meth:`ImagePrior.eps` gives the noise estimate SDS uses, for a
+The condition enters as diffusers' "identity" class embedding: added to the timestep embedding,
+which every residual block adds as a shift (``time_scale_shift="default"``) or applies as a scale
+and shift of its normalised activations (``"scale_shift"``). :meth:`ImagePrior.eps` gives the noise estimate SDS uses, for a
 condition or the null one; :func:`guided_eps` combines two conditions (classifier-free guidance,
 or the paper's negative guidance with y' in place of the null condition).
 """
@@ -40,19 +42,39 @@ class ImagePrior(nn.Module):
         self.unet = UNet2DModel(sample_size=cfg.image_size, in_channels=3, out_channels=3, block_out_channels=ch,
                                 layers_per_block=cfg.layers_per_block, down_block_types=tuple(down),
                                 up_block_types=tuple(up), norm_num_groups=cfg.norm_num_groups,
-                                class_embed_type="identity")
+                                class_embed_type="identity", resnet_time_scale_shift=cfg.time_scale_shift)
         temb = ch[0] * 4
-        self.embed = nn.Linear(cfg.embed_dim, temb)
+        k = cfg.embed_components or cfg.embed_dim
+        self.embed = nn.Linear(k, temb)
         self.null = nn.Parameter(torch.zeros(temb))
         if cfg.standardize_embedding:  # set from the training frames' embeddings (train_image_prior)
             self.register_buffer("embed_mean", torch.zeros(cfg.embed_dim))
             self.register_buffer("embed_std", torch.ones(cfg.embed_dim))
+        if cfg.embed_components:       # set by set_embedding_statistics
+            self.register_buffer("embed_basis", torch.eye(cfg.embed_dim)[:, :k].clone())
+            self.register_buffer("embed_scale", torch.ones(k))
         self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                        prediction_type=cfg.prediction_type, clip_sample=False)
 
-    def condition(self, e: Tensor | None, batch: int, drop: Tensor | None = None) -> Tensor:
+    @torch.no_grad()
+    def set_embedding_statistics(self, emb: Tensor) -> None:
+        """The standardisation (and, with ``embed_components``, the principal components) from the
+        training frames' embeddings, N x embed_dim."""
+        if not self.cfg.standardize_embedding:
+            return
+        emb = emb.float()
+        self.embed_mean.copy_(emb.mean(0))
+        self.embed_std.copy_(emb.std(0).clamp(min=1e-3))
+        k = self.cfg.embed_components
+        if k:
+            z = (emb - self.embed_mean) / self.embed_std
+            evals, evecs = torch.linalg.eigh(z.T @ z / max(len(z) - 1, 1))   # ascending
+            self.embed_basis.copy_(evecs[:, -k:].flip(1))
+            self.embed_scale.copy_(evals[-k:].flip(0).clamp(min=1e-6).sqrt())
+
+    def condition(self, e: Tensor | None, batch: int, drop: Tensor | None = None, noise: bool = False) -> Tensor:
         """The vector added to the timestep embedding: B x temb (the null one where ``e`` is None
-        or ``drop``, B bool, is True)."""
+        or ``drop``, B bool, is True; ``noise``: the training-time embed_noise added)."""
         p = self.null
         if e is None:
             return p[None].expand(batch, -1)
@@ -63,16 +85,21 @@ class ImagePrior(nn.Module):
         e = e.to(p.dtype)
         if self.cfg.standardize_embedding:
             e = (e - self.embed_mean) / self.embed_std
+        if self.cfg.embed_components:
+            e = (e @ self.embed_basis) / self.embed_scale
+        if noise and self.cfg.embed_noise > 0:
+            e = e + self.cfg.embed_noise * torch.randn_like(e)
         v = self.embed(e)
         if drop is not None:
             v = torch.where(drop[:, None], p[None].expand_as(v), v)
         return v
 
-    def forward(self, x: Tensor, t: Tensor, e: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, e: Tensor | None = None, drop: Tensor | None = None,
+                noise: bool = False) -> Tensor:
         """The model output (epsilon or v) for noisy images x (B x 3 x S x S) at timesteps t (B)."""
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        return self.unet(x, t, class_labels=self.condition(e, x.shape[0], drop)).sample
+        return self.unet(x, t, class_labels=self.condition(e, x.shape[0], drop, noise)).sample
 
     def eps(self, x_t: Tensor, t: Tensor, e: Tensor | None = None) -> Tensor:
         """The noise estimate for x_t (whatever the prediction type)."""
@@ -130,7 +157,7 @@ class ImagePrior(nn.Module):
         noise = torch.randn_like(x0)
         x_t = self.scheduler.add_noise(x0, noise, t)
         drop = torch.rand(B, device=x0.device) < self.cfg.embed_drop_prob
-        out = self(x_t, t, e, drop)
+        out = self(x_t, t, e, drop, noise=True)
         target = noise if self.cfg.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
         loss = F.mse_loss(out.float(), target)
         return loss, {"loss": loss.detach()}

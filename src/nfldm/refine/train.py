@@ -123,9 +123,7 @@ def train_image_prior(data: str | os.PathLike, out: str | os.PathLike, preset_na
         tcfg.batch_size = len(ds)
     torch.manual_seed(tcfg.seed)
     model = ImagePrior(cfg)
-    if cfg.standardize_embedding:  # before the trainer copies the model for its EMA
-        model.embed_mean.copy_(emb.mean(0))
-        model.embed_std.copy_(emb.std(0).clamp(min=1e-3))
+    model.set_embedding_statistics(emb)   # before the trainer copies the model for its EMA
     run_config = {"stage": STAGE, "preset": preset_name, "data": str(Path(data).resolve()), "split": split,
                   "frames": len(ds), "model": asdict(cfg), "train": tcfg.to_dict(),
                   **({"renders": {"folders": render_dirs, "frames": len(ds) - num_real}} if render_dirs else {}),
