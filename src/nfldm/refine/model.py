@@ -8,9 +8,10 @@
 
 The condition enters as diffusers' "identity" class embedding: added to the timestep embedding,
 which every residual block adds as a shift (``time_scale_shift="default"``) or applies as a scale
-and shift of its normalised activations (``"scale_shift"``). :meth:`ImagePrior.eps` gives the noise estimate SDS uses, for a
-condition or the null one; :func:`guided_eps` combines two conditions (classifier-free guidance,
-or the paper's negative guidance with y' in place of the null condition).
+and shift of its normalised activations (``"scale_shift"``). :meth:`ImagePrior.eps` gives the
+noise estimate SDS uses, for a condition or the null one; :func:`guided_eps` combines two
+conditions (classifier-free guidance, or the paper's negative guidance with y' in place of the
+null condition).
 """
 
 from __future__ import annotations
