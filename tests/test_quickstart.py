@@ -708,3 +708,41 @@ def test_card_time_counts_every_session_of_a_stage_on_its_machine():
     text = time_by_machine(state)
     assert text.startswith("2.1 h (") and "2.0 h on cpu (2 cores)" in text
     assert "5.0 min on cuda (NVIDIA H200)" in text and "0.5 min on machine not recorded" in text
+
+
+def test_one_optional_stage_trains_alone_beside_the_run(tmp_path, monkeypatch):
+    """nfldm quickstart --only STAGE: the stage's own training with the recipe's budget (the plan's,
+    as the run's process would give it), state.json left to the run's process; refused for a
+    folder of other options, a recipe budgeted by minutes, a stage the config does not train, or
+    one whose input has not been made."""
+    from nfldm.pipeline.quickstart import run as qs
+    from nfldm.pipeline.quickstart.run import QuickstartError, open_run_dir, plan, train_stage_alone
+
+    rel = preset("release")
+    out = tmp_path / "rel"
+    with pytest.raises(QuickstartError, match="not a quickstart run"):
+        train_stage_alone(out, rel, "release", "image_prior")
+    open_run_dir(out, rel, "release")
+    with pytest.raises(QuickstartError, match="image_prior reads what check writes"):
+        train_stage_alone(out, rel, "release", "image_prior")
+    (out / "state.json").write_text(json.dumps({"stages": {"collect": {}, "check": {}}, "budgets": {}}))
+    before = (out / "state.json").read_bytes()
+    seen = {}
+    monkeypatch.setitem(qs.RUNNERS, "image_prior", lambda o, c, ctx: seen.update(out=o, budget=ctx["budget"]) or {"ok": 1})
+    assert train_stage_alone(out, rel, "release", "image_prior", log=lambda *a: None) == {"ok": 1}
+    assert seen == {"out": out.resolve(), "budget": pytest.approx({r[0]: r[2] for r in plan(rel)}["image_prior"])}
+    assert (out / "state.json").read_bytes() == before
+    with pytest.raises(QuickstartError, match="bev_ldm reads what encode_latents writes"):
+        train_stage_alone(out, rel, "release", "bev_ldm")
+    with pytest.raises(QuickstartError, match="other options.*num_samples"):
+        train_stage_alone(out, preset("release", num_samples=3), "release", "image_prior")
+    with pytest.raises(QuickstartError, match="budgeted by steps"):
+        train_stage_alone(out, preset("release", budget_by="minutes"), "release", "image_prior")
+    with pytest.raises(QuickstartError, match="does not train renderer"):
+        train_stage_alone(out, preset("release", extras=("image_prior",)), "release", "renderer")
+    # a finished stage is not trained again
+    (out / "state.json").write_text(json.dumps({"stages": {"check": {}, "image_prior": {"result": {"steps": 5}}}}))
+    assert train_stage_alone(out, rel, "release", "image_prior", log=lambda *a: None) == {"steps": 5}
+    # through the CLI: one clear line
+    line = one_line_error(nfldm("quickstart", "--preset", "release", "--out", str(out), "--only", "bev_ldm"))
+    assert "encode_latents" in line

@@ -368,3 +368,30 @@ def test_adamw_is_fused_and_a_run_saved_unfused_resumes_fused(tmp_path):
     straight.fit()
     la, lb = dict(losses(tmp_path / "a")), dict(losses(tmp_path / "b"))
     assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) <= 1e-4 * max(1.0, abs(lb[k])) for k in la)
+
+
+def test_a_run_trained_by_another_process_is_refused(tmp_path):
+    """Two processes never train one run directory at once: the second gets one line naming the
+    folder and the process that holds it; the folder is usable again once that process is gone."""
+    from nfldm.trainer import RunInUseError
+
+    cfg = make_cfg(steps=4, ema_decay=0.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from nfldm.trainer import _lock_run_dir; "
+         "_lock_run_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(60)", str(run)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUseError, match=rf"{run.name}: pid {holder.pid} is training this run now"):
+            new_trainer(run, cfg)
+        assert not (run / "checkpoint.safetensors").exists()      # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    new_trainer(run, cfg).fit()                 # the lock went with the process
+    # within one process the lock is re-entrant, and fit() gives it back
+    t = new_trainer(run, make_cfg(steps=6, ema_decay=0.0), resume=True)
+    t.fit()
+    assert t.step == 6

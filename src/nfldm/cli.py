@@ -219,7 +219,7 @@ def cmd_train_image_prior(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from nfldm.pipeline.quickstart import preset, quickstart, status
+    from nfldm.pipeline.quickstart import preset, quickstart, status, train_stage_alone
 
     if args.status:
         if args.out is None:
@@ -244,6 +244,9 @@ def cmd_quickstart(args) -> int:
         (f" --device {args.device}" if args.device != "auto" else "") + \
         (f" --workers {args.workers}" if args.workers != 1 else "") + \
         "".join(f" --set {shlex.quote(x)}" for x in args.set or [])
+    if args.only:
+        train_stage_alone(out, cfg, name, args.only, device=args.device, progress=not args.quiet)
+        return 0
     quickstart(out, cfg, name, device=args.device, progress=not args.quiet, command=command, workers=args.workers)
     return 0
 
@@ -856,6 +859,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_processes, default=1,
                    help="processes that collect the dataset (default 1; not part of the recipe: the same maps, "
                         "poses and scene names, a few pixels of animated surfaces may differ)")
+    p.add_argument("--only", choices=("renderer", "bev_ldm", "image_prior"), default=None,
+                   help="train this one optional stage now, beside the run's own process (same --out, --preset and "
+                   "--set): trainings that do not read each other run at once on a machine with spare cores (give "
+                   "each process its share: OMP_NUM_THREADS=N). Needs a recipe budgeted by steps (release); the "
+                   "run's process records the stage when it reaches it (docs/quickstart.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
     return parser

@@ -67,6 +67,7 @@ from nfldm.utils.plot import plot_metrics, read_metrics
 __all__ = [
     "dict_without_added",
     "CheckpointError",
+    "RunInUseError",
     "GlobalBatchSampler",
     "TrainConfig",
     "Trainer",
@@ -83,6 +84,7 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_INFO = "model.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curves.png"
+LOCK_FILE = "train.lock"
 CKPT_FORMAT = "nfldm-trainer-checkpoint"
 CKPT_VERSION = 1
 
@@ -331,6 +333,48 @@ class CheckpointError(ValueError):
     """A checkpoint / weights file is missing, corrupt or does not match the model."""
 
 
+class RunInUseError(RuntimeError):
+    """Another process is training the same run directory."""
+
+
+# run directories this process holds the lock of: {resolved run dir: open lock file}
+_HELD_LOCKS: dict[Path, Any] = {}
+
+
+def _lock_run_dir(run_dir: Path) -> None:
+    """Take RUN/train.lock (an exclusive, non-blocking ``flock``) for this process, or raise
+    RunInUseError naming the process that holds it: two processes training one run would
+    interleave their checkpoints. Re-entrant within a process (a resumed Trainer, DDP's rank 0
+    only); released by :func:`_unlock_run_dir` or at process exit, also when the process is killed."""
+    try:
+        import fcntl
+    except ImportError:          # no flock (Windows): no lock
+        return
+    key = run_dir.resolve()
+    if key in _HELD_LOCKS:
+        return
+    f = open(key / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "a process"
+        f.close()
+        raise RunInUseError(f"{run_dir}: {holder} is training this run now; wait for it to finish, or "
+                            "choose another run directory") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    _HELD_LOCKS[key] = f
+
+
+def _unlock_run_dir(run_dir: Path) -> None:
+    f = _HELD_LOCKS.pop(run_dir.resolve(), None)
+    if f is not None:
+        f.close()                # closing the file drops the flock
+
+
 def _load_module(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path,
                  what: str) -> None:
     """Load ``tensors[prefix + name]`` into ``module`` after checking keys and shapes."""
@@ -566,6 +610,8 @@ class Trainer:
 
         # -- run directory: fresh run or resume (every rank checks; rank 0 writes)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            _lock_run_dir(self.run_dir)
         tensors, state = self._check_run_dir(resume)
 
         # -- model, DDP (broadcasts rank 0's parameters and buffers), EMA, optimizer
@@ -883,6 +929,8 @@ class Trainer:
             if metrics_file is not None:
                 metrics_file.close()
             self._release_ddp()
+            if is_main:
+                _unlock_run_dir(self.run_dir)
             if self._owns_process_group and dist.is_initialized():
                 dist.destroy_process_group()
                 self._owns_process_group = False

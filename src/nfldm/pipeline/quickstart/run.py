@@ -542,6 +542,56 @@ def _stage_report(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 RUNNERS = {name: globals()[f"_stage_{name}"] for name, _ in STAGES}
 
 
+#: what each optional training reads: the stage that must have finished before it can run alone
+ONLY_NEEDS = {"renderer": "encode_latents", "bev_ldm": "encode_latents", "image_prior": "check"}
+
+
+def train_stage_alone(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str, stage: str,
+                      device: str = "auto", progress: bool = True, log=print) -> dict:
+    """Train one optional stage (renderer, bev_ldm, image_prior) of the quickstart run in OUT now,
+    in this process, beside the run's own process (``nfldm quickstart --only STAGE``): on a machine
+    with more cores than one training uses, the trainings that do not read each other run at once.
+    Exactly the stage's own training (the recipe's steps and options), written where the stage
+    writes it; OUT/state.json is left to the main process, which finds the training finished when
+    it reaches the stage (each trainer locks its folder: the two never train one run at once).
+    Needs a recipe budgeted by steps (the release's): a budget in minutes depends on the order
+    the stages ran in. Returns the stage's result; QuickstartError for an unusable OUT."""
+    out = Path(out).resolve()
+    if stage not in ONLY_NEEDS:
+        raise QuickstartError(f"--only takes one of {sorted(ONLY_NEEDS)}, not {stage!r}")
+    if stage not in cfg.extras:
+        raise QuickstartError(f"{out}: the config does not train {stage} (extras: {', '.join(cfg.extras) or 'none'})")
+    if cfg.budget_by != "steps":
+        raise QuickstartError(f"{out}: --only needs a recipe budgeted by steps (budget_by=steps, as the release "
+                              f"preset); this one is budgeted by {cfg.budget_by!r}, whose stage budgets depend on "
+                              "the order the stages ran in")
+    cfg_path = out / CONFIG_FILE
+    if not cfg_path.exists():
+        raise QuickstartError(f"{out}: not a quickstart run (no {CONFIG_FILE}); start it with nfldm quickstart first")
+    try:
+        stored = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise QuickstartError(f"{cfg_path}: unreadable quickstart config ({e})") from e
+    want = _normalise(cfg.to_dict())
+    if not isinstance(stored, dict) or stored.get("preset") != preset_name or stored.get("config") != want:
+        diff = sorted(k for k in set(stored.get("config", {})) | set(want)
+                      if stored.get("config", {}).get(k) != want.get(k)) if isinstance(stored, dict) else []
+        raise QuickstartError(f"{cfg_path}: the run was made with other options ({', '.join(diff[:4]) or 'preset'}"
+                              "); pass the run's own --preset and --set options")
+    state = _load_state(out)
+    if stage in state["stages"]:
+        log(f"{stage}: already finished in {out}")
+        return state["stages"][stage]["result"]
+    need = ONLY_NEEDS[stage]
+    if need not in state["stages"]:
+        raise QuickstartError(f"{out}: {stage} reads what {need} writes, and {need} has not finished yet")
+    budget = state["budgets"].get(stage, train_minutes(cfg, stage, state))
+    log(f"{stage} of {out} alone ({budget:.1f} min of training in the recipe); the run's own process "
+        "records it when it reaches the stage")
+    ctx = {"device": device, "progress": progress, "state": state, "command": "", "workers": 1, "budget": budget}
+    return RUNNERS[stage](out, cfg, ctx)
+
+
 def quickstart(out: str | os.PathLike, cfg: QuickstartConfig, preset_name: str = "default", device: str = "auto",
                progress: bool = True, log=print, command: str = "", workers: int = 1) -> dict:
     """Run every unfinished stage of the quickstart in OUT; return the state (also in
