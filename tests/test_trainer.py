@@ -395,3 +395,17 @@ def test_a_run_trained_by_another_process_is_refused(tmp_path):
     t = new_trainer(run, make_cfg(steps=6, ema_decay=0.0), resume=True)
     t.fit()
     assert t.step == 6
+
+
+def test_a_run_stopped_by_its_time_limit_resumes_without_training_further(tmp_path):
+    cfg = make_cfg(steps=50, ema_decay=0.0, max_minutes=1e-7)
+    run = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = new_trainer(run, cfg)
+        t.fit()
+        assert t.time_limited and t.step == 1
+        again = new_trainer(run, cfg, resume=True)
+        again.fit()
+    assert again.time_limited and again.step == 1
+    assert json.loads((run / "model.json").read_text())["step"] == 1

@@ -877,7 +877,8 @@ class Trainer:
             self.model.train()
             t_start = time.perf_counter()
             last_log_t, last_log_step = t_start, self.step
-            while self.step < cfg.steps and not self.val_state["stopped"]:
+            # a run resumed after its time limit (max_minutes) takes no further step
+            while self.step < cfg.steps and not self.val_state["stopped"] and not self._out_of_time(t_start):
                 # set_epoch may draw from the global RNGs: give it its own seeded stream
                 if hasattr(self.dataset, "set_epoch"):
                     with _isolated_rng(self.device, seed=_mix(cfg.seed, self.epoch, 2)):
