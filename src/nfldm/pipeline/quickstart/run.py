@@ -129,6 +129,22 @@ def check_stage_configs(cfg: QuickstartConfig) -> None:
                 raise ValueError(f"stage {stage}: {e}") from None
 
 
+def _read_stored_config(cfg_path: Path) -> dict:
+    """OUT/quickstart.json; QuickstartError when unreadable or not a quickstart config."""
+    try:
+        stored = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise QuickstartError(f"{cfg_path}: unreadable quickstart config ({e})") from e
+    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+        raise QuickstartError(f"{cfg_path}: not a quickstart config")
+    return stored
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    """The config fields whose values differ (sorted)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
     """Create OUT (or check that it was made with this config); return the state. QuickstartError
     when a stage's config would be refused (:func:`check_stage_configs`)."""
@@ -139,14 +155,9 @@ def open_run_dir(out: Path, cfg: QuickstartConfig, preset_name: str) -> dict:
     want = {"format": FORMAT, "version": 1, "preset": preset_name, "config": _normalise(cfg.to_dict())}
     cfg_path = out / CONFIG_FILE
     if cfg_path.exists():
-        try:
-            stored = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise QuickstartError(f"{cfg_path}: unreadable quickstart config ({e})") from e
-        if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-            raise QuickstartError(f"{cfg_path}: not a quickstart config")
+        stored = _read_stored_config(cfg_path)
         old = stored.get("config", {})
-        diff = sorted(k for k in set(old) | set(want["config"]) if old.get(k) != want["config"].get(k))
+        diff = _config_diff(old, want["config"])
         state = _load_state(out)
         started = set(state["stages"]) | set(state["budgets"])     # finished, or trainings begun
         # a change is taken when no stage reading the changed fields has started (FIELD_STAGES):
@@ -568,14 +579,9 @@ def train_stage_alone(out: str | os.PathLike, cfg: QuickstartConfig, preset_name
     cfg_path = out / CONFIG_FILE
     if not cfg_path.exists():
         raise QuickstartError(f"{out}: not a quickstart run (no {CONFIG_FILE}); start it with nfldm quickstart first")
-    try:
-        stored = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise QuickstartError(f"{cfg_path}: unreadable quickstart config ({e})") from e
-    want = _normalise(cfg.to_dict())
-    if not isinstance(stored, dict) or stored.get("preset") != preset_name or stored.get("config") != want:
-        diff = sorted(k for k in set(stored.get("config", {})) | set(want)
-                      if stored.get("config", {}).get(k) != want.get(k)) if isinstance(stored, dict) else []
+    stored = _read_stored_config(cfg_path)
+    diff = _config_diff(stored.get("config", {}), _normalise(cfg.to_dict()))
+    if diff or stored.get("preset") != preset_name:
         raise QuickstartError(f"{cfg_path}: the run was made with other options ({', '.join(diff[:4]) or 'preset'}"
                               "); pass the run's own --preset and --set options")
     state = _load_state(out)
