@@ -33,7 +33,9 @@ part uses the same protocol for both models, in this one run:
   on the 2-core CPU).
 
 Writes OUT/targets.json (every number, the command behind it, target and whether it is met) and
-OUT/targets.md (the same as a table, for the model card); prints the table.
+OUT/targets.md (the same as a table), puts that table in the release bundle's MODEL_CARD.md
+(unless --no-card) and prints it. Every part keeps its results under OUT: a rerun (after an
+interruption) redoes only what is missing.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def main() -> None:
     ap.add_argument("--stage1-scenes", type=int, default=64, help="test scenes for stage 1's views")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-card", action="store_true",
+                    help="do not put the table in the release bundle's model card (done by default)")
     args = ap.parse_args()
 
     from nfldm.ldm.evaluate import eval_generation
@@ -281,6 +285,11 @@ def main() -> None:
     (out / "targets.json").write_text(json.dumps({"release": str(rel), "baseline": str(base), "args": vars(args),
                                                   "rows": T.rows}, indent=2, default=str))
     (out / "targets.md").write_text(T.markdown())
+    if not args.no_card:
+        from nfldm.pipeline.bundle import set_card_targets
+
+        set_card_targets(bundle, T.markdown())
+        print(f"(the table is in {bundle / 'MODEL_CARD.md'})")
     print("\n" + T.markdown())
 
 

@@ -203,6 +203,16 @@ def test_bundle_is_small_and_samples(run, tmp_path):
                 "--out", str(tmp_path / "s"), "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(list((tmp_path / "s" / "sample_0000" / "frames").glob("*.png"))) == 3
+    # a table of measured targets goes into the card (benchmarks/release_targets.py); the card
+    # keeps the rest, and a quickstart-budget card says it was trained for minutes
+    from nfldm.pipeline.bundle import set_card_targets
+
+    before = (moved / "MODEL_CARD.md").read_text()
+    assert "Trained for minutes" in before and "## Targets" not in before
+    set_card_targets(moved, "| what | release |\n|---|---|\n| FID | 12.5 |\n")
+    card = (moved / "MODEL_CARD.md").read_text()
+    assert "## Targets" in card and "| FID | 12.5 |" in card and "nfldm quickstart" in card
+    assert json.loads((moved / "bundle.json").read_text())["card"]["targets"].startswith("| what")
     # the bundle's stages 1 and 2 encode new scenes: its latent-ae accepts its own scene-ae's voxels
     res = nfldm("encode-voxels", "--scene-ae", str(moved / "scene_ae"), "--data", str(run["out"] / "data"),
                 "--out", str(tmp_path / "vox"), "--quiet")

@@ -159,8 +159,10 @@ def _source_lae_matches(bundle: Path, trained_hash: str, bundle_hash: str) -> bo
 
 def _card(info: dict) -> str:
     card = info.get("card", {})
-    lines = ["# nfldm pretrained tiny pipeline", "",
-             "A complete NeuralField-LDM pipeline at the quickstart's tiny sizes: scene auto-encoder "
+    qc = card.get("quickstart_config") or {}
+    budget = qc.get("budget_minutes")
+    lines = ["# nfldm pretrained pipeline", "",
+             "A complete NeuralField-LDM pipeline at the tiny presets' sizes: scene auto-encoder "
              "(stage 1), latent auto-encoder (stage 2) and the three latent diffusion levels psi_g, "
              "psi_c, psi_f (stage 3), trained on ViZDoom scenes of the Freedoom maps that the vizdoom "
              "package ships. Parameters are stored as float16 (buffers as trained).", "",
@@ -178,10 +180,18 @@ def _card(info: dict) -> str:
     if card.get("metrics"):
         lines += ["", "## Metrics (test split: maps not seen in training)", ""]
         lines += [f"- {k}: {v}" for k, v in card["metrics"].items()]
+    if card.get("targets"):     # benchmarks/release_targets.py: every target, next to the bundle it replaced
+        lines += ["", "## Targets (benchmarks/release_targets.py, against the bundle this one replaced)", "",
+                  card["targets"].strip()]
+    if budget is not None and budget > 120:
+        limits = (f"Trained with a budget of {budget / 60:g} h (the time above says where it ran): views are "
+                  "64 x 64 and still softer than real ViZDoom views; the targets above say which of the "
+                  "project's quality targets this model meets.")
+    else:
+        limits = ("Trained for minutes on a 2-core CPU: generated scenes are blurry and dark next to real "
+                  "ViZDoom views; see the metrics above and docs/quickstart.md.")
     lines += ["", "## Use", "", "    nfldm sample --num 4 --sampler dpm --steps 20 --out samples",
-              "", "## Limits", "",
-              "Trained for minutes on a 2-core CPU: generated scenes are blurry and dark next to real "
-              "ViZDoom views; see the metrics above and docs/quickstart.md.", ""]
+              "", "## Limits", "", limits, ""]
     parts = {"renderer": ("Renderer", "`renderer/` is the scene auto-encoder with its renderer (decoder) fine-tuned "
                           "with adversarial and perceptual losses, its lift frozen (docs/scene-ae.md \"Sharper "
                           "views\"); `nfldm sample` renders with it (`--renderer BUNDLE/scene_ae` for the original)."),
@@ -205,6 +215,17 @@ def _card(info: dict) -> str:
     if card.get("quickstart_config"):
         lines += ["## Quickstart config", "", "```json", json.dumps(card["quickstart_config"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def set_card_targets(bundle: str | os.PathLike, markdown: str) -> dict:
+    """Put a table of measured targets (benchmarks/release_targets.py's targets.md) in a bundle's
+    model card (bundle.json's ``card.targets``; MODEL_CARD.md rewritten). Returns bundle.json."""
+    bundle = Path(bundle)
+    info = json.loads((bundle / BUNDLE_FILE).read_text())
+    info["card"] = {**info.get("card", {}), "targets": markdown}
+    atomic_write_json(bundle / BUNDLE_FILE, info)
+    atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
+    return info
 
 
 def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, metrics: dict | None = None) -> dict:
