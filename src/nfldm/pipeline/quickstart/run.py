@@ -43,7 +43,7 @@ from nfldm.ldm.evaluate import eval_generation
 from nfldm.ldm.train import train_ldm
 from nfldm.pipeline.bundle import add_image_prior, add_levels, add_renderer, export_bundle
 from nfldm.pipeline.generate import sample
-from nfldm.pipeline.quickstart.card import card_metrics, extra_metrics, time_by_machine
+from nfldm.pipeline.quickstart.card import card_metrics, extra_metrics, stage_seconds, time_by_machine
 from nfldm.pipeline.quickstart.config import (STAGES, stages_reading, TRAIN_STAGES, QuickstartConfig, stage_list,
                                               train_stage_shares)
 from nfldm.pipeline.quickstart.report import write_report
@@ -220,10 +220,10 @@ def status(out: str | os.PathLike, curves: str | os.PathLike | None = None) -> s
     state = _load_state(out)
     done, budgets = state.get("stages", {}), state.get("budgets", {})
     lines = [f"{out} ({stored.get('preset')}): {cfg.scenes} scenes, budget {cfg.budget_minutes:g} min; "
-             f"{sum(v.get('seconds', 0) for v in done.values()) / 60:.1f} min of finished stages"]
+             f"{sum(stage_seconds(v) for v in done.values()) / 60:.1f} min of finished stages"]
     for name, what in stage_list(cfg):
-        if name in done:
-            lines.append(f"  done     {name:16s} {done[name].get('seconds', 0) / 60:7.1f} min  ({done[name].get('finished', '')})")
+        if name in done:      # a training's time over all its sessions and processes (--only), as the card's
+            lines.append(f"  done     {name:16s} {stage_seconds(done[name]) / 60:7.1f} min  ({done[name].get('finished', '')})")
         elif name in budgets:
             unit = "min" if cfg.budget_by == "minutes" else "min planned (the steps they give end it)"
             lines.append(f"  running  {name:16s} budget {budgets[name]:.1f} {unit}")
