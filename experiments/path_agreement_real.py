@@ -12,7 +12,6 @@ the next scene's path (a layout unrelated to its path). Prints mean and median o
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -23,27 +22,27 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     args = ap.parse_args()
 
-    from nfldm.data.tensors import read_safetensors
+    from nfldm.data.format import DataError
     from nfldm.ldm.evaluate import path_agreement, top_down_opacity
     from nfldm.ldm.trajectory import fov_degrees
+    from nfldm.scene_ae.voxels import load_voxels, read_voxel_index
 
-    root = Path(args.voxels)
     try:
-        index = json.loads((root / "index.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: {root / 'index.json'}: not a readable voxel index ({e})") from None
-    scenes = [s for s in index["scenes"] if s["split"] == args.split]
-    if len(scenes) < 2:
-        raise SystemExit(f"error: {root}: fewer than 2 scenes in split {args.split!r}")
-    maps = []
-    for s in scenes:
-        t, _ = read_safetensors(root / s["file"])
-        intr = t["intrinsics"][0]
-        maps.append((top_down_opacity(t["V"], t["bounds"]), t["c2w"], t["bounds"],
-                     fov_degrees(float(intr[0]), 2 * float(intr[2]))))
+        index = read_voxel_index(args.voxels)
+        scenes = [s["name"] for s in index["scenes"] if s["split"] == args.split]
+        if len(scenes) < 2:
+            raise SystemExit(f"error: {args.voxels}: fewer than 2 scenes in split {args.split!r}")
+        maps = []
+        for name in scenes:
+            t = load_voxels(args.voxels, name, index)
+            intr = t["intrinsics"][0]
+            maps.append((top_down_opacity(t["V"], t["bounds"]), t["c2w"], t["bounds"],
+                         fov_degrees(float(intr[0]), 2 * float(intr[2]))))
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
     own = [path_agreement(op, c2w, b, h) for op, c2w, b, h in maps]
     other = [path_agreement(op, maps[(i + 1) % len(maps)][1], b, h) for i, (op, _, b, h) in enumerate(maps)]
-    print(f"{len(maps)} {args.split} scenes of {root}: path agreement with their own path mean "
+    print(f"{len(maps)} {args.split} scenes of {args.voxels}: path agreement with their own path mean "
           f"{statistics.mean(own):.3f} (median {statistics.median(own):.3f}); with the next scene's path mean "
           f"{statistics.mean(other):.3f} (median {statistics.median(other):.3f})")
 

@@ -11,7 +11,6 @@ left out.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 RUNS = [("scene_ae", "stage 1"), ("latent_ae", "stage 2"), ("ldm/g", "psi_g"), ("ldm/c", "psi_c"),
@@ -21,15 +20,9 @@ RUNS = [("scene_ae", "stage 1"), ("latent_ae", "stage 2"), ("ldm/g", "psi_g"), (
 
 def held_out(metrics: Path) -> list[tuple[int, float]]:
     """(step, held-out loss) of a run's metrics.jsonl, in order (empty if it has none)."""
-    rows = []
-    for line in metrics.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:          # a line cut by a kill
-            continue
-        if "val_loss" in r:
-            rows.append((int(r["step"]), float(r["val_loss"])))
-    return rows
+    from nfldm.utils.plot import read_metrics
+
+    return [(int(r["step"]), float(r["val_loss"])) for r in read_metrics(metrics) if "val_loss" in r]
 
 
 def main() -> None:

@@ -116,8 +116,7 @@ def add_image_prior(bundle: str | os.PathLike, prior_run: str | os.PathLike, met
     info.setdefault("steps", {})["image_prior"] = loaded["step"]
     info["card"] = {**info.get("card", {}), "image_prior": {"trained_run": str(prior_run.resolve()),
                                                              "bytes": size, "metrics": metrics or {}}}
-    atomic_write_json(bundle / BUNDLE_FILE, info)
-    atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
+    _write_info(bundle, info)
     return info
 
 
@@ -155,6 +154,12 @@ def _source_lae_matches(bundle: Path, trained_hash: str, bundle_hash: str) -> bo
     except (OSError, ValueError):
         return False
     return weights_hash(lae) == trained_hash and weights_hash(_rounded(lae)) == bundle_hash
+
+
+def _write_info(bundle: Path, info: dict) -> None:
+    """BUNDLE/bundle.json and the MODEL_CARD.md made from it."""
+    atomic_write_json(bundle / BUNDLE_FILE, info)
+    atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
 
 
 def _card(info: dict) -> str:
@@ -223,8 +228,7 @@ def set_card_targets(bundle: str | os.PathLike, markdown: str) -> dict:
     bundle = Path(bundle)
     info = json.loads((bundle / BUNDLE_FILE).read_text())
     info["card"] = {**info.get("card", {}), "targets": markdown}
-    atomic_write_json(bundle / BUNDLE_FILE, info)
-    atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
+    _write_info(bundle, info)
     return info
 
 
@@ -265,8 +269,7 @@ def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, met
     info["steps"]["renderer"] = step
     info["card"] = {**info.get("card", {}), "renderer": {"trained_run": str(renderer_run.resolve()),
                                                           "bytes": size, "metrics": metrics or {}}}
-    atomic_write_json(bundle / BUNDLE_FILE, info)
-    atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
+    _write_info(bundle, info)
     return info
 
 
@@ -309,8 +312,7 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
     os.replace(tmp, bundle / name)
     info.setdefault("levels", {})[name] = {"steps": steps, "bytes": size, "source": str(ldm_run.resolve()),
                                            "card": card or {}}
-    atomic_write_json(bundle / BUNDLE_FILE, info)
-    atomic_write_bytes(bundle / "MODEL_CARD.md", _card(info).encode())
+    _write_info(bundle, info)
     return info
 
 
@@ -353,8 +355,7 @@ def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dic
     load_ldm(tmp, "cpu")          # the bundle loads as an ldm run ...
     info = {"format": BUNDLE_FORMAT, "version": 1, "params": params, "bytes": total_bytes, "steps": steps,
             "source": str(ldm_run.resolve()), "card": card or {}}
-    atomic_write_json(tmp / BUNDLE_FILE, info)
-    atomic_write_bytes(tmp / "MODEL_CARD.md", _card(info).encode())
+    _write_info(tmp, info)
     load_stages(tmp, "cpu")              # ... and as a whole pipeline (hashes match)
     if dest.exists():
         shutil.rmtree(dest)
