@@ -20,6 +20,9 @@ there: the script resumes). Then prints, over the scenes:
 - seam: the boundary's gradient after the edit / the same boundary's in the real scene (1 = no
   sharper than it was), and / the scene's mean gradient (seam_vs_scene; the unedited boundary's
   own value beside it: the automatic box lies where the path looks, at walls);
+- the views the edits write (pasted back where the rays miss the box): max |change| on those
+  pixels, LPIPS into the box, and the paste edge (neighbour differences across the seen / unseen
+  line over the edited V's own; 1 = no edge added);
 - time per edit (latents + decode, and with rendering).
 Writes DIR/edit_quality.json.
 """
@@ -102,6 +105,11 @@ def main() -> None:
            "seam_max": max(vals("seam")), "seam_vs_scene_mean": float(np.mean(vals("seam_vs_scene"))),
            "seam_vs_scene_max": max(vals("seam_vs_scene")),
            "seam_before_vs_scene_mean": float(np.mean(vals("seam_before_vs_scene"))),
+           # the views the edits write: pasted back where the rays miss the box (edit_scene's paste)
+           "shown_outside_max_abs_max": max(vals("shown_outside_max_abs"), default=None),
+           "shown_into_lpips_mean": float(np.mean(vals("shown_into_lpips"))) if vals("shown_into_lpips") else None,
+           "shown_image_seam_mean": float(np.mean(vals("shown_image_seam"))) if vals("shown_image_seam") else None,
+           "shown_image_seam_max": max(vals("shown_image_seam"), default=None),
            "seconds_latents_mean": float(np.mean([e["seconds_latents_and_decode"] for e in edits.values()])),
            "seconds_with_render_mean": float(np.mean([e["seconds_with_render"] for e in edits.values()]))}
 

@@ -518,6 +518,35 @@ def test_seam_score_is_one_without_a_seam_and_large_with_one():
     assert "seam_before_vs_scene" not in other and 0.7 < other["seam_vs_scene"] < 1.3
 
 
+def test_paste_back_keeps_unseen_pixels_and_feathers_inside_the_seen_ones():
+    """Unseen pixels are the unedited view exactly; seen pixels d pixels from the nearest unseen
+    one take min(d, feather) / feather of the edited view; the paste edge of an edit that
+    changes only seen pixels scores 1, a constant offset pasted over a noise field more."""
+    from nfldm.pipeline.edit import image_seam, paste_back
+
+    g = torch.Generator().manual_seed(0)
+    before, after = torch.rand(2, 3, 16, 20, generator=g), torch.rand(2, 3, 16, 20, generator=g)
+    seen = torch.zeros(2, 16, 20, dtype=torch.bool)
+    seen[:, 4:12, 6:20] = True                                    # touches the right edge of the frame
+    out = paste_back(after, before, seen, feather=3)
+    assert torch.equal(out[:, :, ~seen[0]], before[:, :, ~seen[0]])
+    alpha = (out - before) / (after - before)
+    assert torch.allclose(alpha[:, :, 4, 10], torch.full((2, 3), 1 / 3), atol=1e-5)    # next to unseen
+    assert torch.allclose(alpha[:, :, 5, 10], torch.full((2, 3), 2 / 3), atol=1e-5)
+    assert torch.allclose(alpha[:, :, 7, 12], torch.ones(2, 3), atol=1e-5)            # deep inside
+    assert torch.allclose(alpha[:, :, 7, 19], torch.ones(2, 3), atol=1e-5)            # the frame's edge
+    # an edit confined to the seen pixels: pasting changes nothing, no paste edge
+    inside = torch.where(seen[:, None], after, before)
+    assert torch.equal(paste_back(inside, before, seen, feather=1), inside)
+    assert image_seam(inside, inside, seen) == pytest.approx(1.0)
+    # a nearly flat raw render with an offset everywhere: pasting it without feather makes an edge
+    smooth = torch.full_like(before, 0.5)
+    raw = smooth + 0.3 + 0.01 * torch.rand(before.shape, generator=g)
+    assert image_seam(paste_back(raw, smooth, seen, feather=1), raw, seen) > 5
+    assert image_seam(paste_back(raw, smooth, seen, feather=3), raw, seen) < \
+        image_seam(paste_back(raw, smooth, seen, feather=1), raw, seen)
+
+
 # ----------------------------------------------------------------------------------------
 # conditional levels initialised from an unconditional run
 

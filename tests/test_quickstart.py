@@ -391,6 +391,8 @@ def test_edit_and_extend_a_scene(run, tmp_path):
     c = info["checks"]
     assert c["kept_max_abs_rf"] is None or c["kept_max_abs_rf"] < 1e-3
     assert c["changed_max_abs"] > 0 and c["seam"] > 0
+    # the views written: the unedited pixels where the rays miss the box, exactly
+    assert info["paste"] and c["pasted"] and c["shown_outside_max_abs"] in (None, 0.0)
     assert info["real_scene"] and len(info["region_box"]) == 4
     before, _ = read_safetensors(ed / "before" / "V.safetensors")
     after, meta = read_safetensors(ed / "sample_0000" / "V.safetensors")

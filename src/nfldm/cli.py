@@ -283,7 +283,12 @@ def _check_summary(checks: dict) -> str:
             f"{fmt(checks['kept_max_abs_rf'], '.2g')}); PSNR of the pixels whose rays miss the box: "
             f"{fmt(checks['outside_psnr'], '.1f')} dB ({fmt(checks['outside_psnr_reach'], '.1f')} dB beyond the reach); "
             f"frames into the box: LPIPS {fmt(checks.get('into_lpips'), '.3f')}; "
-            f"seam {fmt(checks['seam'], '.2f')} (vs the scene's texture {fmt(checks['seam_vs_scene'], '.2f')})")
+            f"seam {fmt(checks['seam'], '.2f')} (vs the scene's texture {fmt(checks['seam_vs_scene'], '.2f')})"
+            + ("" if not checks.get("pasted") else
+               f"; views written with the unedited pixels pasted back where rays miss the box (max |change| "
+               f"there {fmt(checks.get('shown_outside_max_abs'), '.2g')}, paste edge "
+               f"{fmt(checks.get('shown_image_seam'), '.2f')} x the edited V's own, LPIPS into the box "
+               f"{fmt(checks.get('shown_into_lpips'), '.3f')})"))
 
 
 def cmd_edit(args) -> int:
@@ -302,7 +307,8 @@ def cmd_edit(args) -> int:
         raise ValueError("--erase-box / --add-wall-box edit the map given with --bev; give --bev")
     res = edit_scene(args.scene, args.box, args.out, run=args.run, bev=bev, seed=args.seed, steps=args.steps,
                      jump=args.jump, resample=args.resample, guidance=args.guidance, device=args.device,
-                     progress=not args.quiet, renderer=args.renderer, auto_size=args.auto_size)
+                     progress=not args.quiet, renderer=args.renderer, auto_size=args.auto_size,
+                     paste=not args.no_paste)
     print(f"edited {res['source']}: region {[round(v, 2) for v in res['region_box']]} m re-sampled in "
           f"{res['seconds_latents_and_decode']:.1f} s ({res['seconds_with_render']:.1f} s with rendering) -> "
           f"{args.out}/sample_0000, before/after sheet {args.out}/before_after.png")
@@ -746,6 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                    help="footprint box in metres; default: the --auto-size box the camera path looks at most")
     p.add_argument("--auto-size", type=float, default=4.0, help="side of the automatic box, metres (default 4)")
+    p.add_argument("--no-paste", action="store_true",
+                   help="write the edited V's own views (default: the unedited views' pixels where the rays miss "
+                   "the box, as 2D inpainting pastes them back; the renderer's 2D decoder reaches ~13 px)")
     p.add_argument("--erase-box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                    help="erase the walls of the --bev map in this box (metres; repeatable)")
     p.add_argument("--add-wall-box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),

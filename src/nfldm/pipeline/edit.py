@@ -52,7 +52,8 @@ from nfldm.utils.norms import record_norms, replay_norms
 from nfldm.utils.video import write_video
 
 __all__ = ["SceneLatents", "load_scene", "decoder_reach", "region_visibility", "edit_checks", "seam_score",
-           "viewed_box", "draw_box", "renderer_reach", "repaint_pipeline", "available_lpips", "edit_scene"]
+           "viewed_box", "draw_box", "renderer_reach", "paste_back", "image_seam", "repaint_pipeline",
+           "available_lpips", "edit_scene"]
 
 
 @dataclass
@@ -231,6 +232,38 @@ def _dilate(mask: Tensor, r: int) -> Tensor:
 
 
 @torch.no_grad()
+def paste_back(after: Tensor, before: Tensor, seen: Tensor, feather: int = 3) -> Tensor:
+    """The views an edit shows: ``after`` where the rays reach the region, ``before`` elsewhere, as
+    2D inpainting pastes the unmasked pixels back (diffusers' ``apply_overlay``). ``after``,
+    ``before``: N x C x H x W; ``seen``: N x H x W bool, the pixels whose rays reach the region.
+    A seen pixel d pixels (Chebyshev) from the nearest unseen one takes min(d, feather) / feather
+    of ``after`` (the feather lies inside the seen pixels); unseen pixels are ``before`` exactly.
+    Why: the renderer's 2D decoder carries a change ~13 pixels past the pixels that see it
+    (:func:`renderer_reach`), so the views of the edited V differ slightly on rays that miss
+    the box; the edit's own V is not changed by this."""
+    m, alpha = seen[:, None].float(), torch.zeros_like(seen[:, None], dtype=torch.float32)
+    for _ in range(max(1, feather)):
+        alpha += m
+        m = -F.max_pool2d(-m, 3, stride=1, padding=1)          # erode by one pixel (the frame's edge is not unseen)
+    alpha = (alpha / max(1, feather)).to(after.dtype)
+    return before + alpha * (after - before)
+
+
+def image_seam(shown: Tensor, raw: Tensor, seen: Tensor) -> float:
+    """How sharp the pasted views are where seen meets unseen pixels: the mean |neighbour
+    difference| of ``shown`` (N x 3 x H x W) over the neighbouring pixel pairs (x and y) with one
+    pixel seen and one not (``seen`` N x H x W bool), divided by the same mean of ``raw`` (the
+    edited V's own render, which has no paste line). 1: the paste adds no edge; NaN: no such pairs."""
+    num, den = 0.0, 0.0
+    for ax in (2, 3):
+        n = shown.shape[ax] - 1
+        pair = seen.narrow(ax - 1, 1, n) ^ seen.narrow(ax - 1, 0, n)
+        d_s = (shown.narrow(ax, 1, n) - shown.narrow(ax, 0, n)).abs().mean(1)
+        d_r = (raw.narrow(ax, 1, n) - raw.narrow(ax, 0, n)).abs().mean(1)
+        num, den = num + float(d_s[pair].sum()), den + float(d_r[pair].sum())
+    return num / den if den > 0 else float("nan")
+
+
 def region_visibility(V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, region_xy: Tensor, H: int, W: int,
                       num_samples: int = 128) -> Tensor:
     """How much of each pixel's ray reaches the region (N x H x W, in [0, 1]): the largest
@@ -429,13 +462,16 @@ def repaint_pipeline(run, bev, device: str = "auto", renderer=None, what: str = 
 def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | os.PathLike | None = None,
                bev: str | os.PathLike | None = None, seed: int = 0, steps: int = 25, jump: int = 5,
                resample: int = 3, guidance: float = 1.0, device: str = "auto", progress: bool = True,
-               renderer: str | os.PathLike | None = None, fps: int = 12, lpips=None, auto_size: float = 4.0) -> dict:
+               renderer: str | os.PathLike | None = None, fps: int = 12, lpips=None, auto_size: float = 4.0,
+               paste: bool = True) -> dict:
     """Re-generate the footprint ``box`` (x0, y0, x1, y1 metres; None: the ``auto_size`` metre box
     the camera path looks at most, :func:`viewed_box`) of the scene ``src`` and write
     ``out`` (layout in the module docstring). ``run``: the ldm run (None: the bundle; its bev
     levels when ``bev``, an edited map to follow, is given: a path :func:`~nfldm.data.bev.read_bev`
     reads, or a map dict; kept as sample_0000/bev.npz); ``steps``, ``jump``, ``resample``:
-    the RePaint walk (:func:`~nfldm.ldm.inpaint.repaint_schedule`). Returns edit.json's content."""
+    the RePaint walk (:func:`~nfldm.ldm.inpaint.repaint_schedule`). ``paste``: the views written
+    are the edited V's where their rays reach the box and the unedited ones' elsewhere
+    (:func:`paste_back`; False: the edited V's own render). Returns edit.json's content."""
     src, out = Path(src), Path(out)
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise ValueError(f"{out}: the output folder must not be (inside) the scene folder {src}")
@@ -469,8 +505,19 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     visibility = {r: region_visibility(V0, scene.bounds, scene.intrinsics, scene.path, _dilate(region["f"], r), h, w)
                   for r in {0, reach["reach"], reach["receptive_field"]}}
     px = renderer_reach(sae, V0, scene.bounds, scene.intrinsics, scene.path[len(scene.path) // 2])
+    lp = available_lpips() if lpips is None else lpips
     checks = edit_checks({"V": V0, "rgb": rgb0}, {"V": V1, "rgb": rgb1}, region["f"], reach, visibility,
-                         lpips=available_lpips() if lpips is None else lpips, pixel_reach=px)
+                         lpips=lp, pixel_reach=px)
+    if paste:       # the views shown: the unedited ones where the rays miss the box (checks above: V's own)
+        seen = F.interpolate(visibility[0][:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0] >= 1e-3
+        shown = paste_back(rgb1, rgb0, seen)
+        into = torch.tensor(checks["frames_into"], dtype=torch.long)
+        seam_px = image_seam(shown, rgb1, seen)
+        checks.update(pasted=True, shown_outside_max_abs=float((shown - rgb0).abs().amax(1)[~seen].max())
+                      if bool((~seen).any()) else None,
+                      shown_into_lpips=float(lp(shown[into], rgb0[into]).mean()) if lp is not None and len(into)
+                      else None, shown_image_seam=seam_px if math.isfinite(seam_px) else None)
+        rgb1, dep1 = shown, torch.where(visibility[0] >= 1e-3, dep1, dep0)
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()), "edit_of": str(scene.source),
@@ -501,7 +548,7 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
             "box": [float(v) for v in box], "region_box": region["box"], "region_cells": region["cells"],
             "bev": None if bev is None else ("a map given in memory" if isinstance(bev, dict) else str(bev)),
             "seed": seed, "steps": steps, "jump": jump,
-            "resample": resample, "guidance": guidance, "seconds_latents_and_decode": t_latent,
+            "resample": resample, "guidance": guidance, "paste": paste, "seconds_latents_and_decode": t_latent,
             "seconds_with_render": t_total, "device": str(pipe["device"]), "flythrough": video_path.name,
             "checks": checks}
     atomic_write_json(out / "edit.json", info)
