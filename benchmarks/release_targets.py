@@ -239,6 +239,14 @@ def main() -> None:
               f"{lp['cond']:.3f} / {lp['uncond']:.3f} / {lp['own']:.3f}", None, command=cmd)
         g = _gap_closed(lp["uncond"], lp["cond"], lp["own"])
         T.add("BEV: share of the paired-LPIPS gap closed", g, None, ">= 0.5", g >= 0.5, cmd)
+        # diagnostic: the map and path plus the scene's own global latent g (psi_c, psi_f sample the
+        # rest; the float32 bev run, whose latent-ae encoded the latents): how much of the paired-LPIPS
+        # gap to the own latents is what g carries (the look) rather than the layout the map gives
+        own_g, _ = along("cond_own_g", rel / "bev_ldm", conds, guidance=1.0, own_g=latents, renderer=rend)
+        T.add("BEV (diagnostic): paired LPIPS / wall IoU given the scene's own g",
+              f"{own_g['paired_views']['lpips']:.3f} / {own_g['map_agreement']['wall_iou']:.3f}", None,
+              command=f"nfldm sample --run {rel / 'bev_ldm'} --bev {data} --split test --path-from-scene "
+                      f"--own-g {latents} --renderer {rel / 'renderer'}")
         if t_cond and t_free:
             T.add("BEV: seconds per scene conditional / unconditional (sampling + rendering)",
                   f"{t_cond:.2f} / {t_free:.2f}", None, "<= 1.5x", t_cond <= 1.5 * t_free, cmd)

@@ -183,6 +183,16 @@ def test_known_trajectory_is_kept_and_g_follows_it():
     assert all(torch.isfinite(v).all() for v in out.values())
     with pytest.raises(ValueError, match="traj must be"):
         sample_latents(models, stats, 2, "ddim", 2, 0, traj=torch.zeros(3, cfg.traj_dim), progress=False)
+    # a known g: kept exactly, psi_c / psi_f sample given it (another g, another c)
+    g = torch.randn(2, cfg.g_dim)
+    known = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, g=g, progress=False)
+    assert torch.allclose(known["g"], g, atol=1e-6) and torch.equal(known["traj"], traj)
+    again = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, g=-g, progress=False)
+    assert not torch.allclose(known["c"], again["c"])
+    with pytest.raises(ValueError, match="needs the trajectory"):
+        sample_latents(models, stats, 2, "ddim", 2, 0, g=g, progress=False)
+    with pytest.raises(ValueError, match="g must be"):
+        sample_latents(models, stats, 2, "ddim", 2, 0, traj=traj, g=torch.zeros(3, cfg.g_dim), progress=False)
     plain = {lv: LevelDiffusion(replace(m.cfg, bev=False)) for lv, m in models.items()}
     with pytest.raises(ValueError, match="not trained on maps"):
         sample_latents(plain, stats, 2, "ddim", 2, 0, bev=bev, progress=False)

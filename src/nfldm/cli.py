@@ -268,7 +268,7 @@ def cmd_sample(args) -> int:
                  device=args.device, progress=not args.quiet, num_frames=args.frames, fps=args.fps,
                  mesh_level=args.mesh_level, batch_size=args.batch_size, g_guidance=args.g_guidance,
                  renderer=args.renderer, conditions=conditions, path_from_scene=bool(args.path_from_scene),
-                 own_latents=args.own_latents)
+                 own_latents=args.own_latents, own_g=args.own_g)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -707,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--own-latents", default=None, metavar="LATDIR",
                    help="decode the --bev / --path-from-scene scenes' own latents from this latent folder instead of "
                    "sampling (the upper bound of generation)")
+    p.add_argument("--own-g", default=None, metavar="LATDIR",
+                   help="with --path-from-scene: psi_c and psi_f sample given each scene's own global latent g from "
+                   "this latent folder (psi_g is not run): what g carries of a scene beside its map and path")
     p.add_argument("--frames", type=int, default=48, help="frames rendered along each trajectory")
     p.add_argument("--fps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8, help="scenes denoised together")

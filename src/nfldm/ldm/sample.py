@@ -81,7 +81,7 @@ def _cond_batch(cond: Tensor | None, lo: int, hi: int, dev, per_sample_dims: int
 def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: int, sampler: str = "ddim",
                    steps: int = 50, seed: int = 0, cond: Tensor | None = None, guidance: float = 1.0,
                    batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0, bev: Tensor | None = None,
-                   traj: Tensor | None = None) -> dict:
+                   traj: Tensor | None = None, g: Tensor | None = None) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -93,7 +93,9 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     ``bev``: the BEV map (4 x S x S for all samples, or num x 4 x S x S) of levels trained with
     ``bev``, with classifier-free guidance scale ``guidance``. ``traj``: a known camera
     trajectory (9 T, or num x 9 T; :func:`~nfldm.ldm.trajectory.encode_trajectory`): psi_g
-    samples g given it by replacement (:func:`denoise` ``known``), and the result's traj is it."""
+    samples g given it by replacement (:func:`denoise` ``known``), and the result's traj is it.
+    ``g``: a known raw global latent (g_dim, or num x g_dim; needs ``traj``): psi_g is not run,
+    psi_c and psi_f sample given it (e.g. a real scene's own g: what the global latent carries)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if num < 1:
@@ -117,6 +119,12 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     dev = next(gm.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     g_dim, c_ch = gm.cfg.g_dim, gm.cfg.c_shape[0]
+    if g is not None:
+        if traj is None or g_dim == 0:
+            raise ValueError("a known g needs the trajectory (traj) and levels with a global latent")
+        if g.shape[-1] != g_dim or g.dim() not in (1, 2) or (g.dim() == 2 and len(g) != num):
+            raise ValueError(f"g must be {g_dim} or num x {g_dim}, got {tuple(g.shape)}")
+        g_known = stats.normalise("g", g.float().expand(num, g_dim).cpu())
     has_g = g_dim > 0          # 0: coarse-only, the g level generates the trajectory alone
     keys = [k for k, m in (("g_n", has_g), ("traj", True), ("c_n", cm is not None), ("f_n", fm is not None)) if m]
     parts: dict[str, list] = {k: [] for k in keys}
@@ -131,8 +139,11 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
             D = g_dim + tb.shape[-1]
             mask = torch.arange(D, device=dev) >= g_dim
             known = (torch.cat([torch.zeros(B, g_dim, device=dev), tb], 1), mask[None])
-        x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}", known=known)
-        got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:]}
+        if g is not None:           # psi_g is not needed: g and the trajectory are known
+            got = {"g_n": g_known[lo:hi].to(dev), "traj": tb}
+        else:
+            x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}", known=known)
+            got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:]}
         # each level picks what it is conditioned on from the sampled coarser latents, as it
         # does from the clean ones in training (LevelDiffusion.context)
         sampled = {"g": got["g_n"], "traj": got["traj"]}
