@@ -1,7 +1,7 @@
 """Latent sampling time per scene: BEV-conditioned levels vs unconditional ones.
 
     python benchmarks/bev_sampling.py --bev-run RUN_BEV [--run RUN] --data DATASET [--split test]
-                                      [--sampler dpm] [--steps 20] [--guidance 1 2] [--repeat 2]
+                                      [--sampler dpm] [--steps 20] [--guidance 1 2] [--repeat 2] [--scenes N]
 
 Times ``nfldm.ldm.sample.sample_latents`` (g -> c -> f, batch 8) over one sample per scene of
 the split: the unconditional run (default: the shipped bundle) given each scene's real camera
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--scenes", type=int, default=0, help="only N scenes spread over the split (0: all)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -39,6 +40,8 @@ def main() -> None:
     from nfldm.pipeline.maps import conditions_from, scene_path
 
     conds = conditions_from(args.data, args.split)
+    if 0 < args.scenes < len(conds):          # spread over the split, as benchmarks/release_targets.py picks them
+        conds = [conds[round(i * (len(conds) - 1) / max(1, args.scenes - 1))] for i in range(args.scenes)]
     n = len(conds)
 
     def timed(pipe, **kw) -> float:
