@@ -1,7 +1,7 @@
 """Latent sampling time per scene: BEV-conditioned levels vs unconditional ones.
 
     python benchmarks/bev_sampling.py --bev-run RUN_BEV [--run RUN] --data DATASET [--split test]
-                                      [--sampler dpm] [--steps 20] [--guidance 1 2] [--repeat 2] [--scenes N]
+                                      [--sampler dpm] [--steps 20] [--guidance 1 2] [--repeat 2] [--scenes N] [--json F]
 
 Times ``nfldm.ldm.sample.sample_latents`` (g -> c -> f, batch 8) over one sample per scene of
 the split: the unconditional run (default: the shipped bundle) given each scene's real camera
@@ -13,7 +13,9 @@ seconds per scene and the ratio to the unconditional run; the best of ``--repeat
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--scenes", type=int, default=0, help="only N scenes spread over the split (0: all)")
+    ap.add_argument("--json", default=None, help="also write the seconds per scene to this file")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -66,9 +69,13 @@ def main() -> None:
     pipe = load_pipeline(args.bev_run, args.device)
     S = pipe["models"]["g"].cfg.bev_size
     bev = torch.stack([bev_grid(c.bev, S) for c in conds])
+    res = {"scenes": n, "unconditional": base, "bev": {}}
     for g in args.guidance:
         t = timed(pipe, bev=bev, guidance=g)
+        res["bev"][f"{g:g}"] = t
         print(f"BEV-conditioned, guidance {g:g}: {t:.3f} s/scene ({t / base:.2f}x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":
