@@ -40,11 +40,11 @@ def main() -> None:
     from nfldm.ldm.trajectory import encode_trajectory
     from nfldm.pipeline.bundle import bundled_model
     from nfldm.pipeline.generate import load_pipeline
-    from nfldm.pipeline.maps import conditions_from, scene_path
+    from nfldm.pipeline.maps import conditions_from, scene_path, spread
 
     conds = conditions_from(args.data, args.split)
-    if 0 < args.scenes < len(conds):          # spread over the split, as benchmarks/release_targets.py picks them
-        conds = [conds[round(i * (len(conds) - 1) / max(1, args.scenes - 1))] for i in range(args.scenes)]
+    if args.scenes > 0:                    # spread over the split, as release_targets.py picks them
+        conds = spread(conds, args.scenes)
     n = len(conds)
 
     def timed(pipe, **kw) -> float:

@@ -63,13 +63,6 @@ def _run(cmd: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def _spread(items: list, k: int) -> list:
-    """k items evenly spread over the list (all of them if it has no more)."""
-    if k >= len(items):
-        return list(items)
-    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else items[:1]
-
-
 def _gap_closed(lower: float, value: float, upper: float) -> float:
     """Share of the gap lower -> upper that value closes (1: at the upper bound)."""
     return (lower - value) / (lower - upper) if lower != upper else float("nan")
@@ -121,7 +114,7 @@ def main() -> None:
     from nfldm.ldm.evaluate import eval_generation
     from nfldm.pipeline.bundle import bundled_model
     from nfldm.pipeline.generate import sample
-    from nfldm.pipeline.maps import conditions_from
+    from nfldm.pipeline.maps import conditions_from, spread
     from nfldm.scene_ae.train import eval_scene_ae
 
     rel = Path(args.release)
@@ -195,8 +188,8 @@ def main() -> None:
             if "lpips" in r and "lpips" in b:
                 T.add(f"stage 1 ({part}): held-out LPIPS", r["lpips"], b["lpips"], "< baseline", r["lpips"] < b["lpips"], cmd)
     if "bev" in parts or "edit" in parts:
-        conds = _spread(conditions_from(data, "test"), args.bev_scenes)
-        free = _spread(conditions_from(None, "test", scenes=data), args.bev_scenes)
+        conds = spread(conditions_from(data, "test"), args.bev_scenes)
+        free = spread(conditions_from(None, "test", scenes=data), args.bev_scenes)
         bev_run = bundle / "bev"
         if not (bev_run / "g").is_dir():
             raise SystemExit(f"error: {bev_run}: the release bundle has no BEV levels")
@@ -266,7 +259,7 @@ def main() -> None:
         plain, _ = along("g4", bev_run, conds, guidance=4.0)
         iou0 = plain["map_agreement"]["wall_iou"]
         for name, kw in (("erase", {"erase_boxes": [(-3, -3, 3, 3)]}), ("pillar", {"add_wall_boxes": [(-2, -2, 2, 2)]})):
-            edited = _spread(conditions_from(data, "test", **kw), args.bev_scenes)
+            edited = spread(conditions_from(data, "test", **kw), args.bev_scenes)
             e, _ = along(f"g4_{name}", bev_run, edited, guidance=4.0)
             iou = e["map_agreement"]["wall_iou"]
             flag = "--erase-box -3 -3 3 3" if name == "erase" else "--add-wall-box -2 -2 2 2"

@@ -231,7 +231,15 @@ def _dilate(mask: Tensor, r: int) -> Tensor:
     return F.max_pool2d(mask[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
 
 
-@torch.no_grad()
+SEEN = 1e-3     # a pixel sees the region when its ray's transmittance into it reaches this
+
+
+def seen_pixels(visibility: Tensor, H: int, W: int) -> Tensor:
+    """The pixels (N x H x W bool) whose rays reach the region: :func:`region_visibility` (N x h x
+    w, at the renderer's feature resolution) resized to the views' H x W, at least :data:`SEEN`."""
+    return F.interpolate(visibility[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0] >= SEEN
+
+
 def paste_back(after: Tensor, before: Tensor, seen: Tensor, feather: int = 3) -> Tensor:
     """The views an edit shows: ``after`` where the rays reach the region, ``before`` elsewhere, as
     2D inpainting pastes the unmasked pixels back (diffusers' ``apply_overlay``). ``after``,
@@ -264,6 +272,7 @@ def image_seam(shown: Tensor, raw: Tensor, seen: Tensor) -> float:
     return num / den if den > 0 else float("nan")
 
 
+@torch.no_grad()
 def region_visibility(V: Tensor, bounds: Tensor, intr: Tensor, path: Tensor, region_xy: Tensor, H: int, W: int,
                       num_samples: int = 128) -> Tensor:
     """How much of each pixel's ray reaches the region (N x H x W, in [0, 1]): the largest
@@ -365,8 +374,7 @@ def edit_checks(before: dict, after: dict, region_xy: Tensor, reach: dict, visib
     H, W = after["rgb"].shape[-2:]
     seen = {}
     for key, r in (("", 0), ("_reach", reach["reach"]), ("_rf", reach["receptive_field"])):
-        v = F.interpolate(visibility[r][:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-        seen[key] = v >= 1e-3
+        seen[key] = seen_pixels(visibility[r], H, W)
         res[f"outside_pixels{key}"] = float((~seen[key]).float().mean())
         res[f"outside_psnr{key}"] = _psnr(after["rgb"], before["rgb"], ~seen[key])
     far = ~torch.stack([_dilate(m, pixel_reach) for m in seen["_reach"]])
@@ -509,7 +517,7 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     checks = edit_checks({"V": V0, "rgb": rgb0}, {"V": V1, "rgb": rgb1}, region["f"], reach, visibility,
                          lpips=lp, pixel_reach=px)
     if paste:       # the views shown: the unedited ones where the rays miss the box (checks above: V's own)
-        seen = F.interpolate(visibility[0][:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0] >= 1e-3
+        seen = seen_pixels(visibility[0], H, W)
         shown = paste_back(rgb1, rgb0, seen)
         into = torch.tensor(checks["frames_into"], dtype=torch.long)
         seam_px = image_seam(shown, rgb1, seen)
@@ -517,7 +525,7 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
                       if bool((~seen).any()) else None,
                       shown_into_lpips=float(lp(shown[into], rgb0[into]).mean()) if lp is not None and len(into)
                       else None, shown_image_seam=seam_px if math.isfinite(seam_px) else None)
-        rgb1, dep1 = shown, torch.where(visibility[0] >= 1e-3, dep1, dep0)
+        rgb1, dep1 = shown, torch.where(visibility[0] >= SEEN, dep1, dep0)
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()), "edit_of": str(scene.source),

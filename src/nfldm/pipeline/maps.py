@@ -22,7 +22,7 @@ from nfldm.data.format import SPLITS, DataError, read_dataset, read_transforms
 from nfldm.data.loader import read_scene_raw
 from nfldm.utils.io import atomic_save_png, read_json
 
-__all__ = ["SceneCondition", "conditions_from", "scene_path", "comparison_sheet"]
+__all__ = ["SceneCondition", "conditions_from", "scene_path", "spread", "comparison_sheet"]
 
 
 @dataclass
@@ -94,6 +94,14 @@ def conditions_from(src: str | os.PathLike | None, split: str = "test", scenes: 
         if c.bev is not None and c.conditioned:
             c.bev, c.edits = _edit(c.bev, erase_boxes, add_wall_boxes, heights)
     return out
+
+
+def spread(items: list, k: int) -> list:
+    """k items evenly spread over the list (all of them if it has no more): the conditions a
+    benchmark uses out of a whole split."""
+    if k >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else items[:1]
 
 
 def _scenes_of(src, split: str) -> list[tuple[Path, list | None]]:
