@@ -191,11 +191,28 @@ def test_known_trajectory_is_kept_and_g_follows_it():
     assert not torch.allclose(known["c"], again["c"])
     with pytest.raises(ValueError, match="needs the trajectory"):
         sample_latents(models, stats, 2, "ddim", 2, 0, g=g, progress=False)
+    # a known g and c: both kept exactly, psi_f samples given them (another c, another f)
+    c = torch.randn(2, *cfg.c_shape)
+    kc = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, g=g, c=c, progress=False)
+    assert torch.allclose(kc["c"], c, atol=1e-5) and torch.allclose(kc["g"], g, atol=1e-6)
+    kc2 = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, g=g, c=-c, progress=False)
+    assert not torch.allclose(kc["f"], kc2["f"])
+    with pytest.raises(ValueError, match="a known c needs a known g"):
+        sample_latents(models, stats, 2, "ddim", 2, 0, traj=traj, c=c, progress=False)
+    with pytest.raises(ValueError, match="c must be"):
+        sample_latents(models, stats, 2, "ddim", 2, 0, traj=traj, g=g, c=torch.zeros(2, 3, 2, 2, 2), progress=False)
     with pytest.raises(ValueError, match="g must be"):
         sample_latents(models, stats, 2, "ddim", 2, 0, traj=traj, g=torch.zeros(3, cfg.g_dim), progress=False)
     plain = {lv: LevelDiffusion(replace(m.cfg, bev=False)) for lv, m in models.items()}
     with pytest.raises(ValueError, match="not trained on maps"):
         sample_latents(plain, stats, 2, "ddim", 2, 0, bev=bev, progress=False)
+
+
+def test_own_c_needs_own_g(tmp_path):
+    from nfldm.pipeline.generate import sample
+
+    with pytest.raises(ValueError, match="own_c takes the scenes' c from the latent folder of own_g"):
+        sample(None, num=1, out=tmp_path / "s", own_c=True)
 
 
 # ----------------------------------------------------------------------------------------

@@ -379,6 +379,13 @@ def test_train_resume_eval_encode_latents_cli(stage1, tmp_path):
             safe_open(str(aug / "scene_0001.safetensors"), framework="pt") as b:
         assert torch.equal(a.get_tensor("c"), b.get_tensor("c"))
     assert aindex["stats"]["num_scenes"] == 16
+    # --stats-from: the copy standardises as the plain folder does (its levels combine with them)
+    kept = tmp_path / "lat_aug_kept"
+    assert main(["encode-latents", "--run", str(run), "--voxels", str(vox), "--out", str(kept), "--quiet",
+                 "--augment", "4", "--stats-from", str(lat)]) == 0
+    kindex = json.loads((kept / "index.json").read_text())
+    assert kindex["stats"] == index["stats"] and len(kindex["scenes"]) == 2 * 4 + 1
+    assert kindex["stats_from"] == str(lat.resolve())
 
 
 def test_image_loss_through_frozen_renderer(stage1, tmp_path):

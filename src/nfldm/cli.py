@@ -184,7 +184,7 @@ def cmd_encode_latents(args) -> int:
     from nfldm.latent_ae.latents import encode_latents
 
     res = encode_latents(args.run, args.voxels, args.out, device=args.device, progress=not args.quiet,
-                         augment=args.augment)
+                         augment=args.augment, stats_from=args.stats_from)
     print(f"wrote the latents of {res['scenes']} scenes to {res['out']} ({res['encoded']} encoded, "
           f"{res['skipped']} already there)")
     return 0
@@ -268,7 +268,7 @@ def cmd_sample(args) -> int:
                  device=args.device, progress=not args.quiet, num_frames=args.frames, fps=args.fps,
                  mesh_level=args.mesh_level, batch_size=args.batch_size, g_guidance=args.g_guidance,
                  renderer=args.renderer, conditions=conditions, path_from_scene=bool(args.path_from_scene),
-                 own_latents=args.own_latents, own_g=args.own_g)
+                 own_latents=args.own_latents, own_g=args.own_g, own_c=args.own_c)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -658,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", type=int, default=1, choices=(1, 4, 8),
                    help="also encode every train scene turned by 90/180/270 degrees about the vertical "
                    "(4) and mirrored (8) as extra train scenes (default 1: none)")
+    p.add_argument("--stats-from", default=None, metavar="LATDIR",
+                   help="keep the latent statistics of this latent folder (same latent-ae) instead of computing "
+                   "them: levels retrained on this folder then combine with levels trained on that one")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode_latents)
@@ -710,6 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--own-g", default=None, metavar="LATDIR",
                    help="with --path-from-scene: psi_c and psi_f sample given each scene's own global latent g from "
                    "this latent folder (psi_g is not run): what g carries of a scene beside its map and path")
+    p.add_argument("--own-c", action="store_true",
+                   help="with --own-g: the scene's own coarse latent c too (psi_c is not run either; psi_f samples "
+                   "given g and c): what the fine level alone costs")
     p.add_argument("--frames", type=int, default=48, help="frames rendered along each trajectory")
     p.add_argument("--fps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8, help="scenes denoised together")

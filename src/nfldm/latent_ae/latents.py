@@ -168,7 +168,8 @@ def _scene_maps(data: str | os.PathLike) -> dict[str, Path]:
 
 
 def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str | os.PathLike,
-                   device: str = "auto", progress: bool = True, augment: int = 1) -> dict:
+                   device: str = "auto", progress: bool = True, augment: int = 1,
+                   stats_from: str | os.PathLike | None = None) -> dict:
     """(g, c, f) of every scene of a voxel folder, for stage 3.
 
     ``augment`` 4 or 8 also encodes every TRAIN scene turned by 90, 180 and 270 degrees about
@@ -187,6 +188,11 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     shapes and per-channel mean / std of each latent over the train split. An ablation run
     (``latents`` "c" or "g") writes only its latents. Resumable (files of the same latent-ae
     run that read are skipped) and atomic. Returns {"out", "encoded", "skipped", "scenes"}.
+
+    ``stats_from``: another latent folder of the same latent-ae whose statistics this one's
+    index keeps instead of its own (e.g. an ``augment`` 4 copy of a folder whose levels were
+    trained: a level retrained on the copy then standardises as they do, and combines with
+    them in one run; the loader requires one set of statistics for all levels).
     """
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {sorted(AUGMENTS)}, got {augment}")
@@ -194,6 +200,14 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     dev = next(lae.parameters()).device
     lae_id = {"run": str(Path(run).resolve()), "config_hash": config_hash(rc["model"]),
               "weights_hash": weights_hash(lae)}
+    kept_stats = None
+    if stats_from is not None:
+        other = read_latent_index(stats_from)
+        if other["latent_ae"]["weights_hash"] != lae_id["weights_hash"] or other.get("shapes") != {
+                k: list(v) for k, v in lae.latent_shapes.items()}:
+            raise DataError(f"{Path(stats_from) / INDEX_FILE}: encoded by another latent-ae than {run}; "
+                            "its statistics would mean something else")
+        kept_stats = other["stats"]
     shapes = {k: list(v) for k, v in lae.latent_shapes.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +259,8 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
                            "split": s["split"], "lae_config_hash": lae_id["config_hash"],
                            "lae_weights_hash": lae_id["weights_hash"]})
         encoded += 1
-    stats = latent_stats(out, [s["name"] for s in scenes if s["split"] == "train"], progress)
+    stats = kept_stats if kept_stats is not None else latent_stats(
+        out, [s["name"] for s in scenes if s["split"] == "train"], progress)
     bev = {}
     if maps:
         train = [read_bev_file(maps[s["name"]]) for s in index["scenes"] if s["split"] == "train"]
@@ -256,6 +271,7 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
         "voxels": str(Path(voxels).resolve()), "data": index["data"], "scene_ae": _scene_ae_of(index),
         "quantizer": lae.cfg.quantizer, "pre_quantisation": True, "latents": lae.cfg.latents, "shapes": shapes,
         "augment": augment, **bev,
+        **({"stats_from": str(Path(stats_from).resolve())} if stats_from is not None else {}),
         "scenes": scenes,
         "stats": stats})
     return {"out": str(out), "encoded": encoded, "skipped": skipped, "scenes": len(scenes)}

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from nfldm.latent_ae.model import fold
 from nfldm.ldm.data import LatentStats, unfold_c
 from nfldm.ldm.model import SAMPLERS, LevelDiffusion, guided_prediction, make_sampler
 from nfldm.ldm.trajectory import decode_trajectory, interpolate_path
@@ -81,7 +82,7 @@ def _cond_batch(cond: Tensor | None, lo: int, hi: int, dev, per_sample_dims: int
 def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: int, sampler: str = "ddim",
                    steps: int = 50, seed: int = 0, cond: Tensor | None = None, guidance: float = 1.0,
                    batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0, bev: Tensor | None = None,
-                   traj: Tensor | None = None, g: Tensor | None = None) -> dict:
+                   traj: Tensor | None = None, g: Tensor | None = None, c: Tensor | None = None) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -95,7 +96,9 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     trajectory (9 T, or num x 9 T; :func:`~nfldm.ldm.trajectory.encode_trajectory`): psi_g
     samples g given it by replacement (:func:`denoise` ``known``), and the result's traj is it.
     ``g``: a known raw global latent (g_dim, or num x g_dim; needs ``traj``): psi_g is not run,
-    psi_c and psi_f sample given it (e.g. a real scene's own g: what the global latent carries)."""
+    psi_c and psi_f sample given it (e.g. a real scene's own g: what the global latent carries).
+    ``c``: with ``g``, a known raw coarse latent (c_ch x X/d x Y/d x Zc, or num x ...): psi_c is not
+    run either, psi_f samples given g and c (what psi_f alone costs)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if num < 1:
@@ -125,6 +128,13 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         if g.shape[-1] != g_dim or g.dim() not in (1, 2) or (g.dim() == 2 and len(g) != num):
             raise ValueError(f"g must be {g_dim} or num x {g_dim}, got {tuple(g.shape)}")
         g_known = stats.normalise("g", g.float().expand(num, g_dim).cpu())
+    if c is not None:
+        if g is None or cm is None:
+            raise ValueError("a known c needs a known g (g) and levels with a coarse latent")
+        c_shape = tuple(cm.cfg.c_shape)
+        if tuple(c.shape[-4:]) != c_shape or c.dim() not in (4, 5) or (c.dim() == 5 and len(c) != num):
+            raise ValueError(f"c must be {c_shape} or num x {c_shape}, got {tuple(c.shape)}")
+        c_known = fold(stats.normalise("c", c.float().expand(num, *c_shape).cpu()))
     has_g = g_dim > 0          # 0: coarse-only, the g level generates the trajectory alone
     keys = [k for k, m in (("g_n", has_g), ("traj", True), ("c_n", cm is not None), ("f_n", fm is not None)) if m]
     parts: dict[str, list] = {k: [] for k in keys}
@@ -147,7 +157,9 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         # each level picks what it is conditioned on from the sampled coarser latents, as it
         # does from the clean ones in training (LevelDiffusion.context)
         sampled = {"g": got["g_n"], "traj": got["traj"]}
-        if cm is not None:
+        if c is not None:
+            got["c_n"] = c_known[lo:hi].to(dev)
+        elif cm is not None:
             got["c_n"] = denoise(cm, B, cm.context(sampled), cb, guidance, sampler, steps, gen, progress,
                                  f"psi_c {tag}", g_guidance=g_guidance)
         if fm is not None:

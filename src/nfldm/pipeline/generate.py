@@ -257,7 +257,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
            mesh_level: float | None = None, batch_size: int = 8, sheet_frames: int = 6,
            g_guidance: float = 1.0, renderer: str | os.PathLike | None = None,
            conditions: list[SceneCondition] | None = None, path_from_scene: bool = False,
-           own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None) -> dict:
+           own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None,
+           own_c: bool = False) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
@@ -274,7 +275,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     latent folder of the run's latent-ae; instead of sampling, each condition scene's own latents
     are decoded (the upper bound of generation). ``own_g``: such a latent folder; psi_c and psi_f
     sample given each condition scene's own g and path (needs ``path_from_scene``): what the
-    global latent carries of a scene, beside what the map carries."""
+    global latent carries of a scene, beside what the map carries. ``own_c``: with ``own_g``, the
+    scene's own c too; only psi_f samples (what the fine level alone costs)."""
     if out is None:
         raise ValueError("sample needs an output folder (out)")
     has_maps = bool(conditions) and any(c.bev is not None and c.conditioned for c in conditions)
@@ -291,6 +293,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         raise ValueError("path_from_scene and own_latents need the scenes to follow (dataset or scene folders)")
     if own_g is not None and (not path_from_scene or own_latents is not None):
         raise ValueError("own_g samples along the scenes' own paths: give path_from_scene, not own_latents")
+    if own_c and own_g is None:
+        raise ValueError("own_c takes the scenes' c from the latent folder of own_g: give own_g")
     if has_maps and not all(c.bev is not None and c.conditioned for c in conditions):
         raise ValueError("either every condition has a map to follow or none has")
     if own_latents is not None:
@@ -319,9 +323,9 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     if own_latents is not None:
         lat = _own_latents(own_latents, per, rc, gm.cfg.traj_frames, bounds)
     else:
-        known_g = None if own_g is None else _own_latents(own_g, per, rc, gm.cfg.traj_frames, bounds)["g"]
+        known = {} if own_g is None else _own_latents(own_g, per, rc, gm.cfg.traj_frames, bounds)
         lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
-                             g_guidance, bev=bev, traj=traj, g=known_g)
+                             g_guidance, bev=bev, traj=traj, g=known.get("g"), c=known.get("c") if own_c else None)
 
     H, W = sae.cfg.image_hw()
     side = min(H, W)                # the square pictures (top-down view, map), padded to H x W in the sheet
@@ -373,7 +377,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     if per:
         summary.update(samples_per_condition=num, conditions=len(conditions), bev=has_maps,
                        path_from_scene=bool(path_from_scene), own_latents=None if own_latents is None else
-                       str(Path(own_latents).resolve()), own_g=None if own_g is None else str(Path(own_g).resolve()))
+                       str(Path(own_latents).resolve()), own_g=None if own_g is None else str(Path(own_g).resolve()),
+                       own_c=bool(own_c))
     atomic_write_json(out / "samples.json", summary)
     return summary
 
