@@ -31,7 +31,8 @@ __all__ = ["denoise", "sample_latents", "render_path"]
 @torch.no_grad()
 def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, guidance: float,
             sampler: str, steps: int, generator: torch.Generator, progress: bool = False,
-            desc: str = "", on_step=None, g_guidance: float = 1.0, known: tuple[Tensor, Tensor] | None = None) -> Tensor:
+            desc: str = "", on_step=None, g_guidance: float = 1.0, known: tuple[Tensor, Tensor] | None = None,
+            guide: tuple[LevelDiffusion, dict, float] | None = None) -> Tensor:
     """One level's reverse process from pure noise: standardised latents of shape
     ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
     ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
@@ -41,7 +42,13 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     ``known`` = (values, mask): entries fixed by replacement (inpainting, Lugmayr et al. 2022
     without resampling): before every step the entries where ``mask`` (broadcast to x) is True
     are overwritten with ``values`` noised to the step's t, q(x_t | x_0) = N(sqrt(abar_t) x_0,
-    (1 - abar_t) I); the result holds ``values`` there exactly."""
+    (1 - abar_t) I); the result holds ``values`` there exactly.
+
+    ``guide`` = (model, its context, w): guidance by another denoiser of the same level and
+    parameterisation, ``D_guide + w (D - D_guide)`` (autoguidance, Karras et al. 2024, when the
+    guide is a weaker version of the model; classifier-free guidance by a separately trained
+    model, Ho & Salimans 2022, when the guide lacks one of the model's conditions). It is given
+    the same noisy input and its own context; w = 1 is the model alone."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     dev = next(model.parameters()).device
@@ -57,6 +64,11 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
             x = torch.where(mask, fresh.add_noise(values, noise, t.reshape(1).to(dev)), x)
         inp = sched.scale_model_input(x, t)
         out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance)
+        if guide is not None and guide[2] != 1.0:
+            same = guide[0].cfg.bev == model.cfg.bev and guide[0].cfg.cond_dim == model.cfg.cond_dim
+            weak = guided_prediction(guide[0], inp, t.to(dev), guide[1], cond if same else None,
+                                     guidance if same else 1.0, g_guidance)
+            out = weak + guide[2] * (out - weak)
         if on_step is not None:
             on_step(t, x, out)
         if sampler == "dpm":
@@ -82,7 +94,8 @@ def _cond_batch(cond: Tensor | None, lo: int, hi: int, dev, per_sample_dims: int
 def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: int, sampler: str = "ddim",
                    steps: int = 50, seed: int = 0, cond: Tensor | None = None, guidance: float = 1.0,
                    batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0, bev: Tensor | None = None,
-                   traj: Tensor | None = None, g: Tensor | None = None, c: Tensor | None = None) -> dict:
+                   traj: Tensor | None = None, g: Tensor | None = None, c: Tensor | None = None,
+                   guides: dict[str, LevelDiffusion] | None = None, guide_scale: float = 1.0) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -98,7 +111,10 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     ``g``: a known raw global latent (g_dim, or num x g_dim; needs ``traj``): psi_g is not run,
     psi_c and psi_f sample given it (e.g. a real scene's own g: what the global latent carries).
     ``c``: with ``g``, a known raw coarse latent (c_ch x X/d x Y/d x Zc, or num x ...): psi_c is not
-    run either, psi_f samples given g and c (what psi_f alone costs)."""
+    run either, psi_f samples given g and c (what psi_f alone costs).
+
+    ``guides``: {level: a denoiser of that level} guiding it with scale ``guide_scale`` (see
+    :func:`denoise` ``guide``; same latent statistics and prediction type)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if num < 1:
@@ -119,8 +135,20 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         if traj.shape[-1] != gm.cfg.traj_dim or traj.dim() not in (1, 2) or (traj.dim() == 2 and len(traj) != num):
             raise ValueError(f"traj must be {gm.cfg.traj_dim} or num x {gm.cfg.traj_dim} "
                              f"(encode_trajectory of {gm.cfg.traj_frames} poses), got {tuple(traj.shape)}")
+    guides = dict(guides or {})
+    for lv, gd in guides.items():
+        m = models.get(lv)
+        if m is None or gd.cfg.prediction_type != m.cfg.prediction_type or tuple(
+                gd.sample_shape(1)) != tuple(m.sample_shape(1)):
+            raise ValueError(f"the guide of level {lv} must denoise the same latents with the same prediction "
+                             "type as the level")
     dev = next(gm.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
+
+    def guide_of(lv: str, sampled: dict):
+        gd = guides.get(lv)
+        return None if gd is None else (gd, gd.context(sampled), float(guide_scale))
+
     g_dim, c_ch = gm.cfg.g_dim, gm.cfg.c_shape[0]
     if g is not None:
         if traj is None or g_dim == 0:
@@ -161,10 +189,11 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
             got["c_n"] = c_known[lo:hi].to(dev)
         elif cm is not None:
             got["c_n"] = denoise(cm, B, cm.context(sampled), cb, guidance, sampler, steps, gen, progress,
-                                 f"psi_c {tag}", g_guidance=g_guidance)
+                                 f"psi_c {tag}", g_guidance=g_guidance, guide=guide_of("c", sampled))
         if fm is not None:
             got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, guidance, sampler, steps, gen,
-                                 progress, f"psi_f {tag}", g_guidance=g_guidance)
+                                 progress, f"psi_f {tag}", g_guidance=g_guidance,
+                                 guide=guide_of("f", {**sampled, "c": got["c_n"]}))
         for k in keys:
             parts[k].append(got[k].float().cpu())
     out = {k: torch.cat(v) for k, v in parts.items()}
