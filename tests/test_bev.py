@@ -208,6 +208,33 @@ def test_known_trajectory_is_kept_and_g_follows_it():
         sample_latents(plain, stats, 2, "ddim", 2, 0, bev=bev, progress=False)
 
 
+def test_guide_model_autoguidance():
+    from nfldm.ldm.data import LatentStats
+    from nfldm.ldm.sample import sample_latents
+
+    torch.manual_seed(0)
+    models = {lv: LevelDiffusion(bev_cfg(lv)).eval() for lv in ("g", "c", "f")}
+    for m in models.values():
+        randomise_zero_init(m)
+    weak = LevelDiffusion(bev_cfg("c")).eval()
+    randomise_zero_init(weak)
+    cfg = models["g"].cfg
+    stats = LatentStats({"g": {"mean": [0.0] * cfg.g_dim, "std": [1.0] * cfg.g_dim},
+                         "c": {"mean": [0.0] * 4, "std": [1.0] * 4}, "f": {"mean": [0.0] * 4, "std": [1.0] * 4}})
+    kw = dict(progress=False)
+    plain = sample_latents(models, stats, 2, "ddim", 3, 0, **kw)
+    # scale 1: the level alone, bit for bit; another scale: D_weak + w (D - D_weak) moves c
+    same = sample_latents(models, stats, 2, "ddim", 3, 0, guides={"c": weak}, guide_scale=1.0, **kw)
+    assert torch.equal(plain["c"], same["c"])
+    guided = sample_latents(models, stats, 2, "ddim", 3, 0, guides={"c": weak}, guide_scale=2.0, **kw)
+    assert torch.equal(plain["g"], guided["g"]) and not torch.allclose(plain["c"], guided["c"])
+    assert all(torch.isfinite(v).all() for v in guided.values())
+    kind = "epsilon" if models["c"].cfg.prediction_type != "epsilon" else "sample"
+    other = LevelDiffusion(replace(bev_cfg("c"), prediction_type=kind))
+    with pytest.raises(ValueError, match="the guide of level c must denoise the same latents"):
+        sample_latents(models, stats, 2, "ddim", 2, 0, guides={"c": other}, guide_scale=2.0, **kw)
+
+
 def test_own_c_needs_own_g(tmp_path):
     from nfldm.pipeline.generate import sample
 
