@@ -496,8 +496,8 @@ def test_release_preset_config_and_plan():
     assert cfg.scene_ae_set == val and cfg.latent_ae_set == val and cfg.image_prior_set == val
     assert cfg.ldm_set == {**val, "g.mlp_width": 128, "c.block_out_channels": (48, 96), "c.norm_num_groups": 16,
                            "f.block_out_channels": (32, 64), "c.g_with_traj": True, "c.traj_map": True}
-    # psi_c is given the camera trajectory; the BEV psi_c keeps the map alone, as the shipped one
-    assert cfg.bev_ldm_set == {"c.g_with_traj": False, "c.traj_map": False}
+    # psi_c is given the camera trajectory, and so is the BEV psi_c (map and path), as the shipped ones
+    assert cfg.bev_ldm_set == {}
     assert cfg.ldm_level_shares == (0.10, 0.60, 0.30)       # psi_c, the level that loses the layout, gets most
     assert (cfg.scene_ae_preset, cfg.latent_ae_preset, cfg.ldm_preset, cfg.image_prior_preset) == ("tiny",) * 4
     for p, sets in ((sae_preset("tiny"), cfg.scene_ae_set), (lae_preset("tiny"), cfg.latent_ae_set),

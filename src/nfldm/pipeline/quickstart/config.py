@@ -259,11 +259,13 @@ PRESETS: dict[str, QuickstartConfig] = {
         # release run's layouts were as unrelated to their sampled paths as another scene's (path
         # agreement 0.06), with it 0.46 (docs/notes/2026-12-05-trajectory-psi-c.md; the shipped
         # bundle's psi_c was retrained so after the run, and its BEV psi_f from psi_f:
-        # experiments/release_relevel.py). The BEV psi_c keeps the map alone, as shipped.
+        # experiments/release_relevel.py). The BEV psi_c takes the trajectory too, as the shipped one
+        # (map and path: wall IoU 0.221 vs 0.207 with the map alone, and both map edits within 10 %:
+        # docs/notes/2026-12-05-where-the-fid-goes.md); the shipped BEV psi_c and psi_f were started
+        # from the unconditional ones after the run (--init-from), a post-step as above.
         ldm_set={"val_every": 500, "patience": 8, "g.mlp_width": 128, "c.block_out_channels": (48, 96),
                  "c.norm_num_groups": 16, "f.block_out_channels": (32, 64), "c.g_with_traj": True,
                  "c.traj_map": True},
-        bev_ldm_set={"c.g_with_traj": False, "c.traj_map": False},
         # the ldm stages' minutes shared g 10 %, c 60 %, f 30 % (the default 14 / 36 / 50): psi_c is
         # the level that loses the layout (given the real g, c resampled renders at 20 dB against the
         # scene's own latents, f resampled given the real c at 32 dB: docs/notes/2026-11-26-which-
