@@ -2,7 +2,7 @@
 samples along the same camera paths and the unedited scenes (their own latents decoded).
 
     python benchmarks/edit_quality.py --data DATASET [--split test] [--run RUN] --out DIR
-                                      [--steps 25] [--jump 5] [--resample 3] [--size 4] [--scenes N]
+                                      [--steps 25] [--jump 5] [--resample 10] [--size 4] [--scenes N]
 
 Per scene: ``nfldm edit --scene SCENE`` with the automatic box (the ``--size`` metre box the real
 camera path looks at most, never one it stands in) into DIR/edits/NAME (skipped when already
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--jump", type=int, default=5)
-    ap.add_argument("--resample", type=int, default=3)
+    ap.add_argument("--resample", type=int, default=10)
     ap.add_argument("--size", type=float, default=4.0, help="side of the box, metres")
     ap.add_argument("--scenes", type=int, default=0, help="only the first N scenes (0: all)")
     ap.add_argument("--device", default="auto")

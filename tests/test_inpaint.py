@@ -605,3 +605,15 @@ def test_bev_level_initialised_from_an_unconditional_run_predicts_as_it(level, t
         init_level_from(model, tmp_path / "run", shifted)       # checked before any weight is loaded
     with pytest.raises(ValueError, match="needs an ldm run"):
         init_level_from(LevelDiffusion(bev_cfg("g")), tmp_path / "run", stats)
+
+
+def test_edit_and_extend_repaint_defaults():
+    """nfldm edit resamples every jump window 10 times (its box departs from what was there, the
+    seam kept: docs/editing.md); extend keeps 3."""
+    from nfldm.cli import build_parser
+
+    p = build_parser()
+    edit = p.parse_args(["edit", "--scene", "S", "--out", "O"])
+    ext = p.parse_args(["extend", "--scene", "S", "--direction", "+x", "--out", "O"])
+    assert (edit.steps, edit.jump, edit.resample) == (25, 5, 10)
+    assert (ext.steps, ext.jump, ext.resample) == (25, 5, 3)

@@ -729,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)
 
-    def repaint_args(p):
+    def repaint_args(p, resample: int = 3):
         p.add_argument("--run", default=None,
                        help="ldm run directory or bundle (default: the shipped bundle; its bev levels with --bev)")
         p.add_argument("--bev", default=None, metavar="MAP",
@@ -737,8 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steps", type=int, default=25, help="denoising steps of the RePaint walk (default 25)")
         p.add_argument("--jump", type=int, default=5, help="RePaint jump length, in steps (default 5)")
-        p.add_argument("--resample", type=int, default=3,
-                       help="RePaint passes over every jump window (1: replacement only; default 3)")
+        p.add_argument("--resample", type=int, default=resample,
+                       help=f"RePaint passes over every jump window (1: replacement only; default {resample})")
         p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance with --bev")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--renderer", default=None, help="scene-ae run to render with (as nfldm sample)")
@@ -768,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="erase the walls of the --bev map in this box (metres; repeatable)")
     p.add_argument("--add-wall-box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                    help="add a solid block to the --bev map in this box (metres; repeatable)")
-    repaint_args(p)
+    repaint_args(p, resample=10)     # docs/editing.md: 10 passes depart from the old box, seam kept
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser(

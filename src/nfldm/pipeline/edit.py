@@ -469,7 +469,7 @@ def repaint_pipeline(run, bev, device: str = "auto", renderer=None, what: str = 
 
 def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | os.PathLike | None = None,
                bev: str | os.PathLike | None = None, seed: int = 0, steps: int = 25, jump: int = 5,
-               resample: int = 3, guidance: float = 1.0, device: str = "auto", progress: bool = True,
+               resample: int = 10, guidance: float = 1.0, device: str = "auto", progress: bool = True,
                renderer: str | os.PathLike | None = None, fps: int = 12, lpips=None, auto_size: float = 4.0,
                paste: bool = True) -> dict:
     """Re-generate the footprint ``box`` (x0, y0, x1, y1 metres; None: the ``auto_size`` metre box
