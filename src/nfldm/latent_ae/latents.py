@@ -200,15 +200,14 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     dev = next(lae.parameters()).device
     lae_id = {"run": str(Path(run).resolve()), "config_hash": config_hash(rc["model"]),
               "weights_hash": weights_hash(lae)}
+    shapes = {k: list(v) for k, v in lae.latent_shapes.items()}
     kept_stats = None
     if stats_from is not None:
         other = read_latent_index(stats_from)
-        if other["latent_ae"]["weights_hash"] != lae_id["weights_hash"] or other.get("shapes") != {
-                k: list(v) for k, v in lae.latent_shapes.items()}:
+        if other["latent_ae"]["weights_hash"] != lae_id["weights_hash"] or other.get("shapes") != shapes:
             raise DataError(f"{Path(stats_from) / INDEX_FILE}: encoded by another latent-ae than {run}; "
                             "its statistics would mean something else")
         kept_stats = other["stats"]
-    shapes = {k: list(v) for k, v in lae.latent_shapes.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoded = skipped = 0

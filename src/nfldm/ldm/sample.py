@@ -58,6 +58,9 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     if known is not None:
         values, mask = known[0].to(dev, x.dtype).expand_as(x), known[1].to(dev).expand_as(x)
         fresh = model.scheduler        # the training scheduler's q(x_t | x_0)
+    if guide is not None:              # the guide takes the condition only when it was trained on one alike
+        same = guide[0].cfg.bev == model.cfg.bev and guide[0].cfg.cond_dim == model.cfg.cond_dim
+        guide_cond, guide_guidance = (cond, guidance) if same else (None, 1.0)
     for t in tqdm(sched.timesteps, desc=desc, disable=not progress, leave=False):
         if known is not None:
             noise = torch.randn(x.shape, generator=generator).to(dev, x.dtype)
@@ -65,9 +68,7 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
         inp = sched.scale_model_input(x, t)
         out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance)
         if guide is not None and guide[2] != 1.0:
-            same = guide[0].cfg.bev == model.cfg.bev and guide[0].cfg.cond_dim == model.cfg.cond_dim
-            weak = guided_prediction(guide[0], inp, t.to(dev), guide[1], cond if same else None,
-                                     guidance if same else 1.0, g_guidance)
+            weak = guided_prediction(guide[0], inp, t.to(dev), guide[1], guide_cond, guide_guidance, g_guidance)
             out = weak + guide[2] * (out - weak)
         if on_step is not None:
             on_step(t, x, out)
