@@ -2,6 +2,7 @@
 
     python benchmarks/extend_quality.py --data DATASET [--split test] [--run RUN] --out DIR
                                         [--direction +x] [--windows 2] [--bev-levels] [--scenes N]
+                                        [--resample 3]
 
 Per scene: ``nfldm extend --scene SCENE --direction D --windows N`` into DIR/NAME (skipped when
 already there: the script resumes); with ``--bev-levels`` each scene is extended following its
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--bev-levels", action="store_true", help="follow each scene's level map")
     ap.add_argument("--scenes", type=int, default=0, help="only the first N scenes (0: all)")
+    ap.add_argument("--resample", type=int, default=3, help="RePaint passes per jump (nfldm extend's default 3)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -87,7 +89,7 @@ def main() -> None:
                 bev.parent.mkdir(parents=True, exist_ok=True)
                 write_bev(bev, level_bev(e.path, [lo2[0], lo2[1], lo2[0] + side, lo2[1] + side]))
             extend_scene(e.path, args.direction, d, windows=args.windows, run=args.run, bev=bev, device=args.device,
-                         progress=False)
+                         resample=args.resample, progress=False)
         info = json.loads((d / "extend.json").read_text())
         if "window_wall_iou" not in info:
             info["window_wall_iou"] = window_wall_iou(d, e.path, np.asarray(e.bounds, float), axis, sign, info)
@@ -100,6 +102,7 @@ def main() -> None:
     controls = [r["checks"]["control_spike"] for r in rows.values() if r["checks"].get("control_spike") is not None]
     seams = [s for r in rows.values() for s in r["checks"]["seam"]]
     res = {"scenes": len(rows), "direction": args.direction, "windows": args.windows, "bev_levels": args.bev_levels,
+           "resample": args.resample,
            "join_spike_median": float(np.median(spikes)), "join_spike_max": float(max(spikes)),
            "scenes_spike_at_most_1.5": int(sum(s <= 1.5 for s in spikes)),
            "control_spike_median": float(np.median(controls)) if controls else None,

@@ -267,3 +267,108 @@ def test_wall_and_inside_iou():
     assert wall_iou(shifted, bounds, grid) > 0.5
     other = bev_grid(make_bev(1, res=16), 16)
     assert wall_iou(V, bounds, other) < 0.9
+
+
+# ----------------------------------------------------------------------------------------
+# the map's look
+
+
+def with_look(bev: dict, light: float = 0.6, seed: int = 0) -> dict:
+    """``bev`` with a look: uniform light, floor / ceiling colours by seed, wall colour on its walls."""
+    from nfldm.data.bev import LOOK_KEYS
+
+    rng = np.random.default_rng(seed)
+    inside, wall = bev["inside"] > 0, bev["wall"] > 0
+    out = dict(bev)
+    vals = dict(zip(LOOK_KEYS, [light, *rng.uniform(0, 1, 9)]))
+    for k in LOOK_KEYS:
+        out[k] = np.where(wall if k.startswith("wall") else inside, vals[k], np.nan).astype(np.float32)
+    return out
+
+
+def test_bev_grid_look_channels_edits_and_files(tmp_path):
+    from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS, LOOK_KEYS, crop_bev, has_look
+
+    bev = with_look(make_bev(1, res=32))
+    grid = bev_grid(bev, 16, look=True)
+    assert grid.shape == (GRID_CHANNELS + LOOK_CHANNELS, 16, 16) and torch.isfinite(grid).all()
+    assert torch.equal(grid[:4], bev_grid(bev, 16))                 # the geometry as without the look
+    assert torch.isclose(grid[4, 5, 5], torch.tensor(0.6)) and grid[4, 0, 0] == 0      # light inside only
+    # the wall colour is the walls' own (not diluted by the cell's floor part), 0 where no wall
+    assert torch.isclose(grid[11, 1, 5], torch.tensor(float(np.nanmax(bev["wall_r"])))) and grid[11, 5, 5] == 0
+    assert (grid[14] == 1).all()
+    # a map without a look (a drawn floor plan): the look's channels and its presence all 0
+    plain = bev_grid(make_bev(1, res=32), 16, look=True)
+    assert torch.equal(plain[:4], grid[:4]) and (plain[4:] == 0).all()
+    # files keep the look; a partial look is refused naming the file
+    write_bev(tmp_path / "bev.npz", bev)
+    back = read_bev_file(tmp_path / "bev.npz")
+    assert has_look(back) and all(np.array_equal(back[k], bev[k], equal_nan=True) for k in LOOK_KEYS)
+    (tmp_path / "partial.npz").write_bytes(bev_bytes({k: v for k, v in bev.items() if k != "wall_g"}))
+    with pytest.raises(DataError, match="partial.npz: the map's look is incomplete \\(wall_g missing"):
+        read_bev_file(tmp_path / "partial.npz")
+    # edits: erased walls lose their colour, the new floor takes the map's median look; a pillar's
+    # inside leaves the map, its walls take the median wall colour; a crop keeps the look
+    b = bev["bounds_xy"]
+    cell = (b[1, 0] - b[0, 0]) / 32
+    x_wall = b[0, 0] + 3.5 * cell
+    erased = erase_box(bev, (x_wall - 0.1, -1.0, x_wall + 0.1, 1.0))
+    assert erased["wall"][3, 16] == 0 and np.isnan(erased["wall_r"][3, 16])
+    assert np.isfinite(erased["light"][3, 16])
+    pillar = add_wall_box(bev, (-1.0, -1.0, 1.0, 1.0))
+    assert np.isnan(pillar["light"][16, 16])
+    ring = (pillar["wall"] > 0) & (bev["wall"] == 0)
+    assert ring.any() and np.isfinite(pillar["wall_r"][ring]).all()
+    assert has_look(crop_bev(bev, [-4.0, -4.0, 4.0, 4.0]))
+
+
+def test_look_levels_drop_the_look_and_widen_from_a_level_without_it(tmp_path):
+    """A bev_look level reads 15 channels (the look's appended last, so a level trained without it
+    starts as exactly that level: its outputs are unchanged on any map); it drops the look alone
+    in training; a level without it reads the geometry of a 15-channel map; a 4-channel map is
+    refused by a look level with a hint."""
+    from nfldm.ldm.train import init_level_from
+
+    cfg0 = bev_cfg("c")
+    torch.manual_seed(0)
+    base = LevelDiffusion(cfg0)
+    randomise_zero_init(base)
+    run = tmp_path / "run"
+    (run / "c").mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    from nfldm.ldm.config import run_model_config
+    from nfldm.utils.io import atomic_write_json
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(run / "c" / "model.safetensors"))
+    atomic_write_json(run / "c" / "config.json", {"stage": "ldm", "level": "c", "model": run_model_config(cfg0)})
+    cfg = replace(cfg0, bev_look=True)
+    model = LevelDiffusion(cfg)
+    rec = init_level_from(model, run, None)
+    assert set(rec["widened"]) == {"bev.stem.0.weight", "net.unet.conv_in.weight"} and not rec["fresh"]
+    B = 2
+    batch = batch_for(cfg0, B)
+    look = torch.stack([bev_grid(with_look(make_bev(k), seed=k), cfg.bev_size, look=True) for k in range(B)])
+    x = torch.randn(model.sample_shape(B))
+    t = torch.tensor(300)
+    ctx = model.context(batch)
+    with torch.no_grad():
+        before = guided_prediction(base, x, t, ctx, batch["bev"], 1.0)
+        assert torch.allclose(guided_prediction(base, x, t, ctx, look, 1.0), before)        # geometry only
+        assert torch.allclose(guided_prediction(model, x, t, ctx, look, 1.0), before, atol=1e-5)
+    with pytest.raises(ValueError, match="reads the map's look"):
+        model.condition(batch["bev"], B)
+    # once the look's weights are trained (here: random) the look matters; dropped alone (bev_look_drop
+    # 1) the loss is that of the map without its look
+    with torch.no_grad():
+        model.bev.stem[0].weight[:, 4:].normal_(0, 0.5)
+        model.net.unet.conv_in.weight[:, -(cfg.bev_map_total - cfg0.bev_map_total):].normal_(0, 0.5)
+    no_look = torch.cat([look[:, :4], torch.zeros_like(look[:, 4:])], 1)
+    losses = {}
+    for p in (0.0, 1.0):
+        m = LevelDiffusion(replace(cfg, bev_look_drop=p, cond_drop_prob=0.0))
+        m.load_state_dict(model.state_dict())
+        for name, bev in (("look", look), ("none", no_look)):
+            torch.manual_seed(1)
+            losses[p, name] = m.training_loss({**batch, "bev": bev}, 0)[0]
+    assert not torch.isclose(losses[0.0, "look"], losses[0.0, "none"])
+    assert torch.isclose(losses[1.0, "look"], losses[1.0, "none"])

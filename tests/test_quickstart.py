@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -306,17 +307,61 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     from nfldm.pipeline.bundle import add_levels
     from nfldm.pipeline.maps import comparison_sheet
 
+    from nfldm.data.bev import LOOK_KEYS, write_bev
+    from nfldm.data.tensors import read_safetensors
+
     out = run["out"]
     bundle = tmp_path / "bundle"
     shutil.copytree(out / "bundle", bundle)
+    # the maps as collected before the collector wrote their look: add-look later
+    data_old = tmp_path / "data_old"
+    shutil.copytree(out / "data", data_old)
+    for f in data_old.glob("scene_*/bev.npz"):
+        write_bev(f, {k: v for k, v in read_bev_file(f).items() if k not in LOOK_KEYS})
     vox, lat, ldm = tmp_path / "vox", tmp_path / "lat", tmp_path / "ldm"
-    for args in (("encode-voxels", "--scene-ae", str(bundle / "scene_ae"), "--data", str(out / "data"), "--out", str(vox)),
+    for args in (("encode-voxels", "--scene-ae", str(bundle / "scene_ae"), "--data", str(data_old), "--out", str(vox)),
                  ("encode-latents", "--run", str(bundle / "latent_ae"), "--voxels", str(vox), "--out", str(lat)),
                  ("train", "ldm", "--latents", str(lat), "--out", str(ldm), "--preset", "smoke", "--set", "bev=true")):
         res = nfldm(*args, "--quiet")
         assert res.returncode == 0, res.stderr[-3000:]
     index = json.loads((lat / "index.json").read_text())
-    assert index["bev"]["channels"] == 4 and len(index["bev"]["typical_heights"]) == 2
+    assert index["bev"]["channels"] == 4 and not index["bev"]["look"] and len(index["bev"]["typical_heights"]) == 2
+    # a look level on such latents: one line saying how to give them the look
+    line = one_line_error(nfldm("train", "ldm", "--latents", str(lat), "--out", str(tmp_path / "nolook"), "--level", "c",
+                                "--preset", "smoke", "--set", "bev=true", "--set", "bev_look=true", "--quiet"))
+    assert "add-look" in line
+    # add-look, then the latents' maps refreshed (nothing encoded again): 15 channels, latents kept
+    first = sorted(lat.glob("scene_*.safetensors"))[0]
+    before, _ = read_safetensors(first)
+    for args in (("data", "add-look", "--data", str(data_old)),
+                 ("encode-latents", "--run", str(bundle / "latent_ae"), "--voxels", str(vox), "--out", str(lat),
+                  "--refresh-maps")):
+        res = nfldm(*args, "--quiet")
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert "0 encoded" in res.stdout
+    index = json.loads((lat / "index.json").read_text())
+    assert index["bev"]["channels"] == 15 and index["bev"]["look"]
+    after, _ = read_safetensors(first)
+    assert after["bev"].shape[0] == 15 and torch.equal(after["bev"][:4], before["bev"])
+    assert all(torch.equal(after[k], before[k]) for k in ("g", "c", "f"))
+    # psi_c given the look, started from the level without it (its look weights start at zero)
+    look = tmp_path / "ldm_look"
+    shutil.copytree(ldm / "g", look / "g")
+    shutil.copytree(ldm / "f", look / "f")
+    res = nfldm("train", "ldm", "--latents", str(lat), "--out", str(look), "--level", "c", "--preset", "smoke",
+                "--set", "bev=true", "--set", "bev_look=true", "--init-from", str(ldm), "--steps", "2", "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rc = json.loads((look / "c" / "config.json").read_text())
+    assert rc["model"]["bev_look"] is True and "bev.stem.0.weight" in rc["init_from"]["widened"]
+    data = json.loads((out / "data" / "dataset.json").read_text())
+    scene = out / "data" / next(s["name"] for s in data["scenes"] if s["split"] == "test")
+    plan = np.full((16, 16, 3), 255, np.uint8)          # one room: walls on the border, floor inside
+    plan[[0, -1]] = plan[:, [0, -1]] = 0
+    Image.fromarray(plan).save(tmp_path / "rooms.png")
+    for src in (scene, tmp_path / "rooms.png"):          # a map with its look, a floor plan without one
+        res = nfldm("sample", "--run", str(look), "--bev", str(src), "--num", "1", "--sampler", "dpm", "--steps", "2",
+                    "--frames", "2", "--out", str(tmp_path / f"look_{src.stem}"), "--quiet")
+        assert res.returncode == 0, res.stderr[-3000:]
     rc = json.loads((ldm / "c" / "config.json").read_text())
     assert rc["model"]["bev"] is True and rc["model"]["bev_size"] == index["bev"]["size"] and "bev" in rc
     # levels trained on the latents of another latent-ae are refused (the shipped bundle's is another;
@@ -330,8 +375,6 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     info = add_levels(bundle, ldm)
     assert set(info["levels"]["bev"]["steps"]) == {"g", "c", "f"} and (bundle / "bev" / "c" / "model.safetensors").exists()
     assert "BEV-map-conditioned levels" in (bundle / "MODEL_CARD.md").read_text()
-    data = json.loads((out / "data" / "dataset.json").read_text())
-    scene = out / "data" / next(s["name"] for s in data["scenes"] if s["split"] == "test")
     samples = tmp_path / "s"
     res = nfldm("sample", "--run", str(bundle / "bev"), "--bev", str(scene), "--path-from-scene", "--guidance", "2",
                 "--erase-box", "-1", "-1", "1", "1", "--num", "2", "--sampler", "dpm", "--steps", "2",

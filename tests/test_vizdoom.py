@@ -221,3 +221,48 @@ def test_sector_lookup_matches_brute_force():
     xs, ys = np.sort(pts[:40, 0]), np.sort(pts[:40, 1])
     grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
     assert (dm.sector_grid(xs, ys) == dm.sector_at(grid).reshape(40, 40)).all()
+
+
+def test_look_from_the_wad_and_add_look(dataset, tmp_path):
+    """The collector writes each map's look (sector light, flat and texture colours from the WAD);
+    add-look gives a map written without one the same look, keeps its geometry, skips maps that
+    have one, and refuses a map whose walls are not the level's."""
+    import shutil
+
+    from nfldm.data.bev import BEV_KEYS, LOOK_KEYS, has_look, read_bev_file, write_bev
+    from nfldm.data.doom_map import DoomMap, wad_colours
+    from nfldm.data.format import DataError
+    from nfldm.data.vizdoom import add_look, wad_path
+
+    colours = wad_colours(wad_path("freedoom2.wad"))
+    assert len(colours) > 500 and all(v.shape == (3,) and (0 <= v).all() and (v <= 1).all() for v in colours.values())
+    dm = DoomMap.from_wad(wad_path("freedoom2.wad"), "MAP15")
+    assert dm.light.shape == dm.floor.shape and (dm.light >= 0).all() and (dm.light <= 255).all()
+    assert dm.line_rgb.shape == (len(dm.lines), 3) and len(np.unique(dm.line_rgb, axis=0)) > 5
+    root, _ = dataset
+    own = read_bev_file(root / "scene_0000" / "bev.npz")
+    assert has_look(own)
+    inside = own["inside"] > 0
+    assert np.isfinite(own["light"][inside]).all() and np.isnan(own["light"][~inside]).all()
+    walls = own["wall"] > 0
+    assert np.isfinite(own["wall_r"][walls]).all() and np.isnan(own["wall_r"][~walls]).all()
+    # a copy of the dataset whose maps lost their look gets it back exactly
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    for s in ("scene_0000", "scene_0001"):
+        write_bev(data / s / "bev.npz", {k: v for k, v in read_bev_file(data / s / "bev.npz").items()
+                                         if k not in LOOK_KEYS})
+    assert not has_look(read_bev_file(data / "scene_0000" / "bev.npz"))
+    assert add_look(data, progress=False) == {"scenes": 3, "added": 2, "skipped": 1}
+    back = read_bev_file(data / "scene_0000" / "bev.npz")
+    for k in (*BEV_KEYS, *LOOK_KEYS):
+        assert np.array_equal(back[k], own[k], equal_nan=True), k
+    assert add_look(data, progress=False)["added"] == 0
+    # walls that are not the level's: refused, naming the file, the file left as it was
+    bad = {k: v for k, v in back.items() if k not in LOOK_KEYS}
+    bad["wall"] = np.roll(bad["wall"], 3, 0)
+    write_bev(data / "scene_0001" / "bev.npz", bad)
+    before = (data / "scene_0001" / "bev.npz").read_bytes()
+    with pytest.raises(DataError, match="scene_0001.*bev.npz: its walls differ"):
+        add_look(data, progress=False)
+    assert (data / "scene_0001" / "bev.npz").read_bytes() == before

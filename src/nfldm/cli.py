@@ -60,6 +60,14 @@ def cmd_data_level_map(args) -> int:
     return 0
 
 
+def cmd_data_add_look(args) -> int:
+    from nfldm.data.vizdoom import add_look
+
+    r = add_look(args.data, progress=not args.quiet)
+    print(f"{args.data}: added the look to {r['added']} of {r['scenes']} BEV maps ({r['skipped']} had it)")
+    return 0
+
+
 def cmd_data_import(args) -> int:
     from nfldm.data.importer import ImportConfig, import_dataset, parse_box, parse_size
 
@@ -184,7 +192,7 @@ def cmd_encode_latents(args) -> int:
     from nfldm.latent_ae.latents import encode_latents
 
     res = encode_latents(args.run, args.voxels, args.out, device=args.device, progress=not args.quiet,
-                         augment=args.augment, stats_from=args.stats_from)
+                         augment=args.augment, stats_from=args.stats_from, refresh_maps=args.refresh_maps)
     print(f"wrote the latents of {res['scenes']} scenes to {res['out']} ({res['encoded']} encoded, "
           f"{res['skipped']} already there)")
     return 0
@@ -434,6 +442,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_level_map)
 
     p = dsub.add_parser(
+        "add-look",
+        help="add the look (light, flat and texture colours) to the BEV maps of an older ViZDoom dataset",
+        description="Rewrite each scene's bev.npz with the look the collector now writes (sector light, mean "
+        "colours of the floor / ceiling flats and wall textures, from the WAD and the scene's recorded "
+        "origin); the geometry arrays stay as they are. Resumable. Encode the latents again afterwards "
+        "(nfldm encode-latents --refresh-maps) to train levels given the look (--set bev_look=true).",
+    )
+    p.add_argument("--data", required=True, help="a dataset folder of nfldm data vizdoom")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_add_look)
+
+    p = dsub.add_parser(
         "import",
         help="import an RGB-D capture (nerfstudio scene with depth, or GSN's VizDoom / Replica folders)",
         description="Import posed RGB-D frames into a dataset the presets train on: frames resized and "
@@ -661,6 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-from", default=None, metavar="LATDIR",
                    help="keep the latent statistics of this latent folder (same latent-ae) instead of computing "
                    "them: levels retrained on this folder then combine with levels trained on that one")
+    p.add_argument("--refresh-maps", action="store_true",
+                   help="write the BEV maps of scenes already encoded again from the dataset's current maps "
+                        "(latents kept): after nfldm data add-look")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode_latents)

@@ -11,8 +11,18 @@ as the voxel grid's X x Y footprint):
     floor    floor height, metres relative to the scene's z = 0 (NaN outside the map)
     ceiling  ceiling height, metres (NaN outside the map)
 
+and, optionally, its look (:data:`LOOK_KEYS`; the ViZDoom collector writes it from the WAD,
+``nfldm data add-look`` adds it to scenes collected before it did):
+
+    light                      sector light level / 255 (NaN outside the map)
+    floor_r/g/b, ceiling_r/g/b mean colour of the floor / ceiling flat, RGB in [0, 1] (NaN outside)
+    wall_r/g/b                 mean colour of a wall's texture (NaN where no wall passes)
+
 :func:`bev_grid` turns it into the condition tensor (4 x S x S: wall, inside, floor / 4 m,
-ceiling / 4 m, the heights 0 outside the map) at the latent footprint's size S.
+ceiling / 4 m, the heights 0 outside the map; with ``look``, 4 + 11 channels: the look's 10
+averaged over the cell's inside / wall part, 0 where there is none, and a look-presence channel,
+1 when the map has its look, all 11 zero when it has not, e.g. a drawn floor plan) at the
+latent footprint's size S.
 
 A floor plan PNG (:func:`read_floor_plan`), north up (image rows run from +y down to -y,
 columns from -x to +x), covering the whole box: dark pixels (luminance < 0.3, e.g. black) are
@@ -36,12 +46,14 @@ from nfldm.data.format import DataError, read_transforms
 from nfldm.utils.io import atomic_write_bytes
 from nfldm.utils.plot import colorize
 
-__all__ = ["BEV_KEYS", "GRID_CHANNELS", "HEIGHT_SCALE", "BEV_FILE", "read_bev", "read_bev_file", "read_floor_plan",
+__all__ = ["BEV_KEYS", "LOOK_KEYS", "GRID_CHANNELS", "LOOK_CHANNELS", "has_look", "HEIGHT_SCALE", "BEV_FILE", "read_bev", "read_bev_file", "read_floor_plan",
            "bev_grid", "erase_box", "add_wall_box", "write_bev", "bev_image", "typical_heights", "scene_bev_file",
            "crop_bev", "square_box"]
 
 BEV_KEYS = ("wall", "inside", "floor", "ceiling")
+LOOK_KEYS = ("light", "floor_r", "floor_g", "floor_b", "ceiling_r", "ceiling_g", "ceiling_b", "wall_r", "wall_g", "wall_b")
 GRID_CHANNELS = 4            # the condition tensor: wall, inside, floor / HEIGHT_SCALE, ceiling / HEIGHT_SCALE
+LOOK_CHANNELS = len(LOOK_KEYS) + 1   # ... with ``look``: the look's channels and its presence
 HEIGHT_SCALE = 4.0           # metres per unit of the height channels
 BEV_FILE = "bev.npz"
 DEFAULT_BOUNDS_XY = ((-8.0, -8.0), (8.0, 8.0))   # the ViZDoom collector's box (extent 16 m)
@@ -74,9 +86,23 @@ def _check(bev: dict, where) -> dict:
     b = np.asarray(bev.get("bounds_xy", DEFAULT_BOUNDS_XY), dtype=np.float32)
     if b.shape != (2, 2) or not np.isfinite(b).all() or not (b[1] > b[0]).all():
         raise DataError(f"{where}: bounds_xy must be 2 x 2 [[x0, y0], [x1, y1]] with x1 > x0, y1 > y0, got {b.tolist()}")
-    out = {k: np.asarray(bev[k], dtype=np.float32) for k in BEV_KEYS}
+    looks = [k for k in LOOK_KEYS if k in bev]
+    if looks and len(looks) != len(LOOK_KEYS):
+        missing = ", ".join(k for k in LOOK_KEYS if k not in bev)
+        raise DataError(f"{where}: the map's look is incomplete ({missing} missing; a look is {', '.join(LOOK_KEYS)})")
+    for key in looks:
+        if bev[key].shape != shape:
+            raise DataError(f"{where}: BEV array {key} has shape {bev[key].shape}, wall has {shape}")
+        if np.isinf(bev[key]).any():
+            raise DataError(f"{where}: BEV array {key} holds infinite values")
+    out = {k: np.asarray(bev[k], dtype=np.float32) for k in (*BEV_KEYS, *looks)}
     out["bounds_xy"] = b
     return out
+
+
+def has_look(bev: dict) -> bool:
+    """Whether a BEV map carries its look (:data:`LOOK_KEYS`)."""
+    return all(k in bev for k in LOOK_KEYS)
 
 
 def read_bev_file(path: str | os.PathLike) -> dict:
@@ -151,11 +177,37 @@ def read_bev(src: str | os.PathLike, floor: float = 0.0, ceiling: float = 3.5) -
     raise DataError(f"{src}: not a BEV map (a scene folder, a .npz or a .png floor plan)")
 
 
-def bev_grid(bev: dict, size: int) -> Tensor:
+def bev_grid(bev: dict, size: int, look: bool = False) -> Tensor:
     """The condition tensor of a BEV map at the latent footprint's size: 4 x size x size float32,
     channels wall (1 where any wall passes through the cell), inside (the fraction of the
     cell inside the map), floor and ceiling (mean height over the cell's inside part / 4 m;
-    0 where no part is inside). A map of R < size cells is sampled nearest."""
+    0 where no part is inside). A map of R < size cells is sampled nearest.
+
+    ``look``: (4 + 11) x size x size: then light and the floor and ceiling colours (mean over
+    the cell's inside part), the wall colour (mean over its wall part), 0 where there is none,
+    and the look's presence (1 everywhere when the map has a look; the 11 channels all 0 when
+    it has none)."""
+    grid = _geometry_grid(bev, size)
+    if not look:
+        return grid
+    extra = torch.zeros(LOOK_CHANNELS, size, size)
+    if has_look(bev):
+        def pooled(keys, where):
+            m = torch.from_numpy((np.asarray(where) > 0).astype(np.float32))[None, None]
+            a = torch.from_numpy(np.stack([np.nan_to_num(np.asarray(bev[k], np.float32)) for k in keys]))[None] * m
+            if m.shape[-1] < size:
+                a, m = (F.interpolate(x, size=(size, size), mode="nearest") for x in (a, m))
+            frac = F.adaptive_avg_pool2d(m, size)
+            return (F.adaptive_avg_pool2d(a, size) / frac.clamp(min=1e-6) * (frac > 0))[0]
+        wall = np.asarray(bev["wall"]) > 0
+        extra[:7] = pooled(LOOK_KEYS[:7], np.asarray(bev["inside"]) > 0)
+        extra[7:10] = pooled(LOOK_KEYS[7:], wall & np.isfinite(np.asarray(bev["wall_r"])))
+        extra[10] = 1.0
+    return torch.cat([grid, extra], 0)
+
+
+def _geometry_grid(bev: dict, size: int) -> Tensor:
+    """:func:`bev_grid`'s 4 geometry channels."""
     wall = torch.from_numpy(np.asarray(bev["wall"], np.float32))[None, None]
     inside = torch.from_numpy(np.asarray(bev["inside"], np.float32))[None, None]
     heights = [torch.from_numpy(np.nan_to_num(np.asarray(bev[k], np.float32) * (np.asarray(bev["inside"]) > 0)))
@@ -201,6 +253,13 @@ def erase_box(bev: dict, box, floor: float | None = None, ceiling: float | None 
     out["inside"][sx, sy] = 1.0
     out["floor"][sx, sy] = np.where(had, out["floor"][sx, sy], floor)
     out["ceiling"][sx, sy] = np.where(had, out["ceiling"][sx, sy], ceiling)
+    if has_look(bev):           # new floor takes the map's median look; erased walls take none
+        ins = np.asarray(bev["inside"]) > 0
+        for k in LOOK_KEYS[:7]:
+            vals = np.asarray(bev[k])[ins & np.isfinite(bev[k])]
+            out[k][sx, sy] = np.where(had, out[k][sx, sy], float(np.median(vals)) if vals.size else np.nan)
+        for k in LOOK_KEYS[7:]:
+            out[k][sx, sy] = np.nan
     return out
 
 
@@ -216,6 +275,15 @@ def add_wall_box(bev: dict, box) -> dict:
     block[0, :] = block[-1, :] = block[:, 0] = block[:, -1] = 1.0
     out["wall"][sx, sy] = np.maximum(out["wall"][sx, sy], block)
     out["wall"][sx, sy][1:-1, 1:-1] = 0.0
+    if has_look(bev):           # the block leaves the map; its walls take the map's median wall colour
+        walls = (np.asarray(bev["wall"]) > 0) & np.isfinite(bev["wall_r"])
+        for k in LOOK_KEYS[:7]:
+            out[k][sx, sy] = np.nan
+        for k in LOOK_KEYS[7:]:
+            vals = np.asarray(bev[k])[walls]
+            med = float(np.median(vals)) if vals.size else 0.5
+            out[k][sx, sy] = np.where(out["wall"][sx, sy] > 0, np.where(np.isfinite(out[k][sx, sy]), out[k][sx, sy], med),
+                                      np.nan)
     return out
 
 
@@ -244,8 +312,8 @@ def crop_bev(bev: dict, box) -> dict:
     iy = np.floor((cy - b[0, 1]) / cell[1]).astype(int)
     okx, oky = (ix >= 0) & (ix < R), (iy >= 0) & (iy < R)
     out = {}
-    for k in BEV_KEYS:
-        fill = np.nan if k in ("floor", "ceiling") else 0.0
+    for k in (*BEV_KEYS, *(LOOK_KEYS if has_look(bev) else ())):
+        fill = 0.0 if k in ("wall", "inside") else np.nan
         a = np.full((n, n), fill, np.float32)
         src = np.asarray(bev[k], np.float32)[np.clip(ix, 0, R - 1)][:, np.clip(iy, 0, R - 1)]
         m = okx[:, None] & oky[None, :]
@@ -268,7 +336,8 @@ def typical_heights(bevs: list[dict]) -> tuple[float, float]:
 def write_bev(path: str | os.PathLike, bev: dict) -> None:
     """Write a BEV map as a ``bev.npz`` (atomically)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(bev[k], np.float32) for k in (*BEV_KEYS, "bounds_xy")})
+    keys = (*BEV_KEYS, *(LOOK_KEYS if has_look(bev) else ()), "bounds_xy")
+    np.savez_compressed(buf, **{k: np.asarray(bev[k], np.float32) for k in keys})
     atomic_write_bytes(path, buf.getvalue())
 
 

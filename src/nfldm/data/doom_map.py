@@ -1,7 +1,9 @@
 """Exact 2.5-D geometry of a Doom map, read from the WAD file (or ViZDoom's ``state.sectors``).
 
 Used for three things: ray-casting exact wall distances (to calibrate and validate the
-depth buffer), steering the exploring agent, and rasterising the bird's-eye-view (BEV) map.
+depth buffer), steering the exploring agent, and rasterising the bird's-eye-view (BEV) map,
+with, from the WAD, its look (:func:`wad_colours`: the mean colour of every flat and wall
+texture; sector light levels).
 
 All coordinates here are Doom map units (``MAP_UNITS_PER_METRE`` = 128 / 3 per metre: the
 automap grid of 128 units is documented as 3 m). Map x points east, y north, z up.
@@ -28,6 +30,94 @@ _SIDEDEF = np.dtype([("x_offset", "<i2"), ("y_offset", "<i2"), ("textures", "S24
 _SECTOR = np.dtype([("floor", "<i2"), ("ceiling", "<i2"), ("flats", "S16"), ("light", "<i2"), ("special", "<i2"), ("tag", "<i2")])
 _NO_SIDEDEF = 0xFFFF
 _ML_BLOCKING = 0x0001  # linedef flag: impassable
+
+
+@functools.lru_cache(maxsize=None)
+def _wad_lumps(path: str) -> list[tuple[str, int, int]]:
+    """Every lump of a WAD in directory order: (name, file offset, size)."""
+    with open(path, "rb") as f:
+        _, count, offset = struct.unpack("<4sii", f.read(12))
+        f.seek(offset)
+        entries = np.frombuffer(f.read(16 * count), dtype=[("pos", "<i4"), ("size", "<i4"), ("name", "S8")])
+    return [(n.decode("ascii", "replace").upper(), int(p), int(z))
+            for n, p, z in zip(entries["name"], entries["pos"], entries["size"])]
+
+
+def _name(raw: bytes) -> str:
+    """An 8-byte lump / texture name field -> upper-case str (NUL padding dropped)."""
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace").upper()
+
+
+@functools.lru_cache(maxsize=None)
+def wad_colours(path: str) -> dict[str, np.ndarray]:
+    """Mean colour (RGB in [0, 1], linear in the palette's sRGB values) of every flat and
+    every wall texture of a WAD, by name.
+
+    Flats (between F_START / F_END): 64 x 64 palette indices, averaged. Wall textures
+    (TEXTURE1 / TEXTURE2 built from PNAMES patches): the mean of their patches' opaque pixels,
+    each patch weighted by its opaque pixel count (overlaps and the texture's own crop ignored:
+    a mean colour, not a picture). Names missing from the WAD are absent (callers fall back
+    to grey)."""
+    lumps = _wad_lumps(path)
+    by_name = {}
+    for name, pos, size in lumps:
+        by_name.setdefault(name, (pos, size))
+    with open(path, "rb") as f:
+
+        def read(pos: int, size: int) -> bytes:
+            f.seek(pos)
+            return f.read(size)
+
+        palette = np.frombuffer(read(*by_name["PLAYPAL"])[:768], np.uint8).reshape(256, 3) / 255.0
+        out: dict[str, np.ndarray] = {}
+        names = [n for n, _, _ in lumps]
+        if "F_START" in names and "F_END" in names:
+            for name, pos, size in lumps[names.index("F_START") + 1: names.index("F_END")]:
+                if size == 4096:
+                    out[name] = palette[np.frombuffer(read(pos, size), np.uint8)].mean(0)
+        patches = {}
+
+        def patch_stats(name: str):
+            """(sum of RGB, opaque pixel count) of a patch in the Doom picture format."""
+            if name not in patches:
+                patches[name] = None
+                if name in by_name and by_name[name][1] > 8:
+                    data = read(*by_name[name])
+                    try:
+                        w = struct.unpack_from("<h", data, 0)[0]
+                        cols = struct.unpack_from(f"<{w}I", data, 8)
+                        idx = []
+                        for off in cols:
+                            while data[off] != 0xFF:
+                                n = data[off + 1]
+                                idx.append(np.frombuffer(data, np.uint8, n, off + 3))
+                                off += n + 4
+                        px = palette[np.concatenate(idx)] if idx else np.zeros((0, 3))
+                        patches[name] = (px.sum(0), len(px))
+                    except (struct.error, IndexError, ValueError):
+                        patches[name] = None        # a corrupt patch: the texture goes without it
+            return patches[name]
+
+        if "PNAMES" in by_name:
+            pdata = read(*by_name["PNAMES"])
+            pnames = [_name(pdata[4 + 8 * i: 12 + 8 * i]) for i in range(struct.unpack_from("<i", pdata)[0])]
+            for lump in ("TEXTURE1", "TEXTURE2"):
+                if lump not in by_name:
+                    continue
+                data = read(*by_name[lump])
+                count = struct.unpack_from("<i", data)[0]
+                for off in struct.unpack_from(f"<{count}i", data, 4):
+                    tex = _name(data[off: off + 8])
+                    n_patches = struct.unpack_from("<h", data, off + 20)[0]
+                    total, n = np.zeros(3), 0
+                    for k in range(n_patches):
+                        p = struct.unpack_from("<h", data, off + 22 + 10 * k + 4)[0]
+                        st = patch_stats(pnames[p]) if 0 <= p < len(pnames) else None
+                        if st is not None:
+                            total, n = total + st[0], n + st[1]
+                    if n:
+                        out.setdefault(tex, total / n)
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,6 +163,10 @@ class DoomMap:
 
     lines: L x 4 (x1, y1, x2, y2); front, back: L sector indices (back = -1 for one-sided
     lines); blocking: L bool (the line's impassable flag); floor, ceil: S heights.
+    The look (only :meth:`from_wad` knows it; None from ``state.sectors``): light: S sector
+    light levels (0-255); floor_rgb, ceil_rgb: S x 3 mean colours of the sectors' flats;
+    line_rgb: L x 3 mean colour of the texture a line shows (its front side's middle texture,
+    else upper, else lower, else the back side's), RGB in [0, 1], grey where the WAD lacks it.
     """
 
     lines: np.ndarray
@@ -82,6 +176,10 @@ class DoomMap:
     floor: np.ndarray
     ceil: np.ndarray
     sector_lines: list[np.ndarray]  # per sector: K x 4 segments bounding it
+    light: np.ndarray | None = None
+    floor_rgb: np.ndarray | None = None
+    ceil_rgb: np.ndarray | None = None
+    line_rgb: np.ndarray | None = None
 
     @classmethod
     def from_sectors(cls, sectors) -> "DoomMap":
@@ -154,6 +252,17 @@ class DoomMap:
         _, last_rev = np.unique(key[linedef][::-1], return_index=True)
         key_order = np.argsort(first)
         first, last, count = first[key_order], (len(linedef) - 1 - last_rev)[key_order], count[key_order]
+        # the look: flats' and textures' mean colours, sector light
+        colours = wad_colours(str(wad_path))
+        grey = np.full(3, 0.5, np.float32)
+        colour = lambda name: colours.get(name, grey)     # noqa: E731
+        flat = lambda k: np.stack([colour(_name(r[8 * k: 8 * k + 8])) for r in sectors["flats"].tolist()])  # noqa: E731
+        side_tex = [[_name(r[8 * k: 8 * k + 8]) for k in (2, 0, 1)] for r in sidedefs["textures"].tolist()]
+        line_rgb = []
+        for ld in linedef[first]:
+            names = side_tex[linedefs["right"][ld]] + (side_tex[linedefs["left"][ld]] if has_back[ld] else [])
+            shown = [n for n in names if n not in ("-", "")]
+            line_rgb.append(colour(shown[0]) if shown else grey)
         return cls(
             lines=seg[linedef[first]],
             front=owner[first],
@@ -162,6 +271,10 @@ class DoomMap:
             floor=sectors["floor"].astype(np.float64),
             ceil=sectors["ceiling"].astype(np.float64),
             sector_lines=sector_lines,
+            light=sectors["light"].astype(np.float64),
+            floor_rgb=flat(0),
+            ceil_rgb=flat(1),
+            line_rgb=np.asarray(line_rgb, np.float32).reshape(-1, 3),
         )
 
     # ------------------------------------------------------------------ lines
@@ -342,7 +455,7 @@ class DoomMap:
         return out
 
     # -------------------------------------------------------------------- BEV
-    def bev(self, lo_xy: np.ndarray, hi_xy: np.ndarray, res: int, z0: float) -> dict[str, np.ndarray]:
+    def bev(self, lo_xy: np.ndarray, hi_xy: np.ndarray, res: int, z0: float, look: bool = False) -> dict[str, np.ndarray]:
         """Rasterise a res x res bird's-eye-view map over the box [lo_xy, hi_xy] (map units).
 
         Cell (i, j) covers x in cell i, y in cell j (index [i, j] = [x, y], matching the voxel
@@ -351,7 +464,14 @@ class DoomMap:
           floor:   floor height (metres, relative to z0), NaN outside the map;
           ceiling: ceiling height (metres, relative to z0), NaN outside the map;
           inside:  1 where the cell centre is inside the map.
+        With ``look`` (a map read by :meth:`from_wad`) also the look, :data:`nfldm.data.bev.LOOK_KEYS`:
+          light:                          sector light / 255, NaN outside the map;
+          floor_r/g/b, ceiling_r/g/b:     mean colour of the sector's floor / ceiling flat, NaN outside;
+          wall_r/g/b:                     mean colour of the texture of a wall through the cell, NaN
+                                          where no wall passes.
         """
+        if look and self.light is None:
+            raise ValueError("the map's look (light, flats, textures) is only known for a map read from its WAD")
         lo_xy, hi_xy = np.asarray(lo_xy, float), np.asarray(hi_xy, float)
         cell = (hi_xy - lo_xy) / res
         cx = lo_xy[0] + (np.arange(res) + 0.5) * cell[0]
@@ -361,9 +481,12 @@ class DoomMap:
         floor = np.where(inside, (self.floor[sec] - z0) / MAP_UNITS_PER_METRE, np.nan)
         ceil = np.where(inside, (self.ceil[sec] - z0) / MAP_UNITS_PER_METRE, np.nan)
         wall = np.zeros((res, res), dtype=np.float32)
-        seg = self.lines[self.impassable()]
+        wall_rgb = np.full((res, res, 3), np.nan, dtype=np.float32)
+        which = np.nonzero(self.impassable())[0]
+        seg = self.lines[which]
         # only segments whose bounding box meets the BEV box can mark a cell
-        seg = seg[(np.minimum(seg[:, :2], seg[:, 2:]) <= hi_xy).all(1) & (np.maximum(seg[:, :2], seg[:, 2:]) >= lo_xy).all(1)]
+        near = (np.minimum(seg[:, :2], seg[:, 2:]) <= hi_xy).all(1) & (np.maximum(seg[:, :2], seg[:, 2:]) >= lo_xy).all(1)
+        seg, which = seg[near], which[near]
         if len(seg):
             length = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
             n = np.maximum(2, np.ceil(length / (0.25 * cell.min())).astype(int) + 1)
@@ -377,9 +500,18 @@ class DoomMap:
             j = np.floor((py - lo_xy[1]) / cell[1]).astype(int)
             ok = (i >= 0) & (i < res) & (j >= 0) & (j < res)
             wall[i[ok], j[ok]] = 1.0
-        return {
+            if look:
+                wall_rgb[i[ok], j[ok]] = self.line_rgb[which[rep[ok]]]
+        out = {
             "wall": wall,
             "floor": floor.astype(np.float32),
             "ceiling": ceil.astype(np.float32),
             "inside": inside.astype(np.float32),
         }
+        if look:
+            per_cell = lambda a: np.where(inside[..., None] if a.ndim == 2 else inside, a[sec], np.nan)  # noqa: E731
+            out["light"] = per_cell(self.light / 255.0).astype(np.float32)
+            for key, rgb in (("floor", per_cell(self.floor_rgb)), ("ceiling", per_cell(self.ceil_rgb)), ("wall", wall_rgb)):
+                for k, ch in enumerate("rgb"):
+                    out[f"{key}_{ch}"] = rgb[..., k].astype(np.float32)
+        return out

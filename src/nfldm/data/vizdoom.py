@@ -387,7 +387,7 @@ def scene_arrays(frames: list[Frame], dm: DoomMap, cfg: VizdoomConfig):
     bounds = np.array([[-h, -h, cfg.z_min], [h, h, cfg.z_max]])
     lo = origin[:2] - h * MAP_UNITS_PER_METRE
     hi = origin[:2] + h * MAP_UNITS_PER_METRE
-    bev = dm.bev(lo, hi, cfg.bev_resolution, origin[2])
+    bev = dm.bev(lo, hi, cfg.bev_resolution, origin[2], look=True)
     return c2w, bounds, origin, bev
 
 
@@ -413,9 +413,53 @@ def level_bev(scene_dir: str | os.PathLike, box, res_per_metre: float = 8.0) -> 
     lo = origin[:2] + np.array([x0, y0]) * units
     hi = origin[:2] + np.array([x1, y1]) * units
     res = max(2, int(round((x1 - x0) * res_per_metre)))
-    bev = dm.bev(lo, hi, res, origin[2])
+    bev = dm.bev(lo, hi, res, origin[2], look=True)
     return {**{k: np.asarray(v, np.float32) for k, v in bev.items()},
             "bounds_xy": np.asarray([[x0, y0], [x1, y1]], np.float32)}
+
+
+def add_look(data: str | os.PathLike, progress: bool = True) -> dict:
+    """Give the BEV maps of a ViZDoom dataset collected before the collector wrote the look
+    (:data:`nfldm.data.bev.LOOK_KEYS`) their look, from the WAD and each scene's recorded
+    origin: the same cells the collector rasterised (its wall and inside arrays must come out
+    identical, else DataError naming the file). Each bev.npz is rewritten atomically, its
+    geometry arrays unchanged; maps that have a look already are skipped, so it resumes.
+    Returns {"scenes", "added", "skipped"}."""
+    from nfldm.data.bev import has_look, read_bev_file, scene_bev_file, write_bev
+    from nfldm.data.format import DataError, read_dataset
+    from nfldm.utils.io import read_json
+
+    data = Path(data)
+    index = read_dataset(data)
+    added = skipped = 0
+    maps: dict[tuple, DoomMap] = {}
+    for s in tqdm(index.scenes, desc="adding the look to BEV maps", unit="scene", disable=not progress):
+        scene = s.path
+        path = scene_bev_file(scene)
+        if path is None:
+            raise DataError(f"{scene / 'transforms.json'}: the scene has no BEV map (bev.npz)")
+        bev = read_bev_file(path)
+        if has_look(bev):
+            skipped += 1
+            continue
+        info = read_json(scene / "transforms.json", "scene transforms", DataError).get("nfldm", {})
+        if info.get("source") != "vizdoom" or not {"map_origin", "wad", "map"} <= set(info):
+            raise DataError(f"{scene / 'transforms.json'}: not a scene of nfldm's ViZDoom collector (no nfldm.wad / "
+                            "map / map_origin): its look is not known")
+        key = (info["wad"], info["map"])
+        if key not in maps:
+            maps[key] = DoomMap.from_wad(wad_path(info["wad"]), info["map"])
+        dm = maps[key]
+        origin = np.asarray(info["map_origin"], np.float64)
+        units = float(info.get("map_units_per_metre", MAP_UNITS_PER_METRE))
+        b = np.asarray(bev["bounds_xy"], np.float64)
+        new = dm.bev(origin[:2] + b[0] * units, origin[:2] + b[1] * units, bev["wall"].shape[0], origin[2], look=True)
+        if not (np.array_equal(new["wall"], bev["wall"]) and np.array_equal(new["inside"], bev["inside"])):
+            raise DataError(f"{path}: its walls differ from the level's ({info['wad']} {info['map']}) at the recorded "
+                            "origin; not adding a look that may not belong to it")
+        write_bev(path, {**bev, **{k: new[k] for k in new if k not in bev}})
+        added += 1
+    return {"scenes": len(index.scenes), "added": added, "skipped": skipped}
 
 
 def bev_npz(bev: dict[str, np.ndarray], bounds: np.ndarray) -> bytes:

@@ -4,7 +4,8 @@ latent auto-encoder from a voxel folder (its writer, reader and format; stage 3 
     LATDIR/<scene>.safetensors   g, c, f (those of the folder's latent mode; pre-quantisation for c
                                  and f), traj (the camera trajectory vector), ``bev`` (the scene's
                                  BEV map as a 4 x X x Y condition tensor, :func:`nfldm.data.bev.bev_grid`,
-                                 when the dataset scene has one), metadata: format, version, scene,
+                                 when the dataset scene has one; 4 + 11 channels with its look when
+                                 every scene's map has one), metadata: format, version, scene,
                                  split, the latent-ae's weights hash
     LATDIR/index.json            format, version, scenes and splits (turned / mirrored copies name
                                  their source), shapes, per-channel statistics of the train split,
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from nfldm import camera
-from nfldm.data.bev import GRID_CHANNELS, bev_grid, read_bev_file, scene_bev_file, typical_heights
+from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS, bev_grid, has_look, read_bev_file, scene_bev_file, typical_heights
 from nfldm.data.format import DataError, read_dataset
 from nfldm.data.tensors import check_finite, peek_safetensors, read_safetensors, scene_file, write_safetensors
 from nfldm.latent_ae.config import LATENT_MODES
@@ -112,9 +113,10 @@ def load_latent_file(path: Path, shapes: dict) -> dict:
                         f"{tuple(t['intrinsics'].shape)}, bounds {tuple(t['bounds'].shape)})")
     if "cond" in t and t["cond"].dim() != 2:
         raise DataError(f"{path}: cond must be L x cond_dim, got {tuple(t['cond'].shape)}")
-    if "bev" in t and (t["bev"].dim() != 3 or t["bev"].shape[0] != GRID_CHANNELS
+    if "bev" in t and (t["bev"].dim() != 3 or t["bev"].shape[0] not in (GRID_CHANNELS, GRID_CHANNELS + LOOK_CHANNELS)
                        or t["bev"].shape[1] != t["bev"].shape[2]):
-        raise DataError(f"{path}: bev must be {GRID_CHANNELS} x S x S, got {tuple(t['bev'].shape)}")
+        raise DataError(f"{path}: bev must be {GRID_CHANNELS} (or {GRID_CHANNELS + LOOK_CHANNELS} with the look) x S x S, "
+                        f"got {tuple(t['bev'].shape)}")
     for key, v in t.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise DataError(f"{path}: {key} holds NaN or infinite values")
@@ -169,7 +171,7 @@ def _scene_maps(data: str | os.PathLike) -> dict[str, Path]:
 
 def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str | os.PathLike,
                    device: str = "auto", progress: bool = True, augment: int = 1,
-                   stats_from: str | os.PathLike | None = None) -> dict:
+                   stats_from: str | os.PathLike | None = None, refresh_maps: bool = False) -> dict:
     """(g, c, f) of every scene of a voxel folder, for stage 3.
 
     ``augment`` 4 or 8 also encodes every TRAIN scene turned by 90, 180 and 270 degrees about
@@ -193,6 +195,11 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     index keeps instead of its own (e.g. an ``augment`` 4 copy of a folder whose levels were
     trained: a level retrained on the copy then standardises as they do, and combines with
     them in one run; the loader requires one set of statistics for all levels).
+
+    The maps carry the look (``bev`` 15 x X x Y, ``bev_grid(..., look=True)``) when every
+    scene's bev.npz has one (``nfldm data add-look``). ``refresh_maps``: files already encoded
+    get their ``bev`` written again from the dataset's current maps (their latents kept, nothing
+    encoded): how a folder encoded before ``add-look`` gains the look.
     """
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {sorted(AUGMENTS)}, got {augment}")
@@ -218,6 +225,12 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     if not all(s["name"] in maps for s in index["scenes"]):
         maps = {}           # all or none: a folder's scenes all carry a map, or none does
     map_size = int(index["grid"][0])        # the maps at the voxel grid's X x Y footprint
+    look = bool(maps) and all(has_look(read_bev_file(p)) for p in maps.values())
+
+    def scene_map(name: str, rot: int, flip: bool):
+        bev = bev_grid(read_bev_file(maps[name]), map_size, look=look)
+        return bev if (rot, flip) == (0, False) else dihedral_voxels(bev[..., None], rot, flip)[..., 0]
+
     source = (None, None)   # (name, voxels) of the last scene read: its copies come in a row
     for s, rot, flip in tqdm(jobs, desc="encoding latents", unit="scene", disable=not progress):
         name = augmented_name(s["name"], rot, flip)
@@ -237,12 +250,15 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
                     raise DataError(f"{path}: made by another latent-ae run or weights; encode into a new folder")
                 if any(tuple(fshapes.get(k, ())) != tuple(v) for k, v in shapes.items()):
                     raise DataError(f"{path}: latent shapes {fshapes} differ from {shapes}")
+                if refresh_maps and maps:
+                    t, meta = read_safetensors(path)
+                    write_safetensors(path, {**t, "bev": scene_map(s["name"], rot, flip)}, meta)
                 skipped += 1
                 continue
         if source[0] != s["name"]:
             vox = load_voxels(voxels, s["name"], index)
             if maps:
-                vox["bev"] = bev_grid(read_bev_file(maps[s["name"]]), map_size)
+                vox["bev"] = scene_map(s["name"], 0, False)
             source = (s["name"], vox)
         vox = source[1]
         if (rot, flip) != (0, False):
@@ -263,7 +279,7 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     bev = {}
     if maps:
         train = [read_bev_file(maps[s["name"]]) for s in index["scenes"] if s["split"] == "train"]
-        bev = {"bev": {"channels": GRID_CHANNELS, "size": map_size,
+        bev = {"bev": {"channels": GRID_CHANNELS + (LOOK_CHANNELS if look else 0), "look": look, "size": map_size,
                        "typical_heights": list(typical_heights(train)) if train else [0.0, 3.5]}}
     atomic_write_json(out / INDEX_FILE, {
         "format": LATENT_FORMAT, "version": LATENT_VERSION, "latent_ae": lae_id,

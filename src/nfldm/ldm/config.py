@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from nfldm.config import copy_preset, dataclass_from_dict, dict_without_added
-from nfldm.data.bev import GRID_CHANNELS
+from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS
 from nfldm.ldm.trajectory import COVERAGE_CHANNELS
 from nfldm.trainer import TrainConfig
 
@@ -83,6 +83,13 @@ class LDMConfig:
     bev_maps: bool = True
     bev_width: int = 32                  # the BEV encoder's channels
     bev_map_channels: int = 8
+    # the map's look too (``--set bev_look=true``; the latent folder's maps must carry it: ``nfldm
+    # data add-look``, ``encode-latents --refresh-maps``): sector light and the mean colours of the
+    # floor / ceiling flats and wall textures, 11 more channels (the last one the look's presence),
+    # appended after the geometry's. In training a sample's look alone is dropped (zeros) with
+    # ``bev_look_drop``, so the level also follows maps without one (drawn floor plans)
+    bev_look: bool = False
+    bev_look_drop: float = 0.2
     # opt-in classifier-free guidance on g (psi_c / psi_f): in training a sample's global vector
     # (g, or [g, traj]) is replaced by zeros with this probability, so the level also learns
     # the unconditional model; `nfldm sample --g-guidance S` then extrapolates from it towards
@@ -144,6 +151,8 @@ class LDMConfig:
                              "only) brings the map in")
         if self.bev and (self.bev_size < 8 or self.bev_size % 8):
             raise ValueError(f"bev_size must be a multiple of 8 (the encoder halves it 3 times), got {self.bev_size}")
+        if not 0.0 <= self.bev_look_drop <= 1.0:
+            raise ValueError(f"bev_look_drop must be in [0, 1], got {self.bev_look_drop}")
         if self.mlp_width % self.mlp_heads:
             raise ValueError(f"mlp_width {self.mlp_width} must be divisible by mlp_heads {self.mlp_heads}")
 
@@ -152,10 +161,15 @@ class LDMConfig:
         return 9 * self.traj_frames
 
     @property
+    def bev_channels(self) -> int:
+        """Channels of the BEV condition tensor the level reads: 4 (geometry), + 11 with ``bev_look``."""
+        return GRID_CHANNELS + (LOOK_CHANNELS if self.bev_look else 0)
+
+    @property
     def bev_map_total(self) -> int:
         """BEV-map channels psi_c / psi_f add to their input: the map, the learned channels and
         the presence channel (0 without ``bev`` / ``bev_maps``, and for psi_g)."""
-        return GRID_CHANNELS + self.bev_map_channels + 1 if self.bev and self.bev_maps and self.level != "g" else 0
+        return self.bev_channels + self.bev_map_channels + 1 if self.bev and self.bev_maps and self.level != "g" else 0
 
     @property
     def map_channels(self) -> int:
@@ -266,7 +280,7 @@ def preset(name: str) -> LDMPreset:
 ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, "traj_map_aspect": 1.0,
                 "input_perturbation": 0.0, "loss_weight": "uniform", "g_drop_prob": 0.0,
                 "bev": False, "bev_size": 64, "bev_tokens": True, "bev_maps": True, "bev_width": 32,
-                "bev_map_channels": 8}
+                "bev_map_channels": 8, "bev_look": False, "bev_look_drop": 0.2}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:

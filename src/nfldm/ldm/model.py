@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfldm.data.bev import GRID_CHANNELS
+from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS
 from nfldm.ldm.config import LDMConfig
 from nfldm.ldm.trajectory import camera_coverage
 
@@ -121,24 +121,27 @@ class CondTokens(nn.Module):
 
 
 class BEVEncoder(nn.Module):
-    """A small CNN over the BEV map (B x 4 x S x S: wall, inside, floor, ceiling;
-    :func:`nfldm.data.bev.bev_grid`): a conv stem, then stride-2 convs down to S/8. The stem runs
+    """A small CNN over the BEV map (B x C x S x S, C = ``cfg.bev_channels``: wall, inside, floor,
+    ceiling, and with ``bev_look`` the look's 11; :func:`nfldm.data.bev.bev_grid`): a conv stem, then stride-2 convs down to S/8. The stem runs
     at S only for a level whose maps are at S (psi_f); psi_g and psi_c first pool the map to
     S/2 (walls max-pooled, the rest averaged), which quarters the encoder's cost.
 
     :meth:`forward` -> tokens B x (S/8)^2 x ``dim`` for the cross-attention (a 1 x 1 conv of the
-    S/8 features plus a learned position embedding), and maps B x (4 + k + 1) x H x W over the
-    level's footprint: the map itself pooled to H x W (walls max-pooled, the rest averaged), k
-    learned channels (a 1 x 1 conv of the features at H, or of the stem's pooled to H) and a
-    presence channel of ones."""
+    S/8 features plus a learned position embedding), and maps B x (C + k + 1) x H x W over the
+    level's footprint: the map's geometry pooled to H x W (walls max-pooled, the rest averaged), k
+    learned channels (a 1 x 1 conv of the features at H, or of the stem's pooled to H), a
+    presence channel of ones, and with ``bev_look`` the look pooled to H x W (last, so a level
+    trained without it widens to it: :func:`nfldm.ldm.train.init_level_from`). A map with more
+    channels than the level reads (the look, for a level without ``bev_look``) is cut to its
+    first C."""
 
     def __init__(self, cfg: LDMConfig, size: tuple[int, int] | None):
         super().__init__()
         w, S = cfg.bev_width, cfg.bev_size
-        self.size, self.S = size, S
+        self.size, self.S, self.channels = size, S, cfg.bev_channels
         self.start = S if size is not None and size[0] >= S else S // 2      # the stem's resolution
         act = nn.SiLU()
-        self.stem = nn.Sequential(nn.Conv2d(GRID_CHANNELS, w, 3, padding=1), act, nn.Conv2d(w, w, 3, padding=1), act)
+        self.stem = nn.Sequential(nn.Conv2d(self.channels, w, 3, padding=1), act, nn.Conv2d(w, w, 3, padding=1), act)
         n_down = 3 if self.start == S else 2
         self.down = nn.ModuleList([nn.Sequential(nn.Conv2d(a, 2 * w, 3, stride=2, padding=1), act)
                                    for a in (w, 2 * w, 2 * w)[:n_down]])
@@ -163,9 +166,14 @@ class BEVEncoder(nn.Module):
         return torch.cat([F.adaptive_max_pool2d(bev[:, :1], size), F.adaptive_avg_pool2d(bev[:, 1:], size)], 1)
 
     def forward(self, bev: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """-> (tokens B x (S/8)^2 x dim or None, maps B x (4 + k + 1) x H x W or None)."""
-        if bev.dim() != 4 or bev.shape[1] != GRID_CHANNELS or tuple(bev.shape[2:]) != (self.S, self.S):
-            raise ValueError(f"the BEV map must be B x {GRID_CHANNELS} x {self.S} x {self.S}, got {tuple(bev.shape)}")
+        """-> (tokens B x (S/8)^2 x dim or None, maps B x (C + k + 1) x H x W or None)."""
+        C = self.channels
+        if bev.dim() != 4 or bev.shape[1] not in {C, GRID_CHANNELS + LOOK_CHANNELS} or tuple(bev.shape[2:]) != (self.S, self.S):
+            need = f"{C}" if C > GRID_CHANNELS else f"{GRID_CHANNELS} (or {GRID_CHANNELS + LOOK_CHANNELS} with the look)"
+            hint = ("; this level reads the map's look (bev_look): its latents' maps must carry it (nfldm data add-look, "
+                    "encode-latents --refresh-maps)" if C > GRID_CHANNELS and bev.dim() == 4 and bev.shape[1] == GRID_CHANNELS else "")
+            raise ValueError(f"the BEV map must be B x {need} x {self.S} x {self.S}, got {tuple(bev.shape)}{hint}")
+        bev = bev[:, :C]
         bev = bev.to(self.stem[0].weight.dtype)
         x = bev if self.start == self.S else self.pool(bev, self.start)
         feats = [self.stem(x)]
@@ -181,7 +189,8 @@ class BEVEncoder(nn.Module):
             if tuple(f.shape[-2:]) != (H, W):
                 f = F.adaptive_avg_pool2d(f, (H, W))
             raw = self.pool(bev, (H, W))
-            maps = torch.cat([raw, self.to_map(f), torch.ones_like(raw[:, :1])], 1)
+            maps = torch.cat([raw[:, :GRID_CHANNELS], self.to_map(f), torch.ones_like(raw[:, :1]),
+                              raw[:, GRID_CHANNELS:]], 1)
         return tokens, maps
 
 
@@ -446,6 +455,12 @@ class LevelDiffusion(nn.Module):
         if cond is None and self.cfg.cond_dim > 0:
             raise ValueError(f"cond_dim = {self.cfg.cond_dim} but the latents hold no condition tokens")
         drop = (torch.rand(B, device=x0.device) < self.cfg.cond_drop_prob) if cond is not None else None
+        if self.cfg.bev and self.cfg.bev_look and cond is not None and self.cfg.bev_look_drop > 0:
+            if cond.shape[1] < self.cfg.bev_channels:
+                raise ValueError(f"this level reads the map's look (bev_look) but the latents' maps have {cond.shape[1]} "
+                                 "channels (nfldm data add-look, then encode-latents --refresh-maps)")
+            keep = (torch.rand(B, device=x0.device) >= self.cfg.bev_look_drop).to(cond.dtype)
+            cond = torch.cat([cond[:, :GRID_CHANNELS], cond[:, GRID_CHANNELS:] * keep[:, None, None, None]], 1)
         tokens, maps = self.condition(cond, B, drop)
         ctx = self.context(batch)
         if maps is not None:

@@ -133,7 +133,7 @@ def init_level_from(model: LevelDiffusion, run: str | os.PathLike, stats: dict |
             w[:, :b.shape[1]] = b
             load[k], widened = w, widened + [k]
     model.load_state_dict(load, strict=False)
-    if model.bev is not None and model.bev.to_tokens is not None:
+    if model.bev is not None and model.bev.to_tokens is not None and base.bev is None:
         with torch.no_grad():
             model.bev.to_tokens.weight.zero_()
             model.bev.to_tokens.bias.copy_(model.tokens.null.reshape(-1))
@@ -204,6 +204,9 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume,
         if cfg.bev and not ds.has_bev:
             raise ValueError(f"{latents}: bev=true but the latents hold no BEV maps (nfldm encode-latents stores "
                              "them when the dataset's scenes have a bev.npz; encode into a new folder)")
+        if cfg.bev and cfg.bev_look and not index.get("bev", {}).get("look"):
+            raise ValueError(f"{latents}: bev_look=true but the latents' maps carry no look (nfldm data add-look on "
+                             "the dataset, then nfldm encode-latents --refresh-maps)")
         if tcfg.batch_size > len(ds):
             warnings.warn(f"level {lv}: batch_size {tcfg.batch_size} is larger than the {len(ds)} train scenes "
                           f"of {latents}; using batch_size={len(ds)}")

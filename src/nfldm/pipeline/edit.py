@@ -495,7 +495,7 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
         n = max(d, int(round(auto_size / cell / d)) * d)
         box = viewed_box(V0, scene.bounds, scene.path, scene.intrinsics, n, d)
     region = footprint_masks(box, scene.bounds, f_size, c_size)
-    bev_t = None if bev_map is None else bev_grid(bev_map, cm.cfg.bev_size)
+    bev_t = None if bev_map is None else bev_grid(bev_map, cm.cfg.bev_size, look=True)
     traj = encode_trajectory(scene.path.double(), scene.bounds.double(), models["g"].cfg.traj_frames).float()
     t_start = time.perf_counter()
     new = inpaint_latents(models, pipe["stats"], scene.g, traj, scene.c, scene.f, region["c"], region["f"], steps,

@@ -216,7 +216,7 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
             wb = scene.bounds.clone()
             wb[:, axis] += sign * k * s * cell
             bev_t = bev_grid(crop_bev(bev_map, [float(wb[0, 0]), float(wb[0, 1]), float(wb[1, 0]), float(wb[1, 1])]),
-                             cm.cfg.bev_size)
+                             cm.cfg.bev_size, look=True)
         new = inpaint_latents(models, pipe["stats"], scene.g, traj, c_known, f_known, region_c, region_f, steps, jump,
                               resample, seed + k, bev=bev_t, guidance=guidance)
         cs.append(new["c"])

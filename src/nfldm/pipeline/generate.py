@@ -314,7 +314,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
             raise ValueError(f"{run}: its levels were not trained on BEV maps; sample a run trained with "
                              "--set bev=true (or leave out --run for the bundle's bev levels)")
         # once per condition; sample i follows condition i // num
-        bev = torch.stack([bev_grid(c.bev, gm.cfg.bev_size) for c in conditions]).repeat_interleave(num, 0)
+        bev = torch.stack([bev_grid(c.bev, gm.cfg.bev_size, look=True) for c in conditions]).repeat_interleave(num, 0)
     if path_from_scene or own_latents is not None:
         scene_paths = [scene_path(c, bounds) for c in conditions]
         paths = [scene_paths[i // num] for i in range(total)]
