@@ -344,7 +344,8 @@ def test_look_levels_drop_the_look_and_widen_from_a_level_without_it(tmp_path):
     cfg = replace(cfg0, bev_look=True)
     model = LevelDiffusion(cfg)
     rec = init_level_from(model, run, None)
-    assert set(rec["widened"]) == {"bev.stem.0.weight", "net.unet.conv_in.weight"} and not rec["fresh"]
+    assert set(rec["widened"]) == {"bev.stem.0.weight", "net.unet.conv_in.weight",
+                                   "net.unet.class_embedding.linear_1.weight"} and not rec["fresh"]
     B = 2
     batch = batch_for(cfg0, B)
     look = torch.stack([bev_grid(with_look(make_bev(k), seed=k), cfg.bev_size, look=True) for k in range(B)])
@@ -357,6 +358,14 @@ def test_look_levels_drop_the_look_and_widen_from_a_level_without_it(tmp_path):
         assert torch.allclose(guided_prediction(model, x, t, ctx, look, 1.0), before, atol=1e-5)
     with pytest.raises(ValueError, match="reads the map's look"):
         model.condition(batch["bev"], B)
+    # the map's mean look joins the global vector (FiLM): light 0.6 everywhere inside, presence 1;
+    # all zero for a dropped map
+    _, maps = model.condition(look, B)
+    mean = model.mean_look(maps)
+    assert mean.shape == (B, 11) and torch.allclose(mean[:, 0], torch.tensor(0.6), atol=1e-5) and (mean[:, 10] == 1).all()
+    _, dropped = model.condition(look, B, drop=torch.tensor([True, True]))
+    assert (model.mean_look(dropped) == 0).all()
+    assert model.global_vector({**ctx, "bev_maps": maps}).shape == (B, cfg.context_dim)
     # once the look's weights are trained (here: random) the look matters; dropped alone (bev_look_drop
     # 1) the loss is that of the map without its look
     with torch.no_grad():

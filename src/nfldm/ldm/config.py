@@ -86,7 +86,10 @@ class LDMConfig:
     # the map's look too (``--set bev_look=true``; the latent folder's maps must carry it: ``nfldm
     # data add-look``, ``encode-latents --refresh-maps``): sector light and the mean colours of the
     # floor / ceiling flats and wall textures, 11 more channels (the last one the look's presence),
-    # appended after the geometry's. In training a sample's look alone is dropped (zeros) with
+    # appended after the geometry's; psi_c / psi_f also get the look averaged over the map (11
+    # numbers) in their global vector (class embedding: FiLM in every resnet), since a look that
+    # is the same over the whole input map (a scene's overall light and palette) is mostly taken
+    # out again by the UNet's GroupNorms. In training a sample's look alone is dropped (zeros) with
     # ``bev_look_drop``, so the level also follows maps without one (drawn floor plans)
     bev_look: bool = False
     bev_look_drop: float = 0.2
@@ -183,7 +186,12 @@ class LDMConfig:
         with ``g_with_traj``); 0 when there is no g (coarse-only)."""
         if self.g_dim == 0:
             return 0
-        return self.g_dim + (self.traj_dim if self.g_with_traj else 0)
+        return self.g_dim + (self.traj_dim if self.g_with_traj else 0) + self.look_dim
+
+    @property
+    def look_dim(self) -> int:
+        """Entries of the map's mean look in psi_c / psi_f's global vector (``bev_look``)."""
+        return LOOK_CHANNELS if self.bev and self.bev_look and self.bev_maps and self.level != "g" else 0
 
 
 @dataclass

@@ -130,7 +130,7 @@ class BEVEncoder(nn.Module):
     S/8 features plus a learned position embedding), and maps B x (C + k + 1) x H x W over the
     level's footprint: the map's geometry pooled to H x W (walls max-pooled, the rest averaged), k
     learned channels (a 1 x 1 conv of the features at H, or of the stem's pooled to H), a
-    presence channel of ones, and with ``bev_look`` the look pooled to H x W (last, so a level
+    presence channel of ones, and with ``bev_look`` the look pooled to H x W (:meth:`pool_look`; last, so a level
     trained without it widens to it: :func:`nfldm.ldm.train.init_level_from`). A map with more
     channels than the level reads (the look, for a level without ``bev_look``) is cut to its
     first C."""
@@ -165,6 +165,22 @@ class BEVEncoder(nn.Module):
         """The map at another size: walls max-pooled, the other channels averaged."""
         return torch.cat([F.adaptive_max_pool2d(bev[:, :1], size), F.adaptive_avg_pool2d(bev[:, 1:], size)], 1)
 
+    @staticmethod
+    def pool_look(bev: Tensor, size) -> Tensor:
+        """The look's channels of a map (B x 15 x S x S; B x 0 x H x W for a 4-channel one) at
+        another size, each averaged over where it is defined: light and the floor / ceiling
+        colours over the inside cells, the wall colour over the wall cells (0 where there are
+        none), the presence averaged."""
+        if bev.shape[1] <= GRID_CHANNELS:
+            return bev[:, :0].new_zeros(bev.shape[0], 0, *size)
+        look = bev[:, GRID_CHANNELS:]
+        out = []
+        for sl, support in ((slice(0, 7), bev[:, 1:2] > 0), (slice(7, 10), bev[:, 0:1] > 0)):
+            w = support.to(bev.dtype)
+            frac = F.adaptive_avg_pool2d(w, size)
+            out.append(F.adaptive_avg_pool2d(look[:, sl] * w, size) / frac.clamp(min=1e-6) * (frac > 0))
+        return torch.cat([*out, F.adaptive_avg_pool2d(look[:, 10:], size)], 1)
+
     def forward(self, bev: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """-> (tokens B x (S/8)^2 x dim or None, maps B x (C + k + 1) x H x W or None)."""
         C = self.channels
@@ -188,9 +204,9 @@ class BEVEncoder(nn.Module):
             f = feats[self.map_from]
             if tuple(f.shape[-2:]) != (H, W):
                 f = F.adaptive_avg_pool2d(f, (H, W))
-            raw = self.pool(bev, (H, W))
-            maps = torch.cat([raw[:, :GRID_CHANNELS], self.to_map(f), torch.ones_like(raw[:, :1]),
-                              raw[:, GRID_CHANNELS:]], 1)
+            raw = self.pool(bev[:, :GRID_CHANNELS], (H, W))
+            maps = torch.cat([raw, self.to_map(f), torch.ones_like(raw[:, :1]),
+                              self.pool_look(bev, (H, W))], 1)
         return tokens, maps
 
 
@@ -407,6 +423,17 @@ class LevelDiffusion(nn.Module):
         self._bev_cache = None           # weights may change: encode the map again
         return super().train(mode)
 
+    @staticmethod
+    def mean_look(maps: Tensor) -> Tensor:
+        """The map's look averaged over the level's footprint, from its BEV maps (B x C x H x W,
+        the look's 11 channels last, :class:`BEVEncoder`): light and the floor / ceiling colours
+        weighted by the inside channel, the wall colour by the walls, and the look's presence ->
+        B x 11 (all 0 for a dropped map or look)."""
+        look, wall, inside = maps[:, -LOOK_CHANNELS:].float(), maps[:, 0:1].float(), maps[:, 1:2].float()
+        by = lambda x, w: (x * w).sum((2, 3)) / w.sum((2, 3)).clamp(min=1e-6)     # noqa: E731
+        return torch.cat([by(look[:, :7], inside), by(look[:, 7:10], (wall > 0).float()),
+                          look[:, 10:].mean((2, 3))], 1)
+
     def null_bev_maps(self, batch: int) -> Tensor:
         """The BEV maps of a dropped / absent map: B x C x H x W zeros."""
         H, W = self.map_size
@@ -422,7 +449,8 @@ class LevelDiffusion(nn.Module):
 
     def global_vector(self, ctx: dict) -> Tensor | None:
         """What psi_c / psi_f's class embedding sees: B x cfg.context_dim, [g, traj] with
-        ``g_with_traj``, else g; None without g (coarse-only)."""
+        ``g_with_traj``, else g, then with ``bev_look`` the map's mean look (:meth:`mean_look`);
+        None without g (coarse-only)."""
         g = ctx.get("g")
         if g is None or self.cfg.context_dim == 0:
             return None
@@ -430,6 +458,11 @@ class LevelDiffusion(nn.Module):
             if "traj" not in ctx:
                 raise ValueError("this level is conditioned on [g, traj] (g_with_traj) but no traj was given")
             g = torch.cat([g, ctx["traj"].to(g.dtype)], -1)
+        if self.cfg.look_dim:
+            maps = ctx.get("bev_maps")
+            look = (self.mean_look(maps) if maps is not None
+                    else torch.zeros(g.shape[0], self.cfg.look_dim, device=g.device))
+            g = torch.cat([g, look.to(g.dtype)], -1)
         if "g_keep" in ctx:      # guidance on g: rows with g_keep = 0 get the null (zero) vector
             g = g * ctx["g_keep"].to(g.dtype).view(-1, 1)
         return g

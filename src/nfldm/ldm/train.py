@@ -94,10 +94,11 @@ def init_level_from(model: LevelDiffusion, run: str | os.PathLike, stats: dict |
     weights), ControlNet-style (Zhang et al. 2023): a conditional level fine-tuned from an
     unconditional one starts as exactly that model. Tensors of the same name and shape are
     copied; an input convolution that gained input channels (the BEV maps concatenated to the
-    noisy latent) keeps the old channels' weights and gets zeros for the new ones; the BEV
-    encoder's token projection starts at zero with the run's null token as its bias (so every
-    map token is the null token the unconditional level was trained with) and its position
-    embedding at zero. ``stats``: the latent statistics this model trains on; ValueError if
+    noisy latent), or a linear layer that gained inputs (the class embedding's, given the map's
+    mean look), keeps the old weights and gets zeros for the new inputs; when ``run``'s level has
+    no BEV encoder, the BEV encoder's token projection starts at zero with the run's null token
+    as its bias (so every map token is the null token the unconditional level was trained with)
+    and its position embedding at zero. ``stats``: the latent statistics this model trains on; ValueError if
     ``run``'s differ by more than 1 % of a standard deviation (the latents would mean something else).
     Returns the record stored in the run config (``init_from``)."""
     run = Path(run)
@@ -127,8 +128,8 @@ def init_level_from(model: LevelDiffusion, run: str | os.PathLike, stats: dict |
             continue
         if b.shape == v.shape:
             load[k] = b
-        elif (v.dim() == 4 and b.dim() == 4 and v.shape[0] == b.shape[0] and v.shape[2:] == b.shape[2:]
-              and v.shape[1] > b.shape[1]):          # a conv that gained input channels (appended last)
+        elif (v.dim() in (2, 4) and b.dim() == v.dim() and v.shape[0] == b.shape[0] and v.shape[2:] == b.shape[2:]
+              and v.shape[1] > b.shape[1]):          # a conv / linear that gained inputs (appended last)
             w = torch.zeros_like(v)
             w[:, :b.shape[1]] = b
             load[k], widened = w, widened + [k]
