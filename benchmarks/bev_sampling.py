@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--look-guidance", type=float, default=3.0,
+                    help="guidance on the map's look, for bev levels given it (nfldm sample's default 3)")
     ap.add_argument("--scenes", type=int, default=0, help="only N scenes spread over the split (0: all)")
     ap.add_argument("--json", default=None, help="also write the seconds per scene to this file")
     ap.add_argument("--device", default="auto")
@@ -68,10 +70,10 @@ def main() -> None:
     print(f"unconditional: {base:.3f} s/scene")
     pipe = load_pipeline(args.bev_run, args.device)
     S = pipe["models"]["g"].cfg.bev_size
-    bev = torch.stack([bev_grid(c.bev, S) for c in conds])
+    bev = torch.stack([bev_grid(c.bev, S, look=True) for c in conds])
     res = {"scenes": n, "unconditional": base, "bev": {}}
     for g in args.guidance:
-        t = timed(pipe, bev=bev, guidance=g)
+        t = timed(pipe, bev=bev, guidance=g, look_guidance=args.look_guidance)
         res["bev"][f"{g:g}"] = t
         print(f"BEV-conditioned, guidance {g:g}: {t:.3f} s/scene ({t / base:.2f}x)")
     if args.json:

@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--bev-scenes", type=int, default=32, help="test scenes for the bev and edit parts")
     ap.add_argument("--stage1-scenes", type=int, default=64, help="test scenes for stage 1's views")
     ap.add_argument("--parts", default=",".join(PARTS))
+    ap.add_argument("--look-guidance", type=float, default=3.0,
+                    help="guidance on the map's look for bev levels given it (nfldm sample's default 3)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-card", action="store_true",
                     help="do not put the table in the release bundle's model card (done by default)")
@@ -131,6 +133,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     T = Targets()
     common = dict(sampler="dpm", steps=20, seed=0, device=args.device, progress=False)
+    # the bev levels given the map's look sample with look guidance, as nfldm sample does by default
+    look = dict(look_guidance=args.look_guidance)
 
     def uncond(name: str, run: Path) -> Path:
         d = out / f"uncond_{name}"
@@ -199,7 +203,7 @@ def main() -> None:
             t = 0.0
             if not (d / "samples.json").is_file():
                 t0 = time.perf_counter()
-                sample(run, num=1, out=d, conditions=cs, path_from_scene=True, **common, **kw)
+                sample(run, num=1, out=d, conditions=cs, path_from_scene=True, **common, **look, **kw)
                 t = (time.perf_counter() - t0) / len(cs)
                 (d / "seconds_per_scene.txt").write_text(f"{t}\n")
             else:
@@ -215,7 +219,8 @@ def main() -> None:
         # fine-tuned renderer (the float32 run of the bundle's)
         rend = rel / "renderer" if (rel / "renderer" / "config.json").is_file() else None
         own, _ = along("own", ldm, conds, own_latents=latents, renderer=rend)
-        cmd = (f"nfldm sample --run BUNDLE/bev --bev {data} --split test --path-from-scene ({len(conds)} "
+        cmd = (f"nfldm sample --run BUNDLE/bev --bev {data} --split test --path-from-scene --look-guidance "
+               f"{args.look_guidance:g} ({len(conds)} "
                f"test scenes spread over the split) --sampler dpm --steps 20 --seed 0; --run BUNDLE "
                f"--path-from-scene {data}; --run {ldm} --own-latents {latents} --renderer {rel / 'renderer'}; "
                "nfldm eval generation")
@@ -247,13 +252,14 @@ def main() -> None:
         if not tj.is_file():
             _run([sys.executable, "benchmarks/bev_sampling.py", "--run", str(bundle), "--bev-run", str(bev_run),
                   "--data", str(data), "--scenes", str(args.bev_scenes), "--guidance", "1", "--repeat", "1",
+                  "--look-guidance", str(args.look_guidance),
                   "--device", args.device, "--json", str(tj)])
         tt = json.loads(tj.read_text())
         T.add("BEV: latent sampling seconds per scene, conditional / unconditional (same process)",
               f"{tt['bev']['1']:.2f} / {tt['unconditional']:.2f}", None, "<= 1.5x",
               tt["bev"]["1"] <= 1.5 * tt["unconditional"],
               f"python benchmarks/bev_sampling.py --run BUNDLE --bev-run BUNDLE/bev --data {data} "
-              f"--scenes {args.bev_scenes} --guidance 1 --repeat 1")
+              f"--scenes {args.bev_scenes} --guidance 1 --repeat 1 --look-guidance {args.look_guidance:g}")
     if "edit" in parts:
         print(f"[edit] {len(conds)} maps unedited, erased, with a pillar (guidance 4)", flush=True)
         plain, _ = along("g4", bev_run, conds, guidance=4.0)
@@ -265,7 +271,8 @@ def main() -> None:
             flag = "--erase-box -3 -3 3 3" if name == "erase" else "--add-wall-box -2 -2 2 2"
             T.add(f"BEV edit ({name}): wall IoU with the map given, edited vs unedited", f"{iou:.3f} vs {iou0:.3f}",
                   None, "within 10 %", abs(iou - iou0) <= 0.1 * iou0,
-                  f"nfldm sample --run BUNDLE/bev --bev {data} --split test --path-from-scene --guidance 4 {flag}")
+                  f"nfldm sample --run BUNDLE/bev --bev {data} --split test --path-from-scene --guidance 4 "
+                  f"--look-guidance {args.look_guidance:g} {flag}")
     if "refine" in parts:
         print("[refine] score distillation of the release's samples", flush=True)
         d = out / "refine"

@@ -372,6 +372,19 @@ def test_look_levels_drop_the_look_and_widen_from_a_level_without_it(tmp_path):
         model.bev.stem[0].weight[:, 4:].normal_(0, 0.5)
         model.net.unet.conv_in.weight[:, -(cfg.bev_map_total - cfg0.bev_map_total):].normal_(0, 0.5)
     no_look = torch.cat([look[:, :4], torch.zeros_like(look[:, 4:])], 1)
+    # guidance on the look alone: u_l + s (p - u_l), u_l given the map without its look; the model
+    # encodes each of the two maps once over the steps (its cache keeps both)
+    model.eval()
+    with torch.no_grad():
+        p = guided_prediction(model, x, t, ctx, look, 2.0)
+        u = guided_prediction(model, x, t, ctx, no_look, 2.0)
+        assert not torch.allclose(p, u)
+        assert torch.allclose(guided_prediction(model, x, t, ctx, look, 2.0, look_guidance=3.0), u + 3.0 * (p - u), atol=1e-5)
+        assert torch.equal(guided_prediction(model, x, t, ctx, look, 2.0, look_guidance=1.0), p)
+        assert torch.equal(guided_prediction(base, x, t, ctx, look, 1.0, look_guidance=3.0),
+                           guided_prediction(base, x, t, ctx, look, 1.0))          # a level without the look
+        assert model.without_look(look) is model.without_look(look) and len(model._bev_cache) == 2
+    model.train()
     losses = {}
     for p in (0.0, 1.0):
         m = LevelDiffusion(replace(cfg, bev_look_drop=p, cond_drop_prob=0.0))

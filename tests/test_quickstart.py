@@ -241,6 +241,15 @@ def test_packaged_model_samples_without_run(tmp_path):
 
     lae_rc = json.loads((PACKAGED / "latent_ae" / "config.json").read_text())
     assert lae_rc["scene_ae"]["weights_hash"] == weights_hash(load_scene_ae(PACKAGED / "scene_ae", "cpu"))
+    # its bev levels follow a drawn floor plan (a map without a look; look guidance on by default)
+    plan = np.full((32, 32, 3), 255, np.uint8)
+    plan[[0, -1]] = plan[:, [0, -1]] = plan[16, :20] = 0
+    Image.fromarray(plan).save(tmp_path / "plan.png")
+    res = nfldm("sample", "--bev", str(tmp_path / "plan.png"), "--num", "1", "--sampler", "dpm", "--steps", "2",
+                "--frames", "2", "--out", str(tmp_path / "b"), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "b" / "samples.json").read_text())
+    assert summary["bev"] is True and summary["look_guidance"] == 3.0
 
 
 def test_user_errors_are_one_clear_line(run, tmp_path):
@@ -360,8 +369,9 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     Image.fromarray(plan).save(tmp_path / "rooms.png")
     for src in (scene, tmp_path / "rooms.png"):          # a map with its look, a floor plan without one
         res = nfldm("sample", "--run", str(look), "--bev", str(src), "--num", "1", "--sampler", "dpm", "--steps", "2",
-                    "--frames", "2", "--out", str(tmp_path / f"look_{src.stem}"), "--quiet")
+                    "--frames", "2", "--look-guidance", "2", "--out", str(tmp_path / f"look_{src.stem}"), "--quiet")
         assert res.returncode == 0, res.stderr[-3000:]
+        assert json.loads((tmp_path / f"look_{src.stem}" / "samples.json").read_text())["look_guidance"] == 2.0
     rc = json.loads((ldm / "c" / "config.json").read_text())
     assert rc["model"]["bev"] is True and rc["model"]["bev_size"] == index["bev"]["size"] and "bev" in rc
     # levels trained on the latents of another latent-ae are refused (the shipped bundle's is another;
@@ -539,8 +549,9 @@ def test_release_preset_config_and_plan():
     assert cfg.scene_ae_set == val and cfg.latent_ae_set == val and cfg.image_prior_set == val
     assert cfg.ldm_set == {**val, "g.mlp_width": 128, "c.block_out_channels": (48, 96), "c.norm_num_groups": 16,
                            "f.block_out_channels": (32, 64), "c.g_with_traj": True, "c.traj_map": True}
-    # psi_c is given the camera trajectory, and so is the BEV psi_c (map and path), as the shipped ones
-    assert cfg.bev_ldm_set == {}
+    # psi_c is given the camera trajectory, and so is the BEV psi_c (map and path), as the shipped ones;
+    # the BEV psi_c also reads the map's look
+    assert cfg.bev_ldm_set == {"c.bev_look": True}
     assert cfg.ldm_level_shares == (0.10, 0.60, 0.30)       # psi_c, the level that loses the layout, gets most
     assert (cfg.scene_ae_preset, cfg.latent_ae_preset, cfg.ldm_preset, cfg.image_prior_preset) == ("tiny",) * 4
     for p, sets in ((sae_preset("tiny"), cfg.scene_ae_set), (lae_preset("tiny"), cfg.latent_ae_set),

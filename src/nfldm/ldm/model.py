@@ -395,12 +395,14 @@ class LevelDiffusion(nn.Module):
             return self.tokens(cond, batch, drop, length), None
         null_len = self.bev.num_tokens if self.cfg.bev_tokens else 1
         if cond is not None and drop is None and not torch.is_grad_enabled():
-            # sampling: one map, many denoising steps: encode it once
-            cached = getattr(self, "_bev_cache", None)
-            if cached is not None and cached[0] is cond:
-                return cached[1]
+            # sampling: one map (two with look guidance: with and without its look), many
+            # denoising steps: encode each once
+            cache = getattr(self, "_bev_cache", None) or []
+            for c, out in cache:
+                if c is cond:
+                    return out
             out = self._condition_bev(cond, batch, None, null_len)
-            self._bev_cache = (cond, out)
+            self._bev_cache = (cache + [(cond, out)])[-2:]
             return out
         return self._condition_bev(cond, batch, drop, null_len)
 
@@ -422,6 +424,14 @@ class LevelDiffusion(nn.Module):
     def train(self, mode: bool = True):
         self._bev_cache = None           # weights may change: encode the map again
         return super().train(mode)
+
+    def without_look(self, cond: Tensor) -> Tensor:
+        """The BEV map ``cond`` (B x 15 x S x S) with its look's channels zero (as dropped in
+        training); the same tensor for the same map (so its encoding is cached)."""
+        kept = getattr(self, "_no_look", None)
+        if kept is None or kept[0] is not cond:
+            self._no_look = (cond, torch.cat([cond[:, :GRID_CHANNELS], torch.zeros_like(cond[:, GRID_CHANNELS:])], 1))
+        return self._no_look[1]
 
     @staticmethod
     def mean_look(maps: Tensor) -> Tensor:
@@ -538,14 +548,23 @@ def predicted_x0(model: "LevelDiffusion", out: Tensor, x_t: Tensor, t: Tensor | 
 
 @torch.no_grad()
 def guided_prediction(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, cond: Tensor | None,
-                      guidance: float = 1.0, g_guidance: float = 1.0) -> Tensor:
+                      guidance: float = 1.0, g_guidance: float = 1.0, look_guidance: float = 1.0) -> Tensor:
     """Classifier-free guidance: ``u + s (c - u)`` with u the prediction under the null token
     and c the one under ``cond`` (B x L x cond_dim); s = ``guidance``. Without a condition the
     (unconditional) prediction itself; with s = 1 the conditional prediction (one pass).
 
     ``g_guidance`` s_g, for a level trained with ``g_drop_prob`` > 0 (ignored otherwise): the
     same on the global vector, ``u_g + s_g (p - u_g)`` with p the prediction above and u_g the
-    one with g replaced by the null (zero) vector."""
+    one with g replaced by the null (zero) vector.
+
+    ``look_guidance`` s_l, for a level given the map's look (``bev_look``; ignored otherwise or
+    without a map): ``u_l + s_l (p - u_l)`` with u_l the prediction given the same map without its
+    look (which the level learned through ``bev_look_drop``): the look's effect alone amplified,
+    the geometry's left as ``guidance`` sets it."""
+    if look_guidance != 1.0 and cond is not None and model.cfg.bev and model.cfg.bev_look:
+        p = guided_prediction(model, x, t, ctx, cond, guidance, g_guidance)
+        u = guided_prediction(model, x, t, ctx, model.without_look(cond), guidance, g_guidance)
+        return u + look_guidance * (p - u)
     out = _cond_guided(model, x, t, ctx, cond, guidance)
     if g_guidance == 1.0 or model.cfg.g_drop_prob <= 0 or model.global_vector(ctx) is None:
         return out

@@ -32,12 +32,13 @@ __all__ = ["denoise", "sample_latents", "render_path"]
 def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, guidance: float,
             sampler: str, steps: int, generator: torch.Generator, progress: bool = False,
             desc: str = "", on_step=None, g_guidance: float = 1.0, known: tuple[Tensor, Tensor] | None = None,
-            guide: tuple[LevelDiffusion, dict, float] | None = None) -> Tensor:
+            guide: tuple[LevelDiffusion, dict, float] | None = None, look_guidance: float = 1.0) -> Tensor:
     """One level's reverse process from pure noise: standardised latents of shape
     ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
     ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
     step (experiments/sampling_drift.py). ``g_guidance``: classifier-free guidance on g
-    (:func:`~nfldm.ldm.model.guided_prediction`; only for a level trained with g_drop_prob).
+    (:func:`~nfldm.ldm.model.guided_prediction`; only for a level trained with g_drop_prob);
+    ``look_guidance``: on the map's look (only for a level trained with ``bev_look``).
 
     ``known`` = (values, mask): entries fixed by replacement (inpainting, Lugmayr et al. 2022
     without resampling): before every step the entries where ``mask`` (broadcast to x) is True
@@ -66,7 +67,7 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
             noise = torch.randn(x.shape, generator=generator).to(dev, x.dtype)
             x = torch.where(mask, fresh.add_noise(values, noise, t.reshape(1).to(dev)), x)
         inp = sched.scale_model_input(x, t)
-        out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance)
+        out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance, look_guidance)
         if guide is not None and guide[2] != 1.0:
             weak = guided_prediction(guide[0], inp, t.to(dev), guide[1], guide_cond, guide_guidance, g_guidance)
             out = weak + guide[2] * (out - weak)
@@ -96,7 +97,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                    steps: int = 50, seed: int = 0, cond: Tensor | None = None, guidance: float = 1.0,
                    batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0, bev: Tensor | None = None,
                    traj: Tensor | None = None, g: Tensor | None = None, c: Tensor | None = None,
-                   guides: dict[str, LevelDiffusion] | None = None, guide_scale: float = 1.0) -> dict:
+                   guides: dict[str, LevelDiffusion] | None = None, guide_scale: float = 1.0,
+                   look_guidance: float = 1.0) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -113,6 +115,9 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     psi_c and psi_f sample given it (e.g. a real scene's own g: what the global latent carries).
     ``c``: with ``g``, a known raw coarse latent (c_ch x X/d x Y/d x Zc, or num x ...): psi_c is not
     run either, psi_f samples given g and c (what psi_f alone costs).
+
+    ``look_guidance``: guidance on the map's look for levels trained with ``bev_look`` (see
+    :func:`~nfldm.ldm.model.guided_prediction`).
 
     ``guides``: {level: a denoiser of that level} guiding it with scale ``guide_scale`` (see
     :func:`denoise` ``guide``; same latent statistics and prediction type)."""
@@ -190,11 +195,12 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
             got["c_n"] = c_known[lo:hi].to(dev)
         elif cm is not None:
             got["c_n"] = denoise(cm, B, cm.context(sampled), cb, guidance, sampler, steps, gen, progress,
-                                 f"psi_c {tag}", g_guidance=g_guidance, guide=guide_of("c", sampled))
+                                 f"psi_c {tag}", g_guidance=g_guidance, guide=guide_of("c", sampled),
+                                 look_guidance=look_guidance)
         if fm is not None:
             got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, guidance, sampler, steps, gen,
                                  progress, f"psi_f {tag}", g_guidance=g_guidance,
-                                 guide=guide_of("f", {**sampled, "c": got["c_n"]}))
+                                 guide=guide_of("f", {**sampled, "c": got["c_n"]}), look_guidance=look_guidance)
         for k in keys:
             parts[k].append(got[k].float().cpu())
     out = {k: torch.cat(v) for k, v in parts.items()}

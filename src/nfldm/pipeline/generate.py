@@ -258,13 +258,14 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
            g_guidance: float = 1.0, renderer: str | os.PathLike | None = None,
            conditions: list[SceneCondition] | None = None, path_from_scene: bool = False,
            own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None,
-           own_c: bool = False) -> dict:
+           own_c: bool = False, look_guidance: float = 1.0) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
     num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
-    on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"). Returns the summary
-    written to ``out``/samples.json.
+    on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"); ``look_guidance``:
+    guidance on the map's look for the levels trained with ``bev_look`` (docs/ldm.md "The map's
+    look"). Returns the summary written to ``out``/samples.json.
 
     ``conditions`` (:func:`nfldm.pipeline.maps.conditions_from`): ``num`` samples per condition,
     each conditioned on its BEV map (levels trained with ``bev``; None: the bundle's ``bev/``
@@ -285,8 +286,9 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     if num < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
                          f"batch_size={batch_size})")
-    if not math.isfinite(guidance) or not math.isfinite(g_guidance):
-        raise ValueError(f"guidance and g_guidance must be finite numbers, got {guidance}, {g_guidance}")
+    if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
+        raise ValueError(f"guidance, g_guidance and look_guidance must be finite numbers, got {guidance}, {g_guidance}, "
+                         f"{look_guidance}")
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
     if (path_from_scene or own_latents is not None) and not (conditions and all(c.scene for c in conditions)):
@@ -325,7 +327,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     else:
         known = {} if own_g is None else _own_latents(own_g, per, rc, gm.cfg.traj_frames, bounds)
         lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
-                             g_guidance, bev=bev, traj=traj, g=known.get("g"), c=known.get("c") if own_c else None)
+                             g_guidance, bev=bev, traj=traj, g=known.get("g"), c=known.get("c") if own_c else None,
+                             look_guidance=look_guidance)
 
     H, W = sae.cfg.image_hw()
     side = min(H, W)                # the square pictures (top-down view, map), padded to H x W in the sheet
@@ -345,7 +348,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
             keys, path = render_path(lat["traj"][i], bounds, num_frames)
         meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
                 "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
-                "g_guidance": g_guidance}
+                "g_guidance": g_guidance, "look_guidance": look_guidance}
         if per:
             meta["scene"] = str(per[i].scene or per[i].source)
         record, frames, top = write_sample_folder(d, sae, V, {k: lat[k][i] for k in ("g", "c", "f") if k in lat},
@@ -369,7 +372,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                "latents": pipe["latents"],
                "num": total,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
-               "g_guidance": g_guidance,
+               "g_guidance": g_guidance, "look_guidance": look_guidance,
                "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, **image_size_record(sae.cfg),
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
                "contact_sheet_rows": len(rows),

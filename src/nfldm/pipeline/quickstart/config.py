@@ -273,6 +273,10 @@ PRESETS: dict[str, QuickstartConfig] = {
         # 20: docs/notes/2026-11-27-how-many-scenes-psi-c-fits.md); psi_g's 39 minutes are still
         # ~135,000 steps
         ldm_level_shares=(0.10, 0.60, 0.30),
+        # the BEV psi_c also reads the map's look (light, flat and texture colours: the collector
+        # writes them), as the shipped one does (paired LPIPS 0.440 -> 0.405 with nfldm sample's look
+        # guidance 3: docs/notes/2026-12-05-the-maps-look.md)
+        bev_ldm_set={"c.bev_look": True},
         image_prior_set={"val_every": 500, "patience": 8},
         # the tiny presets' speeds on the 2-core CPU, measured 2026-12-03 on the quickstart's data
         # (`nfldm train scene-ae --data out/qsdata --preset tiny --steps 40`: 76/min; `train latent-ae
