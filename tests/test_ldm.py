@@ -875,3 +875,22 @@ def test_train_scenes_limits_a_level_to_the_first_scenes(latents, ldm_run, tmp_p
                  "--preset", "smoke", "--steps", "1", "--train-scenes", str(n_train + 1), "--quiet"]) == 2
     line = _one_line_error(capsys)
     assert "index.json" in line and f"has {n_train}" in line
+
+
+def test_high_t_share_draws_high_noise_timesteps():
+    """high_t_share draws that share of the training timesteps from [high_t_from, T); 0 draws
+    exactly as before (uniform, the same random numbers); bad values are refused."""
+    cfg = preset("smoke").level("c").model
+    model = LevelDiffusion(cfg)
+    torch.manual_seed(0)
+    plain = model.draw_timesteps(4000, "cpu")
+    torch.manual_seed(0)
+    assert torch.equal(torch.randint(0, cfg.num_train_timesteps, (4000,)), plain)
+    high = LevelDiffusion(replace(cfg, high_t_share=0.5, high_t_from=900)).draw_timesteps(4000, "cpu")
+    share = (high >= 900).float().mean().item()
+    assert 0.5 < share < 0.6 and high.max() < cfg.num_train_timesteps      # 0.5 + 0.5 x 0.1
+    assert (LevelDiffusion(replace(cfg, high_t_share=1.0, high_t_from=950)).draw_timesteps(500, "cpu") >= 950).all()
+    with pytest.raises(ValueError, match="high_t_share"):
+        replace(cfg, high_t_share=1.5)
+    with pytest.raises(ValueError, match="high_t_from"):
+        replace(cfg, high_t_from=1000)

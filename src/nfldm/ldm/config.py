@@ -65,6 +65,12 @@ class LDMConfig:
     # eps + gamma xi (xi ~ N(0, I)) but keeps the target of eps, so the denoiser learns inputs a
     # little off the training data, as its own sampling path is (exposure bias; docs/ldm.md)
     input_perturbation: float = 0.0
+    # opt-in: this share of the training timesteps is drawn from the high-noise band t >= high_t_from
+    # (the rest uniform over all t). psi_c decides a scene's overall brightness in its first
+    # sampling step (SDEdit from t = 950 keeps it, from pure noise it is lost), a band uniform t
+    # gives 5 % of the steps (docs/notes/2026-12-05-the-maps-look.md)
+    high_t_share: float = 0.0
+    high_t_from: int = 900
     # condition tokens through cross-attention (classifier-free guidance)
     cond_dim: int = 0                    # width of the condition tokens in the data; 0 = none
     cross_attention_dim: int = 64        # width of the tokens inside the denoiser
@@ -135,6 +141,9 @@ class LDMConfig:
                              f"{self.traj_map_hfov}, {self.traj_map_aspect}")
         if self.traj_frames < 2:
             raise ValueError(f"traj_frames must be >= 2, got {self.traj_frames}")
+        if not 0.0 <= self.high_t_share <= 1.0 or not 0 <= self.high_t_from < self.num_train_timesteps:
+            raise ValueError(f"high_t_share must be in [0, 1] and high_t_from in [0, num_train_timesteps), got "
+                             f"{self.high_t_share}, {self.high_t_from}")
         if not 0.0 <= self.input_perturbation < 1.0:
             raise ValueError(f"input_perturbation must be in [0, 1), got {self.input_perturbation}")
         if not 0.0 <= self.g_drop_prob < 1.0:
@@ -288,7 +297,8 @@ def preset(name: str) -> LDMPreset:
 ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, "traj_map_aspect": 1.0,
                 "input_perturbation": 0.0, "loss_weight": "uniform", "g_drop_prob": 0.0,
                 "bev": False, "bev_size": 64, "bev_tokens": True, "bev_maps": True, "bev_width": 32,
-                "bev_map_channels": 8, "bev_look": False, "bev_look_drop": 0.2}
+                "bev_map_channels": 8, "bev_look": False, "bev_look_drop": 0.2,
+                "high_t_share": 0.0, "high_t_from": 900}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:

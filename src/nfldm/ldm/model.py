@@ -478,13 +478,23 @@ class LevelDiffusion(nn.Module):
         return g
 
     # ------------------------------------------------------------------ training
+    def draw_timesteps(self, batch: int, device) -> Tensor:
+        """Training timesteps (B): uniform over [0, T), with ``high_t_share`` of them drawn from
+        [high_t_from, T) instead."""
+        T = self.cfg.num_train_timesteps
+        t = torch.randint(0, T, (batch,), device=device)
+        if self.cfg.high_t_share > 0:
+            high = torch.rand(batch, device=device) < self.cfg.high_t_share
+            t = torch.where(high, torch.randint(self.cfg.high_t_from, T, (batch,), device=device), t)
+        return t
+
     def training_loss(self, batch: dict, step: int) -> tuple[Tensor, dict]:
         """Trainer protocol: MSE between the denoiser output and the prediction target at a
         uniformly drawn timestep; conditions dropped with probability ``cond_drop_prob``."""
         x0 = self.target(batch)
         B = x0.shape[0]
         noise = torch.randn_like(x0)
-        t = torch.randint(0, self.cfg.num_train_timesteps, (B,), device=x0.device)
+        t = self.draw_timesteps(B, x0.device)
         gamma = self.cfg.input_perturbation
         # DDPM-IP: the input carries eps + gamma xi, the target stays that of eps
         x_t = self.scheduler.add_noise(x0, noise + gamma * torch.randn_like(noise) if gamma else noise, t)
