@@ -388,8 +388,6 @@ def cmd_eval_generation(args) -> int:
 SCENE_AE_PRESETS = ("smoke", "tiny", "small", "paper")
 LATENT_AE_PRESETS = ("smoke", "tiny", "small", "paper")
 LDM_PRESETS = ("smoke", "tiny", "small", "paper")
-# nfldm sample --look-guidance: measured on the release model's 32 test maps (docs/ldm.md "The map's look")
-LOOK_GUIDANCE = 3.0
 
 
 def _add_train_args(p: argparse.ArgumentParser, presets: tuple[str, ...], out_help: str, set_help: str,
@@ -710,9 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (with --cond or --bev)")
     p.add_argument("--g-guidance", type=float, default=1.0,
                    help="classifier-free guidance scale on g, for levels trained with g_drop_prob > 0")
-    p.add_argument("--look-guidance", type=float, default=LOOK_GUIDANCE,
-                   help=f"guidance scale on the map's look (light, colours), for levels trained with bev_look "
-                        f"(the bundle's bev levels; default {LOOK_GUIDANCE}; 1: none)")
+    p.add_argument("--look-guidance", type=float, default=None,
+                   help="guidance scale on the map's look (light, colours), for levels trained with bev_look "
+                        "(the bundle's bev levels; default 3, nfldm.pipeline.generate.LOOK_GUIDANCE; 1: none)")
     p.add_argument("--cond", default=None,
                    help="safetensors file with a tensor 'cond' (L x cond_dim, or N x L x cond_dim) of condition tokens")
     p.add_argument("--bev", default=None, metavar="SRC",

@@ -59,11 +59,15 @@ from nfldm.scene_ae.render import sample_grid
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, read_json
 from nfldm.utils.video import write_video
 
-__all__ = ["sample", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT", "topdown_view",
+__all__ = ["sample", "LOOK_GUIDANCE", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT", "topdown_view",
            "write_sample_folder"]
 
 SAMPLE_FORMAT = "nfldm-sample"
 SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
+# guidance on the map's look for levels trained with bev_look (nfldm sample --look-guidance): measured on
+# the release model's 32 test maps, 3 closes 31 % of the paired-LPIPS gap at the unconditional FID, 6
+# 35 % at 3 points of FID (docs/ldm.md "The map's look")
+LOOK_GUIDANCE = 3.0
 
 
 # ----------------------------------------------------------------------------------------
@@ -258,14 +262,14 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
            g_guidance: float = 1.0, renderer: str | os.PathLike | None = None,
            conditions: list[SceneCondition] | None = None, path_from_scene: bool = False,
            own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None,
-           own_c: bool = False, look_guidance: float = 1.0) -> dict:
+           own_c: bool = False, look_guidance: float | None = None) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
     num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
     on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"); ``look_guidance``:
     guidance on the map's look for the levels trained with ``bev_look`` (docs/ldm.md "The map's
-    look"). Returns the summary written to ``out``/samples.json.
+    look"; None: :data:`LOOK_GUIDANCE`). Returns the summary written to ``out``/samples.json.
 
     ``conditions`` (:func:`nfldm.pipeline.maps.conditions_from`): ``num`` samples per condition,
     each conditioned on its BEV map (levels trained with ``bev``; None: the bundle's ``bev/``
@@ -286,6 +290,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     if num < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
                          f"batch_size={batch_size})")
+    look_guidance = LOOK_GUIDANCE if look_guidance is None else float(look_guidance)
     if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
         raise ValueError(f"guidance, g_guidance and look_guidance must be finite numbers, got {guidance}, {g_guidance}, "
                          f"{look_guidance}")
