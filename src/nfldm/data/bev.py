@@ -48,7 +48,7 @@ from nfldm.utils.plot import colorize
 
 __all__ = ["BEV_KEYS", "LOOK_KEYS", "GRID_CHANNELS", "LOOK_CHANNELS", "has_look", "HEIGHT_SCALE", "BEV_FILE", "read_bev", "read_bev_file", "read_floor_plan",
            "bev_grid", "erase_box", "add_wall_box", "write_bev", "bev_image", "typical_heights", "scene_bev_file",
-           "crop_bev", "square_box"]
+           "crop_bev", "square_box", "masked_mean_pool"]
 
 BEV_KEYS = ("wall", "inside", "floor", "ceiling")
 LOOK_KEYS = ("light", "floor_r", "floor_g", "floor_b", "ceiling_r", "ceiling_g", "ceiling_b", "wall_r", "wall_g", "wall_b")
@@ -194,16 +194,23 @@ def bev_grid(bev: dict, size: int, look: bool = False) -> Tensor:
     if has_look(bev):
         def pooled(keys, where):
             m = torch.from_numpy((np.asarray(where) > 0).astype(np.float32))[None, None]
-            a = torch.from_numpy(np.stack([np.nan_to_num(np.asarray(bev[k], np.float32)) for k in keys]))[None] * m
+            a = torch.from_numpy(np.stack([np.nan_to_num(np.asarray(bev[k], np.float32)) for k in keys]))[None]
             if m.shape[-1] < size:
                 a, m = (F.interpolate(x, size=(size, size), mode="nearest") for x in (a, m))
-            frac = F.adaptive_avg_pool2d(m, size)
-            return (F.adaptive_avg_pool2d(a, size) / frac.clamp(min=1e-6) * (frac > 0))[0]
+            return masked_mean_pool(a, m, size)[0]
         wall = np.asarray(bev["wall"]) > 0
         extra[:7] = pooled(LOOK_KEYS[:7], np.asarray(bev["inside"]) > 0)
         extra[7:10] = pooled(LOOK_KEYS[7:], wall & np.isfinite(np.asarray(bev["wall_r"])))
         extra[10] = 1.0
     return torch.cat([grid, extra], 0)
+
+
+def masked_mean_pool(values: Tensor, support: Tensor, size) -> Tensor:
+    """``values`` (B x C x H x W) averaged over the cells where ``support`` (B x 1 x H x W) is
+    > 0, pooled to ``size`` (adaptive): B x C x size; 0 where a pooled cell has no support."""
+    w = (support > 0).to(values.dtype)
+    frac = F.adaptive_avg_pool2d(w, size)
+    return F.adaptive_avg_pool2d(values * w, size) / frac.clamp(min=1e-6) * (frac > 0)
 
 
 def _geometry_grid(bev: dict, size: int) -> Tensor:

@@ -123,16 +123,13 @@ def wad_colours(path: str) -> dict[str, np.ndarray]:
 @functools.lru_cache(maxsize=None)
 def _wad_directory(path: str) -> dict[str, tuple[int, int]]:
     """Lump name -> (file offset, size) of the lumps of every map in a WAD, keyed "MAP01/LINEDEFS"."""
-    with open(path, "rb") as f:
-        _, count, offset = struct.unpack("<4sii", f.read(12))
-        f.seek(offset)
-        entries = np.frombuffer(f.read(16 * count), dtype=[("pos", "<i4"), ("size", "<i4"), ("name", "S8")])
-    names = [n.decode("ascii").upper() for n in entries["name"]]
+    entries = _wad_lumps(path)
+    names = [name for name, _, _ in entries]
     lumps = {}
     for i, name in enumerate(names):
         if names[i + 1 : i + 1 + len(_MAP_LUMPS)] == list(_MAP_LUMPS):  # a map marker
             for k, lump in enumerate(_MAP_LUMPS, i + 1):
-                lumps[f"{name}/{lump}"] = (int(entries["pos"][k]), int(entries["size"][k]))
+                lumps[f"{name}/{lump}"] = entries[k][1:]
     return lumps
 
 

@@ -399,6 +399,20 @@ def level_bev(scene_dir: str | os.PathLike, box, res_per_metre: float = 8.0) -> 
     a scene into. Returns a :mod:`nfldm.data.bev` dict (bounds_xy = the box). DataError naming
     the file when the scene was not collected by nfldm's ViZDoom collector."""
     from nfldm.data.bev import square_box
+
+    info, origin, units = _recorded_origin(scene_dir)
+    x0, y0, x1, y1 = square_box(box, "level map's box")
+    dm = DoomMap.from_wad(wad_path(info["wad"]), info["map"])
+    res = max(2, int(round((x1 - x0) * res_per_metre)))
+    bev = _rasterise_level(dm, origin, units, (x0, y0, x1, y1), res)
+    return {**{k: np.asarray(v, np.float32) for k, v in bev.items()},
+            "bounds_xy": np.asarray([[x0, y0], [x1, y1]], np.float32)}
+
+
+def _recorded_origin(scene_dir: str | os.PathLike) -> tuple[dict, np.ndarray, float]:
+    """(the ``nfldm`` block of a collected scene's transforms.json, the map origin of its frame in
+    map units, map units per metre); DataError naming the file when the scene was not collected by
+    nfldm's ViZDoom collector."""
     from nfldm.data.format import DataError
     from nfldm.utils.io import read_json
 
@@ -406,16 +420,15 @@ def level_bev(scene_dir: str | os.PathLike, box, res_per_metre: float = 8.0) -> 
     info = read_json(tf, "scene transforms", DataError).get("nfldm", {})
     if info.get("source") != "vizdoom" or "map_origin" not in info or "wad" not in info or "map" not in info:
         raise DataError(f"{tf}: not a scene of nfldm's ViZDoom collector (no nfldm.wad / map / map_origin)")
-    x0, y0, x1, y1 = square_box(box, "level map's box")
-    dm = DoomMap.from_wad(wad_path(info["wad"]), info["map"])
-    origin = np.asarray(info["map_origin"], dtype=np.float64)
-    units = float(info.get("map_units_per_metre", MAP_UNITS_PER_METRE))
-    lo = origin[:2] + np.array([x0, y0]) * units
-    hi = origin[:2] + np.array([x1, y1]) * units
-    res = max(2, int(round((x1 - x0) * res_per_metre)))
-    bev = dm.bev(lo, hi, res, origin[2], look=True)
-    return {**{k: np.asarray(v, np.float32) for k, v in bev.items()},
-            "bounds_xy": np.asarray([[x0, y0], [x1, y1]], np.float32)}
+    return info, np.asarray(info["map_origin"], dtype=np.float64), float(info.get("map_units_per_metre", MAP_UNITS_PER_METRE))
+
+
+def _rasterise_level(dm: DoomMap, origin: np.ndarray, units: float, box, res: int) -> dict:
+    """``dm``'s BEV map with its look, res x res cells over ``box`` (x0, y0, x1, y1 metres in the
+    frame of a scene whose origin is ``origin``)."""
+    x0, y0, x1, y1 = box
+    return dm.bev(origin[:2] + np.array([x0, y0]) * units, origin[:2] + np.array([x1, y1]) * units, res, origin[2],
+                  look=True)
 
 
 def add_look(data: str | os.PathLike, progress: bool = True) -> dict:
@@ -427,7 +440,6 @@ def add_look(data: str | os.PathLike, progress: bool = True) -> dict:
     Returns {"scenes", "added", "skipped"}."""
     from nfldm.data.bev import has_look, read_bev_file, scene_bev_file, write_bev
     from nfldm.data.format import DataError, read_dataset
-    from nfldm.utils.io import read_json
 
     data = Path(data)
     index = read_dataset(data)
@@ -442,18 +454,12 @@ def add_look(data: str | os.PathLike, progress: bool = True) -> dict:
         if has_look(bev):
             skipped += 1
             continue
-        info = read_json(scene / "transforms.json", "scene transforms", DataError).get("nfldm", {})
-        if info.get("source") != "vizdoom" or not {"map_origin", "wad", "map"} <= set(info):
-            raise DataError(f"{scene / 'transforms.json'}: not a scene of nfldm's ViZDoom collector (no nfldm.wad / "
-                            "map / map_origin): its look is not known")
+        info, origin, units = _recorded_origin(scene)
         key = (info["wad"], info["map"])
         if key not in maps:
             maps[key] = DoomMap.from_wad(wad_path(info["wad"]), info["map"])
-        dm = maps[key]
-        origin = np.asarray(info["map_origin"], np.float64)
-        units = float(info.get("map_units_per_metre", MAP_UNITS_PER_METRE))
-        b = np.asarray(bev["bounds_xy"], np.float64)
-        new = dm.bev(origin[:2] + b[0] * units, origin[:2] + b[1] * units, bev["wall"].shape[0], origin[2], look=True)
+        (x0, y0), (x1, y1) = np.asarray(bev["bounds_xy"], np.float64)
+        new = _rasterise_level(maps[key], origin, units, (x0, y0, x1, y1), bev["wall"].shape[0])
         if not (np.array_equal(new["wall"], bev["wall"]) and np.array_equal(new["inside"], bev["inside"])):
             raise DataError(f"{path}: its walls differ from the level's ({info['wad']} {info['map']}) at the recorded "
                             "origin; not adding a look that may not belong to it")

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS
+from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS, masked_mean_pool
 from nfldm.ldm.config import LDMConfig
 from nfldm.ldm.trajectory import camera_coverage
 
@@ -174,12 +174,9 @@ class BEVEncoder(nn.Module):
         if bev.shape[1] <= GRID_CHANNELS:
             return bev[:, :0].new_zeros(bev.shape[0], 0, *size)
         look = bev[:, GRID_CHANNELS:]
-        out = []
-        for sl, support in ((slice(0, 7), bev[:, 1:2] > 0), (slice(7, 10), bev[:, 0:1] > 0)):
-            w = support.to(bev.dtype)
-            frac = F.adaptive_avg_pool2d(w, size)
-            out.append(F.adaptive_avg_pool2d(look[:, sl] * w, size) / frac.clamp(min=1e-6) * (frac > 0))
-        return torch.cat([*out, F.adaptive_avg_pool2d(look[:, 10:], size)], 1)
+        return torch.cat([masked_mean_pool(look[:, :7], bev[:, 1:2], size),
+                          masked_mean_pool(look[:, 7:10], bev[:, 0:1], size),
+                          F.adaptive_avg_pool2d(look[:, 10:], size)], 1)
 
     def forward(self, bev: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """-> (tokens B x (S/8)^2 x dim or None, maps B x (C + k + 1) x H x W or None)."""
