@@ -394,3 +394,90 @@ def test_look_levels_drop_the_look_and_widen_from_a_level_without_it(tmp_path):
             losses[p, name] = m.training_loss({**batch, "bev": bev}, 0)[0]
     assert not torch.isclose(losses[0.0, "look"], losses[0.0, "none"])
     assert torch.isclose(losses[1.0, "look"], losses[1.0, "none"])
+
+
+def test_scene_look_is_a_global_latent_psi_g_samples_and_psi_c_follows(tmp_path):
+    """scene_look: the map's overall look (10 numbers) joins psi_g's [g, traj] and psi_c's global
+    vector; psi_c drops it in training (scene_look_drop) and look guidance amplifies it; a psi_c
+    widened from a level without it starts as exactly that level; sampling returns the look."""
+    from nfldm.data.bev import SCENE_LOOK_DIM, scene_look
+    from nfldm.ldm.sample import sample_latents
+    from nfldm.ldm.data import LatentStats
+    from nfldm.ldm.train import init_level_from
+
+    B = 3
+    maps = torch.stack([bev_grid(with_look(make_bev(k), light=0.2 + 0.2 * k, seed=k), 16, look=True) for k in range(B)])
+    look = scene_look(maps)
+    assert look.shape == (B, SCENE_LOOK_DIM) and torch.allclose(look[:, 0], torch.tensor([0.2, 0.4, 0.6]), atol=1e-5)
+    assert (scene_look(bev_grid(make_bev(0), 16, look=True)[None]) == 0).all()      # a map without a look
+    stats = dict(look_mean=tuple(look.mean(0).tolist()), look_std=tuple(look.std(0).clamp(min=1e-3).tolist()))
+    base = preset("smoke")
+    gcfg = replace(base.g.model, scene_look=True, **stats)
+    ccfg0 = replace(base.c.model, g_with_traj=True)
+    ccfg = replace(ccfg0, scene_look=True, **stats)
+    with pytest.raises(ValueError, match="look_mean / look_std need 10"):
+        replace(ccfg, look_mean=(0.0,))
+    torch.manual_seed(0)
+    gm, c0 = LevelDiffusion(gcfg), LevelDiffusion(ccfg0)
+    randomise_zero_init(gm)
+    randomise_zero_init(c0)
+    batch = {**batch_for(gcfg, B), "look": look}
+    # psi_g generates [g, traj, look_n]
+    assert gm.sample_shape(B) == (B, gcfg.g_dim + gcfg.traj_dim + SCENE_LOOK_DIM)
+    tgt = gm.target(batch)
+    assert torch.allclose(tgt[:, -SCENE_LOOK_DIM:], gm.normalise_look(look)) and torch.allclose(
+        gm.denormalise_look(tgt[:, -SCENE_LOOK_DIM:]), look, atol=1e-5)
+    assert torch.isfinite(gm.training_loss(batch, 0)[0])
+    with pytest.raises(ValueError, match="carry none"):
+        gm.training_loss({k: v for k, v in batch.items() if k != "look"}, 0)
+    # psi_c widened from a level without the look: the same model until its look weights train
+    run = tmp_path / "run"
+    (run / "c").mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    from nfldm.ldm.config import run_model_config
+    from nfldm.utils.io import atomic_write_json
+    save_file({k: v.contiguous() for k, v in c0.state_dict().items()}, str(run / "c" / "model.safetensors"))
+    atomic_write_json(run / "c" / "config.json", {"stage": "ldm", "level": "c", "model": run_model_config(ccfg0)})
+    cm = LevelDiffusion(ccfg)
+    rec = init_level_from(cm, run, None)
+    assert rec["widened"] == ["net.unet.class_embedding.linear_1.weight"] and not rec["fresh"]
+    x, t = torch.randn(cm.sample_shape(B)), torch.tensor(500)
+    ctx = cm.context(batch)
+    assert torch.allclose(ctx["look"], cm.normalise_look(look))
+    assert cm.global_vector(ctx).shape == (B, ccfg.context_dim) == (B, ccfg0.context_dim + SCENE_LOOK_DIM)
+    cm.eval()
+    c0.eval()
+    with torch.no_grad():
+        assert torch.allclose(guided_prediction(cm, x, t, ctx, None), guided_prediction(c0, x, t, c0.context(batch), None),
+                              atol=1e-5)
+        cm.net.unet.class_embedding.linear_1.weight[:, -SCENE_LOOK_DIM:].normal_(0, 0.5)
+        p = guided_prediction(cm, x, t, ctx, None)
+        no = {k: v for k, v in ctx.items() if k != "look"}
+        u = guided_prediction(cm, x, t, no, None)
+        assert not torch.allclose(p, u)
+        # a dropped look is the missing one (look_keep 0); look guidance: u + s (p - u)
+        assert torch.allclose(guided_prediction(cm, x, t, {**ctx, "look_keep": torch.zeros(B)}, None), u, atol=1e-6)
+        assert torch.allclose(guided_prediction(cm, x, t, ctx, None, look_guidance=3.0), u + 3.0 * (p - u), atol=1e-5)
+    cm.train()
+    losses = {}
+    for drop in (0.0, 1.0):
+        m = LevelDiffusion(replace(ccfg, scene_look_drop=drop))
+        m.load_state_dict(cm.state_dict())
+        for name, lk in (("look", look), ("other", look.flip(0))):
+            torch.manual_seed(1)
+            losses[drop, name] = m.training_loss({**batch, "look": lk}, 0)[0]
+    assert not torch.isclose(losses[0.0, "look"], losses[0.0, "other"])
+    assert torch.isclose(losses[1.0, "look"], losses[1.0, "other"])
+    # sampling: psi_g's look reaches psi_c, and comes back raw; a known trajectory stays known
+    cm.eval()
+    st = LatentStats({"g": {"mean": [0.0] * gcfg.g_dim, "std": [1.0] * gcfg.g_dim},
+                      "c": {"mean": [0.0] * gcfg.c_shape[0], "std": [1.0] * gcfg.c_shape[0]}})
+    traj = batch["traj"]
+    out = sample_latents({"g": gm, "c": cm}, st, B, sampler="ddim", steps=3, progress=False, traj=traj,
+                         look_guidance=2.0)
+    assert out["look"].shape == (B, SCENE_LOOK_DIM) and torch.allclose(out["look"], gm.denormalise_look(out["look_n"]))
+    assert torch.allclose(out["traj"], traj, atol=1e-5) and torch.isfinite(out["c"]).all()
+    own = sample_latents({"g": gm, "c": cm}, st, B, sampler="ddim", steps=3, progress=False, traj=traj,
+                         g=torch.zeros(gcfg.g_dim))
+    assert "look" not in own                      # psi_g not run: psi_c samples without the look

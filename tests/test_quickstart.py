@@ -306,6 +306,51 @@ def test_bundle_takes_a_fine_tuned_renderer(run, tmp_path):
         add_renderer(bundle, other)
 
 
+def test_scene_look_levels_replace_the_bundles_own_after_the_data_is_encoded_again(run, tmp_path):
+    """The release data encoded again for a bundle (encode-latents --stats-from BUNDLE keeps the
+    statistics its levels standardise with); psi_g and psi_c retrained there with the scene's look
+    (scene_look) replace the bundle's own (replace_levels: psi_f and the rest byte for byte); its
+    samples then carry the look psi_g sampled."""
+    from nfldm.data.tensors import read_safetensors
+    from nfldm.pipeline.bundle import replace_levels
+
+    out = run["out"]
+    bundle = tmp_path / "bundle"
+    shutil.copytree(out / "bundle", bundle)
+    vox, lat, ldm = tmp_path / "vox", tmp_path / "lat", tmp_path / "ldm"
+    for args in (("encode-voxels", "--scene-ae", str(bundle / "scene_ae"), "--data", str(out / "data"), "--out", str(vox)),
+                 ("encode-latents", "--run", str(bundle / "latent_ae"), "--voxels", str(vox), "--out", str(lat),
+                  "--stats-from", str(bundle))):
+        res = nfldm(*args, "--quiet")
+        assert res.returncode == 0, res.stderr[-3000:]
+    kept = json.loads((bundle / "g" / "config.json").read_text())["stats"]
+    assert json.loads((lat / "index.json").read_text())["stats"] == kept
+    line = one_line_error(nfldm("encode-latents", "--run", str(bundle / "latent_ae"), "--voxels", str(vox), "--out",
+                                str(tmp_path / "lat2"), "--stats-from", str(tmp_path), "--quiet"))
+    assert "neither a latent folder" in line
+    shutil.copytree(bundle / "f", ldm / "f")
+    for lv in ("g", "c"):
+        res = nfldm("train", "ldm", "--latents", str(lat), "--out", str(ldm), "--level", lv, "--preset", "smoke",
+                    "--set", f"{lv}.scene_look=true", "--init-from", str(bundle), "--steps", "2", "--quiet")
+        assert res.returncode == 0, res.stderr[-3000:]
+    rc = json.loads((ldm / "c" / "config.json").read_text())
+    assert rc["model"]["scene_look"] and len(rc["model"]["look_mean"]) == 10
+    assert rc["init_from"]["widened"] == ["net.unet.class_embedding.linear_1.weight"]
+    f_before = (bundle / "f" / "model.safetensors").read_bytes()
+    info = replace_levels(bundle, ldm, ("g", "c"), note="the scene's look")
+    assert (bundle / "f" / "model.safetensors").read_bytes() == f_before and not list(bundle.glob("*.old"))
+    assert info["card"]["retrained"][-1]["levels"] == ["g", "c"] and info["steps"]["c"] == 2
+    assert "Retrained after: g, c" in (bundle / "MODEL_CARD.md").read_text()
+    samples = tmp_path / "s"
+    res = nfldm("sample", "--run", str(bundle), "--num", "2", "--sampler", "dpm", "--steps", "2", "--frames", "2",
+                "--out", str(samples), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    t, _ = read_safetensors(samples / "sample_0000" / "V.safetensors")
+    assert t["look"].shape == (10,) and torch.isfinite(t["look"]).all()
+    with pytest.raises(ValueError, match="no level x"):
+        replace_levels(bundle, ldm, ("x",))
+
+
 @pytest.mark.filterwarnings("ignore:the density never reaches")
 def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     """On the real engine's maps: latents encoded with a bundle's own auto-encoders carry each

@@ -678,9 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", type=int, default=1, choices=(1, 4, 8),
                    help="also encode every train scene turned by 90/180/270 degrees about the vertical "
                    "(4) and mirrored (8) as extra train scenes (default 1: none)")
-    p.add_argument("--stats-from", default=None, metavar="LATDIR",
-                   help="keep the latent statistics of this latent folder (same latent-ae) instead of computing "
-                   "them: levels retrained on this folder then combine with levels trained on that one")
+    p.add_argument("--stats-from", default=None, metavar="LATDIR|RUN",
+                   help="keep the latent statistics of this latent folder, or of the folder an ldm run or bundle was "
+                   "trained on (same latent-ae), instead of computing them: levels retrained on this folder then "
+                   "combine with levels trained on that one")
     p.add_argument("--refresh-maps", action="store_true",
                    help="write the BEV maps of scenes already encoded again from the dataset's current maps "
                         "(latents kept): after nfldm data add-look")

@@ -46,7 +46,7 @@ from nfldm.data.format import DataError, read_transforms
 from nfldm.utils.io import atomic_write_bytes
 from nfldm.utils.plot import colorize
 
-__all__ = ["BEV_KEYS", "LOOK_KEYS", "GRID_CHANNELS", "LOOK_CHANNELS", "has_look", "HEIGHT_SCALE", "BEV_FILE", "read_bev", "read_bev_file", "read_floor_plan",
+__all__ = ["BEV_KEYS", "LOOK_KEYS", "GRID_CHANNELS", "LOOK_CHANNELS", "SCENE_LOOK_DIM", "scene_look", "has_look", "HEIGHT_SCALE", "BEV_FILE", "read_bev", "read_bev_file", "read_floor_plan",
            "bev_grid", "erase_box", "add_wall_box", "write_bev", "bev_image", "typical_heights", "scene_bev_file",
            "crop_bev", "square_box", "masked_mean_pool"]
 
@@ -54,6 +54,7 @@ BEV_KEYS = ("wall", "inside", "floor", "ceiling")
 LOOK_KEYS = ("light", "floor_r", "floor_g", "floor_b", "ceiling_r", "ceiling_g", "ceiling_b", "wall_r", "wall_g", "wall_b")
 GRID_CHANNELS = 4            # the condition tensor: wall, inside, floor / HEIGHT_SCALE, ceiling / HEIGHT_SCALE
 LOOK_CHANNELS = len(LOOK_KEYS) + 1   # ... with ``look``: the look's channels and its presence
+SCENE_LOOK_DIM = len(LOOK_KEYS)      # a scene's overall look (:func:`scene_look`)
 HEIGHT_SCALE = 4.0           # metres per unit of the height channels
 BEV_FILE = "bev.npz"
 DEFAULT_BOUNDS_XY = ((-8.0, -8.0), (8.0, 8.0))   # the ViZDoom collector's box (extent 16 m)
@@ -203,6 +204,16 @@ def bev_grid(bev: dict, size: int, look: bool = False) -> Tensor:
         extra[7:10] = pooled(LOOK_KEYS[7:], wall & np.isfinite(np.asarray(bev["wall_r"])))
         extra[10] = 1.0
     return torch.cat([grid, extra], 0)
+
+
+def scene_look(maps: Tensor) -> Tensor:
+    """A scene's overall look from maps with the look's 11 channels last and wall, inside first
+    (:func:`bev_grid` with ``look``, B x 15 x H x W; or a level's BEV maps): light and the floor /
+    ceiling colours averaged over the inside (weighted by the inside fraction), the wall colour
+    over the wall cells -> B x 10 (:data:`LOOK_KEYS`' order; 0 for a map without its look)."""
+    look, wall, inside = maps[:, -LOOK_CHANNELS:].float(), maps[:, 0:1].float(), maps[:, 1:2].float()
+    by = lambda x, w: (x * w).sum((2, 3)) / w.sum((2, 3)).clamp(min=1e-6)     # noqa: E731
+    return torch.cat([by(look[:, :7], inside), by(look[:, 7:10], (wall > 0).float())], 1)
 
 
 def masked_mean_pool(values: Tensor, support: Tensor, size) -> Tensor:

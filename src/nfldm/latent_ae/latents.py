@@ -194,7 +194,9 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     ``stats_from``: another latent folder of the same latent-ae whose statistics this one's
     index keeps instead of its own (e.g. an ``augment`` 4 copy of a folder whose levels were
     trained: a level retrained on the copy then standardises as they do, and combines with
-    them in one run; the loader requires one set of statistics for all levels).
+    them in one run; the loader requires one set of statistics for all levels), or an ldm run
+    or bundle, whose levels' configs hold the statistics of the folder they were trained on
+    (the data encoded again for the shipped bundle: ``--run`` its ``latent_ae``).
 
     The maps carry the look (``bev`` 15 x X x Y, ``bev_grid(..., look=True)``) when every
     scene's bev.npz has one (``nfldm data add-look``). ``refresh_maps``: files already encoded
@@ -210,10 +212,10 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
     shapes = {k: list(v) for k, v in lae.latent_shapes.items()}
     kept_stats = None
     if stats_from is not None:
-        other = read_latent_index(stats_from)
+        other, where = _stats_source(stats_from)
         if other["latent_ae"]["weights_hash"] != lae_id["weights_hash"] or other.get("shapes") != shapes:
-            raise DataError(f"{Path(stats_from) / INDEX_FILE}: encoded by another latent-ae than {run}; "
-                            "its statistics would mean something else")
+            raise DataError(f"{where}: made with another latent-ae than {run}; its statistics would mean something "
+                            "else")
         kept_stats = other["stats"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,6 +292,27 @@ def encode_latents(run: str | os.PathLike, voxels: str | os.PathLike, out: str |
         "scenes": scenes,
         "stats": stats})
     return {"out": str(out), "encoded": encoded, "skipped": skipped, "scenes": len(scenes)}
+
+
+def _stats_source(path: str | os.PathLike) -> tuple[dict, Path]:
+    """The latent statistics to keep (``encode_latents`` ``stats_from``) and the file they come
+    from: a latent folder's index.json, or the config of an ldm run's (or a bundle's) level, whose
+    ``stats``, ``shapes`` and ``latent_ae`` are those of the folder it was trained on (how a lost
+    latent folder is encoded again for the shipped bundle's levels)."""
+    path = Path(path)
+    if (path / INDEX_FILE).is_file():
+        return read_latent_index(path), path / INDEX_FILE
+    for lv in ("g", "c", "f"):
+        cfg = path / lv / "config.json"
+        if cfg.is_file():
+            try:
+                rc = json.loads(cfg.read_text())
+            except (OSError, ValueError) as e:
+                raise DataError(f"{cfg}: unreadable ({e})") from e
+            if rc.get("stage") != "ldm" or not all(k in rc for k in ("stats", "shapes", "latent_ae")):
+                raise DataError(f"{cfg}: not the config of an ldm level (no latent statistics)")
+            return rc, cfg
+    raise DataError(f"{path}: neither a latent folder ({INDEX_FILE}) nor an ldm run or bundle (g/config.json)")
 
 
 def latent_stats(latdir: Path, names: list[str], progress: bool = True) -> dict:

@@ -15,12 +15,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from nfldm.config import copy_preset, dataclass_from_dict, dict_without_added
-from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS
+from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS, SCENE_LOOK_DIM
 from nfldm.ldm.trajectory import COVERAGE_CHANNELS
 from nfldm.trainer import TrainConfig
 
 LEVELS = ("g", "c", "f")
-FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape", "traj_map_hfov", "traj_map_aspect", "bev_size")
+FIXED_BY_LATENTS = ("level", "g_dim", "c_shape", "f_shape", "traj_map_hfov", "traj_map_aspect", "bev_size",
+                    "look_mean", "look_std")
 # the levels of each latent mode (the latent folder's ``latents``, docs/ldm.md "Ablations"):
 # coarse-only keeps a g level that generates the camera trajectory alone (g_dim = 0)
 LEVELS_OF_MODE = {"gcf": ("g", "c", "f"), "c": ("g", "c"), "g": ("g",)}
@@ -99,6 +100,18 @@ class LDMConfig:
     # ``bev_look_drop``, so the level also follows maps without one (drawn floor plans)
     bev_look: bool = False
     bev_look_drop: float = 0.2
+    # opt-in (docs/ldm.md "The scene's look as a global latent"): the scene's overall look (its map's
+    # light and floor / ceiling / wall colours averaged over the map, 10 numbers,
+    # :func:`~nfldm.data.bev.scene_look`; the latent folder's maps must carry the look) joins the
+    # global latent: psi_g generates [g, traj, look], psi_c / psi_f take the look in their global
+    # vector (FiLM), dropped (zeros) with ``scene_look_drop`` in training so that ``nfldm sample
+    # --look-guidance`` can amplify it. psi_c decides a scene's brightness in its first sampling
+    # step from g and the path, which carry none of it (docs/notes/2026-12-05-the-maps-look.md).
+    # look_mean / look_std standardise it (the train split's; set from the latent folder)
+    scene_look: bool = False
+    scene_look_drop: float = 0.2
+    look_mean: tuple[float, ...] = ()
+    look_std: tuple[float, ...] = ()
     # opt-in classifier-free guidance on g (psi_c / psi_f): in training a sample's global vector
     # (g, or [g, traj]) is replaced by zeros with this probability, so the level also learns
     # the unconditional model; `nfldm sample --g-guidance S` then extrapolates from it towards
@@ -119,6 +132,8 @@ class LDMConfig:
         self.c_shape = tuple(int(x) for x in self.c_shape)
         self.f_shape = tuple(int(x) for x in self.f_shape)
         self.block_out_channels = tuple(int(x) for x in self.block_out_channels)
+        self.look_mean = tuple(float(x) for x in self.look_mean)
+        self.look_std = tuple(float(x) for x in self.look_std)
         if self.level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
         if len(self.c_shape) != 4 or len(self.f_shape) != 3:
@@ -165,6 +180,14 @@ class LDMConfig:
             raise ValueError(f"bev_size must be a multiple of 8 (the encoder halves it 3 times), got {self.bev_size}")
         if not 0.0 <= self.bev_look_drop <= 1.0:
             raise ValueError(f"bev_look_drop must be in [0, 1], got {self.bev_look_drop}")
+        if not 0.0 <= self.scene_look_drop <= 1.0:
+            raise ValueError(f"scene_look_drop must be in [0, 1], got {self.scene_look_drop}")
+        if self.look_mean and (len(self.look_mean) != SCENE_LOOK_DIM or len(self.look_std) != SCENE_LOOK_DIM
+                               or min(self.look_std) <= 0):
+            raise ValueError(f"look_mean / look_std need {SCENE_LOOK_DIM} numbers each (std > 0), got "
+                             f"{self.look_mean}, {self.look_std}")
+        if self.scene_look and self.g_dim == 0:
+            raise ValueError("scene_look needs a global latent (g_dim > 0)")
         if self.mlp_width % self.mlp_heads:
             raise ValueError(f"mlp_width {self.mlp_width} must be divisible by mlp_heads {self.mlp_heads}")
 
@@ -195,7 +218,13 @@ class LDMConfig:
         with ``g_with_traj``); 0 when there is no g (coarse-only)."""
         if self.g_dim == 0:
             return 0
-        return self.g_dim + (self.traj_dim if self.g_with_traj else 0) + self.look_dim
+        return self.g_dim + (self.traj_dim if self.g_with_traj else 0) + self.look_dim + self.scene_look_dim
+
+    @property
+    def scene_look_dim(self) -> int:
+        """Entries of the scene's look (``scene_look``): at the end of psi_g's [g, traj, look] and of
+        psi_c / psi_f's global vector."""
+        return SCENE_LOOK_DIM if self.scene_look else 0
 
     @property
     def look_dim(self) -> int:
@@ -298,7 +327,8 @@ ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, 
                 "input_perturbation": 0.0, "loss_weight": "uniform", "g_drop_prob": 0.0,
                 "bev": False, "bev_size": 64, "bev_tokens": True, "bev_maps": True, "bev_width": 32,
                 "bev_map_channels": 8, "bev_look": False, "bev_look_drop": 0.2,
-                "high_t_share": 0.0, "high_t_from": 900}
+                "high_t_share": 0.0, "high_t_from": 900, "scene_look": False, "scene_look_drop": 0.2,
+                "look_mean": (), "look_std": ()}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS, scene_look
 from nfldm.data.format import SPLITS, DataError
 from nfldm.data.tensors import read_safetensors, scene_file
 from nfldm.latent_ae.latents import INDEX_FILE, load_latent_file, read_latent_index
@@ -30,7 +31,7 @@ from nfldm.latent_ae.model import fold, unfold
 from nfldm.ldm.trajectory import encode_trajectory
 
 __all__ = ["STD_FLOOR", "LatentStats", "LatentDataset", "render_setup", "unfold_c", "decode_items",
-           "scene_source", "first_scenes"]
+           "scene_source", "first_scenes", "look_stats"]
 
 STD_FLOOR = 1e-3     # a (near-)constant latent channel is divided by at most this
 
@@ -93,7 +94,8 @@ class LatentDataset(Dataset):
 
     Item: g (g_dim), traj (9 T, :func:`~nfldm.ldm.trajectory.encode_trajectory`), c folded
     (c_ch Zc x X/d x Y/d), f (f_ch x X x Y), all float32 (of g, c, f only those the folder
-    holds); ``cond`` (L x cond_dim) when the files hold one. Every file of the split is read
+    holds); ``cond`` (L x cond_dim) when the files hold one; ``bev`` (the map) and, when the map
+    carries its look, ``look`` (10, :func:`~nfldm.data.bev.scene_look`, not standardised). Every file of the split is read
     and checked when the dataset is built (they are small and kept in memory).
     """
 
@@ -132,9 +134,12 @@ class LatentDataset(Dataset):
                 item["cond"] = t["cond"]
             if "bev" in t:
                 item["bev"] = t["bev"]
+                if t["bev"].shape[0] == GRID_CHANNELS + LOOK_CHANNELS and bool(t["bev"][-1].max() > 0):
+                    item["look"] = scene_look(t["bev"][None].float())[0]
             self.items.append(item)
         self.has_cond = bool(has_cond)
         self.has_bev = all("bev" in it for it in self.items)
+        self.has_look = all("look" in it for it in self.items)
         self.cond_shape = tuple(self.items[0]["cond"].shape) if self.has_cond else None
 
     def __len__(self) -> int:
@@ -142,6 +147,16 @@ class LatentDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return dict(self.items[i])
+
+
+def look_stats(ds: LatentDataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std of the scenes' looks (``scene_look``) over a dataset (the train split), each
+    std at least :data:`STD_FLOOR`; DataError when a scene's map carries no look."""
+    if not ds.has_look:
+        raise DataError(f"{ds.root / INDEX_FILE}: scene_look needs the map's look in every scene's latents (nfldm "
+                        "data add-look on the dataset, then nfldm encode-latents --refresh-maps)")
+    x = torch.stack([it["look"] for it in ds.items]).double()
+    return tuple(x.mean(0).tolist()), tuple(x.std(0).clamp(min=STD_FLOOR).tolist())
 
 
 def unfold_c(c_folded: Tensor, c_channels: int) -> Tensor:

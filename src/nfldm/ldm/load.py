@@ -64,9 +64,15 @@ def load_ldm(run: str | os.PathLike, device: str = "auto") -> dict:
         info = load_model_weights(run / lv, model, prefer_ema=True)
         models[lv], steps[lv] = model.to(dev).eval(), info["step"]
     ref = configs["g"]
+
+    def same_latents(key: str, rc: dict):
+        # the latent-ae by its config and weights (a bundle's levels name it by a relative path)
+        v = rc.get(key)
+        return {k: v.get(k) for k in ("config_hash", "weights_hash")} if key == "latent_ae" and isinstance(v, dict) else v
+
     for lv in LEVELS_OF_MODE[mode][1:]:
         for key in ("latent_ae", "stats", "shapes"):
-            if configs[lv].get(key) != ref.get(key):
+            if same_latents(key, configs[lv]) != same_latents(key, ref):
                 raise DataError(f"{run / lv / 'config.json'}: level {lv} was trained on other latents than "
                                 f"level g ({key} differs); train all levels on one latent folder")
     if any(m.cfg.cond_dim != models["g"].cfg.cond_dim for m in models.values()):

@@ -18,6 +18,9 @@ paper's way), and psi_c / psi_f also take maps of it over their footprint as inp
 (:meth:`BEVEncoder.forward`). Dropping the map (classifier-free guidance) gives the null tokens
 and all-zero maps (the presence channel 0).
 
+With ``scene_look`` psi_g's x is [g, traj, look] (+ 10: the scene's look, standardised) and psi_c /
+psi_f get the look at the end of their global vector.
+
 Ablations (docs/ldm.md): with ``g_dim = 0`` (a coarse-only latent folder) psi_g generates the
 trajectory alone and psi_c has no class embedding (it is conditioned on no latent; with
 ``traj_map`` it still sees the trajectory maps); a global-only folder has the psi_g level only.
@@ -37,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS, masked_mean_pool
+from nfldm.data.bev import GRID_CHANNELS, LOOK_CHANNELS, SCENE_LOOK_DIM, masked_mean_pool, scene_look
 from nfldm.ldm.config import LDMConfig
 from nfldm.ldm.trajectory import camera_coverage
 
@@ -321,7 +324,7 @@ class LevelDiffusion(nn.Module):
         if cfg.bev:
             self.bev = BEVEncoder(cfg, self.map_size if cfg.bev_maps else None)
         if self.level == "g":
-            self.net = GDenoiser(cfg.g_dim + cfg.traj_dim, cfg.mlp_width, cfg.mlp_blocks,
+            self.net = GDenoiser(cfg.g_dim + cfg.traj_dim + cfg.scene_look_dim, cfg.mlp_width, cfg.mlp_blocks,
                                  cfg.cross_attention_dim, cfg.mlp_heads)
         elif self.level == "c":
             self.net = UNetDenoiser(self.c_folded + cfg.map_channels, self.c_folded, (Xc, Yc), cfg)
@@ -336,18 +339,43 @@ class LevelDiffusion(nn.Module):
         """Shape of this level's (standardised) latent for ``batch`` samples."""
         cfg = self.cfg
         if self.level == "g":
-            return (batch, cfg.g_dim + cfg.traj_dim)
+            return (batch, cfg.g_dim + cfg.traj_dim + cfg.scene_look_dim)
         if self.level == "c":
             return (batch, self.c_folded, cfg.c_shape[1], cfg.c_shape[2])
         return (batch, *cfg.f_shape)
 
     def target(self, batch: dict) -> Tensor:
-        """The clean latent this level generates ([g, traj], or traj alone when g_dim = 0)."""
+        """The clean latent this level generates ([g, traj], [g, traj, look] with ``scene_look``,
+        or traj alone when g_dim = 0)."""
         if self.level == "g":
             if self.cfg.g_dim == 0:
                 return batch["traj"].float()
-            return torch.cat([batch["g"], batch["traj"]], -1).float()
+            parts = [batch["g"], batch["traj"]]
+            if self.cfg.scene_look:
+                parts.append(self.normalise_look(self._batch_look(batch)))
+            return torch.cat(parts, -1).float()
         return batch[self.level].float()
+
+    def _batch_look(self, batch: dict) -> Tensor:
+        if "look" not in batch:
+            raise ValueError("this level models the scene's look (scene_look) but the latents' maps carry none "
+                             "(nfldm data add-look on the dataset, then nfldm encode-latents --refresh-maps)")
+        return batch["look"]
+
+    def _look_stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.cfg.look_mean:
+            raise ValueError("scene_look without look_mean / look_std (set from the latent folder when training)")
+        return (torch.tensor(self.cfg.look_mean, device=like.device, dtype=like.dtype),
+                torch.tensor(self.cfg.look_std, device=like.device, dtype=like.dtype))
+
+    def normalise_look(self, look: Tensor) -> Tensor:
+        """A scene's look (B x 10, :func:`~nfldm.data.bev.scene_look`) standardised by the train split's."""
+        mean, std = self._look_stats(look.float())
+        return (look.float() - mean) / std
+
+    def denormalise_look(self, look_n: Tensor) -> Tensor:
+        mean, std = self._look_stats(look_n.float())
+        return look_n.float() * std + mean
 
     def context(self, batch: dict) -> dict:
         """The coarser latents this level is conditioned on, picked from ``batch`` (the clean
@@ -359,6 +387,8 @@ class LevelDiffusion(nn.Module):
         ctx = {"traj": batch["traj"].float()}
         if self.cfg.g_dim > 0:
             ctx["g"] = batch["g"].float()
+        if self.cfg.scene_look and batch.get("look") is not None:
+            ctx["look"] = self.normalise_look(batch["look"])
         if self.level == "f":
             ctx["c"] = batch["c"].float()
         return ctx
@@ -436,10 +466,7 @@ class LevelDiffusion(nn.Module):
         the look's 11 channels last, :class:`BEVEncoder`): light and the floor / ceiling colours
         weighted by the inside channel, the wall colour by the walls, and the look's presence ->
         B x 11 (all 0 for a dropped map or look)."""
-        look, wall, inside = maps[:, -LOOK_CHANNELS:].float(), maps[:, 0:1].float(), maps[:, 1:2].float()
-        by = lambda x, w: (x * w).sum((2, 3)) / w.sum((2, 3)).clamp(min=1e-6)     # noqa: E731
-        return torch.cat([by(look[:, :7], inside), by(look[:, 7:10], (wall > 0).float()),
-                          look[:, 10:].mean((2, 3))], 1)
+        return torch.cat([scene_look(maps), maps[:, -1:].float().mean((2, 3))], 1)
 
     def null_bev_maps(self, batch: int) -> Tensor:
         """The BEV maps of a dropped / absent map: B x C x H x W zeros."""
@@ -469,6 +496,13 @@ class LevelDiffusion(nn.Module):
             maps = ctx.get("bev_maps")
             look = (self.mean_look(maps) if maps is not None
                     else torch.zeros(g.shape[0], self.cfg.look_dim, device=g.device))
+            g = torch.cat([g, look.to(g.dtype)], -1)
+        if self.cfg.scene_look_dim:
+            # the scene's look (standardised); zeros where it is unknown or dropped (look_keep 0)
+            look = ctx.get("look")
+            look = torch.zeros(g.shape[0], self.cfg.scene_look_dim, device=g.device) if look is None else look
+            if "look_keep" in ctx:
+                look = look * ctx["look_keep"].to(look.dtype).view(-1, 1)
             g = torch.cat([g, look.to(g.dtype)], -1)
         if "g_keep" in ctx:      # guidance on g: rows with g_keep = 0 get the null (zero) vector
             g = g * ctx["g_keep"].to(g.dtype).view(-1, 1)
@@ -515,6 +549,10 @@ class LevelDiffusion(nn.Module):
         ctx = self.context(batch)
         if maps is not None:
             ctx["bev_maps"] = maps
+        if self.cfg.scene_look_dim and self.level != "g":
+            if "look" not in ctx:
+                self._batch_look(batch)         # the error naming what is missing
+            ctx["look_keep"] = (torch.rand(B, device=x0.device) >= self.cfg.scene_look_drop).float()
         if self.cfg.g_drop_prob > 0 and self.global_vector(ctx) is not None:
             ctx["g_keep"] = (torch.rand(B, device=x0.device) >= self.cfg.g_drop_prob).float()
         out = self.predict(x_t, t, ctx, tokens).float()
@@ -567,10 +605,16 @@ def guided_prediction(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, co
     ``look_guidance`` s_l, for a level given the map's look (``bev_look``; ignored otherwise or
     without a map): ``u_l + s_l (p - u_l)`` with u_l the prediction given the same map without its
     look (which the level learned through ``bev_look_drop``): the look's effect alone amplified,
-    the geometry's left as ``guidance`` sets it."""
+    the geometry's left as ``guidance`` sets it. For a psi_c / psi_f given the scene's look
+    (``scene_look``) the same with u_l given the context without it (``scene_look_drop``)."""
     if look_guidance != 1.0 and cond is not None and model.cfg.bev and model.cfg.bev_look:
         p = guided_prediction(model, x, t, ctx, cond, guidance, g_guidance)
         u = guided_prediction(model, x, t, ctx, model.without_look(cond), guidance, g_guidance)
+        return u + look_guidance * (p - u)
+    if look_guidance != 1.0 and model.cfg.scene_look_dim and model.level != "g" and ctx.get("look") is not None:
+        # the scene's look (scene_look): u_l given the same context without it (scene_look_drop)
+        p = guided_prediction(model, x, t, ctx, cond, guidance, g_guidance)
+        u = guided_prediction(model, x, t, {k: v for k, v in ctx.items() if k != "look"}, cond, guidance, g_guidance)
         return u + look_guidance * (p - u)
     out = _cond_guided(model, x, t, ctx, cond, guidance)
     if g_guidance == 1.0 or model.cfg.g_drop_prob <= 0 or model.global_vector(ctx) is None:

@@ -116,8 +116,10 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     ``c``: with ``g``, a known raw coarse latent (c_ch x X/d x Y/d x Zc, or num x ...): psi_c is not
     run either, psi_f samples given g and c (what psi_f alone costs).
 
-    ``look_guidance``: guidance on the map's look for levels trained with ``bev_look`` (see
-    :func:`~nfldm.ldm.model.guided_prediction`).
+    ``look_guidance``: guidance on the map's look for levels trained with ``bev_look``, and on
+    the scene's look that psi_g samples for levels trained with ``scene_look`` (see
+    :func:`~nfldm.ldm.model.guided_prediction`); the result then also holds ``look_n`` and ``look``
+    (num x 10, :func:`~nfldm.data.bev.scene_look`).
 
     ``guides``: {level: a denoiser of that level} guiding it with scale ``guide_scale`` (see
     :func:`denoise` ``guide``; same latent statistics and prediction type)."""
@@ -170,7 +172,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
             raise ValueError(f"c must be {c_shape} or num x {c_shape}, got {tuple(c.shape)}")
         c_known = fold(stats.normalise("c", c.float().expand(num, *c_shape).cpu()))
     has_g = g_dim > 0          # 0: coarse-only, the g level generates the trajectory alone
-    keys = [k for k, m in (("g_n", has_g), ("traj", True), ("c_n", cm is not None), ("f_n", fm is not None)) if m]
+    keys = [k for k, m in (("g_n", has_g), ("traj", True), ("c_n", cm is not None), ("f_n", fm is not None),
+                           ("look_n", bool(gm.cfg.scene_look_dim) and g is None)) if m]
     parts: dict[str, list] = {k: [] for k in keys}
     for lo in range(0, num, batch_size):
         hi = min(num, lo + batch_size)
@@ -178,19 +181,24 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         cb = _cond_batch(cond, lo, hi, dev) if bev is None else _cond_batch(bev, lo, hi, dev, per_sample_dims=4)
         tag = f"{lo}-{hi - 1}"
         known = None
-        if traj is not None:        # the trajectory's entries of psi_g's [g, traj] are known
+        T9, L = gm.cfg.traj_dim, gm.cfg.scene_look_dim
+        if traj is not None:        # the trajectory's entries of psi_g's [g, traj(, look)] are known
             tb = _cond_batch(traj, lo, hi, dev, per_sample_dims=2).float()
-            D = g_dim + tb.shape[-1]
-            mask = torch.arange(D, device=dev) >= g_dim
-            known = (torch.cat([torch.zeros(B, g_dim, device=dev), tb], 1), mask[None])
+            pos = torch.arange(g_dim + T9 + L, device=dev)
+            mask = (pos >= g_dim) & (pos < g_dim + T9)
+            known = (torch.cat([torch.zeros(B, g_dim, device=dev), tb, torch.zeros(B, L, device=dev)], 1), mask[None])
         if g is not None:           # psi_g is not needed: g and the trajectory are known
             got = {"g_n": g_known[lo:hi].to(dev), "traj": tb}
         else:
             x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}", known=known)
-            got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:]}
+            got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:g_dim + T9]}
+            if L:                   # the scene's look (scene_look), standardised
+                got["look_n"] = x[:, g_dim + T9:]
         # each level picks what it is conditioned on from the sampled coarser latents, as it
         # does from the clean ones in training (LevelDiffusion.context)
         sampled = {"g": got["g_n"], "traj": got["traj"]}
+        if "look_n" in got:
+            sampled["look"] = gm.denormalise_look(got["look_n"])
         if c is not None:
             got["c_n"] = c_known[lo:hi].to(dev)
         elif cm is not None:
@@ -206,6 +214,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     out = {k: torch.cat(v) for k, v in parts.items()}
     if has_g:
         out["g"] = stats.denormalise("g", out["g_n"])
+    if "look_n" in out:
+        out["look"] = gm.denormalise_look(out["look_n"])
     if cm is not None:
         out["c"] = stats.denormalise("c", unfold_c(out["c_n"], c_ch))
     if fm is not None:

@@ -26,7 +26,7 @@ from nfldm.config import apply_overrides
 from nfldm.latent_ae.latents import latent_mode, read_latent_index
 from nfldm.ldm.config import (FIXED_BY_LATENTS, LEVELS, LEVELS_OF_MODE, LDMConfig, config_from_dict, preset,
                               run_model_config)
-from nfldm.ldm.data import LatentDataset, render_setup
+from nfldm.ldm.data import LatentDataset, look_stats, render_setup
 from nfldm.ldm.load import STAGE
 from nfldm.ldm.model import LevelDiffusion
 from nfldm.ldm.trajectory import fov_degrees
@@ -191,12 +191,18 @@ def _train_levels(latents, out, levels, cfgs, index, setup, preset_name, resume,
                   init_from=None) -> dict[str, dict]:
     results = {}
     datasets: dict[int, LatentDataset] = {}
+    look_sets: dict[int, tuple] = {}
     for lv in levels:
         cfg, tcfg = cfgs[lv]
         if cfg.traj_frames not in datasets:
             datasets[cfg.traj_frames] = LatentDataset(latents, "train", cfg.traj_frames, index=index,
                                                       max_scenes=train_scenes)
         ds = datasets[cfg.traj_frames]
+        if cfg.scene_look:        # the look's standardisation: the train split's (also when a subset trains)
+            if cfg.traj_frames not in look_sets:
+                look_sets[cfg.traj_frames] = look_stats(LatentDataset(latents, "train", cfg.traj_frames, index=index)
+                                                        if train_scenes else ds)
+            cfg = replace(cfg, look_mean=look_sets[cfg.traj_frames][0], look_std=look_sets[cfg.traj_frames][1])
         if ds.has_cond and cfg.cond_dim != ds.cond_shape[1]:
             raise ValueError(f"{latents}: the latents hold condition tokens of width {ds.cond_shape[1]}; "
                              f"set cond_dim={ds.cond_shape[1]}")

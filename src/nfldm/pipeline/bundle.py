@@ -182,6 +182,9 @@ def _card(info: dict) -> str:
         lines += [f"- Data: {card['data']}"]
     if card.get("time"):
         lines += [f"- Time: {card['time']}"]
+    for r in card.get("retrained", []):     # levels replaced after the bundle was made (replace_levels)
+        lines += [f"- Retrained after: {', '.join(r['levels'])} from `{r['run']}` (steps "
+                  + ", ".join(f"{k} {v}" for k, v in r["steps"].items()) + ")" + (f": {r['note']}" if r.get("note") else "")]
     if card.get("metrics"):
         lines += ["", "## Metrics (test split: maps not seen in training)", ""]
         lines += [f"- {k}: {v}" for k, v in card["metrics"].items()]
@@ -312,6 +315,66 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
     os.replace(tmp, bundle / name)
     info.setdefault("levels", {})[name] = {"steps": steps, "bytes": size, "source": str(ldm_run.resolve()),
                                            "card": card or {}}
+    _write_info(bundle, info)
+    return info
+
+
+def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels: tuple[str, ...],
+                   note: str = "") -> dict:
+    """Replace some of the bundle's own (unconditional) levels by those of ``ldm_run``, an ldm run
+    trained on the latents of the bundle's latent-ae with the bundle's latent statistics (e.g. a
+    level retrained on a folder encoded again with ``encode-latents --stats-from BUNDLE``), in
+    float16; the other levels, the auto-encoders and every other part stay byte for byte. The
+    whole bundle is checked to load as a pipeline before the old levels are removed (on a failure
+    they are put back). ``note`` (what was retrained and why) joins the model card's
+    ``retrained`` list with the levels, the run and their steps. Returns bundle.json."""
+    bundle, ldm_run = Path(bundle), Path(ldm_run)
+    info = json.loads((bundle / BUNDLE_FILE).read_text())
+    bad = [lv for lv in levels if lv not in info.get("steps", {}) or not (bundle / lv).is_dir()]
+    if bad or not levels:
+        raise ValueError(f"{bundle}: no level {', '.join(bad) or '(none given)'} to replace")
+    hashes = {"scene_ae": weights_hash(load_scene_ae(bundle / "scene_ae", "cpu")),
+              "latent_ae": weights_hash(load_latent_ae(bundle / "latent_ae", "cpu"))}
+    ldm = load_ldm(ldm_run, "cpu")
+    trained = ldm["config"]["latent_ae"]["weights_hash"]
+    if trained != hashes["latent_ae"] and not _source_lae_matches(bundle, trained, hashes["latent_ae"]):
+        raise ValueError(f"{ldm_run}: trained on the latents of another latent-ae than {bundle / 'latent_ae'}")
+    kept = read_run_config(bundle / "g")
+    for lv in levels:
+        if read_run_config(ldm_run / lv).get("stats") != kept.get("stats"):
+            raise ValueError(f"{ldm_run / lv}: trained with other latent statistics than the bundle's levels "
+                             "(encode the latents with --stats-from the bundle, then train)")
+    old_bytes = {lv: (bundle / lv / MODEL_WEIGHTS).stat().st_size for lv in levels}
+    old_models = load_ldm(bundle, "cpu")["models"]
+    old_params = sum(p.numel() for lv in levels for p in old_models[lv].parameters())
+    steps, new_bytes = {}, {}
+    for lv in levels:
+        tmp = bundle / (lv + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        rc = read_run_config(ldm_run / lv)
+        for key in ("scene_ae", "latent_ae"):
+            rc[key] = {**rc[key], "run": key, "weights_hash": hashes[key], "trained_run": str(rc[key]["run"])}
+        atomic_write_json(tmp / CONFIG_FILE, rc)
+        steps[lv] = ldm["steps"][lv]
+        new_bytes[lv] = _save_half(ldm["models"][lv], tmp, steps[lv])
+    for lv in levels:
+        os.replace(bundle / lv, bundle / (lv + ".old"))
+        os.replace(bundle / (lv + ".partial"), bundle / lv)
+    try:
+        load_stages(bundle, "cpu")
+    except Exception:
+        for lv in levels:
+            shutil.rmtree(bundle / lv)
+            os.replace(bundle / (lv + ".old"), bundle / lv)
+        raise
+    for lv in levels:
+        shutil.rmtree(bundle / (lv + ".old"))
+    info["steps"].update(steps)
+    info["bytes"] += sum(new_bytes.values()) - sum(old_bytes.values())
+    info["params"] += sum(p.numel() for lv in levels for p in ldm["models"][lv].parameters()) - old_params
+    info["card"] = {**info.get("card", {}), "retrained": [*info.get("card", {}).get("retrained", []), {
+        "levels": list(levels), "run": str(ldm_run.resolve()), "steps": steps, "note": note}]}
     _write_info(bundle, info)
     return info
 

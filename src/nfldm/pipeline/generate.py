@@ -18,7 +18,9 @@ Output folder (``sample(out=DIR)``)::
     DIR/sample_NNNN/frames/frame_MMMM.png   RGB frames along the sampled path
     DIR/sample_NNNN/flythrough.mp4          RGB | depth (GIF if ffmpeg is unavailable)
     DIR/sample_NNNN/V.safetensors           V (float16, stage-1 units), g, c, f (those the run
-                                            has), keyframes, path, bounds, intrinsics
+                                            has), keyframes, path, bounds, intrinsics; the
+                                            scene's look psi_g sampled (``look``, 10: levels
+                                            trained with scene_look)
     DIR/sample_NNNN/mesh.ply, mesh.glb      marching cubes of the density (world units)
     DIR/sample_NNNN/trajectory.json         nerfstudio camera-path style
     DIR/sample_NNNN/bev.npz, map.png        conditional samples: the map given, and a picture of it
@@ -356,7 +358,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                 "g_guidance": g_guidance, "look_guidance": look_guidance}
         if per:
             meta["scene"] = str(per[i].scene or per[i].source)
-        record, frames, top = write_sample_folder(d, sae, V, {k: lat[k][i] for k in ("g", "c", "f") if k in lat},
+        record, frames, top = write_sample_folder(d, sae, V, {k: lat[k][i] for k in ("g", "c", "f", "look") if k in lat},
                                                   keys, path, bounds, intr, meta, fps, mesh_level)
         record = {"index": i, **record}
         pick = np.round(np.linspace(0, len(frames) - 1, min(sheet_frames, len(frames)))).astype(int)
