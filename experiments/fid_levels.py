@@ -10,7 +10,9 @@ frame k), four ways that differ in which latents are the scene's own and which a
   issue's unconditional row);
 - ``own_g``: the scene's own g; psi_c and psi_f sample (``nfldm sample --own-g``);
 - ``own_gc``: the scene's own g and c; psi_f samples (``--own-g --own-c``);
-- ``own``: the scene's own g, c, f decoded (the upper bound, ``--own-latents``).
+- ``own``: the scene's own g, c, f decoded (the upper bound, ``--own-latents``);
+- ``own_look``: for levels trained with ``scene_look``: as ``path``, with the scene's own look
+  (its map's light and colours) given to psi_g, psi_c and psi_f (``nfldm sample --own-look``).
 
 Each gets ``nfldm eval generation`` (Inception FID / KID, paired LPIPS / PSNR against the real
 frames); the steps between rows are what each level costs. Sample folders are reused when there.
@@ -22,7 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
-WAYS = ("path", "own_g", "own_gc", "own")
+WAYS = ("path", "own_g", "own_gc", "own", "own_look")
 
 
 def main() -> None:
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--sampler", default="dpm")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--look-guidance", type=float, default=None, help="nfldm sample --look-guidance")
     args = ap.parse_args()
 
     from nfldm.ldm.evaluate import eval_generation
@@ -51,10 +54,11 @@ def main() -> None:
             raise SystemExit(f"error: unknown way {way!r}; choose from {', '.join(WAYS)}")
         d = out / way
         kw = {"path": {}, "own_g": {"own_g": args.latents}, "own_gc": {"own_g": args.latents, "own_c": True},
-              "own": {"own_latents": args.latents}}[way]
+              "own": {"own_latents": args.latents}, "own_look": {"own_look": True}}[way]
         if not (d / "samples.json").is_file():
             sample(args.run, num=1, out=d, conditions=conds, path_from_scene=way != "own", sampler=args.sampler,
-                   steps=args.steps, seed=0, device=args.device, progress=False, renderer=args.renderer, **kw)
+                   steps=args.steps, seed=0, device=args.device, progress=False, renderer=args.renderer,
+                   look_guidance=args.look_guidance, **kw)
         f = d / "eval.json"
         e = json.loads(f.read_text()) if f.is_file() else eval_generation(
             d, args.data, split="test", out=f, device=args.device, progress=False, floor_split=None,

@@ -481,3 +481,11 @@ def test_scene_look_is_a_global_latent_psi_g_samples_and_psi_c_follows(tmp_path)
     own = sample_latents({"g": gm, "c": cm}, st, B, sampler="ddim", steps=3, progress=False, traj=traj,
                          g=torch.zeros(gcfg.g_dim))
     assert "look" not in own                      # psi_g not run: psi_c samples without the look
+    # a known look (a scene's own): psi_g samples g given it, psi_c is given it
+    given = sample_latents({"g": gm, "c": cm}, st, B, sampler="ddim", steps=3, progress=False, traj=traj, look=look)
+    assert torch.allclose(given["look"], look, atol=1e-5) and torch.allclose(given["traj"], traj, atol=1e-5)
+    given = sample_latents({"g": gm, "c": cm}, st, B, sampler="ddim", steps=3, progress=False, traj=traj,
+                           g=torch.zeros(gcfg.g_dim), look=look[0])
+    assert torch.allclose(given["look"], look[:1].expand(B, -1), atol=1e-5)
+    with pytest.raises(ValueError, match="look must be 10"):
+        sample_latents({"g": gm, "c": cm}, st, B, steps=2, progress=False, look=look[:, :3])

@@ -276,7 +276,8 @@ def cmd_sample(args) -> int:
                  device=args.device, progress=not args.quiet, num_frames=args.frames, fps=args.fps,
                  mesh_level=args.mesh_level, batch_size=args.batch_size, g_guidance=args.g_guidance,
                  renderer=args.renderer, conditions=conditions, path_from_scene=bool(args.path_from_scene),
-                 own_latents=args.own_latents, own_g=args.own_g, own_c=args.own_c, look_guidance=args.look_guidance)
+                 own_latents=args.own_latents, own_g=args.own_g, own_c=args.own_c, look_guidance=args.look_guidance,
+                 own_look=args.own_look)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -743,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--own-c", action="store_true",
                    help="with --own-g: the scene's own coarse latent c too (psi_c is not run either; psi_f samples "
                    "given g and c): what the fine level alone costs")
+    p.add_argument("--own-look", action="store_true",
+                   help="with --path-from-scene, for levels trained with scene_look: psi_g, psi_c and psi_f are given "
+                   "each scene's own look (its map's light and colours) instead of sampling one")
     p.add_argument("--frames", type=int, default=48, help="frames rendered along each trajectory")
     p.add_argument("--fps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8, help="scenes denoised together")

@@ -98,7 +98,7 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                    batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0, bev: Tensor | None = None,
                    traj: Tensor | None = None, g: Tensor | None = None, c: Tensor | None = None,
                    guides: dict[str, LevelDiffusion] | None = None, guide_scale: float = 1.0,
-                   look_guidance: float = 1.0) -> dict:
+                   look_guidance: float = 1.0, look: Tensor | None = None) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -120,6 +120,10 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     the scene's look that psi_g samples for levels trained with ``scene_look`` (see
     :func:`~nfldm.ldm.model.guided_prediction`); the result then also holds ``look_n`` and ``look``
     (num x 10, :func:`~nfldm.data.bev.scene_look`).
+
+    ``look``: a known scene look (10, or num x 10, raw: :func:`~nfldm.data.bev.scene_look`) for levels
+    trained with ``scene_look``: psi_g samples [g, traj] given it (by replacement, as a known
+    trajectory), psi_c and psi_f are given it.
 
     ``guides``: {level: a denoiser of that level} guiding it with scale ``guide_scale`` (see
     :func:`denoise` ``guide``; same latent statistics and prediction type)."""
@@ -150,6 +154,13 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                 gd.sample_shape(1)) != tuple(m.sample_shape(1)):
             raise ValueError(f"the guide of level {lv} must denoise the same latents with the same prediction "
                              "type as the level")
+    if look is not None:
+        if not gm.cfg.scene_look:
+            raise ValueError("a scene look was given but this run's g level was not trained with scene_look")
+        if look.shape[-1] != gm.cfg.scene_look_dim or look.dim() not in (1, 2) or (look.dim() == 2 and len(look) != num):
+            raise ValueError(f"look must be {gm.cfg.scene_look_dim} or num x {gm.cfg.scene_look_dim}, got "
+                             f"{tuple(look.shape)}")
+        look_known = gm.normalise_look(look.float().expand(num, gm.cfg.scene_look_dim).cpu())
     dev = next(gm.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
 
@@ -173,7 +184,7 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         c_known = fold(stats.normalise("c", c.float().expand(num, *c_shape).cpu()))
     has_g = g_dim > 0          # 0: coarse-only, the g level generates the trajectory alone
     keys = [k for k, m in (("g_n", has_g), ("traj", True), ("c_n", cm is not None), ("f_n", fm is not None),
-                           ("look_n", bool(gm.cfg.scene_look_dim) and g is None)) if m]
+                           ("look_n", bool(gm.cfg.scene_look_dim) and (g is None or look is not None))) if m]
     parts: dict[str, list] = {k: [] for k in keys}
     for lo in range(0, num, batch_size):
         hi = min(num, lo + batch_size)
@@ -182,13 +193,18 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         tag = f"{lo}-{hi - 1}"
         known = None
         T9, L = gm.cfg.traj_dim, gm.cfg.scene_look_dim
-        if traj is not None:        # the trajectory's entries of psi_g's [g, traj(, look)] are known
-            tb = _cond_batch(traj, lo, hi, dev, per_sample_dims=2).float()
+        lb = look_known[lo:hi].to(dev) if look is not None else None
+        if traj is not None or lb is not None:   # known entries of psi_g's [g, traj(, look)]: the trajectory, the look
+            tb = (_cond_batch(traj, lo, hi, dev, per_sample_dims=2).float() if traj is not None
+                  else torch.zeros(B, T9, device=dev))
             pos = torch.arange(g_dim + T9 + L, device=dev)
-            mask = (pos >= g_dim) & (pos < g_dim + T9)
-            known = (torch.cat([torch.zeros(B, g_dim, device=dev), tb, torch.zeros(B, L, device=dev)], 1), mask[None])
+            mask = ((pos >= g_dim) & (pos < g_dim + T9) & (traj is not None)) | ((pos >= g_dim + T9) & (lb is not None))
+            known = (torch.cat([torch.zeros(B, g_dim, device=dev), tb,
+                                lb if lb is not None else torch.zeros(B, L, device=dev)], 1), mask[None])
         if g is not None:           # psi_g is not needed: g and the trajectory are known
             got = {"g_n": g_known[lo:hi].to(dev), "traj": tb}
+            if lb is not None:
+                got["look_n"] = lb
         else:
             x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}", known=known)
             got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:g_dim + T9]}

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nfldm.data.bev import bev_grid, bev_image, write_bev
+from nfldm.data.bev import bev_grid, bev_image, has_look, scene_look, write_bev
 from nfldm.data.format import DataError
 from nfldm.data.tensors import read_safetensors, scene_file, write_safetensors
 from nfldm.latent_ae.latents import load_latent_file, read_latent_index
@@ -264,7 +264,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
            g_guidance: float = 1.0, renderer: str | os.PathLike | None = None,
            conditions: list[SceneCondition] | None = None, path_from_scene: bool = False,
            own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None,
-           own_c: bool = False, look_guidance: float | None = None) -> dict:
+           own_c: bool = False, look_guidance: float | None = None, own_look: bool = False) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
@@ -283,7 +283,9 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     are decoded (the upper bound of generation). ``own_g``: such a latent folder; psi_c and psi_f
     sample given each condition scene's own g and path (needs ``path_from_scene``): what the
     global latent carries of a scene, beside what the map carries. ``own_c``: with ``own_g``, the
-    scene's own c too; only psi_f samples (what the fine level alone costs)."""
+    scene's own c too; only psi_f samples (what the fine level alone costs). ``own_look``: with
+    ``path_from_scene``, levels trained with ``scene_look`` are given each scene's own look (its
+    map's light and colours): psi_g samples g given it, psi_c and psi_f are given it."""
     if out is None:
         raise ValueError("sample needs an output folder (out)")
     has_maps = bool(conditions) and any(c.bev is not None and c.conditioned for c in conditions)
@@ -304,6 +306,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         raise ValueError("own_g samples along the scenes' own paths: give path_from_scene, not own_latents")
     if own_c and own_g is None:
         raise ValueError("own_c takes the scenes' c from the latent folder of own_g: give own_g")
+    if own_look and (not path_from_scene or own_latents is not None):
+        raise ValueError("own_look gives the levels each scene's own look along its path: give path_from_scene")
     if has_maps and not all(c.bev is not None and c.conditioned for c in conditions):
         raise ValueError("either every condition has a map to follow or none has")
     if own_latents is not None:
@@ -329,13 +333,22 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         paths = [scene_paths[i // num] for i in range(total)]
         traj = torch.stack([encode_trajectory(p.double(), bounds.double(), gm.cfg.traj_frames).float()
                             for p in scene_paths]).repeat_interleave(num, 0)
+    look = None
+    if own_look:
+        if not gm.cfg.scene_look:
+            raise ValueError(f"{run}: its levels were not trained with the scene's look (scene_look)")
+        missing = [str(c.scene or c.source) for c in conditions if c.bev is None or not has_look(c.bev)]
+        if missing:
+            raise DataError(f"{missing[0]}: its map carries no look (nfldm data add-look)")
+        look = scene_look(torch.stack([bev_grid(c.bev, gm.cfg.bev_size, look=True) for c in conditions])
+                          ).repeat_interleave(num, 0)
     if own_latents is not None:
         lat = _own_latents(own_latents, per, rc, gm.cfg.traj_frames, bounds)
     else:
         known = {} if own_g is None else _own_latents(own_g, per, rc, gm.cfg.traj_frames, bounds)
         lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
                              g_guidance, bev=bev, traj=traj, g=known.get("g"), c=known.get("c") if own_c else None,
-                             look_guidance=look_guidance)
+                             look_guidance=look_guidance, look=look)
 
     H, W = sae.cfg.image_hw()
     side = min(H, W)                # the square pictures (top-down view, map), padded to H x W in the sheet
@@ -388,7 +401,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         summary.update(samples_per_condition=num, conditions=len(conditions), bev=has_maps,
                        path_from_scene=bool(path_from_scene), own_latents=None if own_latents is None else
                        str(Path(own_latents).resolve()), own_g=None if own_g is None else str(Path(own_g).resolve()),
-                       own_c=bool(own_c))
+                       own_c=bool(own_c), own_look=bool(own_look))
     atomic_write_json(out / "samples.json", summary)
     return summary
 
