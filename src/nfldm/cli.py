@@ -712,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale on g, for levels trained with g_drop_prob > 0")
     p.add_argument("--look-guidance", type=float, default=None,
                    help="guidance scale on the map's look (light, colours), for levels trained with bev_look "
-                        "(the bundle's bev levels; default 3, nfldm.pipeline.generate.LOOK_GUIDANCE; 1: none)")
+                        "(the bundle's bev levels; default 3, nfldm.pipeline.generate.LOOK_GUIDANCE; 1: none), and "
+                        "on the scene's look psi_g samples, for levels trained with scene_look (default 1)")
     p.add_argument("--cond", default=None,
                    help="safetensors file with a tensor 'cond' (L x cond_dim, or N x L x cond_dim) of condition tokens")
     p.add_argument("--bev", default=None, metavar="SRC",

@@ -271,7 +271,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
     on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"); ``look_guidance``:
     guidance on the map's look for the levels trained with ``bev_look`` (docs/ldm.md "The map's
-    look"; None: :data:`LOOK_GUIDANCE`). Returns the summary written to ``out``/samples.json.
+    look"), and on the scene's look for levels trained with ``scene_look`` (None: :data:`LOOK_GUIDANCE`
+    with a map, 1 without one: on the scene's look 3 was measured worse than none). Returns the summary written to ``out``/samples.json.
 
     ``conditions`` (:func:`nfldm.pipeline.maps.conditions_from`): ``num`` samples per condition,
     each conditioned on its BEV map (levels trained with ``bev``; None: the bundle's ``bev/``
@@ -294,7 +295,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     if num < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
                          f"batch_size={batch_size})")
-    look_guidance = LOOK_GUIDANCE if look_guidance is None else float(look_guidance)
+    look_guidance = (LOOK_GUIDANCE if has_maps else 1.0) if look_guidance is None else float(look_guidance)
     if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
         raise ValueError(f"guidance, g_guidance and look_guidance must be finite numbers, got {guidance}, {g_guidance}, "
                          f"{look_guidance}")
