@@ -35,7 +35,7 @@ from nfldm.latent_ae.config import LATENT_MODES
 from nfldm.latent_ae.train import _open_run_on_voxels, _scene_ae_of
 from nfldm.runs import config_hash, weights_hash
 from nfldm.scene_ae.voxels import dihedral_voxels, load_voxels
-from nfldm.utils.io import atomic_write_json
+from nfldm.utils.io import atomic_write_json, read_json
 
 __all__ = ["LATENT_FORMAT", "LATENT_VERSION", "INDEX_FILE", "AUGMENTS", "encode_latents", "latent_stats",
            "augmented_name", "read_latent_index", "load_latent_file", "latent_mode", "mode_of_shapes"]
@@ -305,10 +305,7 @@ def _stats_source(path: str | os.PathLike) -> tuple[dict, Path]:
     for lv in ("g", "c", "f"):
         cfg = path / lv / "config.json"
         if cfg.is_file():
-            try:
-                rc = json.loads(cfg.read_text())
-            except (OSError, ValueError) as e:
-                raise DataError(f"{cfg}: unreadable ({e})") from e
+            rc = read_json(cfg, "ldm level config", DataError)
             if rc.get("stage") != "ldm" or not all(k in rc for k in ("stats", "shapes", "latent_ae")):
                 raise DataError(f"{cfg}: not the config of an ldm level (no latent statistics)")
             return rc, cfg

@@ -41,7 +41,9 @@ from pathlib import Path
 import torch
 
 from nfldm.latent_ae.load import load_latent_ae
+from nfldm.ldm.config import config_from_dict
 from nfldm.ldm.load import load_ldm
+from nfldm.ldm.model import LevelDiffusion
 from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.runs import weights_hash
 from nfldm.scene_ae.load import encoder_hash, load_scene_ae, makes_voxels_of
@@ -276,6 +278,31 @@ def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, met
     return info
 
 
+def _ldm_on_bundle(bundle: Path, ldm_run: Path) -> tuple[dict, dict]:
+    """(``load_ldm`` of ``ldm_run``, the weights hashes of the bundle's scene-ae and latent-ae);
+    ValueError when the run was trained on latents of another latent-ae than the bundle's or the
+    run it was exported from."""
+    ldm = load_ldm(ldm_run, "cpu")
+    hashes = {"scene_ae": weights_hash(load_scene_ae(bundle / "scene_ae", "cpu")),
+              "latent_ae": weights_hash(load_latent_ae(bundle / "latent_ae", "cpu"))}
+    trained = ldm["config"]["latent_ae"]["weights_hash"]
+    if trained != hashes["latent_ae"] and not _source_lae_matches(bundle, trained, hashes["latent_ae"]):
+        raise ValueError(f"{ldm_run}: trained on the latents of another latent-ae than {bundle / 'latent_ae'} "
+                         "(encode the latents with the bundle's latent-ae, then train)")
+    return ldm, hashes
+
+
+def _save_bundle_level(ldm_run: Path, ldm: dict, lv: str, dest: Path, hashes: dict, prefix: str) -> int:
+    """Level ``lv`` of ``ldm`` (loaded from ``ldm_run``) into the bundle folder ``dest`` in float16,
+    its config naming the bundle's scene-ae and latent-ae as ``prefix`` + their folder (relative
+    to ``dest``) with their ``hashes``; returns the weights' bytes."""
+    rc = read_run_config(ldm_run / lv)
+    for key in ("scene_ae", "latent_ae"):
+        rc[key] = {**rc[key], "run": f"{prefix}{key}", "weights_hash": hashes[key], "trained_run": str(rc[key]["run"])}
+    atomic_write_json(dest / CONFIG_FILE, rc)
+    return _save_half(ldm["models"][lv], dest, ldm["steps"][lv])
+
+
 def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str = BEV_LEVELS,
                card: dict | None = None) -> dict:
     """Add (or replace) the levels of another ldm run trained on the bundle's own latent-ae
@@ -286,25 +313,15 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
     then renamed. Returns bundle.json."""
     bundle, ldm_run = Path(bundle), Path(ldm_run)
     info = json.loads((bundle / BUNDLE_FILE).read_text())
-    ldm = load_ldm(ldm_run, "cpu")
-    hashes = {"scene_ae": weights_hash(load_scene_ae(bundle / "scene_ae", "cpu")),
-              "latent_ae": weights_hash(load_latent_ae(bundle / "latent_ae", "cpu"))}
-    trained = ldm["config"]["latent_ae"]["weights_hash"]
-    if trained != hashes["latent_ae"] and not _source_lae_matches(bundle, trained, hashes["latent_ae"]):
-        raise ValueError(f"{ldm_run}: trained on the latents of another latent-ae than {bundle / 'latent_ae'} "
-                         "(encode the latents with the bundle's latent-ae, then train)")
+    ldm, hashes = _ldm_on_bundle(bundle, ldm_run)
     tmp = bundle / (name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     steps, size = {}, 0
-    for lv, model in ldm["models"].items():
+    for lv in ldm["models"]:
         (tmp / lv).mkdir()
-        rc = read_run_config(ldm_run / lv)
-        for key in ("scene_ae", "latent_ae"):
-            rc[key] = {**rc[key], "run": f"../{key}", "weights_hash": hashes[key], "trained_run": str(rc[key]["run"])}
-        atomic_write_json(tmp / lv / CONFIG_FILE, rc)
         steps[lv] = ldm["steps"][lv]
-        size += _save_half(model, tmp / lv, steps[lv])
+        size += _save_bundle_level(ldm_run, ldm, lv, tmp / lv, hashes, "../")
     sub = {"format": BUNDLE_FORMAT, "version": 1, "levels_of": "..", "source": str(ldm_run.resolve()), "steps": steps}
     if info.get("renderer"):
         sub["renderer"] = f"../{info['renderer']}"
@@ -333,31 +350,22 @@ def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels
     bad = [lv for lv in levels if lv not in info.get("steps", {}) or not (bundle / lv).is_dir()]
     if bad or not levels:
         raise ValueError(f"{bundle}: no level {', '.join(bad) or '(none given)'} to replace")
-    hashes = {"scene_ae": weights_hash(load_scene_ae(bundle / "scene_ae", "cpu")),
-              "latent_ae": weights_hash(load_latent_ae(bundle / "latent_ae", "cpu"))}
-    ldm = load_ldm(ldm_run, "cpu")
-    trained = ldm["config"]["latent_ae"]["weights_hash"]
-    if trained != hashes["latent_ae"] and not _source_lae_matches(bundle, trained, hashes["latent_ae"]):
-        raise ValueError(f"{ldm_run}: trained on the latents of another latent-ae than {bundle / 'latent_ae'}")
+    ldm, hashes = _ldm_on_bundle(bundle, ldm_run)
     kept = read_run_config(bundle / "g")
     for lv in levels:
         if read_run_config(ldm_run / lv).get("stats") != kept.get("stats"):
             raise ValueError(f"{ldm_run / lv}: trained with other latent statistics than the bundle's levels "
                              "(encode the latents with --stats-from the bundle, then train)")
     old_bytes = {lv: (bundle / lv / MODEL_WEIGHTS).stat().st_size for lv in levels}
-    old_models = load_ldm(bundle, "cpu")["models"]
-    old_params = sum(p.numel() for lv in levels for p in old_models[lv].parameters())
+    old_params = sum(p.numel() for lv in levels for p in LevelDiffusion(
+        config_from_dict(read_run_config(bundle / lv)["model"])).parameters())      # the shapes say it
     steps, new_bytes = {}, {}
     for lv in levels:
         tmp = bundle / (lv + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        rc = read_run_config(ldm_run / lv)
-        for key in ("scene_ae", "latent_ae"):
-            rc[key] = {**rc[key], "run": key, "weights_hash": hashes[key], "trained_run": str(rc[key]["run"])}
-        atomic_write_json(tmp / CONFIG_FILE, rc)
         steps[lv] = ldm["steps"][lv]
-        new_bytes[lv] = _save_half(ldm["models"][lv], tmp, steps[lv])
+        new_bytes[lv] = _save_bundle_level(ldm_run, ldm, lv, tmp, hashes, "")
     for lv in levels:
         os.replace(bundle / lv, bundle / (lv + ".old"))
         os.replace(bundle / (lv + ".partial"), bundle / lv)
