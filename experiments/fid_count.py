@@ -31,15 +31,13 @@ import numpy as np
 
 
 def sample_features(samples: Path, net, net_id: str, device) -> tuple[np.ndarray, np.ndarray]:
-    """Inception features of every frame (N x 2048) and each frame's sample index (N), cached."""
-    from PIL import Image
-
-    from nfldm.ldm.evaluate import VIEW_SIZE, to_view_size
+    """Inception features of every frame (N x 2048) and each frame's sample index (N), cached.
+    The frames are those of ``nfldm eval generation`` (:func:`~nfldm.ldm.evaluate.generated_images`,
+    same order)."""
+    from nfldm.ldm.evaluate import VIEW_SIZE, generated_images, to_view_size
     from nfldm.metrics.fid import extract
 
     files = sorted(samples.glob("sample_*/frames/*.png"))
-    if not files:
-        raise SystemExit(f"{samples}: no generated frames (sample_*/frames/*.png)")
     key = hashlib.sha1(("|".join(str(f.relative_to(samples)) for f in files) + net_id).encode()).hexdigest()
     cache = samples / "inception_features.npz"
     if cache.is_file():
@@ -47,7 +45,7 @@ def sample_features(samples: Path, net, net_id: str, device) -> tuple[np.ndarray
         if str(z["key"]) == key:
             return z["features"], z["sample"]
     owner = np.array([int(f.parent.parent.name.split("_")[1]) for f in files])
-    imgs = to_view_size(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]), VIEW_SIZE)
+    imgs = to_view_size(generated_images(samples), VIEW_SIZE)
     feats = extract(net, imgs, device, progress=True, desc=f"inception {samples.name}")
     tmp = samples / "inception_features.tmp.npz"
     np.savez(tmp, features=feats, sample=owner, key=np.array(key))
@@ -111,7 +109,7 @@ def main() -> None:
         ap.error("--samples and --data are needed (or --from-json)")
 
     from nfldm.ldm.evaluate import (MAX_IMAGES, VIEW_SIZE, _evenly, cached_features, real_images, to_view_size)
-    from nfldm.metrics.fid import InceptionFeatures, extract, file_sha1, fid_from_features, kid
+    from nfldm.metrics.fid import InceptionFeatures, extract, feature_stats, file_sha1, frechet_distance, kid
     from nfldm.metrics.wheels import INCEPTION_WHEEL, wheel_file
     from nfldm.trainer import resolve_device
     from nfldm.utils.io import atomic_write_json
@@ -122,6 +120,11 @@ def main() -> None:
     real = cached_features("inception", net_id, args.data, args.split, MAX_IMAGES, VIEW_SIZE,
                            lambda: extract(net, to_view_size(real_images(args.data, args.split, MAX_IMAGES),
                                                              VIEW_SIZE), dev, progress=True, desc="inception real"))
+    real_stats = feature_stats(real)           # once: every FID below is against the same real set
+
+    def fid(gen: np.ndarray) -> float:      # nfldm.metrics.fid.fid_from_features(gen, real), real stats kept
+        return frechet_distance(*feature_stats(gen), *real_stats)
+
     rows = {}
     print(f"{len(real)} real views of split '{args.split}' of {args.data}")
     print("| samples | views | FID (protocol, up to 5,000 views) | KID | FID of disjoint sets of "
@@ -131,13 +134,13 @@ def main() -> None:
         feats, owner = sample_features(Path(s), net, net_id, dev)
         ids = np.unique(owner)
         pick = _evenly(len(feats), MAX_IMAGES)
-        fid_full = fid_from_features(feats[pick], real)
+        fid_full = fid(feats[pick])
         kid_full = kid(feats[pick], real)[0]
         if args.protocol_only:
             rows[s] = {"num_samples": int(len(ids)), "num_views": int(len(pick)), "fid": fid_full, "kid": kid_full}
-            print(f"| {s} | {len(pick)} | {fid_full:.2f} | {kid_full:.4f} | - | - |", flush=True)
+            print(_row(s, rows[s]), flush=True)
             continue
-        sub = [fid_from_features(feats[np.isin(owner, ids[i:i + args.subset])], real)
+        sub = [fid(feats[np.isin(owner, ids[i:i + args.subset])])
                for i in range(0, len(ids) - args.subset + 1, args.subset)]
         rng = np.random.default_rng(0)
         sizes = sorted({int(round(x)) for x in np.linspace(args.subset, len(ids), 6)})
@@ -145,7 +148,7 @@ def main() -> None:
         for n in sizes:
             for _ in range(args.draws if n < len(ids) else 1):
                 m = np.isin(owner, rng.choice(ids, n, replace=False))
-                pts.append((1.0 / m.sum(), fid_from_features(feats[m], real)))
+                pts.append((1.0 / m.sum(), fid(feats[m])))
         x, y = np.array(pts).T
         # a line needs two sizes: a folder of at most --subset samples has no FID_inf
         slope, inf = np.polyfit(x, y, 1) if len(set(x)) > 1 else (float("nan"), float("nan"))
