@@ -8,8 +8,10 @@ Per scene: ``nfldm extend --scene SCENE --direction D --windows N`` into DIR/NAM
 already there: the script resumes); with ``--bev-levels`` each scene is extended following its
 own level's map (``nfldm data level-map`` over the whole level box; the bundle's bev levels).
 Prints, over the scenes: the frame-to-frame LPIPS at the window joins / its median along the
-fly-through (the worst join per scene; how many scenes stay <= 1.5; the same statistic half way
-between joins as a control: what the camera meets anywhere in generated content), the seam score across the
+fly-through (the worst join per scene, the largest of the step that crosses it and its two
+neighbours; how many scenes stay <= 1.5; the same for the crossing step alone; the same statistics
+half way between joins as a control: what the camera meets anywhere in generated content; the
+share of all steps within 1.5x the median; the share of frames taken at or inside a wall), the seam score across the
 joins (the stitched V's gradient there / window 0's mean gradient), the wall IoU of each new
 window against the level's map there (followed or not), and the seconds per window.
 Writes DIR/extend_quality.json.
@@ -98,8 +100,11 @@ def main() -> None:
         c = info["checks"]
         print(f"{e.name}: join spike {c.get('join_spike'):.2f}, seams {[round(s, 2) for s in c['seam']]}, "
               f"{info['seconds_latents_and_decode'] / args.windows:.1f} s per window", flush=True)
-    spikes = [r["checks"]["join_spike"] for r in rows.values() if r["checks"].get("join_spike") is not None]
-    controls = [r["checks"]["control_spike"] for r in rows.values() if r["checks"].get("control_spike") is not None]
+    def each(key: str) -> list[float]:
+        return [r["checks"][key] for r in rows.values() if r["checks"].get(key) is not None]
+
+    spikes, controls = each("join_spike"), each("control_spike")
+    step_spikes, step_controls = each("join_step_spike"), each("control_step_spike")
     seams = [s for r in rows.values() for s in r["checks"]["seam"]]
     res = {"scenes": len(rows), "direction": args.direction, "windows": args.windows, "bev_levels": args.bev_levels,
            "resample": args.resample,
@@ -107,6 +112,14 @@ def main() -> None:
            "scenes_spike_at_most_1.5": int(sum(s <= 1.5 for s in spikes)),
            "control_spike_median": float(np.median(controls)) if controls else None,
            "control_spike_max": float(max(controls)) if controls else None,
+           # the step that crosses each join alone (not its neighbours); runs before 2026-12-06 lack it
+           "join_step_spike_median": float(np.median(step_spikes)) if step_spikes else None,
+           "scenes_step_spike_at_most_1.5": int(sum(s <= 1.5 for s in step_spikes)),
+           "control_step_spike_median": float(np.median(step_controls)) if step_controls else None,
+           "path_steps_at_most_1.5x_median": float(np.mean([np.mean(np.asarray(r["checks"]["frame_lpips"])
+                                                                    <= 1.5 * r["checks"]["frame_lpips_median"])
+                                                            for r in rows.values() if "frame_lpips" in r["checks"]])),
+           "frames_at_walls": float(np.mean(each("frames_at_walls"))) if each("frames_at_walls") else None,
            "seam_median": float(np.median(seams)), "seam_max": float(max(seams)),
            "new_windows_wall_iou_mean": float(np.mean([v for r in rows.values() for v in r["window_wall_iou"]])),
            "seconds_per_window": float(np.mean([r["seconds_latents_and_decode"] / args.windows for r in rows.values()])),

@@ -18,7 +18,7 @@ from nfldm.camera import is_valid_pose
 from nfldm.data.bev import bev_grid, crop_bev
 from nfldm.ldm.config import preset, run_model_config
 from nfldm.ldm.data import LatentStats
-from nfldm.ldm.evaluate import WALL_BAND, WALL_DENSITY
+from nfldm.ldm.evaluate import WALL_BAND, WALL_DENSITY, mid_height_occupancy
 from nfldm.ldm.inpaint import footprint_masks, inpaint_latents, repaint, repaint_schedule
 from nfldm.ldm.model import LevelDiffusion, guided_prediction
 from nfldm.pipeline.edit import seam_score
@@ -409,14 +409,15 @@ def test_stitch_constants_and_ramps(axis, sign):
 
 
 def _corridor(wall_cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """V (1 + 3 channels) over an 8 x 4 x 4 m box, 0.25 m cells, a wall of density 50 over the
-    y columns ``wall_cols`` at mid height."""
+    """V (1 + 3 channels) over an 8 x 4 x 4 m box, 0.25 m cells, a floor (the lowest cells) and
+    a wall of density 50 over the y columns ``wall_cols`` at mid height."""
     bounds = torch.tensor([[0.0, 0.0, 0.0], [8.0, 4.0, 4.0]])
     V = torch.zeros(4, 32, 16, 16)
     z = (torch.arange(16) + 0.5) * 0.25
     band = (z >= WALL_BAND[0]) & (z <= WALL_BAND[1])
     assert 50 > WALL_DENSITY and band.any()
     V[0, :, wall_cols, band] = 50.0
+    V[0, :, :, 0] = 50.0
     V[1:] = torch.randn(3, 32, 16, 16)
     return V, bounds
 
@@ -440,6 +441,37 @@ def test_free_space_path_runs_along_the_axis_away_from_walls(sign):
     V2, _ = _corridor(slice(8, 16))
     other = free_space_path(V2, bounds, 0, sign, 12, 1.25)
     assert (other[:, 1, 3] < 1.8).all()
+
+
+def test_free_space_path_goes_round_walls_through_their_doors():
+    """Two walls across the corridor with doors at opposite sides (x 2.5-3 m, door y 0.25-1.25 m; x
+    5.25-5.75 m, door y 2.75-3.75 m): the path zig-zags through both doors, no camera inside a wall
+    (a path monotone along the axis that trades clearance against sideways moves cut through them),
+    without whipping round (at most 20 degrees of heading a frame); with the doors shut it still runs
+    from end to end (through the walls: no way round)."""
+    V, bounds = _corridor(slice(0, 0))
+    z = (torch.arange(16) + 0.5) * 0.25
+    band = (z >= WALL_BAND[0]) & (z <= WALL_BAND[1])
+    shut = V.clone()
+    shut[0, 10:12, :, band] = 50.0
+    shut[0, 21:23, :, band] = 50.0
+    doors = shut.clone()
+    doors[0, 10:12, 1:5] = 0.0
+    doors[0, 21:23, 11:15] = 0.0
+    path = free_space_path(doors, bounds, 0, 1, 48, 1.25)
+    pos = path[:, :3, 3]
+    assert is_valid_pose(path).all() and pos[0, 0] < 1.0 and pos[-1, 0] > 7.0
+    occ = mid_height_occupancy(doors, bounds)
+    ix, iy = (pos[:, 0] / 0.25).long().clamp(0, 31), (pos[:, 1] / 0.25).long().clamp(0, 15)
+    assert not occ[ix, iy].any()
+    first, second = (pos[:, 0] > 2.4) & (pos[:, 0] < 3.1), (pos[:, 0] > 5.15) & (pos[:, 0] < 5.85)
+    assert first.any() and (pos[first, 1] < 1.3).all() and second.any() and (pos[second, 1] > 2.7).all()
+    forward = -path[:, :3, 2]
+    yaw = torch.atan2(forward[:, 1], forward[:, 0])
+    turn = torch.remainder(yaw.diff() + math.pi, 2 * math.pi) - math.pi
+    assert turn.abs().max() < math.radians(20)
+    path = free_space_path(shut, bounds, 0, 1, 48, 1.25)
+    assert is_valid_pose(path).all() and path[0, 0, 3] < 1.0 and path[-1, 0, 3] > 7.0
 
 
 def test_free_space_path_along_y():

@@ -366,6 +366,30 @@ def test_samplers_are_repeatable_and_finite():
         assert torch.equal(a, b), name                               # DPM-Solver state is reset
 
 
+def test_denoise_from_a_start_skips_the_steps_above_t0():
+    """SDEdit's start: only the sampling steps at or below t0 run, from q(x_t | x0); with t0 at the
+    last step's t the result stays near x0, and a t0 below every step is refused."""
+    from nfldm.ldm.model import make_sampler
+    from nfldm.ldm.sample import denoise
+
+    torch.manual_seed(0)
+    model = LevelDiffusion(smoke_cfg("g")).eval()
+    randomise_zero_init(model)
+    x0 = torch.randn(model.sample_shape(2))
+    sched = make_sampler(model.scheduler, "ddim")
+    sched.set_timesteps(10)
+    ts = [int(t) for t in sched.timesteps]
+    seen = []
+    out = denoise(model, 2, {}, None, 1.0, "ddim", 10, torch.Generator().manual_seed(1), start=(x0, ts[4]),
+                  on_step=lambda t, x, o: seen.append(int(t)))
+    assert seen == ts[4:] and torch.isfinite(out).all()
+    full = denoise(model, 2, {}, None, 1.0, "ddim", 10, torch.Generator().manual_seed(1))
+    last = denoise(model, 2, {}, None, 1.0, "ddim", 10, torch.Generator().manual_seed(1), start=(x0, ts[-1]))
+    assert (last - x0).abs().mean() < (full - x0).abs().mean()
+    with pytest.raises(ValueError, match="no sampling step"):
+        denoise(model, 2, {}, None, 1.0, "ddim", 10, torch.Generator().manual_seed(1), start=(x0, ts[-1] - 1))
+
+
 def test_config_round_trip_and_tiny_preset_sizes():
     for name in ("smoke", "tiny", "small", "paper"):
         p = preset(name)

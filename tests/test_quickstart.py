@@ -457,6 +457,13 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
                 "--own-latents", str(lat), "--out", str(tmp_path / "own"), "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((tmp_path / "own" / "samples.json").read_text())["num"] == 1
+    # a dataset folder's scenes of a split, at most N of them (spread over the split)
+    n_train = sum(s["split"] == "train" for s in data["scenes"])
+    res = nfldm("sample", "--run", str(bundle / "bev"), "--bev", str(out / "data"), "--split", "train",
+                "--path-from-scene", "--own-latents", str(lat), "--max-scenes", "2", "--out", str(tmp_path / "own2"),
+                "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "own2" / "samples.json").read_text())["num"] == 2 < n_train
     sheet = comparison_sheet({"conditional": samples, "own latents": tmp_path / "own"}, tmp_path / "sheet.png", frames=3)
     assert Image.open(sheet).size[1] > 64
     # a map for an unconditional run, and a floor plan that is not an image: one line each

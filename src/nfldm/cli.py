@@ -24,8 +24,8 @@ def _add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...]
         )
 
 
-def _processes(text: str) -> int:
-    """An argparse type: a number of processes, at least 1."""
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number, at least 1 (processes, scenes)."""
     n = int(text)
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
@@ -271,6 +271,10 @@ def cmd_sample(args) -> int:
     if args.bev or scenes or args.own_latents:
         heights = map_heights(args.run, args.floor_height, args.ceiling_height)
         conditions = conditions_from(args.bev, args.split, scenes, args.erase_box, args.add_wall_box, heights)
+        if args.max_scenes is not None:
+            from nfldm.pipeline.maps import spread
+
+            conditions = spread(conditions, args.max_scenes)
     res = sample(args.run, num=args.num, sampler=args.sampler, steps=args.steps, seed=args.seed, out=args.out,
                  cond=None if args.cond is None else read_condition(args.cond), guidance=args.guidance,
                  device=args.device, progress=not args.quiet, num_frames=args.frames, fps=args.fps,
@@ -337,7 +341,9 @@ def cmd_extend(args) -> int:
     print(f"extended {res['source']} by {res['windows']} windows along {res['direction']} "
           f"({res['shift_metres']:.1f} m each) in {res['seconds_with_render']:.1f} s -> {args.out}/sample_0000, "
           f"strip {args.out}/strip.png")
-    print(f"frame-to-frame LPIPS at the joins / median: {'n/a' if spike is None else f'{spike:.2f}'}; "
+    step = c.get("join_step_spike")
+    print(f"frame-to-frame LPIPS at the joins / median: {'n/a' if spike is None else f'{spike:.2f}'} (the step "
+          f"crossing a join with its neighbours), {'n/a' if step is None else f'{step:.2f}'} (the crossing step alone); "
           f"seam across the joins (max): {c['seam_max']:.2f}")
     return 0
 
@@ -423,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset folder to write (created)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="named preset (default: tiny)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--workers", type=_processes, default=1, help="processes that collect (default 1; more use more cores: the same maps, poses and scene names, a few pixels of animated surfaces may differ from a 1-process collection)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="processes that collect (default 1; more use more cores: the same maps, poses and scene names, a few pixels of animated surfaces may differ from a 1-process collection)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any collector option (the same as its flag below; repeatable)")
     _add_config_args(p, VizdoomConfig)
@@ -727,6 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample g given the real camera path of the --bev scene (or of SCENES: a scene or dataset "
                    "folder, also without --bev: unconditional samples along real paths) and render at its cameras, "
                    "so nfldm eval generation can compare the views with the real frames")
+    p.add_argument("--max-scenes", type=_positive_int, default=None, metavar="N",
+                   help="with a dataset folder as --bev / --path-from-scene: N of its --split scenes, spread evenly "
+                   "over it (default: all)")
     p.add_argument("--erase-box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                    help="edit the map: remove the walls in this box (metres, the scene's frame) and make it floor; "
                    "repeatable")
@@ -906,7 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any quickstart option (nfldm.pipeline.quickstart.config.QuickstartConfig; repeatable)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--workers", type=_processes, default=1,
+    p.add_argument("--workers", type=_positive_int, default=1,
                    help="processes that collect the dataset (default 1; not part of the recipe: the same maps, "
                         "poses and scene names, a few pixels of animated surfaces may differ)")
     p.add_argument("--only", choices=("renderer", "bev_ldm", "image_prior"), default=None,

@@ -32,7 +32,8 @@ __all__ = ["denoise", "sample_latents", "render_path"]
 def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, guidance: float,
             sampler: str, steps: int, generator: torch.Generator, progress: bool = False,
             desc: str = "", on_step=None, g_guidance: float = 1.0, known: tuple[Tensor, Tensor] | None = None,
-            guide: tuple[LevelDiffusion, dict, float] | None = None, look_guidance: float = 1.0) -> Tensor:
+            guide: tuple[LevelDiffusion, dict, float] | None = None, look_guidance: float = 1.0,
+            start: tuple[Tensor, int] | None = None) -> Tensor:
     """One level's reverse process from pure noise: standardised latents of shape
     ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
     ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
@@ -49,20 +50,30 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     parameterisation, ``D_guide + w (D - D_guide)`` (autoguidance, Karras et al. 2024, when the
     guide is a weaker version of the model; classifier-free guidance by a separately trained
     model, Ho & Salimans 2022, when the guide lacks one of the model's conditions). It is given
-    the same noisy input and its own context; w = 1 is the model alone."""
+    the same noisy input and its own context; w = 1 is the model alone.
+
+    ``start`` = (x0, t0): begin at the first sampling step t <= t0 from q(x_t | x0) instead of
+    pure noise (SDEdit, Meng et al. 2022; x0 of shape ``model.sample_shape(batch)``): the steps
+    above t0 are skipped."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     dev = next(model.parameters()).device
     sched = make_sampler(model.scheduler, sampler)
     sched.set_timesteps(steps, device=dev)            # before every run: DPM-Solver keeps state
     x = torch.randn(model.sample_shape(batch), generator=generator).to(dev) * sched.init_noise_sigma
+    timesteps = sched.timesteps
+    if start is not None:
+        timesteps = timesteps[timesteps <= int(start[1])]
+        if not len(timesteps):
+            raise ValueError(f"no sampling step at or below t0 = {start[1]}")
+        x = model.scheduler.add_noise(start[0].to(dev, x.dtype), x, timesteps[:1])
     if known is not None:
         values, mask = known[0].to(dev, x.dtype).expand_as(x), known[1].to(dev).expand_as(x)
         fresh = model.scheduler        # the training scheduler's q(x_t | x_0)
     if guide is not None:              # the guide takes the condition only when it was trained on one alike
         same = guide[0].cfg.bev == model.cfg.bev and guide[0].cfg.cond_dim == model.cfg.cond_dim
         guide_cond, guide_guidance = (cond, guidance) if same else (None, 1.0)
-    for t in tqdm(sched.timesteps, desc=desc, disable=not progress, leave=False):
+    for t in tqdm(timesteps, desc=desc, disable=not progress, leave=False):
         if known is not None:
             noise = torch.randn(x.shape, generator=generator).to(dev, x.dtype)
             x = torch.where(mask, fresh.add_noise(values, noise, t.reshape(1).to(dev)), x)

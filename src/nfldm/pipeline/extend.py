@@ -9,8 +9,10 @@ camera can fly through.
               map (--bev, larger than one window) each window follows its part of it
     stitch:   every window decoded with the latent-ae, its GroupNorm statistics frozen to window
               0's; the windows' V blended with linear ramps over their overlaps into one V
-    path:     a level camera at the scene path's height along the direction, steered through free
-              space (dynamic programming over the mid-height occupancy's distance to walls)
+    path:     a level camera at the scene path's height from one end of the level to the other,
+              the cheapest route over the footprint that keeps clear of mid-height walls and goes
+              round them through openings (a wall crossed only where there is no way round),
+              smoothed, looking ahead along it with a smoothed heading
 
 Output folder::
 
@@ -107,64 +109,77 @@ def stitch(Vs: list[Tensor], axis: int, sign: int, s: int) -> Tensor:
 
 
 def free_space_path(V: Tensor, bounds: Tensor, axis: int, sign: int, frames: int, height: float,
-                    margin: float = 0.5, smooth_cells: float = 6.0, turn_cost: float = 1.0) -> Tensor:
-    """A level camera path along ``axis`` in the direction ``sign`` through the free space of V
-    (K x X x Y x Z over ``bounds`` 2 x 3) at z = ``height``: for each cell along the axis, the
-    cross position that keeps farthest from the walls (mid-height occupancy; a dynamic program
-    trades distance against sideways moves, ``turn_cost`` per cell), smoothed, looking along the
-    path. The box's sides along the path count as walls. -> frames x 4 x 4 camera-to-world."""
+                    margin: float = 0.5, clearance: float = 1.0, wall_cost: float = 1000.0, smooth: float = 0.5,
+                    look_ahead: float = 2.0, yaw_smooth: float = 3.0) -> Tensor:
+    """A level camera path from one end of the box to the other along ``axis`` in the direction
+    ``sign``, through the free space of V (K x X x Y x Z over ``bounds`` 2 x 3) at z = ``height``:
+    the cheapest route over the footprint's cells (8-connected,
+    :func:`skimage.graph.route_through_array`) where a cell costs its length times 1 +
+    (``clearance`` metres / its distance to the nearest wall)^2, and a wall (mid-height occupancy;
+    the box's sides along the path count as walls) ``wall_cost`` times more. It keeps away from
+    walls, goes round them through any opening, and crosses one only where there is no way round.
+    It runs from the freest cell ``margin`` metres inside one end to the freest one as far inside
+    the other; smoothed (a Gaussian of ``smooth`` metres along the route), ``frames`` cameras
+    evenly spaced along it, each looking at the route ``look_ahead`` metres ahead, the heading
+    smoothed over ``yaw_smooth`` frames (a Gaussian's sigma on the unwrapped angle; 0: none).
+    -> frames x 4 x 4 camera-to-world."""
+    from scipy.ndimage import distance_transform_edt
+    from skimage.graph import route_through_array
+
     if frames < 2:
         raise ValueError(f"a path needs at least 2 frames, got {frames}")
-    occ = mid_height_occupancy(V, bounds).float()                          # X x Y
+    occ = mid_height_occupancy(V, bounds).numpy()                           # X x Y: walls
     if axis == 1:
         occ = occ.T
+    occ = occ.copy()
+    occ[:, 0] = occ[:, -1] = True
     A, B = occ.shape
-    occ[:, 0] = occ[:, -1] = 1.0
-    far = 12
-    dist = torch.full((A, B), float(far))
-    reached = occ > 0
-    dist[reached] = 0.0
-    for r in range(1, far):
-        grown = F.max_pool2d(occ[None, None], 2 * r + 1, stride=1, padding=r)[0, 0] > 0
-        new = grown & ~reached
-        dist[new] = float(r)
-        reached |= grown
-    # dynamic program over the cross index
-    cost = -dist[0].clone()
-    back = torch.zeros(A, B, dtype=torch.long)
-    idx = torch.arange(B, dtype=torch.float32)
-    move = turn_cost * (idx[:, None] - idx[None, :]).abs()                 # from j' to j
-    for a in range(1, A):
-        tot = cost[None, :] + move                                         # j x j'
-        best, arg = tot.min(1)
-        cost = best - dist[a]
-        back[a] = arg
-    cross = torch.zeros(A, dtype=torch.long)
-    cross[-1] = int(cost.argmin())
-    for a in range(A - 1, 0, -1):
-        cross[a - 1] = back[a, cross[a]]
-    lo, hi = bounds[0].double(), bounds[1].double()
+    lo, hi = bounds[0].double().numpy(), bounds[1].double().numpy()
     ax_lo, ax_hi = float(lo[axis]), float(hi[axis])
     cr_lo, cr_hi = float(lo[1 - axis]), float(hi[1 - axis])
     cell_a, cell_c = (ax_hi - ax_lo) / A, (cr_hi - cr_lo) / B
-    c = cross.double().numpy() + 0.5
-    if smooth_cells > 0:
-        k = np.arange(-int(3 * smooth_cells), int(3 * smooth_cells) + 1)
-        ker = np.exp(-0.5 * (k / smooth_cells) ** 2)
+    dist = distance_transform_edt(~occ, sampling=(cell_a, cell_c))          # metres to the nearest wall cell
+    cost = (1.0 + (clearance / np.maximum(dist, 0.5 * min(cell_a, cell_c))) ** 2) * np.where(occ, wall_cost, 1.0)
+    m = min(A - 1, max(0, int(round(margin / cell_a))))
+    a0, a1 = (m, A - 1 - m) if sign > 0 else (A - 1 - m, m)
+    route, _ = route_through_array(cost, (a0, int(dist[a0].argmax())), (a1, int(dist[a1].argmax())),
+                                   fully_connected=True, geometric=True)
+    r = np.asarray(route, dtype=np.float64) + 0.5
+    pts = np.stack([ax_lo + r[:, 0] * cell_a, cr_lo + r[:, 1] * cell_c], 1)  # (along, across) metres
+    # resample the route evenly (5 cm), smooth it, then place the frames evenly along it
+    seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    if arc[-1] <= 0:
+        raise ValueError("the box is too short along the axis for a path")
+    u = np.arange(0.0, arc[-1] + 1e-9, 0.05)
+    dense = np.stack([np.interp(u, arc, pts[:, 0]), np.interp(u, arc, pts[:, 1])], 1)
+    if smooth > 0 and len(dense) > 2:
+        sig = smooth / 0.05
+        k = np.arange(-int(3 * sig), int(3 * sig) + 1)
+        ker = np.exp(-0.5 * (k / sig) ** 2)
         ker /= ker.sum()
-        c = np.convolve(np.pad(c, len(k) // 2, mode="edge"), ker, mode="valid")
-    along = ax_lo + (np.arange(A) + 0.5) * cell_a
-    t = np.linspace(ax_lo + margin, ax_hi - margin, frames)
-    if sign < 0:
-        t = t[::-1]
-    cr = cr_lo + np.interp(t, along, c) * cell_c
+        dense = np.stack([np.convolve(np.pad(dense[:, i], len(k) // 2, mode="edge"), ker, mode="valid")
+                          for i in range(2)], 1)
+    seg = np.linalg.norm(np.diff(dense, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+
+    def at(s: np.ndarray) -> np.ndarray:                                   # points at arc lengths s (extended straight)
+        inside = np.stack([np.interp(s, arc, dense[:, 0]), np.interp(s, arc, dense[:, 1])], 1)
+        end_dir = dense[-1] - dense[max(0, len(dense) - 11)]
+        end_dir = end_dir / max(np.linalg.norm(end_dir), 1e-9)
+        return inside + np.maximum(s - arc[-1], 0.0)[:, None] * end_dir
+
+    s = np.linspace(0.0, arc[-1], frames)
+    p2, ahead = at(s), at(s + look_ahead)
     pos = np.zeros((frames, 3))
-    pos[:, axis], pos[:, 1 - axis], pos[:, 2] = t, cr, height
-    # look along the path: its tangent over about a metre ahead
-    look = max(1, int(round(1.0 / max(abs(t[1] - t[0]), 1e-6))))
-    ext = np.concatenate([pos, pos[-1:] + (pos[-1:] - pos[-2:-1]) * np.arange(1, look + 1)[:, None]])
-    d = ext[look:look + frames] - pos
-    yaw = np.arctan2(d[:, 1], d[:, 0])
+    pos[:, axis], pos[:, 1 - axis], pos[:, 2] = p2[:, 0], p2[:, 1], height
+    d = np.zeros((frames, 2))
+    d[:, axis], d[:, 1 - axis] = ahead[:, 0] - p2[:, 0], ahead[:, 1] - p2[:, 1]
+    yaw = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
+    if yaw_smooth > 0:
+        k = np.arange(-int(3 * yaw_smooth), int(3 * yaw_smooth) + 1)
+        ker = np.exp(-0.5 * (k / yaw_smooth) ** 2)
+        yaw = np.convolve(np.pad(yaw, len(k) // 2, mode="edge"), ker / ker.sum(), mode="valid")
     return pose_from_position_yaw(torch.from_numpy(pos).float(), torch.from_numpy(yaw).float())
 
 
@@ -233,9 +248,9 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
     height = float(scene.path[:, 2, 3].median())
     frames = frames_per_window * (windows + 1)
     path = free_space_path(V, bounds, axis, sign, frames, height)
-    keys = path[torch.linspace(0, frames - 1, 8).round().long()]
     with _samples_scaled(sae, (X + windows * s) / X):
         rgb, depth = _render_path(sae, V, bounds, scene.intrinsics, path)
+    keys = path[torch.linspace(0, frames - 1, 8).round().long()]
     t_total = time.perf_counter() - t_start
 
     # checks: frame-to-frame LPIPS along the path, at the joins vs its median; seam scores across joins
@@ -243,22 +258,35 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
         lpips = available_lpips()
     joins = _join_positions(scene.bounds, axis, sign, windows, s, X)
     cam = path[:, axis, 3]
-    checks: dict = {"join_positions": joins}
+    # frames the camera takes at or inside a wall: >= 5 % of the pixels nearer than 0.5 m (Doom's player
+    # radius is 0.375 m: no real frame is)
+    checks: dict = {"join_positions": joins,
+                    "frames_at_walls": float(((depth < 0.5).flatten(1).float().mean(1) >= 0.05).float().mean())}
     if lpips is not None:
         step = lpips(rgb[1:], rgb[:-1]).tolist()                          # step i: frame i -> i + 1
-        mid = (cam[1:] + cam[:-1]) / 2
-        near = [int((mid - j).abs().argmin()) for j in joins]
         med = float(np.median(step))
-        at_join = [max(step[max(0, i - 1):i + 2]) for i in near]
-        # the control: the same statistic half way between joins (the windows' middles, inside the
+
+        def crossing(j: float) -> tuple[int, float, float]:
+            # the steps that cross the plane at j (the path may cross it more than once going round
+            # a wall; the nearest step if none does): (the step, the largest of it and its two
+            # neighbours, the largest crossing step alone), over the crossings
+            over = ((cam[1:] - j) * (cam[:-1] - j) <= 0).nonzero().flatten().tolist()
+            over = over or [int(((cam[1:] + cam[:-1]) / 2 - j).abs().argmin())]
+            i, around = max(((i, max(step[max(0, i - 1):i + 2])) for i in over), key=lambda x: x[1])
+            return i, around, max(step[k] for k in over)
+
+        def spike(v: list[float]) -> float | None:
+            return max(v) / med if med > 0 else None
+
+        near, at_join, on_join = (list(x) for x in zip(*[crossing(j) for j in joins]))
+        # the control: the same statistics half way between joins (the windows' middles, inside the
         # fly-through), to tell a seam from what the camera meets anywhere in generated content
         mids = [(a + b) / 2 for a, b in zip(joins[:-1], joins[1:])] + [joins[0] - sign * s * cell / 2]
-        mid_steps = [int((mid - m).abs().argmin()) for m in mids]
-        at_mid = [max(step[max(0, i - 1):i + 2]) for i in mid_steps]
+        mid_steps, at_mid, on_mid = (list(x) for x in zip(*[crossing(m) for m in mids]))
         checks.update(frame_lpips=step, frame_lpips_median=med, join_steps=near,
-                      join_lpips=at_join, join_spike=max(at_join) / med if med > 0 else None,
-                      control_steps=mid_steps, control_lpips=at_mid,
-                      control_spike=max(at_mid) / med if med > 0 else None)
+                      join_lpips=at_join, join_spike=spike(at_join), join_step_spike=spike(on_join),
+                      control_steps=mid_steps, control_lpips=at_mid, control_spike=spike(at_mid),
+                      control_step_spike=spike(on_mid))
     seams = []
     cols = V.shape[1 + axis]
     for j in joins:                        # the stitched V across the join plane vs window 0's texture
