@@ -105,6 +105,7 @@ def main() -> None:
 
     spikes, controls = each("join_spike"), each("control_spike")
     step_spikes, step_controls = each("join_step_spike"), each("control_step_spike")
+    at_walls = each("frames_at_walls")
     seams = [s for r in rows.values() for s in r["checks"]["seam"]]
     res = {"scenes": len(rows), "direction": args.direction, "windows": args.windows, "bev_levels": args.bev_levels,
            "resample": args.resample,
@@ -119,7 +120,7 @@ def main() -> None:
            "path_steps_at_most_1.5x_median": float(np.mean([np.mean(np.asarray(r["checks"]["frame_lpips"])
                                                                     <= 1.5 * r["checks"]["frame_lpips_median"])
                                                             for r in rows.values() if "frame_lpips" in r["checks"]])),
-           "frames_at_walls": float(np.mean(each("frames_at_walls"))) if each("frames_at_walls") else None,
+           "frames_at_walls": float(np.mean(at_walls)) if at_walls else None,
            "seam_median": float(np.median(seams)), "seam_max": float(max(seams)),
            "new_windows_wall_iou_mean": float(np.mean([v for r in rows.values() for v in r["window_wall_iou"]])),
            "seconds_per_window": float(np.mean([r["seconds_latents_and_decode"] / args.windows for r in rows.values()])),

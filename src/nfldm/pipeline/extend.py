@@ -123,7 +123,7 @@ def free_space_path(V: Tensor, bounds: Tensor, axis: int, sign: int, frames: int
     evenly spaced along it, each looking at the route ``look_ahead`` metres ahead, the heading
     smoothed over ``yaw_smooth`` frames (a Gaussian's sigma on the unwrapped angle; 0: none).
     -> frames x 4 x 4 camera-to-world."""
-    from scipy.ndimage import distance_transform_edt
+    from scipy.ndimage import distance_transform_edt, gaussian_filter1d
     from skimage.graph import route_through_array
 
     if frames < 2:
@@ -154,12 +154,7 @@ def free_space_path(V: Tensor, bounds: Tensor, axis: int, sign: int, frames: int
     u = np.arange(0.0, arc[-1] + 1e-9, 0.05)
     dense = np.stack([np.interp(u, arc, pts[:, 0]), np.interp(u, arc, pts[:, 1])], 1)
     if smooth > 0 and len(dense) > 2:
-        sig = smooth / 0.05
-        k = np.arange(-int(3 * sig), int(3 * sig) + 1)
-        ker = np.exp(-0.5 * (k / sig) ** 2)
-        ker /= ker.sum()
-        dense = np.stack([np.convolve(np.pad(dense[:, i], len(k) // 2, mode="edge"), ker, mode="valid")
-                          for i in range(2)], 1)
+        dense = gaussian_filter1d(dense, smooth / 0.05, axis=0, mode="nearest", truncate=3.0)
     seg = np.linalg.norm(np.diff(dense, axis=0), axis=1)
     arc = np.concatenate([[0.0], np.cumsum(seg)])
 
@@ -177,9 +172,7 @@ def free_space_path(V: Tensor, bounds: Tensor, axis: int, sign: int, frames: int
     d[:, axis], d[:, 1 - axis] = ahead[:, 0] - p2[:, 0], ahead[:, 1] - p2[:, 1]
     yaw = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
     if yaw_smooth > 0:
-        k = np.arange(-int(3 * yaw_smooth), int(3 * yaw_smooth) + 1)
-        ker = np.exp(-0.5 * (k / yaw_smooth) ** 2)
-        yaw = np.convolve(np.pad(yaw, len(k) // 2, mode="edge"), ker / ker.sum(), mode="valid")
+        yaw = gaussian_filter1d(yaw, yaw_smooth, mode="nearest", truncate=3.0)
     return pose_from_position_yaw(torch.from_numpy(pos).float(), torch.from_numpy(yaw).float())
 
 
