@@ -3,10 +3,13 @@ samples along the same camera paths and the unedited scenes (their own latents d
 
     python benchmarks/edit_quality.py --data DATASET [--split test] [--run RUN] --out DIR
                                       [--steps 25] [--jump 5] [--resample 10] [--size 4] [--scenes N]
+                                      [--bev-own [--look-guidance W]]
 
 Per scene: ``nfldm edit --scene SCENE`` with the automatic box (the ``--size`` metre box the real
 camera path looks at most, never one it stands in) into DIR/edits/NAME (skipped when already
-there: the script resumes). Then prints, over the scenes:
+there: the script resumes); with ``--bev-own`` each box follows the scene's own map (``--bev
+SCENE``, the bev levels, look guidance ``--look-guidance``, default nfldm edit's): then LPIPS into
+the box against the unedited scene says how much of it the map (and its look) gives back. Then prints, over the scenes:
 
 - kept: max |V change| beyond the decoder's receptive field and beyond its reach (the margin
   where a one-cell change falls below 1e-3 of the change at the cell itself), and the PSNR of
@@ -54,6 +57,8 @@ def main() -> None:
     ap.add_argument("--resample", type=int, default=10)
     ap.add_argument("--size", type=float, default=4.0, help="side of the box, metres")
     ap.add_argument("--scenes", type=int, default=0, help="only the first N scenes (0: all)")
+    ap.add_argument("--bev-own", action="store_true", help="each box follows the scene's own map (bev levels)")
+    ap.add_argument("--look-guidance", type=float, default=None, help="with --bev-own (default: nfldm edit's)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -75,7 +80,8 @@ def main() -> None:
         if not (d / "edit.json").is_file():
             t = time.perf_counter()
             edit_scene(e.path, None, d, run=args.run, steps=args.steps, jump=args.jump, resample=args.resample,
-                       device=args.device, progress=False, auto_size=args.size)
+                       device=args.device, progress=False, auto_size=args.size,
+                       bev=e.path if args.bev_own else None, look_guidance=args.look_guidance)
             print(f"{e.name}: edited in {time.perf_counter() - t:.1f} s", flush=True)
         edits[e.name] = json.loads((d / "edit.json").read_text())
     uncond = out / "uncond"
@@ -91,7 +97,8 @@ def main() -> None:
     checks = {n: e["checks"] for n, e in edits.items()}
     vals = lambda key: [c[key] for c in checks.values() if c.get(key) is not None]     # noqa: E731
     res = {"scenes": len(checks), "settings": {"steps": args.steps, "jump": args.jump, "resample": args.resample,
-                                               "box_metres": args.size},
+                                               "box_metres": args.size, "bev_own": args.bev_own,
+                                               "look_guidance": next(iter(edits.values())).get("look_guidance")},
            "kept_max_abs_beyond_receptive_field": max(vals("kept_max_abs_rf")),
            "receptive_field_cells": max(vals("receptive_field_cells")),
            "kept_max_abs_beyond_reach": max(vals("kept_max_abs")), "reach_cells": max(vals("reach_cells")),

@@ -2,11 +2,12 @@
 
     python benchmarks/extend_quality.py --data DATASET [--split test] [--run RUN] --out DIR
                                         [--direction +x] [--windows 2] [--bev-levels] [--scenes N]
-                                        [--resample 3]
+                                        [--resample 3] [--look-guidance W]
 
 Per scene: ``nfldm extend --scene SCENE --direction D --windows N`` into DIR/NAME (skipped when
 already there: the script resumes); with ``--bev-levels`` each scene is extended following its
-own level's map (``nfldm data level-map`` over the whole level box; the bundle's bev levels).
+own level's map (``nfldm data level-map`` over the whole level box; the bundle's bev levels;
+look guidance ``--look-guidance``, default nfldm extend's).
 Prints, over the scenes: the frame-to-frame LPIPS at the window joins / its median along the
 fly-through (the worst join per scene, the largest of the step that crosses it and its two
 neighbours; how many scenes stay <= 1.5; the same for the crossing step alone; the same statistics
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--direction", default="+x")
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--bev-levels", action="store_true", help="follow each scene's level map")
+    ap.add_argument("--look-guidance", type=float, default=None, help="with --bev-levels (default: nfldm extend's)")
     ap.add_argument("--scenes", type=int, default=0, help="only the first N scenes (0: all)")
     ap.add_argument("--resample", type=int, default=3, help="RePaint passes per jump (nfldm extend's default 3)")
     ap.add_argument("--device", default="auto")
@@ -91,7 +93,7 @@ def main() -> None:
                 bev.parent.mkdir(parents=True, exist_ok=True)
                 write_bev(bev, level_bev(e.path, [lo2[0], lo2[1], lo2[0] + side, lo2[1] + side]))
             extend_scene(e.path, args.direction, d, windows=args.windows, run=args.run, bev=bev, device=args.device,
-                         resample=args.resample, progress=False)
+                         resample=args.resample, progress=False, look_guidance=args.look_guidance)
         info = json.loads((d / "extend.json").read_text())
         if "window_wall_iou" not in info:
             info["window_wall_iou"] = window_wall_iou(d, e.path, np.asarray(e.bounds, float), axis, sign, info)
@@ -108,7 +110,7 @@ def main() -> None:
     at_walls = each("frames_at_walls")
     seams = [s for r in rows.values() for s in r["checks"]["seam"]]
     res = {"scenes": len(rows), "direction": args.direction, "windows": args.windows, "bev_levels": args.bev_levels,
-           "resample": args.resample,
+           "resample": args.resample, "look_guidance": next(iter(rows.values())).get("look_guidance"),
            "join_spike_median": float(np.median(spikes)), "join_spike_max": float(max(spikes)),
            "scenes_spike_at_most_1.5": int(sum(s <= 1.5 for s in spikes)),
            "control_spike_median": float(np.median(controls)) if controls else None,

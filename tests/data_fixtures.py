@@ -47,6 +47,19 @@ def make_bev(seed: int, res: int = 32) -> dict:
             "bounds_xy": np.asarray(BOUNDS, np.float32)[:, :2]}
 
 
+def with_look(bev: dict, light: float = 0.6, seed: int = 0) -> dict:
+    """``bev`` with a look: uniform light, floor / ceiling colours by seed, wall colour on its walls."""
+    from nfldm.data.bev import LOOK_KEYS
+
+    rng = np.random.default_rng(seed)
+    inside, wall = bev["inside"] > 0, bev["wall"] > 0
+    out = dict(bev)
+    vals = dict(zip(LOOK_KEYS, [light, *rng.uniform(0, 1, 9)]))
+    for k in LOOK_KEYS:
+        out[k] = np.where(wall if k.startswith("wall") else inside, vals[k], np.nan).astype(np.float32)
+    return out
+
+
 def bev_bytes(bev: dict) -> bytes:
     import io
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from data_fixtures import BOUNDS, bev_bytes, make_bev, randomise_zero_init
+from data_fixtures import BOUNDS, bev_bytes, make_bev, randomise_zero_init, with_look
 from PIL import Image
 
 from nfldm.data.bev import (HEIGHT_SCALE, add_wall_box, bev_grid, erase_box, read_bev, read_bev_file,
@@ -271,19 +271,6 @@ def test_wall_and_inside_iou():
 
 # ----------------------------------------------------------------------------------------
 # the map's look
-
-
-def with_look(bev: dict, light: float = 0.6, seed: int = 0) -> dict:
-    """``bev`` with a look: uniform light, floor / ceiling colours by seed, wall colour on its walls."""
-    from nfldm.data.bev import LOOK_KEYS
-
-    rng = np.random.default_rng(seed)
-    inside, wall = bev["inside"] > 0, bev["wall"] > 0
-    out = dict(bev)
-    vals = dict(zip(LOOK_KEYS, [light, *rng.uniform(0, 1, 9)]))
-    for k in LOOK_KEYS:
-        out[k] = np.where(wall if k.startswith("wall") else inside, vals[k], np.nan).astype(np.float32)
-    return out
 
 
 def test_bev_grid_look_channels_edits_and_files(tmp_path):

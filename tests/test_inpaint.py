@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from data_fixtures import BOUNDS, make_bev, randomise_zero_init
+from data_fixtures import BOUNDS, make_bev, randomise_zero_init, with_look
 from torch import nn
 
 from nfldm.camera import is_valid_pose
@@ -324,6 +324,40 @@ def test_inpaint_latents_with_bev_levels(bev_models):
     # guidance > 1 (a conditional and an unconditional pass) works too
     g2 = inpaint_latents(*args, steps=1, jump=1, resample=1, seed=0, bev=maps[0], guidance=2.0)
     assert torch.equal(g2["f"][:, ~rf], sc["f"][:, ~rf]) and torch.isfinite(g2["f"]).all()
+
+
+def test_inpaint_latents_look_guidance(bev_models):
+    """Levels trained with bev_look: look guidance (as nfldm sample's) moves the re-sampled region
+    and nothing outside it; on a map without a look it changes nothing (the look-less prediction is
+    the prediction). edit / extend default to nfldm sample's scale with a map, 1 without."""
+    from nfldm.pipeline.edit import resolve_look_guidance
+    from nfldm.pipeline.generate import LOOK_GUIDANCE
+
+    models = {}
+    for k, lv in enumerate(("g", "c", "f")):
+        torch.manual_seed(20 + k)
+        m = LevelDiffusion(bev_cfg(lv, bev_look=True))
+        randomise_zero_init(m, 20 + k)
+        models[lv] = m.eval()
+    cfg = models["c"].cfg
+    stats = stats_for(cfg)
+    sc = scene_latents(cfg, seed=2)
+    rc, rf = sc["region_c"], sc["region_f"]
+    args = (models, stats, sc["g"], sc["traj"], sc["c"], sc["f"], rc, rf)
+    look = bev_grid(with_look(make_bev(0), seed=3), cfg.bev_size, look=True)
+    run = dict(steps=2, jump=1, resample=2, seed=0)
+    one, three = (inpaint_latents(*args, **run, bev=look, look_guidance=w) for w in (1.0, 3.0))
+    for out in (one, three):
+        assert torch.equal(out["c"][:, ~rc], sc["c"][:, ~rc]) and torch.equal(out["f"][:, ~rf], sc["f"][:, ~rf])
+        assert torch.isfinite(out["c"]).all() and torch.isfinite(out["f"]).all()
+    assert not torch.allclose(one["c"][:, rc], three["c"][:, rc], atol=1e-4)
+    plain = bev_grid(make_bev(0), cfg.bev_size, look=True)          # a drawn plan: no look
+    a, b = (inpaint_latents(*args, **run, bev=plain, look_guidance=w) for w in (1.0, 3.0))
+    assert torch.allclose(a["c"], b["c"], atol=1e-5) and torch.allclose(a["f"], b["f"], atol=1e-5)
+    assert resolve_look_guidance(None, make_bev(0)) == LOOK_GUIDANCE and resolve_look_guidance(None, None) == 1.0
+    assert resolve_look_guidance(2, None) == 2.0
+    with pytest.raises(ValueError, match="finite"):
+        resolve_look_guidance(float("nan"), make_bev(0))
 
 
 # ----------------------------------------------------------------------------------------
@@ -649,3 +683,5 @@ def test_edit_and_extend_repaint_defaults():
     ext = p.parse_args(["extend", "--scene", "S", "--direction", "+x", "--out", "O"])
     assert (edit.steps, edit.jump, edit.resample) == (25, 5, 10)
     assert (ext.steps, ext.jump, ext.resample) == (25, 5, 3)
+    assert edit.look_guidance is None and ext.look_guidance is None          # nfldm sample's default with --bev
+    assert p.parse_args(["edit", "--scene", "S", "--out", "O", "--look-guidance", "2"]).look_guidance == 2.0

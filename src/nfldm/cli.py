@@ -321,7 +321,7 @@ def cmd_edit(args) -> int:
     res = edit_scene(args.scene, args.box, args.out, run=args.run, bev=bev, seed=args.seed, steps=args.steps,
                      jump=args.jump, resample=args.resample, guidance=args.guidance, device=args.device,
                      progress=not args.quiet, renderer=args.renderer, auto_size=args.auto_size,
-                     paste=not args.no_paste)
+                     paste=not args.no_paste, look_guidance=args.look_guidance)
     print(f"edited {res['source']}: region {[round(v, 2) for v in res['region_box']]} m re-sampled in "
           f"{res['seconds_latents_and_decode']:.1f} s ({res['seconds_with_render']:.1f} s with rendering) -> "
           f"{args.out}/sample_0000, before/after sheet {args.out}/before_after.png")
@@ -335,7 +335,8 @@ def cmd_extend(args) -> int:
     res = extend_scene(args.scene, args.direction, args.out, windows=args.windows, run=args.run, bev=args.bev,
                        overlap=args.overlap, seed=args.seed, steps=args.steps, jump=args.jump,
                        resample=args.resample, guidance=args.guidance, device=args.device,
-                       progress=not args.quiet, renderer=args.renderer, frames_per_window=args.frames_per_window)
+                       progress=not args.quiet, renderer=args.renderer, frames_per_window=args.frames_per_window,
+                       look_guidance=args.look_guidance)
     c = res["checks"]
     spike = c.get("join_spike")
     print(f"extended {res['source']} by {res['windows']} windows along {res['direction']} "
@@ -781,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resample", type=int, default=resample,
                        help=f"RePaint passes over every jump window (1: replacement only; default {resample})")
         p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance with --bev")
+        p.add_argument("--look-guidance", type=float, default=None,
+                       help="guidance on the map's look with --bev, for levels trained with bev_look (the bundle's "
+                            "bev levels; default 3 with a map, as nfldm sample; 1: none)")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--renderer", default=None, help="scene-ae run to render with (as nfldm sample)")
         p.add_argument("--device", default="auto")

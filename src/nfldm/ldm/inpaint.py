@@ -53,11 +53,14 @@ def repaint_schedule(steps: int, jump: int = 5, resample: int = 3) -> list[tuple
 @torch.no_grad()
 def repaint(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, known: tuple[Tensor, Tensor],
             steps: int = 25, jump: int = 5, resample: int = 3, guidance: float = 1.0,
-            generator: torch.Generator | None = None, progress: bool = False, desc: str = "") -> Tensor:
+            generator: torch.Generator | None = None, progress: bool = False, desc: str = "",
+            look_guidance: float = 1.0) -> Tensor:
     """One level's reverse process with the entries ``known`` = (values, keep) fixed: values
     shaped ``model.sample_shape(batch)`` (standardised latents), keep a bool mask broadcast to it
     (True: kept). Returns the standardised latents, equal to values where keep is True.
-    ``cond``: the level's condition (BEV map or tokens) with classifier-free guidance ``guidance``."""
+    ``cond``: the level's condition (BEV map or tokens) with classifier-free guidance ``guidance``;
+    ``look_guidance``: guidance on the map's look, for a level trained with ``bev_look``
+    (:func:`~nfldm.ldm.model.guided_prediction`)."""
     dev = next(model.parameters()).device
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     T = model.scheduler.config.num_train_timesteps
@@ -81,7 +84,7 @@ def repaint(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, k
         a = ab(k)
         x = torch.where(keep, math.sqrt(a) * values + math.sqrt(1 - a) * noise(), x)
         t = ts[k].to(dev)
-        out = guided_prediction(model, x, t, ctx, cond, guidance).float()
+        out = guided_prediction(model, x, t, ctx, cond, guidance, look_guidance=look_guidance).float()
         x0 = predicted_x0(model, out, x, t)
         if k2 >= steps:
             x = x0
@@ -128,13 +131,14 @@ def footprint_masks(box, bounds: Tensor, f_size: tuple[int, int], c_size: tuple[
 def inpaint_latents(models: dict[str, LevelDiffusion], stats: LatentStats, g: Tensor, traj: Tensor, c: Tensor,
                     f: Tensor, region_c: Tensor, region_f: Tensor, steps: int = 25, jump: int = 5,
                     resample: int = 3, seed: int = 0, bev: Tensor | None = None, guidance: float = 1.0,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, look_guidance: float = 1.0) -> dict:
     """Re-sample c and f of one scene inside a region, keeping everything else.
 
     g: g_dim, traj: 9 T (the scene's camera trajectory vector), c: c_ch x Xc x Yc x Zc, f: f_ch x
     X x Y (raw latents, as :meth:`~nfldm.latent_ae.model.LatentAutoEncoder.encode` gives them);
     region_c: Xc x Yc bool, region_f: X x Y bool (True: re-sampled); ``bev``: 4 x S x S map for
-    levels trained with ``bev``. Returns raw {"c", "f"} (same shapes), equal to the inputs
+    levels trained with ``bev``, with guidance ``guidance`` and, for levels trained with ``bev_look``,
+    ``look_guidance`` on its look. Returns raw {"c", "f"} (same shapes), equal to the inputs
     outside the region (bit for bit)."""
     cm, fm = models.get("c"), models.get("f")
     if cm is None or fm is None:
@@ -152,10 +156,10 @@ def inpaint_latents(models: dict[str, LevelDiffusion], stats: LatentStats, g: Te
     sampled = {"g": g_n, "traj": tr}
     keep_c = ~region_c.to(dev)[None, None]
     c_new = repaint(cm, 1, cm.context(sampled), cond, (c_n, keep_c), steps, jump, resample, guidance, gen,
-                    progress, "psi_c inpaint")
+                    progress, "psi_c inpaint", look_guidance)
     keep_f = ~region_f.to(dev)[None, None]
     f_new = repaint(fm, 1, fm.context({**sampled, "c": c_new}), cond, (f_n, keep_f), steps, jump, resample,
-                    guidance, gen, progress, "psi_f inpaint")
+                    guidance, gen, progress, "psi_f inpaint", look_guidance)
     c_raw = stats.denormalise("c", unfold_c(c_new.float().cpu(), c.shape[0]))[0]
     f_raw = stats.denormalise("f", f_new.float().cpu())[0]
     c_raw = torch.where(region_c[None, :, :, None], c_raw, c.float())

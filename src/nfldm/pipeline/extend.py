@@ -42,7 +42,8 @@ from nfldm.data.tensors import write_safetensors
 from nfldm.ldm.evaluate import mid_height_occupancy
 from nfldm.ldm.inpaint import inpaint_latents
 from nfldm.ldm.trajectory import encode_trajectory
-from nfldm.pipeline.edit import available_lpips, decode_frozen, load_scene, repaint_pipeline, seam_score
+from nfldm.pipeline.edit import (available_lpips, decode_frozen, load_scene, repaint_pipeline, resolve_look_guidance,
+                                 seam_score)
 from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, write_sample_folder
 from nfldm.scene_ae.config import image_size_record
 from nfldm.scene_ae.flythrough import grid_image, upscale
@@ -189,7 +190,7 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
                  run: str | os.PathLike | None = None, bev: str | os.PathLike | None = None, overlap: float = 0.5,
                  seed: int = 0, steps: int = 25, jump: int = 5, resample: int = 3, guidance: float = 1.0,
                  device: str = "auto", progress: bool = True, renderer: str | os.PathLike | None = None,
-                 frames_per_window: int = 24, fps: int = 12, lpips=None) -> dict:
+                 frames_per_window: int = 24, fps: int = 12, lpips=None, look_guidance: float | None = None) -> dict:
     """Grow the scene ``src`` by ``windows`` windows along ``direction`` (+x | -x | +y | -y) and
     write ``out`` (layout in the module docstring). ``overlap``: the fraction of a window shared
     with the one before (snapped to whole coarse cells); ``bev``: a map over the whole level
@@ -204,6 +205,7 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
     axis, sign = DIRECTIONS[direction]
     out = Path(out)
     run, pipe, bev_map = repaint_pipeline(run, bev, device, renderer, "extending")
+    look_guidance = resolve_look_guidance(look_guidance, bev_map)
     models, lae, sae = pipe["models"], pipe["lae"], pipe["sae"]
     cm = models["c"]
     scene = load_scene(src, pipe)
@@ -226,7 +228,7 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
             bev_t = bev_grid(crop_bev(bev_map, [float(wb[0, 0]), float(wb[0, 1]), float(wb[1, 0]), float(wb[1, 1])]),
                              cm.cfg.bev_size, look=True)
         new = inpaint_latents(models, pipe["stats"], scene.g, traj, c_known, f_known, region_c, region_f, steps, jump,
-                              resample, seed + k, bev=bev_t, guidance=guidance)
+                              resample, seed + k, bev=bev_t, guidance=guidance, look_guidance=look_guidance)
         cs.append(new["c"])
         fs.append(new["f"])
     V0, stats = decode_frozen(lae, scene.g, scene.c, scene.f)
@@ -306,8 +308,9 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
     info = {"source": str(scene.source), "run": str(Path(run).resolve()), "direction": direction, "windows": windows,
             "overlap": 1 - s / X, "shift_cells": s, "shift_metres": s * cell, "bounds": bounds.tolist(),
             "bev": None if bev is None else str(bev), "seed": seed, "steps": steps, "jump": jump,
-            "resample": resample, "guidance": guidance, "seconds_latents_and_decode": t_latent,
-            "seconds_with_render": t_total, "device": str(pipe["device"]), "frames": frames, "checks": checks}
+            "resample": resample, "guidance": guidance, "look_guidance": look_guidance,
+            "seconds_latents_and_decode": t_latent, "seconds_with_render": t_total, "device": str(pipe["device"]),
+            "frames": frames, "checks": checks}
     atomic_write_json(out / "extend.json", info)
     atomic_write_json(out / "samples.json", {"format": SAMPLE_FORMAT, "run": str(Path(run).resolve()), "num": 1,
                                              "extend": True, **image_size_record(sae.cfg),
