@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--size", type=float, default=4.0, help="side of the box, metres")
     ap.add_argument("--scenes", type=int, default=0, help="only the first N scenes (0: all)")
     ap.add_argument("--bev-own", action="store_true", help="each box follows the scene's own map (bev levels)")
-    ap.add_argument("--look-guidance", type=float, default=None, help="with --bev-own (default: nfldm edit's)")
+    ap.add_argument("--look-guidance", type=float, default=1.0, help="with --bev-own (default 1, as nfldm edit)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 

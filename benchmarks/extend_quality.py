@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--direction", default="+x")
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--bev-levels", action="store_true", help="follow each scene's level map")
-    ap.add_argument("--look-guidance", type=float, default=None, help="with --bev-levels (default: nfldm extend's)")
+    ap.add_argument("--look-guidance", type=float, default=1.0, help="with --bev-levels (default 1, as nfldm extend)")
     ap.add_argument("--scenes", type=int, default=0, help="only the first N scenes (0: all)")
     ap.add_argument("--resample", type=int, default=3, help="RePaint passes per jump (nfldm extend's default 3)")
     ap.add_argument("--device", default="auto")

@@ -329,10 +329,7 @@ def test_inpaint_latents_with_bev_levels(bev_models):
 def test_inpaint_latents_look_guidance(bev_models):
     """Levels trained with bev_look: look guidance (as nfldm sample's) moves the re-sampled region
     and nothing outside it; on a map without a look it changes nothing (the look-less prediction is
-    the prediction). edit / extend default to nfldm sample's scale with a map, 1 without."""
-    from nfldm.pipeline.edit import resolve_look_guidance
-    from nfldm.pipeline.generate import LOOK_GUIDANCE
-
+    the prediction); a non-finite scale is refused."""
     models = {}
     for k, lv in enumerate(("g", "c", "f")):
         torch.manual_seed(20 + k)
@@ -354,10 +351,8 @@ def test_inpaint_latents_look_guidance(bev_models):
     plain = bev_grid(make_bev(0), cfg.bev_size, look=True)          # a drawn plan: no look
     a, b = (inpaint_latents(*args, **run, bev=plain, look_guidance=w) for w in (1.0, 3.0))
     assert torch.allclose(a["c"], b["c"], atol=1e-5) and torch.allclose(a["f"], b["f"], atol=1e-5)
-    assert resolve_look_guidance(None, make_bev(0)) == LOOK_GUIDANCE and resolve_look_guidance(None, None) == 1.0
-    assert resolve_look_guidance(2, None) == 2.0
     with pytest.raises(ValueError, match="finite"):
-        resolve_look_guidance(float("nan"), make_bev(0))
+        inpaint_latents(*args, **run, bev=look, look_guidance=float("nan"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -683,5 +678,5 @@ def test_edit_and_extend_repaint_defaults():
     ext = p.parse_args(["extend", "--scene", "S", "--direction", "+x", "--out", "O"])
     assert (edit.steps, edit.jump, edit.resample) == (25, 5, 10)
     assert (ext.steps, ext.jump, ext.resample) == (25, 5, 3)
-    assert edit.look_guidance is None and ext.look_guidance is None          # nfldm sample's default with --bev
+    assert edit.look_guidance == 1.0 and ext.look_guidance == 1.0            # none by default (docs/editing.md)
     assert p.parse_args(["edit", "--scene", "S", "--out", "O", "--look-guidance", "2"]).look_guidance == 2.0

@@ -782,9 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resample", type=int, default=resample,
                        help=f"RePaint passes over every jump window (1: replacement only; default {resample})")
         p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance with --bev")
-        p.add_argument("--look-guidance", type=float, default=None,
+        p.add_argument("--look-guidance", type=float, default=1.0,
                        help="guidance on the map's look with --bev, for levels trained with bev_look (the bundle's "
-                            "bev levels; default 3 with a map, as nfldm sample; 1: none)")
+                            "bev levels; default 1, none: the latents around the region carry the scene's look)")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--renderer", default=None, help="scene-ae run to render with (as nfldm sample)")
         p.add_argument("--device", default="auto")

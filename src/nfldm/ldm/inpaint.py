@@ -146,6 +146,8 @@ def inpaint_latents(models: dict[str, LevelDiffusion], stats: LatentStats, g: Te
     if (bev is not None) != bool(cm.cfg.bev):
         raise ValueError("these levels were trained on BEV maps: give the (edited) map" if cm.cfg.bev else
                          "a map was given but these levels were not trained on BEV maps (use the bev levels)")
+    if not (math.isfinite(guidance) and math.isfinite(look_guidance)):
+        raise ValueError(f"guidance and look_guidance must be finite numbers, got {guidance}, {look_guidance}")
     dev = next(cm.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     g_n = stats.normalise("g", g[None].float()).to(dev)

@@ -41,7 +41,7 @@ from nfldm.ldm.inpaint import footprint_masks, inpaint_latents
 from nfldm.ldm.trajectory import encode_trajectory
 from nfldm.metrics.lpips import lpips as lpips_network, lpips_distance
 from nfldm.pipeline.bundle import bundled_bev_model, bundled_model
-from nfldm.pipeline.generate import LOOK_GUIDANCE, SAMPLE_FORMAT, _render_path, load_pipeline, write_sample_folder
+from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, load_pipeline, write_sample_folder
 from nfldm.scene_ae.evaluate import split_scene
 from nfldm.scene_ae.config import image_size_record
 from nfldm.scene_ae.flythrough import grid_image, pad_to, upscale
@@ -53,7 +53,7 @@ from nfldm.utils.video import write_video
 
 __all__ = ["SceneLatents", "load_scene", "decoder_reach", "region_visibility", "edit_checks", "seam_score",
            "viewed_box", "draw_box", "renderer_reach", "paste_back", "image_seam", "repaint_pipeline",
-           "available_lpips", "resolve_look_guidance", "edit_scene"]
+           "available_lpips", "edit_scene"]
 
 
 @dataclass
@@ -467,21 +467,11 @@ def repaint_pipeline(run, bev, device: str = "auto", renderer=None, what: str = 
     return run, pipe, bev_map
 
 
-def resolve_look_guidance(look_guidance: float | None, bev_map) -> float:
-    """The look-guidance scale of an edit or an extension: ``look_guidance`` as given, or (None)
-    :data:`~nfldm.pipeline.generate.LOOK_GUIDANCE` when a map is followed (as ``nfldm sample
-    --bev``) and 1 (none) without one. ValueError when it is not a finite number."""
-    w = (LOOK_GUIDANCE if bev_map is not None else 1.0) if look_guidance is None else float(look_guidance)
-    if not math.isfinite(w):
-        raise ValueError(f"look_guidance must be a finite number, got {look_guidance}")
-    return w
-
-
 def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | os.PathLike | None = None,
                bev: str | os.PathLike | None = None, seed: int = 0, steps: int = 25, jump: int = 5,
                resample: int = 10, guidance: float = 1.0, device: str = "auto", progress: bool = True,
                renderer: str | os.PathLike | None = None, fps: int = 12, lpips=None, auto_size: float = 4.0,
-               paste: bool = True, look_guidance: float | None = None) -> dict:
+               paste: bool = True, look_guidance: float = 1.0) -> dict:
     """Re-generate the footprint ``box`` (x0, y0, x1, y1 metres; None: the ``auto_size`` metre box
     the camera path looks at most, :func:`viewed_box`) of the scene ``src`` and write
     ``out`` (layout in the module docstring). ``run``: the ldm run (None: the bundle; its bev
@@ -490,13 +480,13 @@ def edit_scene(src: str | os.PathLike, box, out: str | os.PathLike, run: str | o
     the RePaint walk (:func:`~nfldm.ldm.inpaint.repaint_schedule`). ``paste``: the views written
     are the edited V's where their rays reach the box and the unedited ones' elsewhere
     (:func:`paste_back`; False: the edited V's own render). ``look_guidance``: guidance on the
-    map's look for bev levels trained with ``bev_look`` (None: :func:`resolve_look_guidance`).
+    map's look for bev levels trained with ``bev_look`` (default 1, none: the latents around the
+    box carry the scene's look already; docs/editing.md).
     Returns edit.json's content."""
     src, out = Path(src), Path(out)
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise ValueError(f"{out}: the output folder must not be (inside) the scene folder {src}")
     run, pipe, bev_map = repaint_pipeline(run, bev, device, renderer, "editing")
-    look_guidance = resolve_look_guidance(look_guidance, bev_map)
     models, lae, sae = pipe["models"], pipe["lae"], pipe["sae"]
     scene = load_scene(src, pipe)
     cm = models["c"]

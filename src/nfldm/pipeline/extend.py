@@ -42,8 +42,7 @@ from nfldm.data.tensors import write_safetensors
 from nfldm.ldm.evaluate import mid_height_occupancy
 from nfldm.ldm.inpaint import inpaint_latents
 from nfldm.ldm.trajectory import encode_trajectory
-from nfldm.pipeline.edit import (available_lpips, decode_frozen, load_scene, repaint_pipeline, resolve_look_guidance,
-                                 seam_score)
+from nfldm.pipeline.edit import available_lpips, decode_frozen, load_scene, repaint_pipeline, seam_score
 from nfldm.pipeline.generate import SAMPLE_FORMAT, _render_path, write_sample_folder
 from nfldm.scene_ae.config import image_size_record
 from nfldm.scene_ae.flythrough import grid_image, upscale
@@ -190,7 +189,7 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
                  run: str | os.PathLike | None = None, bev: str | os.PathLike | None = None, overlap: float = 0.5,
                  seed: int = 0, steps: int = 25, jump: int = 5, resample: int = 3, guidance: float = 1.0,
                  device: str = "auto", progress: bool = True, renderer: str | os.PathLike | None = None,
-                 frames_per_window: int = 24, fps: int = 12, lpips=None, look_guidance: float | None = None) -> dict:
+                 frames_per_window: int = 24, fps: int = 12, lpips=None, look_guidance: float = 1.0) -> dict:
     """Grow the scene ``src`` by ``windows`` windows along ``direction`` (+x | -x | +y | -y) and
     write ``out`` (layout in the module docstring). ``overlap``: the fraction of a window shared
     with the one before (snapped to whole coarse cells); ``bev``: a map over the whole level
@@ -205,7 +204,6 @@ def extend_scene(src: str | os.PathLike, direction: str, out: str | os.PathLike,
     axis, sign = DIRECTIONS[direction]
     out = Path(out)
     run, pipe, bev_map = repaint_pipeline(run, bev, device, renderer, "extending")
-    look_guidance = resolve_look_guidance(look_guidance, bev_map)
     models, lae, sae = pipe["models"], pipe["lae"], pipe["sae"]
     cm = models["c"]
     scene = load_scene(src, pipe)
