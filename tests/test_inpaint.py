@@ -326,16 +326,11 @@ def test_inpaint_latents_with_bev_levels(bev_models):
     assert torch.equal(g2["f"][:, ~rf], sc["f"][:, ~rf]) and torch.isfinite(g2["f"]).all()
 
 
-def test_inpaint_latents_look_guidance(bev_models):
+def test_inpaint_latents_look_guidance():
     """Levels trained with bev_look: look guidance (as nfldm sample's) moves the re-sampled region
     and nothing outside it; on a map without a look it changes nothing (the look-less prediction is
     the prediction); a non-finite scale is refused."""
-    models = {}
-    for k, lv in enumerate(("g", "c", "f")):
-        torch.manual_seed(20 + k)
-        m = LevelDiffusion(bev_cfg(lv, bev_look=True))
-        randomise_zero_init(m, 20 + k)
-        models[lv] = m.eval()
+    models = tiny_models(lambda lv: bev_cfg(lv, bev_look=True), seed=20)
     cfg = models["c"].cfg
     stats = stats_for(cfg)
     sc = scene_latents(cfg, seed=2)
