@@ -363,6 +363,8 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
 
     from nfldm.data.bev import LOOK_KEYS, write_bev
     from nfldm.data.tensors import read_safetensors
+    from nfldm.ldm.config import config_from_dict
+    from nfldm.ldm.model import LevelDiffusion
 
     out = run["out"]
     bundle = tmp_path / "bundle"
@@ -430,6 +432,28 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     info = add_levels(bundle, ldm)
     assert set(info["levels"]["bev"]["steps"]) == {"g", "c", "f"} and (bundle / "bev" / "c" / "model.safetensors").exists()
     assert "BEV-map-conditioned levels" in (bundle / "MODEL_CARD.md").read_text()
+    # a wider psi_c in 8 bits takes the place of the bev level (only c trained in that run); the
+    # samples below use it; g and f stay byte for byte
+    from nfldm.pipeline.bundle import replace_levels
+    from nfldm.trainer import INT8_SCALE, load_model_weights
+
+    (tmp_path / "only_c").mkdir()
+    shutil.copytree(ldm / "c", tmp_path / "only_c" / "c")
+    g_before = (bundle / "bev" / "g" / "model.safetensors").read_bytes()
+    info = replace_levels(bundle, tmp_path / "only_c", ("c",), note="8 bits", part="bev", int8=True)
+    assert (bundle / "bev" / "g" / "model.safetensors").read_bytes() == g_before
+    assert info["card"]["retrained"][-1]["levels"] == ["bev/c"] and info["card"]["retrained"][-1]["int8"]
+    assert "bev/c from" in (bundle / "MODEL_CARD.md").read_text() and not list((bundle / "bev").glob("c.*"))
+    stored, _ = read_safetensors(bundle / "bev" / "c" / "model.safetensors")
+    assert any(k.endswith(INT8_SCALE) for k in stored)
+    ref, back = (LevelDiffusion(config_from_dict(json.loads((ldm / "c" / "config.json").read_text())["model"]))
+                 for _ in range(2))
+    load_model_weights(ldm / "c", ref)
+    load_model_weights(bundle / "bev" / "c", back)
+    for (k, a), b in zip(ref.state_dict().items(), back.state_dict().values()):
+        assert (a - b).abs().max() <= a.abs().max() / 254 + 1e-6, k
+    with pytest.raises(ValueError, match="no part 'nope'"):
+        replace_levels(bundle, tmp_path / "only_c", ("c",), part="nope")
     samples = tmp_path / "s"
     res = nfldm("sample", "--run", str(bundle / "bev"), "--bev", str(scene), "--path-from-scene", "--guidance", "2",
                 "--erase-box", "-1", "-1", "1", "1", "--num", "2", "--sampler", "dpm", "--steps", "2",

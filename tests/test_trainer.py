@@ -17,8 +17,8 @@ import torch
 from ddp_worker import ToyDataset, ToyModel, ddp_config, run_one_step
 from safetensors.torch import load_file
 
-from nfldm.trainer import (CheckpointError, GlobalBatchSampler, TrainConfig, Trainer, load_model_weights, lr_at,
-                           read_run_config)
+from nfldm.trainer import (INT8_SCALE, CheckpointError, GlobalBatchSampler, TrainConfig, Trainer, int8_weights,
+                           load_model_weights, lr_at, read_run_config)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -240,6 +240,37 @@ def test_ema_weights(tmp_path):
     info = load_model_weights(tmp_path / "run", m, prefer_ema=False)
     assert info["ema"] is False and torch.equal(m.net[0].weight, seen[-1]["net.0.weight"])
     assert t.ema_model() is not t.model
+
+
+def test_int8_weights_load_back_within_half_a_step_of_each_channel(tmp_path):
+    """A model.safetensors in 8 bits (int8_weights, as bundles store their wide levels) loads back in
+    float32: each quantised weight within half a quantisation step of its output channel, the small
+    parameters as float16, half the bytes of float16; a scale that does not fit is one clear error."""
+    from nfldm.utils.io import write_tensors
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Conv2d(48, 32, 3), torch.nn.LayerNorm(32))
+    params = {n for n, _ in m.named_parameters()}
+    q = int8_weights(m.state_dict(), params)
+    assert q["0.weight"].dtype == q["1.weight"].dtype == torch.int8 and q["1.weight" + INT8_SCALE].shape == (32,)
+    assert q["0.bias"].dtype == q["2.weight"].dtype == torch.float16       # small / 1-D: float16
+    run = tmp_path / "run"
+    write_tensors(run / "model.safetensors", q, {"format": "nfldm-model", "dtype": "int8"})
+    (run / "model.json").write_text(json.dumps({"step": 3, "ema": True}))
+    back = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Conv2d(48, 32, 3), torch.nn.LayerNorm(32))
+    assert load_model_weights(run, back)["step"] == 3
+    for k in ("0.weight", "1.weight"):
+        w, b = m.state_dict()[k], back.state_dict()[k]
+        step = w.abs().flatten(1).amax(1) / 127
+        assert ((w - b).abs().flatten(1).amax(1) <= step / 2 + 1e-7).all() and not torch.equal(w, b)
+    torch.testing.assert_close(back[0].bias, m[0].bias.half().float(), rtol=0, atol=0)
+    half = {k: v.half() for k, v in m.state_dict().items()}
+    write_tensors(tmp_path / "half.safetensors", half, {})
+    assert (run / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "half.safetensors").stat().st_size
+    q["1.weight" + INT8_SCALE] = q["1.weight" + INT8_SCALE][:5]
+    write_tensors(run / "model.safetensors", q, {"format": "nfldm-model", "dtype": "int8"})
+    with pytest.raises(CheckpointError, match=r"model.safetensors: 1.weight is stored as torch.int8"):
+        load_model_weights(run, back)
 
 
 def test_lr_schedule():

@@ -73,6 +73,7 @@ __all__ = [
     "Trainer",
     "init_distributed",
     "load_model_weights",
+    "int8_weights",
     "lr_at",
     "read_run_config",
 ]
@@ -1089,6 +1090,46 @@ class Trainer:
 # Downstream: load trained weights
 
 
+INT8_SCALE = "::int8_scale"      # key suffix of a weight's per-output-channel scale (int8_weights)
+
+
+def int8_weights(tensors: dict[str, torch.Tensor], params: set[str], min_numel: int = 1024) -> dict[str, torch.Tensor]:
+    """``tensors`` (a state dict) for a model.safetensors written with metadata dtype "int8": each
+    floating parameter in ``params`` with >= 2 dims and >= ``min_numel`` values as int8 ``q`` with
+    a float32 per-output-channel scale ``s`` (key + INT8_SCALE; ``w ~ q * s``, symmetric, ``s =
+    max |w| / 127`` over the other dims), the other parameters as float16, buffers as they are.
+    :func:`load_model_weights` reads such a file back in float32."""
+    out = {}
+    for k, v in tensors.items():
+        if k in params and v.is_floating_point() and v.dim() >= 2 and v.numel() >= min_numel:
+            w = v.detach().float()
+            scale = w.abs().flatten(1).amax(1).clamp_min(1e-12) / 127.0                     # (out,)
+            view = (-1,) + (1,) * (w.dim() - 1)
+            out[k] = torch.round(w / scale.view(view)).clamp(-127, 127).to(torch.int8)
+            out[k + INT8_SCALE] = scale
+        else:
+            out[k] = v.half() if k in params and v.is_floating_point() else v
+    return out
+
+
+def _from_int8(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The float32 weights of a file :func:`int8_weights` wrote (CheckpointError naming ``path`` when a
+    quantised weight has no scale of its output channels' size)."""
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith(INT8_SCALE):
+            continue
+        scale = tensors.get(k + INT8_SCALE)
+        if scale is None:
+            out[k] = v
+            continue
+        if v.dtype != torch.int8 or v.dim() < 2 or scale.shape != (v.shape[0],):
+            raise CheckpointError(f"{path}: {k} is stored as {v.dtype} {tuple(v.shape)} with a scale of shape "
+                                  f"{tuple(scale.shape)}; the file is corrupt")
+        out[k] = v.float() * scale.float().view((-1,) + (1,) * (v.dim() - 1))
+    return out
+
+
 def load_model_weights(run_dir: str | os.PathLike, model: nn.Module, prefer_ema: bool = True) -> dict:
     """Load a run's trained weights into ``model``; return {"path", "step", "ema"}.
 
@@ -1109,7 +1150,9 @@ def load_model_weights(run_dir: str | os.PathLike, model: nn.Module, prefer_ema:
         step, ema = info.get("step"), bool(info.get("ema", False))
         newer_ckpt = ckpt_step is not None and step is not None and ckpt_step > step
         if (prefer_ema or not ema) and not newer_ckpt:
-            tensors, _ = read_tensors(final, CheckpointError)
+            tensors, meta = read_tensors(final, CheckpointError)
+            if meta.get("dtype") == "int8":
+                tensors = _from_int8(tensors, final)
             _load_module(model, tensors, "", final, "model")
             return {"path": str(final), "step": step, "ema": ema}
     if not _has_checkpoint(run_dir):

@@ -47,7 +47,7 @@ from nfldm.ldm.model import LevelDiffusion
 from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.runs import weights_hash
 from nfldm.scene_ae.load import encoder_hash, load_scene_ae, makes_voxels_of
-from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, read_run_config
+from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, int8_weights, load_model_weights, read_run_config
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json, write_tensors
 
 BUNDLE_FILE = "bundle.json"
@@ -122,13 +122,17 @@ def add_image_prior(bundle: str | os.PathLike, prior_run: str | os.PathLike, met
     return info
 
 
-def _save_half(model: torch.nn.Module, run_dir: Path, step) -> int:
+def _save_half(model: torch.nn.Module, run_dir: Path, step, int8: bool = False) -> int:
     """Parameters as float16, buffers (statistics, codebooks' counters) as they are; returns
-    the size of the weights file in bytes."""
+    the size of the weights file in bytes. ``int8``: the weight matrices and kernels as int8 with
+    per-output-channel scales (:func:`nfldm.trainer.int8_weights`; half the bytes), for the
+    diffusion levels only (the auto-encoders' weights hashes name their float16 values)."""
     params = {n for n, _ in model.named_parameters()}
-    tensors = {k: v.half() if k in params and v.is_floating_point() else v for k, v in model.state_dict().items()}
-    write_tensors(run_dir / MODEL_WEIGHTS, tensors,
-                  {"format": "nfldm-model", "step": str(step), "ema": "true", "dtype": "float16"})
+    sd = model.state_dict()
+    tensors = int8_weights(sd, params) if int8 else \
+        {k: v.half() if k in params and v.is_floating_point() else v for k, v in sd.items()}
+    write_tensors(run_dir / MODEL_WEIGHTS, tensors, {"format": "nfldm-model", "step": str(step), "ema": "true",
+                                                     "dtype": "int8" if int8 else "float16"})
     atomic_write_json(run_dir / MODEL_INFO, {"step": step, "ema": True})
     return (run_dir / MODEL_WEIGHTS).stat().st_size
 
@@ -186,7 +190,8 @@ def _card(info: dict) -> str:
         lines += [f"- Time: {card['time']}"]
     for r in card.get("retrained", []):     # levels replaced after the bundle was made (replace_levels)
         lines += [f"- Retrained after: {', '.join(r['levels'])} from `{r['run']}` (steps "
-                  + ", ".join(f"{k} {v}" for k, v in r["steps"].items()) + ")" + (f": {r['note']}" if r.get("note") else "")]
+                  + ", ".join(f"{k} {v}" for k, v in r["steps"].items()) + ")" + (", weights in 8 bits" if r.get("int8") else "")
+                  + (f": {r['note']}" if r.get("note") else "")]
     if card.get("metrics"):
         lines += ["", "## Metrics (test split: maps not seen in training)", ""]
         lines += [f"- {k}: {v}" for k, v in card["metrics"].items()]
@@ -278,29 +283,42 @@ def add_renderer(bundle: str | os.PathLike, renderer_run: str | os.PathLike, met
     return info
 
 
+def _bundle_hashes(bundle: Path) -> dict:
+    """The weights hashes of the bundle's scene-ae and latent-ae (as stored)."""
+    return {"scene_ae": weights_hash(load_scene_ae(bundle / "scene_ae", "cpu")),
+            "latent_ae": weights_hash(load_latent_ae(bundle / "latent_ae", "cpu"))}
+
+
+def _check_on_bundle(bundle: Path, run: Path, rc: dict, hashes: dict) -> None:
+    """ValueError when the level or run ``run`` (run config ``rc``) was trained on latents of another
+    latent-ae than the bundle's or the run it was exported from."""
+    trained = rc["latent_ae"]["weights_hash"]
+    if trained != hashes["latent_ae"] and not _source_lae_matches(bundle, trained, hashes["latent_ae"]):
+        raise ValueError(f"{run}: trained on the latents of another latent-ae than {bundle / 'latent_ae'} "
+                         "(encode the latents with the bundle's latent-ae, then train)")
+
+
 def _ldm_on_bundle(bundle: Path, ldm_run: Path) -> tuple[dict, dict]:
     """(``load_ldm`` of ``ldm_run``, the weights hashes of the bundle's scene-ae and latent-ae);
     ValueError when the run was trained on latents of another latent-ae than the bundle's or the
     run it was exported from."""
     ldm = load_ldm(ldm_run, "cpu")
-    hashes = {"scene_ae": weights_hash(load_scene_ae(bundle / "scene_ae", "cpu")),
-              "latent_ae": weights_hash(load_latent_ae(bundle / "latent_ae", "cpu"))}
-    trained = ldm["config"]["latent_ae"]["weights_hash"]
-    if trained != hashes["latent_ae"] and not _source_lae_matches(bundle, trained, hashes["latent_ae"]):
-        raise ValueError(f"{ldm_run}: trained on the latents of another latent-ae than {bundle / 'latent_ae'} "
-                         "(encode the latents with the bundle's latent-ae, then train)")
+    hashes = _bundle_hashes(bundle)
+    _check_on_bundle(bundle, ldm_run, ldm["config"], hashes)
     return ldm, hashes
 
 
-def _save_bundle_level(ldm_run: Path, ldm: dict, lv: str, dest: Path, hashes: dict, prefix: str) -> int:
-    """Level ``lv`` of ``ldm`` (loaded from ``ldm_run``) into the bundle folder ``dest`` in float16,
-    its config naming the bundle's scene-ae and latent-ae as ``prefix`` + their folder (relative
-    to ``dest``) with their ``hashes``; returns the weights' bytes."""
-    rc = read_run_config(ldm_run / lv)
+def _save_bundle_level(rc: dict, model: LevelDiffusion, step, dest: Path, hashes: dict, prefix: str,
+                       int8: bool = False) -> int:
+    """A level (its run config ``rc``, trained ``model`` at ``step``) into the bundle folder ``dest``
+    in float16 (``int8``: 8 bits, :func:`_save_half`), its config naming the bundle's scene-ae and
+    latent-ae as ``prefix`` + their folder (relative to ``dest``) with their ``hashes``; returns the
+    weights' bytes."""
+    rc = copy.deepcopy(rc)
     for key in ("scene_ae", "latent_ae"):
         rc[key] = {**rc[key], "run": f"{prefix}{key}", "weights_hash": hashes[key], "trained_run": str(rc[key]["run"])}
     atomic_write_json(dest / CONFIG_FILE, rc)
-    return _save_half(ldm["models"][lv], dest, ldm["steps"][lv])
+    return _save_half(model, dest, step, int8=int8)
 
 
 def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str = BEV_LEVELS,
@@ -321,7 +339,7 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
     for lv in ldm["models"]:
         (tmp / lv).mkdir()
         steps[lv] = ldm["steps"][lv]
-        size += _save_bundle_level(ldm_run, ldm, lv, tmp / lv, hashes, "../")
+        size += _save_bundle_level(read_run_config(ldm_run / lv), ldm["models"][lv], steps[lv], tmp / lv, hashes, "../")
     sub = {"format": BUNDLE_FORMAT, "version": 1, "levels_of": "..", "source": str(ldm_run.resolve()), "steps": steps}
     if info.get("renderer"):
         sub["renderer"] = f"../{info['renderer']}"
@@ -337,52 +355,79 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
 
 
 def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels: tuple[str, ...],
-                   note: str = "") -> dict:
+                   note: str = "", part: str | None = None, int8: bool = False) -> dict:
     """Replace some of the bundle's own (unconditional) levels by those of ``ldm_run``, an ldm run
-    trained on the latents of the bundle's latent-ae with the bundle's latent statistics (e.g. a
-    level retrained on a folder encoded again with ``encode-latents --stats-from BUNDLE``), in
-    float16; the other levels, the auto-encoders and every other part stay byte for byte. The
-    whole bundle is checked to load as a pipeline before the old levels are removed (on a failure
-    they are put back). ``note`` (what was retrained and why) joins the model card's
-    ``retrained`` list with the levels, the run and their steps. Returns bundle.json."""
+    (it may hold only those levels) trained on the latents of the bundle's latent-ae with the
+    bundle's latent statistics (e.g. a level retrained on a folder encoded again with
+    ``encode-latents --stats-from BUNDLE``), in float16; the other levels, the auto-encoders and
+    every other part stay byte for byte. ``part``: replace levels of BUNDLE/``part`` (e.g. "bev",
+    the BEV-conditioned levels of :func:`add_levels`) instead. ``int8``: store the new levels'
+    weight matrices and kernels in 8 bits (:func:`nfldm.trainer.int8_weights`), for a wider level
+    within the bundle's size. The whole pipeline is checked to load before the old levels are
+    removed (on a failure they are put back). ``note`` (what was retrained and why) joins the model
+    card's ``retrained`` list with the levels, the run and their steps. Returns bundle.json."""
     bundle, ldm_run = Path(bundle), Path(ldm_run)
     info = json.loads((bundle / BUNDLE_FILE).read_text())
-    bad = [lv for lv in levels if lv not in info.get("steps", {}) or not (bundle / lv).is_dir()]
+    if part is not None and part not in info.get("levels", {}):
+        raise ValueError(f"{bundle}: no part {part!r} (it has: {', '.join(info.get('levels', {})) or 'none'})")
+    home = bundle / part if part else bundle
+    have = info["levels"][part]["steps"] if part else info.get("steps", {})
+    bad = [lv for lv in levels if lv not in have or not (home / lv).is_dir()]
     if bad or not levels:
-        raise ValueError(f"{bundle}: no level {', '.join(bad) or '(none given)'} to replace")
-    ldm, hashes = _ldm_on_bundle(bundle, ldm_run)
-    kept = read_run_config(bundle / "g")
+        raise ValueError(f"{home}: no level {', '.join(bad) or '(none given)'} to replace")
+    hashes = _bundle_hashes(bundle)
+    kept = read_run_config(home / "g")
+    models, steps, configs = {}, {}, {}
     for lv in levels:
-        if read_run_config(ldm_run / lv).get("stats") != kept.get("stats"):
+        rc = read_run_config(ldm_run / lv)
+        if rc.get("stage") != "ldm" or rc.get("level") != lv:
+            raise ValueError(f"{ldm_run / lv}: not the {lv} level of an ldm run (stage {rc.get('stage')!r}, "
+                             f"level {rc.get('level')!r})")
+        _check_on_bundle(bundle, ldm_run / lv, rc, hashes)
+        if rc.get("stats") != kept.get("stats"):
             raise ValueError(f"{ldm_run / lv}: trained with other latent statistics than the bundle's levels "
                              "(encode the latents with --stats-from the bundle, then train)")
-    old_bytes = {lv: (bundle / lv / MODEL_WEIGHTS).stat().st_size for lv in levels}
+        models[lv] = LevelDiffusion(config_from_dict(rc["model"]))
+        steps[lv], configs[lv] = load_model_weights(ldm_run / lv, models[lv], prefer_ema=True)["step"], rc
+    old_bytes = {lv: (home / lv / MODEL_WEIGHTS).stat().st_size for lv in levels}
     old_params = sum(p.numel() for lv in levels for p in LevelDiffusion(
-        config_from_dict(read_run_config(bundle / lv)["model"])).parameters())      # the shapes say it
-    steps, new_bytes = {}, {}
+        config_from_dict(read_run_config(home / lv)["model"])).parameters())      # the shapes say it
+    new_bytes = {}
     for lv in levels:
-        tmp = bundle / (lv + ".partial")
+        tmp = home / (lv + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        steps[lv] = ldm["steps"][lv]
-        new_bytes[lv] = _save_bundle_level(ldm_run, ldm, lv, tmp, hashes, "")
+        new_bytes[lv] = _save_bundle_level(configs[lv], models[lv], steps[lv], tmp, hashes,
+                                           "../" if part else "", int8=int8)
     for lv in levels:
-        os.replace(bundle / lv, bundle / (lv + ".old"))
-        os.replace(bundle / (lv + ".partial"), bundle / lv)
+        os.replace(home / lv, home / (lv + ".old"))
+        os.replace(home / (lv + ".partial"), home / lv)
     try:
-        load_stages(bundle, "cpu")
+        load_stages(home, "cpu")
     except Exception:
         for lv in levels:
-            shutil.rmtree(bundle / lv)
-            os.replace(bundle / (lv + ".old"), bundle / lv)
+            shutil.rmtree(home / lv)
+            os.replace(home / (lv + ".old"), home / lv)
         raise
     for lv in levels:
-        shutil.rmtree(bundle / (lv + ".old"))
-    info["steps"].update(steps)
-    info["bytes"] += sum(new_bytes.values()) - sum(old_bytes.values())
-    info["params"] += sum(p.numel() for lv in levels for p in ldm["models"][lv].parameters()) - old_params
-    info["card"] = {**info.get("card", {}), "retrained": [*info.get("card", {}).get("retrained", []), {
-        "levels": list(levels), "run": str(ldm_run.resolve()), "steps": steps, "note": note}]}
+        shutil.rmtree(home / (lv + ".old"))
+    new_params = sum(p.numel() for m in models.values() for p in m.parameters()) - old_params
+    if part:
+        sub = json.loads((home / BUNDLE_FILE).read_text())
+        sub["steps"].update(steps)
+        atomic_write_json(home / BUNDLE_FILE, sub)
+        entry = info["levels"][part]
+        entry["steps"].update(steps)
+        entry["bytes"] += sum(new_bytes.values()) - sum(old_bytes.values())
+    else:
+        info["steps"].update(steps)
+        info["bytes"] += sum(new_bytes.values()) - sum(old_bytes.values())
+        info["params"] += new_params
+    done = {"levels": [f"{part}/{lv}" if part else lv for lv in levels], "run": str(ldm_run.resolve()),
+            "steps": steps, "note": note}
+    if int8:
+        done["int8"] = True
+    info["card"] = {**info.get("card", {}), "retrained": [*info.get("card", {}).get("retrained", []), done]}
     _write_info(bundle, info)
     return info
 
