@@ -663,6 +663,42 @@ def test_bev_level_initialised_from_an_unconditional_run_predicts_as_it(level, t
         init_level_from(LevelDiffusion(bev_cfg("g")), tmp_path / "run", stats)
 
 
+@pytest.mark.parametrize("level", ["c", "f"])
+def test_unconditional_level_started_from_a_bev_level_is_its_unconditional_branch(level, tmp_path):
+    """The other way round: an unconditional level started from a bev level (given the map's look,
+    its maps dropped in training) predicts exactly what the bev level predicts without a map; the
+    input conv and the class embedding lose their map inputs (recorded as narrowed). A bev level
+    that never dropped its map has no such branch: ValueError."""
+    from nfldm.ldm.train import init_level_from
+
+    torch.manual_seed(0)
+    base = LevelDiffusion(bev_cfg(level, bev_look=True, g_with_traj=True))
+    randomise_zero_init(base, 1)
+    base.eval()
+    cfg = base.cfg
+    stats = {"g": {"mean": [0.0] * cfg.g_dim, "std": [1.0] * cfg.g_dim}}
+    _write_run(tmp_path / "run", base, stats)
+    model = LevelDiffusion(smoke_cfg(level, g_with_traj=True))
+    randomise_zero_init(model, 5)
+    rec = init_level_from(model, tmp_path / "run", stats)
+    model.eval()
+    assert sorted(rec["narrowed"]) == ["net.unet.class_embedding.linear_1.weight", "net.unet.conv_in.weight"]
+    assert not rec["fresh"] and not rec["widened"]
+    gen = torch.Generator().manual_seed(2)
+    c_ch, Xc, Yc, Zc = cfg.c_shape
+    batch = {"g": torch.randn(2, cfg.g_dim, generator=gen), "traj": torch.rand(2, cfg.traj_dim, generator=gen) * 2 - 1,
+             "c": torch.randn(2, c_ch * Zc, Xc, Yc, generator=gen)}
+    x = torch.randn(model.sample_shape(2), generator=gen)
+    for t in (torch.tensor(700), torch.tensor(40)):
+        ref = guided_prediction(base, x, t, base.context(batch), None, 1.0)
+        got = guided_prediction(model, x, t, model.context(batch), None, 1.0)
+        assert torch.allclose(got, ref, atol=1e-5) and ref.abs().max() > 1e-3
+    never = LevelDiffusion(bev_cfg(level, cond_drop_prob=0.0))
+    _write_run(tmp_path / "never", never, stats)
+    with pytest.raises(ValueError, match="no unconditional branch"):
+        init_level_from(LevelDiffusion(smoke_cfg(level)), tmp_path / "never", stats)
+
+
 def test_edit_and_extend_repaint_defaults():
     """nfldm edit resamples every jump window 10 times (its box departs from what was there, the
     seam kept: docs/editing.md); extend keeps 3."""

@@ -121,7 +121,11 @@ def init_level_from(model: LevelDiffusion, run: str | os.PathLike, stats: dict |
     base = LevelDiffusion(config_from_dict(rc["model"]))
     info = load_model_weights(run / lv, base, prefer_ema=True)
     own, src = model.state_dict(), base.state_dict()
-    load, widened = {}, []
+    load, widened, narrowed = {}, [], []
+    dropped_map = base.bev is not None and model.bev is None
+    if dropped_map and not base.cfg.cond_drop_prob:
+        raise ValueError(f"{run / lv}: a BEV level starts an unconditional one only when its maps were dropped "
+                         "in training (cond_drop_prob > 0): it has no unconditional branch")
     for k, v in own.items():
         b = src.get(k)
         if b is None:
@@ -133,6 +137,12 @@ def init_level_from(model: LevelDiffusion, run: str | os.PathLike, stats: dict |
             w = torch.zeros_like(v)
             w[:, :b.shape[1]] = b
             load[k], widened = w, widened + [k]
+        elif (dropped_map and v.dim() in (2, 4) and b.dim() == v.dim() and v.shape[0] == b.shape[0]
+              and v.shape[2:] == b.shape[2:] and v.shape[1] < b.shape[1]):
+            # a conv / linear that loses its map inputs (appended last: the BEV maps, the map's
+            # mean look), which were zeros whenever the map was dropped: the level's
+            # unconditional branch, exactly
+            load[k], narrowed = b[:, :v.shape[1]].clone(), narrowed + [k]
     model.load_state_dict(load, strict=False)
     if model.bev is not None and model.bev.to_tokens is not None and base.bev is None:
         with torch.no_grad():
@@ -141,7 +151,8 @@ def init_level_from(model: LevelDiffusion, run: str | os.PathLike, stats: dict |
             model.bev.pos.zero_()
     fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in load})
     return {"run": str(run.resolve()), "level": lv, "step": info["step"], "config_hash": config_hash(rc["model"]),
-            "weights_hash": weights_hash(base), "widened": widened, "fresh": fresh}
+            "weights_hash": weights_hash(base), "widened": widened, "fresh": fresh,
+            **({"narrowed": narrowed} if narrowed else {})}
 
 
 def train_ldm(latents: str | os.PathLike, out: str | os.PathLike, level: str = "all", preset_name: str = "tiny",
