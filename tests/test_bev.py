@@ -371,6 +371,19 @@ def test_look_levels_drop_the_look_and_widen_from_a_level_without_it(tmp_path):
         assert torch.equal(guided_prediction(base, x, t, ctx, look, 1.0, look_guidance=3.0),
                            guided_prediction(base, x, t, ctx, look, 1.0))          # a level without the look
         assert model.without_look(look) is model.without_look(look) and len(model._bev_cache) == 2
+        # look guidance in an interval (look_from): the steps at t >= look_from are those of full look
+        # guidance, the later ones differ; past every step it is no look guidance at all
+        from nfldm.ldm.sample import denoise
+
+        def run(lg, frm):
+            seen = []
+            x = denoise(model, B, ctx, look, 1.0, "dpm", 4, torch.Generator().manual_seed(3), look_guidance=lg,
+                        look_from=frm, on_step=lambda t, x_t, out: seen.append((int(t), out.clone())))
+            return x, seen
+        (full, s_full), (part, s_part), (none, _), (never, _) = run(3.0, 0), run(3.0, 500), run(1.0, 0), run(3.0, 1000)
+        assert torch.equal(never, none) and not torch.equal(full, none) and not torch.equal(part, full)
+        assert all(torch.equal(a, b) == (t >= 500) for (t, a), (_, b) in zip(s_full, s_part))
+        assert {t >= 500 for t, _ in s_full} == {True, False}
     model.train()
     losses = {}
     for p in (0.0, 1.0):

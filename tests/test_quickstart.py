@@ -416,9 +416,11 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     Image.fromarray(plan).save(tmp_path / "rooms.png")
     for src in (scene, tmp_path / "rooms.png"):          # a map with its look, a floor plan without one
         res = nfldm("sample", "--run", str(look), "--bev", str(src), "--num", "1", "--sampler", "dpm", "--steps", "2",
-                    "--frames", "2", "--look-guidance", "2", "--out", str(tmp_path / f"look_{src.stem}"), "--quiet")
+                    "--frames", "2", "--look-guidance", "2", "--look-guidance-from", "500",
+                    "--out", str(tmp_path / f"look_{src.stem}"), "--quiet")
         assert res.returncode == 0, res.stderr[-3000:]
-        assert json.loads((tmp_path / f"look_{src.stem}" / "samples.json").read_text())["look_guidance"] == 2.0
+        summary = json.loads((tmp_path / f"look_{src.stem}" / "samples.json").read_text())
+        assert summary["look_guidance"] == 2.0 and summary["look_guidance_from"] == 500
     rc = json.loads((ldm / "c" / "config.json").read_text())
     assert rc["model"]["bev"] is True and rc["model"]["bev_size"] == index["bev"]["size"] and "bev" in rc
     # levels trained on the latents of another latent-ae are refused (the shipped bundle's is another;

@@ -281,7 +281,7 @@ def cmd_sample(args) -> int:
                  mesh_level=args.mesh_level, batch_size=args.batch_size, g_guidance=args.g_guidance,
                  renderer=args.renderer, conditions=conditions, path_from_scene=bool(args.path_from_scene),
                  own_latents=args.own_latents, own_g=args.own_g, own_c=args.own_c, look_guidance=args.look_guidance,
-                 own_look=args.own_look)
+                 own_look=args.own_look, look_guidance_from=args.look_guidance_from)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -721,6 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guidance scale on the map's look (light, colours), for levels trained with bev_look "
                         "(the bundle's bev levels; default 3, nfldm.pipeline.generate.LOOK_GUIDANCE; 1: none), and "
                         "on the scene's look psi_g samples, for levels trained with scene_look (default 1)")
+    p.add_argument("--look-guidance-from", type=int, default=None, metavar="T",
+                   help="look guidance only at the diffusion timesteps t >= T (of 1000; the look is settled at high "
+                        "noise, guidance at low noise costs FID); default with a map "
+                        "nfldm.pipeline.generate.LOOK_GUIDANCE_FROM, else 0 (every step)")
     p.add_argument("--cond", default=None,
                    help="safetensors file with a tensor 'cond' (L x cond_dim, or N x L x cond_dim) of condition tokens")
     p.add_argument("--bev", default=None, metavar="SRC",

@@ -33,13 +33,15 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
             sampler: str, steps: int, generator: torch.Generator, progress: bool = False,
             desc: str = "", on_step=None, g_guidance: float = 1.0, known: tuple[Tensor, Tensor] | None = None,
             guide: tuple[LevelDiffusion, dict, float] | None = None, look_guidance: float = 1.0,
-            start: tuple[Tensor, int] | None = None) -> Tensor:
+            start: tuple[Tensor, int] | None = None, look_from: int = 0) -> Tensor:
     """One level's reverse process from pure noise: standardised latents of shape
     ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
     ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
     step (experiments/sampling_drift.py). ``g_guidance``: classifier-free guidance on g
     (:func:`~nfldm.ldm.model.guided_prediction`; only for a level trained with g_drop_prob);
-    ``look_guidance``: on the map's look (only for a level trained with ``bev_look``).
+    ``look_guidance``: on the map's look (only for a level trained with ``bev_look``), at the
+    steps whose timestep t >= ``look_from`` only (guidance in a limited interval, Kynkaenniemi et
+    al. 2024: the look is settled at high noise, and guidance at low noise costs FID).
 
     ``known`` = (values, mask): entries fixed by replacement (inpainting, Lugmayr et al. 2022
     without resampling): before every step the entries where ``mask`` (broadcast to x) is True
@@ -78,7 +80,8 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
             noise = torch.randn(x.shape, generator=generator).to(dev, x.dtype)
             x = torch.where(mask, fresh.add_noise(values, noise, t.reshape(1).to(dev)), x)
         inp = sched.scale_model_input(x, t)
-        out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance, look_guidance)
+        out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance,
+                                look_guidance if int(t) >= look_from else 1.0)
         if guide is not None and guide[2] != 1.0:
             weak = guided_prediction(guide[0], inp, t.to(dev), guide[1], guide_cond, guide_guidance, g_guidance)
             out = weak + guide[2] * (out - weak)
@@ -109,7 +112,7 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                    batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0, bev: Tensor | None = None,
                    traj: Tensor | None = None, g: Tensor | None = None, c: Tensor | None = None,
                    guides: dict[str, LevelDiffusion] | None = None, guide_scale: float = 1.0,
-                   look_guidance: float = 1.0, look: Tensor | None = None) -> dict:
+                   look_guidance: float = 1.0, look: Tensor | None = None, look_from: int = 0) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -130,7 +133,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     ``look_guidance``: guidance on the map's look for levels trained with ``bev_look``, and on
     the scene's look that psi_g samples for levels trained with ``scene_look`` (see
     :func:`~nfldm.ldm.model.guided_prediction`); the result then also holds ``look_n`` and ``look``
-    (num x 10, :func:`~nfldm.data.bev.scene_look`).
+    (num x 10, :func:`~nfldm.data.bev.scene_look`). ``look_from``: look guidance only at timesteps
+    t >= look_from (:func:`denoise`).
 
     ``look``: a known scene look (10, or num x 10, raw: :func:`~nfldm.data.bev.scene_look`) for levels
     trained with ``scene_look``: psi_g samples [g, traj] given it (by replacement, as a known
@@ -231,11 +235,12 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         elif cm is not None:
             got["c_n"] = denoise(cm, B, cm.context(sampled), cb, guidance, sampler, steps, gen, progress,
                                  f"psi_c {tag}", g_guidance=g_guidance, guide=guide_of("c", sampled),
-                                 look_guidance=look_guidance)
+                                 look_guidance=look_guidance, look_from=look_from)
         if fm is not None:
             got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, guidance, sampler, steps, gen,
                                  progress, f"psi_f {tag}", g_guidance=g_guidance,
-                                 guide=guide_of("f", {**sampled, "c": got["c_n"]}), look_guidance=look_guidance)
+                                 guide=guide_of("f", {**sampled, "c": got["c_n"]}), look_guidance=look_guidance,
+                                 look_from=look_from)
         for k in keys:
             parts[k].append(got[k].float().cpu())
     out = {k: torch.cat(v) for k, v in parts.items()}

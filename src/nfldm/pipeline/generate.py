@@ -61,7 +61,7 @@ from nfldm.scene_ae.render import sample_grid
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, read_json
 from nfldm.utils.video import write_video
 
-__all__ = ["sample", "LOOK_GUIDANCE", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT", "topdown_view",
+__all__ = ["sample", "LOOK_GUIDANCE", "LOOK_GUIDANCE_FROM", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT", "topdown_view",
            "write_sample_folder"]
 
 SAMPLE_FORMAT = "nfldm-sample"
@@ -70,6 +70,7 @@ SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
 # the release model's 32 test maps, 3 closes 31 % of the paired-LPIPS gap at the unconditional FID, 6
 # 35 % at 3 points of FID (docs/ldm.md "The map's look")
 LOOK_GUIDANCE = 3.0
+LOOK_GUIDANCE_FROM = 0      # look guidance at the timesteps t >= this (of 1000) only
 
 
 # ----------------------------------------------------------------------------------------
@@ -264,7 +265,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
            g_guidance: float = 1.0, renderer: str | os.PathLike | None = None,
            conditions: list[SceneCondition] | None = None, path_from_scene: bool = False,
            own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None,
-           own_c: bool = False, look_guidance: float | None = None, own_look: bool = False) -> dict:
+           own_c: bool = False, look_guidance: float | None = None, own_look: bool = False,
+           look_guidance_from: int | None = None) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
@@ -272,7 +274,9 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"); ``look_guidance``:
     guidance on the map's look for the levels trained with ``bev_look`` (docs/ldm.md "The map's
     look"), and on the scene's look for levels trained with ``scene_look`` (None: :data:`LOOK_GUIDANCE`
-    with a map, 1 without one: on the scene's look 3 was measured worse than none). Returns the summary written to ``out``/samples.json.
+    with a map, 1 without one: on the scene's look 3 was measured worse than none), applied at the
+    diffusion timesteps t >= ``look_guidance_from`` only (None: :data:`LOOK_GUIDANCE_FROM` with a
+    map, 0 without one). Returns the summary written to ``out``/samples.json.
 
     ``conditions`` (:func:`nfldm.pipeline.maps.conditions_from`): ``num`` samples per condition,
     each conditioned on its BEV map (levels trained with ``bev``; None: the bundle's ``bev/``
@@ -296,6 +300,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
                          f"batch_size={batch_size})")
     look_guidance = (LOOK_GUIDANCE if has_maps else 1.0) if look_guidance is None else float(look_guidance)
+    look_from = (LOOK_GUIDANCE_FROM if has_maps else 0) if look_guidance_from is None else int(look_guidance_from)
     if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
         raise ValueError(f"guidance, g_guidance and look_guidance must be finite numbers, got {guidance}, {g_guidance}, "
                          f"{look_guidance}")
@@ -349,7 +354,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         known = {} if own_g is None else _own_latents(own_g, per, rc, gm.cfg.traj_frames, bounds)
         lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
                              g_guidance, bev=bev, traj=traj, g=known.get("g"), c=known.get("c") if own_c else None,
-                             look_guidance=look_guidance, look=look)
+                             look_guidance=look_guidance, look=look, look_from=look_from)
 
     H, W = sae.cfg.image_hw()
     side = min(H, W)                # the square pictures (top-down view, map), padded to H x W in the sheet
@@ -369,7 +374,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
             keys, path = render_path(lat["traj"][i], bounds, num_frames)
         meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
                 "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
-                "g_guidance": g_guidance, "look_guidance": look_guidance}
+                "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from}
         if per:
             meta["scene"] = str(per[i].scene or per[i].source)
         record, frames, top = write_sample_folder(d, sae, V, {k: lat[k][i] for k in ("g", "c", "f", "look") if k in lat},
@@ -393,7 +398,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                "latents": pipe["latents"],
                "num": total,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
-               "g_guidance": g_guidance, "look_guidance": look_guidance,
+               "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from,
                "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, **image_size_record(sae.cfg),
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
                "contact_sheet_rows": len(rows),
