@@ -10,6 +10,12 @@ Layout (the folder is itself an ldm run directory, so ``nfldm sample --run BUNDL
     BUNDLE/{g,c,f}/{config.json, model.safetensors, model.json}
     BUNDLE/renderer/{config.json, model.safetensors, model.json}    optional (add_renderer)
 
+A level may be stored in 8 bits instead (:func:`replace_levels` ``int8``: its weight matrices and
+kernels as int8 with one float32 scale per output channel, metadata dtype "int8"), which
+:func:`nfldm.trainer.load_model_weights` reads back in float32: half the bytes of float16, for a
+wider level within the bundle's size (measured on the 96 / 192 BEV psi_c: the same samples'
+FID / LPIPS within 0.15 / 0.001 of float16's, docs/notes/2026-12-06-wide-psi-c-in-8-bits.md).
+
 The levels' configs name the latent-ae and the scene-ae by paths relative to BUNDLE and carry
 the weights hashes of the float16-rounded weights, so :func:`nfldm.pipeline.generate.load_pipeline`
 checks them as for any run. The package ships one bundle (``nfldm/weights/tiny``), made by
@@ -176,7 +182,8 @@ def _card(info: dict) -> str:
              "A complete NeuralField-LDM pipeline at the tiny presets' sizes: scene auto-encoder "
              "(stage 1), latent auto-encoder (stage 2) and the three latent diffusion levels psi_g, "
              "psi_c, psi_f (stage 3), trained on ViZDoom scenes of the Freedoom maps that the vizdoom "
-             "package ships. Parameters are stored as float16 (buffers as trained).", "",
+             "package ships. Parameters are stored as float16 (buffers as trained), those of levels retrained "
+             "\"in 8 bits\" (below) as int8 with a scale per output channel.", "",
              f"- Parameters: {info['params']:,} ({info['bytes'] / 2**20:.1f} MiB on disk)",
              "- Training steps: " + ", ".join(f"{k} {v}" for k, v in info["steps"].items())]
     if card.get("command"):
