@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--look-guidance", type=float, default=3.0,
                     help="guidance on the map's look, for bev levels given it (nfldm sample's default 3)")
+    ap.add_argument("--look-guidance-from", type=int, default=None, metavar="T",
+                    help="look guidance at timesteps t >= T only (default: nfldm sample's, LOOK_GUIDANCE_FROM)")
     ap.add_argument("--scenes", type=int, default=0, help="only N scenes spread over the split (0: all)")
     ap.add_argument("--json", default=None, help="also write the seconds per scene to this file")
     ap.add_argument("--device", default="auto")
@@ -41,7 +43,7 @@ def main() -> None:
     from nfldm.ldm.sample import sample_latents
     from nfldm.ldm.trajectory import encode_trajectory
     from nfldm.pipeline.bundle import bundled_model
-    from nfldm.pipeline.generate import load_pipeline
+    from nfldm.pipeline.generate import LOOK_GUIDANCE_FROM, load_pipeline
     from nfldm.pipeline.maps import conditions_from, scene_path, spread
 
     conds = conditions_from(args.data, args.split)
@@ -71,9 +73,11 @@ def main() -> None:
     pipe = load_pipeline(args.bev_run, args.device)
     S = pipe["models"]["g"].cfg.bev_size
     bev = torch.stack([bev_grid(c.bev, S, look=True) for c in conds])
-    res = {"scenes": n, "unconditional": base, "bev": {}}
+    look_from = LOOK_GUIDANCE_FROM if args.look_guidance_from is None else args.look_guidance_from
+    res = {"scenes": n, "unconditional": base, "look_guidance": args.look_guidance, "look_guidance_from": look_from,
+           "bev": {}}
     for g in args.guidance:
-        t = timed(pipe, bev=bev, guidance=g, look_guidance=args.look_guidance)
+        t = timed(pipe, bev=bev, guidance=g, look_guidance=args.look_guidance, look_from=look_from)
         res["bev"][f"{g:g}"] = t
         print(f"BEV-conditioned, guidance {g:g}: {t:.3f} s/scene ({t / base:.2f}x)")
     if args.json:

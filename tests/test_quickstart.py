@@ -249,7 +249,13 @@ def test_packaged_model_samples_without_run(tmp_path):
                 "--frames", "2", "--out", str(tmp_path / "b"), "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "b" / "samples.json").read_text())
-    assert summary["bev"] is True and summary["look_guidance"] == 3.0
+    assert summary["bev"] is True and summary["look_guidance"] == 3.0 and summary["look_guidance_from"] == 500
+    # its psi_c levels are stored in 8 bits (half the bytes of float16) and load in float32
+    from nfldm.data.tensors import read_safetensors
+
+    for lv in (PACKAGED / "c", PACKAGED / "bev" / "c"):
+        _, meta = read_safetensors(lv / "model.safetensors")
+        assert meta["dtype"] == "int8", lv
 
 
 def test_user_errors_are_one_clear_line(run, tmp_path):

@@ -723,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on the scene's look psi_g samples, for levels trained with scene_look (default 1)")
     p.add_argument("--look-guidance-from", type=int, default=None, metavar="T",
                    help="look guidance only at the diffusion timesteps t >= T (of 1000; the look is settled at high "
-                        "noise, guidance at low noise costs FID); default with a map "
+                        "noise, guidance at low noise costs FID); default with a map 500 "
                         "nfldm.pipeline.generate.LOOK_GUIDANCE_FROM, else 0 (every step)")
     p.add_argument("--cond", default=None,
                    help="safetensors file with a tensor 'cond' (L x cond_dim, or N x L x cond_dim) of condition tokens")

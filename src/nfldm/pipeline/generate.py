@@ -70,7 +70,7 @@ SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
 # the release model's 32 test maps, 3 closes 31 % of the paired-LPIPS gap at the unconditional FID, 6
 # 35 % at 3 points of FID (docs/ldm.md "The map's look")
 LOOK_GUIDANCE = 3.0
-LOOK_GUIDANCE_FROM = 0      # look guidance at the timesteps t >= this (of 1000) only
+LOOK_GUIDANCE_FROM = 500    # look guidance at the timesteps t >= this (of 1000) only (docs/notes/2026-12-06-wide-psi-c-in-8-bits.md)
 
 
 # ----------------------------------------------------------------------------------------
