@@ -555,7 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="start each level from the same level of a trained ldm run or bundle (EMA weights); "
                         "e.g. BEV-conditioned levels (--set bev=true) fine-tuned from unconditional ones, "
-                        "starting exactly as them (new input channels and map tokens start at zero)")
+                        "starting exactly as them (new input channels and map tokens start at zero), or the other "
+                        "way: an unconditional level from a BEV one, starting as its unconditional branch (its map "
+                        "inputs dropped)")
     _add_train_args(p, LDM_PRESETS, "run directory (RUN/g, RUN/c, RUN/f)",
                     "override a model or training option of every level (--set lr=1e-4) or of one "
                     "level (--set f.batch_size=2)",
