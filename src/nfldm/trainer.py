@@ -73,6 +73,7 @@ __all__ = [
     "Trainer",
     "init_distributed",
     "load_model_weights",
+    "half_weights",
     "int8_weights",
     "lr_at",
     "read_run_config",
@@ -1093,22 +1094,26 @@ class Trainer:
 INT8_SCALE = "::int8_scale"      # key suffix of a weight's per-output-channel scale (int8_weights)
 
 
+def half_weights(tensors: dict[str, torch.Tensor], params: set[str]) -> dict[str, torch.Tensor]:
+    """``tensors`` (a state dict) with the floating parameters in ``params`` as float16, buffers
+    (statistics, codebooks' counters) as they are: how bundles store weights."""
+    return {k: v.half() if k in params and v.is_floating_point() else v for k, v in tensors.items()}
+
+
 def int8_weights(tensors: dict[str, torch.Tensor], params: set[str], min_numel: int = 1024) -> dict[str, torch.Tensor]:
     """``tensors`` (a state dict) for a model.safetensors written with metadata dtype "int8": each
     floating parameter in ``params`` with >= 2 dims and >= ``min_numel`` values as int8 ``q`` with
     a float32 per-output-channel scale ``s`` (key + INT8_SCALE; ``w ~ q * s``, symmetric, ``s =
     max |w| / 127`` over the other dims), the other parameters as float16, buffers as they are.
     :func:`load_model_weights` reads such a file back in float32."""
-    out = {}
-    for k, v in tensors.items():
-        if k in params and v.is_floating_point() and v.dim() >= 2 and v.numel() >= min_numel:
-            w = v.detach().float()
-            scale = w.abs().flatten(1).amax(1).clamp_min(1e-12) / 127.0                     # (out,)
-            view = (-1,) + (1,) * (w.dim() - 1)
-            out[k] = torch.round(w / scale.view(view)).clamp(-127, 127).to(torch.int8)
-            out[k + INT8_SCALE] = scale
-        else:
-            out[k] = v.half() if k in params and v.is_floating_point() else v
+    big = {k for k, v in tensors.items()
+           if k in params and v.is_floating_point() and v.dim() >= 2 and v.numel() >= min_numel}
+    out = half_weights({k: v for k, v in tensors.items() if k not in big}, params)
+    for k in big:
+        w = tensors[k].detach().float()
+        scale = w.abs().flatten(1).amax(1).clamp_min(1e-12) / 127.0                         # (out,)
+        out[k] = torch.round(w / scale.view((-1,) + (1,) * (w.dim() - 1))).clamp(-127, 127).to(torch.int8)
+        out[k + INT8_SCALE] = scale
     return out
 
 

@@ -53,7 +53,8 @@ from nfldm.ldm.model import LevelDiffusion
 from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.runs import weights_hash
 from nfldm.scene_ae.load import encoder_hash, load_scene_ae, makes_voxels_of
-from nfldm.trainer import CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, int8_weights, load_model_weights, read_run_config
+from nfldm.trainer import (CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, half_weights, int8_weights, load_model_weights,
+                           read_run_config)
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json, write_tensors
 
 BUNDLE_FILE = "bundle.json"
@@ -134,9 +135,7 @@ def _save_half(model: torch.nn.Module, run_dir: Path, step, int8: bool = False) 
     per-output-channel scales (:func:`nfldm.trainer.int8_weights`; half the bytes), for the
     diffusion levels only (the auto-encoders' weights hashes name their float16 values)."""
     params = {n for n, _ in model.named_parameters()}
-    sd = model.state_dict()
-    tensors = int8_weights(sd, params) if int8 else \
-        {k: v.half() if k in params and v.is_floating_point() else v for k, v in sd.items()}
+    tensors = (int8_weights if int8 else half_weights)(model.state_dict(), params)
     write_tensors(run_dir / MODEL_WEIGHTS, tensors, {"format": "nfldm-model", "step": str(step), "ema": "true",
                                                      "dtype": "int8" if int8 else "float16"})
     atomic_write_json(run_dir / MODEL_INFO, {"step": step, "ema": True})
