@@ -18,7 +18,9 @@ Run directory layout (``RUN`` = run_dir)::
     RUN/checkpoint.json         step, epoch, batch position, optimizer hyper-parameters, RNG
                                 states, config hash, ckpt_id (pairs it with the .safetensors)
     RUN/model.safetensors       final weights for downstream use (EMA weights if EMA is on)
-    RUN/model.json              {"step", "ema"}
+    RUN/model.json              {"step", "ema"} (+ "trained_steps", "val_best" with keep_best)
+    RUN/best.safetensors        keep_best: the (EMA) weights at the best held-out measurement
+    RUN/best.json               {"step", "ema", "val_best"} of those weights
     RUN/metrics.jsonl           one JSON line per logged step
     RUN/loss_curves.png         plot of metrics.jsonl
     RUN/tb/                     TensorBoard scalars (when tensorboard is installed)
@@ -84,6 +86,8 @@ CKPT_WEIGHTS = "checkpoint.safetensors"
 CKPT_STATE = "checkpoint.json"
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_INFO = "model.json"
+BEST_WEIGHTS = "best.safetensors"
+BEST_INFO = "best.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curves.png"
 LOCK_FILE = "train.lock"
@@ -122,6 +126,8 @@ class TrainConfig:
     patience: int = 0              # 0 = never stop early; else stop (checkpoint + model) after this
                                    # many measurements without a relative improvement of at least
     min_improvement: float = 0.005  # ... this over the best held-out value so far
+    keep_best: bool = False        # with val_every: keep the (EMA) weights of the best held-out
+                                   # measurement (RUN/best.*) and make them RUN/model.* at the end
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -460,10 +466,10 @@ def _jsonable(obj: Any) -> Any:
 
 def _without_steps(cfg: dict) -> dict:
     """The run config without train.steps / max_minutes / progress (changing them only
-    extends or shortens a run)."""
+    extends or shortens a run) and keep_best (it only writes a file)."""
     cfg = copy.deepcopy(cfg)
     if isinstance(cfg, dict) and isinstance(cfg.get("train"), dict):
-        for k in ("steps", "max_minutes", "progress"):
+        for k in ("steps", "max_minutes", "progress", "keep_best"):
             cfg["train"].pop(k, None)
     return cfg
 
@@ -1008,6 +1014,8 @@ class Trainer:
                 raise FloatingPointError(f"step {step}: held-out {cfg.val_metric} is {value}")
             if vs["best"] is None or value < vs["best"] * (1.0 - cfg.min_improvement):
                 vs.update(best=value, best_step=step, bad=0)
+                if cfg.keep_best:
+                    self._write_best(step, value)
             else:
                 vs["bad"] += 1
             vs["last"] = value
@@ -1078,13 +1086,41 @@ class Trainer:
         self._ckpt_step = self.step
         self._barrier()
 
-    def _write_model(self) -> None:
-        """RUN/model.safetensors (EMA weights if EMA is on) + RUN/model.json."""
+    def _write_best(self, step: int, value: float) -> None:
+        """RUN/best.safetensors + RUN/best.json: the (EMA) weights of a new best held-out value."""
         ema = self._ema is not None
+        write_tensors(self.run_dir / BEST_WEIGHTS, dict(self.ema_model().state_dict()),
+                      {"format": "nfldm-model", "step": str(step), "ema": str(ema).lower()})
+        atomic_write_json(self.run_dir / BEST_INFO, {"step": step, "ema": ema, "val_best": value})
+
+    def _write_model(self) -> None:
+        """RUN/model.safetensors (EMA weights if EMA is on) + RUN/model.json. With keep_best, the
+        weights of the best held-out measurement instead (when RUN/best.* holds that step's)."""
+        ema = self._ema is not None
+        vs = self.val_state
+        if self.cfg.keep_best and vs["best_step"] is not None and vs["best_step"] != self.step:
+            best = self._read_best()
+            if best is not None and best[1].get("step") == vs["best_step"]:
+                tensors, info = best
+                write_tensors(self.run_dir / MODEL_WEIGHTS, tensors,
+                              {"format": "nfldm-model", "step": str(info["step"]), "ema": str(ema).lower()})
+                atomic_write_json(self.run_dir / MODEL_INFO, {"step": info["step"], "ema": ema,
+                                                             "trained_steps": self.step, "val_best": vs["best"]})
+                return
+            warnings.warn(f"{self.run_dir}: keep_best, but {BEST_WEIGHTS} does not hold the best step "
+                          f"{vs['best_step']} (measured before keep_best was on); {MODEL_WEIGHTS} holds step {self.step}")
         sd = self.ema_model().state_dict()
         write_tensors(self.run_dir / MODEL_WEIGHTS, dict(sd),
                           {"format": "nfldm-model", "step": str(self.step), "ema": str(ema).lower()})
         atomic_write_json(self.run_dir / MODEL_INFO, {"step": self.step, "ema": ema})
+
+    def _read_best(self) -> tuple[dict, dict] | None:
+        path, info_path = self.run_dir / BEST_WEIGHTS, self.run_dir / BEST_INFO
+        if not (path.exists() and info_path.exists()):
+            return None
+        info = _read_json(info_path, "the best weights' info")
+        tensors, _ = read_tensors(path, CheckpointError)
+        return tensors, info if isinstance(info, dict) else {}
 
 
 # ----------------------------------------------------------------------------------------
@@ -1138,8 +1174,9 @@ def _from_int8(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.
 def load_model_weights(run_dir: str | os.PathLike, model: nn.Module, prefer_ema: bool = True) -> dict:
     """Load a run's trained weights into ``model``; return {"path", "step", "ema"}.
 
-    Uses RUN/model.safetensors (written at the end of training) unless RUN/checkpoint.* is
-    newer (training continued / interrupted) or it holds EMA weights and ``prefer_ema`` is
+    Uses RUN/model.safetensors (written at the end of training; with keep_best, the best
+    held-out step's weights) unless RUN/checkpoint.* is newer than the training that wrote it
+    (training continued / interrupted) or it holds EMA weights and ``prefer_ema`` is
     False; from the checkpoint, the ``ema.`` weights when present and ``prefer_ema``, else
     ``model.``. Missing / corrupt files or weights that do not fit ``model`` raise
     :class:`CheckpointError` naming the file.
@@ -1153,7 +1190,8 @@ def load_model_weights(run_dir: str | os.PathLike, model: nn.Module, prefer_ema:
     if final.exists():
         info = _read_json(info_path, "the model info") if info_path.exists() else {}
         step, ema = info.get("step"), bool(info.get("ema", False))
-        newer_ckpt = ckpt_step is not None and step is not None and ckpt_step > step
+        trained = info.get("trained_steps", step)     # keep_best: model.* may be older than the last step
+        newer_ckpt = ckpt_step is not None and trained is not None and ckpt_step > trained
         if (prefer_ema or not ema) and not newer_ckpt:
             tensors, meta = read_tensors(final, CheckpointError)
             if meta.get("dtype") == "int8":
