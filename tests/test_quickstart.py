@@ -213,6 +213,21 @@ def test_bundle_is_small_and_samples(run, tmp_path):
     set_card_targets(moved, "| what | release |\n|---|---|\n| FID | 12.5 |\n")
     card = (moved / "MODEL_CARD.md").read_text()
     assert "## Targets" in card and "| FID | 12.5 |" in card and "nfldm quickstart" in card
+    # the release recipe's bundle_int8: psi_c exported in 8 bits, the other levels in float16
+    from nfldm.data.tensors import read_safetensors
+    from nfldm.pipeline.bundle import export_bundle
+    from nfldm.trainer import INT8_SCALE
+
+    info8 = export_bundle(run["out"] / "ldm", tmp_path / "b8", int8_levels=("c",))
+    stored = {lv: read_safetensors(tmp_path / "b8" / lv / "model.safetensors")[0] for lv in ("g", "c")}
+    assert any(k.endswith(INT8_SCALE) for k in stored["c"]) and not any(k.endswith(INT8_SCALE) for k in stored["g"])
+    assert info8["int8"] == ["c"] and info8["bytes"] < info["bytes"]
+    assert "In 8 bits: c" in (tmp_path / "b8" / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="not levels"):
+        export_bundle(run["out"] / "ldm", tmp_path / "b9", int8_levels=("scene_ae",))
+    assert preset("release").bundle_int8 == ("c",) and preset("smoke", bundle_int8="c").bundle_int8 == ("c",)
+    with pytest.raises(ValueError, match="bundle_int8"):
+        preset("smoke", bundle_int8=("c", "x"))
     assert json.loads((moved / "bundle.json").read_text())["card"]["targets"].startswith("| what")
     # the bundle's stages 1 and 2 encode new scenes: its latent-ae accepts its own scene-ae's voxels
     res = nfldm("encode-voxels", "--scene-ae", str(moved / "scene_ae"), "--data", str(run["out"] / "data"),
@@ -629,9 +644,9 @@ def test_release_preset_config_and_plan():
     for k in train:
         assert minutes[k] == pytest.approx(total * shares[k] / sum(shares.values()))
     # the tiny presets (psi_c, psi_f narrowed to fit the 60 MB bundle), plus the held-out stop
-    val = {"val_every": 500, "patience": 8}
+    val = {"val_every": 500, "patience": 8, "keep_best": True}
     assert cfg.scene_ae_set == val and cfg.latent_ae_set == val and cfg.image_prior_set == val
-    assert cfg.ldm_set == {**val, "g.mlp_width": 128, "c.block_out_channels": (48, 96), "c.norm_num_groups": 16,
+    assert cfg.ldm_set == {**val, "g.mlp_width": 128, "c.block_out_channels": (96, 192), "c.norm_num_groups": 16,
                            "f.block_out_channels": (32, 64), "c.g_with_traj": True, "c.traj_map": True}
     # psi_c is given the camera trajectory, and so is the BEV psi_c (map and path), as the shipped ones;
     # the BEV psi_c also reads the map's look
@@ -641,11 +656,11 @@ def test_release_preset_config_and_plan():
     for p, sets in ((sae_preset("tiny"), cfg.scene_ae_set), (lae_preset("tiny"), cfg.latent_ae_set),
                     (prior_preset("tiny"), cfg.image_prior_set)):
         apply_overrides(p.model, p.train, sets, "test")
-        assert (p.train.val_every, p.train.patience) == (500, 8)
+        assert (p.train.val_every, p.train.patience, p.train.keep_best) == (500, 8, True)
     for lv, sets in _split_overrides(cfg.ldm_set).items():       # a key without a level applies to all
         p = ldm_preset("tiny").level(lv)
         apply_overrides(p.model, p.train, sets, "test")
-        assert (p.train.val_every, p.train.patience) == (500, 8), lv
+        assert (p.train.val_every, p.train.patience, p.train.keep_best) == (500, 8, True), lv
     assert cfg.num_samples == 16 and cfg.eval_max_scenes == 0
     with pytest.raises(ValueError, match="budget_minutes"):
         preset("release", budget_minutes=1441)

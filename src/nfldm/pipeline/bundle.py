@@ -181,10 +181,15 @@ def _card(info: dict) -> str:
              "A complete NeuralField-LDM pipeline at the tiny presets' sizes: scene auto-encoder "
              "(stage 1), latent auto-encoder (stage 2) and the three latent diffusion levels psi_g, "
              "psi_c, psi_f (stage 3), trained on ViZDoom scenes of the Freedoom maps that the vizdoom "
-             "package ships. Parameters are stored as float16 (buffers as trained), those of levels retrained "
+             "package ships. Parameters are stored as float16 (buffers as trained), those of levels "
              "\"in 8 bits\" (below) as int8 with a scale per output channel.", "",
              f"- Parameters: {info['params']:,} ({info['bytes'] / 2**20:.1f} MiB on disk)",
              "- Training steps: " + ", ".join(f"{k} {v}" for k, v in info["steps"].items())]
+    if info.get("int8"):
+        lines += ["- In 8 bits: " + ", ".join(info["int8"])]
+    for name, part in info.get("levels", {}).items():
+        if part.get("int8"):
+            lines += [f"- In 8 bits: {', '.join(f'{name}/{lv}' for lv in part['int8'])}"]
     if card.get("command"):
         lines += [f"- Made with: `{card['command']}`"]
     other = [c for c in card.get("commands", []) if c != card.get("command")]
@@ -328,9 +333,10 @@ def _save_bundle_level(rc: dict, model: LevelDiffusion, step, dest: Path, hashes
 
 
 def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str = BEV_LEVELS,
-               card: dict | None = None) -> dict:
+               card: dict | None = None, int8_levels: tuple[str, ...] = ()) -> dict:
     """Add (or replace) the levels of another ldm run trained on the bundle's own latent-ae
-    (e.g. BEV-conditioned levels) as BUNDLE/``name``/{g,c,f} in float16: their configs name the
+    (e.g. BEV-conditioned levels) as BUNDLE/``name``/{g,c,f} in float16 (those in ``int8_levels``
+    in 8 bits, :func:`_save_half`): their configs name the
     bundle's latent-ae and scene-ae (``../latent_ae``, ``../scene_ae``) and its renderer; checked
     to load as a whole pipeline. ValueError when the run was trained on latents of another
     latent-ae than the bundle's or the run it was exported from. Written as BUNDLE/NAME.partial,
@@ -345,7 +351,8 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
     for lv in ldm["models"]:
         (tmp / lv).mkdir()
         steps[lv] = ldm["steps"][lv]
-        size += _save_bundle_level(read_run_config(ldm_run / lv), ldm["models"][lv], steps[lv], tmp / lv, hashes, "../")
+        size += _save_bundle_level(read_run_config(ldm_run / lv), ldm["models"][lv], steps[lv], tmp / lv, hashes, "../",
+                                   int8=lv in int8_levels)
     sub = {"format": BUNDLE_FORMAT, "version": 1, "levels_of": "..", "source": str(ldm_run.resolve()), "steps": steps}
     if info.get("renderer"):
         sub["renderer"] = f"../{info['renderer']}"
@@ -356,6 +363,9 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
     os.replace(tmp, bundle / name)
     info.setdefault("levels", {})[name] = {"steps": steps, "bytes": size, "source": str(ldm_run.resolve()),
                                            "card": card or {}}
+    int8 = [lv for lv in ldm["models"] if lv in int8_levels]
+    if int8:
+        info["levels"][name]["int8"] = int8
     _write_info(bundle, info)
     return info
 
@@ -438,9 +448,14 @@ def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels
     return info
 
 
-def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dict | None = None) -> dict:
+def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dict | None = None,
+                  int8_levels: tuple[str, ...] = ()) -> dict:
     """Write the pipeline behind ``ldm_run`` as a float16 bundle ``dest`` (written next to it
-    as DEST.partial, then renamed). Returns the bundle.json data."""
+    as DEST.partial, then renamed); the levels named in ``int8_levels`` (of g, c, f) in 8 bits
+    (:func:`_save_half`). Returns the bundle.json data."""
+    bad = [lv for lv in int8_levels if lv not in ("g", "c", "f")]
+    if bad:
+        raise ValueError(f"int8_levels: {bad} are not levels (g, c, f)")
     ldm_run, dest = Path(ldm_run), Path(dest)
     pipe = load_stages(ldm_run, "cpu")
     rc_g = pipe["config"]
@@ -458,7 +473,7 @@ def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dic
         step = json.loads((run / MODEL_INFO).read_text()).get("step") if (run / MODEL_INFO).exists() else None
         steps[name] = step if step is not None else pipe["steps"].get(name)
         atomic_write_json(tmp / name / CONFIG_FILE, rc)
-        total_bytes += _save_half(model, tmp / name, steps[name])
+        total_bytes += _save_half(model, tmp / name, steps[name], int8=name in levels and name in int8_levels)
         params += sum(p.numel() for p in model.parameters())
     # the levels name the auto-encoders relative to the bundle, with the hashes of the rounded weights
     hashes = {"scene_ae": weights_hash(load_scene_ae(tmp / "scene_ae", "cpu")),
@@ -477,6 +492,8 @@ def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dic
     load_ldm(tmp, "cpu")          # the bundle loads as an ldm run ...
     info = {"format": BUNDLE_FORMAT, "version": 1, "params": params, "bytes": total_bytes, "steps": steps,
             "source": str(ldm_run.resolve()), "card": card or {}}
+    if any(lv in int8_levels for lv in levels):
+        info["int8"] = [lv for lv in levels if lv in int8_levels]
     _write_info(tmp, info)
     load_stages(tmp, "cpu")              # ... and as a whole pipeline (hashes match)
     if dest.exists():

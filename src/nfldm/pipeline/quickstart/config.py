@@ -120,6 +120,10 @@ class QuickstartConfig:
     # their own embeddings (nfldm train image-prior --renders: the generator's look becomes a
     # condition the prior knows, which negative guidance needs; docs/refine.md); 0: real frames only
     image_prior_renders: int = 0
+    # the diffusion levels the bundle stores in 8 bits (int8 weights, a float32 scale per output
+    # channel: half the bytes of float16, samples unchanged within noise), in the unconditional set
+    # and the BEV set alike: room for wider levels under the bundle's 60 MB
+    bundle_int8: tuple[str, ...] = ()
     # evaluation and sampling
     eval_max_scenes: int = 0             # 0 = every scene of the test split
     num_samples: int = 8
@@ -153,6 +157,11 @@ class QuickstartConfig:
         if len(self.extra_steps_per_minute) != 5 or min(self.extra_steps_per_minute) <= 0:
             raise ValueError("extra_steps_per_minute must be five positive numbers (renderer, bev g, c, f, "
                              f"image prior), got {self.extra_steps_per_minute}")
+        if isinstance(self.bundle_int8, str):       # --set bundle_int8=c
+            self.bundle_int8 = tuple(x.strip() for x in self.bundle_int8.split(",") if x.strip())
+        self.bundle_int8 = tuple(self.bundle_int8)
+        if any(lv not in ("g", "c", "f") for lv in self.bundle_int8) or len(set(self.bundle_int8)) != len(self.bundle_int8):
+            raise ValueError(f"bundle_int8 must be distinct levels among g, c, f, got {self.bundle_int8}")
         if self.image_prior_renders < 0:
             raise ValueError(f"image_prior_renders must be >= 0, got {self.image_prior_renders}")
         if self.num_samples < 1 or self.sampler_steps < 1 or self.sample_frames < 2:
@@ -167,6 +176,8 @@ class QuickstartConfig:
         d = asdict(self)
         if self.budget_by == "minutes":      # the default: stored as before the field existed
             d.pop("budget_by")
+        if not self.bundle_int8:               # likewise
+            d.pop("bundle_int8")
         if not self.extras:
             for k in EXTRA_FIELDS:
                 d.pop(k)
@@ -190,6 +201,7 @@ FIELD_STAGES: dict[str, tuple] = {
     "image_prior_preset": ("image_prior",), "image_prior_set": ("image_prior",),
     "image_prior_renders": ("image_prior",),
     "eval_max_scenes": ("eval_scene_ae", "eval_latent_ae", "renderer"),
+    "bundle_int8": ("bundle",),
     "num_samples": ("sample",), "sampler": ("sample",), "sampler_steps": ("sample",), "sample_frames": ("sample",),
 }
 PLANNING_FIELDS = ("budget_minutes", "budget_by", "train_shares", "extra_shares", "fixed_seconds", "seconds_per_scene",
@@ -244,8 +256,10 @@ PRESETS: dict[str, QuickstartConfig] = {
         # stage that shares the CPU, or a slower machine, trains the same model, only later
         budget_by="steps",
         extras=("renderer", "bev_ldm", "image_prior"),
-        scene_ae_set={"val_every": 500, "patience": 8},
-        latent_ae_set={"val_every": 500, "patience": 8},       # the tiny preset sets w_render=100 itself
+        # keep_best: each stage ends at the weights of its best held-out measurement (the trainer's
+        # RUN/best.*), not at its last step (the BEV psi_c overfits late: best at 15,500 of 20,000)
+        scene_ae_set={"val_every": 500, "patience": 8, "keep_best": True},
+        latent_ae_set={"val_every": 500, "patience": 8, "keep_best": True},   # the tiny preset sets w_render=100 itself
         # a key without a level prefix applies to every level (ldm.train._split_overrides). Widths:
         # the tiny preset's levels make 26 MB of float16 per set (unconditional, bev): 52 MB, with
         # stage 2 (11 MB), stage 1, the renderer and the image prior (10 MB) over the 60 MB the
@@ -254,7 +268,9 @@ PRESETS: dict[str, QuickstartConfig] = {
         # in all (the size limits chose them, not a capacity measurement: they may change until the
         # ldm stage starts, run.open_run_dir takes the change). psi_c's 48 / 96 channels take 16
         # GroupNorm groups (the preset's 32 do not divide 48; run.check_stage_configs now refuses such
-        # a config when the run starts)
+        # a config when the run starts). Since 2026-12-06 psi_c is 96 / 192 (16 groups), stored in 8
+        # bits (bundle_int8): a lower held-out loss at every step and per CPU minute past ~20 minutes,
+        # both sets' psi_c fit the 60 MB bundle so (docs/notes/2026-12-06-wide-psi-c-in-8-bits.md)
         # psi_c takes the camera trajectory ([g, traj] and its 4 coverage maps): without it the first
         # release run's layouts were as unrelated to their sampled paths as another scene's (path
         # agreement 0.06), with it 0.46 (docs/notes/2026-12-05-trajectory-psi-c.md; the shipped
@@ -263,7 +279,7 @@ PRESETS: dict[str, QuickstartConfig] = {
         # (map and path: wall IoU 0.221 vs 0.207 with the map alone, and both map edits within 10 %:
         # docs/notes/2026-12-05-where-the-fid-goes.md); the shipped BEV psi_c and psi_f were started
         # from the unconditional ones after the run (--init-from), a post-step as above.
-        ldm_set={"val_every": 500, "patience": 8, "g.mlp_width": 128, "c.block_out_channels": (48, 96),
+        ldm_set={"val_every": 500, "patience": 8, "keep_best": True, "g.mlp_width": 128, "c.block_out_channels": (96, 192),
                  "c.norm_num_groups": 16, "f.block_out_channels": (32, 64), "c.g_with_traj": True,
                  "c.traj_map": True},
         # the ldm stages' minutes shared g 10 %, c 60 %, f 30 % (the default 14 / 36 / 50): psi_c is
@@ -277,13 +293,17 @@ PRESETS: dict[str, QuickstartConfig] = {
         # writes them), as the shipped one does (paired LPIPS 0.440 -> 0.405 with nfldm sample's look
         # guidance 3: docs/notes/2026-12-05-the-maps-look.md)
         bev_ldm_set={"c.bev_look": True},
-        image_prior_set={"val_every": 500, "patience": 8},
+        image_prior_set={"val_every": 500, "patience": 8, "keep_best": True},
+        bundle_int8=("c",),
         # the tiny presets' speeds on the 2-core CPU, measured 2026-12-03 on the quickstart's data
         # (`nfldm train scene-ae --data out/qsdata --preset tiny --steps 40`: 76/min; `train latent-ae
         # --voxels out/qsvox --preset tiny --steps 30`: 42.5/min; `train ldm --latents out/qslat
-        # --preset tiny`: psi_g 3476, psi_c 392, psi_f 129/min); they set each run's schedule length
+        # --preset tiny`: psi_g 3476, psi_c 392, psi_f 129/min; psi_c at 96 / 192: 6,000 steps in 46
+        # minutes on one thread, the shipped psi_c's run, 130/min); they set each run's schedule length
         # (the held-out plateau usually ends it first)
-        steps_per_minute=(76.0, 42.5, 3476.0, 392.0, 129.0),
+        steps_per_minute=(76.0, 42.5, 3476.0, 130.0, 129.0),
+        # the BEV levels likewise (the default's bev psi_c 280/min was at 32 / 64)
+        extra_steps_per_minute=(60.0, 680.0, 130.0, 110.0, 76.0),
         # non-training stages, per scene: 0.06 s collecting (measured: 2,048 scenes in 123 s on the
         # 2-core CPU, every one of the 68 maps), ~0.6 s voxel encoding, ~0.05 s latent encoding,
         # ~0.15 s evaluating stages 1 and 2 on the 10 % test scenes, ~0.1 s checking and

@@ -521,7 +521,7 @@ def _stage_eval_generation(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 def _stage_bundle(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
 
     metrics = card_metrics(ctx["state"])
-    info = export_bundle(out / "ldm", out / "bundle",
+    info = export_bundle(out / "ldm", out / "bundle", int8_levels=cfg.bundle_int8,
                          card={"command": ctx.get("command", ""), "quickstart_config": cfg.to_dict(),
                                "data": f"{cfg.scenes} ViZDoom scenes x {cfg.frames} frames at {cfg.resolution}^2, "
                                        f"seed {cfg.seed} (nfldm data vizdoom)", "metrics": metrics,
@@ -534,7 +534,7 @@ def _stage_bundle(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     if "renderer" in cfg.extras:
         info = add_renderer(out / "bundle", out / "renderer", extra.get("renderer"))
     if "bev_ldm" in cfg.extras:
-        info = add_levels(out / "bundle", out / "bev_ldm", card=extra.get("bev_ldm"))
+        info = add_levels(out / "bundle", out / "bev_ldm", card=extra.get("bev_ldm"), int8_levels=cfg.bundle_int8)
     if "image_prior" in cfg.extras:
         info = add_image_prior(out / "bundle", out / "image_prior", extra.get("image_prior"))
     res = {"bytes": info["bytes"], "params": info["params"]}
