@@ -358,18 +358,20 @@ def test_held_out_measurement_and_plateau_stop(tmp_path):
 
 
 def test_keep_best_makes_the_best_held_out_weights_the_model(tmp_path, monkeypatch):
-    """keep_best: RUN/best.* holds the EMA weights of the best held-out measurement and becomes
-    RUN/model.* at the end (loaded by load_model_weights, not the newer checkpoint); switching it on
-    when resuming is allowed (it changes no training); a resumed run that trains on loads the
-    checkpoint again; the losses are those of a run without keep_best."""
+    """keep_best: RUN/best.* holds the EMA weights of the lowest held-out value (also one below the
+    best by less than min_improvement) and becomes RUN/model.* at the end (loaded by
+    load_model_weights, not the newer checkpoint); switching it on when resuming is allowed (it
+    changes no training); a resumed run that trains on loads the checkpoint again; the losses are
+    those of a run without keep_best."""
     held_out = ToyDataset(6)
-    script = iter([3.0, 1.0, 2.0, 2.5, 2.5, 2.5])       # steps 2, 4, ..., 12: best at 4
+    values = [3.0, 1.0, 0.999, 2.5, 2.5, 2.5]        # steps 2, 4, ..., 12: best at 4, lowest at 6
+    script = iter(values)
     monkeypatch.setattr(Trainer, "_held_out_value", lambda self, step: next(script))
     seen = {}
 
     def snapshot(trainer, step, metrics):
-        if step == 4:
-            seen[4] = {k: v.clone() for k, v in trainer.ema_model().state_dict().items()}
+        if step == 6:
+            seen[6] = {k: v.clone() for k, v in trainer.ema_model().state_dict().items()}
 
     def trainer(run, cfg, resume=False, callbacks=None):
         torch.manual_seed(0)
@@ -377,28 +379,28 @@ def test_keep_best_makes_the_best_held_out_weights_the_model(tmp_path, monkeypat
                        callbacks=callbacks, val_dataset=held_out)
 
     plain = make_cfg(val_every=2, steps=6)
-    trainer(tmp_path / "a", plain, callbacks=[snapshot]).fit()
+    trainer(tmp_path / "a", plain).fit()
     assert not (tmp_path / "a" / "best.safetensors").exists()
     on = make_cfg(val_every=2, steps=12, keep_best=True)
     with pytest.warns(UserWarning, match="does not hold the best step 4"):
         out = trainer(tmp_path / "a", on, resume=True).fit()    # no best.* for step 4: keeps the last
     assert out["val_best_step"] == 4 and json.loads((tmp_path / "a" / "model.json").read_text())["step"] == 12
 
-    script = iter([3.0, 1.0, 2.0, 2.5, 2.5, 2.5])
+    script = iter(values)
     out = trainer(tmp_path / "b", on, callbacks=[snapshot]).fit()
     assert out["step"] == 12 and out["val_best_step"] == 4
-    assert json.loads((tmp_path / "b" / "best.json").read_text()) == {"step": 4, "ema": True, "val_best": 1.0}
+    assert json.loads((tmp_path / "b" / "best.json").read_text()) == {"step": 6, "ema": True, "val_best": 0.999}
     info = json.loads((tmp_path / "b" / "model.json").read_text())
-    assert (info["step"], info["trained_steps"], info["val_best"]) == (4, 12, 1.0)
+    assert (info["step"], info["trained_steps"], info["val_best"]) == (6, 12, 0.999)
     model = ToyModel()
     got = load_model_weights(tmp_path / "b", model)
-    assert got["step"] == 4 and got["path"].endswith("model.safetensors")
+    assert got["step"] == 6 and got["path"].endswith("model.safetensors")
     for k, v in model.state_dict().items():
-        assert torch.equal(v, seen[4][k]), k
-    script = iter([3.0, 1.0, 2.0, 2.5, 2.5, 2.5])
+        assert torch.equal(v, seen[6][k]), k
+    script = iter(values)
     trainer(tmp_path / "c", make_cfg(val_every=2, steps=12)).fit()
     assert losses(tmp_path / "b") == losses(tmp_path / "c")
-    # trained on to 14 steps: a new best at 14 (the last step) -> model.* is the last step's
+    # trained on to 14 steps: a new lowest value at 14 (the last step) -> model.* is the last step's
     longer = make_cfg(val_every=2, steps=14, keep_best=True)
     script = iter([0.5])
     trainer(tmp_path / "b", longer, resume=True).fit()

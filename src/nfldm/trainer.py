@@ -126,8 +126,9 @@ class TrainConfig:
     patience: int = 0              # 0 = never stop early; else stop (checkpoint + model) after this
                                    # many measurements without a relative improvement of at least
     min_improvement: float = 0.005  # ... this over the best held-out value so far
-    keep_best: bool = False        # with val_every: keep the (EMA) weights of the best held-out
-                                   # measurement (RUN/best.*) and make them RUN/model.* at the end
+    keep_best: bool = False        # with val_every: keep the (EMA) weights of the lowest held-out
+                                   # value (RUN/best.*; any lower value, not only one that passes
+                                   # min_improvement) and make them RUN/model.* at the end
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -1014,10 +1015,11 @@ class Trainer:
                 raise FloatingPointError(f"step {step}: held-out {cfg.val_metric} is {value}")
             if vs["best"] is None or value < vs["best"] * (1.0 - cfg.min_improvement):
                 vs.update(best=value, best_step=step, bad=0)
-                if cfg.keep_best:
-                    self._write_best(step, value)
             else:
                 vs["bad"] += 1
+            if cfg.keep_best and (vs.get("kept") is None or value < vs["kept"]):   # any lower value
+                vs.update(kept=value, kept_step=step)
+                self._write_best(step, value)
             vs["last"] = value
             if cfg.patience and vs["bad"] >= cfg.patience:
                 stop[0] = 1.0
@@ -1098,29 +1100,32 @@ class Trainer:
         weights of the best held-out measurement instead (when RUN/best.* holds that step's)."""
         ema = self._ema is not None
         vs = self.val_state
-        if self.cfg.keep_best and vs["best_step"] is not None and vs["best_step"] != self.step:
-            best = self._read_best()
-            if best is not None and best[1].get("step") == vs["best_step"]:
-                tensors, info = best
-                write_tensors(self.run_dir / MODEL_WEIGHTS, tensors,
-                              {"format": "nfldm-model", "step": str(info["step"]), "ema": str(ema).lower()})
-                atomic_write_json(self.run_dir / MODEL_INFO, {"step": info["step"], "ema": ema,
-                                                             "trained_steps": self.step, "val_best": vs["best"]})
-                return
-            warnings.warn(f"{self.run_dir}: keep_best, but {BEST_WEIGHTS} does not hold the best step "
-                          f"{vs['best_step']} (measured before keep_best was on); {MODEL_WEIGHTS} holds step {self.step}")
+        if self.cfg.keep_best and vs["best_step"] is not None:
+            kept = vs.get("kept_step")
+            if kept is not None and (vs["best"] is None or vs["kept"] <= vs["best"]):
+                if kept != self.step:
+                    tensors, info = self._read_best()
+                    write_tensors(self.run_dir / MODEL_WEIGHTS, tensors,
+                                  {"format": "nfldm-model", "step": str(info["step"]), "ema": str(ema).lower()})
+                    atomic_write_json(self.run_dir / MODEL_INFO, {"step": info["step"], "ema": ema,
+                                                                 "trained_steps": self.step, "val_best": vs["kept"]})
+                    return
+            else:
+                warnings.warn(f"{self.run_dir}: keep_best, but {BEST_WEIGHTS} does not hold the best step "
+                              f"{vs['best_step']} (measured before keep_best was on); {MODEL_WEIGHTS} holds step {self.step}")
         sd = self.ema_model().state_dict()
         write_tensors(self.run_dir / MODEL_WEIGHTS, dict(sd),
                           {"format": "nfldm-model", "step": str(self.step), "ema": str(ema).lower()})
         atomic_write_json(self.run_dir / MODEL_INFO, {"step": self.step, "ema": ema})
 
-    def _read_best(self) -> tuple[dict, dict] | None:
+    def _read_best(self) -> tuple[dict, dict]:
         path, info_path = self.run_dir / BEST_WEIGHTS, self.run_dir / BEST_INFO
-        if not (path.exists() and info_path.exists()):
-            return None
         info = _read_json(info_path, "the best weights' info")
         tensors, _ = read_tensors(path, CheckpointError)
-        return tensors, info if isinstance(info, dict) else {}
+        if not isinstance(info, dict) or info.get("step") != self.val_state.get("kept_step"):
+            raise CheckpointError(f"{info_path}: not the weights of the best held-out step "
+                                  f"{self.val_state.get('kept_step')} the checkpoint records")
+        return tensors, info
 
 
 # ----------------------------------------------------------------------------------------
