@@ -170,7 +170,7 @@ def test_changes_to_stages_not_started_are_taken(tmp_path):
     # a stage config its stage would refuse fails when the run starts, not hours later, and the
     # folder keeps its config
     before = (out / "quickstart.json").read_text()
-    for bad, what in ((preset("release", ldm_set={**cfg.ldm_set, "c.norm_num_groups": 32}), "stage ldm: level c"),
+    for bad, what in ((preset("release", ldm_set={**cfg.ldm_set, "c.norm_num_groups": 64}), "stage ldm: level c"),
                       (preset("release", bev_ldm_set={"f.block_out_channels": (40, 80)}), "stage bev_ldm: level f"),
                       (preset("release", latent_ae_set={"codebook_sise": 512}), "stage latent_ae"),
                       (preset("release", image_prior_set={"image_size": 30}), "stage image_prior")):
