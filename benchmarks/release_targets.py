@@ -30,7 +30,7 @@ part uses the same protocol for both models, in this one run:
   the upper bound's and far above unconditional; Inception FID and paired LPIPS close >= 50 % of
   the gap between unconditional and the upper bound; latent sampling time per scene <= 1.5 x
   unconditional (``benchmarks/bev_sampling.py`` over the same scenes, both in one process).
-- edit: the same scenes at guidance 4 with their maps unedited, with the central 6 x 6 m erased
+- edit: the same scenes at guidance 4 (``--edit-guidance``) with their maps unedited, with the central 6 x 6 m erased
   and with a 4 m pillar added: wall IoU with the map given within 10 % of the unedited one's.
 - refine: ``benchmarks/refine_quality.py`` on the release's unconditional samples with its image
   prior: FID -20 % after refinement, negative guidance below plain guidance (issue 25).
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--fid-num", type=int, default=105,
                     help="unconditional samples per model for the FID target (105 x 48 views: the protocol's 5,000)")
     ap.add_argument("--bev-scenes", type=int, default=32, help="test scenes for the bev and edit parts")
+    ap.add_argument("--edit-guidance", type=float, default=4.0, help="map guidance of the edit part (default 4)")
     ap.add_argument("--stage1-scenes", type=int, default=64, help="test scenes for stage 1's views")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--look-guidance", type=float, default=3.0,
@@ -281,17 +282,18 @@ def main() -> None:
               f"python benchmarks/bev_sampling.py --run BUNDLE --bev-run BUNDLE/bev --data {data} "
               f"--scenes {args.bev_scenes} --guidance 1 --repeat 1 --look-guidance {args.look_guidance:g}")
     if "edit" in parts:
-        print(f"[edit] {len(conds)} maps unedited, erased, with a pillar (guidance 4)", flush=True)
-        plain, _ = along("g4", bev_run, conds, guidance=4.0)
+        eg = args.edit_guidance
+        print(f"[edit] {len(conds)} maps unedited, erased, with a pillar (guidance {eg:g})", flush=True)
+        plain, _ = along(f"g{eg:g}", bev_run, conds, guidance=eg)
         iou0 = plain["map_agreement"]["wall_iou"]
         for name, kw in (("erase", {"erase_boxes": [(-3, -3, 3, 3)]}), ("pillar", {"add_wall_boxes": [(-2, -2, 2, 2)]})):
             edited = spread(conditions_from(data, "test", **kw), args.bev_scenes)
-            e, _ = along(f"g4_{name}", bev_run, edited, guidance=4.0)
+            e, _ = along(f"g{eg:g}_{name}", bev_run, edited, guidance=eg)
             iou = e["map_agreement"]["wall_iou"]
             flag = "--erase-box -3 -3 3 3" if name == "erase" else "--add-wall-box -2 -2 2 2"
             T.add(f"BEV edit ({name}): wall IoU with the map given, edited vs unedited", f"{iou:.3f} vs {iou0:.3f}",
                   None, "within 10 %", abs(iou - iou0) <= 0.1 * iou0,
-                  f"nfldm sample --run BUNDLE/bev --bev {data} --split test --path-from-scene --guidance 4 "
+                  f"nfldm sample --run BUNDLE/bev --bev {data} --split test --path-from-scene --guidance {eg:g} "
                   f"--look-guidance {args.look_guidance:g} {flag}")
     if "refine" in parts:
         print("[refine] score distillation of the release's samples", flush=True)
