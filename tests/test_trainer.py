@@ -406,6 +406,14 @@ def test_keep_best_makes_the_best_held_out_weights_the_model(tmp_path, monkeypat
     trainer(tmp_path / "b", longer, resume=True).fit()
     info = json.loads((tmp_path / "b" / "model.json").read_text())
     assert info["step"] == 14 and load_model_weights(tmp_path / "b", ToyModel())["step"] == 14
+    # best.* from after the checkpoint a run resumes from (killed between the two): the last weights, warned
+    script = iter(values)
+    trainer(tmp_path / "d", on).fit()
+    (tmp_path / "d" / "best.json").write_text(json.dumps({"step": 99, "ema": True, "val_best": 0.1}))
+    script = iter([5.0])
+    with pytest.warns(UserWarning, match="does not hold the best step"):
+        trainer(tmp_path / "d", longer, resume=True).fit()
+    assert json.loads((tmp_path / "d" / "model.json").read_text())["step"] == 14
 
 
 def test_resume_on_another_device_setting(tmp_path):

@@ -1102,9 +1102,10 @@ class Trainer:
         vs = self.val_state
         if self.cfg.keep_best and vs["best_step"] is not None:
             kept = vs.get("kept_step")
-            if kept is not None and (vs["best"] is None or vs["kept"] <= vs["best"]):
+            best = self._read_best() if kept is not None and kept != self.step else None
+            if kept is not None and (vs["best"] is None or vs["kept"] <= vs["best"]) and (kept == self.step or best):
                 if kept != self.step:
-                    tensors, info = self._read_best()
+                    tensors, info = best
                     write_tensors(self.run_dir / MODEL_WEIGHTS, tensors,
                                   {"format": "nfldm-model", "step": str(info["step"]), "ema": str(ema).lower()})
                     atomic_write_json(self.run_dir / MODEL_INFO, {"step": info["step"], "ema": ema,
@@ -1112,19 +1113,23 @@ class Trainer:
                     return
             else:
                 warnings.warn(f"{self.run_dir}: keep_best, but {BEST_WEIGHTS} does not hold the best step "
-                              f"{vs['best_step']} (measured before keep_best was on); {MODEL_WEIGHTS} holds step {self.step}")
+                              f"{vs['best_step']} (measured before keep_best was on, or before a resume); "
+                              f"{MODEL_WEIGHTS} holds step {self.step}")
         sd = self.ema_model().state_dict()
         write_tensors(self.run_dir / MODEL_WEIGHTS, dict(sd),
                           {"format": "nfldm-model", "step": str(self.step), "ema": str(ema).lower()})
         atomic_write_json(self.run_dir / MODEL_INFO, {"step": self.step, "ema": ema})
 
-    def _read_best(self) -> tuple[dict, dict]:
+    def _read_best(self) -> tuple[dict, dict] | None:
+        """RUN/best.* when they hold the step the held-out record keeps, else None (missing, or
+        written after the checkpoint a run was resumed from and not measured again since)."""
         path, info_path = self.run_dir / BEST_WEIGHTS, self.run_dir / BEST_INFO
+        if not (path.exists() and info_path.exists()):
+            return None
         info = _read_json(info_path, "the best weights' info")
-        tensors, _ = read_tensors(path, CheckpointError)
         if not isinstance(info, dict) or info.get("step") != self.val_state.get("kept_step"):
-            raise CheckpointError(f"{info_path}: not the weights of the best held-out step "
-                                  f"{self.val_state.get('kept_step')} the checkpoint records")
+            return None
+        tensors, _ = read_tensors(path, CheckpointError)
         return tensors, info
 
 
