@@ -33,9 +33,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
 
-    from PIL import Image
-
-    from nfldm.data.format import read_dataset
+    from nfldm.data.format import read_dataset, read_transforms
+    from nfldm.data.loader import read_scene_raw
     from nfldm.metrics.lpips import lpips_distance
 
     rng = np.random.default_rng(args.seed)
@@ -44,10 +43,8 @@ def main() -> None:
         entries = entries[:args.scenes]
     worst3, worst1, within, moves, turns = [], [], [], [], []
     for e in entries:
-        meta = json.loads((e.path / "transforms.json").read_text())
-        frames = meta["frames"]
-        rgb = torch.stack([torch.from_numpy(np.asarray(Image.open(e.path / f["file_path"]).convert("RGB"))).permute(2, 0, 1)
-                           for f in frames]).float() / 255.0
+        raw = read_scene_raw(read_transforms(e.path))          # frames in their recorded order
+        rgb = torch.from_numpy(raw["images"]).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad():
             step = lpips_distance(rgb[1:], rgb[:-1]).tolist()
         med = float(np.median(step))
@@ -55,7 +52,7 @@ def main() -> None:
         worst3.append(max(max(step[i - 1:i + 2]) for i in pos) / med)
         worst1.append(max(step[i] for i in pos) / med)
         within.append(float(np.mean(np.asarray(step) <= 1.5 * med)))
-        c2w = np.asarray([f["transform_matrix"] for f in frames], dtype=float)
+        c2w = raw["c2w"].astype(float)
         moves.append(float(np.median(np.linalg.norm(np.diff(c2w[:, :3, 3], axis=0), axis=1))))
         fwd = -c2w[:, :3, 2]                       # OpenGL / nerfstudio cameras look along -z
         cos = np.clip((fwd[1:] * fwd[:-1]).sum(1) / (np.linalg.norm(fwd[1:], axis=1) * np.linalg.norm(fwd[:-1], axis=1)), -1, 1)
