@@ -1088,37 +1088,34 @@ class Trainer:
         self._ckpt_step = self.step
         self._barrier()
 
-    def _write_best(self, step: int, value: float) -> None:
-        """RUN/best.safetensors + RUN/best.json: the (EMA) weights of a new best held-out value."""
+    def _write_weights(self, name: str, info_name: str, tensors: dict, step: int, **info) -> None:
+        """RUN/``name`` (weights, "nfldm-model" metadata) + RUN/``info_name`` ({"step", "ema", **info})."""
         ema = self._ema is not None
-        write_tensors(self.run_dir / BEST_WEIGHTS, dict(self.ema_model().state_dict()),
-                      {"format": "nfldm-model", "step": str(step), "ema": str(ema).lower()})
-        atomic_write_json(self.run_dir / BEST_INFO, {"step": step, "ema": ema, "val_best": value})
+        write_tensors(self.run_dir / name, dict(tensors), {"format": "nfldm-model", "step": str(step), "ema": str(ema).lower()})
+        atomic_write_json(self.run_dir / info_name, {"step": step, "ema": ema, **info})
+
+    def _write_best(self, step: int, value: float) -> None:
+        """RUN/best.safetensors + RUN/best.json: the (EMA) weights of a new lowest held-out value."""
+        self._write_weights(BEST_WEIGHTS, BEST_INFO, self.ema_model().state_dict(), step, val_best=value)
 
     def _write_model(self) -> None:
         """RUN/model.safetensors (EMA weights if EMA is on) + RUN/model.json. With keep_best, the
-        weights of the best held-out measurement instead (when RUN/best.* holds that step's)."""
-        ema = self._ema is not None
+        weights of the lowest held-out measurement instead (when RUN/best.* holds that step's)."""
         vs = self.val_state
         if self.cfg.keep_best and vs["best_step"] is not None:
-            kept = vs.get("kept_step")
-            best = self._read_best() if kept is not None and kept != self.step else None
-            if kept is not None and (vs["best"] is None or vs["kept"] <= vs["best"]) and (kept == self.step or best):
-                if kept != self.step:
-                    tensors, info = best
-                    write_tensors(self.run_dir / MODEL_WEIGHTS, tensors,
-                                  {"format": "nfldm-model", "step": str(info["step"]), "ema": str(ema).lower()})
-                    atomic_write_json(self.run_dir / MODEL_INFO, {"step": info["step"], "ema": ema,
-                                                                 "trained_steps": self.step, "val_best": vs["kept"]})
-                    return
+            # the kept record covers the best only if keep_best was on when the best was measured
+            covered = vs.get("kept") is not None and vs["kept"] <= vs["best"]
+            if covered and vs["kept_step"] == self.step:
+                pass                                    # the last weights are the kept ones
+            elif covered and (best := self._read_best()) is not None:
+                self._write_weights(MODEL_WEIGHTS, MODEL_INFO, best[0], best[1]["step"],
+                                    trained_steps=self.step, val_best=vs["kept"])
+                return
             else:
                 warnings.warn(f"{self.run_dir}: keep_best, but {BEST_WEIGHTS} does not hold the best step "
                               f"{vs['best_step']} (measured before keep_best was on, or before a resume); "
                               f"{MODEL_WEIGHTS} holds step {self.step}")
-        sd = self.ema_model().state_dict()
-        write_tensors(self.run_dir / MODEL_WEIGHTS, dict(sd),
-                          {"format": "nfldm-model", "step": str(self.step), "ema": str(ema).lower()})
-        atomic_write_json(self.run_dir / MODEL_INFO, {"step": self.step, "ema": ema})
+        self._write_weights(MODEL_WEIGHTS, MODEL_INFO, self.ema_model().state_dict(), self.step)
 
     def _read_best(self) -> tuple[dict, dict] | None:
         """RUN/best.* when they hold the step the held-out record keeps, else None (missing, or
