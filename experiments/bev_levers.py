@@ -1,0 +1,152 @@
+"""Levers on the BEV levels' paired LPIPS and FID (issue 23), and what the gap is not.
+
+    python experiments/bev_levers.py sample --out D [--seed S] [--guidance W --guidance-levels c
+        --guidance-from T0 --guidance-to T1] [--psi-c RUN/c] [--bundle B] [--data DATA --max-scenes 32]
+    python experiments/bev_levers.py oracle SAMPLES [--gain 1.28]
+
+``sample``: the bundle's BEV levels along the real paths of the first ``--max-scenes`` test
+scenes spread over the split (the protocol of docs/ldm.md: one sample each, DPM-Solver++ 20,
+look guidance at its defaults), with the map's classifier-free guidance W applied only at the
+levels in ``--guidance-levels`` and at the timesteps ``T0 <= t < T1``, and psi_c optionally
+swapped for another level of the same latent statistics (a run's ``c`` folder, or a copy of its
+checkpoint). Score the folder with ``nfldm eval generation --samples D --data DATA --split test
+--floor-split none``.
+
+``oracle``: how much of a sample folder's paired LPIPS against the real frames is brightness and
+colour (each sample's frames scaled to the real scene's mean brightness, to its mean RGB, or frame
+by frame to each real frame's), and its Inception FID against the test views after a global
+brightness gain (the samples are ~20 % darker than the real scenes). Diagnostics that use the real
+frames: not a method. docs/notes/2026-12-06-map-guidance-turned-scenes-and-what-the-gap-is-not.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def sample(args) -> None:
+    import nfldm.ldm.sample as ls
+    import nfldm.pipeline.generate as generate
+    from nfldm.ldm.config import config_from_dict
+    from nfldm.ldm.model import LevelDiffusion
+    from nfldm.pipeline.maps import conditions_from, spread
+    from nfldm.trainer import load_model_weights, read_run_config
+
+    plain_load, plain_guided = generate.load_pipeline, ls.guided_prediction
+
+    def load(run, device="auto", renderer=None):
+        pipe = plain_load(run, device, renderer)
+        if args.psi_c:
+            rc = read_run_config(args.psi_c)
+            if rc["stats"] != pipe["config"]["stats"]:
+                raise SystemExit(f"error: {args.psi_c}: trained on latents with other statistics than {run}")
+            m = LevelDiffusion(config_from_dict(rc["model"]))
+            info = load_model_weights(args.psi_c, m, prefer_ema=True)
+            print(f"psi_c from {args.psi_c}, step {info['step']}", flush=True)
+            pipe["models"]["c"] = m.to(next(pipe["models"]["c"].parameters()).device).eval()
+        return pipe
+
+    def guided(model, x, t, ctx, cond, guidance=1.0, g_guidance=1.0, look_guidance=1.0):
+        on = model.level in args.guidance_levels and args.guidance_from <= float(t.flatten()[0]) < args.guidance_to
+        return plain_guided(model, x, t, ctx, cond, args.guidance if on else 1.0, g_guidance, look_guidance)
+
+    generate.load_pipeline, ls.guided_prediction = load, guided
+    conds = spread(conditions_from(args.data, "test"), args.max_scenes)
+    generate.sample(args.bundle, num=1, sampler="dpm", steps=20, seed=args.seed, out=args.out, conditions=conds,
+                    path_from_scene=True, progress=False, guidance=args.guidance)
+
+
+def oracle(args) -> None:
+    from PIL import Image
+
+    from nfldm.data.format import read_transforms
+    from nfldm.data.loader import read_scene_raw
+    from nfldm.ldm.evaluate import MAX_IMAGES, VIEW_SIZE, cached_features, generated_images, real_images, to_view_size
+    from nfldm.metrics.fid import InceptionFeatures, extract, fid_from_features, file_sha1
+    from nfldm.metrics.lpips import lpips_distance
+
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(np.clip(a, 0, 1))).permute(0, 3, 1, 2).float()  # noqa: E731
+    res: dict[str, list] = {"as sampled": [], "scene brightness": [], "scene RGB": [], "frame brightness": []}
+    for d in sorted(Path(args.samples).glob("sample_*")):
+        scene = json.loads((d / "condition.json").read_text()).get("path_from_scene")
+        if not scene:
+            raise SystemExit(f"error: {d}: not sampled along a real path (--path-from-scene)")
+        gen = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in sorted((d / "frames").glob("frame_*.png"))])
+        gen = gen.astype(np.float32) / 255
+        real = read_scene_raw(read_transforms(scene))["images"].astype(np.float32) / 255
+        eps = 1e-3
+        for key, g in (("as sampled", gen), ("scene brightness", gen * real.mean() / max(gen.mean(), eps)),
+                       ("scene RGB", gen * real.mean((0, 1, 2)) / np.maximum(gen.mean((0, 1, 2)), eps)),
+                       ("frame brightness", gen * real.mean((1, 2, 3), keepdims=True)
+                        / np.maximum(gen.mean((1, 2, 3), keepdims=True), eps))):
+            res[key].append(float(lpips_distance(to_t(g), to_t(real)).mean()))
+    geometry(args.samples)
+    print("paired LPIPS, frames matched to the real ones' " + ", ".join(f"{k}: {np.mean(v):.4f}" for k, v in res.items()))
+    net = InceptionFeatures()
+    real_f = cached_features("inception", file_sha1(net.path), args.data, "test", MAX_IMAGES, VIEW_SIZE,   # as eval generation
+                             lambda: extract(net, to_view_size(real_images(args.data, "test", MAX_IMAGES), VIEW_SIZE), "cpu"))
+    frames = generated_images(args.samples).astype(np.float32)
+    for gain in (1.0, args.gain):
+        f = extract(net, np.clip(frames * gain, 0, 255).round().astype(np.uint8), "cpu")
+        print(f"Inception FID with the frames' brightness x {gain}: {fid_from_features(f, real_f):.2f}")
+
+
+def geometry(samples: str) -> None:
+    """Where a folder's samples put structure at mid height, against their maps (needs bev.npz: --bev or
+    --own-latents samples), and how sharp their frames are."""
+    import torch.nn.functional as F
+
+    from nfldm.data.bev import bev_grid, read_bev_file
+    from nfldm.data.tensors import read_safetensors
+    from nfldm.ldm.evaluate import generated_images, mid_height_occupancy
+
+    st: dict[str, list] = {"on map walls": [], "in the free inside": [], "outside": [], "map walls found": []}
+    for d in sorted(Path(samples).glob("sample_*")):
+        if not (d / "bev.npz").is_file():
+            return
+        t, _ = read_safetensors(d / "V.safetensors")
+        grid = bev_grid(read_bev_file(d / "bev.npz"), int(t["V"].shape[1]))
+        occ = mid_height_occupancy(t["V"].float(), t["bounds"])
+        near = lambda m: F.max_pool2d(m.float()[None, None], 3, 1, 1)[0, 0] > 0   # noqa: E731  one cell off counts
+        wall, inside, n = near(grid[0] > 0), grid[1] > 0.5, max(int(occ.sum()), 1)
+        st["on map walls"].append(float((occ & wall).sum()) / n)
+        st["in the free inside"].append(float((occ & ~wall & inside).sum()) / n)
+        st["outside"].append(float((occ & ~wall & ~inside).sum()) / n)
+        walls = grid[0] > 0
+        st["map walls found"].append(float((walls & near(occ)).sum()) / max(int(walls.sum()), 1))
+    x = generated_images(samples).astype(np.float32).mean(-1)
+    sharp = (np.abs(np.diff(x, axis=2)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2
+    print("columns occupied at mid height: " + ", ".join(f"{k}: {np.mean(v):.3f}" for k, v in st.items())
+          + f"; frames' mean |neighbour difference| {sharp:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sample")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--guidance", type=float, default=1.0)
+    s.add_argument("--guidance-levels", default="gcf", help="levels the map guidance applies to (g, c, f)")
+    s.add_argument("--guidance-from", type=float, default=0.0)
+    s.add_argument("--guidance-to", type=float, default=1000.0)
+    s.add_argument("--psi-c", default=None, help="a trained c level (RUN/c) to sample psi_c with")
+    s.add_argument("--bundle", default=None, help="default: the installed bundle")
+    s.add_argument("--data", default="out/release/data")
+    s.add_argument("--max-scenes", type=int, default=32)
+    o = sub.add_parser("oracle")
+    o.add_argument("samples")
+    o.add_argument("--data", default="out/release/data")
+    o.add_argument("--gain", type=float, default=1.28)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    sample(args) if args.cmd == "sample" else oracle(args)
+
+
+if __name__ == "__main__":
+    main()
