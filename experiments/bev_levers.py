@@ -3,6 +3,7 @@
     python experiments/bev_levers.py sample --out D [--seed S] [--guidance W --guidance-levels c
         --guidance-from T0 --guidance-to T1] [--psi-c RUN/c] [--bundle B] [--data DATA --max-scenes 32]
     python experiments/bev_levers.py oracle SAMPLES [--gain 1.28]
+    python experiments/bev_levers.py sheet OUT.png SAMPLES [SAMPLES ...] [--scenes 0 4 8 12]
 
 ``sample``: the bundle's BEV levels along the real paths of the first ``--max-scenes`` test
 scenes spread over the split (the protocol of docs/ldm.md: one sample each, DPM-Solver++ 20,
@@ -125,6 +126,25 @@ def geometry(samples: str) -> None:
           + f"; frames' mean |neighbour difference| {sharp:.2f}")
 
 
+def sheet(args) -> None:
+    """Per scene: 5 real frames along its path, then the same frames of each sample folder, stacked."""
+    from PIL import Image
+
+    from nfldm.data.format import read_transforms
+    from nfldm.data.loader import read_scene_raw
+
+    frames, rows = (0, 5, 10, 15, 20), []
+    for i in args.scenes:
+        first = Path(args.samples[0]) / f"sample_{i:04d}"
+        real = read_scene_raw(read_transforms(json.loads((first / "condition.json").read_text())["path_from_scene"]))["images"]
+        row = [np.concatenate([real[k] for k in frames], 1)]
+        for d in args.samples:
+            files = sorted((Path(d) / f"sample_{i:04d}" / "frames").glob("frame_*.png"))
+            row.append(np.concatenate([np.asarray(Image.open(files[k]).convert("RGB")) for k in frames], 1))
+        rows += [np.concatenate(row, 0), np.full((4, row[0].shape[1], 3), 255, np.uint8)]
+    Image.fromarray(np.concatenate(rows[:-1], 0)).save(args.out, optimize=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -143,9 +163,13 @@ def main() -> None:
     o.add_argument("samples")
     o.add_argument("--data", default="out/release/data")
     o.add_argument("--gain", type=float, default=1.28)
+    h = sub.add_parser("sheet")
+    h.add_argument("out")
+    h.add_argument("samples", nargs="+", help="sample folders made along real paths (first: its scenes' real frames too)")
+    h.add_argument("--scenes", type=int, nargs="+", default=[0, 4, 8, 12])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    sample(args) if args.cmd == "sample" else oracle(args)
+    {"sample": sample, "oracle": oracle, "sheet": sheet}[args.cmd](args)
 
 
 if __name__ == "__main__":
