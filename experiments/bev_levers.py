@@ -23,7 +23,6 @@ frames: not a method. docs/notes/2026-12-06-map-guidance-turned-scenes-and-what-
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -63,48 +62,44 @@ def sample(args) -> None:
 
 
 def oracle(args) -> None:
-    from PIL import Image
-
-    from nfldm.data.format import read_transforms
-    from nfldm.data.loader import read_scene_raw
-    from nfldm.ldm.evaluate import MAX_IMAGES, VIEW_SIZE, cached_features, generated_images, real_images, to_view_size
+    from nfldm.ldm.evaluate import MAX_IMAGES, VIEW_SIZE, cached_features, paired_frames, real_images, to_view_size
     from nfldm.metrics.fid import InceptionFeatures, extract, fid_from_features, file_sha1
     from nfldm.metrics.lpips import lpips_distance
 
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(np.clip(a, 0, 1))).permute(0, 3, 1, 2).float()  # noqa: E731
     res: dict[str, list] = {"as sampled": [], "scene brightness": [], "scene RGB": [], "frame brightness": []}
+    gens = []
     for d in sorted(Path(args.samples).glob("sample_*")):
-        scene = json.loads((d / "condition.json").read_text()).get("path_from_scene")
-        if not scene:
+        pair = paired_frames(d)
+        if pair is None:
             raise SystemExit(f"error: {d}: not sampled along a real path (--path-from-scene)")
-        gen = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in sorted((d / "frames").glob("frame_*.png"))])
-        gen = gen.astype(np.float32) / 255
-        real = read_scene_raw(read_transforms(scene))["images"].astype(np.float32) / 255
+        gens.append(pair[0])
+        gen, real = (a.astype(np.float32) / 255 for a in pair[:2])
         eps = 1e-3
         for key, g in (("as sampled", gen), ("scene brightness", gen * real.mean() / max(gen.mean(), eps)),
                        ("scene RGB", gen * real.mean((0, 1, 2)) / np.maximum(gen.mean((0, 1, 2)), eps)),
                        ("frame brightness", gen * real.mean((1, 2, 3), keepdims=True)
                         / np.maximum(gen.mean((1, 2, 3), keepdims=True), eps))):
             res[key].append(float(lpips_distance(to_t(g), to_t(real)).mean()))
-    geometry(args.samples)
+    frames = np.concatenate(gens).astype(np.float32)      # every sample's frames, in generated_images' order
+    geometry(args.samples, frames)
     print("paired LPIPS, frames matched to the real ones' " + ", ".join(f"{k}: {np.mean(v):.4f}" for k, v in res.items()))
     net = InceptionFeatures()
     real_f = cached_features("inception", file_sha1(net.path), args.data, "test", MAX_IMAGES, VIEW_SIZE,   # as eval generation
                              lambda: extract(net, to_view_size(real_images(args.data, "test", MAX_IMAGES), VIEW_SIZE), "cpu"))
-    frames = generated_images(args.samples).astype(np.float32)
     for gain in (1.0, args.gain):
         f = extract(net, np.clip(frames * gain, 0, 255).round().astype(np.uint8), "cpu")
         print(f"Inception FID with the frames' brightness x {gain}: {fid_from_features(f, real_f):.2f}")
 
 
-def geometry(samples: str) -> None:
+def geometry(samples: str, frames: np.ndarray) -> None:
     """Where a folder's samples put structure at mid height, against their maps (needs bev.npz: --bev or
-    --own-latents samples), and how sharp their frames are."""
+    --own-latents samples), and how sharp their ``frames`` (N x H x W x 3) are."""
     import torch.nn.functional as F
 
     from nfldm.data.bev import bev_grid, read_bev_file
     from nfldm.data.tensors import read_safetensors
-    from nfldm.ldm.evaluate import generated_images, mid_height_occupancy
+    from nfldm.ldm.evaluate import mid_height_occupancy
 
     st: dict[str, list] = {"on map walls": [], "in the free inside": [], "outside": [], "map walls found": []}
     for d in sorted(Path(samples).glob("sample_*")):
@@ -114,13 +109,13 @@ def geometry(samples: str) -> None:
         grid = bev_grid(read_bev_file(d / "bev.npz"), int(t["V"].shape[1]))
         occ = mid_height_occupancy(t["V"].float(), t["bounds"])
         near = lambda m: F.max_pool2d(m.float()[None, None], 3, 1, 1)[0, 0] > 0   # noqa: E731  one cell off counts
-        wall, inside, n = near(grid[0] > 0), grid[1] > 0.5, max(int(occ.sum()), 1)
+        walls = grid[0] > 0
+        wall, inside, n = near(walls), grid[1] > 0.5, max(int(occ.sum()), 1)
         st["on map walls"].append(float((occ & wall).sum()) / n)
         st["in the free inside"].append(float((occ & ~wall & inside).sum()) / n)
         st["outside"].append(float((occ & ~wall & ~inside).sum()) / n)
-        walls = grid[0] > 0
         st["map walls found"].append(float((walls & near(occ)).sum()) / max(int(walls.sum()), 1))
-    x = generated_images(samples).astype(np.float32).mean(-1)
+    x = frames.mean(-1)
     sharp = (np.abs(np.diff(x, axis=2)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2
     print("columns occupied at mid height: " + ", ".join(f"{k}: {np.mean(v):.3f}" for k, v in st.items())
           + f"; frames' mean |neighbour difference| {sharp:.2f}")
@@ -130,18 +125,16 @@ def sheet(args) -> None:
     """Per scene: 5 real frames along its path, then the same frames of each sample folder, stacked."""
     from PIL import Image
 
-    from nfldm.data.format import read_transforms
-    from nfldm.data.loader import read_scene_raw
+    from nfldm.ldm.evaluate import paired_frames
 
-    frames, rows = (0, 5, 10, 15, 20), []
+    frames, rows = [0, 5, 10, 15, 20], []
     for i in args.scenes:
-        first = Path(args.samples[0]) / f"sample_{i:04d}"
-        real = read_scene_raw(read_transforms(json.loads((first / "condition.json").read_text())["path_from_scene"]))["images"]
-        row = [np.concatenate([real[k] for k in frames], 1)]
-        for d in args.samples:
-            files = sorted((Path(d) / f"sample_{i:04d}" / "frames").glob("frame_*.png"))
-            row.append(np.concatenate([np.asarray(Image.open(files[k]).convert("RGB")) for k in frames], 1))
-        rows += [np.concatenate(row, 0), np.full((4, row[0].shape[1], 3), 255, np.uint8)]
+        pairs = [paired_frames(Path(d) / f"sample_{i:04d}") for d in args.samples]
+        if any(p is None for p in pairs):
+            raise SystemExit(f"error: sample_{i:04d}: not sampled along a real path in every folder")
+        row = [pairs[0][1][frames]] + [p[0][frames] for p in pairs]
+        rows += [np.concatenate([np.concatenate(list(r), 1) for r in row], 0)]
+        rows += [np.full((4, rows[-1].shape[1], 3), 255, np.uint8)]
     Image.fromarray(np.concatenate(rows[:-1], 0)).save(args.out, optimize=True)
 
 

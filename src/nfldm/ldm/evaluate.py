@@ -51,7 +51,8 @@ from nfldm.utils.io import atomic_write_json, read_json
 __all__ = ["frechet_distance", "kid", "feature_stats", "EfficientNetLite0Features", "InceptionFeatures",
            "generated_images", "real_images", "eval_generation", "NOT_COMPARABLE", "top_down_opacity",
            "path_agreement", "sample_path_agreement", "PROTOCOL", "VIEW_SIZE", "cached_features",
-           "mid_height_occupancy", "wall_iou", "inside_iou", "map_agreement", "sample_map_agreement", "paired_views"]
+           "mid_height_occupancy", "wall_iou", "inside_iou", "map_agreement", "sample_map_agreement", "paired_frames",
+           "paired_views"]
 
 NOT_COMPARABLE = ("frechet_distance on EfficientNet-Lite0 features is an offline proxy: it is NOT "
                   "comparable to published (Inception-v3) FID numbers; compare it only between runs "
@@ -159,10 +160,10 @@ def sample_map_agreement(sample_dir: str | os.PathLike) -> dict | None:
     return map_agreement(t["V"], t["bounds"], read_bev_file(d / "bev.npz"))
 
 
-def paired_views(sample_dir: str | os.PathLike, net: str = "alex") -> dict | None:
-    """PSNR and LPIPS of a sample's frames against the real frames of the scene whose camera path it
-    was rendered along (``path_from_scene`` in its condition.json; frame k = real frame k);
-    None for a sample along its own path."""
+def paired_frames(sample_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(generated, real, scene): a sample's frames and the real frames of the scene whose camera path
+    it was rendered along (``path_from_scene`` in its condition.json; frame k = real frame k), both
+    uint8 N x H x W x 3 at the sample's size; None for a sample along its own path."""
     from PIL import Image
 
     d = Path(sample_dir)
@@ -181,10 +182,20 @@ def paired_views(sample_dir: str | os.PathLike, net: str = "alex") -> dict | Non
     real = read_scene_raw(meta)["images"]
     if real.shape[1:3] != gen.shape[1:3]:
         real = to_view_size(real, gen.shape[1])
+    return gen, real, str(scene)
+
+
+def paired_views(sample_dir: str | os.PathLike, net: str = "alex") -> dict | None:
+    """PSNR and LPIPS of a sample's frames against the real frames of the scene whose camera path it
+    was rendered along (:func:`paired_frames`); None for a sample along its own path."""
+    pair = paired_frames(sample_dir)
+    if pair is None:
+        return None
+    gen, real, scene = pair
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255   # noqa: E731
     g, r = to_t(gen), to_t(real)
     return {"psnr": float(psnr(g, r).mean()), "lpips": float(lpips_distance(g, r, net).mean()),
-            "scene": str(scene), "frames": int(len(frames))}
+            "scene": scene, "frames": int(len(gen))}
 
 
 def _mean_over_samples(key: str, dirs: list[Path], score, means: tuple[str, ...], note: str) -> dict:
