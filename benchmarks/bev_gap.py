@@ -3,7 +3,7 @@ of map-conditioned samples against unconditional samples along the same camera p
 bound) and the scenes' own latents decoded (the upper bound), and the share of each gap closed.
 
     python benchmarks/bev_gap.py --cond D [D ...] --uncond D [D ...] --own D --data DATA
-                                 [--split test] [--subset 32] [--out JSON]
+                                 [--split test] [--subset 32] [--out JSON] [--plot PNG]
 
 Each folder holds one sample per test scene along that scene's real path, all over the same
 scenes in the same order (their ``--max-scenes`` alike; without it every scene of the split):
@@ -59,6 +59,36 @@ def _per_sample(d: Path) -> dict:
     return res
 
 
+def plot(rows: dict, path: str) -> None:
+    """Two panels (FID, paired LPIPS): per folder, the whole split as a bar (from the panel's
+    floor) and its interleaved sets as dots, grouped own / unconditional / conditional."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    order = sorted(rows, key=lambda n: ("own", "uncond", "cond").index(rows[n]["kind"]))
+    colours = {"own": "C2", "uncond": "C7", "cond": "C0"}
+    fig = Figure(figsize=(8.0, 3.4), dpi=110)
+    FigureCanvasAgg(fig)
+    for k, (key, sets, label) in enumerate((("fid", "set_fids", "Inception FID vs the test views"),
+                                            ("lpips", "set_lpips", "paired LPIPS vs the real frames"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        lo = min(min(rows[n][sets] + [rows[n][key]]) for n in order)
+        hi = max(max(rows[n][sets] + [rows[n][key]]) for n in order)
+        floor = lo - 0.15 * (hi - lo)
+        for i, n in enumerate(order):
+            r = rows[n]
+            ax.bar(i, r[key] - floor, bottom=floor, width=0.6, color=colours[r["kind"]], alpha=0.35)
+            ax.scatter(np.full(len(r[sets]), i) + np.linspace(-0.2, 0.2, len(r[sets])), r[sets], s=9,
+                       color=colours[r["kind"]])
+        ax.set_xticks(range(len(order)), [Path(n).name for n in order], rotation=30, fontsize=7)
+        ax.set_ylim(floor, hi + 0.1 * (hi - lo))
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("bars: every test scene (the protocol's size); dots: interleaved sets of ~32 scenes", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def _gap(lower: float, value: float, upper: float) -> float:
     return (lower - value) / (lower - upper)
 
@@ -73,6 +103,7 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=32, help="about this many scenes per interleaved set")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="JSON of every number")
+    ap.add_argument("--plot", default=None, help="PNG: each folder's FID and paired LPIPS, whole split and per set")
     args = ap.parse_args()
 
     from nfldm.ldm.evaluate import (MAX_IMAGES, VIEW_SIZE, _evenly, cached_features, real_images,
@@ -164,6 +195,8 @@ def main() -> None:
               f"{'-' if sg is None else format(min(sg['fid']), '.0%') + ' .. ' + format(max(sg['fid']), '.0%')} |")
     print(f"conditional folders' mean: FID gap closed {summary['fid']:.0%}, paired-LPIPS gap closed "
           f"{summary['lpips']:.0%} (target: 50 % each)")
+    if args.plot:
+        plot(rows, args.plot)
     if args.out:
         atomic_write_json(args.out, {"data": args.data, "split": args.split, "num_real": int(len(real)),
                                      "scenes": scenes, "sets": [s.tolist() for s in sets], "rows": rows,

@@ -1,16 +1,18 @@
 """Levers on the BEV levels' paired LPIPS and FID (issue 23), and what the gap is not.
 
     python experiments/bev_levers.py sample --out D [--seed S] [--guidance W --guidance-levels c
-        --guidance-from T0 --guidance-to T1] [--psi-c RUN/c] [--bundle B] [--data DATA --max-scenes 32]
+        --guidance-from T0 --guidance-to T1] [--psi-c RUN/c] [--psi-f RUN/f] [--bundle B]
+        [--data DATA --max-scenes 32]
     python experiments/bev_levers.py oracle SAMPLES [--gain 1.28]
     python experiments/bev_levers.py sheet OUT.png SAMPLES [SAMPLES ...] [--scenes 0 4 8 12]
 
 ``sample``: the bundle's BEV levels along the real paths of the first ``--max-scenes`` test
 scenes spread over the split (the protocol of docs/ldm.md: one sample each, DPM-Solver++ 20,
 look guidance at its defaults), with the map's classifier-free guidance W applied only at the
-levels in ``--guidance-levels`` and at the timesteps ``T0 <= t < T1``, and psi_c optionally
-swapped for another level of the same latent statistics (a run's ``c`` folder, or a copy of its
-checkpoint). Score the folder with ``nfldm eval generation --samples D --data DATA --split test
+levels in ``--guidance-levels`` and at the timesteps ``T0 <= t < T1``, and psi_c or psi_f optionally
+swapped for another level of the same latent statistics (a run's ``c`` / ``f`` folder, or a copy of
+its checkpoint; a level not trained on maps is sampled without the map, e.g. the bundle's own
+unconditional ``f``). Score the folder with ``nfldm eval generation --samples D --data DATA --split test
 --floor-split none``.
 
 ``oracle``: how much of a sample folder's paired LPIPS against the real frames is brightness and
@@ -39,20 +41,26 @@ def sample(args) -> None:
 
     plain_load, plain_guided = generate.load_pipeline, ls.guided_prediction
 
+    def swapped(pipe, level: str, run: str):
+        rc = read_run_config(run)
+        if rc["stats"] != pipe["config"]["stats"]:
+            raise SystemExit(f"error: {run}: trained on latents with other statistics than the bundle's")
+        m = LevelDiffusion(config_from_dict(rc["model"]))
+        info = load_model_weights(run, m, prefer_ema=True)
+        print(f"psi_{level} from {run}, step {info['step']}{'' if m.cfg.bev else ' (not given the map)'}", flush=True)
+        pipe["models"][level] = m.to(next(pipe["models"][level].parameters()).device).eval()
+
     def load(run, device="auto", renderer=None):
         pipe = plain_load(run, device, renderer)
-        if args.psi_c:
-            rc = read_run_config(args.psi_c)
-            if rc["stats"] != pipe["config"]["stats"]:
-                raise SystemExit(f"error: {args.psi_c}: trained on latents with other statistics than {run}")
-            m = LevelDiffusion(config_from_dict(rc["model"]))
-            info = load_model_weights(args.psi_c, m, prefer_ema=True)
-            print(f"psi_c from {args.psi_c}, step {info['step']}", flush=True)
-            pipe["models"]["c"] = m.to(next(pipe["models"]["c"].parameters()).device).eval()
+        for level in ("c", "f"):
+            if getattr(args, f"psi_{level}"):
+                swapped(pipe, level, getattr(args, f"psi_{level}"))
         return pipe
 
     def guided(model, x, t, ctx, cond, guidance=1.0, g_guidance=1.0, look_guidance=1.0):
         on = model.level in args.guidance_levels and args.guidance_from <= float(t.flatten()[0]) < args.guidance_to
+        if not model.cfg.bev:       # a swapped-in unconditional level: no map to give it
+            return plain_guided(model, x, t, ctx, None, 1.0, g_guidance, look_guidance)
         return plain_guided(model, x, t, ctx, cond, args.guidance if on else 1.0, g_guidance, look_guidance)
 
     generate.load_pipeline, ls.guided_prediction = load, guided
@@ -149,6 +157,8 @@ def main() -> None:
     s.add_argument("--guidance-from", type=float, default=0.0)
     s.add_argument("--guidance-to", type=float, default=1000.0)
     s.add_argument("--psi-c", default=None, help="a trained c level (RUN/c) to sample psi_c with")
+    s.add_argument("--psi-f", default=None, help="a trained f level (RUN/f, e.g. the bundle's unconditional f) "
+                                                 "to sample psi_f with")
     s.add_argument("--bundle", default=None, help="default: the installed bundle")
     s.add_argument("--data", default="out/release/data")
     s.add_argument("--max-scenes", type=int, default=32)
