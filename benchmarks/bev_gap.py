@@ -25,7 +25,8 @@ cameras; wall IoU against the map given. Per conditional folder: the share of ea
 same again on interleaved sets of about ``--subset`` scenes (every k-th scene, k = scenes //
 subset, each offset one set: the same scenes in every folder), as mean +- std over the sets: what
 the 32-scene protocol of the earlier notes can and cannot tell. Inception features are kept in
-each folder (``inception_features.npz``), so folders are scored again for free.
+each folder (``inception_features.npz``), so a folder is scored again without running Inception
+again; the paired views are scored each run (about 20 s a folder).
 """
 from __future__ import annotations
 
@@ -37,25 +38,18 @@ import numpy as np
 
 
 def _per_sample(d: Path) -> dict:
-    """{sample index: {"lpips", "psnr", "wall_iou"}} of one folder, kept in ``D/bev_gap_per_sample.json``."""
+    """{sample index: {"lpips", "psnr", "scene", "wall_iou"}} of one folder (about 20 s for 205 samples
+    on one thread; not kept, unlike the Inception features)."""
     from nfldm.ldm.evaluate import paired_views, sample_map_agreement
-    from nfldm.utils.io import atomic_write_json
 
-    f = d / "bev_gap_per_sample.json"
-    dirs = sorted(d.glob("sample_*"))
-    if f.is_file():
-        kept = json.loads(f.read_text())
-        if len(kept) == len(dirs):
-            return {int(k): v for k, v in kept.items()}
     res = {}
-    for s in dirs:
+    for s in sorted(d.glob("sample_*")):
         pv, ma = paired_views(s), sample_map_agreement(s)
         if pv is None:
             raise SystemExit(f"error: {s}: not rendered along a real scene's path (no path_from_scene in its "
                              "condition.json); sample with --path-from-scene")
         res[int(s.name.split("_")[1])] = {"lpips": pv["lpips"], "psnr": pv["psnr"], "scene": pv["scene"],
                                           "wall_iou": None if ma is None else ma["wall_iou"]}
-    atomic_write_json(f, {str(k): v for k, v in res.items()})
     return res
 
 
@@ -89,10 +83,6 @@ def plot(rows: dict, path: str) -> None:
     fig.savefig(path)
 
 
-def _gap(lower: float, value: float, upper: float) -> float:
-    return (lower - value) / (lower - upper)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cond", nargs="+", required=True, help="map-conditioned sample folders (one per seed)")
@@ -110,6 +100,7 @@ def main() -> None:
     from nfldm.metrics.fid import feature_stats, frechet_distance, kid
     from nfldm.trainer import resolve_device
     from nfldm.utils.io import atomic_write_json
+    from release_targets import _gap_closed as _gap     # benchmarks/ is sys.path[0] when run as a script
 
     folders = {"own": [Path(args.own)], "uncond": [Path(p) for p in args.uncond], "cond": [Path(p) for p in args.cond]}
     for kind, ds in folders.items():
@@ -137,7 +128,7 @@ def main() -> None:
                                  "(sample every folder over the same --split and --max-scenes)")
             pick = _evenly(len(feats), MAX_IMAGES)
             iou = [r["wall_iou"] for r in per.values() if r["wall_iou"] is not None]
-            scored[str(d)] = {"kind": kind, "feats": feats, "owner": owner, "per": per,
+            scored[str(d)] = {"feats": feats, "owner": owner, "per": per,
                               "row": {"kind": kind, "samples": len(per), "views": int(len(pick)), "fid": fid(feats[pick]),
                                       "kid": float(kid(feats[pick], real)[0]),
                                       "psnr": float(np.mean([r["psnr"] for r in per.values()])),

@@ -52,7 +52,7 @@ __all__ = ["frechet_distance", "kid", "feature_stats", "EfficientNetLite0Feature
            "generated_images", "real_images", "eval_generation", "NOT_COMPARABLE", "top_down_opacity",
            "path_agreement", "sample_path_agreement", "PROTOCOL", "VIEW_SIZE", "cached_features",
            "mid_height_occupancy", "wall_iou", "inside_iou", "map_agreement", "sample_map_agreement", "paired_frames",
-           "paired_views"]
+           "paired_views", "real_inception_features", "sample_inception_features"]
 
 NOT_COMPARABLE = ("frechet_distance on EfficientNet-Lite0 features is an offline proxy: it is NOT "
                   "comparable to published (Inception-v3) FID numbers; compare it only between runs "
