@@ -1,12 +1,13 @@
 """Latent sampling time per scene: BEV-conditioned levels vs unconditional ones.
 
     python benchmarks/bev_sampling.py --bev-run RUN_BEV [--run RUN] --data DATASET [--split test]
-                                      [--sampler dpm] [--steps 20] [--guidance 1 2] [--repeat 2] [--scenes N] [--json F]
+                                      [--sampler dpm] [--steps 20] [--guidance 1 2] [--guidance-levels gcf] [--repeat 2] [--scenes N] [--json F]
 
 Times ``nfldm.ldm.sample.sample_latents`` (g -> c -> f, batch 8) over one sample per scene of
 the split: the unconditional run (default: the shipped bundle) given each scene's real camera
 path, then the BEV run given each scene's map and path, once per guidance scale (a scale other
-than 1 runs the conditional and the unconditional prediction in one doubled batch). Prints
+than 1 runs the conditional and the unconditional prediction in one doubled batch, at the levels
+named by ``--guidance-levels``; with look guidance too, one tripled batch). Prints
 seconds per scene and the ratio to the unconditional run; the best of ``--repeat`` runs.
 """
 
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--sampler", default="dpm")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
+    ap.add_argument("--guidance-levels", default="gcf", help="the levels the map guidance applies to (of g, c, f)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--look-guidance", type=float, default=3.0,
                     help="guidance on the map's look, for bev levels given it (nfldm sample's default 3)")
@@ -74,12 +76,13 @@ def main() -> None:
     S = pipe["models"]["g"].cfg.bev_size
     bev = torch.stack([bev_grid(c.bev, S, look=True) for c in conds])
     look_from = LOOK_GUIDANCE_FROM if args.look_guidance_from is None else args.look_guidance_from
-    res = {"scenes": n, "unconditional": base, "look_guidance": args.look_guidance, "look_guidance_from": look_from,
+    res = {"scenes": n, "unconditional": base, "guidance_levels": args.guidance_levels, "look_guidance": args.look_guidance, "look_guidance_from": look_from,
            "bev": {}}
     for g in args.guidance:
-        t = timed(pipe, bev=bev, guidance=g, look_guidance=args.look_guidance, look_from=look_from)
+        t = timed(pipe, bev=bev, guidance=g, look_guidance=args.look_guidance, look_from=look_from,
+                  guidance_levels=args.guidance_levels)
         res["bev"][f"{g:g}"] = t
-        print(f"BEV-conditioned, guidance {g:g}: {t:.3f} s/scene ({t / base:.2f}x)")
+        print(f"BEV-conditioned, guidance {g:g} on {args.guidance_levels}: {t:.3f} s/scene ({t / base:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 

@@ -181,6 +181,16 @@ def test_known_trajectory_is_kept_and_g_follows_it():
     other = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=-traj, guidance=2.0, progress=False)
     assert not torch.allclose(out["g"], other["g"])          # g is sampled given the trajectory
     assert all(torch.isfinite(v).all() for v in out.values())
+    # map guidance at psi_c only: g as unguided (scale 1), c as guided at every level up to there
+    plain = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, progress=False)
+    only_c = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, guidance=2.0, guidance_levels="c",
+                            progress=False)
+    assert torch.equal(only_c["g"], plain["g"]) and not torch.allclose(only_c["c"], plain["c"])
+    g_only = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, guidance=2.0, guidance_levels="g",
+                            progress=False)
+    assert torch.equal(g_only["g"], out["g"])
+    with pytest.raises(ValueError, match="guidance_levels"):
+        sample_latents(models, stats, 2, "ddim", 2, 0, bev=bev, guidance=2.0, guidance_levels="cx", progress=False)
     with pytest.raises(ValueError, match="traj must be"):
         sample_latents(models, stats, 2, "ddim", 2, 0, traj=torch.zeros(3, cfg.traj_dim), progress=False)
     # a known g: kept exactly, psi_c / psi_f sample given it (another g, another c)
@@ -367,6 +377,12 @@ def test_look_levels_drop_the_look_and_widen_from_a_level_without_it(tmp_path):
         u = guided_prediction(model, x, t, ctx, no_look, 2.0)
         assert not torch.allclose(p, u)
         assert torch.allclose(guided_prediction(model, x, t, ctx, look, 2.0, look_guidance=3.0), u + 3.0 * (p - u), atol=1e-5)
+        # ... computed in one tripled batch (null map, map without its look, map), not four passes
+        calls, plain = [], model.predict
+        model.predict = lambda x_, *a, **k: calls.append(len(x_)) or plain(x_, *a, **k)
+        guided_prediction(model, x, t, ctx, look, 2.0, look_guidance=3.0)
+        del model.predict
+        assert calls == [3 * B]
         assert torch.equal(guided_prediction(model, x, t, ctx, look, 2.0, look_guidance=1.0), p)
         assert torch.equal(guided_prediction(base, x, t, ctx, look, 1.0, look_guidance=3.0),
                            guided_prediction(base, x, t, ctx, look, 1.0))          # a level without the look

@@ -265,6 +265,12 @@ def test_packaged_model_samples_without_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "b" / "samples.json").read_text())
     assert summary["bev"] is True and summary["look_guidance"] == 3.0 and summary["look_guidance_from"] == 500
+    # ... and map guidance 2 at psi_c alone by default; a --guidance given applies to every level
+    assert summary["guidance"] == 2.0 and summary["guidance_levels"] == "c"
+    res = nfldm("sample", "--bev", str(tmp_path / "plan.png"), "--num", "1", "--sampler", "dpm", "--steps", "2",
+                "--frames", "2", "--guidance", "3", "--out", str(tmp_path / "b3"), "--quiet")
+    summary = json.loads((tmp_path / "b3" / "samples.json").read_text())
+    assert res.returncode == 0 and summary["guidance"] == 3.0 and summary["guidance_levels"] == "gcf"
     # its psi_c levels are stored in 8 bits (half the bytes of float16) and load in float32
     from nfldm.data.tensors import read_safetensors
 

@@ -281,7 +281,8 @@ def cmd_sample(args) -> int:
                  mesh_level=args.mesh_level, batch_size=args.batch_size, g_guidance=args.g_guidance,
                  renderer=args.renderer, conditions=conditions, path_from_scene=bool(args.path_from_scene),
                  own_latents=args.own_latents, own_g=args.own_g, own_c=args.own_c, look_guidance=args.look_guidance,
-                 own_look=args.own_look, look_guidance_from=args.look_guidance_from)
+                 own_look=args.own_look, look_guidance_from=args.look_guidance_from,
+                 guidance_levels=args.guidance_levels)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -715,8 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="denoising steps per level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale (with --cond or --bev)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (with --cond or --bev); default 1, with --bev 2 at psi_c only "
+                        "(nfldm.pipeline.generate.MAP_GUIDANCE, MAP_GUIDANCE_LEVELS)")
+    p.add_argument("--guidance-levels", default=None, metavar="LEVELS",
+                   help="the levels --guidance applies to, of g, c, f (default: all when --guidance is given, else c "
+                        "with --bev; e.g. c: psi_c alone, the others take the condition unguided)")
     p.add_argument("--g-guidance", type=float, default=1.0,
                    help="classifier-free guidance scale on g, for levels trained with g_drop_prob > 0")
     p.add_argument("--look-guidance", type=float, default=None,

@@ -608,6 +608,8 @@ def guided_prediction(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, co
     the geometry's left as ``guidance`` sets it. For a psi_c / psi_f given the scene's look
     (``scene_look``) the same with u_l given the context without it (``scene_look_drop``)."""
     if look_guidance != 1.0 and cond is not None and model.cfg.bev and model.cfg.bev_look:
+        if guidance != 1.0 and (g_guidance == 1.0 or model.cfg.g_drop_prob <= 0 or model.global_vector(ctx) is None):
+            return _map_and_look_guided(model, x, t, ctx, cond, guidance, look_guidance)
         p = guided_prediction(model, x, t, ctx, cond, guidance, g_guidance)
         u = guided_prediction(model, x, t, ctx, model.without_look(cond), guidance, g_guidance)
         return u + look_guidance * (p - u)
@@ -622,6 +624,27 @@ def guided_prediction(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, co
     null = {**ctx, "g_keep": torch.zeros(x.shape[0], device=x.device)}
     u = _cond_guided(model, x, t, null, cond, guidance)
     return u + g_guidance * (out - u)
+
+
+def _map_and_look_guided(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, cond: Tensor, guidance: float,
+                         look_guidance: float) -> Tensor:
+    """Map guidance s and look guidance s_l together in one tripled batch: n (null map), m (the
+    map without its look), p (the map) -> ``n + s (m - n) + s_l s (p - m)``, which is what the
+    nested form of :func:`guided_prediction` computes with four passes (its two guided predictions
+    share n)."""
+    B = x.shape[0]
+    if t.dim() == 0:
+        t = t.expand(B)
+
+    null_tok, null_maps = model.condition(None, B, length=cond.shape[1])
+    mtok, mmaps = model.condition(model.without_look(cond), B)
+    tok, maps = model.condition(cond, B)
+    ctx3 = {k: torch.cat([v, v, v]) for k, v in ctx.items()}
+    if maps is not None:
+        ctx3["bev_maps"] = torch.cat([null_maps, mmaps, maps])
+    n, m, p = model.predict(torch.cat([x, x, x]), torch.cat([t, t, t]), ctx3,
+                            torch.cat([null_tok, mtok, tok])).chunk(3)
+    return n + guidance * (m - n) + look_guidance * guidance * (p - m)
 
 
 def _cond_guided(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, cond: Tensor | None,

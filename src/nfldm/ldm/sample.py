@@ -112,7 +112,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                    batch_size: int = 8, progress: bool = True, g_guidance: float = 1.0, bev: Tensor | None = None,
                    traj: Tensor | None = None, g: Tensor | None = None, c: Tensor | None = None,
                    guides: dict[str, LevelDiffusion] | None = None, guide_scale: float = 1.0,
-                   look_guidance: float = 1.0, look: Tensor | None = None, look_from: int = 0) -> dict:
+                   look_guidance: float = 1.0, look: Tensor | None = None, look_from: int = 0,
+                   guidance_levels: str = "gcf") -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -122,7 +123,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     are absent from the result.
 
     ``bev``: the BEV map (4 x S x S for all samples, or num x 4 x S x S) of levels trained with
-    ``bev``, with classifier-free guidance scale ``guidance``. ``traj``: a known camera
+    ``bev``, with classifier-free guidance scale ``guidance`` at the levels named in ``guidance_levels``
+    (of "gcf"; the others take the condition unguided, scale 1). ``traj``: a known camera
     trajectory (9 T, or num x 9 T; :func:`~nfldm.ldm.trajectory.encode_trajectory`): psi_g
     samples g given it by replacement (:func:`denoise` ``known``), and the result's traj is it.
     ``g``: a known raw global latent (g_dim, or num x g_dim; needs ``traj``): psi_g is not run,
@@ -146,6 +148,9 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
+    if not guidance_levels or set(guidance_levels) - set("gcf"):
+        raise ValueError(f"guidance_levels must name some of the levels g, c, f, got {guidance_levels!r}")
+    scale = {lv: guidance if lv in guidance_levels else 1.0 for lv in "gcf"}
     if cond is not None:
         if cond.dim() not in (2, 3) or (cond.dim() == 3 and len(cond) != num):
             raise ValueError(f"cond must be L x cond_dim or num x L x cond_dim, got {tuple(cond.shape)}")
@@ -221,7 +226,7 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
             if lb is not None:
                 got["look_n"] = lb
         else:
-            x = denoise(gm, B, {}, cb, guidance, sampler, steps, gen, progress, f"psi_g {tag}", known=known)
+            x = denoise(gm, B, {}, cb, scale["g"], sampler, steps, gen, progress, f"psi_g {tag}", known=known)
             got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:g_dim + T9]}
             if L:                   # the scene's look (scene_look), standardised
                 got["look_n"] = x[:, g_dim + T9:]
@@ -233,11 +238,11 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         if c is not None:
             got["c_n"] = c_known[lo:hi].to(dev)
         elif cm is not None:
-            got["c_n"] = denoise(cm, B, cm.context(sampled), cb, guidance, sampler, steps, gen, progress,
+            got["c_n"] = denoise(cm, B, cm.context(sampled), cb, scale["c"], sampler, steps, gen, progress,
                                  f"psi_c {tag}", g_guidance=g_guidance, guide=guide_of("c", sampled),
                                  look_guidance=look_guidance, look_from=look_from)
         if fm is not None:
-            got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, guidance, sampler, steps, gen,
+            got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, scale["f"], sampler, steps, gen,
                                  progress, f"psi_f {tag}", g_guidance=g_guidance,
                                  guide=guide_of("f", {**sampled, "c": got["c_n"]}), look_guidance=look_guidance,
                                  look_from=look_from)

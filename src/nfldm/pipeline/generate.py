@@ -61,7 +61,7 @@ from nfldm.scene_ae.render import sample_grid
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, read_json
 from nfldm.utils.video import write_video
 
-__all__ = ["sample", "LOOK_GUIDANCE", "LOOK_GUIDANCE_FROM", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT", "topdown_view",
+__all__ = ["sample", "LOOK_GUIDANCE", "LOOK_GUIDANCE_FROM", "MAP_GUIDANCE", "MAP_GUIDANCE_LEVELS", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT", "topdown_view",
            "write_sample_folder"]
 
 SAMPLE_FORMAT = "nfldm-sample"
@@ -71,6 +71,11 @@ SHEET_MAX_ROWS = 64     # the contact sheet shows the first 64 samples
 # 35 % at 3 points of FID (docs/ldm.md "The map's look")
 LOOK_GUIDANCE = 3.0
 LOOK_GUIDANCE_FROM = 500    # look guidance at the timesteps t >= this (of 1000) only (docs/notes/2026-12-06-wide-psi-c-in-8-bits.md)
+# classifier-free guidance on the map (nfldm sample --guidance) when none is given, at psi_c only: on every
+# test scene it lowers paired LPIPS at the same FID, and map guidance at psi_g / psi_f buys nothing
+# (docs/notes/2026-12-06-bev-gaps-at-the-protocols-size.md, docs/notes/2026-12-06-map-guidance-by-default.md)
+MAP_GUIDANCE = 2.0
+MAP_GUIDANCE_LEVELS = "c"
 
 
 # ----------------------------------------------------------------------------------------
@@ -259,18 +264,20 @@ def read_condition(path: str | os.PathLike) -> Tensor:
 
 
 def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0,
-           out: str | os.PathLike | None = None, cond: Tensor | None = None, guidance: float = 1.0,
+           out: str | os.PathLike | None = None, cond: Tensor | None = None, guidance: float | None = None,
            device: str = "auto", progress: bool = True, num_frames: int = 48, fps: int = 12,
            mesh_level: float | None = None, batch_size: int = 8, sheet_frames: int = 6,
            g_guidance: float = 1.0, renderer: str | os.PathLike | None = None,
            conditions: list[SceneCondition] | None = None, path_from_scene: bool = False,
            own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None,
            own_c: bool = False, look_guidance: float | None = None, own_look: bool = False,
-           look_guidance_from: int | None = None) -> dict:
+           look_guidance_from: int | None = None, guidance_levels: str | None = None) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
-    num x L x cond_dim) with classifier-free guidance scale ``guidance``; ``g_guidance``: guidance
+    num x L x cond_dim) with classifier-free guidance scale ``guidance`` at the levels in
+    ``guidance_levels`` (of "gcf"; the others unguided; None: all, or with a map and no ``guidance``
+    given :data:`MAP_GUIDANCE_LEVELS`) (None: 1, with a map :data:`MAP_GUIDANCE`); ``g_guidance``: guidance
     on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"); ``look_guidance``:
     guidance on the map's look for the levels trained with ``bev_look`` (docs/ldm.md "The map's
     look"), and on the scene's look for levels trained with ``scene_look`` (None: :data:`LOOK_GUIDANCE`
@@ -299,6 +306,11 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     if num < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"num, steps and batch_size must be >= 1 (got num={num}, steps={steps}, "
                          f"batch_size={batch_size})")
+    if guidance_levels is None:
+        guidance_levels = MAP_GUIDANCE_LEVELS if has_maps and guidance is None else "gcf"
+    guidance = (MAP_GUIDANCE if has_maps else 1.0) if guidance is None else float(guidance)
+    if not guidance_levels or set(guidance_levels) - set("gcf"):
+        raise ValueError(f"guidance levels must name some of the levels g, c, f, got {guidance_levels!r}")
     look_guidance = (LOOK_GUIDANCE if has_maps else 1.0) if look_guidance is None else float(look_guidance)
     look_from = (LOOK_GUIDANCE_FROM if has_maps else 0) if look_guidance_from is None else int(look_guidance_from)
     if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
@@ -354,7 +366,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         known = {} if own_g is None else _own_latents(own_g, per, rc, gm.cfg.traj_frames, bounds)
         lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
                              g_guidance, bev=bev, traj=traj, g=known.get("g"), c=known.get("c") if own_c else None,
-                             look_guidance=look_guidance, look=look, look_from=look_from)
+                             look_guidance=look_guidance, look=look, look_from=look_from,
+                             guidance_levels=guidance_levels)
 
     H, W = sae.cfg.image_hw()
     side = min(H, W)                # the square pictures (top-down view, map), padded to H x W in the sheet
@@ -374,6 +387,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
             keys, path = render_path(lat["traj"][i], bounds, num_frames)
         meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
                 "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
+                "guidance_levels": guidance_levels,
                 "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from}
         if per:
             meta["scene"] = str(per[i].scene or per[i].source)
@@ -398,6 +412,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                "latents": pipe["latents"],
                "num": total,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
+                "guidance_levels": guidance_levels,
                "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from,
                "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, **image_size_record(sae.cfg),
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
