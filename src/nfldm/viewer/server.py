@@ -36,7 +36,8 @@ import torch
 from nfldm.data.format import DataError
 from nfldm.data.tensors import write_safetensors
 from nfldm.ldm.trajectory import fov_degrees, interpolate_path
-from nfldm.pipeline.generate import SAMPLE_FORMAT, camera_path_json, density_mesh, write_sample_folder
+from nfldm.pipeline.generate import (MAP_GUIDANCE, MAP_GUIDANCE_LEVELS, SAMPLE_FORMAT, camera_path_json, density_mesh,
+                                     write_sample_folder)
 from nfldm.scene_ae.flythrough import upscale
 from nfldm.trainer import resolve_device
 from nfldm.utils.io import atomic_write_json
@@ -409,8 +410,9 @@ class Viewer:
             self.seed = g.add_number("seed", 0, min=0, step=1)
             self.sampler = g.add_dropdown("sampler", SAMPLERS, initial_value="dpm")
             self.steps = g.add_number("steps", cfg.sample_steps, min=1, max=1000, step=1)
-            self.guidance = g.add_number("guidance", 1.0, min=0.0, max=20.0, step=0.5,
-                                         hint="classifier-free guidance on the map (BEV levels)")
+            self.guidance = g.add_number("guidance", MAP_GUIDANCE, min=0.0, max=20.0, step=0.5,
+                                         hint="classifier-free guidance on the map at psi_c (BEV levels; nfldm "
+                                              "sample's default)")
             self.bev = g.add_text("BEV map", "", hint="optional: a dataset scene folder, a bev.npz or a drawn plan.png")
             g.add_button("Sample a new scene").on_click(lambda ev: self._act(ev, "sample", self._sample_action))
         with g.add_folder("Edit", order=3, expand_by_default=False):
@@ -561,7 +563,7 @@ class Viewer:
         if conditions and run is not None and self.source.kind != "run":
             run = None                  # a map: the bundle's bev levels unless a run was given
         sample(run, num=1, sampler=sampler, steps=int(steps), seed=int(seed), out=out, guidance=float(guidance),
-               device=self.device, progress=self.progress, conditions=conditions)
+               guidance_levels=MAP_GUIDANCE_LEVELS, device=self.device, progress=self.progress, conditions=conditions)
         return self._load(out / "sample_0000")
 
     def _sample_action(self) -> ViewScene:
