@@ -2,7 +2,7 @@
 
     python experiments/bev_levers.py sample --out D [--seed S] [--guidance W --guidance-levels c
         --guidance-from T0 --guidance-to T1] [--psi-c RUN/c] [--psi-f RUN/f] [--bundle B]
-        [--data DATA --max-scenes 32]
+        [--psi-c-low RUN/c --low-below T] [--data DATA --max-scenes 32]
     python experiments/bev_levers.py oracle SAMPLES [--gain 1.28]
     python experiments/bev_levers.py sheet OUT.png SAMPLES [SAMPLES ...] [--scenes 0 4 8 12]
 
@@ -12,7 +12,9 @@ look guidance at its defaults), with the map's classifier-free guidance W applie
 levels in ``--guidance-levels`` and at the timesteps ``T0 <= t < T1``, and psi_c or psi_f optionally
 swapped for another level of the same latent statistics (a run's ``c`` / ``f`` folder, or a copy of
 its checkpoint; a level not trained on maps is sampled without the map, e.g. the bundle's own
-unconditional ``f``). Score the folder with ``nfldm eval generation --samples D --data DATA --split test
+unconditional ``f``). ``--psi-c-low``: another c level (same latent statistics) that takes psi_c's
+steps at t < ``--low-below`` (the map-conditioned level sets the layout at high noise, e.g. the
+bundle's unconditional psi_c the detail at low noise). Score the folder with ``nfldm eval generation --samples D --data DATA --split test
 --floor-split none``.
 
 ``oracle``: how much of a sample folder's paired LPIPS against the real frames is brightness and
@@ -41,23 +43,32 @@ def sample(args) -> None:
 
     plain_load, plain_guided = generate.load_pipeline, ls.guided_prediction
 
-    def swapped(pipe, level: str, run: str):
+    low: list = []
+
+    def swapped(pipe, level: str, run: str, into_pipe: bool = True):
         rc = read_run_config(run)
         if rc["stats"] != pipe["config"]["stats"]:
             raise SystemExit(f"error: {run}: trained on latents with other statistics than the bundle's")
         m = LevelDiffusion(config_from_dict(rc["model"]))
         info = load_model_weights(run, m, prefer_ema=True)
         print(f"psi_{level} from {run}, step {info['step']}{'' if m.cfg.bev else ' (not given the map)'}", flush=True)
-        pipe["models"][level] = m.to(next(pipe["models"][level].parameters()).device).eval()
+        m = m.to(next(pipe["models"][level].parameters()).device).eval()
+        if into_pipe:
+            pipe["models"][level] = m
+        return m
 
     def load(run, device="auto", renderer=None):
         pipe = plain_load(run, device, renderer)
         for level in ("c", "f"):
             if getattr(args, f"psi_{level}"):
                 swapped(pipe, level, getattr(args, f"psi_{level}"))
+        if args.psi_c_low:
+            low[:] = [swapped(pipe, "c", args.psi_c_low, into_pipe=False)]
         return pipe
 
     def guided(model, x, t, ctx, cond, guidance=1.0, g_guidance=1.0, look_guidance=1.0):
+        if low and model.level == "c" and float(t.flatten()[0]) < args.low_below:
+            model = low[0]
         on = model.level in args.guidance_levels and args.guidance_from <= float(t.flatten()[0]) < args.guidance_to
         if not model.cfg.bev:       # a swapped-in unconditional level: no map to give it
             return plain_guided(model, x, t, ctx, None, 1.0, g_guidance, look_guidance)
@@ -159,6 +170,8 @@ def main() -> None:
     s.add_argument("--psi-c", default=None, help="a trained c level (RUN/c) to sample psi_c with")
     s.add_argument("--psi-f", default=None, help="a trained f level (RUN/f, e.g. the bundle's unconditional f) "
                                                  "to sample psi_f with")
+    s.add_argument("--psi-c-low", default=None, help="a c level (RUN/c) that takes psi_c's steps at t < --low-below")
+    s.add_argument("--low-below", type=float, default=500.0)
     s.add_argument("--bundle", default=None, help="default: the installed bundle")
     s.add_argument("--data", default="out/release/data")
     s.add_argument("--max-scenes", type=int, default=32)
