@@ -76,8 +76,8 @@ def main() -> None:
     S = pipe["models"]["g"].cfg.bev_size
     bev = torch.stack([bev_grid(c.bev, S, look=True) for c in conds])
     look_from = LOOK_GUIDANCE_FROM if args.look_guidance_from is None else args.look_guidance_from
-    res = {"scenes": n, "unconditional": base, "guidance_levels": args.guidance_levels, "look_guidance": args.look_guidance, "look_guidance_from": look_from,
-           "bev": {}}
+    res = {"scenes": n, "unconditional": base, "guidance_levels": args.guidance_levels,
+           "look_guidance": args.look_guidance, "look_guidance_from": look_from, "bev": {}}
     for g in args.guidance:
         t = timed(pipe, bev=bev, guidance=g, look_guidance=args.look_guidance, look_from=look_from,
                   guidance_levels=args.guidance_levels)

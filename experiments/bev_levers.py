@@ -43,7 +43,7 @@ def sample(args) -> None:
 
     plain_load, plain_guided = generate.load_pipeline, ls.guided_prediction
 
-    low: list = []
+    low = None          # --psi-c-low's level, once loaded
 
     def swapped(pipe, level: str, run: str, into_pipe: bool = True):
         rc = read_run_config(run)
@@ -58,17 +58,18 @@ def sample(args) -> None:
         return m
 
     def load(run, device="auto", renderer=None):
+        nonlocal low
         pipe = plain_load(run, device, renderer)
         for level in ("c", "f"):
             if getattr(args, f"psi_{level}"):
                 swapped(pipe, level, getattr(args, f"psi_{level}"))
         if args.psi_c_low:
-            low[:] = [swapped(pipe, "c", args.psi_c_low, into_pipe=False)]
+            low = swapped(pipe, "c", args.psi_c_low, into_pipe=False)
         return pipe
 
     def guided(model, x, t, ctx, cond, guidance=1.0, g_guidance=1.0, look_guidance=1.0):
-        if low and model.level == "c" and float(t.flatten()[0]) < args.low_below:
-            model = low[0]
+        if low is not None and model.level == "c" and float(t.flatten()[0]) < args.low_below:
+            model = low
         on = model.level in args.guidance_levels and args.guidance_from <= float(t.flatten()[0]) < args.guidance_to
         if not model.cfg.bev:       # a swapped-in unconditional level: no map to give it
             return plain_guided(model, x, t, ctx, None, 1.0, g_guidance, look_guidance)

@@ -632,37 +632,31 @@ def _map_and_look_guided(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict,
     map without its look), p (the map) -> ``n + s (m - n) + s_l s (p - m)``, which is what the
     nested form of :func:`guided_prediction` computes with four passes (its two guided predictions
     share n)."""
-    B = x.shape[0]
-    if t.dim() == 0:
-        t = t.expand(B)
-
-    null_tok, null_maps = model.condition(None, B, length=cond.shape[1])
-    mtok, mmaps = model.condition(model.without_look(cond), B)
-    tok, maps = model.condition(cond, B)
-    ctx3 = {k: torch.cat([v, v, v]) for k, v in ctx.items()}
-    if maps is not None:
-        ctx3["bev_maps"] = torch.cat([null_maps, mmaps, maps])
-    n, m, p = model.predict(torch.cat([x, x, x]), torch.cat([t, t, t]), ctx3,
-                            torch.cat([null_tok, mtok, tok])).chunk(3)
+    n, m, p = _predictions(model, x, t, ctx, [None, model.without_look(cond), cond], cond.shape[1])
     return n + guidance * (m - n) + look_guidance * guidance * (p - m)
 
 
 def _cond_guided(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, cond: Tensor | None,
                  guidance: float) -> Tensor:
-    B = x.shape[0]
+    if cond is None or guidance == 1.0:
+        return _predictions(model, x, t, ctx, [cond])[0]
+    u, c = _predictions(model, x, t, ctx, [None, cond], cond.shape[1])
+    return u + guidance * (c - u)
+
+
+def _predictions(model: LevelDiffusion, x: Tensor, t: Tensor, ctx: dict, conds: list[Tensor | None],
+                 null_length: int = 1) -> tuple[Tensor, ...]:
+    """The model's predictions for x (B x ...) under each condition of ``conds`` (None: the null
+    condition, ``null_length`` tokens), in one batch of len(conds) x B."""
+    B, k = x.shape[0], len(conds)
     if t.dim() == 0:
         t = t.expand(B)
-
-    def with_maps(c: dict, maps: Tensor | None) -> dict:
-        return c if maps is None else {**c, "bev_maps": maps}
-
-    if cond is None or guidance == 1.0:
-        tokens, maps = model.condition(cond, B)
-        return model.predict(x, t, with_maps(ctx, maps), tokens)
-    null_tok, null_maps = model.condition(None, B, length=cond.shape[1])
-    tok, maps = model.condition(cond, B)
-    ctx2 = {k: torch.cat([v, v]) for k, v in ctx.items()}
-    both = None if maps is None else torch.cat([null_maps, maps])
-    u, c = model.predict(torch.cat([x, x]), torch.cat([t, t]), with_maps(ctx2, both),
-                         torch.cat([null_tok, tok])).chunk(2)
-    return u + guidance * (c - u)
+    parts = [model.condition(c, B, length=null_length) if c is None else model.condition(c, B) for c in conds]
+    tokens, maps = torch.cat([tok for tok, _ in parts]), parts[-1][1]
+    if k > 1:
+        ctx = {key: torch.cat([v] * k) for key, v in ctx.items()}
+        x, t = torch.cat([x] * k), torch.cat([t] * k)
+        maps = None if maps is None else torch.cat([m for _, m in parts])
+    if maps is not None:
+        ctx = {**ctx, "bev_maps": maps}
+    return model.predict(x, t, ctx, tokens).chunk(k)

@@ -21,7 +21,7 @@ from nfldm.ldm.data import LatentStats, unfold_c
 from nfldm.ldm.model import SAMPLERS, LevelDiffusion, guided_prediction, make_sampler
 from nfldm.ldm.trajectory import decode_trajectory, interpolate_path
 
-__all__ = ["denoise", "sample_latents", "render_path"]
+__all__ = ["denoise", "level_guidance", "sample_latents", "render_path"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -106,6 +106,14 @@ def _cond_batch(cond: Tensor | None, lo: int, hi: int, dev, per_sample_dims: int
     return cond[None].expand(hi - lo, *cond.shape).to(dev)
 
 
+def level_guidance(guidance: float, levels: str) -> dict[str, float]:
+    """{level: classifier-free guidance scale}: ``guidance`` at the levels named in ``levels`` (some
+    of "gcf"), 1 (unguided) at the others; ValueError for any other string."""
+    if not levels or set(levels) - set("gcf"):
+        raise ValueError(f"guidance_levels must name some of the levels g, c, f, got {levels!r}")
+    return {lv: guidance if lv in levels else 1.0 for lv in "gcf"}
+
+
 @torch.no_grad()
 def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: int, sampler: str = "ddim",
                    steps: int = 50, seed: int = 0, cond: Tensor | None = None, guidance: float = 1.0,
@@ -148,9 +156,7 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
-    if not guidance_levels or set(guidance_levels) - set("gcf"):
-        raise ValueError(f"guidance_levels must name some of the levels g, c, f, got {guidance_levels!r}")
-    scale = {lv: guidance if lv in guidance_levels else 1.0 for lv in "gcf"}
+    scale = level_guidance(guidance, guidance_levels)
     if cond is not None:
         if cond.dim() not in (2, 3) or (cond.dim() == 3 and len(cond) != num):
             raise ValueError(f"cond must be L x cond_dim or num x L x cond_dim, got {tuple(cond.shape)}")

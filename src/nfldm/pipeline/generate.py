@@ -49,7 +49,7 @@ from nfldm.data.tensors import read_safetensors, scene_file, write_safetensors
 from nfldm.latent_ae.latents import load_latent_file, read_latent_index
 from nfldm.ldm.data import LatentStats
 from nfldm.ldm.evaluate import top_down_opacity
-from nfldm.ldm.sample import render_path, sample_latents
+from nfldm.ldm.sample import level_guidance, render_path, sample_latents
 from nfldm.ldm.trajectory import decode_trajectory, encode_trajectory, fov_degrees
 from nfldm.pipeline.bundle import bundle_renderer, bundled_bev_model, bundled_model
 from nfldm.pipeline.load import load_stages, recorded_run
@@ -275,9 +275,10 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
-    num x L x cond_dim) with classifier-free guidance scale ``guidance`` at the levels in
-    ``guidance_levels`` (of "gcf"; the others unguided; None: all, or with a map and no ``guidance``
-    given :data:`MAP_GUIDANCE_LEVELS`) (None: 1, with a map :data:`MAP_GUIDANCE`); ``g_guidance``: guidance
+    num x L x cond_dim) with classifier-free guidance scale ``guidance`` at the levels named in
+    ``guidance_levels`` (some of "gcf"; the others unguided). Neither given: with a map
+    :data:`MAP_GUIDANCE` at :data:`MAP_GUIDANCE_LEVELS`, else 1; ``guidance`` alone: every level.
+    ``g_guidance``: guidance
     on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"); ``look_guidance``:
     guidance on the map's look for the levels trained with ``bev_look`` (docs/ldm.md "The map's
     look"), and on the scene's look for levels trained with ``scene_look`` (None: :data:`LOOK_GUIDANCE`
@@ -309,8 +310,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     if guidance_levels is None:
         guidance_levels = MAP_GUIDANCE_LEVELS if has_maps and guidance is None else "gcf"
     guidance = (MAP_GUIDANCE if has_maps else 1.0) if guidance is None else float(guidance)
-    if not guidance_levels or set(guidance_levels) - set("gcf"):
-        raise ValueError(f"guidance levels must name some of the levels g, c, f, got {guidance_levels!r}")
+    level_guidance(guidance, guidance_levels)      # bad levels are refused before anything is loaded
     look_guidance = (LOOK_GUIDANCE if has_maps else 1.0) if look_guidance is None else float(look_guidance)
     look_from = (LOOK_GUIDANCE_FROM if has_maps else 0) if look_guidance_from is None else int(look_guidance_from)
     if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
@@ -412,7 +412,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                "latents": pipe["latents"],
                "num": total,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
-                "guidance_levels": guidance_levels,
+               "guidance_levels": guidance_levels,
                "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from,
                "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, **image_size_record(sae.cfg),
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
