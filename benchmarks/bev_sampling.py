@@ -2,12 +2,14 @@
 
     python benchmarks/bev_sampling.py --bev-run RUN_BEV [--run RUN] --data DATASET [--split test]
                                       [--sampler dpm] [--steps 20] [--guidance 1 2] [--guidance-levels gcf] [--repeat 2] [--scenes N] [--json F]
+                                      [--hand-over T] [--low-noise-c RUN/c]
 
 Times ``nfldm.ldm.sample.sample_latents`` (g -> c -> f, batch 8) over one sample per scene of
 the split: the unconditional run (default: the shipped bundle) given each scene's real camera
 path, then the BEV run given each scene's map and path, once per guidance scale (a scale other
 than 1 runs the conditional and the unconditional prediction in one doubled batch, at the levels
-named by ``--guidance-levels``; with look guidance too, one tripled batch). Prints
+named by ``--guidance-levels``; with look guidance too, one tripled batch; below ``--hand-over`` psi_c's steps are the low-noise c level's, nfldm sample's
+default with a bundle's bev levels). Prints
 seconds per scene and the ratio to the unconditional run; the best of ``--repeat`` runs.
 """
 
@@ -36,6 +38,11 @@ def main() -> None:
                     help="guidance on the map's look, for bev levels given it (nfldm sample's default 3)")
     ap.add_argument("--look-guidance-from", type=int, default=None, metavar="T",
                     help="look guidance at timesteps t >= T only (default: nfldm sample's, LOOK_GUIDANCE_FROM)")
+    ap.add_argument("--hand-over", type=int, default=None, metavar="T",
+                    help="the low-noise c level takes psi_c's steps at t < T (default: nfldm sample's, MAP_HAND_OVER, "
+                         "with a bundle's bev levels; 0: none)")
+    ap.add_argument("--low-noise-c", default=None, metavar="RUN/c",
+                    help="the c level handed over to (default: the bundle's unconditional c, for a bundle's bev levels)")
     ap.add_argument("--scenes", type=int, default=0, help="only N scenes spread over the split (0: all)")
     ap.add_argument("--json", default=None, help="also write the seconds per scene to this file")
     ap.add_argument("--device", default="auto")
@@ -44,8 +51,9 @@ def main() -> None:
     from nfldm.data.bev import bev_grid
     from nfldm.ldm.sample import sample_latents
     from nfldm.ldm.trajectory import encode_trajectory
-    from nfldm.pipeline.bundle import bundled_model
-    from nfldm.pipeline.generate import LOOK_GUIDANCE_FROM, load_pipeline
+    from nfldm.ldm.load import load_level
+    from nfldm.pipeline.bundle import bundle_unconditional_c, bundled_model
+    from nfldm.pipeline.generate import LOOK_GUIDANCE_FROM, MAP_HAND_OVER, load_pipeline
     from nfldm.pipeline.maps import conditions_from, scene_path, spread
 
     conds = conditions_from(args.data, args.split)
@@ -76,13 +84,17 @@ def main() -> None:
     S = pipe["models"]["g"].cfg.bev_size
     bev = torch.stack([bev_grid(c.bev, S, look=True) for c in conds])
     look_from = LOOK_GUIDANCE_FROM if args.look_guidance_from is None else args.look_guidance_from
+    low_src = args.low_noise_c or bundle_unconditional_c(args.bev_run)
+    hand_over = (MAP_HAND_OVER if low_src else 0) if args.hand_over is None else args.hand_over
+    low = {"c": load_level(low_src, "c", pipe["config"], str(pipe["device"]))[0]} if hand_over > 0 else {}
     res = {"scenes": n, "unconditional": base, "guidance_levels": args.guidance_levels,
-           "look_guidance": args.look_guidance, "look_guidance_from": look_from, "bev": {}}
+           "look_guidance": args.look_guidance, "look_guidance_from": look_from, "hand_over": hand_over, "bev": {}}
     for g in args.guidance:
         t = timed(pipe, bev=bev, guidance=g, look_guidance=args.look_guidance, look_from=look_from,
-                  guidance_levels=args.guidance_levels)
+                  guidance_levels=args.guidance_levels, low_noise=low, low_below=hand_over)
         res["bev"][f"{g:g}"] = t
-        print(f"BEV-conditioned, guidance {g:g} on {args.guidance_levels}: {t:.3f} s/scene ({t / base:.2f}x)")
+        print(f"BEV-conditioned, guidance {g:g} on {args.guidance_levels}, hand-over below t = {hand_over}: "
+              f"{t:.3f} s/scene ({t / base:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 

@@ -77,8 +77,8 @@ def sample(args) -> None:
 
     generate.load_pipeline, ls.guided_prediction = load, guided
     conds = spread(conditions_from(args.data, "test"), args.max_scenes)
-    generate.sample(args.bundle, num=1, sampler="dpm", steps=20, seed=args.seed, out=args.out, conditions=conds,
-                    path_from_scene=True, progress=False, guidance=args.guidance)
+    generate.sample(args.bundle, num=1, sampler=args.sampler, steps=20, seed=args.seed, out=args.out, conditions=conds,
+                    path_from_scene=True, progress=False, guidance=args.guidance, hand_over=0)
 
 
 def oracle(args) -> None:
@@ -174,6 +174,7 @@ def main() -> None:
     s.add_argument("--psi-c-low", default=None, help="a c level (RUN/c) that takes psi_c's steps at t < --low-below")
     s.add_argument("--low-below", type=float, default=500.0)
     s.add_argument("--bundle", default=None, help="default: the installed bundle")
+    s.add_argument("--sampler", default="dpm", help="dpm (the protocol's) or dpm-sde, 20 steps")
     s.add_argument("--data", default="out/release/data")
     s.add_argument("--max-scenes", type=int, default=32)
     o = sub.add_parser("oracle")

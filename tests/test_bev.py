@@ -245,6 +245,44 @@ def test_guide_model_autoguidance():
         sample_latents(models, stats, 2, "ddim", 2, 0, guides={"c": other}, guide_scale=2.0, **kw)
 
 
+def test_low_noise_hand_over():
+    from nfldm.ldm.data import LatentStats
+    from nfldm.ldm.sample import denoise, sample_latents
+
+    torch.manual_seed(0)
+    models = {lv: LevelDiffusion(bev_cfg(lv)).eval() for lv in ("g", "c", "f")}
+    low = LevelDiffusion(replace(bev_cfg("c"), bev=False)).eval()      # an unconditional psi_c
+    for m in (*models.values(), low):
+        randomise_zero_init(m)
+    cfg = models["g"].cfg
+    stats = LatentStats({"g": {"mean": [0.0] * cfg.g_dim, "std": [1.0] * cfg.g_dim},
+                         "c": {"mean": [0.0] * 4, "std": [1.0] * 4}, "f": {"mean": [0.0] * 4, "std": [1.0] * 4}})
+    bev = torch.stack([bev_grid(make_bev(k), 16) for k in range(2)])
+    kw = dict(bev=bev, guidance=2.0, guidance_levels="c", progress=False)
+    plain = sample_latents(models, stats, 2, "ddim", 4, 0, **kw)
+    # below t = 0 nothing is handed over: bit for bit the level alone
+    none = sample_latents(models, stats, 2, "ddim", 4, 0, low_noise={"c": low}, low_below=0, **kw)
+    assert torch.equal(plain["c"], none["c"]) and torch.equal(plain["f"], none["f"])
+    half = sample_latents(models, stats, 2, "ddim", 4, 0, low_noise={"c": low}, low_below=500, **kw)
+    assert torch.equal(plain["g"], half["g"]) and not torch.allclose(plain["c"], half["c"])
+    assert all(torch.isfinite(v).all() for v in half.values())
+    # which denoiser saw which step: the map's level at t >= 500 (its guided pair, a doubled batch), the
+    # unconditional one below (one pass)
+    seen = []
+    for name, m in (("map", models["c"]), ("low", low)):
+        m.predict = (lambda name, plain: lambda x_, t_, *a, **k: seen.append((name, int(t_.flatten()[0]), len(x_)))
+                     or plain(x_, t_, *a, **k))(name, m.predict)
+    gen = torch.Generator().manual_seed(0)
+    sampled = {"g": half["g_n"], "traj": half["traj"]}
+    denoise(models["c"], 2, models["c"].context(sampled), bev, 2.0, "ddim", 4, gen, low=(low, low.context(sampled), 500))
+    assert [(n, b) for n, _, b in seen] == [("map", 4)] * 2 + [("low", 2)] * 2
+    assert all(t >= 500 for n, t, _ in seen if n == "map") and all(t < 500 for n, t, _ in seen if n == "low")
+    kind = "epsilon" if models["c"].cfg.prediction_type != "epsilon" else "sample"
+    other = LevelDiffusion(replace(bev_cfg("c"), prediction_type=kind))
+    with pytest.raises(ValueError, match="the low-noise level of level c must denoise the same latents"):
+        sample_latents(models, stats, 2, "ddim", 2, 0, low_noise={"c": other}, low_below=500, progress=False)
+
+
 def test_own_c_needs_own_g(tmp_path):
     from nfldm.pipeline.generate import sample
 

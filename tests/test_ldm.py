@@ -323,7 +323,7 @@ def test_sampling_schedulers_follow_the_training_config():
     model = LevelDiffusion(smoke_cfg("g"))
     train = model.scheduler
     assert train.config.clip_sample is False and train.config.prediction_type == "v_prediction"
-    for name in ("ddpm", "ddim", "dpm"):
+    for name in ("ddpm", "ddim", "dpm", "dpm-sde"):
         s = make_sampler(train, name)
         assert torch.equal(s.betas, train.betas), name
         assert s.config.prediction_type == train.config.prediction_type
@@ -332,6 +332,7 @@ def test_sampling_schedulers_follow_the_training_config():
         s.set_timesteps(10)
         assert int(s.timesteps[0]) == 999                            # trailing spacing starts at T - 1
     assert make_sampler(train, "dpm").config.algorithm_type == "dpmsolver++"
+    assert make_sampler(train, "dpm-sde").config.algorithm_type == "sde-dpmsolver++"
     assert type(make_sampler(train, "ddim")).__name__ == "DDIMScheduler"
     with pytest.raises(ValueError, match="sampler"):
         make_sampler(train, "euler")
@@ -359,11 +360,14 @@ def test_samplers_are_repeatable_and_finite():
     torch.manual_seed(0)
     model = LevelDiffusion(smoke_cfg("g")).eval()
     randomise_zero_init(model)
-    for name in ("ddpm", "ddim", "dpm"):
+    for name in ("ddpm", "ddim", "dpm", "dpm-sde"):
         a = denoise(model, 3, {}, None, 1.0, name, 4, torch.Generator().manual_seed(1))
         b = denoise(model, 3, {}, None, 1.0, name, 4, torch.Generator().manual_seed(1))
         assert a.shape == (3, model.cfg.g_dim + model.cfg.traj_dim) and torch.isfinite(a).all()
         assert torch.equal(a, b), name                               # DPM-Solver state is reset
+    # the stochastic form adds fresh noise at every step: from the same start, not the ODE's sample
+    sde = denoise(model, 3, {}, None, 1.0, "dpm-sde", 4, torch.Generator().manual_seed(1))
+    assert not torch.allclose(sde, denoise(model, 3, {}, None, 1.0, "dpm", 4, torch.Generator().manual_seed(1)))
 
 
 def test_denoise_from_a_start_skips_the_steps_above_t0():

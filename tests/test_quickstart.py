@@ -267,10 +267,16 @@ def test_packaged_model_samples_without_run(tmp_path):
     assert summary["bev"] is True and summary["look_guidance"] == 3.0 and summary["look_guidance_from"] == 500
     # ... and map guidance 2 at psi_c alone by default; a --guidance given applies to every level
     assert summary["guidance"] == 2.0 and summary["guidance_levels"] == "c"
+    # ... and the bundle's unconditional psi_c takes the steps below t = 250
+    assert summary["hand_over"] == 250 and Path(summary["low_noise_c"]) == (PACKAGED / "c").resolve()
     res = nfldm("sample", "--bev", str(tmp_path / "plan.png"), "--num", "1", "--sampler", "dpm", "--steps", "2",
-                "--frames", "2", "--guidance", "3", "--out", str(tmp_path / "b3"), "--quiet")
+                "--frames", "2", "--guidance", "3", "--hand-over", "0", "--out", str(tmp_path / "b3"), "--quiet")
     summary = json.loads((tmp_path / "b3" / "samples.json").read_text())
     assert res.returncode == 0 and summary["guidance"] == 3.0 and summary["guidance_levels"] == "gcf"
+    assert summary["hand_over"] == 0 and summary["low_noise_c"] is None
+    line = one_line_error(nfldm("sample", "--bev", str(tmp_path / "plan.png"), "--num", "1", "--steps", "2",
+                                "--low-noise-c", str(PACKAGED / "g"), "--out", str(tmp_path / "bad")))
+    assert "not the c level" in line and str(PACKAGED / "g") in line and not (tmp_path / "bad").exists()
     # its psi_c levels are stored in 8 bits (half the bytes of float16) and load in float32
     from nfldm.data.tensors import read_safetensors
 

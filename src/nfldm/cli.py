@@ -282,7 +282,7 @@ def cmd_sample(args) -> int:
                  renderer=args.renderer, conditions=conditions, path_from_scene=bool(args.path_from_scene),
                  own_latents=args.own_latents, own_g=args.own_g, own_c=args.own_c, look_guidance=args.look_guidance,
                  own_look=args.own_look, look_guidance_from=args.look_guidance_from,
-                 guidance_levels=args.guidance_levels)
+                 guidance_levels=args.guidance_levels, hand_over=args.hand_over, low_noise_c=args.low_noise_c)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -732,6 +732,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="look guidance only at the diffusion timesteps t >= T (of 1000; the look is settled at high "
                         "noise, guidance at low noise costs FID); default with a map 500 "
                         "nfldm.pipeline.generate.LOOK_GUIDANCE_FROM, else 0 (every step)")
+    p.add_argument("--hand-over", type=int, default=None, metavar="T",
+                   help="another c level (--low-noise-c) takes psi_c's steps at the timesteps t < T (of 1000); default "
+                        "with --bev and the bundle's levels 250 (nfldm.pipeline.generate.MAP_HAND_OVER: its "
+                        "unconditional psi_c adds the detail), else 0 (none)")
+    p.add_argument("--low-noise-c", default=None, metavar="RUN/c",
+                   help="the c level that --hand-over hands to (trained on the same latents as the run's levels); "
+                        "default with --bev: the bundle's unconditional c, when sampling the bundle's bev levels")
     p.add_argument("--cond", default=None,
                    help="safetensors file with a tensor 'cond' (L x cond_dim, or N x L x cond_dim) of condition tokens")
     p.add_argument("--bev", default=None, metavar="SRC",

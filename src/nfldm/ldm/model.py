@@ -47,7 +47,7 @@ from nfldm.ldm.trajectory import camera_coverage
 __all__ = ["timestep_embedding", "CondTokens", "BEVEncoder", "GDenoiser", "UNetDenoiser", "LevelDiffusion",
            "make_train_scheduler", "make_sampler", "guided_prediction", "predicted_x0", "SAMPLERS"]
 
-SAMPLERS = ("ddpm", "ddim", "dpm")
+SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-sde")
 
 
 # ----------------------------------------------------------------------------------------
@@ -67,7 +67,8 @@ def make_train_scheduler(cfg: LDMConfig):
 def make_sampler(train_scheduler, sampler: str):
     """A fresh sampling scheduler built from the training scheduler's config (same betas,
     prediction type, timestep spacing; clip_sample off): ``ddpm`` (ancestral), ``ddim``
-    (eta = 0) or ``dpm`` (DPM-Solver++, 2nd order multistep). Call ``set_timesteps`` before
+    (eta = 0), ``dpm`` (DPM-Solver++, 2nd order multistep) or ``dpm-sde`` (its stochastic form,
+    SDE-DPM-Solver++ 2M, Lu et al. 2022: fresh noise at every step). Call ``set_timesteps`` before
     every run (DPM-Solver keeps state)."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
@@ -78,6 +79,9 @@ def make_sampler(train_scheduler, sampler: str):
         return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
     if sampler == "dpm":
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       thresholding=False)
+    if sampler == "dpm-sde":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++", solver_order=2,
                                                        thresholding=False)
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 

@@ -33,7 +33,8 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
             sampler: str, steps: int, generator: torch.Generator, progress: bool = False,
             desc: str = "", on_step=None, g_guidance: float = 1.0, known: tuple[Tensor, Tensor] | None = None,
             guide: tuple[LevelDiffusion, dict, float] | None = None, look_guidance: float = 1.0,
-            start: tuple[Tensor, int] | None = None, look_from: int = 0) -> Tensor:
+            start: tuple[Tensor, int] | None = None, look_from: int = 0,
+            low: tuple[LevelDiffusion, dict, int] | None = None) -> Tensor:
     """One level's reverse process from pure noise: standardised latents of shape
     ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
     ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
@@ -56,7 +57,14 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
 
     ``start`` = (x0, t0): begin at the first sampling step t <= t0 from q(x_t | x0) instead of
     pure noise (SDEdit, Meng et al. 2022; x0 of shape ``model.sample_shape(batch)``): the steps
-    above t0 are skipped."""
+    above t0 are skipped.
+
+    ``low`` = (model, its context, t1): another denoiser of the same level and parameterisation
+    takes the steps whose timestep t < t1 (a hand-over between denoisers by noise level, as
+    eDiff-I's expert denoisers, Balaji et al. 2022: e.g. a map-conditioned level sets the layout
+    at high noise, an unconditional one the detail at low noise). It is given the condition, the
+    guidance and the look guidance only when it was trained on a condition alike (``bev``,
+    ``cond_dim``); ``guide`` applies at the other steps only."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     dev = next(model.parameters()).device
@@ -75,14 +83,21 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     if guide is not None:              # the guide takes the condition only when it was trained on one alike
         same = guide[0].cfg.bev == model.cfg.bev and guide[0].cfg.cond_dim == model.cfg.cond_dim
         guide_cond, guide_guidance = (cond, guidance) if same else (None, 1.0)
+    if low is not None:
+        alike = low[0].cfg.bev == model.cfg.bev and low[0].cfg.cond_dim == model.cfg.cond_dim
     for t in tqdm(timesteps, desc=desc, disable=not progress, leave=False):
         if known is not None:
             noise = torch.randn(x.shape, generator=generator).to(dev, x.dtype)
             x = torch.where(mask, fresh.add_noise(values, noise, t.reshape(1).to(dev)), x)
         inp = sched.scale_model_input(x, t)
-        out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance,
-                                look_guidance if int(t) >= look_from else 1.0)
-        if guide is not None and guide[2] != 1.0:
+        if low is not None and int(t) < low[2]:
+            out = guided_prediction(low[0], inp, t.to(dev), low[1], cond if alike else None,
+                                    guidance if alike else 1.0, g_guidance,
+                                    look_guidance if alike and int(t) >= look_from else 1.0)
+        else:
+            out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance,
+                                    look_guidance if int(t) >= look_from else 1.0)
+        if guide is not None and guide[2] != 1.0 and not (low is not None and int(t) < low[2]):
             weak = guided_prediction(guide[0], inp, t.to(dev), guide[1], guide_cond, guide_guidance, g_guidance)
             out = weak + guide[2] * (out - weak)
         if on_step is not None:
@@ -121,7 +136,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                    traj: Tensor | None = None, g: Tensor | None = None, c: Tensor | None = None,
                    guides: dict[str, LevelDiffusion] | None = None, guide_scale: float = 1.0,
                    look_guidance: float = 1.0, look: Tensor | None = None, look_from: int = 0,
-                   guidance_levels: str = "gcf") -> dict:
+                   guidance_levels: str = "gcf", low_noise: dict[str, LevelDiffusion] | None = None,
+                   low_below: int = 0) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -151,7 +167,11 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     trajectory), psi_c and psi_f are given it.
 
     ``guides``: {level: a denoiser of that level} guiding it with scale ``guide_scale`` (see
-    :func:`denoise` ``guide``; same latent statistics and prediction type)."""
+    :func:`denoise` ``guide``; same latent statistics and prediction type).
+
+    ``low_noise``: {level: a denoiser of that level} that takes the level's steps at timesteps t <
+    ``low_below`` (:func:`denoise` ``low``; same latent statistics and prediction type), given its
+    own context; e.g. the bundle's unconditional psi_c below a map-conditioned psi_c."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if num < 1:
@@ -173,13 +193,14 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         if traj.shape[-1] != gm.cfg.traj_dim or traj.dim() not in (1, 2) or (traj.dim() == 2 and len(traj) != num):
             raise ValueError(f"traj must be {gm.cfg.traj_dim} or num x {gm.cfg.traj_dim} "
                              f"(encode_trajectory of {gm.cfg.traj_frames} poses), got {tuple(traj.shape)}")
-    guides = dict(guides or {})
-    for lv, gd in guides.items():
-        m = models.get(lv)
-        if m is None or gd.cfg.prediction_type != m.cfg.prediction_type or tuple(
-                gd.sample_shape(1)) != tuple(m.sample_shape(1)):
-            raise ValueError(f"the guide of level {lv} must denoise the same latents with the same prediction "
-                             "type as the level")
+    guides, low_noise = dict(guides or {}), dict(low_noise or {})
+    for what, others in (("guide", guides), ("low-noise level", low_noise)):
+        for lv, gd in others.items():
+            m = models.get(lv)
+            if m is None or gd.cfg.prediction_type != m.cfg.prediction_type or tuple(
+                    gd.sample_shape(1)) != tuple(m.sample_shape(1)):
+                raise ValueError(f"the {what} of level {lv} must denoise the same latents with the same prediction "
+                                 "type as the level")
     if look is not None:
         if not gm.cfg.scene_look:
             raise ValueError("a scene look was given but this run's g level was not trained with scene_look")
@@ -193,6 +214,10 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     def guide_of(lv: str, sampled: dict):
         gd = guides.get(lv)
         return None if gd is None else (gd, gd.context(sampled), float(guide_scale))
+
+    def low_of(lv: str, sampled: dict):
+        m = low_noise.get(lv)
+        return None if m is None or low_below <= 0 else (m, m.context(sampled), int(low_below))
 
     g_dim, c_ch = gm.cfg.g_dim, gm.cfg.c_shape[0]
     if g is not None:
@@ -232,7 +257,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
             if lb is not None:
                 got["look_n"] = lb
         else:
-            x = denoise(gm, B, {}, cb, scale["g"], sampler, steps, gen, progress, f"psi_g {tag}", known=known)
+            x = denoise(gm, B, {}, cb, scale["g"], sampler, steps, gen, progress, f"psi_g {tag}", known=known,
+                        low=low_of("g", {}))
             got = {"g_n": x[:, :g_dim], "traj": x[:, g_dim:g_dim + T9]}
             if L:                   # the scene's look (scene_look), standardised
                 got["look_n"] = x[:, g_dim + T9:]
@@ -246,12 +272,12 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         elif cm is not None:
             got["c_n"] = denoise(cm, B, cm.context(sampled), cb, scale["c"], sampler, steps, gen, progress,
                                  f"psi_c {tag}", g_guidance=g_guidance, guide=guide_of("c", sampled),
-                                 look_guidance=look_guidance, look_from=look_from)
+                                 look_guidance=look_guidance, look_from=look_from, low=low_of("c", sampled))
         if fm is not None:
             got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, scale["f"], sampler, steps, gen,
                                  progress, f"psi_f {tag}", g_guidance=g_guidance,
                                  guide=guide_of("f", {**sampled, "c": got["c_n"]}), look_guidance=look_guidance,
-                                 look_from=look_from)
+                                 look_from=look_from, low=low_of("f", {**sampled, "c": got["c_n"]}))
         for k in keys:
             parts[k].append(got[k].float().cpu())
     out = {k: torch.cat(v) for k, v in parts.items()}

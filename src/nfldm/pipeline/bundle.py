@@ -91,6 +91,16 @@ def bundled_bev_model() -> Path:
     return run
 
 
+def bundle_unconditional_c(run: str | os.PathLike) -> Path | None:
+    """The unconditional c level of the bundle whose BEV-conditioned levels ``run`` is (BUNDLE/bev ->
+    BUNDLE/c); None for any other run."""
+    run = Path(run)
+    home = run.parent
+    if run.name != BEV_LEVELS or not (home / BUNDLE_FILE).is_file() or not (home / "c" / CONFIG_FILE).is_file():
+        return None
+    return home / "c"
+
+
 def bundled_image_prior() -> Path:
     """The image prior of the shipped bundle (``nfldm refine`` without --prior); ValueError if none."""
     run = bundled_model() / IMAGE_PRIOR

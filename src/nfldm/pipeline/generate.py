@@ -51,7 +51,8 @@ from nfldm.ldm.data import LatentStats
 from nfldm.ldm.evaluate import top_down_opacity
 from nfldm.ldm.sample import level_guidance, render_path, sample_latents
 from nfldm.ldm.trajectory import decode_trajectory, encode_trajectory, fov_degrees
-from nfldm.pipeline.bundle import bundle_renderer, bundled_bev_model, bundled_model
+from nfldm.ldm.load import load_level
+from nfldm.pipeline.bundle import bundle_renderer, bundle_unconditional_c, bundled_bev_model, bundled_model
 from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.pipeline.maps import SceneCondition, scene_path
 from nfldm.scene_ae.config import image_size_record
@@ -76,6 +77,11 @@ LOOK_GUIDANCE_FROM = 500    # look guidance at the timesteps t >= this (of 1000)
 # (docs/notes/2026-12-06-bev-gaps-at-the-protocols-size.md, docs/notes/2026-12-06-map-guidance-by-default.md)
 MAP_GUIDANCE = 2.0
 MAP_GUIDANCE_LEVELS = "c"
+# with a map and a bundle's BEV levels, the bundle's unconditional psi_c takes psi_c's steps at the
+# timesteps t < this (of 1000; the last 5 of DPM-Solver++ 20): the map sets layout and look at high
+# noise, and costs realism (FID) at low noise (docs/notes/2026-12-06-map-guidance-by-default.md,
+# docs/notes/2026-12-07-low-noise-hand-over.md)
+MAP_HAND_OVER = 250
 
 
 # ----------------------------------------------------------------------------------------
@@ -271,7 +277,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
            conditions: list[SceneCondition] | None = None, path_from_scene: bool = False,
            own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None,
            own_c: bool = False, look_guidance: float | None = None, own_look: bool = False,
-           look_guidance_from: int | None = None, guidance_levels: str | None = None) -> dict:
+           look_guidance_from: int | None = None, guidance_levels: str | None = None,
+           hand_over: int | None = None, low_noise_c: str | os.PathLike | None = None) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
@@ -298,7 +305,12 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     global latent carries of a scene, beside what the map carries. ``own_c``: with ``own_g``, the
     scene's own c too; only psi_f samples (what the fine level alone costs). ``own_look``: with
     ``path_from_scene``, levels trained with ``scene_look`` are given each scene's own look (its
-    map's light and colours): psi_g samples g given it, psi_c and psi_f are given it."""
+    map's light and colours): psi_g samples g given it, psi_c and psi_f are given it.
+
+    ``hand_over`` T: the c level ``low_noise_c`` (e.g. RUN/c; same latents as ``run``'s levels) takes
+    psi_c's steps at the timesteps t < T (:func:`~nfldm.ldm.sample.sample_latents` ``low_noise``).
+    ``low_noise_c`` None: with a map and a bundle's BEV levels, the bundle's unconditional c. ``hand_over``
+    None: :data:`MAP_HAND_OVER` when there is such a level, else 0 (none)."""
     if out is None:
         raise ValueError("sample needs an output folder (out)")
     has_maps = bool(conditions) and any(c.bev is not None and c.conditioned for c in conditions)
@@ -311,6 +323,16 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         guidance_levels = MAP_GUIDANCE_LEVELS if has_maps and guidance is None else "gcf"
     guidance = (MAP_GUIDANCE if has_maps else 1.0) if guidance is None else float(guidance)
     level_guidance(guidance, guidance_levels)      # bad levels are refused before anything is loaded
+    if own_latents is None and not own_c:
+        low_src = low_noise_c if low_noise_c is not None else (bundle_unconditional_c(run) if has_maps else None)
+    else:                   # psi_c is not run
+        low_src = None
+    hand_over = (MAP_HAND_OVER if low_src is not None else 0) if hand_over is None else int(hand_over)
+    if hand_over < 0 or hand_over > 0 and low_src is None:
+        raise ValueError(f"hand_over must be >= 0 and needs a low-noise c level (low_noise_c) to hand over to, "
+                         f"got {hand_over} with {'none' if low_src is None else low_src}")
+    if hand_over == 0:
+        low_src = None
     look_guidance = (LOOK_GUIDANCE if has_maps else 1.0) if look_guidance is None else float(look_guidance)
     look_from = (LOOK_GUIDANCE_FROM if has_maps else 0) if look_guidance_from is None else int(look_guidance_from)
     if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
@@ -333,6 +355,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     pipe = load_pipeline(run, device, renderer)
     models, rc, sae, lae = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"]
     dev = pipe["device"]
+    low = {} if low_src is None else {"c": load_level(low_src, "c", rc, str(dev))[0]}
     setup = rc["render"]
     bounds = torch.tensor(setup["bounds"], dtype=torch.float32)
     intr = torch.tensor(setup["intrinsics"], dtype=torch.float32)
@@ -367,7 +390,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
                              g_guidance, bev=bev, traj=traj, g=known.get("g"), c=known.get("c") if own_c else None,
                              look_guidance=look_guidance, look=look, look_from=look_from,
-                             guidance_levels=guidance_levels)
+                             guidance_levels=guidance_levels, low_noise=low, low_below=hand_over)
 
     H, W = sae.cfg.image_hw()
     side = min(H, W)                # the square pictures (top-down view, map), padded to H x W in the sheet
@@ -387,7 +410,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
             keys, path = render_path(lat["traj"][i], bounds, num_frames)
         meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
                 "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
-                "guidance_levels": guidance_levels,
+                "guidance_levels": guidance_levels, "hand_over": hand_over,
+                "low_noise_c": None if low_src is None else str(Path(low_src).resolve()),
                 "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from}
         if per:
             meta["scene"] = str(per[i].scene or per[i].source)
@@ -412,7 +436,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                "latents": pipe["latents"],
                "num": total,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
-               "guidance_levels": guidance_levels,
+               "guidance_levels": guidance_levels, "hand_over": hand_over,
+               "low_noise_c": None if low_src is None else str(Path(low_src).resolve()),
                "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from,
                "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, **image_size_record(sae.cfg),
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
