@@ -957,3 +957,14 @@ def test_high_t_share_draws_high_noise_timesteps():
         replace(cfg, high_t_share=1.5)
     with pytest.raises(ValueError, match="high_t_from"):
         replace(cfg, high_t_from=1000)
+
+
+def test_low_noise_expert_trains_below_its_timestep():
+    """train_t_below draws every training timestep from [0, train_t_below) (a low-noise expert);
+    out-of-range values, or one beside high_t_share, are refused."""
+    cfg = preset("smoke").level("c").model
+    low = LevelDiffusion(replace(cfg, train_t_below=250)).draw_timesteps(4000, "cpu")
+    assert low.max() < 250 and low.min() == 0 and low.float().mean() > 100
+    for bad in ({"train_t_below": -1}, {"train_t_below": 1001}, {"train_t_below": 250, "high_t_share": 0.2}):
+        with pytest.raises(ValueError, match="train_t_below"):
+            replace(cfg, **bad)

@@ -72,6 +72,10 @@ class LDMConfig:
     # gives 5 % of the steps (docs/notes/2026-12-05-the-maps-look.md)
     high_t_share: float = 0.0
     high_t_from: int = 900
+    # opt-in: train only at the timesteps t < train_t_below (0: every t): a low-noise expert, which
+    # a level trained on every t hands its last steps to when sampling (nfldm sample --hand-over,
+    # --low-noise-c; eDiff-I's denoisers per noise interval, Balaji et al. 2022)
+    train_t_below: int = 0
     # condition tokens through cross-attention (classifier-free guidance)
     cond_dim: int = 0                    # width of the condition tokens in the data; 0 = none
     cross_attention_dim: int = 64        # width of the tokens inside the denoiser
@@ -156,6 +160,9 @@ class LDMConfig:
                              f"{self.traj_map_hfov}, {self.traj_map_aspect}")
         if self.traj_frames < 2:
             raise ValueError(f"traj_frames must be >= 2, got {self.traj_frames}")
+        if not 0 <= self.train_t_below <= self.num_train_timesteps or (self.train_t_below and self.high_t_share > 0):
+            raise ValueError(f"train_t_below must be in [0, num_train_timesteps] and not set beside high_t_share, "
+                             f"got {self.train_t_below} (high_t_share {self.high_t_share})")
         if not 0.0 <= self.high_t_share <= 1.0 or not 0 <= self.high_t_from < self.num_train_timesteps:
             raise ValueError(f"high_t_share must be in [0, 1] and high_t_from in [0, num_train_timesteps), got "
                              f"{self.high_t_share}, {self.high_t_from}")

@@ -80,7 +80,7 @@ MAP_GUIDANCE_LEVELS = "c"
 # with a map and a bundle's BEV levels, the bundle's unconditional psi_c takes psi_c's steps at the
 # timesteps t < this (of 1000; the last 5 of DPM-Solver++ 20): the map sets layout and look at high
 # noise, and costs realism (FID) at low noise (docs/notes/2026-12-06-map-guidance-by-default.md,
-# docs/notes/2026-12-07-low-noise-hand-over.md)
+# docs/notes/2026-12-06-low-noise-hand-over.md)
 MAP_HAND_OVER = 250
 
 
