@@ -1,18 +1,20 @@
 """Held-out diffusion loss of trained ldm levels on the same draws: compare levels of different
 widths or recipes (the trainer's own held-out value uses its run's first items and seed).
 
-    python experiments/heldout_level.py --latents LAT [--split val] [--draws 4] LEVEL_DIR [LEVEL_DIR ...]
+    python experiments/heldout_level.py --latents LAT [--split val] [--draws 4] [--t-below T] LEVEL_DIR [LEVEL_DIR ...]
 
 LEVEL_DIR: a level folder (config.json + weights, e.g. RUN/c or a bundle's bev/c). Every level is
 scored with its EMA weights on every scene of the split, ``--draws`` times, draw k under seed k
 (timesteps, noise and condition dropout as in training): levels of one config family consume the
 same random stream, so they see the same draws. Prints the mean loss (and the low / high-t parts
-the loss reports) per level.
+the loss reports) per level. ``--t-below T``: every level scored at the timesteps t < T only (a
+low-noise expert, ``train_t_below``, against levels trained on every t).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
@@ -23,6 +25,7 @@ def main() -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--draws", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--t-below", type=int, default=0, help="score at the timesteps t < T only (0: every t)")
     ap.add_argument("levels", nargs="+")
     args = ap.parse_args()
 
@@ -36,7 +39,8 @@ def main() -> None:
     datasets = {}
     for d in args.levels:
         rc = read_run_config(d)
-        model = LevelDiffusion(config_from_dict(rc["model"]))
+        cfg = config_from_dict(rc["model"])
+        model = LevelDiffusion(replace(cfg, train_t_below=args.t_below) if args.t_below else cfg)
         info = load_model_weights(d, model, prefer_ema=True)
         model.eval()
         key = (model.cfg.traj_frames, str(rc["stats"]))

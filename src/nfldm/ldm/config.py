@@ -335,7 +335,7 @@ ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, 
                 "bev": False, "bev_size": 64, "bev_tokens": True, "bev_maps": True, "bev_width": 32,
                 "bev_map_channels": 8, "bev_look": False, "bev_look_drop": 0.2,
                 "high_t_share": 0.0, "high_t_from": 900, "scene_look": False, "scene_look_drop": 0.2,
-                "look_mean": (), "look_std": ()}
+                "look_mean": (), "look_std": (), "train_t_below": 0}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:
