@@ -113,6 +113,8 @@ def main() -> None:
                     help="unconditional samples per model for the FID target (105 x 48 views: the protocol's 5,000)")
     ap.add_argument("--bev-scenes", type=int, default=32, help="test scenes for the bev and edit parts")
     ap.add_argument("--edit-guidance", type=float, default=4.0, help="map guidance of the edit part (default 4)")
+    ap.add_argument("--edit-hand-over", type=int, default=None, metavar="T",
+                    help="the edit part's hand-over to the unconditional psi_c (default: nfldm sample's; 0: none)")
     ap.add_argument("--stage1-scenes", type=int, default=64, help="test scenes for stage 1's views")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--look-guidance", type=float, default=3.0,
@@ -287,17 +289,20 @@ def main() -> None:
     if "edit" in parts:
         eg = args.edit_guidance
         print(f"[edit] {len(conds)} maps unedited, erased, with a pillar (guidance {eg:g})", flush=True)
-        plain, _ = along(f"g{eg:g}", bev_run, conds, guidance=eg)
+        ho = {} if args.edit_hand_over is None else {"hand_over": args.edit_hand_over}
+        tag = "" if args.edit_hand_over is None else f"_h{args.edit_hand_over}"
+        plain, _ = along(f"g{eg:g}{tag}", bev_run, conds, guidance=eg, **ho)
         iou0 = plain["map_agreement"]["wall_iou"]
         for name, kw in (("erase", {"erase_boxes": [(-3, -3, 3, 3)]}), ("pillar", {"add_wall_boxes": [(-2, -2, 2, 2)]})):
             edited = spread(conditions_from(data, "test", **kw), args.bev_scenes)
-            e, _ = along(f"g{eg:g}_{name}", bev_run, edited, guidance=eg)
+            e, _ = along(f"g{eg:g}{tag}_{name}", bev_run, edited, guidance=eg, **ho)
             iou = e["map_agreement"]["wall_iou"]
             flag = "--erase-box -3 -3 3 3" if name == "erase" else "--add-wall-box -2 -2 2 2"
             T.add(f"BEV edit ({name}): wall IoU with the map given, edited vs unedited", f"{iou:.3f} vs {iou0:.3f}",
                   None, "within 10 %", abs(iou - iou0) <= 0.1 * iou0,
                   f"nfldm sample --run BUNDLE/bev --bev {data} --split test --path-from-scene --guidance {eg:g} "
-                  f"--look-guidance {args.look_guidance:g} {flag}")
+                  f"--look-guidance {args.look_guidance:g} {flag}"
+                  + ("" if args.edit_hand_over is None else f" --hand-over {args.edit_hand_over}"))
     if "refine" in parts:
         print("[refine] score distillation of the release's samples", flush=True)
         d = out / "refine"

@@ -712,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ldm run directory (RUN/g, RUN/c, RUN/f) or a bundle; default: the pretrained "
                    "tiny model shipped with the package")
     p.add_argument("--num", type=int, default=4, help="number of scenes")
-    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm"), help="default: ddim")
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm", "dpm-sde"),
+                   help="default: ddim; dpm: DPM-Solver++ 2M (20 steps suffice), dpm-sde: its stochastic form")
     p.add_argument("--steps", type=int, default=50, help="denoising steps per level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
