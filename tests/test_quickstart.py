@@ -496,6 +496,12 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((samples / "samples.json").read_text())
     assert summary["num"] == 2 and summary["bev"] is True and summary["path_from_scene"] is True
+    # this bundle's own psi_c was trained on other latent statistics than its bev levels: no hand-over
+    # by default; asked for, one line naming the level
+    assert summary["hand_over"] == 0 and summary["low_noise_c"] is None
+    line = one_line_error(nfldm("sample", "--run", str(bundle / "bev"), "--bev", str(scene), "--hand-over", "250",
+                                "--num", "1", "--steps", "2", "--out", str(tmp_path / "ho")))
+    assert "trained on other latents" in line and str(bundle / "c") in line and not (tmp_path / "ho").exists()
     n_frames = len(json.loads((scene / "transforms.json").read_text())["frames"])
     for k in range(2):
         d = samples / f"sample_{k:04d}"

@@ -310,7 +310,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     ``hand_over`` T: the c level ``low_noise_c`` (e.g. RUN/c; same latents as ``run``'s levels) takes
     psi_c's steps at the timesteps t < T (:func:`~nfldm.ldm.sample.sample_latents` ``low_noise``).
     ``low_noise_c`` None: with a map and a bundle's BEV levels, the bundle's unconditional c. ``hand_over``
-    None: :data:`MAP_HAND_OVER` when there is such a level, else 0 (none)."""
+    None: :data:`MAP_HAND_OVER` when there is such a level trained on the same latents as the BEV
+    levels, else 0 (none)."""
     if out is None:
         raise ValueError("sample needs an output folder (out)")
     has_maps = bool(conditions) and any(c.bev is not None and c.conditioned for c in conditions)
@@ -327,6 +328,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         low_src = low_noise_c if low_noise_c is not None else (bundle_unconditional_c(run) if has_maps else None)
     else:                   # psi_c is not run
         low_src = None
+    by_default = hand_over is None and low_noise_c is None     # the bundle's own c, unless it does not fit
     hand_over = (MAP_HAND_OVER if low_src is not None else 0) if hand_over is None else int(hand_over)
     if hand_over < 0 or hand_over > 0 and low_src is None:
         raise ValueError(f"hand_over must be >= 0 and needs a low-noise c level (low_noise_c) to hand over to, "
@@ -355,7 +357,14 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     pipe = load_pipeline(run, device, renderer)
     models, rc, sae, lae = pipe["models"], pipe["config"], pipe["sae"], pipe["lae"]
     dev = pipe["device"]
-    low = {} if low_src is None else {"c": load_level(low_src, "c", rc, str(dev))[0]}
+    low = {}
+    if low_src is not None:
+        try:
+            low = {"c": load_level(low_src, "c", rc, str(dev))[0]}
+        except DataError:
+            if not by_default:
+                raise
+            low_src, hand_over = None, 0    # a bundle whose bev levels were trained on other latents
     setup = rc["render"]
     bounds = torch.tensor(setup["bounds"], dtype=torch.float32)
     intr = torch.tensor(setup["intrinsics"], dtype=torch.float32)
