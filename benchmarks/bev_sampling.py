@@ -52,8 +52,8 @@ def main() -> None:
     from nfldm.ldm.sample import sample_latents
     from nfldm.ldm.trajectory import encode_trajectory
     from nfldm.ldm.load import load_level
-    from nfldm.pipeline.bundle import bundle_unconditional_c, bundled_model
-    from nfldm.pipeline.generate import LOOK_GUIDANCE_FROM, MAP_HAND_OVER, load_pipeline
+    from nfldm.pipeline.bundle import bundled_model
+    from nfldm.pipeline.generate import LOOK_GUIDANCE_FROM, hand_over_source, load_pipeline
     from nfldm.pipeline.maps import conditions_from, scene_path, spread
 
     conds = conditions_from(args.data, args.split)
@@ -84,9 +84,8 @@ def main() -> None:
     S = pipe["models"]["g"].cfg.bev_size
     bev = torch.stack([bev_grid(c.bev, S, look=True) for c in conds])
     look_from = LOOK_GUIDANCE_FROM if args.look_guidance_from is None else args.look_guidance_from
-    low_src = args.low_noise_c or bundle_unconditional_c(args.bev_run)
-    hand_over = (MAP_HAND_OVER if low_src else 0) if args.hand_over is None else args.hand_over
-    low = {"c": load_level(low_src, "c", pipe["config"], str(pipe["device"]))[0]} if hand_over > 0 else {}
+    low_src, hand_over = hand_over_source(args.bev_run, args.hand_over, args.low_noise_c, maps=True)
+    low = {} if low_src is None else {"c": load_level(low_src, "c", pipe["config"], str(pipe["device"]))[0]}
     res = {"scenes": n, "unconditional": base, "guidance_levels": args.guidance_levels,
            "look_guidance": args.look_guidance, "look_guidance_from": look_from, "hand_over": hand_over, "bev": {}}
     for g in args.guidance:

@@ -90,14 +90,15 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
             noise = torch.randn(x.shape, generator=generator).to(dev, x.dtype)
             x = torch.where(mask, fresh.add_noise(values, noise, t.reshape(1).to(dev)), x)
         inp = sched.scale_model_input(x, t)
-        if low is not None and int(t) < low[2]:
+        use_low = low is not None and int(t) < low[2]
+        if use_low:
             out = guided_prediction(low[0], inp, t.to(dev), low[1], cond if alike else None,
                                     guidance if alike else 1.0, g_guidance,
                                     look_guidance if alike and int(t) >= look_from else 1.0)
         else:
             out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance,
                                     look_guidance if int(t) >= look_from else 1.0)
-        if guide is not None and guide[2] != 1.0 and not (low is not None and int(t) < low[2]):
+        if guide is not None and guide[2] != 1.0 and not use_low:
             weak = guided_prediction(guide[0], inp, t.to(dev), guide[1], guide_cond, guide_guidance, g_guidance)
             out = weak + guide[2] * (out - weak)
         if on_step is not None:

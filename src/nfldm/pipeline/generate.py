@@ -269,6 +269,20 @@ def read_condition(path: str | os.PathLike) -> Tensor:
     return tensors["cond"].float()
 
 
+def hand_over_source(run: str | os.PathLike, hand_over: int | None, low_noise_c: str | os.PathLike | None,
+                     maps: bool) -> tuple[Path | None, int]:
+    """(the c level that takes psi_c's steps at t < T, T) for sampling ``run``: ``low_noise_c`` if given,
+    else, with ``maps`` and a bundle's BEV levels, the bundle's unconditional c; T = ``hand_over``, or
+    None: :data:`MAP_HAND_OVER` when there is such a level, else 0 (then no level). ValueError for
+    T < 0, or T > 0 with no level to hand over to."""
+    src = Path(low_noise_c) if low_noise_c is not None else (bundle_unconditional_c(run) if maps else None)
+    T = (MAP_HAND_OVER if src is not None else 0) if hand_over is None else int(hand_over)
+    if T < 0 or T > 0 and src is None:
+        raise ValueError(f"hand_over must be >= 0 and needs a low-noise c level (low_noise_c) to hand over to, "
+                         f"got {T} with {'none' if src is None else src}")
+    return (src if T > 0 else None), T
+
+
 def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0,
            out: str | os.PathLike | None = None, cond: Tensor | None = None, guidance: float | None = None,
            device: str = "auto", progress: bool = True, num_frames: int = 48, fps: int = 12,
@@ -324,17 +338,10 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         guidance_levels = MAP_GUIDANCE_LEVELS if has_maps and guidance is None else "gcf"
     guidance = (MAP_GUIDANCE if has_maps else 1.0) if guidance is None else float(guidance)
     level_guidance(guidance, guidance_levels)      # bad levels are refused before anything is loaded
-    if own_latents is None and not own_c:
-        low_src = low_noise_c if low_noise_c is not None else (bundle_unconditional_c(run) if has_maps else None)
-    else:                   # psi_c is not run
-        low_src = None
     by_default = hand_over is None and low_noise_c is None     # the bundle's own c, unless it does not fit
-    hand_over = (MAP_HAND_OVER if low_src is not None else 0) if hand_over is None else int(hand_over)
-    if hand_over < 0 or hand_over > 0 and low_src is None:
-        raise ValueError(f"hand_over must be >= 0 and needs a low-noise c level (low_noise_c) to hand over to, "
-                         f"got {hand_over} with {'none' if low_src is None else low_src}")
-    if hand_over == 0:
-        low_src = None
+    psi_c_runs = own_latents is None and not own_c
+    low_src, hand_over = hand_over_source(run, hand_over, low_noise_c if psi_c_runs else None,
+                                          has_maps and psi_c_runs)
     look_guidance = (LOOK_GUIDANCE if has_maps else 1.0) if look_guidance is None else float(look_guidance)
     look_from = (LOOK_GUIDANCE_FROM if has_maps else 0) if look_guidance_from is None else int(look_guidance_from)
     if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
@@ -365,6 +372,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
             if not by_default:
                 raise
             low_src, hand_over = None, 0    # a bundle whose bev levels were trained on other latents
+    low_record = None if low_src is None else str(Path(low_src).resolve())
     setup = rc["render"]
     bounds = torch.tensor(setup["bounds"], dtype=torch.float32)
     intr = torch.tensor(setup["intrinsics"], dtype=torch.float32)
@@ -420,7 +428,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         meta = {"format": SAMPLE_FORMAT, "version": 1, "run": str(Path(run).resolve()),
                 "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
                 "guidance_levels": guidance_levels, "hand_over": hand_over,
-                "low_noise_c": None if low_src is None else str(Path(low_src).resolve()),
+                "low_noise_c": low_record,
                 "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from}
         if per:
             meta["scene"] = str(per[i].scene or per[i].source)
@@ -446,7 +454,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                "num": total,
                "sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size, "guidance": guidance,
                "guidance_levels": guidance_levels, "hand_over": hand_over,
-               "low_noise_c": None if low_src is None else str(Path(low_src).resolve()),
+               "low_noise_c": low_record,
                "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from,
                "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, **image_size_record(sae.cfg),
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
