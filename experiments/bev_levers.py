@@ -43,33 +43,23 @@ def sample(args) -> None:
 
     plain_load, plain_guided = generate.load_pipeline, ls.guided_prediction
 
-    low = None          # --psi-c-low's level, once loaded
-
-    def swapped(pipe, level: str, run: str, into_pipe: bool = True):
+    def swapped(pipe, level: str, run: str):
         rc = read_run_config(run)
         if rc["stats"] != pipe["config"]["stats"]:
             raise SystemExit(f"error: {run}: trained on latents with other statistics than the bundle's")
         m = LevelDiffusion(config_from_dict(rc["model"]))
         info = load_model_weights(run, m, prefer_ema=True)
         print(f"psi_{level} from {run}, step {info['step']}{'' if m.cfg.bev else ' (not given the map)'}", flush=True)
-        m = m.to(next(pipe["models"][level].parameters()).device).eval()
-        if into_pipe:
-            pipe["models"][level] = m
-        return m
+        pipe["models"][level] = m.to(next(pipe["models"][level].parameters()).device).eval()
 
     def load(run, device="auto", renderer=None):
-        nonlocal low
         pipe = plain_load(run, device, renderer)
         for level in ("c", "f"):
             if getattr(args, f"psi_{level}"):
                 swapped(pipe, level, getattr(args, f"psi_{level}"))
-        if args.psi_c_low:
-            low = swapped(pipe, "c", args.psi_c_low, into_pipe=False)
         return pipe
 
     def guided(model, x, t, ctx, cond, guidance=1.0, g_guidance=1.0, look_guidance=1.0):
-        if low is not None and model.level == "c" and float(t.flatten()[0]) < args.low_below:
-            model = low
         on = model.level in args.guidance_levels and args.guidance_from <= float(t.flatten()[0]) < args.guidance_to
         if not model.cfg.bev:       # a swapped-in unconditional level: no map to give it
             return plain_guided(model, x, t, ctx, None, 1.0, g_guidance, look_guidance)
@@ -78,7 +68,9 @@ def sample(args) -> None:
     generate.load_pipeline, ls.guided_prediction = load, guided
     conds = spread(conditions_from(args.data, "test"), args.max_scenes)
     generate.sample(args.bundle, num=1, sampler=args.sampler, steps=20, seed=args.seed, out=args.out, conditions=conds,
-                    path_from_scene=True, progress=False, guidance=args.guidance, hand_over=0)
+                    path_from_scene=True, progress=False, guidance=args.guidance,
+                    # --psi-c-low: the library's hand-over (nfldm sample --hand-over T --low-noise-c RUN/c)
+                    hand_over=int(args.low_below) if args.psi_c_low else 0, low_noise_c=args.psi_c_low)
 
 
 def oracle(args) -> None:
