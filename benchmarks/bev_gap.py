@@ -27,6 +27,13 @@ subset, each offset one set: the same scenes in every folder), as mean +- std ov
 the 32-scene protocol of the earlier notes can and cannot tell. Inception features are kept in
 each folder (``inception_features.npz``), so a folder is scored again without running Inception
 again; the paired views are scored each run (about 20 s a folder).
+
+Two diagnostics beside each FID (not targets): its mean term |mu - mu_real|^2 (the rest is the
+covariance term), and the FID against the own latents' views instead of the real ones. Every
+folder's views come from the same stage-1 renderer, whose own domain gap to the real frames is most
+of every FID against them (the own latents': 123.8 on the release data); against the own latents'
+views that shared gap drops out and what is left is what the sampled latents change
+(docs/notes/2026-12-07-edits-at-the-protocols-size-and-the-fid-gap.md).
 """
 from __future__ import annotations
 
@@ -116,9 +123,13 @@ def main() -> None:
 
     scored: dict[str, dict] = {}
     scenes = None
+    own_stats = None
     for kind, ds in folders.items():
         for d in ds:
             feats, owner = sample_inception_features(d, net, net_id, dev)
+            pick = _evenly(len(feats), MAX_IMAGES)
+            if own_stats is None:           # the own latents' folder comes first
+                own_stats = feature_stats(feats[pick])
             per = _per_sample(d)
             order = [per[i]["scene"] for i in sorted(per)]
             if scenes is None:
@@ -126,16 +137,19 @@ def main() -> None:
             elif order != scenes:
                 raise SystemExit(f"error: {d}: its samples follow other scenes than {folders['own'][0]}'s "
                                  "(sample every folder over the same --split and --max-scenes)")
-            pick = _evenly(len(feats), MAX_IMAGES)
             iou = [r["wall_iou"] for r in per.values() if r["wall_iou"] is not None]
+            mu = feats[pick].mean(0)
             scored[str(d)] = {"feats": feats, "owner": owner, "per": per,
                               "row": {"kind": kind, "samples": len(per), "views": int(len(pick)), "fid": fid(feats[pick]),
                                       "kid": float(kid(feats[pick], real)[0]),
                                       "psnr": float(np.mean([r["psnr"] for r in per.values()])),
                                       "lpips": float(np.mean([r["lpips"] for r in per.values()])),
-                                      "wall_iou": float(np.mean(iou)) if iou else None}}
+                                      "wall_iou": float(np.mean(iou)) if iou else None,
+                                      "fid_mean_term": float(((mu - real_stats[0]) ** 2).sum()),
+                                      "fid_vs_own": max(0.0, frechet_distance(*feature_stats(feats[pick]), *own_stats))}}
             r = scored[str(d)]["row"]
-            print(f"{d}: {r['views']} views, FID {r['fid']:.2f}, KID {r['kid']:.4f}, paired PSNR {r['psnr']:.2f} / "
+            print(f"{d}: {r['views']} views, FID {r['fid']:.2f} (mean term {r['fid_mean_term']:.2f}; against the own "
+                  f"latents' views {r['fid_vs_own']:.2f}), KID {r['kid']:.4f}, paired PSNR {r['psnr']:.2f} / "
                   f"LPIPS {r['lpips']:.4f}, wall IoU {'-' if r['wall_iou'] is None else format(r['wall_iou'], '.3f')}",
                   flush=True)
 

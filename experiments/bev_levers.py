@@ -70,7 +70,8 @@ def sample(args) -> None:
     generate.sample(args.bundle, num=1, sampler=args.sampler, steps=20, seed=args.seed, out=args.out, conditions=conds,
                     path_from_scene=True, progress=False, guidance=args.guidance,
                     # --psi-c-low: the library's hand-over (nfldm sample --hand-over T --low-noise-c RUN/c)
-                    hand_over=int(args.low_below) if args.psi_c_low else 0, low_noise_c=args.psi_c_low)
+                    hand_over=int(args.low_below) if args.psi_c_low else 0, low_noise_c=args.psi_c_low,
+                    look_guidance=args.look_guidance, look_guidance_from=args.look_from)
 
 
 def oracle(args) -> None:
@@ -169,6 +170,9 @@ def main() -> None:
     s.add_argument("--sampler", default="dpm", help="dpm (the protocol's) or dpm-sde, 20 steps")
     s.add_argument("--data", default="out/release/data")
     s.add_argument("--max-scenes", type=int, default=32)
+    s.add_argument("--look-guidance", type=float, default=None, help="default: nfldm sample's with a map")
+    s.add_argument("--look-from", type=int, default=None, help="look guidance at t >= this only (default: "
+                                                                 "nfldm sample's with a map)")
     o = sub.add_parser("oracle")
     o.add_argument("samples")
     o.add_argument("--data", default="out/release/data")
