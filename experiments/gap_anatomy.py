@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--data", default="out/release/data")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--plot", default=None, help="PNG of the FIDs")
+    ap.add_argument("--names", nargs="+", default=None, help="the plot's labels: the own folder's, then each folder's")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -152,6 +153,10 @@ def main() -> None:
               f"vs the own latents' renders {vs_own:.2f}; precision {p:.3f}, recall {r:.3f}",
               flush=True)
     if args.plot:
+        if args.names:
+            if len(args.names) != len(rows):
+                raise SystemExit(f"error: --names: {len(rows)} labels needed (the own folder's first), got {len(args.names)}")
+            rows = [(n, *r[1:]) for n, r in zip(args.names, rows)]
         plot(rows, args.plot)
 
 
