@@ -30,9 +30,9 @@ again; the paired views are scored each run (about 20 s a folder).
 
 Two diagnostics beside each FID (not targets): its mean term |mu - mu_real|^2 (the rest is the
 covariance term), and the FID against the own latents' views instead of the real ones. Every
-folder's views come from the same stage-1 renderer, whose own domain gap to the real frames is most
-of every FID against them (the own latents': 123.8 on the release data); against the own latents'
-views that shared gap drops out and what is left is what the sampled latents change
+folder's views come from the same stage-1 and stage-2 decoders, whose own distance from the real
+frames is most of every FID against them (the own latents': 123.8 on the release data); against the
+own latents' views that shared distance drops out and what is left is what the sampled latents change
 (docs/notes/2026-12-07-edits-at-the-protocols-size-and-the-fid-gap.md).
 """
 from __future__ import annotations
