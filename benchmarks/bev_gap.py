@@ -120,8 +120,9 @@ def main() -> None:
     net, net_id, real = real_inception_features(args.data, args.split, dev)
     real_stats = feature_stats(real)
 
-    def fid(gen: np.ndarray) -> float:
-        return frechet_distance(*feature_stats(gen), *real_stats)
+    def fid(stats: tuple[np.ndarray, np.ndarray]) -> float:
+        """FID against the real views, from a set's (mean, covariance)."""
+        return frechet_distance(*stats, *real_stats)
 
     scored: dict[str, dict] = {}
     scenes = None
@@ -130,8 +131,9 @@ def main() -> None:
         for d in ds:
             feats, owner = sample_inception_features(d, net, net_id, dev)
             pick = _evenly(len(feats), MAX_IMAGES)
+            stats = feature_stats(feats[pick])
             if own_stats is None:           # the own latents' folder comes first
-                own_stats = feature_stats(feats[pick])
+                own_stats = stats
             per = _per_sample(d)
             order = [per[i]["scene"] for i in sorted(per)]
             if scenes is None:
@@ -140,15 +142,14 @@ def main() -> None:
                 raise SystemExit(f"error: {d}: its samples follow other scenes than {folders['own'][0]}'s "
                                  "(sample every folder over the same --split and --max-scenes)")
             iou = [r["wall_iou"] for r in per.values() if r["wall_iou"] is not None]
-            mu = feats[pick].mean(0)
             scored[str(d)] = {"feats": feats, "owner": owner, "per": per,
-                              "row": {"kind": kind, "samples": len(per), "views": int(len(pick)), "fid": fid(feats[pick]),
+                              "row": {"kind": kind, "samples": len(per), "views": int(len(pick)), "fid": fid(stats),
                                       "kid": float(kid(feats[pick], real)[0]),
                                       "psnr": float(np.mean([r["psnr"] for r in per.values()])),
                                       "lpips": float(np.mean([r["lpips"] for r in per.values()])),
                                       "wall_iou": float(np.mean(iou)) if iou else None,
-                                      "fid_mean_term": float(((mu - real_stats[0]) ** 2).sum()),
-                                      "fid_vs_own": max(0.0, frechet_distance(*feature_stats(feats[pick]), *own_stats))}}
+                                      "fid_mean_term": float(((stats[0] - real_stats[0]) ** 2).sum()),
+                                      "fid_vs_own": max(0.0, frechet_distance(*stats, *own_stats))}}
             r = scored[str(d)]["row"]
             print(f"{d}: {r['views']} views, FID {r['fid']:.2f} (mean term {r['fid_mean_term']:.2f}; against the own "
                   f"latents' views {r['fid_vs_own']:.2f}), KID {r['kid']:.4f}, paired PSNR {r['psnr']:.2f} / "
@@ -159,22 +160,21 @@ def main() -> None:
     k = max(1, n // args.subset)
     sets = [np.arange(o, n, k) for o in range(k)]
 
-    def set_scores(entry: dict, ids: np.ndarray) -> tuple[float, float]:
-        m = np.isin(entry["owner"], ids)
-        return fid(entry["feats"][m]), float(np.mean([entry["per"][int(i)]["lpips"] for i in ids]))
+    def set_stats(entry: dict, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return feature_stats(entry["feats"][np.isin(entry["owner"], ids)])
 
-    own_entry = scored[str(folders["own"][0])]
+    own_set_stats = [set_stats(scored[str(folders["own"][0])], ids) for ids in sets]
 
-    def set_vs_own(entry: dict, ids: np.ndarray) -> float:
-        """FID of a set's views against the own latents' views of the same scenes."""
-        m, mo = np.isin(entry["owner"], ids), np.isin(own_entry["owner"], ids)
-        return max(0.0, frechet_distance(*feature_stats(entry["feats"][m]), *feature_stats(own_entry["feats"][mo])))
+    def set_scores(entry: dict, j: int) -> tuple[float, float, float]:
+        """Set j's FID, paired LPIPS and FID against the own latents' views of the same scenes."""
+        st = set_stats(entry, sets[j])
+        return (fid(st), float(np.mean([entry["per"][int(i)]["lpips"] for i in sets[j]])),
+                max(0.0, frechet_distance(*st, *own_set_stats[j])))
 
-    by_set = {name: [set_scores(e, ids) for ids in sets] for name, e in scored.items()}
+    by_set = {name: [set_scores(e, j) for j in range(len(sets))] for name, e in scored.items()}
     rows = {name: e["row"] for name, e in scored.items()}
     for name, e in scored.items():
-        fs, ls = np.array(by_set[name]).T
-        vo = np.array([set_vs_own(e, ids) for ids in sets])
+        fs, ls, vo = np.array(by_set[name]).T
         rows[name].update(set_fid_mean=float(fs.mean()), set_fid_std=float(fs.std()), set_fids=fs.tolist(),
                           set_lpips=ls.tolist(), set_fid_vs_own=vo.tolist())
     unc = [str(d) for d in folders["uncond"]]

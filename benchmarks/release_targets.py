@@ -300,8 +300,9 @@ def main() -> None:
               f"--repeat 1 --look-guidance {args.look_guidance:g}")
     if "edit" in parts:
         eg = args.edit_guidance
-        n_edit = args.edit_scenes if args.edit_scenes > 0 else len(conditions_from(data, "test"))
-        econds = spread(conditions_from(data, "test"), n_edit)
+        every = conditions_from(data, "test")
+        n_edit = args.edit_scenes if args.edit_scenes > 0 else len(every)
+        econds = spread(every, n_edit)
         print(f"[edit] {len(econds)} maps unedited, erased, with a pillar (guidance {eg:g})", flush=True)
         ho = {} if args.edit_hand_over is None else {"hand_over": args.edit_hand_over}
         tag = ("" if args.edit_hand_over is None else f"_h{args.edit_hand_over}") + f"_n{len(econds)}"

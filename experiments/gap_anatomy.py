@@ -68,12 +68,12 @@ def frame_stats(files: list[Path]) -> str:
             f"contrast {np.mean(s):.1f}, dark {np.mean(dark):.3f}, sharpness {np.mean(sh):.2f}")
 
 
-def fid_parts(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(mean term, covariance term) of the Frechet distance between two feature sets."""
-    from nfldm.metrics.fid import fid_from_features
+def fid_parts(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """(mean term, covariance term) of the Frechet distance between two sets' (mean, covariance)."""
+    from nfldm.metrics.fid import frechet_distance
 
-    mean = float(((a.mean(0) - b.mean(0)) ** 2).sum())
-    return mean, fid_from_features(a, b) - mean
+    mean = float(((a[0] - b[0]) ** 2).sum())
+    return mean, frechet_distance(*a, *b) - mean
 
 
 def precision_recall(gen: np.ndarray, real: np.ndarray, k: int = 3) -> tuple[float, float]:
@@ -129,12 +129,13 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from nfldm.ldm.evaluate import real_inception_features, sample_inception_features
-    from nfldm.metrics.fid import fid_from_features
+    from nfldm.metrics.fid import feature_stats, frechet_distance
 
     own = Path(args.own)
     ref = coarse(own)
     net, net_id, real_f = real_inception_features(args.data, "test", args.device)
     own_f = sample_inception_features(own, net, net_id, args.device)[0]
+    real_st, own_st = feature_stats(real_f), feature_stats(own_f)
     real_files = []
     for d in sorted(own.glob("sample_*")):
         scene = Path(json.loads((d / "condition.json").read_text())["path_from_scene"])
@@ -143,9 +144,10 @@ def main() -> None:
     rows = []
     for folder in [own] + [Path(s) for s in args.samples]:
         f = own_f if folder == own else sample_inception_features(folder, net, net_id, args.device)[0]
-        mean, cov = fid_parts(f, real_f)
+        st = own_st if folder == own else feature_stats(f)
+        mean, cov = fid_parts(st, real_st)
         p, r = precision_recall(f, real_f)
-        vs_own = max(0.0, fid_from_features(f, own_f))
+        vs_own = max(0.0, frechet_distance(*st, *own_st))
         rows.append((folder.name, mean, cov, vs_own))
         print(f"{folder}:\n  {c_stats(coarse(folder), ref)}\n"
               f"  {frame_stats(sorted(folder.glob('sample_*/frames/*.png'))[::3])}\n"
