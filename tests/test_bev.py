@@ -207,6 +207,16 @@ def test_known_trajectory_is_kept_and_g_follows_it():
     assert torch.allclose(kc["c"], c, atol=1e-5) and torch.allclose(kc["g"], g, atol=1e-6)
     kc2 = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, g=g, c=-c, progress=False)
     assert not torch.allclose(kc["f"], kc2["f"])
+    # SDEdit from a known c: psi_c runs from c noised to t0, neither keeping c nor starting from noise
+    sd = {t0: sample_latents(models, stats, 2, "ddim", 4, 0, bev=bev, traj=traj, g=g, c=c, c_from=t0, progress=False)
+          for t0 in (300, 1000)}      # DDIM 4 (trailing): steps 999, 749, 499, 249
+    fresh = sample_latents(models, stats, 2, "ddim", 4, 0, bev=bev, traj=traj, g=g, progress=False)
+    assert not torch.allclose(sd[300]["c"], c, atol=1e-3) and torch.allclose(sd[300]["g"], g, atol=1e-6)
+    assert not torch.allclose(sd[300]["c"], fresh["c"], atol=1e-3) and not torch.allclose(sd[300]["c"], sd[1000]["c"], atol=1e-3)
+    with pytest.raises(ValueError, match="no sampling step at or below"):
+        sample_latents(models, stats, 2, "ddim", 4, 0, bev=bev, traj=traj, g=g, c=c, c_from=100, progress=False)
+    with pytest.raises(ValueError, match="c_from must be"):
+        sample_latents(models, stats, 2, "ddim", 2, 0, bev=bev, traj=traj, g=g, c_from=500, progress=False)
     with pytest.raises(ValueError, match="a known c needs a known g"):
         sample_latents(models, stats, 2, "ddim", 2, 0, traj=traj, c=c, progress=False)
     with pytest.raises(ValueError, match="c must be"):
@@ -288,6 +298,8 @@ def test_own_c_needs_own_g(tmp_path):
 
     with pytest.raises(ValueError, match="own_c takes the scenes' c from the latent folder of own_g"):
         sample(None, num=1, out=tmp_path / "s", own_c=True)
+    with pytest.raises(ValueError, match="own_c_from must be a timestep in 1..1000 with own_c"):
+        sample(None, num=1, out=tmp_path / "s", own_c_from=500)
 
 
 # ----------------------------------------------------------------------------------------

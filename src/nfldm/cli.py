@@ -282,7 +282,8 @@ def cmd_sample(args) -> int:
                  renderer=args.renderer, conditions=conditions, path_from_scene=bool(args.path_from_scene),
                  own_latents=args.own_latents, own_g=args.own_g, own_c=args.own_c, look_guidance=args.look_guidance,
                  own_look=args.own_look, look_guidance_from=args.look_guidance_from,
-                 guidance_levels=args.guidance_levels, hand_over=args.hand_over, low_noise_c=args.low_noise_c)
+                 guidance_levels=args.guidance_levels, hand_over=args.hand_over, low_noise_c=args.low_noise_c,
+                 own_c_from=args.own_c_from)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -774,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--own-c", action="store_true",
                    help="with --own-g: the scene's own coarse latent c too (psi_c is not run either; psi_f samples "
                    "given g and c): what the fine level alone costs")
+    p.add_argument("--own-c-from", type=int, default=0, metavar="T",
+                   help="with --own-c: psi_c does run, from the scene's own c noised to timestep T (of 1000; SDEdit): "
+                   "a variation of the real scene that keeps its layout and look above that noise level")
     p.add_argument("--own-look", action="store_true",
                    help="with --path-from-scene, for levels trained with scene_look: psi_g, psi_c and psi_f are given "
                    "each scene's own look (its map's light and colours) instead of sampling one")

@@ -138,7 +138,7 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                    guides: dict[str, LevelDiffusion] | None = None, guide_scale: float = 1.0,
                    look_guidance: float = 1.0, look: Tensor | None = None, look_from: int = 0,
                    guidance_levels: str = "gcf", low_noise: dict[str, LevelDiffusion] | None = None,
-                   low_below: int = 0) -> dict:
+                   low_below: int = 0, c_from: int = 0) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -155,7 +155,10 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
     ``g``: a known raw global latent (g_dim, or num x g_dim; needs ``traj``): psi_g is not run,
     psi_c and psi_f sample given it (e.g. a real scene's own g: what the global latent carries).
     ``c``: with ``g``, a known raw coarse latent (c_ch x X/d x Y/d x Zc, or num x ...): psi_c is not
-    run either, psi_f samples given g and c (what psi_f alone costs).
+    run either, psi_f samples given g and c (what psi_f alone costs). With ``c_from`` = t0 > 0, psi_c
+    does run, from that c noised to its first sampling step t <= t0 (SDEdit, :func:`denoise`
+    ``start``): a variation of the scene that keeps what c holds above t0's noise level (its layout
+    and look at t0 = 500-800; a new scene at 1000). Measures which noise band of psi_c costs what.
 
     ``look_guidance``: guidance on the map's look for levels trained with ``bev_look``, and on
     the scene's look that psi_g samples for levels trained with ``scene_look`` (see
@@ -234,6 +237,8 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         if tuple(c.shape[-4:]) != c_shape or c.dim() not in (4, 5) or (c.dim() == 5 and len(c) != num):
             raise ValueError(f"c must be {c_shape} or num x {c_shape}, got {tuple(c.shape)}")
         c_known = fold(stats.normalise("c", c.float().expand(num, *c_shape).cpu()))
+    if c_from < 0 or c_from > 0 and c is None:
+        raise ValueError(f"c_from must be 0 or a timestep > 0 with a known c, got {c_from}")
     has_g = g_dim > 0          # 0: coarse-only, the g level generates the trajectory alone
     keys = [k for k, m in (("g_n", has_g), ("traj", True), ("c_n", cm is not None), ("f_n", fm is not None),
                            ("look_n", bool(gm.cfg.scene_look_dim) and (g is None or look is not None))) if m]
@@ -268,12 +273,13 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
         sampled = {"g": got["g_n"], "traj": got["traj"]}
         if "look_n" in got:
             sampled["look"] = gm.denormalise_look(got["look_n"])
-        if c is not None:
+        if c is not None and not c_from:
             got["c_n"] = c_known[lo:hi].to(dev)
         elif cm is not None:
             got["c_n"] = denoise(cm, B, cm.context(sampled), cb, scale["c"], sampler, steps, gen, progress,
                                  f"psi_c {tag}", g_guidance=g_guidance, guide=guide_of("c", sampled),
-                                 look_guidance=look_guidance, look_from=look_from, low=low_of("c", sampled))
+                                 look_guidance=look_guidance, look_from=look_from, low=low_of("c", sampled),
+                                 start=(c_known[lo:hi], c_from) if c_from else None)
         if fm is not None:
             got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, scale["f"], sampler, steps, gen,
                                  progress, f"psi_f {tag}", g_guidance=g_guidance,

@@ -292,7 +292,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
            own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None,
            own_c: bool = False, look_guidance: float | None = None, own_look: bool = False,
            look_guidance_from: int | None = None, guidance_levels: str | None = None,
-           hand_over: int | None = None, low_noise_c: str | os.PathLike | None = None) -> dict:
+           hand_over: int | None = None, low_noise_c: str | os.PathLike | None = None, own_c_from: int = 0) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
@@ -317,7 +317,10 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     are decoded (the upper bound of generation). ``own_g``: such a latent folder; psi_c and psi_f
     sample given each condition scene's own g and path (needs ``path_from_scene``): what the
     global latent carries of a scene, beside what the map carries. ``own_c``: with ``own_g``, the
-    scene's own c too; only psi_f samples (what the fine level alone costs). ``own_look``: with
+    scene's own c too; only psi_f samples (what the fine level alone costs). ``own_c_from`` T > 0:
+    with ``own_c``, psi_c does run, from the scene's own c noised to timestep T (of 1000; SDEdit): a
+    variation of the real scene that keeps what its c holds above that noise level (which noise
+    band of psi_c costs what). ``own_look``: with
     ``path_from_scene``, levels trained with ``scene_look`` are given each scene's own look (its
     map's light and colours): psi_g samples g given it, psi_c and psi_f are given it.
 
@@ -339,7 +342,9 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     guidance = (MAP_GUIDANCE if has_maps else 1.0) if guidance is None else float(guidance)
     level_guidance(guidance, guidance_levels)      # bad levels are refused before anything is loaded
     by_default = hand_over is None and low_noise_c is None     # the bundle's own c, unless it does not fit
-    psi_c_runs = own_latents is None and not own_c
+    if own_c_from and (not own_c or own_c_from < 0 or own_c_from > 1000):
+        raise ValueError(f"own_c_from must be a timestep in 1..1000 with own_c, got {own_c_from}")
+    psi_c_runs = own_latents is None and (not own_c or bool(own_c_from))
     low_src, hand_over = hand_over_source(run, hand_over, low_noise_c if psi_c_runs else None,
                                           has_maps and psi_c_runs)
     look_guidance = (LOOK_GUIDANCE if has_maps else 1.0) if look_guidance is None else float(look_guidance)
@@ -407,7 +412,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         lat = sample_latents(models, pipe["stats"], total, sampler, steps, seed, cond, guidance, batch_size, progress,
                              g_guidance, bev=bev, traj=traj, g=known.get("g"), c=known.get("c") if own_c else None,
                              look_guidance=look_guidance, look=look, look_from=look_from,
-                             guidance_levels=guidance_levels, low_noise=low, low_below=hand_over)
+                             guidance_levels=guidance_levels, low_noise=low, low_below=hand_over,
+                             c_from=int(own_c_from))
 
     H, W = sae.cfg.image_hw()
     side = min(H, W)                # the square pictures (top-down view, map), padded to H x W in the sheet
@@ -464,7 +470,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
         summary.update(samples_per_condition=num, conditions=len(conditions), bev=has_maps,
                        path_from_scene=bool(path_from_scene), own_latents=None if own_latents is None else
                        str(Path(own_latents).resolve()), own_g=None if own_g is None else str(Path(own_g).resolve()),
-                       own_c=bool(own_c), own_look=bool(own_look))
+                       own_c=bool(own_c), own_c_from=int(own_c_from), own_look=bool(own_look))
     atomic_write_json(out / "samples.json", summary)
     return summary
 
