@@ -212,7 +212,8 @@ def test_known_trajectory_is_kept_and_g_follows_it():
           for t0 in (300, 1000)}      # DDIM 4 (trailing): steps 999, 749, 499, 249
     fresh = sample_latents(models, stats, 2, "ddim", 4, 0, bev=bev, traj=traj, g=g, progress=False)
     assert not torch.allclose(sd[300]["c"], c, atol=1e-3) and torch.allclose(sd[300]["g"], g, atol=1e-6)
-    assert not torch.allclose(sd[300]["c"], fresh["c"], atol=1e-3) and not torch.allclose(sd[300]["c"], sd[1000]["c"], atol=1e-3)
+    assert not torch.allclose(sd[300]["c"], fresh["c"], atol=1e-3)
+    assert not torch.allclose(sd[300]["c"], sd[1000]["c"], atol=1e-3)
     with pytest.raises(ValueError, match="no sampling step at or below"):
         sample_latents(models, stats, 2, "ddim", 4, 0, bev=bev, traj=traj, g=g, c=c, c_from=100, progress=False)
     with pytest.raises(ValueError, match="c_from must be"):
