@@ -35,15 +35,7 @@ from nfldm.data.vizdoom import _rasterise_level, _recorded_origin, wad_path  # n
 
 def level_textures(wad: str, map_name: str) -> tuple[collections.Counter, collections.Counter]:
     """(wall texture name -> line length using it, map units; flat name -> sectors using it)."""
-    path = wad_path(wad)
-    directory = dm._wad_directory(str(path))
-    with open(path, "rb") as f:
-        def lump(name, dtype):
-            pos, size = directory[f"{map_name.upper()}/{name}"]
-            f.seek(pos)
-            return np.frombuffer(f.read(size), dtype=dtype)
-        lines, sides, verts, sectors = (lump("LINEDEFS", dm._LINEDEF), lump("SIDEDEFS", dm._SIDEDEF),
-                                        lump("VERTEXES", dm._VERTEX), lump("SECTORS", dm._SECTOR))
+    verts, lines, sides, sectors = dm.map_lumps(wad_path(wad), map_name)
     walls, flats = collections.Counter(), collections.Counter()
     for ld in lines:
         a, b = verts[ld["v1"]], verts[ld["v2"]]

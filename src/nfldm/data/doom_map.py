@@ -133,6 +133,20 @@ def _wad_directory(path: str) -> dict[str, tuple[int, int]]:
     return lumps
 
 
+def map_lumps(wad_path: str, map_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(VERTEXES, LINEDEFS, SIDEDEFS, SECTORS) of one map of a WAD, as structured arrays
+    (``_VERTEX``, ``_LINEDEF``, ``_SIDEDEF``, ``_SECTOR``)."""
+    directory = _wad_directory(str(wad_path))
+    with open(wad_path, "rb") as f:
+
+        def lump(name: str, dtype: np.dtype) -> np.ndarray:
+            pos, size = directory[f"{map_name.upper()}/{name}"]
+            f.seek(pos)
+            return np.frombuffer(f.read(size), dtype=dtype)
+
+        return lump("VERTEXES", _VERTEX), lump("LINEDEFS", _LINEDEF), lump("SIDEDEFS", _SIDEDEF), lump("SECTORS", _SECTOR)
+
+
 def _may_cross_fan(walls: np.ndarray, origin: np.ndarray, angles: np.ndarray, d: np.ndarray, margin: float = 1e-6) -> np.ndarray:
     """Which segments (walls: K x 4) a fan of rays from ``origin`` with directions d (A x 2, at
     ``angles``) may hit: False only for segments that lie wholly outside the fan's wedge
@@ -218,16 +232,7 @@ class DoomMap:
         once) and builds the arrays as :meth:`from_sectors` does from that list, so the result
         is identical to reading ``state.sectors`` (checked on all 68 Freedoom maps) without
         running a second engine with sector info on."""
-        directory = _wad_directory(str(wad_path))
-        with open(wad_path, "rb") as f:
-
-            def lump(name: str, dtype: np.dtype) -> np.ndarray:
-                pos, size = directory[f"{map_name.upper()}/{name}"]
-                f.seek(pos)
-                return np.frombuffer(f.read(size), dtype=dtype)
-
-            vertices, linedefs = lump("VERTEXES", _VERTEX), lump("LINEDEFS", _LINEDEF)
-            sidedefs, sectors = lump("SIDEDEFS", _SIDEDEF), lump("SECTORS", _SECTOR)
+        vertices, linedefs, sidedefs, sectors = map_lumps(wad_path, map_name)
         start, end = vertices[linedefs["v1"]], vertices[linedefs["v2"]]
         coords = np.stack([start["x"], start["y"], end["x"], end["y"]], 1)  # int16, per linedef
         seg = coords.astype(np.float64)
