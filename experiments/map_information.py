@@ -13,7 +13,8 @@ ones the train maps have (issue 23's FID / LPIPS gaps; docs/notes/2026-12-07-whe
    its map pixels show, one bin per name of the WADs). A linear read-out, so a lower bound on what
    the map says; it tells which of the map's parts carry c at all.
 
-    python experiments/map_information.py --data out/release/data --latents out/release/latents [--every 4]
+    python experiments/map_information.py --data out/release/data --latents out/release/latents [--every 4] \
+        [--samples SAMPLES]     # 3. also: how well the map's look and SAMPLES predict the real frames' colour
 """
 from __future__ import annotations
 
@@ -155,16 +156,53 @@ def predictability(index, latents: Path, every: int, lam: float) -> None:
         print(f"| {kind} | {A.shape[1] - 1} | {r2(Ytr, A @ W):.3f} | {r2(Yte, B @ W):.3f} |", flush=True)
 
 
+def colour_readout(samples: Path) -> None:
+    """How well a scene's mean look (its map's :data:`nfldm.data.bev.LOOK_KEYS`, averaged
+    over the map's inside / wall cells) predicts its real frames' mean RGB (linear, fitted on even
+    test scenes, R^2 on odd ones), and how well a sample folder's frames (along each scene's real
+    path) match the real frames' mean RGB."""
+    import json
+
+    from PIL import Image
+
+    def mean_rgb(files: list[Path]) -> np.ndarray:
+        return np.mean([np.asarray(Image.open(f).convert("RGB"))[::4, ::4].reshape(-1, 3).mean(0) for f in files[::3]], 0)
+
+    X, real, gen = [], [], []
+    for d in sorted(samples.glob("sample_*")):
+        scene = Path(json.loads((d / "condition.json").read_text())["scene"])
+        bev = read_bev_file(scene / "bev.npz")
+        inside, wall = bev["inside"] > 0, bev["wall_r"] > 0
+        X.append([np.nanmean(bev[k][wall if k.startswith("wall") else inside]) if (wall if k.startswith("wall") else inside).any()
+                  else 0.0 for k in LOOK_KEYS])
+        real.append(mean_rgb(sorted((scene / "images").glob("*.png"))))
+        gen.append(mean_rgb(sorted((d / "frames").glob("*.png"))))
+    X, real, gen = np.nan_to_num(np.array(X)), np.array(real), np.array(gen)
+    r2 = lambda y, p: 1 - ((y - p) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)  # noqa: E731
+    A = np.c_[X, np.ones(len(X))]
+    fit = np.arange(len(X)) % 2 == 0
+    W = np.linalg.lstsq(A[fit], real[fit], rcond=None)[0]
+    print(f"\n{len(X)} scenes of {samples}: mean frame RGB, R^2 per channel (r, g, b)")
+    print(f"  the map's mean look -> real frames (linear, held-out odd scenes): {np.round(r2(real[~fit], A[~fit] @ W), 2)}")
+    print(f"  the samples' frames as a prediction of the real frames: {np.round(r2(real, gen), 2)}")
+    print(f"  std over scenes: real {np.round(real.std(0), 1)}, samples {np.round(gen.std(0), 1)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="a ViZDoom dataset (its levels and BEV maps)")
     ap.add_argument("--latents", required=True, help="its latent folder (the own c of each scene)")
     ap.add_argument("--every", type=int, default=4, help="use every Nth train scene (memory and time)")
     ap.add_argument("--ridge", type=float, default=10.0, help="ridge penalty on the standardised features")
+    ap.add_argument("--samples", default=None,
+                    help="also: a sample folder along the real paths (nfldm sample --bev ... --path-from-scene): "
+                    "how well the map's look and the samples predict the real frames' mean colour")
     args = ap.parse_args()
     index = read_dataset(Path(args.data))
     coverage(index)
     predictability(index, Path(args.latents), max(1, args.every), args.ridge)
+    if args.samples:
+        colour_readout(Path(args.samples))
 
 
 if __name__ == "__main__":
