@@ -416,6 +416,38 @@ def test_keep_best_makes_the_best_held_out_weights_the_model(tmp_path, monkeypat
     assert json.loads((tmp_path / "d" / "model.json").read_text())["step"] == 14
 
 
+def test_snapshots_are_run_directories_of_their_step(tmp_path):
+    """snapshot_every: RUN/snapshots/step_NNNNNN/ holds the EMA weights of that step with the run's
+    config, and load_model_weights takes it as a run directory; switching it on when resuming is
+    allowed (it changes no training: the losses are those of a run without it)."""
+    seen = {}
+
+    def keep(trainer, step, metrics):
+        seen[step] = {k: v.clone() for k, v in trainer.ema_model().state_dict().items()}
+
+    def trainer(run, cfg, resume=False, callbacks=()):
+        torch.manual_seed(0)
+        return Trainer(ToyModel(), ToyDataset(10), cfg, run, run_config(cfg), resume=resume, callbacks=list(callbacks))
+
+    trainer(tmp_path / "a", make_cfg(steps=4)).fit()
+    assert not (tmp_path / "a" / "snapshots").exists()
+    trainer(tmp_path / "a", make_cfg(steps=8, snapshot_every=3), resume=True, callbacks=[keep]).fit()
+    snaps = sorted(d.name for d in (tmp_path / "a" / "snapshots").iterdir())
+    assert snaps == ["step_000006"]
+    snap = tmp_path / "a" / "snapshots" / "step_000006"
+    assert json.loads((snap / "model.json").read_text()) == {"step": 6, "ema": True}
+    assert (snap / "config.json").read_bytes() == (tmp_path / "a" / "config.json").read_bytes()
+    model = ToyModel()
+    got = load_model_weights(snap, model)
+    assert got["step"] == 6 and got["path"].endswith("model.safetensors")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, seen[6][k]), k
+    trainer(tmp_path / "b", make_cfg(steps=8)).fit()
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    with pytest.raises(ValueError, match="snapshot_every"):
+        make_cfg(snapshot_every=-1)
+
+
 def test_resume_on_another_device_setting(tmp_path):
     """The device is chosen at run time: a run started with device=cpu resumes with another device
     setting (here "auto", which is the CPU on this machine; "cuda" on a GPU machine) exactly, and

@@ -21,6 +21,8 @@ Run directory layout (``RUN`` = run_dir)::
     RUN/model.json              {"step", "ema"} (+ "trained_steps", "val_best" with keep_best)
     RUN/best.safetensors        keep_best: the (EMA) weights at the best held-out measurement
     RUN/best.json               {"step", "ema", "val_best"} of those weights
+    RUN/snapshots/step_NNNNNN/  snapshot_every: the (EMA) weights at that step as model.safetensors +
+                                model.json, with a copy of config.json: a run directory of its own
     RUN/metrics.jsonl           one JSON line per logged step
     RUN/loss_curves.png         plot of metrics.jsonl
     RUN/tb/                     TensorBoard scalars (when tensorboard is installed)
@@ -88,6 +90,7 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_INFO = "model.json"
 BEST_WEIGHTS = "best.safetensors"
 BEST_INFO = "best.json"
+SNAPSHOTS = "snapshots"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curves.png"
 LOCK_FILE = "train.lock"
@@ -129,12 +132,17 @@ class TrainConfig:
     keep_best: bool = False        # with val_every: keep the (EMA) weights of the lowest held-out
                                    # value (RUN/best.*; any lower value, not only one that passes
                                    # min_improvement) and make them RUN/model.* at the end
+    snapshot_every: int = 0        # 0 = off; else every this many steps RUN/snapshots/step_NNNNNN/
+                                   # (the (EMA) weights, model.json, config.json): a run directory the
+                                   # loaders take, to choose a step by a sample metric rather than by
+                                   # the held-out loss (the diffusion levels: docs/notes/2026-12-07-more-windows-for-psi-c.md)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
-        if self.steps < 0 or self.batch_size < 1 or self.log_every < 1 or self.ckpt_every < 0:
+        if (self.steps < 0 or self.batch_size < 1 or self.log_every < 1 or self.ckpt_every < 0
+                or self.snapshot_every < 0):
             raise ValueError(f"TrainConfig: need steps >= 0, batch_size >= 1, log_every >= 1, "
-                             f"ckpt_every >= 0; got {self}")
+                             f"ckpt_every >= 0, snapshot_every >= 0; got {self}")
         if self.decay not in ("cosine", "constant"):
             raise ValueError(f"TrainConfig.decay must be 'cosine' or 'constant', got {self.decay!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
@@ -467,10 +475,10 @@ def _jsonable(obj: Any) -> Any:
 
 def _without_steps(cfg: dict) -> dict:
     """The run config without train.steps / max_minutes / progress (changing them only
-    extends or shortens a run) and keep_best (it only writes a file)."""
+    extends or shortens a run), keep_best and snapshot_every (they only write files)."""
     cfg = copy.deepcopy(cfg)
     if isinstance(cfg, dict) and isinstance(cfg.get("train"), dict):
-        for k in ("steps", "max_minutes", "progress", "keep_best"):
+        for k in ("steps", "max_minutes", "progress", "keep_best", "snapshot_every"):
             cfg["train"].pop(k, None)
     return cfg
 
@@ -914,6 +922,8 @@ class Trainer:
                             self._run_callbacks(step, record)
                     if self.val_dataset is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                         self._validate(step, metrics_file, tb)
+                    if cfg.snapshot_every and step % cfg.snapshot_every == 0 and is_main:
+                        self._write_snapshot(step)
                     if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
                         self._save_checkpoint(self._elapsed_before + time.perf_counter() - t_start)
                     if self.step >= cfg.steps or self.val_state["stopped"] or self._out_of_time(t_start):
@@ -1093,6 +1103,14 @@ class Trainer:
         ema = self._ema is not None
         write_tensors(self.run_dir / name, dict(tensors), {"format": "nfldm-model", "step": str(step), "ema": str(ema).lower()})
         atomic_write_json(self.run_dir / info_name, {"step": step, "ema": ema, **info})
+
+    def _write_snapshot(self, step: int) -> None:
+        """RUN/snapshots/step_NNNNNN/: the (EMA) weights now as model.* beside a copy of the run's
+        config: a run directory that load_model_weights (and the stages' loaders) take."""
+        sub = f"{SNAPSHOTS}/step_{step:06d}"
+        (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._write_weights(f"{sub}/{MODEL_WEIGHTS}", f"{sub}/{MODEL_INFO}", self.ema_model().state_dict(), step)
+        atomic_write_bytes(self.run_dir / sub / CONFIG_FILE, (self.run_dir / CONFIG_FILE).read_bytes())
 
     def _write_best(self, step: int, value: float) -> None:
         """RUN/best.safetensors + RUN/best.json: the (EMA) weights of a new lowest held-out value."""
