@@ -135,7 +135,7 @@ class TrainConfig:
     snapshot_every: int = 0        # 0 = off; else every this many steps RUN/snapshots/step_NNNNNN/
                                    # (the (EMA) weights, model.json, config.json): a run directory the
                                    # loaders take, to choose a step by a sample metric rather than by
-                                   # the held-out loss (the diffusion levels: docs/notes/2026-12-07-more-windows-for-psi-c.md)
+                                   # the held-out loss (docs/architecture.md)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
