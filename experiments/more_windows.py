@@ -50,11 +50,11 @@ def merge(base: Path, parts: list[Path], out: Path) -> dict:
     index = json.loads((base / INDEX_FILE).read_text())
     out.mkdir(parents=True, exist_ok=True)
     scenes = []
-    for folder, prefix, entries in [(base, "", index["scenes"])] + [
-            (p, "more_", json.loads((p / INDEX_FILE).read_text())["scenes"]) for p in parts]:
-        if folder != base and json.loads((folder / INDEX_FILE).read_text())["stats"] != index["stats"]:
+    for folder, prefix in [(base, "")] + [(p, "more_") for p in parts]:
+        part = index if folder == base else json.loads((folder / INDEX_FILE).read_text())
+        if part["stats"] != index["stats"]:
             raise SystemExit(f"error: {folder / INDEX_FILE}: its statistics are not {base}'s (encode with --stats-from)")
-        for s in entries:
+        for s in part["scenes"]:
             s = {**s, "name": prefix + s["name"], "file": prefix + s["file"]}
             if "source" in s:
                 s["source"] = prefix + s["source"]

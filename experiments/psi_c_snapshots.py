@@ -8,7 +8,7 @@ beside the run's held-out loss at that step (docs/notes/2026-12-07-more-windows-
     python experiments/psi_c_snapshots.py --run out/snap/run/c --also src/nfldm/weights/tiny/bev/c \\
         --out out/p/snap --max-scenes 34 [--plot P.png]
 
-Folders already scored (OUT_<name>/inception_features.npz) are not sampled again; snapshots that do
+Folders already scored (OUT_<name>/fid.json, lpips.json) are not sampled or scored again; snapshots that do
 not exist yet are skipped, so it can run beside the training and again after it.
 """
 from __future__ import annotations
@@ -39,10 +39,13 @@ def score(level: Path, out: Path, args) -> dict:
         subprocess.run([py, str(ROOT / "experiments" / "fid_count.py"), "--samples", str(out), "--data", args.data,
                         "--protocol-only", "--out", str(res)], check=True)
     row = next(iter(json.loads(res.read_text())["rows"].values()))
-    from nfldm.ldm.evaluate import paired_views
+    paired = out / "lpips.json"              # once a folder: the script is run again while a run trains
+    if not paired.exists():
+        from nfldm.ldm.evaluate import paired_views
 
-    lp = [paired_views(s)["lpips"] for s in sorted(out.glob("sample_*"))]
-    return {"fid": row["fid"], "kid": row["kid"], "lpips": float(np.mean(lp)), "samples": len(lp)}
+        lp = [paired_views(s)["lpips"] for s in sorted(out.glob("sample_*"))]
+        paired.write_text(json.dumps({"lpips": float(np.mean(lp)), "samples": len(lp)}))
+    return {"fid": row["fid"], "kid": row["kid"], **json.loads(paired.read_text())}
 
 
 def held_out(run: Path) -> dict[int, float]:
