@@ -87,9 +87,9 @@ def main() -> None:
         for k, key in enumerate(("fid", "lpips")):
             ax = fig.add_subplot(1, 2, k + 1)
             ax.plot([s for s, _ in snaps], [r[key] for _, r in snaps], "o-", label="snapshots")
-            for name, r in rows.items():
-                if r["step"] is None:
-                    ax.axhline(r[key], ls="--", color="C7", label=name)
+            others = [(name, r) for name, r in rows.items() if r["step"] is None]
+            for i, (name, r) in enumerate(others):
+                ax.axhline(r[key], ls=("--", ":", "-.")[i % 3], color=f"C{i + 1}", label=name)
             ax.set_xlabel("step")
             ax.set_title({"fid": "Inception FID", "lpips": "paired LPIPS"}[key])
             ax.legend(fontsize=7)
