@@ -14,8 +14,8 @@ not an image network, so it shares nothing with Inception FID or LPIPS.
     python experiments/disc_guidance.py gen --latents out/lat_aug4 --out out/dg/fake.safetensors --num 768
     # 2. the discriminator (real: those windows' own c; fake: psi_c's), held-out accuracy by t band
     python experiments/disc_guidance.py train --latents out/lat_aug4 --fake out/dg/fake.safetensors --out out/dg/d
-    # 3. sample the test scenes with the guidance (then score as bev_levers.py sample folders)
-    python experiments/disc_guidance.py sample --disc out/dg/d --weight 1 --out D --max-scenes 34
+    # 3. sample the first test scenes with the guidance; --score: FID / KID against every test view, paired LPIPS
+    python experiments/disc_guidance.py sample --disc out/dg/d --weight 1 --out D --max-scenes 34 --score
 
 The guidance acts on psi_c's steps with ``--t-low <= t <= --t-high`` (default 250..950: above the
 hand-over to the unconditional psi_c, below the first step, where alpha_t is ~0 and an x0
@@ -224,6 +224,37 @@ def train(args) -> None:
     print(f"discriminator -> {out}")
 
 
+def probe(args) -> None:
+    """Clean statistics of psi_c's c against the real c of the same windows: per-channel std ratio,
+    per-window std, neighbour difference, and a ridge read-out of each window's 64 channel means and
+    stds telling the two apart, fitted on the windows the discriminator trains on and scored on its
+    held-out ones."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    d = load_file(args.fake)
+    fake, real = d["fake"].float(), d["real"].float()
+    n = len(fake)
+    n_val = max(1, int(round(n * args.val_share)))
+    ratio = fake.std((0, 2, 3)) / real.std((0, 2, 3))
+    print(f"{n} windows: channel std ratio (psi_c / real) {float(ratio.min()):.3f} .. {float(ratio.max()):.3f}; "
+          f"per-window std {float(fake.std((1, 2, 3)).mean()):.3f} / {float(real.std((1, 2, 3)).mean()):.3f}; "
+          f"neighbour difference {float((fake[..., 1:, :] - fake[..., :-1, :]).pow(2).mean()):.3f} / "
+          f"{float((real[..., 1:, :] - real[..., :-1, :]).pow(2).mean()):.3f}")
+
+    def feats(x):
+        return torch.cat([x.mean((2, 3)), x.std((2, 3)), torch.ones(len(x), 1)], 1).double().numpy()
+
+    def xy(sl):
+        return np.r_[feats(fake[sl]), feats(real[sl])], np.r_[-np.ones(len(fake[sl])), np.ones(len(real[sl]))]
+
+    a, y = xy(slice(0, n - n_val))
+    w = np.linalg.solve(a.T @ a + args.ridge * np.eye(a.shape[1]), a.T @ y)
+    b, yb = xy(slice(n - n_val, n))
+    print(f"ridge read-out of the channel means and stds: accuracy {float(((b @ w) > 0).__eq__(yb > 0).mean()):.3f} "
+          f"on the {n_val} held-out windows (both sides), {float(((a @ w) > 0).__eq__(y > 0).mean()):.3f} on the rest")
+
+
 # ----------------------------------------------------------------------------------------
 # 3. sampling with the guidance
 
@@ -271,6 +302,28 @@ def sample(args) -> None:
          "guided_steps": stats["steps"], "grad_rms_mean": sum(rms) / max(1, len(rms)),
          # the discriminator's mean logit on x_t at each guided timestep (> 0: "real"), over the batches
          "logit_by_t": {t: sum(v) / len(v) for t, v in sorted(stats["logit"].items(), reverse=True)}}, indent=1))
+    if args.score:
+        score(Path(args.out), args.data)
+
+
+def score(out: Path, data: str) -> None:
+    """Inception FID / KID of a sample folder against every test view (``fid_count.py --protocol-only``,
+    OUT/fid.json) and its paired LPIPS against the real frames (OUT/lpips.json), as psi_c_snapshots.py
+    scores its folders."""
+    import subprocess
+
+    import numpy as np
+
+    from nfldm.ldm.evaluate import paired_views
+
+    res = out / "fid.json"
+    if not res.exists():
+        subprocess.run([sys.executable, str(ROOT / "experiments" / "fid_count.py"), "--samples", str(out), "--data", data,
+                        "--protocol-only", "--out", str(res)], check=True)
+    row = next(iter(json.loads(res.read_text())["rows"].values()))
+    lp = [paired_views(s)["lpips"] for s in sorted(out.glob("sample_*"))]
+    (out / "lpips.json").write_text(json.dumps({"lpips": float(np.mean(lp)), "samples": len(lp)}))
+    print(f"{out}: FID {row['fid']:.2f} KID {row['kid']:.4f} paired LPIPS {np.mean(lp):.4f} ({len(lp)} samples)")
 
 
 def main() -> None:
@@ -295,7 +348,10 @@ def main() -> None:
     t.add_argument("--eval-every", type=int, default=250)
     t.add_argument("--r1", type=float, default=0.0, help="R1 gradient penalty weight gamma on the real windows")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--latents", default=None, help="(unused; the windows come with --fake)")
+    p = sub.add_parser("probe")
+    p.add_argument("--fake", required=True)
+    p.add_argument("--val-share", type=float, default=0.1)
+    p.add_argument("--ridge", type=float, default=0.1)
     s = sub.add_parser("sample")
     s.add_argument("--disc", required=True)
     s.add_argument("--weight", type=float, default=1.0)
@@ -306,8 +362,9 @@ def main() -> None:
     s.add_argument("--max-scenes", type=int, default=34)
     s.add_argument("--psi-c", default=None)
     s.add_argument("--data", default="out/release/data")
+    s.add_argument("--score", action="store_true", help="then FID / KID against every test view and paired LPIPS")
     args = ap.parse_args()
-    {"gen": gen, "train": train, "sample": sample}[args.cmd](args)
+    {"gen": gen, "train": train, "probe": probe, "sample": sample}[args.cmd](args)
 
 
 if __name__ == "__main__":
