@@ -79,7 +79,8 @@ def main() -> None:
     tmp.mkdir(parents=True)
     save_file(state, str(tmp / "model.safetensors"))
     shutil.copy(args.levels[0] / "config.json", tmp / "config.json")
-    meta = {"averaged": [str(p) for p in args.levels], "weights": weights, "ema": True}
+    infos = [json.loads((lv / "model.json").read_text()) if (lv / "model.json").exists() else {} for lv in args.levels]
+    meta = {"averaged": [str(p) for p in args.levels], "weights": weights, "ema": all(i.get("ema") for i in infos)}
     (tmp / "model.json").write_text(json.dumps(meta, indent=1))
     if args.out.exists():
         shutil.rmtree(args.out)

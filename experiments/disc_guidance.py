@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -153,8 +154,17 @@ def noised(sched, x: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> tor
     return sched.add_noise(x, torch.randn(x.shape, generator=gen), t)
 
 
+def load_windows(path: str, val_share: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(fake, real, bev, n_val) of ``gen``'s file: psi_c's and the real c (N x C x X x Y), the maps;
+    the last n_val windows are held out."""
+    from safetensors.torch import load_file
+
+    d = load_file(path)
+    return d["fake"].float(), d["real"].float(), d["bev"].float(), max(1, int(round(len(d["fake"]) * val_share)))
+
+
 def train(args) -> None:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from nfldm.ldm.model import make_train_scheduler
     from nfldm.ldm.config import config_from_dict
@@ -162,10 +172,8 @@ def train(args) -> None:
     from nfldm.trainer import read_run_config
 
     torch.manual_seed(args.seed)
-    d = load_file(args.fake)
-    fake, real, bev = d["fake"].float(), d["real"].float(), d["bev"].float()
+    fake, real, bev, n_val = load_windows(args.fake, args.val_share)
     n = len(fake)
-    n_val = max(1, int(round(n * args.val_share)))
     tr, va = slice(0, n - n_val), slice(n - n_val, n)
     cfg = config_from_dict(read_run_config(Path(bundled_bev_model()) / "c")["model"])
     sched = make_train_scheduler(cfg)
@@ -184,16 +192,15 @@ def train(args) -> None:
         return x, torch.cat([tt, tt]), m, y
 
     @torch.no_grad()
-    def held_out(t: int, reps: int = 4) -> tuple[float, float]:
+    def held_out(t: int, reps: int = 4) -> float:
+        """The accuracy on the held-out windows, both noised to t (reps draws of the noise)."""
         D.eval()
-        acc, loss = [], []
+        acc = []
         for _ in range(reps):
             x, tt, m, y = batch(va, n_val, torch.full((n_val,), t))
-            z = D(x, tt, m)
-            acc.append(((z > 0).float() == y).float().mean())
-            loss.append(F.binary_cross_entropy_with_logits(z, y))
+            acc.append(((D(x, tt, m) > 0).float() == y).float().mean())
         D.train()
-        return float(torch.stack(acc).mean()), float(torch.stack(loss).mean())
+        return float(torch.stack(acc).mean())
 
     bands = [t for t in (250, 400, 500, 650, 800, 900, 950) if args.t_low <= t <= args.t_high]
     log = []
@@ -212,7 +219,7 @@ def train(args) -> None:
         opt.step()
         if step % args.eval_every == 0 or step == args.steps:
             row = {"step": step, "train_loss": float(loss.detach()), "s": round(time.time() - ts, 1)}
-            row.update({f"acc_{t}": held_out(t)[0] for t in bands})
+            row.update({f"acc_{t}": held_out(t) for t in bands})
             log.append(row)
             print(json.dumps(row), flush=True)
     out = Path(args.out)
@@ -230,12 +237,9 @@ def probe(args) -> None:
     stds telling the two apart, fitted on the windows the discriminator trains on and scored on its
     held-out ones."""
     import numpy as np
-    from safetensors.torch import load_file
 
-    d = load_file(args.fake)
-    fake, real = d["fake"].float(), d["real"].float()
+    fake, real, _, n_val = load_windows(args.fake, args.val_share)
     n = len(fake)
-    n_val = max(1, int(round(n * args.val_share)))
     ratio = fake.std((0, 2, 3)) / real.std((0, 2, 3))
     print(f"{n} windows: channel std ratio (psi_c / real) {float(ratio.min()):.3f} .. {float(ratio.max()):.3f}; "
           f"per-window std {float(fake.std((1, 2, 3)).mean()):.3f} / {float(real.std((1, 2, 3)).mean()):.3f}; "
@@ -251,8 +255,8 @@ def probe(args) -> None:
     a, y = xy(slice(0, n - n_val))
     w = np.linalg.solve(a.T @ a + args.ridge * np.eye(a.shape[1]), a.T @ y)
     b, yb = xy(slice(n - n_val, n))
-    print(f"ridge read-out of the channel means and stds: accuracy {float(((b @ w) > 0).__eq__(yb > 0).mean()):.3f} "
-          f"on the {n_val} held-out windows (both sides), {float(((a @ w) > 0).__eq__(y > 0).mean()):.3f} on the rest")
+    print(f"ridge read-out of the channel means and stds: accuracy {np.mean((b @ w > 0) == (yb > 0)):.3f} "
+          f"on the {n_val} held-out windows (both sides), {np.mean((a @ w > 0) == (y > 0)):.3f} on the rest")
 
 
 # ----------------------------------------------------------------------------------------
@@ -260,16 +264,17 @@ def probe(args) -> None:
 
 
 def sample(args) -> None:
-    import nfldm.ldm.sample as ls
-
-    sys.path.insert(0, str(ROOT / "experiments"))
     import bev_levers
+
+    import nfldm.ldm.sample as ls
+    from nfldm.pipeline.bundle import bundled_bev_model
+    from nfldm.pipeline.generate import MAP_GUIDANCE, MAP_GUIDANCE_LEVELS, hand_over_source
 
     D = load_disc(Path(args.disc))
     for p in D.parameters():
         p.requires_grad_(False)
     plain = ls.guided_prediction
-    stats = {"steps": 0, "grad_rms": [], "logit": {}}
+    stats = {"grad_rms": [], "logit": {}}
 
     def guided(model, x, t, ctx, cond, guidance=1.0, g_guidance=1.0, look_guidance=1.0):
         out = plain(model, x, t, ctx, cond, guidance, g_guidance, look_guidance)
@@ -284,46 +289,30 @@ def sample(args) -> None:
             z = D(xg, torch.full((len(x),), ti), cond)
             grad = torch.autograd.grad(z.sum(), xg)[0]
         ab = float(model.scheduler.alphas_cumprod[ti])
-        stats["steps"] += 1
         stats["grad_rms"].append(float(grad.pow(2).mean().sqrt()))
         stats["logit"].setdefault(ti, []).append(float(z.mean()))
         # Tweedie: x0 = (x_t + (1 - abar) score) / sqrt(abar); score += w grad log(d / (1 - d))
         return out + args.weight * (1 - ab) / math.sqrt(ab) * grad.to(out.dtype)
 
     ls.guided_prediction = guided
-    args.guidance, args.guidance_levels, args.guidance_from, args.guidance_to = 2.0, "c", 0.0, 1e9
-    args.psi_c, args.psi_f, args.bundle = args.psi_c, None, None
-    args.psi_c_low = str(ROOT / "src/nfldm/weights/tiny/c")
-    args.low_below, args.look_guidance, args.look_from, args.sampler = 250, None, None, "dpm"
+    # the defaults of nfldm sample --bev, as gen samples
+    low_src, hand_over = hand_over_source(bundled_bev_model(), None, None, True)
+    args.guidance, args.guidance_levels, args.guidance_from, args.guidance_to = MAP_GUIDANCE, MAP_GUIDANCE_LEVELS, 0.0, 1e9
+    args.psi_f, args.bundle, args.psi_c_low, args.low_below = None, None, str(low_src), int(hand_over)
+    args.look_guidance, args.look_from, args.sampler = None, None, "dpm"
     bev_levers.sample(args)
     rms = stats["grad_rms"]
     (Path(args.out) / "disc_guidance.json").write_text(json.dumps(
         {"disc": str(args.disc), "weight": args.weight, "t_low": args.t_low, "t_high": args.t_high,
-         "guided_steps": stats["steps"], "grad_rms_mean": sum(rms) / max(1, len(rms)),
+         "guided_steps": len(rms), "grad_rms_mean": sum(rms) / max(1, len(rms)),
          # the discriminator's mean logit on x_t at each guided timestep (> 0: "real"), over the batches
          "logit_by_t": {t: sum(v) / len(v) for t, v in sorted(stats["logit"].items(), reverse=True)}}, indent=1))
     if args.score:
-        score(Path(args.out), args.data)
+        from psi_c_snapshots import folder_scores
 
+        r = folder_scores(Path(args.out), args.data)
+        print(f"{args.out}: FID {r['fid']:.2f} KID {r['kid']:.4f} paired LPIPS {r['lpips']:.4f} ({r['samples']} samples)")
 
-def score(out: Path, data: str) -> None:
-    """Inception FID / KID of a sample folder against every test view (``fid_count.py --protocol-only``,
-    OUT/fid.json) and its paired LPIPS against the real frames (OUT/lpips.json), as psi_c_snapshots.py
-    scores its folders."""
-    import subprocess
-
-    import numpy as np
-
-    from nfldm.ldm.evaluate import paired_views
-
-    res = out / "fid.json"
-    if not res.exists():
-        subprocess.run([sys.executable, str(ROOT / "experiments" / "fid_count.py"), "--samples", str(out), "--data", data,
-                        "--protocol-only", "--out", str(res)], check=True)
-    row = next(iter(json.loads(res.read_text())["rows"].values()))
-    lp = [paired_views(s)["lpips"] for s in sorted(out.glob("sample_*"))]
-    (out / "lpips.json").write_text(json.dumps({"lpips": float(np.mean(lp)), "samples": len(lp)}))
-    print(f"{out}: FID {row['fid']:.2f} KID {row['kid']:.4f} paired LPIPS {np.mean(lp):.4f} ({len(lp)} samples)")
 
 
 def main() -> None:

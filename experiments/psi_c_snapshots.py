@@ -34,9 +34,16 @@ def score(level: Path, out: Path, args) -> dict:
                         "--max-scenes", str(args.max_scenes), "--guidance", "2", "--guidance-levels", "c",
                         "--psi-c", str(level), "--psi-c-low", str(ROOT / "src/nfldm/weights/tiny/c"), "--low-below", "250",
                         "--sampler", "dpm", "--data", args.data], check=True)
+    return folder_scores(out, args.data)
+
+
+def folder_scores(out: Path, data: str) -> dict:
+    """{"fid", "kid", "lpips", "samples"} of a sample folder made along the real test paths: Inception
+    FID / KID against every test view (``fid_count.py --protocol-only``, OUT/fid.json) and paired LPIPS
+    against the real frames (OUT/lpips.json); each computed once a folder."""
     res = out / "fid.json"
     if not res.exists():
-        subprocess.run([py, str(ROOT / "experiments" / "fid_count.py"), "--samples", str(out), "--data", args.data,
+        subprocess.run([sys.executable, str(ROOT / "experiments" / "fid_count.py"), "--samples", str(out), "--data", data,
                         "--protocol-only", "--out", str(res)], check=True)
     row = next(iter(json.loads(res.read_text())["rows"].values()))
     paired = out / "lpips.json"              # once a folder: the script is run again while a run trains
