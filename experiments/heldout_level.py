@@ -1,14 +1,16 @@
 """Held-out diffusion loss of trained ldm levels on the same draws: compare levels of different
 widths or recipes (the trainer's own held-out value uses its run's first items and seed).
 
-    python experiments/heldout_level.py --latents LAT [--split val] [--draws 4] [--t-below T] LEVEL_DIR [LEVEL_DIR ...]
+    python experiments/heldout_level.py --latents LAT [--split val] [--draws 4] [--t-below T] [--t-from T]
+        LEVEL_DIR [LEVEL_DIR ...]
 
 LEVEL_DIR: a level folder (config.json + weights, e.g. RUN/c or a bundle's bev/c). Every level is
 scored with its EMA weights on every scene of the split, ``--draws`` times, draw k under seed k
 (timesteps, noise and condition dropout as in training): levels of one config family consume the
 same random stream, so they see the same draws. Prints the mean loss (and the low / high-t parts
 the loss reports) per level. ``--t-below T``: every level scored at the timesteps t < T only (a
-low-noise expert, ``train_t_below``, against levels trained on every t).
+low-noise expert, ``train_t_below``, against levels trained on every t); ``--t-from T``: at t >= T
+only (a high-noise expert, ``train_t_from``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--t-below", type=int, default=0, help="score at the timesteps t < T only (0: every t)")
+    ap.add_argument("--t-from", type=int, default=0, help="score at the timesteps t >= T only (0: every t)")
     ap.add_argument("levels", nargs="+")
     args = ap.parse_args()
 
@@ -40,7 +43,8 @@ def main() -> None:
     for d in args.levels:
         rc = read_run_config(d)
         cfg = config_from_dict(rc["model"])
-        model = LevelDiffusion(replace(cfg, train_t_below=args.t_below) if args.t_below else cfg)
+        band = {k: v for k, v in (("train_t_below", args.t_below), ("train_t_from", args.t_from)) if v}
+        model = LevelDiffusion(replace(cfg, **band) if band else cfg)
         info = load_model_weights(d, model, prefer_ema=True)
         model.eval()
         key = (model.cfg.traj_frames, str(rc["stats"]))

@@ -968,3 +968,17 @@ def test_low_noise_expert_trains_below_its_timestep():
     for bad in ({"train_t_below": -1}, {"train_t_below": 1001}, {"train_t_below": 250, "high_t_share": 0.2}):
         with pytest.raises(ValueError, match="train_t_below"):
             replace(cfg, **bad)
+
+
+def test_high_noise_expert_trains_from_its_timestep():
+    """train_t_from draws every training timestep from [train_t_from, T) (a high-noise expert for the
+    composition), or from [train_t_from, train_t_below) beside it; empty bands are refused."""
+    cfg = preset("smoke").level("c").model
+    high = LevelDiffusion(replace(cfg, train_t_from=250)).draw_timesteps(4000, "cpu")
+    assert high.min() == 250 and high.max() == cfg.num_train_timesteps - 1
+    band = LevelDiffusion(replace(cfg, train_t_from=250, train_t_below=500)).draw_timesteps(4000, "cpu")
+    assert band.min() == 250 and band.max() == 499
+    for bad in ({"train_t_from": -1}, {"train_t_from": 1000}, {"train_t_from": 500, "train_t_below": 500},
+                {"train_t_from": 250, "high_t_share": 0.2}):
+        with pytest.raises(ValueError, match="train_t_from"):
+            replace(cfg, **bad)

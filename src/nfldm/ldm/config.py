@@ -76,6 +76,10 @@ class LDMConfig:
     # a level trained on every t hands its last steps to when sampling (nfldm sample --hand-over,
     # --low-noise-c; eDiff-I's denoisers per noise interval, Balaji et al. 2022)
     train_t_below: int = 0
+    # opt-in: train only at the timesteps t >= train_t_from (0: from t = 0): a high-noise expert for
+    # the composition, which hands its steps below train_t_from to another level when sampling (the
+    # default hand-over of ``nfldm sample --bev`` gives t < 250 to the unconditional psi_c)
+    train_t_from: int = 0
     # condition tokens through cross-attention (classifier-free guidance)
     cond_dim: int = 0                    # width of the condition tokens in the data; 0 = none
     cross_attention_dim: int = 64        # width of the tokens inside the denoiser
@@ -163,6 +167,11 @@ class LDMConfig:
         if not 0 <= self.train_t_below <= self.num_train_timesteps or (self.train_t_below and self.high_t_share > 0):
             raise ValueError(f"train_t_below must be in [0, num_train_timesteps] and not set beside high_t_share, "
                              f"got {self.train_t_below} (high_t_share {self.high_t_share})")
+        if not 0 <= self.train_t_from < (self.train_t_below or self.num_train_timesteps) or (
+                self.train_t_from and self.high_t_share > 0):
+            raise ValueError(f"train_t_from must be in [0, train_t_below or num_train_timesteps) and not set beside "
+                             f"high_t_share, got {self.train_t_from} (train_t_below {self.train_t_below}, "
+                             f"high_t_share {self.high_t_share})")
         if not 0.0 <= self.high_t_share <= 1.0 or not 0 <= self.high_t_from < self.num_train_timesteps:
             raise ValueError(f"high_t_share must be in [0, 1] and high_t_from in [0, num_train_timesteps), got "
                              f"{self.high_t_share}, {self.high_t_from}")
@@ -335,7 +344,7 @@ ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, 
                 "bev": False, "bev_size": 64, "bev_tokens": True, "bev_maps": True, "bev_width": 32,
                 "bev_map_channels": 8, "bev_look": False, "bev_look_drop": 0.2,
                 "high_t_share": 0.0, "high_t_from": 900, "scene_look": False, "scene_look_drop": 0.2,
-                "look_mean": (), "look_std": (), "train_t_below": 0}
+                "look_mean": (), "look_std": (), "train_t_below": 0, "train_t_from": 0}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:

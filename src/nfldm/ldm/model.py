@@ -514,10 +514,11 @@ class LevelDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ training
     def draw_timesteps(self, batch: int, device) -> Tensor:
-        """Training timesteps (B): uniform over [0, T) (over [0, train_t_below) for a low-noise
-        expert), with ``high_t_share`` of them drawn from [high_t_from, T) instead."""
+        """Training timesteps (B): uniform over [train_t_from, train_t_below or T) ([0, T) by default;
+        a low-noise expert sets train_t_below, a high-noise one train_t_from), with ``high_t_share``
+        of them drawn from [high_t_from, T) instead."""
         T = self.cfg.num_train_timesteps
-        t = torch.randint(0, self.cfg.train_t_below or T, (batch,), device=device)
+        t = torch.randint(self.cfg.train_t_from, self.cfg.train_t_below or T, (batch,), device=device)
         if self.cfg.high_t_share > 0:
             high = torch.rand(batch, device=device) < self.cfg.high_t_share
             t = torch.where(high, torch.randint(self.cfg.high_t_from, T, (batch,), device=device), t)
