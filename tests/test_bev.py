@@ -292,6 +292,13 @@ def test_low_noise_hand_over():
     other = LevelDiffusion(replace(bev_cfg("c"), prediction_type=kind))
     with pytest.raises(ValueError, match="the low-noise level of level c must denoise the same latents"):
         sample_latents(models, stats, 2, "ddim", 2, 0, low_noise={"c": other}, low_below=500, progress=False)
+    # a high-noise expert (train_t_from) samples only with its steps below that handed over
+    high = dict(models, c=LevelDiffusion(replace(bev_cfg("c"), train_t_from=500)).eval())
+    randomise_zero_init(high["c"])
+    for below in (0, 250):
+        with pytest.raises(ValueError, match="level c was trained at the timesteps t >= 500 only"):
+            sample_latents(high, stats, 2, "ddim", 4, 0, low_noise={"c": low}, low_below=below, **kw)
+    assert torch.isfinite(sample_latents(high, stats, 2, "ddim", 4, 0, low_noise={"c": low}, low_below=500, **kw)["c"]).all()
 
 
 def test_own_c_needs_own_g(tmp_path):

@@ -205,6 +205,12 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                     gd.sample_shape(1)) != tuple(m.sample_shape(1)):
                 raise ValueError(f"the {what} of level {lv} must denoise the same latents with the same prediction "
                                  "type as the level")
+    for lv, m in models.items():     # a high-noise expert never takes the steps below its band
+        t_from = getattr(m.cfg, "train_t_from", 0)
+        if t_from > (int(low_below) if lv in low_noise else 0):
+            raise ValueError(f"level {lv} was trained at the timesteps t >= {t_from} only (train_t_from): hand its "
+                             f"steps below {t_from} to another level (low_noise, low_below >= {t_from}; nfldm sample "
+                             f"--hand-over {t_from} or more)")
     if look is not None:
         if not gm.cfg.scene_look:
             raise ValueError("a scene look was given but this run's g level was not trained with scene_look")
