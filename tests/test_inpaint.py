@@ -302,6 +302,9 @@ def test_inpaint_latents_changes_only_the_region(plain_models):
     bev = bev_grid(make_bev(0), 16)
     with pytest.raises(ValueError, match="not trained on BEV maps"):
         inpaint_latents(*args, steps=2, bev=bev)
+    expert = dict(plain_models, c=LevelDiffusion(replace(cfg, train_t_from=250)))   # a high-noise expert
+    with pytest.raises(ValueError, match="level c was trained at the timesteps t >= 250 only"):
+        inpaint_latents(expert, *args[1:], steps=2)
 
 
 def test_inpaint_latents_with_bev_levels(bev_models):

@@ -148,6 +148,10 @@ def inpaint_latents(models: dict[str, LevelDiffusion], stats: LatentStats, g: Te
                          "a map was given but these levels were not trained on BEV maps (use the bev levels)")
     if not (math.isfinite(guidance) and math.isfinite(look_guidance)):
         raise ValueError(f"guidance and look_guidance must be finite numbers, got {guidance}, {look_guidance}")
+    for lv, m in (("c", cm), ("f", fm)):      # RePaint runs every timestep: no high-noise expert
+        if m.cfg.train_t_from:
+            raise ValueError(f"level {lv} was trained at the timesteps t >= {m.cfg.train_t_from} only (train_t_from); "
+                             "inpainting needs levels trained on every timestep")
     dev = next(cm.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     g_n = stats.normalise("g", g[None].float()).to(dev)

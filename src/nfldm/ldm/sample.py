@@ -206,7 +206,7 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                 raise ValueError(f"the {what} of level {lv} must denoise the same latents with the same prediction "
                                  "type as the level")
     for lv, m in models.items():     # a high-noise expert never takes the steps below its band
-        t_from = getattr(m.cfg, "train_t_from", 0)
+        t_from = m.cfg.train_t_from
         if t_from > (int(low_below) if lv in low_noise else 0):
             raise ValueError(f"level {lv} was trained at the timesteps t >= {t_from} only (train_t_from): hand its "
                              f"steps below {t_from} to another level (low_noise, low_below >= {t_from}; nfldm sample "
