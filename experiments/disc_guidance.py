@@ -14,7 +14,7 @@ not an image network, so it shares nothing with Inception FID or LPIPS.
     python experiments/disc_guidance.py gen --latents out/lat_aug4 --out out/dg/fake.safetensors --num 768
     # 2. the discriminator (real: those windows' own c; fake: psi_c's), held-out accuracy by t band
     python experiments/disc_guidance.py train --latents out/lat_aug4 --fake out/dg/fake.safetensors --out out/dg/d
-    # 3. sample the first test scenes with the guidance; --score: FID / KID against every test view, paired LPIPS
+    # 3. sample test scenes (spread over the split) with the guidance; --score: FID / KID against every test view, paired LPIPS
     python experiments/disc_guidance.py sample --disc out/dg/d --weight 1 --out D --max-scenes 34 --score
 
 The guidance acts on psi_c's steps with ``--t-low <= t <= --t-high`` (default 250..950: above the
@@ -312,7 +312,6 @@ def sample(args) -> None:
 
         r = folder_scores(Path(args.out), args.data)
         print(f"{args.out}: FID {r['fid']:.2f} KID {r['kid']:.4f} paired LPIPS {r['lpips']:.4f} ({r['samples']} samples)")
-
 
 
 def main() -> None:

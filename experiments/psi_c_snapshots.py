@@ -1,6 +1,6 @@
 """Choose a BEV psi_c by its samples, not its held-out loss: every snapshot of a run
 (``--set snapshot_every=N``: RUN/snapshots/step_NNNNNN/) and any other c level given, sampled along
-the first test scenes' real paths with `nfldm sample --bev`'s defaults (``bev_levers.py sample``,
+test scenes' real paths (spread over the split) with `nfldm sample --bev`'s defaults (``bev_levers.py sample``,
 the hand-over to the bundle's unconditional psi_c below t = 250), scored by Inception FID / KID
 against every test view (``fid_count.py --protocol-only``) and paired LPIPS against the real frames,
 beside the run's held-out loss at that step (docs/notes/2026-12-07-more-windows-for-psi-c.md).
@@ -28,12 +28,15 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def score(level: Path, out: Path, args) -> dict:
     """Sample ``out`` with psi_c from ``level`` (unless done) -> {"fid", "kid", "lpips", "samples"}."""
-    py = sys.executable
     if not (out / "inception_features.npz").exists():
-        subprocess.run([py, str(ROOT / "experiments" / "bev_levers.py"), "sample", "--out", str(out), "--seed", str(args.seed),
-                        "--max-scenes", str(args.max_scenes), "--guidance", "2", "--guidance-levels", "c",
-                        "--psi-c", str(level), "--psi-c-low", str(ROOT / "src/nfldm/weights/tiny/c"), "--low-below", "250",
-                        "--sampler", "dpm", "--data", args.data], check=True)
+        from nfldm.pipeline.bundle import bundled_bev_model
+        from nfldm.pipeline.generate import MAP_GUIDANCE, MAP_GUIDANCE_LEVELS, hand_over_source
+
+        low_src, hand_over = hand_over_source(bundled_bev_model(), None, None, True)   # nfldm sample --bev's
+        subprocess.run([sys.executable, str(ROOT / "experiments" / "bev_levers.py"), "sample", "--out", str(out),
+                        "--seed", str(args.seed), "--max-scenes", str(args.max_scenes), "--guidance", str(MAP_GUIDANCE),
+                        "--guidance-levels", MAP_GUIDANCE_LEVELS, "--psi-c", str(level), "--psi-c-low", str(low_src),
+                        "--low-below", str(hand_over), "--sampler", "dpm", "--data", args.data], check=True)
     return folder_scores(out, args.data)
 
 

@@ -64,9 +64,15 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     eDiff-I's expert denoisers, Balaji et al. 2022: e.g. a map-conditioned level sets the layout
     at high noise, an unconditional one the detail at low noise). It is given the condition, the
     guidance and the look guidance only when it was trained on a condition alike (``bev``,
-    ``cond_dim``); ``guide`` applies at the other steps only."""
+    ``cond_dim``); ``guide`` applies at the other steps only. A level trained at t >= ``train_t_from``
+    only (a high-noise expert) needs ``low`` with t1 >= train_t_from."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    t_from = model.cfg.train_t_from      # a high-noise expert never takes the steps below its band
+    if t_from > (int(low[2]) if low is not None else 0):
+        raise ValueError(f"level {model.cfg.level} was trained at the timesteps t >= {t_from} only (train_t_from): "
+                         f"hand its steps below {t_from} to another level (low, or sample_latents' low_noise with "
+                         f"low_below >= {t_from}; nfldm sample --hand-over {t_from} or more)")
     dev = next(model.parameters()).device
     sched = make_sampler(model.scheduler, sampler)
     sched.set_timesteps(steps, device=dev)            # before every run: DPM-Solver keeps state
@@ -205,12 +211,6 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                     gd.sample_shape(1)) != tuple(m.sample_shape(1)):
                 raise ValueError(f"the {what} of level {lv} must denoise the same latents with the same prediction "
                                  "type as the level")
-    for lv, m in models.items():     # a high-noise expert never takes the steps below its band
-        t_from = m.cfg.train_t_from
-        if t_from > (int(low_below) if lv in low_noise else 0):
-            raise ValueError(f"level {lv} was trained at the timesteps t >= {t_from} only (train_t_from): hand its "
-                             f"steps below {t_from} to another level (low_noise, low_below >= {t_from}; nfldm sample "
-                             f"--hand-over {t_from} or more)")
     if look is not None:
         if not gm.cfg.scene_look:
             raise ValueError("a scene look was given but this run's g level was not trained with scene_look")
