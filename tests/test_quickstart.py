@@ -470,7 +470,7 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     # a wider psi_c in 8 bits takes the place of the bev level (only c trained in that run); the
     # samples below use it; g and f stay byte for byte
     from nfldm.pipeline.bundle import replace_levels
-    from nfldm.trainer import INT8_SCALE, load_model_weights
+    from nfldm.trainer import INT4_SCALE, INT8_SCALE, load_model_weights
 
     (tmp_path / "only_c").mkdir()
     shutil.copytree(ldm / "c", tmp_path / "only_c" / "c")
@@ -487,6 +487,17 @@ def test_bev_levels_join_the_bundle_and_follow_maps(run, tmp_path):
     load_model_weights(bundle / "bev" / "c", back)
     for (k, a), b in zip(ref.state_dict().items(), back.state_dict().values()):
         assert (a - b).abs().max() <= a.abs().max() / 254 + 1e-6, k
+    # the same level in 4 bits: a quarter of float16's bytes, the bundle's lists follow
+    info = replace_levels(bundle, tmp_path / "only_c", ("c",), note="4 bits", part="bev", int4=True)
+    assert info["levels"]["bev"].get("int4") == ["c"] and "c" not in info["levels"]["bev"].get("int8", [])
+    assert "In 4 bits: bev/c" in (bundle / "MODEL_CARD.md").read_text()
+    stored, meta = read_safetensors(bundle / "bev" / "c" / "model.safetensors")
+    assert meta["dtype"] == "int4" and any(k.endswith(INT4_SCALE) for k in stored)
+    load_model_weights(bundle / "bev" / "c", back)
+    for (k, a), b in zip(ref.state_dict().items(), back.state_dict().values()):
+        assert (a - b).abs().max() <= a.abs().max() / 14 + 1e-6, k
+    with pytest.raises(ValueError, match="one of them"):
+        replace_levels(bundle, tmp_path / "only_c", ("c",), part="bev", int8=True, int4=True)
     with pytest.raises(ValueError, match="no part 'nope'"):
         replace_levels(bundle, tmp_path / "only_c", ("c",), part="nope")
     samples = tmp_path / "s"

@@ -17,7 +17,7 @@ import torch
 from ddp_worker import ToyDataset, ToyModel, ddp_config, run_one_step
 from safetensors.torch import load_file
 
-from nfldm.trainer import (INT8_SCALE, CheckpointError, GlobalBatchSampler, TrainConfig, Trainer, int8_weights,
+from nfldm.trainer import (INT4_SCALE, INT4_SHAPE, INT8_SCALE, CheckpointError, GlobalBatchSampler, TrainConfig, Trainer, int4_weights, int8_weights,
                            load_model_weights, lr_at, read_run_config)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,6 +270,52 @@ def test_int8_weights_load_back_within_half_a_step_of_each_channel(tmp_path):
     q["1.weight" + INT8_SCALE] = q["1.weight" + INT8_SCALE][:5]
     write_tensors(run / "model.safetensors", q, {"format": "nfldm-model", "dtype": "int8"})
     with pytest.raises(CheckpointError, match=r"model.safetensors: 1.weight is stored as torch.int8"):
+        load_model_weights(run, back)
+
+
+def test_int4_weights_load_back_within_half_a_step_of_each_group(tmp_path):
+    """A model.safetensors in 4 bits (int4_weights: codes in -7..7, two a byte, a float16 scale per
+    64 weights of an output channel) loads back in float32: each quantised weight within half a
+    step of its group (input sizes that are not a multiple of the group included), the small
+    parameters as float16, under 0.4 of float16's bytes here (200 inputs take 256 codes); codes
+    that do not fit their scales or shape are one clear error."""
+    from nfldm.utils.io import write_tensors
+
+    torch.manual_seed(0)
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(200, 48), torch.nn.Conv2d(48, 32, 3),    # noqa: E731
+                                       torch.nn.LayerNorm(32), torch.nn.Linear(256, 64))
+    m = make()
+    with torch.no_grad():
+        m[3].weight[:, :64] = 0                      # an all-zero group decodes to zeros
+    params = {n for n, _ in m.named_parameters()}
+    q = int4_weights(m.state_dict(), params)
+    assert q["0.weight"].dtype == torch.uint8 and q["0.weight"].shape == (48, 4 * 64 // 2)    # 200 -> 4 groups
+    assert q["1.weight" + INT4_SCALE].shape == (32, 7) and q["1.weight" + INT4_SCALE].dtype == torch.float16
+    assert q["1.weight" + INT4_SHAPE].tolist() == [32, 48, 3, 3]
+    assert q["0.bias"].dtype == q["2.weight"].dtype == torch.float16
+    run = tmp_path / "run"
+    write_tensors(run / "model.safetensors", q, {"format": "nfldm-model", "dtype": "int4"})
+    (run / "model.json").write_text(json.dumps({"step": 5, "ema": True}))
+    back = make()
+    assert load_model_weights(run, back)["step"] == 5
+    for k in ("0.weight", "1.weight", "3.weight"):
+        w, b = m.state_dict()[k].flatten(1), back.state_dict()[k].flatten(1)
+        assert b.shape == w.shape
+        K = w.shape[1]
+        pad = torch.nn.functional.pad(w, (0, -K % 64)).view(w.shape[0], -1, 64)
+        step = (pad.abs().amax(2) / 7).clamp_min(2.0 ** -14)          # (out, groups)
+        err = torch.nn.functional.pad((w - b).abs(), (0, -K % 64)).view(w.shape[0], -1, 64).amax(2)
+        assert (err <= step * 0.5 * (1 + 1e-3) + 1e-7).all(), k
+    assert back[3].weight[:, :64].abs().max() == 0
+    torch.testing.assert_close(back[0].bias, m[0].bias.half().float(), rtol=0, atol=0)
+    big = {k: v.half() for k, v in m.state_dict().items()}
+    write_tensors(tmp_path / "half.safetensors", big, {})
+    assert (run / "model.safetensors").stat().st_size < 0.4 * (tmp_path / "half.safetensors").stat().st_size
+    with pytest.raises(ValueError, match="even"):
+        int4_weights(m.state_dict(), params, group=7)
+    q["1.weight" + INT4_SCALE] = q["1.weight" + INT4_SCALE][:, :3]
+    write_tensors(run / "model.safetensors", q, {"format": "nfldm-model", "dtype": "int4"})
+    with pytest.raises(CheckpointError, match=r"model.safetensors: 1.weight is stored as torch.uint8"):
         load_model_weights(run, back)
 
 

@@ -14,7 +14,9 @@ A level may be stored in 8 bits instead (:func:`replace_levels` ``int8``: its we
 kernels as int8 with one float32 scale per output channel, metadata dtype "int8"), which
 :func:`nfldm.trainer.load_model_weights` reads back in float32: half the bytes of float16, for a
 wider level within the bundle's size (measured on the 96 / 192 BEV psi_c: the same samples'
-FID / LPIPS within 0.15 / 0.001 of float16's, docs/notes/2026-12-06-wide-psi-c-in-8-bits.md).
+FID / LPIPS within 0.15 / 0.001 of float16's, docs/notes/2026-12-06-wide-psi-c-in-8-bits.md),
+or in 4 bits (``int4``: 4-bit codes with a float16 scale per 64 weights of an output channel,
+:func:`nfldm.trainer.int4_weights`, metadata dtype "int4"; a quarter of float16's bytes).
 
 The levels' configs name the latent-ae and the scene-ae by paths relative to BUNDLE and carry
 the weights hashes of the float16-rounded weights, so :func:`nfldm.pipeline.generate.load_pipeline`
@@ -53,7 +55,8 @@ from nfldm.ldm.model import LevelDiffusion
 from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.runs import weights_hash
 from nfldm.scene_ae.load import encoder_hash, load_scene_ae, makes_voxels_of
-from nfldm.trainer import (CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, half_weights, int8_weights, load_model_weights,
+from nfldm.trainer import (CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, half_weights, int4_weights, int8_weights,
+                           load_model_weights,
                            read_run_config)
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json, write_tensors
 
@@ -139,15 +142,24 @@ def add_image_prior(bundle: str | os.PathLike, prior_run: str | os.PathLike, met
     return info
 
 
-def _save_half(model: torch.nn.Module, run_dir: Path, step, int8: bool = False) -> int:
+_STORE = {16: ("float16", half_weights), 8: ("int8", int8_weights), 4: ("int4", int4_weights)}
+
+
+def _save_half(model: torch.nn.Module, run_dir: Path, step, int8: bool = False, bits: int | None = None) -> int:
     """Parameters as float16, buffers (statistics, codebooks' counters) as they are; returns
-    the size of the weights file in bytes. ``int8``: the weight matrices and kernels as int8 with
-    per-output-channel scales (:func:`nfldm.trainer.int8_weights`; half the bytes), for the
-    diffusion levels only (the auto-encoders' weights hashes name their float16 values)."""
+    the size of the weights file in bytes. ``int8`` (``bits`` 8): the weight matrices and kernels
+    as int8 with per-output-channel scales (:func:`nfldm.trainer.int8_weights`; half the bytes);
+    ``bits`` 4: as 4-bit codes with per-group scales (:func:`nfldm.trainer.int4_weights`; a quarter
+    of the bytes); for the diffusion levels only (the auto-encoders' weights hashes name their
+    float16 values)."""
+    bits = bits or (8 if int8 else 16)
+    if bits not in _STORE:
+        raise ValueError(f"bits {bits}: a level is stored in 16, 8 or 4 bits")
+    dtype, store = _STORE[bits]
     params = {n for n, _ in model.named_parameters()}
-    tensors = (int8_weights if int8 else half_weights)(model.state_dict(), params)
+    tensors = store(model.state_dict(), params)
     write_tensors(run_dir / MODEL_WEIGHTS, tensors, {"format": "nfldm-model", "step": str(step), "ema": "true",
-                                                     "dtype": "int8" if int8 else "float16"})
+                                                     "dtype": dtype})
     atomic_write_json(run_dir / MODEL_INFO, {"step": step, "ema": True})
     return (run_dir / MODEL_WEIGHTS).stat().st_size
 
@@ -192,14 +204,19 @@ def _card(info: dict) -> str:
              "(stage 1), latent auto-encoder (stage 2) and the three latent diffusion levels psi_g, "
              "psi_c, psi_f (stage 3), trained on ViZDoom scenes of the Freedoom maps that the vizdoom "
              "package ships. Parameters are stored as float16 (buffers as trained), those of levels "
-             "\"in 8 bits\" (below) as int8 with a scale per output channel.", "",
+             "\"in 8 bits\" (below) as int8 with a scale per output channel, those \"in 4 bits\" as "
+             "4-bit codes with a float16 scale per 64 weights of an output channel.", "",
              f"- Parameters: {info['params']:,} ({info['bytes'] / 2**20:.1f} MiB on disk)",
              "- Training steps: " + ", ".join(f"{k} {v}" for k, v in info["steps"].items())]
     if info.get("int8"):
         lines += ["- In 8 bits: " + ", ".join(info["int8"])]
+    if info.get("int4"):
+        lines += ["- In 4 bits: " + ", ".join(info["int4"])]
     for name, part in info.get("levels", {}).items():
         if part.get("int8"):
             lines += [f"- In 8 bits: {', '.join(f'{name}/{lv}' for lv in part['int8'])}"]
+        if part.get("int4"):
+            lines += [f"- In 4 bits: {', '.join(f'{name}/{lv}' for lv in part['int4'])}"]
     if card.get("command"):
         lines += [f"- Made with: `{card['command']}`"]
     other = [c for c in card.get("commands", []) if c != card.get("command")]
@@ -211,7 +228,7 @@ def _card(info: dict) -> str:
         lines += [f"- Time: {card['time']}"]
     for r in card.get("retrained", []):     # levels replaced after the bundle was made (replace_levels)
         lines += [f"- Retrained after: {', '.join(r['levels'])} from `{r['run']}` (steps "
-                  + ", ".join(f"{k} {v}" for k, v in r["steps"].items()) + ")" + (", weights in 8 bits" if r.get("int8") else "")
+                  + ", ".join(f"{k} {v}" for k, v in r["steps"].items()) + ")" + (", weights in 8 bits" if r.get("int8") else "") + (", weights in 4 bits" if r.get("int4") else "")
                   + (f": {r['note']}" if r.get("note") else "")]
     if card.get("metrics"):
         lines += ["", "## Metrics (test split: maps not seen in training)", ""]
@@ -330,16 +347,16 @@ def _ldm_on_bundle(bundle: Path, ldm_run: Path) -> tuple[dict, dict]:
 
 
 def _save_bundle_level(rc: dict, model: LevelDiffusion, step, dest: Path, hashes: dict, prefix: str,
-                       int8: bool = False) -> int:
+                       int8: bool = False, bits: int | None = None) -> int:
     """A level (its run config ``rc``, trained ``model`` at ``step``) into the bundle folder ``dest``
-    in float16 (``int8``: 8 bits, :func:`_save_half`), its config naming the bundle's scene-ae and
+    in float16 (``int8``: 8 bits; ``bits``: 16, 8 or 4, :func:`_save_half`), its config naming the bundle's scene-ae and
     latent-ae as ``prefix`` + their folder (relative to ``dest``) with their ``hashes``; returns the
     weights' bytes."""
     rc = copy.deepcopy(rc)
     for key in ("scene_ae", "latent_ae"):
         rc[key] = {**rc[key], "run": f"{prefix}{key}", "weights_hash": hashes[key], "trained_run": str(rc[key]["run"])}
     atomic_write_json(dest / CONFIG_FILE, rc)
-    return _save_half(model, dest, step, int8=int8)
+    return _save_half(model, dest, step, int8=int8, bits=bits)
 
 
 def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str = BEV_LEVELS,
@@ -381,7 +398,7 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
 
 
 def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels: tuple[str, ...],
-                   note: str = "", part: str | None = None, int8: bool = False) -> dict:
+                   note: str = "", part: str | None = None, int8: bool = False, int4: bool = False) -> dict:
     """Replace some of the bundle's own (unconditional) levels by those of ``ldm_run``, an ldm run
     (it may hold only those levels) trained on the latents of the bundle's latent-ae with the
     bundle's latent statistics (e.g. a level retrained on a folder encoded again with
@@ -389,10 +406,14 @@ def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels
     every other part stay byte for byte. ``part``: replace levels of BUNDLE/``part`` (e.g. "bev",
     the BEV-conditioned levels of :func:`add_levels`) instead. ``int8``: store the new levels'
     weight matrices and kernels in 8 bits (:func:`nfldm.trainer.int8_weights`), for a wider level
-    within the bundle's size. The whole pipeline is checked to load before the old levels are
+    within the bundle's size; ``int4``: in 4 bits (:func:`nfldm.trainer.int4_weights`). bundle.json's
+    "int8" / "int4" lists (of the bundle or of ``part``) follow the new levels' storage. The whole pipeline is checked to load before the old levels are
     removed (on a failure they are put back). ``note`` (what was retrained and why) joins the model
     card's ``retrained`` list with the levels, the run and their steps. Returns bundle.json."""
     bundle, ldm_run = Path(bundle), Path(ldm_run)
+    if int8 and int4:
+        raise ValueError("int8 and int4: a level is stored in one of them")
+    bits = 4 if int4 else 8 if int8 else 16
     info = json.loads((bundle / BUNDLE_FILE).read_text())
     if part is not None and part not in info.get("levels", {}):
         raise ValueError(f"{bundle}: no part {part!r} (it has: {', '.join(info.get('levels', {})) or 'none'})")
@@ -424,7 +445,7 @@ def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         new_bytes[lv] = _save_bundle_level(configs[lv], models[lv], steps[lv], tmp, hashes,
-                                           "../" if part else "", int8=int8)
+                                           "../" if part else "", bits=bits)
     for lv in levels:
         os.replace(home / lv, home / (lv + ".old"))
         os.replace(home / (lv + ".partial"), home / lv)
@@ -451,8 +472,18 @@ def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels
         info["params"] += new_params
     done = {"levels": [f"{part}/{lv}" if part else lv for lv in levels], "run": str(ldm_run.resolve()),
             "steps": steps, "note": note}
+    entry = info["levels"][part] if part else info
+    for key, b in (("int8", 8), ("int4", 4)):      # which levels are stored in how many bits
+        kept_lv = [lv for lv in entry.get(key, []) if lv not in levels]
+        now = kept_lv + (list(levels) if bits == b else [])
+        if now:
+            entry[key] = now
+        else:
+            entry.pop(key, None)
     if int8:
         done["int8"] = True
+    if int4:
+        done["int4"] = True
     info["card"] = {**info.get("card", {}), "retrained": [*info.get("card", {}).get("retrained", []), done]}
     _write_info(bundle, info)
     return info
