@@ -240,6 +240,26 @@ def test_bundle_is_small_and_samples(run, tmp_path):
     assert index["scenes"] and all((tmp_path / "lat" / sc["file"]).exists() for sc in index["scenes"])
 
 
+def test_package_data_ships_every_file_of_the_bundle():
+    """pyproject's package-data globs (what a wheel or a non-editable install carries) match every
+    file of the packaged bundle, its extra level sets (bev/{g,c,f}) included: an editable install
+    reads the source tree and would not notice a missing one."""
+    import glob
+    import tomllib
+
+    from nfldm.pipeline.bundle import PACKAGED
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["nfldm"]
+    package = root / "src" / "nfldm"
+    if PACKAGED.resolve().parents[1] != package.resolve():
+        pytest.skip("nfldm is installed from elsewhere than this checkout")
+    shipped = {Path(p).resolve() for pat in patterns for p in glob.glob(str(package / pat))}
+    files = {p.resolve() for p in PACKAGED.rglob("*") if p.is_file()}
+    assert any(p.parent.parent.name == "bev" for p in files), "the bundle has no bev levels"
+    assert sorted(str(p.relative_to(package.resolve())) for p in files - shipped) == []
+
+
 def test_packaged_model_samples_without_run(tmp_path):
     from nfldm.pipeline.bundle import PACKAGED
 
