@@ -275,22 +275,23 @@ def test_int8_weights_load_back_within_half_a_step_of_each_channel(tmp_path):
 
 def test_int4_weights_load_back_within_half_a_step_of_each_group(tmp_path):
     """A model.safetensors in 4 bits (int4_weights: codes in -7..7, two a byte, a float16 scale per
-    64 weights of an output channel) loads back in float32: each quantised weight within half a
-    step of its group (input sizes that are not a multiple of the group included), the small
-    parameters as float16, under 0.4 of float16's bytes here (200 inputs take 256 codes); codes
-    that do not fit their scales or shape are one clear error."""
+    32 weights of an output channel) loads back in float32: each quantised weight within half a
+    step of its group (input sizes that are not a multiple of the group included), weights that
+    ``only`` refuses in 8 bits, the small parameters as float16, under 0.4 of float16's bytes here
+    (200 inputs take 224 codes); codes that do not fit their scales or shape are one clear error."""
     from nfldm.utils.io import write_tensors
 
     torch.manual_seed(0)
     make = lambda: torch.nn.Sequential(torch.nn.Linear(200, 48), torch.nn.Conv2d(48, 32, 3),    # noqa: E731
-                                       torch.nn.LayerNorm(32), torch.nn.Linear(256, 64))
+                                       torch.nn.LayerNorm(32), torch.nn.Linear(256, 64), torch.nn.Linear(64, 64))
     m = make()
     with torch.no_grad():
         m[3].weight[:, :64] = 0                      # an all-zero group decodes to zeros
     params = {n for n, _ in m.named_parameters()}
-    q = int4_weights(m.state_dict(), params)
-    assert q["0.weight"].dtype == torch.uint8 and q["0.weight"].shape == (48, 4 * 64 // 2)    # 200 -> 4 groups
-    assert q["1.weight" + INT4_SCALE].shape == (32, 7) and q["1.weight" + INT4_SCALE].dtype == torch.float16
+    q = int4_weights(m.state_dict(), params, only=lambda k: not k.startswith("4."))
+    assert q["0.weight"].dtype == torch.uint8 and q["0.weight"].shape == (48, 7 * 32 // 2)    # 200 -> 7 groups
+    assert q["1.weight" + INT4_SCALE].shape == (32, 14) and q["1.weight" + INT4_SCALE].dtype == torch.float16
+    assert q["4.weight"].dtype == torch.int8 and q["4.weight" + INT8_SCALE].shape == (64,)   # refused: 8 bits
     assert q["1.weight" + INT4_SHAPE].tolist() == [32, 48, 3, 3]
     assert q["0.bias"].dtype == q["2.weight"].dtype == torch.float16
     run = tmp_path / "run"
@@ -302,11 +303,13 @@ def test_int4_weights_load_back_within_half_a_step_of_each_group(tmp_path):
         w, b = m.state_dict()[k].flatten(1), back.state_dict()[k].flatten(1)
         assert b.shape == w.shape
         K = w.shape[1]
-        pad = torch.nn.functional.pad(w, (0, -K % 64)).view(w.shape[0], -1, 64)
+        pad = torch.nn.functional.pad(w, (0, -K % 32)).view(w.shape[0], -1, 32)
         step = (pad.abs().amax(2) / 7).clamp_min(2.0 ** -14)          # (out, groups)
-        err = torch.nn.functional.pad((w - b).abs(), (0, -K % 64)).view(w.shape[0], -1, 64).amax(2)
+        err = torch.nn.functional.pad((w - b).abs(), (0, -K % 32)).view(w.shape[0], -1, 32).amax(2)
         assert (err <= step * 0.5 * (1 + 1e-3) + 1e-7).all(), k
     assert back[3].weight[:, :64].abs().max() == 0
+    w8, b8 = m[4].weight, back[4].weight
+    assert ((w8 - b8).abs().amax(1) <= w8.abs().amax(1) / 254 + 1e-7).all()
     torch.testing.assert_close(back[0].bias, m[0].bias.half().float(), rtol=0, atol=0)
     big = {k: v.half() for k, v in m.state_dict().items()}
     write_tensors(tmp_path / "half.safetensors", big, {})

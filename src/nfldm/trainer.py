@@ -1155,7 +1155,7 @@ class Trainer:
 INT8_SCALE = "::int8_scale"      # key suffix of a weight's per-output-channel scale (int8_weights)
 INT4_SCALE = "::int4_scale"      # key suffix of a weight's per-group scales (int4_weights)
 INT4_SHAPE = "::int4_shape"      # key suffix of a 4-bit weight's shape (int4_weights)
-INT4_GROUP = 64                  # weights per scale (along the input dims) in int4_weights
+INT4_GROUP = 32                  # weights per scale (along the input dims) in int4_weights
 
 
 def half_weights(tensors: dict[str, torch.Tensor], params: set[str]) -> dict[str, torch.Tensor]:
@@ -1182,21 +1182,24 @@ def int8_weights(tensors: dict[str, torch.Tensor], params: set[str], min_numel: 
 
 
 def int4_weights(tensors: dict[str, torch.Tensor], params: set[str], group: int = INT4_GROUP,
-                 min_numel: int = 1024) -> dict[str, torch.Tensor]:
+                 min_numel: int = 1024, only: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """``tensors`` (a state dict) for a model.safetensors written with metadata dtype "int4": each
-    floating parameter in ``params`` with >= 2 dims and >= ``min_numel`` values, flattened to
-    out x K, is cut into groups of ``group`` values along K (zero-padded), each group stored as
-    4-bit codes ``q`` in -7..7 with one float16 scale ``s = max |w| / 7`` (``w ~ q * s``,
-    symmetric), two codes a byte: uint8 out x ceil(K / group) * group / 2 (key), float16 scales out
-    x ceil(K / group) (key + INT4_SCALE), the shape as int64 (key + INT4_SHAPE). The other
-    parameters as float16, buffers as they are. About a quarter of float16's bytes (0.53 bytes a
-    weight at group 64); :func:`load_model_weights` reads such a file back in float32."""
+    floating parameter in ``params`` with >= 2 dims and >= ``min_numel`` values (and, with
+    ``only``, whose name it accepts), flattened to out x K, is cut into groups of ``group`` values
+    along K (zero-padded), each group stored as 4-bit codes ``q`` in -7..7 with one float16 scale
+    ``s = max |w| / 7`` (``w ~ q * s``, symmetric), two codes a byte: uint8 out x ceil(K / group) *
+    group / 2 (key), float16 scales out x ceil(K / group) (key + INT4_SCALE), the shape as int64
+    (key + INT4_SHAPE). Such parameters that ``only`` refuses are stored in 8 bits as
+    :func:`int8_weights` stores them; the other parameters as float16, buffers as they are. About
+    0.56 bytes a 4-bit weight at group 32; :func:`load_model_weights` reads such a file back in
+    float32."""
     if group < 2 or group % 2:
         raise ValueError(f"int4 group {group}: must be even and >= 2")
     big = {k for k, v in tensors.items()
            if k in params and v.is_floating_point() and v.dim() >= 2 and v.numel() >= min_numel}
-    out = half_weights({k: v for k, v in tensors.items() if k not in big}, params)
-    for k in big:
+    four = {k for k in big if only is None or only(k)}
+    out = int8_weights({k: v for k, v in tensors.items() if k not in four}, params - four, min_numel=min_numel)
+    for k in four:
         w = tensors[k].detach().float().flatten(1)                                     # (out, K)
         n_out, K = w.shape
         G = -(-K // group)
@@ -1282,8 +1285,8 @@ def load_model_weights(run_dir: str | os.PathLike, model: nn.Module, prefer_ema:
             tensors, meta = read_tensors(final, CheckpointError)
             if meta.get("dtype") == "int8":
                 tensors = _from_int8(tensors, final)
-            elif meta.get("dtype") == "int4":
-                tensors = _from_int4(tensors, final)
+            elif meta.get("dtype") == "int4":            # 4-bit weights beside 8-bit ones
+                tensors = _from_int8(_from_int4(tensors, final), final)
             _load_module(model, tensors, "", final, "model")
             return {"path": str(final), "step": step, "ema": ema}
     if not _has_checkpoint(run_dir):

@@ -15,8 +15,11 @@ kernels as int8 with one float32 scale per output channel, metadata dtype "int8"
 :func:`nfldm.trainer.load_model_weights` reads back in float32: half the bytes of float16, for a
 wider level within the bundle's size (measured on the 96 / 192 BEV psi_c: the same samples'
 FID / LPIPS within 0.15 / 0.001 of float16's, docs/notes/2026-12-06-wide-psi-c-in-8-bits.md),
-or in 4 bits (``int4``: 4-bit codes with a float16 scale per 64 weights of an output channel,
-:func:`nfldm.trainer.int4_weights`, metadata dtype "int4"; a quarter of float16's bytes).
+or in 4 bits (``int4``: the U-Net's blocks as 4-bit codes with a float16 scale per 32 weights of
+an output channel, :func:`nfldm.trainer.int4_weights`, its stem, head, embeddings and map encoder
+in 8 bits; metadata dtype "int4"; 0.29 of float16's bytes). On the 96 / 192 BEV psi_c every
+weight in 4 bits raised the held-out loss by 9 %, the blocks alone by 2 %
+(docs/notes/2026-12-07-psi-c-in-4-bits-and-a-wheel-without-its-maps.md).
 
 The levels' configs name the latent-ae and the scene-ae by paths relative to BUNDLE and carry
 the weights hashes of the float16-rounded weights, so :func:`nfldm.pipeline.generate.load_pipeline`
@@ -43,6 +46,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -142,7 +146,10 @@ def add_image_prior(bundle: str | os.PathLike, prior_run: str | os.PathLike, met
     return info
 
 
-_STORE = {16: ("float16", half_weights), 8: ("int8", int8_weights), 4: ("int4", int4_weights)}
+#: the weights a level stores in 4 bits: its U-Net's down, mid and up blocks (the rest in 8 bits)
+INT4_BLOCKS = re.compile(r"net\.unet\.(down_blocks|up_blocks|mid_block)\.")
+_STORE = {16: ("float16", half_weights), 8: ("int8", int8_weights),
+          4: ("int4", lambda sd, params: int4_weights(sd, params, only=lambda k: bool(INT4_BLOCKS.match(k))))}
 
 
 def _save_half(model: torch.nn.Module, run_dir: Path, step, int8: bool = False, bits: int | None = None) -> int:
