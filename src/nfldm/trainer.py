@@ -1218,7 +1218,7 @@ def _from_int4(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.
     a packed weight's codes, scales and shape do not fit together)."""
     out = {}
     for k, v in tensors.items():
-        if k.endswith(INT4_SCALE) or k.endswith(INT4_SHAPE):
+        if k.endswith((INT4_SCALE, INT4_SHAPE)):
             continue
         scale, shape = tensors.get(k + INT4_SCALE), tensors.get(k + INT4_SHAPE)
         if scale is None and shape is None:

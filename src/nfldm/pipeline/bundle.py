@@ -60,8 +60,7 @@ from nfldm.pipeline.load import load_stages, recorded_run
 from nfldm.runs import weights_hash
 from nfldm.scene_ae.load import encoder_hash, load_scene_ae, makes_voxels_of
 from nfldm.trainer import (CONFIG_FILE, MODEL_INFO, MODEL_WEIGHTS, half_weights, int4_weights, int8_weights,
-                           load_model_weights,
-                           read_run_config)
+                           load_model_weights, read_run_config)
 from nfldm.utils.io import atomic_write_bytes, atomic_write_json, write_tensors
 
 BUNDLE_FILE = "bundle.json"
@@ -156,8 +155,9 @@ def _save_half(model: torch.nn.Module, run_dir: Path, step, int8: bool = False, 
     """Parameters as float16, buffers (statistics, codebooks' counters) as they are; returns
     the size of the weights file in bytes. ``int8`` (``bits`` 8): the weight matrices and kernels
     as int8 with per-output-channel scales (:func:`nfldm.trainer.int8_weights`; half the bytes);
-    ``bits`` 4: as 4-bit codes with per-group scales (:func:`nfldm.trainer.int4_weights`; a quarter
-    of the bytes); for the diffusion levels only (the auto-encoders' weights hashes name their
+    ``bits`` 4: the U-Net's blocks (INT4_BLOCKS) as 4-bit codes with per-group scales, the other
+    weight matrices in 8 bits (:func:`nfldm.trainer.int4_weights`; about 0.3 of the bytes); for the
+    diffusion levels only (the auto-encoders' weights hashes name their
     float16 values)."""
     bits = bits or (8 if int8 else 16)
     if bits not in _STORE:
@@ -211,8 +211,9 @@ def _card(info: dict) -> str:
              "(stage 1), latent auto-encoder (stage 2) and the three latent diffusion levels psi_g, "
              "psi_c, psi_f (stage 3), trained on ViZDoom scenes of the Freedoom maps that the vizdoom "
              "package ships. Parameters are stored as float16 (buffers as trained), those of levels "
-             "\"in 8 bits\" (below) as int8 with a scale per output channel, those \"in 4 bits\" as "
-             "4-bit codes with a float16 scale per 64 weights of an output channel.", "",
+             "\"in 8 bits\" (below) as int8 with a scale per output channel; levels \"in 4 bits\" have "
+             "their U-Net's blocks as 4-bit codes with a float16 scale per 32 weights of an output "
+             "channel and their other weight matrices in 8 bits.", "",
              f"- Parameters: {info['params']:,} ({info['bytes'] / 2**20:.1f} MiB on disk)",
              "- Training steps: " + ", ".join(f"{k} {v}" for k, v in info["steps"].items())]
     if info.get("int8"):
@@ -234,8 +235,9 @@ def _card(info: dict) -> str:
     if card.get("time"):
         lines += [f"- Time: {card['time']}"]
     for r in card.get("retrained", []):     # levels replaced after the bundle was made (replace_levels)
+        bits = ", weights in 8 bits" if r.get("int8") else ", weights in 4 bits" if r.get("int4") else ""
         lines += [f"- Retrained after: {', '.join(r['levels'])} from `{r['run']}` (steps "
-                  + ", ".join(f"{k} {v}" for k, v in r["steps"].items()) + ")" + (", weights in 8 bits" if r.get("int8") else "") + (", weights in 4 bits" if r.get("int4") else "")
+                  + ", ".join(f"{k} {v}" for k, v in r["steps"].items()) + ")" + bits
                   + (f": {r['note']}" if r.get("note") else "")]
     if card.get("metrics"):
         lines += ["", "## Metrics (test split: maps not seen in training)", ""]
@@ -356,8 +358,8 @@ def _ldm_on_bundle(bundle: Path, ldm_run: Path) -> tuple[dict, dict]:
 def _save_bundle_level(rc: dict, model: LevelDiffusion, step, dest: Path, hashes: dict, prefix: str,
                        int8: bool = False, bits: int | None = None) -> int:
     """A level (its run config ``rc``, trained ``model`` at ``step``) into the bundle folder ``dest``
-    in float16 (``int8``: 8 bits; ``bits``: 16, 8 or 4, :func:`_save_half`), its config naming the bundle's scene-ae and
-    latent-ae as ``prefix`` + their folder (relative to ``dest``) with their ``hashes``; returns the
+    in float16 (``int8``: 8 bits; ``bits``: 16, 8 or 4, :func:`_save_half`), its config naming the
+    bundle's scene-ae and latent-ae as ``prefix`` + their folder (relative to ``dest``) with their ``hashes``; returns the
     weights' bytes."""
     rc = copy.deepcopy(rc)
     for key in ("scene_ae", "latent_ae"):
@@ -413,10 +415,11 @@ def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels
     every other part stay byte for byte. ``part``: replace levels of BUNDLE/``part`` (e.g. "bev",
     the BEV-conditioned levels of :func:`add_levels`) instead. ``int8``: store the new levels'
     weight matrices and kernels in 8 bits (:func:`nfldm.trainer.int8_weights`), for a wider level
-    within the bundle's size; ``int4``: in 4 bits (:func:`nfldm.trainer.int4_weights`). bundle.json's
-    "int8" / "int4" lists (of the bundle or of ``part``) follow the new levels' storage. The whole pipeline is checked to load before the old levels are
-    removed (on a failure they are put back). ``note`` (what was retrained and why) joins the model
-    card's ``retrained`` list with the levels, the run and their steps. Returns bundle.json."""
+    within the bundle's size; ``int4``: their U-Net's blocks in 4 bits (:func:`_save_half`).
+    bundle.json's "int8" / "int4" lists (of the bundle or of ``part``) follow the new levels'
+    storage. The whole pipeline is checked to load before the old levels are removed (on a failure
+    they are put back). ``note`` (what was retrained and why) joins the model card's ``retrained``
+    list with the levels, the run and their steps. Returns bundle.json."""
     bundle, ldm_run = Path(bundle), Path(ldm_run)
     if int8 and int4:
         raise ValueError("int8 and int4: a level is stored in one of them")
