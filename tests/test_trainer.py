@@ -17,8 +17,8 @@ import torch
 from ddp_worker import ToyDataset, ToyModel, ddp_config, run_one_step
 from safetensors.torch import load_file
 
-from nfldm.trainer import (INT4_SCALE, INT4_SHAPE, INT8_SCALE, CheckpointError, GlobalBatchSampler, TrainConfig, Trainer, int4_weights, int8_weights,
-                           load_model_weights, lr_at, read_run_config)
+from nfldm.trainer import (INT4_SCALE, INT4_SHAPE, INT8_SCALE, CheckpointError, GlobalBatchSampler, TrainConfig,
+                           Trainer, int4_weights, int8_weights, load_model_weights, lr_at, read_run_config)
 
 REPO = Path(__file__).resolve().parents[1]
 

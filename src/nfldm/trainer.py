@@ -1164,14 +1164,21 @@ def half_weights(tensors: dict[str, torch.Tensor], params: set[str]) -> dict[str
     return {k: v.half() if k in params and v.is_floating_point() else v for k, v in tensors.items()}
 
 
+def _quantisable(tensors: dict[str, torch.Tensor], params: set[str], min_numel: int) -> set[str]:
+    """The names of the floating parameters in ``params`` with >= 2 dims and >= ``min_numel``
+    values: the weight matrices and kernels that :func:`int8_weights` / :func:`int4_weights` store
+    in fewer bits."""
+    return {k for k, v in tensors.items()
+            if k in params and v.is_floating_point() and v.dim() >= 2 and v.numel() >= min_numel}
+
+
 def int8_weights(tensors: dict[str, torch.Tensor], params: set[str], min_numel: int = 1024) -> dict[str, torch.Tensor]:
     """``tensors`` (a state dict) for a model.safetensors written with metadata dtype "int8": each
     floating parameter in ``params`` with >= 2 dims and >= ``min_numel`` values as int8 ``q`` with
     a float32 per-output-channel scale ``s`` (key + INT8_SCALE; ``w ~ q * s``, symmetric, ``s =
     max |w| / 127`` over the other dims), the other parameters as float16, buffers as they are.
     :func:`load_model_weights` reads such a file back in float32."""
-    big = {k for k, v in tensors.items()
-           if k in params and v.is_floating_point() and v.dim() >= 2 and v.numel() >= min_numel}
+    big = _quantisable(tensors, params, min_numel)
     out = half_weights({k: v for k, v in tensors.items() if k not in big}, params)
     for k in big:
         w = tensors[k].detach().float()
@@ -1195,9 +1202,7 @@ def int4_weights(tensors: dict[str, torch.Tensor], params: set[str], group: int 
     float32."""
     if group < 2 or group % 2:
         raise ValueError(f"int4 group {group}: must be even and >= 2")
-    big = {k for k, v in tensors.items()
-           if k in params and v.is_floating_point() and v.dim() >= 2 and v.numel() >= min_numel}
-    four = {k for k in big if only is None or only(k)}
+    four = {k for k in _quantisable(tensors, params, min_numel) if only is None or only(k)}
     out = int8_weights({k: v for k, v in tensors.items() if k not in four}, params - four, min_numel=min_numel)
     for k in four:
         w = tensors[k].detach().float().flatten(1)                                     # (out, K)

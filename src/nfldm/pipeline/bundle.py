@@ -152,15 +152,14 @@ _STORE = {16: ("float16", half_weights), 8: ("int8", int8_weights),
           4: ("int4", lambda sd, params: int4_weights(sd, params, only=lambda k: bool(INT4_BLOCKS.match(k))))}
 
 
-def _save_half(model: torch.nn.Module, run_dir: Path, step, int8: bool = False, bits: int | None = None) -> int:
+def _save_half(model: torch.nn.Module, run_dir: Path, step, bits: int = 16) -> int:
     """Parameters as float16, buffers (statistics, codebooks' counters) as they are; returns
-    the size of the weights file in bytes. ``int8`` (``bits`` 8): the weight matrices and kernels
-    as int8 with per-output-channel scales (:func:`nfldm.trainer.int8_weights`; half the bytes);
-    ``bits`` 4: the U-Net's blocks (INT4_BLOCKS) as 4-bit codes with per-group scales, the other
-    weight matrices in 8 bits (:func:`nfldm.trainer.int4_weights`; about 0.3 of the bytes); for the
-    diffusion levels only (the auto-encoders' weights hashes name their
-    float16 values)."""
-    bits = bits or (8 if int8 else 16)
+    the size of the weights file in bytes. ``bits`` 8: the weight matrices and kernels as int8
+    with per-output-channel scales (:func:`nfldm.trainer.int8_weights`; half the bytes); ``bits``
+    4: the U-Net's blocks (INT4_BLOCKS) as 4-bit codes with per-group scales, the other weight
+    matrices in 8 bits (:func:`nfldm.trainer.int4_weights`; about 0.3 of the bytes). Fewer than
+    16 bits for the diffusion levels only (the auto-encoders' weights hashes name their float16
+    values)."""
     if bits not in _STORE:
         raise ValueError(f"bits {bits}: a level is stored in 16, 8 or 4 bits")
     dtype, store = _STORE[bits]
@@ -357,16 +356,16 @@ def _ldm_on_bundle(bundle: Path, ldm_run: Path) -> tuple[dict, dict]:
 
 
 def _save_bundle_level(rc: dict, model: LevelDiffusion, step, dest: Path, hashes: dict, prefix: str,
-                       int8: bool = False, bits: int | None = None) -> int:
+                       bits: int = 16) -> int:
     """A level (its run config ``rc``, trained ``model`` at ``step``) into the bundle folder ``dest``
-    in float16 (``int8``: 8 bits; ``bits``: 16, 8 or 4, :func:`_save_half`), its config naming the
-    bundle's scene-ae and latent-ae as ``prefix`` + their folder (relative to ``dest``) with their ``hashes``; returns the
-    weights' bytes."""
+    in ``bits`` 16 (float16), 8 or 4 (:func:`_save_half`), its config naming the bundle's scene-ae
+    and latent-ae as ``prefix`` + their folder (relative to ``dest``) with their ``hashes``; returns
+    the weights' bytes."""
     rc = copy.deepcopy(rc)
     for key in ("scene_ae", "latent_ae"):
         rc[key] = {**rc[key], "run": f"{prefix}{key}", "weights_hash": hashes[key], "trained_run": str(rc[key]["run"])}
     atomic_write_json(dest / CONFIG_FILE, rc)
-    return _save_half(model, dest, step, int8=int8, bits=bits)
+    return _save_half(model, dest, step, bits=bits)
 
 
 def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str = BEV_LEVELS,
@@ -389,7 +388,7 @@ def add_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, name: str 
         (tmp / lv).mkdir()
         steps[lv] = ldm["steps"][lv]
         size += _save_bundle_level(read_run_config(ldm_run / lv), ldm["models"][lv], steps[lv], tmp / lv, hashes, "../",
-                                   int8=lv in int8_levels)
+                                   bits=8 if lv in int8_levels else 16)
     sub = {"format": BUNDLE_FORMAT, "version": 1, "levels_of": "..", "source": str(ldm_run.resolve()), "steps": steps}
     if info.get("renderer"):
         sub["renderer"] = f"../{info['renderer']}"
@@ -470,20 +469,17 @@ def replace_levels(bundle: str | os.PathLike, ldm_run: str | os.PathLike, levels
     for lv in levels:
         shutil.rmtree(home / (lv + ".old"))
     new_params = sum(p.numel() for m in models.values() for p in m.parameters()) - old_params
+    entry = info["levels"][part] if part else info          # the steps, bytes and storage lists to update
     if part:
         sub = json.loads((home / BUNDLE_FILE).read_text())
         sub["steps"].update(steps)
         atomic_write_json(home / BUNDLE_FILE, sub)
-        entry = info["levels"][part]
-        entry["steps"].update(steps)
-        entry["bytes"] += sum(new_bytes.values()) - sum(old_bytes.values())
     else:
-        info["steps"].update(steps)
-        info["bytes"] += sum(new_bytes.values()) - sum(old_bytes.values())
         info["params"] += new_params
+    entry["steps"].update(steps)
+    entry["bytes"] += sum(new_bytes.values()) - sum(old_bytes.values())
     done = {"levels": [f"{part}/{lv}" if part else lv for lv in levels], "run": str(ldm_run.resolve()),
             "steps": steps, "note": note}
-    entry = info["levels"][part] if part else info
     for key, b in (("int8", 8), ("int4", 4)):      # which levels are stored in how many bits
         kept_lv = [lv for lv in entry.get(key, []) if lv not in levels]
         now = kept_lv + (list(levels) if bits == b else [])
@@ -525,7 +521,8 @@ def export_bundle(ldm_run: str | os.PathLike, dest: str | os.PathLike, card: dic
         step = json.loads((run / MODEL_INFO).read_text()).get("step") if (run / MODEL_INFO).exists() else None
         steps[name] = step if step is not None else pipe["steps"].get(name)
         atomic_write_json(tmp / name / CONFIG_FILE, rc)
-        total_bytes += _save_half(model, tmp / name, steps[name], int8=name in levels and name in int8_levels)
+        bits = 8 if name in levels and name in int8_levels else 16
+        total_bytes += _save_half(model, tmp / name, steps[name], bits=bits)
         params += sum(p.numel() for p in model.parameters())
     # the levels name the auto-encoders relative to the bundle, with the hashes of the rounded weights
     hashes = {"scene_ae": weights_hash(load_scene_ae(tmp / "scene_ae", "cpu")),
