@@ -394,6 +394,80 @@ def test_denoise_from_a_start_skips_the_steps_above_t0():
         denoise(model, 2, {}, None, 1.0, "ddim", 10, torch.Generator().manual_seed(1), start=(x0, ts[-1] - 1))
 
 
+@pytest.mark.parametrize("level", ["c", "f"])
+def test_self_conditioning_trains_on_its_first_pass_and_samples_on_its_last_step(level, tmp_path):
+    """self_cond: psi_c / psi_f read their previous x0 estimate as channels appended last. In training
+    a first pass without gradients gives it (for a share self_cond_prob of the samples, zeros for the
+    rest); a level without it widens to one exactly (zero weights on the new inputs); sampling hands
+    every step the x0 estimate of the previous step's output, and the first step zeros."""
+    from safetensors.torch import save_file
+
+    from nfldm.ldm.config import run_model_config
+    from nfldm.ldm.sample import denoise
+    from nfldm.ldm.train import init_level_from
+    from nfldm.utils.io import atomic_write_json
+
+    torch.manual_seed(0)
+    base_cfg = smoke_cfg(level)
+    cfg = replace(base_cfg, self_cond=True, self_cond_prob=1.0)
+    base, model = LevelDiffusion(base_cfg), LevelDiffusion(cfg)
+    randomise_zero_init(base)
+    extra = model.self_cond_channels
+    assert extra == (model.c_folded if level == "c" else cfg.f_shape[0])
+    assert model.net.unet.conv_in.in_channels == base.net.unet.conv_in.in_channels + extra
+    assert LevelDiffusion(smoke_cfg("g", self_cond=True)).self_cond_channels == 0
+    assert "self_cond" not in run_model_config(base_cfg)          # older runs resume and hash as before
+
+    # widened from a level without it: the same predictions, whatever the estimate
+    run = tmp_path / "run"
+    (run / level).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(run / level / "model.safetensors"))
+    atomic_write_json(run / level / "config.json", {"stage": "ldm", "level": level, "model": run_model_config(base_cfg)})
+    rec = init_level_from(model, run, None)
+    assert rec["widened"] == ["net.unet.conv_in.weight"] and not rec["fresh"]
+    batch = batch_for(cfg, 2)
+    x, t = torch.randn(model.sample_shape(2)), torch.tensor([100, 800])
+    ctx = model.context(batch)
+    tok = model.tokens(None, 2)
+    with torch.no_grad():
+        ref = base.predict(x, t, ctx, tok)
+        assert torch.allclose(model.predict(x, t, ctx, tok), ref, atol=1e-5)
+        assert torch.allclose(model.predict(x, t, {**ctx, "x0_prev": torch.randn_like(x)}, tok), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="x0_prev"):
+        model.predict(x, t, {**ctx, "x0_prev": torch.randn(1, 2)}, tok)
+
+    # training: the second pass gets the first pass's x0 estimate, and gradients flow through it only
+    randomise_zero_init(model, seed=1)
+    calls = []
+    predict = model.predict
+
+    def spy(x_t, tt, c, tokens):
+        out = predict(x_t, tt, c, tokens)
+        calls.append((x_t, tt, c.get("x0_prev"), out.detach(), torch.is_grad_enabled()))
+        return out
+
+    model.predict = spy
+    loss, _ = model.training_loss(batch, 0)
+    loss.backward()
+    assert len(calls) == 2 and calls[0][2] is None and not calls[0][4] and calls[1][4]
+    assert torch.allclose(calls[1][2], predicted_x0(model, calls[0][3].float(), calls[0][0], calls[0][1]))
+    assert torch.isfinite(loss) and model.net.unet.conv_in.weight.grad[:, -extra:].abs().sum() > 0
+    calls.clear()
+    model.cfg = replace(cfg, self_cond_prob=0.0)
+    model.training_loss(batch, 0)
+    assert len(calls) == 1 and calls[0][2] is None
+    model.cfg = cfg
+
+    # sampling: each step gets the previous step's estimate
+    model.eval()
+    seen = []
+    denoise(model, 2, ctx, None, 1.0, "ddim", 5, torch.Generator().manual_seed(0),
+            on_step=lambda tt, xt, out: seen.append((tt, xt, out)))
+    assert len(calls) == 1 + 5 and calls[1][2] is None
+    for (tt, xt, out), call in zip(seen[:-1], calls[2:]):
+        assert torch.allclose(call[2], predicted_x0(model, out.float(), xt.float(), tt), atol=1e-6)
+
+
 def test_config_round_trip_and_tiny_preset_sizes():
     for name in ("smoke", "tiny", "small", "paper"):
         p = preset(name)

@@ -80,6 +80,13 @@ class LDMConfig:
     # the composition, which hands its steps below train_t_from to another level when sampling (the
     # default hand-over of ``nfldm sample --bev`` gives t < 250 to the unconditional psi_c)
     train_t_from: int = 0
+    # opt-in self-conditioning for psi_c / psi_f (Chen, Zhang & Hinton 2023, "Analog Bits"): the
+    # denoiser also takes its own x0 estimate of the previous sampling step (channels appended last
+    # to its input; zeros at the first step). In training, for a share ``self_cond_prob`` of the
+    # samples, a first pass without gradients gives the estimate that the second pass then takes;
+    # the others get zeros, so the level also denoises without one. Ignored by psi_g
+    self_cond: bool = False
+    self_cond_prob: float = 0.5
     # condition tokens through cross-attention (classifier-free guidance)
     cond_dim: int = 0                    # width of the condition tokens in the data; 0 = none
     cross_attention_dim: int = 64        # width of the tokens inside the denoiser
@@ -179,6 +186,8 @@ class LDMConfig:
             raise ValueError(f"input_perturbation must be in [0, 1), got {self.input_perturbation}")
         if not 0.0 <= self.g_drop_prob < 1.0:
             raise ValueError(f"g_drop_prob must be in [0, 1), got {self.g_drop_prob}")
+        if not 0.0 <= self.self_cond_prob <= 1.0:
+            raise ValueError(f"self_cond_prob must be in [0, 1], got {self.self_cond_prob}")
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
         for ch in self.block_out_channels:
@@ -344,7 +353,8 @@ ADDED_FIELDS = {"g_with_traj": False, "traj_map": False, "traj_map_hfov": 90.0, 
                 "bev": False, "bev_size": 64, "bev_tokens": True, "bev_maps": True, "bev_width": 32,
                 "bev_map_channels": 8, "bev_look": False, "bev_look_drop": 0.2,
                 "high_t_share": 0.0, "high_t_from": 900, "scene_look": False, "scene_look_drop": 0.2,
-                "look_mean": (), "look_std": (), "train_t_below": 0, "train_t_from": 0}
+                "look_mean": (), "look_std": (), "train_t_below": 0, "train_t_from": 0,
+                "self_cond": False, "self_cond_prob": 0.5}
 
 
 def run_model_config(cfg: LDMConfig) -> dict:

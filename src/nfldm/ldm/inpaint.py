@@ -76,6 +76,7 @@ def repaint(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, k
     noise = lambda: torch.randn(shape, generator=gen).to(dev)     # noqa: E731
     x = noise()
     walk = repaint_schedule(steps, jump, resample)
+    x0 = None                                     # the last x0 estimate (self-conditioned levels)
     for k, k2 in tqdm(walk, desc=desc, disable=not progress, leave=False):
         if k2 < k:                                    # back up: q(x_t | x_t')
             r = ab(k2) / ab(k)
@@ -84,7 +85,8 @@ def repaint(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, k
         a = ab(k)
         x = torch.where(keep, math.sqrt(a) * values + math.sqrt(1 - a) * noise(), x)
         t = ts[k].to(dev)
-        out = guided_prediction(model, x, t, ctx, cond, guidance, look_guidance=look_guidance).float()
+        sc = {**ctx, "x0_prev": x0} if model.self_cond_channels and x0 is not None else ctx
+        out = guided_prediction(model, x, t, sc, cond, guidance, look_guidance=look_guidance).float()
         x0 = predicted_x0(model, out, x, t)
         if k2 >= steps:
             x = x0

@@ -327,13 +327,18 @@ class LevelDiffusion(nn.Module):
         self.bev = None
         if cfg.bev:
             self.bev = BEVEncoder(cfg, self.map_size if cfg.bev_maps else None)
+        # self-conditioning: the level's own previous x0 estimate, appended last to the input
+        self.self_cond_channels = 0 if self.level == "g" or not cfg.self_cond else (
+            self.c_folded if self.level == "c" else f_ch)
         if self.level == "g":
             self.net = GDenoiser(cfg.g_dim + cfg.traj_dim + cfg.scene_look_dim, cfg.mlp_width, cfg.mlp_blocks,
                                  cfg.cross_attention_dim, cfg.mlp_heads)
         elif self.level == "c":
-            self.net = UNetDenoiser(self.c_folded + cfg.map_channels, self.c_folded, (Xc, Yc), cfg)
-        else:
-            self.net = UNetDenoiser(f_ch + self.c_folded + cfg.map_channels, f_ch, (X, Y), cfg)
+            self.net = UNetDenoiser(self.c_folded + cfg.map_channels + self.self_cond_channels, self.c_folded,
+                                    (Xc, Yc), cfg)
+        elif self.level == "f":
+            self.net = UNetDenoiser(f_ch + self.c_folded + cfg.map_channels + self.self_cond_channels, f_ch,
+                                    (X, Y), cfg)
         self.scheduler = make_train_scheduler(cfg)
         # DDP: the null token / condition projection are unused in some batches
         self.ddp_find_unused_parameters = cfg.cond_dim > 0 or cfg.bev
@@ -398,11 +403,20 @@ class LevelDiffusion(nn.Module):
         return ctx
 
     def predict(self, x: Tensor, t: Tensor, ctx: dict, tokens: Tensor) -> Tensor:
-        """Model output (v, epsilon or x0 per ``prediction_type``) for noisy x at timesteps t (B)."""
+        """Model output (v, epsilon or x0 per ``prediction_type``) for noisy x at timesteps t (B).
+        A self-conditioned level (``self_cond``) also reads ``ctx["x0_prev"]`` (the shape of x: its
+        x0 estimate of the previous sampling step; zeros when absent)."""
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         if self.level == "g":
             return self.net(x, t, tokens)
+        x0_prev = None
+        if self.self_cond_channels:
+            x0_prev = ctx.get("x0_prev")
+            if x0_prev is None:
+                x0_prev = torch.zeros_like(x)
+            elif x0_prev.shape != x.shape:
+                raise ValueError(f"x0_prev must have the shape of x {tuple(x.shape)}, got {tuple(x0_prev.shape)}")
         if self.level == "f":
             c = F.interpolate(ctx["c"].to(x.dtype), scale_factor=self.c_up, mode="nearest")
             x = torch.cat([x, c], 1)
@@ -413,6 +427,8 @@ class LevelDiffusion(nn.Module):
                 raise ValueError("this level takes BEV maps (bev_maps) but none were given; build them with "
                                  "LevelDiffusion.condition")
             x = torch.cat([x, ctx["bev_maps"].to(x.dtype)], 1)
+        if x0_prev is not None:
+            x = torch.cat([x, x0_prev.to(x.dtype)], 1)
         return self.net(x, t, self.global_vector(ctx), tokens)
 
     def condition(self, cond: Tensor | None, batch: int, drop: Tensor | None = None,
@@ -560,6 +576,13 @@ class LevelDiffusion(nn.Module):
             ctx["look_keep"] = (torch.rand(B, device=x0.device) >= self.cfg.scene_look_drop).float()
         if self.cfg.g_drop_prob > 0 and self.global_vector(ctx) is not None:
             ctx["g_keep"] = (torch.rand(B, device=x0.device) >= self.cfg.g_drop_prob).float()
+        if self.self_cond_channels and self.cfg.self_cond_prob > 0:
+            # self-conditioning (Analog Bits): a share of the samples gets the x0 estimate of a first
+            # pass without gradients, the rest zeros (the first sampling step's input)
+            with torch.no_grad():
+                first = predicted_x0(self, self.predict(x_t, t, ctx, tokens).float(), x_t, t)
+            keep = (torch.rand(B, device=x0.device) < self.cfg.self_cond_prob).to(first.dtype)
+            ctx["x0_prev"] = first * keep.reshape(-1, *([1] * (first.dim() - 1)))
         out = self.predict(x_t, t, ctx, tokens).float()
         if self.cfg.prediction_type == "v_prediction":
             tgt = self.scheduler.get_velocity(x0, noise, t)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from nfldm.latent_ae.model import fold
 from nfldm.ldm.data import LatentStats, unfold_c
-from nfldm.ldm.model import SAMPLERS, LevelDiffusion, guided_prediction, make_sampler
+from nfldm.ldm.model import SAMPLERS, LevelDiffusion, guided_prediction, make_sampler, predicted_x0
 from nfldm.ldm.trajectory import decode_trajectory, interpolate_path
 
 __all__ = ["denoise", "level_guidance", "sample_latents", "render_path"]
@@ -59,6 +59,9 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     pure noise (SDEdit, Meng et al. 2022; x0 of shape ``model.sample_shape(batch)``): the steps
     above t0 are skipped.
 
+    A self-conditioned level (``self_cond``; also ``low`` or ``guide``) is given the x0 estimate
+    that the previous step's (guided) output implies; zeros at the first step.
+
     ``low`` = (model, its context, t1): another denoiser of the same level and parameterisation
     takes the steps whose timestep t < t1 (a hand-over between denoisers by noise level, as
     eDiff-I's expert denoisers, Balaji et al. 2022: e.g. a map-conditioned level sets the layout
@@ -91,6 +94,11 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
         guide_cond, guide_guidance = (cond, guidance) if same else (None, 1.0)
     if low is not None:
         alike = low[0].cfg.bev == model.cfg.bev and low[0].cfg.cond_dim == model.cfg.cond_dim
+    prev = None                        # the previous step's x0 estimate, for self-conditioned levels
+
+    def with_prev(m: LevelDiffusion, c: dict) -> dict:
+        return {**c, "x0_prev": prev} if m.self_cond_channels and prev is not None else c
+
     for t in tqdm(timesteps, desc=desc, disable=not progress, leave=False):
         if known is not None:
             noise = torch.randn(x.shape, generator=generator).to(dev, x.dtype)
@@ -98,15 +106,18 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
         inp = sched.scale_model_input(x, t)
         use_low = low is not None and int(t) < low[2]
         if use_low:
-            out = guided_prediction(low[0], inp, t.to(dev), low[1], cond if alike else None,
+            out = guided_prediction(low[0], inp, t.to(dev), with_prev(low[0], low[1]), cond if alike else None,
                                     guidance if alike else 1.0, g_guidance,
                                     look_guidance if alike and int(t) >= look_from else 1.0)
         else:
-            out = guided_prediction(model, inp, t.to(dev), ctx, cond, guidance, g_guidance,
+            out = guided_prediction(model, inp, t.to(dev), with_prev(model, ctx), cond, guidance, g_guidance,
                                     look_guidance if int(t) >= look_from else 1.0)
         if guide is not None and guide[2] != 1.0 and not use_low:
-            weak = guided_prediction(guide[0], inp, t.to(dev), guide[1], guide_cond, guide_guidance, g_guidance)
+            weak = guided_prediction(guide[0], inp, t.to(dev), with_prev(guide[0], guide[1]), guide_cond,
+                                     guide_guidance, g_guidance)
             out = weak + guide[2] * (out - weak)
+        if model.self_cond_channels or any(m is not None and m[0].self_cond_channels for m in (low, guide)):
+            prev = predicted_x0(low[0] if use_low else model, out.float(), inp.float(), t.to(dev)).to(x.dtype)
         if on_step is not None:
             on_step(t, x, out)
         if sampler == "dpm":
