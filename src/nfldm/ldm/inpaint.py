@@ -85,8 +85,8 @@ def repaint(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, k
         a = ab(k)
         x = torch.where(keep, math.sqrt(a) * values + math.sqrt(1 - a) * noise(), x)
         t = ts[k].to(dev)
-        sc = {**ctx, "x0_prev": x0} if model.self_cond_channels and x0 is not None else ctx
-        out = guided_prediction(model, x, t, sc, cond, guidance, look_guidance=look_guidance).float()
+        out = guided_prediction(model, x, t, model.with_x0_prev(ctx, x0), cond, guidance,
+                                look_guidance=look_guidance).float()
         x0 = predicted_x0(model, out, x, t)
         if k2 >= steps:
             x = x0

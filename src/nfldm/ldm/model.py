@@ -431,6 +431,11 @@ class LevelDiffusion(nn.Module):
             x = torch.cat([x, x0_prev.to(x.dtype)], 1)
         return self.net(x, t, self.global_vector(ctx), tokens)
 
+    def with_x0_prev(self, ctx: dict, x0_prev: Tensor | None) -> dict:
+        """``ctx`` with ``x0_prev`` (a previous x0 estimate, the shape of this level's latent) for a
+        self-conditioned level; ``ctx`` itself otherwise, or when there is no estimate yet."""
+        return {**ctx, "x0_prev": x0_prev} if self.self_cond_channels and x0_prev is not None else ctx
+
     def condition(self, cond: Tensor | None, batch: int, drop: Tensor | None = None,
                   length: int = 1) -> tuple[Tensor, Tensor | None]:
         """What the condition brings into the denoiser: (tokens B x L x dim, BEV maps

@@ -95,10 +95,7 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     if low is not None:
         alike = low[0].cfg.bev == model.cfg.bev and low[0].cfg.cond_dim == model.cfg.cond_dim
     prev = None                        # the previous step's x0 estimate, for self-conditioned levels
-
-    def with_prev(m: LevelDiffusion, c: dict) -> dict:
-        return {**c, "x0_prev": prev} if m.self_cond_channels and prev is not None else c
-
+    track = bool(model.self_cond_channels) or any(m is not None and m[0].self_cond_channels for m in (low, guide))
     for t in tqdm(timesteps, desc=desc, disable=not progress, leave=False):
         if known is not None:
             noise = torch.randn(x.shape, generator=generator).to(dev, x.dtype)
@@ -106,17 +103,17 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
         inp = sched.scale_model_input(x, t)
         use_low = low is not None and int(t) < low[2]
         if use_low:
-            out = guided_prediction(low[0], inp, t.to(dev), with_prev(low[0], low[1]), cond if alike else None,
+            out = guided_prediction(low[0], inp, t.to(dev), low[0].with_x0_prev(low[1], prev), cond if alike else None,
                                     guidance if alike else 1.0, g_guidance,
                                     look_guidance if alike and int(t) >= look_from else 1.0)
         else:
-            out = guided_prediction(model, inp, t.to(dev), with_prev(model, ctx), cond, guidance, g_guidance,
+            out = guided_prediction(model, inp, t.to(dev), model.with_x0_prev(ctx, prev), cond, guidance, g_guidance,
                                     look_guidance if int(t) >= look_from else 1.0)
         if guide is not None and guide[2] != 1.0 and not use_low:
-            weak = guided_prediction(guide[0], inp, t.to(dev), with_prev(guide[0], guide[1]), guide_cond,
+            weak = guided_prediction(guide[0], inp, t.to(dev), guide[0].with_x0_prev(guide[1], prev), guide_cond,
                                      guide_guidance, g_guidance)
             out = weak + guide[2] * (out - weak)
-        if model.self_cond_channels or any(m is not None and m[0].self_cond_channels for m in (low, guide)):
+        if track:
             prev = predicted_x0(low[0] if use_low else model, out.float(), inp.float(), t.to(dev)).to(x.dtype)
         if on_step is not None:
             on_step(t, x, out)
