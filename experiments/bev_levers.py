@@ -2,7 +2,7 @@
 
     python experiments/bev_levers.py sample --out D [--seed S] [--guidance W --guidance-levels c
         --guidance-from T0 --guidance-to T1] [--psi-c RUN/c] [--psi-f RUN/f] [--bundle B]
-        [--psi-c-low RUN/c --low-below T] [--data DATA --max-scenes 32]
+        [--psi-c-low RUN/c --low-below T] [--data DATA --max-scenes 32] [--c-temperature TAU] [--f-temperature TAU]
     python experiments/bev_levers.py oracle SAMPLES [--gain 1.28]
     python experiments/bev_levers.py sheet OUT.png SAMPLES [SAMPLES ...] [--scenes 0 4 8 12]
 
@@ -14,7 +14,8 @@ swapped for another level of the same latent statistics (a run's ``c`` / ``f`` f
 its checkpoint; a level not trained on maps is sampled without the map, e.g. the bundle's own
 unconditional ``f``). ``--psi-c-low``: another c level (same latent statistics) that takes psi_c's
 steps at t < ``--low-below`` (the map-conditioned level sets the layout at high noise, e.g. the
-bundle's unconditional psi_c the detail at low noise). Score the folder with ``nfldm eval generation --samples D --data DATA --split test
+bundle's unconditional psi_c the detail at low noise). ``--c-temperature`` / ``--f-temperature``: psi_c / psi_f
+start from noise of that std (lower-temperature samples). Score the folder with ``nfldm eval generation --samples D --data DATA --split test
 --floor-split none``.
 
 ``oracle``: how much of a sample folder's paired LPIPS against the real frames is brightness and
@@ -65,13 +66,34 @@ def sample(args) -> None:
             return plain_guided(model, x, t, ctx, None, 1.0, g_guidance, look_guidance)
         return plain_guided(model, x, t, ctx, cond, args.guidance if on else 1.0, g_guidance, look_guidance)
 
-    generate.load_pipeline, ls.guided_prediction = load, guided
+    plain_denoise = ls.denoise
+
+    def denoise(model, *a, **k):
+        """psi_f from noise of std ``--f-temperature`` (psi_c's: the library's ``c_temperature``; DPM-Solver++
+        draws no other noise)."""
+        if model.level != "f" or args.f_temperature == 1.0:
+            return plain_denoise(model, *a, **k)
+        real = ls.torch
+
+        class Scaled:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def randn(self, *shape, **kw):
+                return real.randn(*shape, **kw) * args.f_temperature
+        ls.torch = Scaled()
+        try:
+            return plain_denoise(model, *a, **k)
+        finally:
+            ls.torch = real
+
+    generate.load_pipeline, ls.guided_prediction, ls.denoise = load, guided, denoise
     conds = spread(conditions_from(args.data, "test"), args.max_scenes)
     generate.sample(args.bundle, num=1, sampler=args.sampler, steps=20, seed=args.seed, out=args.out, conditions=conds,
                     path_from_scene=True, progress=False, guidance=args.guidance,
                     # --psi-c-low: the library's hand-over (nfldm sample --hand-over T --low-noise-c RUN/c)
                     hand_over=int(args.low_below) if args.psi_c_low else 0, low_noise_c=args.psi_c_low,
-                    look_guidance=args.look_guidance, look_guidance_from=args.look_from)
+                    look_guidance=args.look_guidance, look_guidance_from=args.look_from, c_temperature=args.c_temperature)
 
 
 def oracle(args) -> None:
@@ -170,6 +192,9 @@ def main() -> None:
     s.add_argument("--sampler", default="dpm", help="dpm (the protocol's) or dpm-sde, 20 steps")
     s.add_argument("--data", default="out/release/data")
     s.add_argument("--max-scenes", type=int, default=32)
+    s.add_argument("--c-temperature", type=float, default=None, help="psi_c's starting noise std (default: nfldm "
+                   "sample's with a map, --c-temperature)")
+    s.add_argument("--f-temperature", type=float, default=1.0, help="psi_f's starting noise std (default 1)")
     s.add_argument("--look-guidance", type=float, default=None, help="default: nfldm sample's with a map")
     s.add_argument("--look-from", type=int, default=None, help="look guidance at t >= this only (default: "
                                                                  "nfldm sample's with a map)")

@@ -165,7 +165,7 @@ def test_tokens_only_and_bad_bev_configs():
 
 def test_known_trajectory_is_kept_and_g_follows_it():
     from nfldm.ldm.data import LatentStats
-    from nfldm.ldm.sample import sample_latents
+    from nfldm.ldm.sample import denoise, sample_latents
 
     torch.manual_seed(0)
     models = {lv: LevelDiffusion(bev_cfg(lv)).eval() for lv in ("g", "c", "f")}
@@ -218,6 +218,21 @@ def test_known_trajectory_is_kept_and_g_follows_it():
         sample_latents(models, stats, 2, "ddim", 4, 0, bev=bev, traj=traj, g=g, c=c, c_from=100, progress=False)
     with pytest.raises(ValueError, match="c_from must be"):
         sample_latents(models, stats, 2, "ddim", 2, 0, bev=bev, traj=traj, g=g, c_from=500, progress=False)
+    # a lower temperature at psi_c: its starting noise scaled, psi_g's samples untouched
+    cool = sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, c_temperature=0.5, progress=False)
+    assert torch.equal(cool["g"], plain["g"]) and not torch.allclose(cool["c"], plain["c"], atol=1e-3)
+    assert torch.equal(sample_latents(models, stats, 2, "ddim", 3, 0, bev=bev, traj=traj, c_temperature=1.0,
+                                      progress=False)["c"], plain["c"])
+    starts = {}
+    for tau in (1.0, 0.5):
+        seen = []
+        denoise(models["g"], 2, {}, bev, 1.0, "dpm", 3, torch.Generator().manual_seed(0), temperature=tau,
+                on_step=lambda tt, xt, o: seen.append(xt.clone()))
+        starts[tau] = seen[0]
+    assert torch.allclose(starts[0.5], 0.5 * starts[1.0])
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be in"):
+            denoise(models["g"], 2, {}, bev, 1.0, "dpm", 3, torch.Generator().manual_seed(0), temperature=bad)
     with pytest.raises(ValueError, match="a known c needs a known g"):
         sample_latents(models, stats, 2, "ddim", 2, 0, traj=traj, c=c, progress=False)
     with pytest.raises(ValueError, match="c must be"):

@@ -285,6 +285,7 @@ def test_packaged_model_samples_without_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "b" / "samples.json").read_text())
     assert summary["bev"] is True and summary["look_guidance"] == 3.0 and summary["look_guidance_from"] == 500
+    assert summary["c_temperature"] == 1.0          # psi_c from noise of std 1 (--c-temperature)
     # ... and map guidance 2 at psi_c alone by default; a --guidance given applies to every level
     assert summary["guidance"] == 2.0 and summary["guidance_levels"] == "c"
     # ... and the bundle's unconditional psi_c takes the steps below t = 250

@@ -283,7 +283,7 @@ def cmd_sample(args) -> int:
                  own_latents=args.own_latents, own_g=args.own_g, own_c=args.own_c, look_guidance=args.look_guidance,
                  own_look=args.own_look, look_guidance_from=args.look_guidance_from,
                  guidance_levels=args.guidance_levels, hand_over=args.hand_over, low_noise_c=args.low_noise_c,
-                 own_c_from=args.own_c_from)
+                 own_c_from=args.own_c_from, c_temperature=args.c_temperature)
     print(f"wrote {res['num']} scenes ({args.sampler}, {args.steps} steps, seed {args.seed}) to {args.out}; "
           f"contact sheet {args.out}/{res['contact_sheet']}")
     return 0
@@ -734,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="look guidance only at the diffusion timesteps t >= T (of 1000; the look is settled at high "
                         "noise, guidance at low noise costs FID); default with a map 500 "
                         "nfldm.pipeline.generate.LOOK_GUIDANCE_FROM, else 0 (every step)")
+    p.add_argument("--c-temperature", type=float, default=None, metavar="TAU",
+                   help="psi_c starts from noise of std TAU (a lower-temperature sample below 1); default with a map "
+                        "nfldm.pipeline.generate.MAP_C_TEMPERATURE, else 1")
     p.add_argument("--hand-over", type=int, default=None, metavar="T",
                    help="another c level (--low-noise-c) takes psi_c's steps at the timesteps t < T (of 1000); default "
                         "with --bev and the bundle's levels 250 (nfldm.pipeline.generate.MAP_HAND_OVER: its "

@@ -34,7 +34,7 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
             desc: str = "", on_step=None, g_guidance: float = 1.0, known: tuple[Tensor, Tensor] | None = None,
             guide: tuple[LevelDiffusion, dict, float] | None = None, look_guidance: float = 1.0,
             start: tuple[Tensor, int] | None = None, look_from: int = 0,
-            low: tuple[LevelDiffusion, dict, int] | None = None) -> Tensor:
+            low: tuple[LevelDiffusion, dict, int] | None = None, temperature: float = 1.0) -> Tensor:
     """One level's reverse process from pure noise: standardised latents of shape
     ``model.sample_shape(batch)``. ``generator``: a CPU generator (same noise on any device).
     ``on_step(t, x_t, out)``, if given, sees every step's input and model output before the
@@ -62,6 +62,11 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     A self-conditioned level (``self_cond``; also ``low`` or ``guide``) is given the x0 estimate
     that the previous step's (guided) output implies; zeros at the first step.
 
+    ``temperature``: the starting noise x_T (or SDEdit's noise) is drawn with std ``temperature``
+    instead of 1, the same draws scaled (a lower-temperature sample, as Glow's, Kingma & Dhariwal
+    2018: with DPM-Solver++ or DDIM the ODE from a narrower start; a stochastic sampler's later
+    noise is not scaled).
+
     ``low`` = (model, its context, t1): another denoiser of the same level and parameterisation
     takes the steps whose timestep t < t1 (a hand-over between denoisers by noise level, as
     eDiff-I's expert denoisers, Balaji et al. 2022: e.g. a map-conditioned level sets the layout
@@ -71,6 +76,8 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     only (a high-noise expert) needs ``low`` with t1 >= train_t_from."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 < temperature <= 10:
+        raise ValueError(f"temperature must be in (0, 10], got {temperature}")
     t_from = model.cfg.train_t_from      # a high-noise expert never takes the steps below its band
     if t_from > (int(low[2]) if low is not None else 0):
         raise ValueError(f"level {model.cfg.level} was trained at the timesteps t >= {t_from} only (train_t_from): "
@@ -79,7 +86,7 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     dev = next(model.parameters()).device
     sched = make_sampler(model.scheduler, sampler)
     sched.set_timesteps(steps, device=dev)            # before every run: DPM-Solver keeps state
-    x = torch.randn(model.sample_shape(batch), generator=generator).to(dev) * sched.init_noise_sigma
+    x = torch.randn(model.sample_shape(batch), generator=generator).to(dev) * (sched.init_noise_sigma * temperature)
     timesteps = sched.timesteps
     if start is not None:
         timesteps = timesteps[timesteps <= int(start[1])]
@@ -152,7 +159,7 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
                    guides: dict[str, LevelDiffusion] | None = None, guide_scale: float = 1.0,
                    look_guidance: float = 1.0, look: Tensor | None = None, look_from: int = 0,
                    guidance_levels: str = "gcf", low_noise: dict[str, LevelDiffusion] | None = None,
-                   low_below: int = 0, c_from: int = 0) -> dict:
+                   low_below: int = 0, c_from: int = 0, c_temperature: float = 1.0) -> dict:
     """``num`` samples of (g, traj, c, f): g -> c -> f, each level conditioned on the sampled
     coarser latents (paper Sec. 3.3: p(g, c, f) = p(g) p(c | g) p(f | g, c), sampled
     coarse to fine; the camera trajectory is sampled with g). Returns standardised (``g_n``, ``c_n`` folded, ``f_n``) and raw (``g``,
@@ -189,7 +196,9 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
 
     ``low_noise``: {level: a denoiser of that level} that takes the level's steps at timesteps t <
     ``low_below`` (:func:`denoise` ``low``; same latent statistics and prediction type), given its
-    own context; e.g. the bundle's unconditional psi_c below a map-conditioned psi_c."""
+    own context; e.g. the bundle's unconditional psi_c below a map-conditioned psi_c.
+
+    ``c_temperature``: psi_c starts from noise of that std (:func:`denoise` ``temperature``)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if num < 1:
@@ -293,7 +302,7 @@ def sample_latents(models: dict[str, LevelDiffusion], stats: LatentStats, num: i
             got["c_n"] = denoise(cm, B, cm.context(sampled), cb, scale["c"], sampler, steps, gen, progress,
                                  f"psi_c {tag}", g_guidance=g_guidance, guide=guide_of("c", sampled),
                                  look_guidance=look_guidance, look_from=look_from, low=low_of("c", sampled),
-                                 start=(c_known[lo:hi], c_from) if c_from else None)
+                                 start=(c_known[lo:hi], c_from) if c_from else None, temperature=c_temperature)
         if fm is not None:
             got["f_n"] = denoise(fm, B, fm.context({**sampled, "c": got["c_n"]}), cb, scale["f"], sampler, steps, gen,
                                  progress, f"psi_f {tag}", g_guidance=g_guidance,

@@ -62,7 +62,7 @@ from nfldm.scene_ae.render import sample_grid
 from nfldm.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json, read_json
 from nfldm.utils.video import write_video
 
-__all__ = ["sample", "LOOK_GUIDANCE", "LOOK_GUIDANCE_FROM", "MAP_GUIDANCE", "MAP_GUIDANCE_LEVELS", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT", "topdown_view",
+__all__ = ["sample", "LOOK_GUIDANCE", "LOOK_GUIDANCE_FROM", "MAP_C_TEMPERATURE", "MAP_GUIDANCE", "MAP_GUIDANCE_LEVELS", "read_condition", "map_heights", "load_pipeline", "surface_level", "density_mesh", "camera_path_json", "SAMPLE_FORMAT", "topdown_view",
            "write_sample_folder"]
 
 SAMPLE_FORMAT = "nfldm-sample"
@@ -77,6 +77,8 @@ LOOK_GUIDANCE_FROM = 500    # look guidance at the timesteps t >= this (of 1000)
 # (docs/notes/2026-12-06-bev-gaps-at-the-protocols-size.md, docs/notes/2026-12-06-map-guidance-by-default.md)
 MAP_GUIDANCE = 2.0
 MAP_GUIDANCE_LEVELS = "c"
+# the std of the noise psi_c starts from with a map (nfldm sample --c-temperature; without a map 1)
+MAP_C_TEMPERATURE = 1.0
 # with a map and a bundle's BEV levels, the bundle's unconditional psi_c takes psi_c's steps at the
 # timesteps t < this (of 1000; the last 5 of DPM-Solver++ 20): the map sets layout and look at high
 # noise, and costs realism (FID) at low noise (docs/notes/2026-12-06-map-guidance-by-default.md,
@@ -292,7 +294,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
            own_latents: str | os.PathLike | None = None, own_g: str | os.PathLike | None = None,
            own_c: bool = False, look_guidance: float | None = None, own_look: bool = False,
            look_guidance_from: int | None = None, guidance_levels: str | None = None,
-           hand_over: int | None = None, low_noise_c: str | os.PathLike | None = None, own_c_from: int = 0) -> dict:
+           hand_over: int | None = None, low_noise_c: str | os.PathLike | None = None, own_c_from: int = 0,
+           c_temperature: float | None = None) -> dict:
     """Generate ``num`` scenes with the ldm run ``run`` (None: the bundle the package ships) and
     write them to ``out`` (layout in the module docstring). ``renderer``: a fine-tuned renderer of the run's scene-ae to render with
     (:func:`load_pipeline`). ``cond``: condition tokens (L x cond_dim for all samples, or
@@ -328,7 +331,10 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     psi_c's steps at the timesteps t < T (:func:`~nfldm.ldm.sample.sample_latents` ``low_noise``).
     ``low_noise_c`` None: with a map and a bundle's BEV levels, the bundle's unconditional c. ``hand_over``
     None: :data:`MAP_HAND_OVER` when there is such a level trained on the same latents as the BEV
-    levels, else 0 (none)."""
+    levels, else 0 (none).
+
+    ``c_temperature``: psi_c starts from noise of that std (:func:`~nfldm.ldm.sample.denoise`
+    ``temperature``; None: :data:`MAP_C_TEMPERATURE` with a map, else 1)."""
     if out is None:
         raise ValueError("sample needs an output folder (out)")
     has_maps = bool(conditions) and any(c.bev is not None and c.conditioned for c in conditions)
@@ -349,6 +355,9 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                                           has_maps and psi_c_runs)
     look_guidance = (LOOK_GUIDANCE if has_maps else 1.0) if look_guidance is None else float(look_guidance)
     look_from = (LOOK_GUIDANCE_FROM if has_maps else 0) if look_guidance_from is None else int(look_guidance_from)
+    c_temperature = (MAP_C_TEMPERATURE if has_maps else 1.0) if c_temperature is None else float(c_temperature)
+    if not 0 < c_temperature <= 10:
+        raise ValueError(f"c_temperature must be in (0, 10], got {c_temperature}")
     if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
         raise ValueError(f"guidance, g_guidance and look_guidance must be finite numbers, got {guidance}, {g_guidance}, "
                          f"{look_guidance}")
@@ -413,7 +422,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                              g_guidance, bev=bev, traj=traj, g=known.get("g"), c=known.get("c") if own_c else None,
                              look_guidance=look_guidance, look=look, look_from=look_from,
                              guidance_levels=guidance_levels, low_noise=low, low_below=hand_over,
-                             c_from=int(own_c_from))
+                             c_from=int(own_c_from), c_temperature=c_temperature)
 
     H, W = sae.cfg.image_hw()
     side = min(H, W)                # the square pictures (top-down view, map), padded to H x W in the sheet
@@ -435,7 +444,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                 "sampler": sampler, "steps": steps, "seed": seed, "index": i, "guidance": guidance,
                 "guidance_levels": guidance_levels, "hand_over": hand_over,
                 "low_noise_c": low_record,
-                "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from}
+                "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from,
+                "c_temperature": c_temperature}
         if per:
             meta["scene"] = str(per[i].scene or per[i].source)
         record, frames, top = write_sample_folder(d, sae, V, {k: lat[k][i] for k in ("g", "c", "f", "look") if k in lat},
@@ -462,6 +472,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                "guidance_levels": guidance_levels, "hand_over": hand_over,
                "low_noise_c": low_record,
                "g_guidance": g_guidance, "look_guidance": look_guidance, "look_guidance_from": look_from,
+               "c_temperature": c_temperature,
                "conditional": cond is not None or has_maps, "num_frames": num_frames, "fps": fps, **image_size_record(sae.cfg),
                "bounds": bounds.tolist(), "intrinsics": intr.tolist(), "contact_sheet": sheet.name,
                "contact_sheet_rows": len(rows),
