@@ -863,11 +863,12 @@ class Trainer:
             vec /= self.world_size
         return dict(zip(values, vec.tolist()))
 
-    def _out_of_time(self, t_start: float) -> bool:
-        """Whether cfg.max_minutes of training time are used up (all ranks agree)."""
+    def _out_of_time(self, t_start: float | None) -> bool:
+        """Whether cfg.max_minutes of training time are used up (all ranks agree). ``t_start``: when
+        this fit began; None counts only the time used before it (a resumed run's)."""
         if not self.cfg.max_minutes:
             return False
-        used = self._elapsed_before + time.perf_counter() - t_start
+        used = self._elapsed_before + (time.perf_counter() - t_start if t_start is not None else 0.0)
         flag = torch.tensor([float(used >= 60.0 * self.cfg.max_minutes)], device=self.device)
         if self.world_size > 1:
             dist.broadcast(flag, 0)
@@ -894,8 +895,9 @@ class Trainer:
             self.model.train()
             t_start = time.perf_counter()
             last_log_t, last_log_step = t_start, self.step
-            # a run resumed after its time limit (max_minutes) takes no further step
-            while self.step < cfg.steps and not self.val_state["stopped"] and not self._out_of_time(t_start):
+            # a run resumed after its time limit (max_minutes) takes no further step; within this fit the
+            # limit is checked after every step (below), so a fresh run takes at least one
+            while self.step < cfg.steps and not self.val_state["stopped"] and not self._out_of_time(None):
                 # set_epoch may draw from the global RNGs: give it its own seeded stream
                 if hasattr(self.dataset, "set_epoch"):
                     with _isolated_rng(self.device, seed=_mix(cfg.seed, self.epoch, 2)):
