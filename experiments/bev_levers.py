@@ -69,23 +69,8 @@ def sample(args) -> None:
     plain_denoise = ls.denoise
 
     def denoise(model, *a, **k):
-        """psi_f from noise of std ``--f-temperature`` (psi_c's: the library's ``c_temperature``; DPM-Solver++
-        draws no other noise)."""
-        if model.level != "f" or args.f_temperature == 1.0:
-            return plain_denoise(model, *a, **k)
-        real = ls.torch
-
-        class Scaled:
-            def __getattr__(self, name):
-                return getattr(real, name)
-
-            def randn(self, *shape, **kw):
-                return real.randn(*shape, **kw) * args.f_temperature
-        ls.torch = Scaled()
-        try:
-            return plain_denoise(model, *a, **k)
-        finally:
-            ls.torch = real
+        """psi_f from noise of std ``--f-temperature`` (psi_c's: the library's ``c_temperature``)."""
+        return plain_denoise(model, *a, **{**k, "temperature": args.f_temperature} if model.level == "f" else k)
 
     generate.load_pipeline, ls.guided_prediction, ls.denoise = load, guided, denoise
     conds = spread(conditions_from(args.data, "test"), args.max_scenes)

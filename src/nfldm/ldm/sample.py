@@ -21,7 +21,7 @@ from nfldm.ldm.data import LatentStats, unfold_c
 from nfldm.ldm.model import SAMPLERS, LevelDiffusion, guided_prediction, make_sampler, predicted_x0
 from nfldm.ldm.trajectory import decode_trajectory, interpolate_path
 
-__all__ = ["denoise", "level_guidance", "sample_latents", "render_path"]
+__all__ = ["denoise", "check_temperature", "level_guidance", "sample_latents", "render_path"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -76,8 +76,7 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     only (a high-noise expert) needs ``low`` with t1 >= train_t_from."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if not 0 < temperature <= 10:
-        raise ValueError(f"temperature must be in (0, 10], got {temperature}")
+    check_temperature(temperature)
     t_from = model.cfg.train_t_from      # a high-noise expert never takes the steps below its band
     if t_from > (int(low[2]) if low is not None else 0):
         raise ValueError(f"level {model.cfg.level} was trained at the timesteps t >= {t_from} only (train_t_from): "
@@ -131,6 +130,14 @@ def denoise(model: LevelDiffusion, batch: int, ctx: dict, cond: Tensor | None, g
     if known is not None:
         x = torch.where(mask, values, x)
     return x
+
+
+def check_temperature(value: float, name: str = "temperature") -> float:
+    """``value`` as a float if it is a usable starting-noise std (:func:`denoise` ``temperature``),
+    in (0, 10]; ValueError naming ``name`` otherwise (NaN included)."""
+    if not 0 < value <= 10:
+        raise ValueError(f"{name} must be in (0, 10], got {value}")
+    return float(value)
 
 
 def _cond_batch(cond: Tensor | None, lo: int, hi: int, dev, per_sample_dims: int = 3) -> Tensor | None:

@@ -49,7 +49,7 @@ from nfldm.data.tensors import read_safetensors, scene_file, write_safetensors
 from nfldm.latent_ae.latents import load_latent_file, read_latent_index
 from nfldm.ldm.data import LatentStats
 from nfldm.ldm.evaluate import top_down_opacity
-from nfldm.ldm.sample import level_guidance, render_path, sample_latents
+from nfldm.ldm.sample import check_temperature, level_guidance, render_path, sample_latents
 from nfldm.ldm.trajectory import decode_trajectory, encode_trajectory, fov_degrees
 from nfldm.ldm.load import load_level
 from nfldm.pipeline.bundle import bundle_renderer, bundle_unconditional_c, bundled_bev_model, bundled_model
@@ -355,9 +355,8 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
                                           has_maps and psi_c_runs)
     look_guidance = (LOOK_GUIDANCE if has_maps else 1.0) if look_guidance is None else float(look_guidance)
     look_from = (LOOK_GUIDANCE_FROM if has_maps else 0) if look_guidance_from is None else int(look_guidance_from)
-    c_temperature = (MAP_C_TEMPERATURE if has_maps else 1.0) if c_temperature is None else float(c_temperature)
-    if not 0 < c_temperature <= 10:
-        raise ValueError(f"c_temperature must be in (0, 10], got {c_temperature}")
+    c_temperature = check_temperature((MAP_C_TEMPERATURE if has_maps else 1.0) if c_temperature is None
+                                      else c_temperature, "c_temperature")    # refused before anything is loaded
     if not math.isfinite(guidance) or not math.isfinite(g_guidance) or not math.isfinite(look_guidance):
         raise ValueError(f"guidance, g_guidance and look_guidance must be finite numbers, got {guidance}, {g_guidance}, "
                          f"{look_guidance}")
