@@ -33,9 +33,9 @@ def make_scene_arrays(seed: int, n: int = N_FRAMES, h: int = H, w: int = W):
     return images, depth, c2w
 
 
-def make_bev(seed: int, res: int = 32) -> dict:
-    """A BEV map over BOUNDS' footprint: a rectangular room (walls on its border, floor 0 m,
-    ceiling 2.5 m inside) whose size depends on ``seed``; outside it NaN heights."""
+def make_bev(seed: int, res: int = 32, bounds=None) -> dict:
+    """A BEV map over the footprint of ``bounds`` (None: BOUNDS): a rectangular room (walls on its
+    border, floor 0 m, ceiling 2.5 m inside) whose size depends on ``seed``; outside it NaN heights."""
     wall = np.zeros((res, res), np.float32)
     inside = np.zeros((res, res), np.float32)
     a, b = 2 + seed % 3, res - 3 - (seed % 2) * 4
@@ -44,7 +44,7 @@ def make_bev(seed: int, res: int = 32) -> dict:
     floor = np.where(inside > 0, 0.0, np.nan).astype(np.float32)
     ceiling = np.where(inside > 0, 2.5, np.nan).astype(np.float32)
     return {"wall": wall, "inside": inside, "floor": floor, "ceiling": ceiling,
-            "bounds_xy": np.asarray(BOUNDS, np.float32)[:, :2]}
+            "bounds_xy": np.asarray(BOUNDS if bounds is None else bounds, np.float32)[:, :2]}
 
 
 def with_look(bev: dict, light: float = 0.6, seed: int = 0) -> dict:
@@ -68,9 +68,10 @@ def bev_bytes(bev: dict) -> bytes:
     return buf.getvalue()
 
 
-def make_dataset(root: Path, bev: bool = False) -> dict:
+def make_dataset(root: Path, bev: bool = False, bounds=None, bev_res: int = 32) -> dict:
     """Write the 3-scene dataset of SCENES into root (with ``bev``, each scene with a bev.npz of
-    :func:`make_bev`); returns {name: (images, depth, c2w)}."""
+    :func:`make_bev` at ``bev_res`` cells); ``bounds``: the scenes' box (None: BOUNDS); returns
+    {name: (images, depth, c2w)}."""
     arrays = {}
     for k, (name, _, group) in enumerate(SCENES):
         arrays[name] = make_scene_arrays(k)
@@ -78,9 +79,9 @@ def make_dataset(root: Path, bev: bool = False) -> dict:
         files = None
         if bev:
             extra["bev_file_path"] = "bev.npz"
-            files = {"bev.npz": bev_bytes(make_bev(k))}
+            files = {"bev.npz": bev_bytes(make_bev(k, bev_res, bounds))}
         write_scene(root / name, *arrays[name], INTR, extra=extra, files=files)
-    write_dataset_index(root, [{"name": n, "split": s, "group": g, "bounds": BOUNDS}
+    write_dataset_index(root, [{"name": n, "split": s, "group": g, "bounds": BOUNDS if bounds is None else bounds}
                                for n, s, g in SCENES])
     return arrays
 

@@ -3,6 +3,7 @@ camera, gets the renderer's frame back, and drives the page's actions), and bad 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import socket
@@ -149,6 +150,11 @@ def test_server_renders_the_camera_and_runs_the_actions(samples, tmp_path):
                                 "modifier": None})
                 time.sleep(0.5)
             assert viewer.box == pytest.approx([-3.0, -3.0, 1.0, 1.0])
+            # these samples followed no map: editing the map is refused with a line saying so
+            n = len(viewer.history)
+            c.click("Erase the box from the map, generate again")
+            rec = _wait_action(viewer, n)
+            assert not rec["ok"] and "holds no BEV map" in rec["note"] and viewer.scene is sampled
             c.set_value("RePaint steps", 3)
             n = len(viewer.history)
             c.click("Inpaint the box")
@@ -266,5 +272,53 @@ def test_viewer_opens_a_dataset_scene_and_samples_from_a_run(tmp_path):
     try:
         assert viewer.source.kind == "run" and viewer.scene.kind == "sample" and viewer.scene.editable
         assert Path(viewer.scene.folder).parent.parent == tmp_path / "work"
+    finally:
+        viewer.stop()
+
+
+def test_viewer_edits_the_map_and_generates_again(tmp_path):
+    """A dataset scene with a map: erase the walls of a box from its map and generate the scene again
+    (the bundle's BEV levels) along the scene's camera path; then put a wall block in another box of
+    that sample's map: the new sample keeps both edits, the map with both, and the same path."""
+    from data_fixtures import make_dataset
+
+    from nfldm.data.bev import read_bev_file, scene_bev_file
+    from nfldm.viewer.server import MAP_EDIT_GUIDANCE, Viewer, ViewerConfig
+
+    # the bundle's scene box (its levels follow a camera path only in the box they were trained in)
+    make_dataset(tmp_path / "data", bev=True, bounds=[[-8.0, -8.0, -2.0], [8.0, 8.0, 6.0]], bev_res=64)
+    viewer = Viewer(tmp_path / "data", ViewerConfig(port=free_port(), device="cpu", sample_steps=2,
+                                                    workdir=str(tmp_path / "work"))).start()
+    try:
+        scene = Path(viewer.scene.folder)
+        original = read_bev_file(scene_bev_file(scene))
+        viewer.seed.value = 3
+        viewer.set_box([-8.0, -8.0, -6.0, -6.0])            # the room's corner: walls in the box
+        assert viewer.wait(viewer._act(None, "map edit", lambda: viewer._map_edit_action("erase")), 300) is not None, \
+            viewer.history[-1]
+        first = Path(viewer.scene.folder)
+        assert viewer.scene.kind == "sample" and first.parent.parent == tmp_path / "work"
+        cond = json.loads((first / "condition.json").read_text())
+        assert cond["edits"] == ["erase-box -8 -8 -6 -6"] and cond["conditioned_on_map"]
+        assert cond["path_from_scene"] == str(scene.resolve())
+        summary = json.loads((first.parent / "samples.json").read_text())
+        assert summary["seed"] == 3 and summary["guidance"] == MAP_EDIT_GUIDANCE and summary["path_from_scene"]
+        assert len(list((first / "frames").glob("*.png"))) == len(json.loads((scene / "transforms.json").read_text())["frames"])
+        bev = read_bev_file(first / "bev.npz")
+        box = (slice(0, 8), slice(0, 8))                    # the box's cells (0.25 m over the footprint)
+        assert original["wall"][box].sum() > 0 and bev["wall"][box].sum() == 0 and (bev["inside"][box] > 0).all()
+        assert np.array_equal(bev["wall"][8:, 8:], original["wall"][8:, 8:])
+
+        viewer.set_box([-1.0, -1.0, 1.0, 1.0])
+        assert viewer.wait(viewer._act(None, "map edit", lambda: viewer._map_edit_action("wall")), 300) is not None, \
+            viewer.history[-1]
+        second = Path(viewer.scene.folder)
+        cond = json.loads((second / "condition.json").read_text())
+        assert cond["edits"] == ["erase-box -8 -8 -6 -6", "add-wall-box -1 -1 1 1"]
+        assert cond["path_from_scene"] == str(scene.resolve())
+        both = read_bev_file(second / "bev.npz")
+        block = (slice(28, 36), slice(28, 36))
+        assert both["wall"][box].sum() == 0 and both["wall"][block].sum() > 0 and (both["inside"][block] == 0).all()
+        assert all(r["ok"] for r in viewer.history)
     finally:
         viewer.stop()

@@ -7,7 +7,9 @@
     keyframes, the top-down map lying on the floor (z = 0), the edit box
     the panel: pick a scene (folders of samples, datasets); sample a new one (seed, sampler,
     steps, guidance, optional BEV map); inpaint a box picked by two clicks on the floor map or
-    typed in; extend the scene; refine it (SDS); save the scene with the camera path flown
+    typed in; edit the scene's BEV map in that box (erase its walls, or put a wall block there) and
+    generate the scene again from the edited map; extend the scene; refine it (SDS); save the scene
+    with the camera path flown
     (keyframes added with a button) and a fly-through along it
 
 Every action runs the library function the command of the same name runs (``nfldm sample / edit /
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nfldm.data.bev import scene_bev_file
 from nfldm.data.format import DataError
 from nfldm.data.tensors import write_safetensors
 from nfldm.ldm.trajectory import fov_degrees, interpolate_path
@@ -40,7 +43,7 @@ from nfldm.pipeline.generate import (MAP_GUIDANCE, MAP_GUIDANCE_LEVELS, SAMPLE_F
                                      write_sample_folder)
 from nfldm.scene_ae.flythrough import upscale
 from nfldm.trainer import resolve_device
-from nfldm.utils.io import atomic_write_json
+from nfldm.utils.io import atomic_write_json, read_json
 from nfldm.utils.video import write_video
 from nfldm.viewer.live import LiveRenderer, c2w_from_viser, view_intrinsics, viser_from_c2w
 from nfldm.viewer.scene import ViewScene, draw_camera, load_item, open_source, topdown_image
@@ -50,6 +53,8 @@ __all__ = ["ViewerConfig", "Viewer", "port_free", "serve"]
 SAMPLERS = ("dpm", "ddim", "ddpm")
 DIRECTIONS = ("+x", "-x", "+y", "-y")
 MAP_SIZE = 192                  # pixels of the top-down map in the panel
+MAP_EDIT_GUIDANCE = 6.0         # map guidance of a regeneration from an edited map: the guidance the
+                                # edit targets were measured at (docs/notes/2026-12-07-edits-at-the-protocols-size-and-the-fid-gap.md)
 FLOOR_Z = 0.0                   # the floor plane the map lies on (scenes have their floor at z = 0)
 
 
@@ -424,6 +429,13 @@ class Viewer:
             self.pick_button.on_click(lambda _: self._start_picking())
             self.edit_steps = g.add_number("RePaint steps", cfg.edit_steps, min=1, max=1000, step=1)
             g.add_button("Inpaint the box").on_click(lambda ev: self._act(ev, "edit", self._edit_action))
+            self.map_guidance = g.add_number("map-edit guidance", MAP_EDIT_GUIDANCE, min=0.0, max=20.0, step=0.5,
+                                             hint="map guidance at psi_c when generating again from the edited map "
+                                                  "(the sample's seed, sampler and steps)")
+            g.add_button("Erase the box from the map, generate again").on_click(
+                lambda ev: self._act(ev, "map edit", lambda: self._map_edit_action("erase")))
+            g.add_button("Wall block in the box, generate again").on_click(
+                lambda ev: self._act(ev, "map edit", lambda: self._map_edit_action("wall")))
             self.direction = g.add_dropdown("extend towards", DIRECTIONS, initial_value="+x")
             self.windows = g.add_number("new windows", 1, min=1, max=8, step=1)
             g.add_button("Extend the scene").on_click(lambda ev: self._act(ev, "extend", self._extend_action))
@@ -584,6 +596,51 @@ class Viewer:
         edit_scene(self.scene.folder, self.box, out, run=self._run_of_scene(), bev=self._bev_of_scene(),
                    seed=int(self.seed.value), steps=int(self.edit_steps.value), device=self.device,
                    progress=self.progress)
+        return self._load(out / "sample_0000")
+
+    def _map_of_scene(self) -> tuple[Path, Path | None, list[str]]:
+        """The shown scene's BEV map, the dataset scene whose camera path a regeneration follows (None:
+        psi_g samples a path) and the map edits made before: a dataset scene gives its own map and path; a
+        sample that followed a map gives its bev.npz, and the scene and edits its condition.json
+        records (the path only while that scene folder exists)."""
+        folder = Path(self.scene.folder)
+        if self.scene.kind == "scene":
+            if scene_bev_file(folder) is None:
+                raise ValueError(f"{folder}: has no BEV map (bev.npz); collect it with the ViZDoom collector or "
+                                 "sample from a drawn plan (Sample > BEV map)")
+            return folder, folder, []
+        bev = self._bev_of_scene()
+        if bev is None:
+            raise ValueError(f"{folder}: holds no BEV map (bev.npz); sample a scene from a map first "
+                             "(Sample > BEV map)")
+        info = read_json(folder / "condition.json", "condition file", DataError) \
+            if (folder / "condition.json").is_file() else {}
+        scene = info.get("path_from_scene")
+        scene = Path(scene) if scene and Path(scene).is_dir() else None
+        return bev, scene, [str(e) for e in info.get("edits") or []]
+
+    def _map_edit_action(self, kind: str) -> ViewScene:
+        """Edit the shown scene's map in the box (``kind`` "erase": its walls removed, floor there; "wall": a
+        solid block) and generate a scene from the edited map with the panel's seed, sampler and steps at
+        guidance ``map-edit guidance`` (what ``nfldm sample --bev MAP --erase-box / --add-wall-box`` does,
+        along the same camera path when the map came with one)."""
+        from nfldm.pipeline.generate import map_heights, sample
+        from nfldm.pipeline.maps import conditions_from
+
+        if kind not in ("erase", "wall"):
+            raise ValueError(f"map edit must be erase or wall, got {kind!r}")
+        if self.box is None:
+            raise ValueError("pick a box first (two clicks on the floor map, or type its corners)")
+        src, scene, before = self._map_of_scene()
+        run = self.source.run if self.source.kind == "run" else None     # else the bundle's BEV levels
+        box = [list(self.box)]
+        conditions = conditions_from(src, scenes=scene, erase_boxes=box if kind == "erase" else (),
+                                     add_wall_boxes=box if kind == "wall" else (), heights=map_heights(run))[:1]
+        conditions[0].edits = before + conditions[0].edits
+        out = self._out("map_edit")
+        sample(run, num=1, sampler=self.sampler.value, steps=int(self.steps.value), seed=int(self.seed.value), out=out,
+               guidance=float(self.map_guidance.value), guidance_levels=MAP_GUIDANCE_LEVELS, device=self.device,
+               progress=self.progress, conditions=conditions, path_from_scene=scene is not None)
         return self._load(out / "sample_0000")
 
     def _extend_action(self) -> ViewScene:
