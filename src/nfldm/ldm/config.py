@@ -38,7 +38,7 @@ class LDMConfig:
     c_shape: tuple[int, int, int, int] = (4, 16, 16, 16)   # c_ch x X/4 x Y/4 x Zc
     f_shape: tuple[int, int, int] = (4, 64, 64)            # f_ch x X x Y
     traj_frames: int = 8                 # T poses in psi_g's trajectory vector (9 numbers each)
-    # opt-in (docs/ldm.md "The trajectory as a condition of psi_c"; no gain measured yet at the
+    # opt-in (docs/notes/2026-11-26-trajectory-conditioned-psi-c.md; no gain measured yet at the
     # CPU budget): psi_c / psi_f conditioned on the paper's global latent [g, traj] (the camera
     # path says where the seen part of the scene lies) instead of g alone. No effect when
     # g_dim = 0 (coarse-only: no global vector)
@@ -60,7 +60,7 @@ class LDMConfig:
     # sigma_t^2 (v_prediction only; the same as "uniform" for "sample"). With v_prediction +
     # "x0" the denoiser keeps v's identity path at low noise (x0_hat = alpha_t x_t - sigma_t v,
     # so a nearly clean input comes back nearly unchanged) and x0's emphasis on the high-noise
-    # steps that set the layout (docs/ldm.md "psi_c's low-noise floor")
+    # steps that set the layout (docs/notes/2026-11-26-psi-c-on-a-gpu.md "psi_c's low-noise floor")
     loss_weight: str = "uniform"
     # opt-in input perturbation (DDPM-IP, Ning et al. 2023): training noises x0 with
     # eps + gamma xi (xi ~ N(0, I)) but keeps the target of eps, so the denoiser learns inputs a
@@ -130,7 +130,7 @@ class LDMConfig:
     # opt-in classifier-free guidance on g (psi_c / psi_f): in training a sample's global vector
     # (g, or [g, traj]) is replaced by zeros with this probability, so the level also learns
     # the unconditional model; `nfldm sample --g-guidance S` then extrapolates from it towards
-    # the g-conditional one (docs/ldm.md "Guidance on g"). No effect on psi_g or without g
+    # the g-conditional one (docs/notes/2026-11-26-psi-c-on-a-gpu.md "Guidance on g"). No effect on psi_g or without g
     g_drop_prob: float = 0.0
     # psi_g: residual MLP with adaLN-zero timestep modulation and cross-attention
     mlp_width: int = 256
@@ -293,8 +293,7 @@ def _levels(model: dict, train: dict, per_level: dict) -> LDMPreset:
 
 
 # psi_c predicts x0 in every preset: with v-prediction its samples drift off the data into
-# white noise at CPU-length training (experiments/sampling_drift.py; docs/ldm.md "psi_c drifts
-# off the data while it samples"). psi_g and psi_f keep v-prediction (the LDMConfig default).
+# white noise at CPU-length training (experiments/sampling_drift.py; docs/notes/2026-11-26-psi-c-drift-x0-prediction.md). psi_g and psi_f keep v-prediction (the LDMConfig default).
 C_PREDICTION = "sample"
 
 PRESETS: dict[str, LDMPreset] = {

@@ -1,6 +1,6 @@
 """A scene's camera trajectory as a fixed-length vector (psi_g generates it together with g).
 
-Encoding (docs/ldm.md, "Trajectory"):
+Encoding (docs/ldm.md, "Choices": trajectory encoding):
 
 1. resample the scene's N camera-to-world poses to T poses evenly spaced along the sequence
    (frame index s_j = j (N - 1) / (T - 1)): positions interpolated linearly between the two

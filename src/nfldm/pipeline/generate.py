@@ -303,7 +303,7 @@ def sample(run: str | os.PathLike | None, num: int = 4, sampler: str = "ddim", s
     ``guidance_levels`` (some of "gcf"; the others unguided). Neither given: with a map
     :data:`MAP_GUIDANCE` at :data:`MAP_GUIDANCE_LEVELS`, else 1; ``guidance`` alone: every level.
     ``g_guidance``: guidance
-    on g for the levels trained with g_drop_prob (docs/ldm.md "Guidance on g"); ``look_guidance``:
+    on g for the levels trained with g_drop_prob (docs/notes/2026-11-26-psi-c-on-a-gpu.md "Guidance on g"); ``look_guidance``:
     guidance on the map's look for the levels trained with ``bev_look`` (docs/ldm.md "The map's
     look"), and on the scene's look for levels trained with ``scene_look`` (None: :data:`LOOK_GUIDANCE`
     with a map, 1 without one: on the scene's look 3 was measured worse than none), applied at the
