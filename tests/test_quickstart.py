@@ -701,6 +701,7 @@ def test_release_preset_config_and_plan():
     # psi_c is given the camera trajectory, and so is the BEV psi_c (map and path), as the shipped ones;
     # the BEV psi_c also reads the map's look
     assert cfg.bev_ldm_set == {"c.bev_look": True}
+    assert cfg.bev_augment == 4                              # ... on the train scenes turned, as the shipped one
     assert cfg.ldm_level_shares == (0.10, 0.60, 0.30)       # psi_c, the level that loses the layout, gets most
     assert (cfg.scene_ae_preset, cfg.latent_ae_preset, cfg.ldm_preset, cfg.image_prior_preset) == ("tiny",) * 4
     for p, sets in ((sae_preset("tiny"), cfg.scene_ae_set), (lae_preset("tiny"), cfg.latent_ae_set),
@@ -716,6 +717,10 @@ def test_release_preset_config_and_plan():
         preset("release", budget_minutes=1441)
     with pytest.raises(ValueError, match="extras"):
         preset("smoke", extras=("renderer", "sharpen"))
+    with pytest.raises(ValueError, match="bev_augment"):
+        preset("smoke", bev_augment=2)
+    # a folder made before bev_augment existed stores no such field, and resumes as before
+    assert "bev_augment" not in preset("smoke").to_dict() and preset("release").to_dict()["bev_augment"] == 4
 
 
 def test_quickstart_cli_presets(monkeypatch):
@@ -748,7 +753,7 @@ def extras_run(tmp_path_factory) -> dict:
     args = ("quickstart", "--smoke", "--out", str(out), "--quiet", "--set", "extras=" + ",".join(EXTRAS),
             "--set", f"scene_ae_set={{'num_input_views': 3, 'num_novel_views': 2, {val}}}",
             "--set", f"latent_ae_set={{{val}}}", "--set", f"ldm_set={{{val}}}", "--set", f"image_prior_set={{{val}}}",
-            "--set", "image_prior_renders=2")
+            "--set", "image_prior_renders=2", "--set", "bev_augment=4")
     t0 = time.time()
     res = nfldm(*args)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
@@ -768,7 +773,17 @@ def test_optional_stages_run_and_join_the_bundle(extras_run, tmp_path):
     rc = json.loads((out / "renderer" / "config.json").read_text())
     assert rc["model"]["train_parts"] == "render" and rc["model"]["render_from"] == "latents"
     assert rc["model"]["w_adv"] > 0 and rc["model"]["w_perceptual"] > 0
-    assert json.loads((out / "bev_ldm" / "c" / "config.json").read_text())["model"]["bev"] is True
+    bev_c = json.loads((out / "bev_ldm" / "c" / "config.json").read_text())
+    assert bev_c["model"]["bev"] is True
+    # bev_augment 4: the BEV levels trained on the latents plus the train scenes turned three times,
+    # standardised with the unconditional levels' statistics
+    aug = json.loads((out / "latents_aug4" / "index.json").read_text())
+    plain = json.loads((out / "latents" / "index.json").read_text())
+    n_train = sum(s["split"] == "train" for s in plain["scenes"])
+    assert aug["augment"] == 4 and len(aug["scenes"]) == len(plain["scenes"]) + 3 * n_train
+    assert aug["stats"] == plain["stats"] and Path(bev_c["latents"]) == (out / "latents_aug4").resolve()
+    assert state["stages"]["bev_ldm"]["result"]["latents"] == "latents_aug4"
+    assert json.loads((out / "ldm" / "c" / "config.json").read_text())["latents"] == str((out / "latents").resolve())
     # the prior also learned the look of 2 scenes sampled from the trained ldm (seed + 1)
     renders = json.loads((out / "prior_renders" / "samples.json").read_text())
     assert renders["num"] == 2 and renders["seed"] == 1

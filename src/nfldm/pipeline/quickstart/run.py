@@ -12,6 +12,7 @@ Layout of the output folder OUT::
     OUT/latents/            (g, c, f) + trajectory of every scene
     OUT/ldm/{g,c,f}/        stage-3 runs
     OUT/renderer/           optional: stage 1's renderer fine-tuned on decoded latents (+ metrics_test.json)
+    OUT/latents_augN/       optional (bev_augment N): the latents and the train scenes turned, for bev_ldm
     OUT/bev_ldm/{g,c,f}/    optional: the BEV-map-conditioned levels
     OUT/image_prior/        optional: the image prior of nfldm refine
     OUT/samples/            generated scenes (+ metrics.json; rendered by OUT/renderer when trained)
@@ -458,12 +459,20 @@ def _stage_bev_ldm(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
     """psi_g, psi_c, psi_f conditioned on the BEV map (``bev=true``), on the same latents (the
     collector gives every scene a map and encode_latents stores it with the latents), with the
     ldm stage's preset and overrides, then bev_ldm_set; from the unconditional levels with
-    cfg.bev_from_ldm."""
+    cfg.bev_from_ldm. With cfg.bev_augment N > 1, on OUT/latents_augN instead: the latents and every
+    train scene turned (and with 8 mirrored) and encoded again, with OUT/latents' statistics
+    (resumable: the scenes already encoded are skipped)."""
     sets = {**cfg.ldm_set, **cfg.bev_ldm_set, "bev": True}
+    latents, record = out / "latents", {}
+    if cfg.bev_augment > 1:
+        latents = out / f"latents_aug{cfg.bev_augment}"
+        enc = encode_latents(out / "latent_ae", out / "voxels", latents, device=ctx["device"], progress=ctx["progress"],
+                             augment=cfg.bev_augment, stats_from=out / "latents")
+        record = {"latents": latents.name, "augment": cfg.bev_augment, "scenes": enc["scenes"]}
     plan_levels = _level_plan(cfg, ctx["budget"], cfg.extra_steps_per_minute[1:4], sets)
-    res = train_ldm(out / "latents", out / "bev_ldm", "all", cfg.ldm_preset, resume=True, device=ctx["device"],
+    res = train_ldm(latents, out / "bev_ldm", "all", cfg.ldm_preset, resume=True, device=ctx["device"],
                     progress=ctx["progress"], overrides=sets, init_from=out / "ldm" if cfg.bev_from_ldm else None)
-    return {"levels": plan_levels, "last": res}
+    return {"levels": plan_levels, "last": res, **record}
 
 
 def _stage_image_prior(out: Path, cfg: QuickstartConfig, ctx: dict) -> dict:
