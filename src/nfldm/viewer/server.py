@@ -214,7 +214,7 @@ class Viewer:
         self.server = None
         # the first scene: the source's first item, or a sample of the run
         if self.source.kind == "run":
-            self.scene = self._sample(seed=0, sampler="dpm", steps=cfg.sample_steps, guidance=1.0, bev="")
+            self.scene = self._sample(seed=0, sampler="dpm", steps=cfg.sample_steps, guidance=1.0)
         else:
             self.scene = self._load(self.source.items[0][1])
         self.renderer = LiveRenderer(self.scene.sae, self.scene.V.to(self.device), self.scene.bounds)
@@ -565,21 +565,28 @@ class Viewer:
         labels = dict(self.source.items)
         return self._load(labels[self.pick_scene.value])
 
-    def _sample(self, seed: int, sampler: str, steps: int, guidance: float, bev: str) -> ViewScene:
-        from nfldm.pipeline.generate import sample
-        from nfldm.pipeline.maps import conditions_from
+    def _map_run(self) -> Path | None:
+        """The run a map samples with: the one given as SRC, else the bundle's BEV levels (None)."""
+        return self.source.run if self.source.kind == "run" else None
 
-        out = self._out("sample")
-        conditions = conditions_from(bev.strip())[:1] if bev.strip() else None
-        run = self.source.run
-        if conditions and run is not None and self.source.kind != "run":
-            run = None                  # a map: the bundle's bev levels unless a run was given
+    def _sample(self, seed: int, sampler: str, steps: int, guidance: float, conditions=None,
+                path_from_scene: bool = False, name: str = "sample") -> ViewScene:
+        """One scene sampled into the work folder (``conditions``: its map, :func:`conditions_from`)."""
+        from nfldm.pipeline.generate import sample
+
+        out = self._out(name)
+        run = self._map_run() if conditions else self.source.run
         sample(run, num=1, sampler=sampler, steps=int(steps), seed=int(seed), out=out, guidance=float(guidance),
-               guidance_levels=MAP_GUIDANCE_LEVELS, device=self.device, progress=self.progress, conditions=conditions)
+               guidance_levels=MAP_GUIDANCE_LEVELS, device=self.device, progress=self.progress, conditions=conditions,
+               path_from_scene=path_from_scene)
         return self._load(out / "sample_0000")
 
     def _sample_action(self) -> ViewScene:
-        return self._sample(self.seed.value, self.sampler.value, self.steps.value, self.guidance.value, self.bev.value)
+        from nfldm.pipeline.maps import conditions_from
+
+        bev = self.bev.value.strip()
+        return self._sample(self.seed.value, self.sampler.value, self.steps.value, self.guidance.value,
+                            conditions_from(bev)[:1] if bev else None)
 
     def _need_latents(self, what: str) -> None:
         if not self.scene.editable:
@@ -624,7 +631,7 @@ class Viewer:
         solid block) and generate a scene from the edited map with the panel's seed, sampler and steps at
         guidance ``map-edit guidance`` (what ``nfldm sample --bev MAP --erase-box / --add-wall-box`` does,
         along the same camera path when the map came with one)."""
-        from nfldm.pipeline.generate import map_heights, sample
+        from nfldm.pipeline.generate import map_heights
         from nfldm.pipeline.maps import conditions_from
 
         if kind not in ("erase", "wall"):
@@ -632,16 +639,13 @@ class Viewer:
         if self.box is None:
             raise ValueError("pick a box first (two clicks on the floor map, or type its corners)")
         src, scene, before = self._map_of_scene()
-        run = self.source.run if self.source.kind == "run" else None     # else the bundle's BEV levels
         box = [list(self.box)]
         conditions = conditions_from(src, scenes=scene, erase_boxes=box if kind == "erase" else (),
-                                     add_wall_boxes=box if kind == "wall" else (), heights=map_heights(run))[:1]
+                                     add_wall_boxes=box if kind == "wall" else (),
+                                     heights=map_heights(self._map_run()))[:1]
         conditions[0].edits = before + conditions[0].edits
-        out = self._out("map_edit")
-        sample(run, num=1, sampler=self.sampler.value, steps=int(self.steps.value), seed=int(self.seed.value), out=out,
-               guidance=float(self.map_guidance.value), guidance_levels=MAP_GUIDANCE_LEVELS, device=self.device,
-               progress=self.progress, conditions=conditions, path_from_scene=scene is not None)
-        return self._load(out / "sample_0000")
+        return self._sample(self.seed.value, self.sampler.value, self.steps.value, self.map_guidance.value, conditions,
+                            path_from_scene=scene is not None, name="map_edit")
 
     def _extend_action(self) -> ViewScene:
         from nfldm.pipeline.extend import extend_scene
